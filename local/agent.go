@@ -1,0 +1,682 @@
+package local
+
+import (
+	"bufio"
+	"bytes"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The agent is this binary started inside a sandbox (argv[1] == agentArg). It
+// keeps the machine's Python interpreter alive and starts commands, so that
+// neither needs a new bubblewrap per call.
+
+//go:embed driver.py
+var driverSource string
+
+const (
+	agentArg      = "__vmcp_agent"
+	outputChunk   = 32 << 10
+	maxPythonLine = 64 << 10
+	// interruptGrace is how long an interrupted interpreter may take to stop
+	// before it is killed (and its state lost).
+	interruptGrace = 3 * time.Second
+	// pipeGrace is how long a command's output is still read after it exited,
+	// for background processes that inherited its stdout.
+	pipeGrace = 250 * time.Millisecond
+)
+
+type agent struct {
+	python string
+	home   string
+
+	outMu sync.Mutex
+	out   *bufio.Writer
+
+	mu       sync.Mutex
+	commands map[uint64]*agentCommand
+	py       *interpreter
+	pyCount  int           // interpreters started so far; names each one
+	pyQueue  chan struct{} // FIFO lock: one instruction at a time
+}
+
+func runAgent(args []string) int {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	python := fs.String("python", "/usr/bin/python3", "interpreter")
+	home := fs.String("home", "/workspace", "working directory")
+	memory := fs.Int64("memory", 0, "RLIMIT_AS bytes")
+	procs := fs.Int64("procs", 0, "RLIMIT_NPROC")
+	files := fs.Int64("files", 0, "RLIMIT_NOFILE")
+	fsize := fs.Int64("fsize", 0, "RLIMIT_FSIZE bytes")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	closeInheritedFDs() // for the unsandboxed mode; the init wrapper did it otherwise
+	// Processes of the machine run as the same user as the agent; they must
+	// not reach into it through /proc/<agent>.
+	unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
+	// Limits are set here, inside the sandbox's user namespace, so that the
+	// process count is charged to this machine alone; children inherit them.
+	for _, l := range []struct {
+		res int
+		v   int64
+	}{{unix.RLIMIT_AS, *memory}, {unix.RLIMIT_NPROC, *procs}, {unix.RLIMIT_NOFILE, *files}, {unix.RLIMIT_FSIZE, *fsize}} {
+		if l.v > 0 {
+			if err := unix.Setrlimit(l.res, &unix.Rlimit{Cur: uint64(l.v), Max: uint64(l.v)}); err != nil {
+				fmt.Fprintf(os.Stderr, "vmcp agent: setrlimit %d: %v\n", l.res, err)
+				return 1
+			}
+		}
+	}
+	// A write past RLIMIT_FSIZE must fail with EFBIG, not kill the writer.
+	signal.Ignore(syscall.SIGXFSZ)
+	a := &agent{
+		python:   *python,
+		home:     *home,
+		out:      bufio.NewWriterSize(os.Stdout, 64<<10),
+		commands: map[uint64]*agentCommand{},
+		pyQueue:  make(chan struct{}, 1),
+	}
+	dec := json.NewDecoder(bufio.NewReaderSize(os.Stdin, 256<<10))
+	for {
+		var req request
+		if err := dec.Decode(&req); err != nil {
+			// The engine went away: end everything this machine runs.
+			a.shutdown()
+			if errors.Is(err, io.EOF) {
+				return 0
+			}
+			fmt.Fprintf(os.Stderr, "vmcp agent: bad request: %v\n", err)
+			return 1
+		}
+		a.handle(req)
+	}
+}
+
+func (a *agent) send(ev event) {
+	a.outMu.Lock()
+	defer a.outMu.Unlock()
+	b, _ := json.Marshal(ev)
+	a.out.Write(b)
+	a.out.WriteByte('\n')
+	a.out.Flush()
+}
+
+func (a *agent) handle(req request) {
+	switch req.Op {
+	case opPython:
+		go a.runPython(req)
+	case opRun:
+		a.startCommand(req)
+	case opStdin, opStdinClose:
+		a.mu.Lock()
+		c := a.commands[req.ID]
+		a.mu.Unlock()
+		if c != nil && c.stdin != nil {
+			c.stdin <- req
+		}
+	case opKill:
+		a.mu.Lock()
+		c := a.commands[req.ID]
+		py := a.py
+		a.mu.Unlock()
+		if c != nil {
+			c.kill(req.Reason)
+		} else if py != nil {
+			py.interrupt(req.ID, req.Reason)
+		}
+	default:
+		a.send(event{Ev: evError, ID: req.ID, Error: "unknown operation " + req.Op})
+	}
+}
+
+func (a *agent) shutdown() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, c := range a.commands {
+		c.kill("kill")
+	}
+	if a.py != nil {
+		a.py.cmd.Process.Kill()
+	}
+}
+
+// ---- Python ----
+
+type interpreter struct {
+	number   int
+	cmd      *exec.Cmd
+	requests *os.File
+	results  *bufio.Reader
+	marker   []byte
+
+	mu        sync.Mutex
+	current   uint64 // id of the instruction running now, 0 between instructions
+	reason    string // why it was interrupted, if it was
+	markers   chan struct{}
+	exited    chan struct{} // closed when the process is gone
+	exitState *os.ProcessState
+	readers   sync.WaitGroup
+}
+
+func (a *agent) startInterpreter() (*interpreter, error) {
+	nonce := strconv.FormatInt(time.Now().UnixNano(), 36) + strconv.Itoa(os.Getpid())
+	reqR, reqW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	resR, resW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	chunkR, chunkW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(a.python, "-I", "-c", driverSource, nonce)
+	cmd.Dir = a.home
+	cmd.Env = os.Environ()
+	cmd.Stdout, cmd.Stderr = outW, errW
+	cmd.ExtraFiles = []*os.File{reqR, resW, chunkW} // fd 3, 4 and 5
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	err = cmd.Start()
+	for _, f := range []*os.File{reqR, resW, outW, errW, chunkW} {
+		f.Close()
+	}
+	if err != nil {
+		reqW.Close()
+		resR.Close()
+		outR.Close()
+		errR.Close()
+		chunkR.Close()
+		return nil, fmt.Errorf("start %s: %w", a.python, err)
+	}
+	a.pyCount++
+	py := &interpreter{
+		number:   a.pyCount,
+		cmd:      cmd,
+		requests: reqW,
+		results:  bufio.NewReaderSize(resR, 64<<10),
+		marker:   []byte("\x00vmcp-end-" + nonce),
+		markers:  make(chan struct{}, 3),
+		exited:   make(chan struct{}),
+	}
+	py.readers.Add(3)
+	go py.readLines(a, outR, "stdout")
+	go py.readLines(a, errR, "stderr")
+	go py.readLines(a, chunkR, "")
+	go func() {
+		cmd.Wait()
+		// A background process of the user's may hold fd 1 or 2 open.
+		waited := make(chan struct{})
+		go func() { py.readers.Wait(); close(waited) }()
+		select {
+		case <-waited:
+		case <-time.After(pipeGrace):
+			outR.Close()
+			errR.Close()
+			chunkR.Close()
+			<-waited
+		}
+		py.exitState = cmd.ProcessState
+		reqW.Close()
+		resR.Close()
+		close(py.exited)
+	}()
+	return py, nil
+}
+
+// readLines forwards the interpreter's output one line per event, trailing
+// newline removed, to the instruction running now. With stream "" the lines
+// are the driver's tagged ones: "1" stdout, "2" stderr.
+func (py *interpreter) readLines(a *agent, r *os.File, stream string) {
+	defer py.readers.Done()
+	defer r.Close()
+	br := bufio.NewReaderSize(r, maxPythonLine)
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			text := bytes.TrimSuffix(line, []byte("\n"))
+			end := false
+			if i := bytes.Index(text, py.marker); i >= 0 {
+				text, end = text[:i], true
+			}
+			py.mu.Lock()
+			id := py.current
+			py.mu.Unlock()
+			s := stream
+			if s == "" && len(text) > 0 {
+				s = map[byte]string{'1': "stdout", '2': "stderr"}[text[0]]
+				text = text[1:]
+			}
+			// A partial line before the marker (print(x, end="")) is flushed as
+			// its own chunk; output between instructions belongs to no one.
+			if id != 0 && s != "" && (len(text) > 0 || !end) {
+				a.send(event{Ev: evOutput, ID: id, Stream: s, Data: bytes.Clone(text)})
+			}
+			if end {
+				py.markers <- struct{}{}
+			}
+		}
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return
+		}
+	}
+}
+
+func (py *interpreter) interrupt(id uint64, reason string) {
+	py.mu.Lock()
+	if py.current != id || py.current == 0 {
+		py.mu.Unlock()
+		return
+	}
+	if py.reason == "" {
+		py.reason = reason
+	}
+	py.mu.Unlock()
+	py.cmd.Process.Signal(syscall.SIGINT)
+	go func() {
+		select {
+		case <-py.exited:
+		case <-time.After(interruptGrace):
+			py.mu.Lock()
+			still := py.current == id
+			py.mu.Unlock()
+			if still {
+				syscall.Kill(-py.cmd.Process.Pid, syscall.SIGKILL)
+			}
+		}
+	}()
+}
+
+type driverResult struct {
+	Value       *string  `json:"value"`
+	Error       *string  `json:"error"`
+	PNG         [][]byte `json:"png"`
+	RuntimeMS   int64    `json:"runtime_ms"`
+	Interrupted bool     `json:"interrupted"`
+}
+
+func (a *agent) runPython(req request) {
+	a.pyQueue <- struct{}{}
+	defer func() { <-a.pyQueue }()
+	start := time.Now()
+	a.mu.Lock()
+	py := a.py
+	if py != nil {
+		select {
+		case <-py.exited:
+			py = nil // it died between instructions; the engine is told by the new pid
+		default:
+		}
+	}
+	if py == nil {
+		var err error
+		if py, err = a.startInterpreter(); err != nil {
+			a.mu.Unlock()
+			a.send(event{Ev: evPython, ID: req.ID, Error: "could not start the Python interpreter: " + err.Error(), Died: true})
+			return
+		}
+		a.py = py
+	}
+	a.mu.Unlock()
+
+	py.mu.Lock()
+	py.current, py.reason = req.ID, ""
+	py.mu.Unlock()
+	for len(py.markers) > 0 { // left over from an instruction whose output was cut short
+		<-py.markers
+	}
+	defer func() {
+		py.mu.Lock()
+		py.current = 0
+		py.mu.Unlock()
+	}()
+	b, _ := json.Marshal(map[string]string{"code": req.Code})
+	ev := event{Ev: evPython, ID: req.ID, Interpreter: py.number}
+	if _, err := py.requests.Write(append(b, '\n')); err != nil {
+		<-py.exited
+		a.send(a.diedResult(ev, py, start))
+		return
+	}
+	var timer *time.Timer
+	if req.TimeoutMS > 0 {
+		timer = time.AfterFunc(time.Duration(req.TimeoutMS)*time.Millisecond, func() { py.interrupt(req.ID, "timeout") })
+		defer timer.Stop()
+	}
+	lineCh := make(chan []byte, 1)
+	go func() {
+		line, err := py.results.ReadBytes('\n')
+		if err != nil {
+			line = nil
+		}
+		lineCh <- line
+	}()
+	line := <-lineCh
+	if timer != nil {
+		timer.Stop()
+	}
+	if line == nil {
+		<-py.exited
+		a.send(a.diedResult(ev, py, start))
+		return
+	}
+	// All output was written before the result: wait for the end markers.
+	for i := 0; i < 3; i++ {
+		select {
+		case <-py.markers:
+		case <-time.After(2 * time.Second): // user code closed fd 1 or 2
+		}
+	}
+	var res driverResult
+	if err := json.Unmarshal(line, &res); err != nil {
+		ev.Error = "the interpreter sent a malformed result: " + err.Error()
+		a.send(ev)
+		return
+	}
+	py.mu.Lock()
+	reason := py.reason
+	py.mu.Unlock()
+	ev.RuntimeMS, ev.PNG = res.RuntimeMS, res.PNG
+	switch {
+	case res.Interrupted && reason == "timeout":
+		ev.Error, ev.TimedOut = "Timed out", true
+	case res.Interrupted:
+		ev.Error, ev.Interrupted = "Interrupted", true
+	case res.Error != nil:
+		ev.Error = *res.Error
+	default:
+		ev.Value = res.Value
+	}
+	a.send(ev)
+}
+
+func (a *agent) diedResult(ev event, py *interpreter, start time.Time) event {
+	a.mu.Lock()
+	if a.py == py {
+		a.py = nil
+	}
+	a.mu.Unlock()
+	py.mu.Lock()
+	reason := py.reason
+	py.mu.Unlock()
+	ev.Died = true
+	ev.RuntimeMS = time.Since(start).Milliseconds()
+	how := describeExit(py.exitState)
+	switch reason {
+	case "timeout":
+		ev.TimedOut = true
+		ev.Error = "Timed out (the interpreter did not stop when interrupted and was killed; its state was lost)"
+	case "interrupt":
+		ev.Interrupted = true
+		ev.Error = "Interrupted (the interpreter did not stop when interrupted and was killed; its state was lost)"
+	default:
+		ev.Error = "The Python interpreter " + how + " while running this code; its state (variables, imports) was lost. The next call starts a fresh interpreter."
+	}
+	return ev
+}
+
+func describeExit(st *os.ProcessState) string {
+	if st == nil {
+		return "stopped"
+	}
+	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		if ws.Signal() == syscall.SIGKILL {
+			return "was killed (SIGKILL, most often the machine's memory limit)"
+		}
+		return "was killed by signal " + unix.SignalName(ws.Signal())
+	}
+	return fmt.Sprintf("exited with status %d", st.ExitCode())
+}
+
+// ---- commands ----
+
+type agentCommand struct {
+	id     uint64
+	cmd    *exec.Cmd
+	stdin  chan request
+	killMu sync.Mutex
+	killed string
+	done   chan struct{}
+}
+
+func (a *agent) startCommand(req request) {
+	fail := func(err error) {
+		a.send(event{Ev: evError, ID: req.ID, Error: err.Error()})
+	}
+	if len(req.Argv) == 0 {
+		fail(errors.New("empty command"))
+		return
+	}
+	cmd := exec.Command(req.Argv[0], req.Argv[1:]...)
+	if strings.Contains(req.Argv[0], "/") {
+		cmd.Path = req.Argv[0]
+	}
+	cmd.Dir = req.Dir
+	if cmd.Dir == "" {
+		cmd.Dir = a.home
+	}
+	cmd.Env = os.Environ()
+	for k, v := range req.Env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	if cmd.Err != nil { // not found on PATH
+		fail(fmt.Errorf("%s: command not found", req.Argv[0]))
+		return
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		fail(err)
+		return
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		fail(err)
+		return
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW
+	c := &agentCommand{id: req.ID, cmd: cmd, done: make(chan struct{})}
+	var stdinW *os.File
+	if req.Stdin {
+		var stdinR *os.File
+		if stdinR, stdinW, err = os.Pipe(); err != nil {
+			fail(err)
+			return
+		}
+		cmd.Stdin = stdinR
+		defer stdinR.Close()
+		c.stdin = make(chan request, 16)
+	}
+	err = cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		if stdinW != nil {
+			stdinW.Close()
+		}
+		fail(err)
+		return
+	}
+	a.mu.Lock()
+	a.commands[req.ID] = c
+	a.mu.Unlock()
+	if stdinW != nil {
+		go c.feedStdin(a, stdinW)
+	}
+	var readers sync.WaitGroup
+	readers.Add(2)
+	go c.forward(a, &readers, outR, "stdout")
+	go c.forward(a, &readers, errR, "stderr")
+	if req.TimeoutMS > 0 {
+		t := time.AfterFunc(time.Duration(req.TimeoutMS)*time.Millisecond, func() { c.kill("timeout") })
+		defer t.Stop()
+	}
+	go func() {
+		cmd.Wait()
+		// Background processes may hold the pipes open: read what they wrote
+		// within a short grace, then stop reading.
+		waited := make(chan struct{})
+		go func() { readers.Wait(); close(waited) }()
+		select {
+		case <-waited:
+		case <-time.After(pipeGrace):
+			outR.Close()
+			errR.Close()
+			<-waited
+		}
+		close(c.done)
+		a.mu.Lock()
+		delete(a.commands, req.ID)
+		a.mu.Unlock()
+		c.killMu.Lock()
+		killed := c.killed
+		c.killMu.Unlock()
+		ev := event{Ev: evExit, ID: req.ID, ExitCode: cmd.ProcessState.ExitCode(), Killed: killed}
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			ev.Signal = unix.SignalName(ws.Signal())
+			ev.ExitCode = 128 + int(ws.Signal())
+		}
+		a.send(ev)
+	}()
+}
+
+func (c *agentCommand) forward(a *agent, wg *sync.WaitGroup, r *os.File, stream string) {
+	defer wg.Done()
+	buf := make([]byte, outputChunk)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			a.send(event{Ev: evOutput, ID: c.id, Stream: stream, Data: buf[:n]})
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// feedStdin writes the engine's stdin chunks to the command, acknowledging
+// each so the engine never has more than a small window in flight.
+func (c *agentCommand) feedStdin(a *agent, w *os.File) {
+	defer w.Close()
+	for {
+		select {
+		case req := <-c.stdin:
+			if req.Op == opStdinClose {
+				return
+			}
+			if _, err := w.Write(req.Data); err != nil {
+				// The command stopped reading; keep acknowledging so the engine
+				// does not block, and drop the data.
+				a.send(event{Ev: evStdinAck, ID: c.id})
+				go c.drainStdin(a)
+				return
+			}
+			a.send(event{Ev: evStdinAck, ID: c.id})
+		case <-c.done:
+			return
+		}
+	}
+}
+
+func (c *agentCommand) drainStdin(a *agent) {
+	for {
+		select {
+		case req := <-c.stdin:
+			if req.Op == opStdinClose {
+				return
+			}
+			a.send(event{Ev: evStdinAck, ID: c.id})
+		case <-c.done:
+			return
+		}
+	}
+}
+
+// kill ends the command and everything it started: its process group and
+// any descendant that left the group, repeated until none is left.
+func (c *agentCommand) kill(reason string) {
+	c.killMu.Lock()
+	if c.killed == "" {
+		c.killed = reason
+	}
+	c.killMu.Unlock()
+	killTree(c.cmd.Process.Pid)
+}
+
+func killTree(pid int) {
+	for i := 0; i < 100; i++ {
+		victims := descendants(pid)
+		errGroup := syscall.Kill(-pid, syscall.SIGKILL)
+		for _, p := range victims {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+		if errors.Is(errGroup, syscall.ESRCH) && len(victims) == 0 {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// descendants lists the processes below pid, from /proc.
+func descendants(pid int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	parent := map[int]int{}
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which is in parentheses and may hold spaces.
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(string(stat[i+1:]))
+		if len(fields) > 1 {
+			pp, _ := strconv.Atoi(fields[1])
+			parent[p] = pp
+		}
+	}
+	var out []int
+	for p := range parent {
+		for q, n := parent[p], 0; q > 1 && n < 64; q, n = parent[q], n+1 {
+			if q == pid {
+				out = append(out, p)
+				break
+			}
+		}
+	}
+	return out
+}

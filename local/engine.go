@@ -1,0 +1,498 @@
+// Package local is vmcp's embedded sandbox engine: persistent machines on
+// this host, each isolated with bubblewrap, with a stateful Python REPL,
+// commands, file transfer and snapshots.
+//
+// A binary that uses the engine must call RunHelperIfRequested first thing in
+// main (and a test binary in TestMain): the engine starts the same binary
+// inside each sandbox as its agent.
+package local
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Flavour is the kind of sandbox a machine is.
+type Flavour string
+
+const (
+	// Workspace machines run as an unprivileged user with the host's OS
+	// directories read-only and a writable /workspace (the default).
+	Workspace Flavour = "workspace"
+	// VM machines look like a virtual machine: a writable root filesystem
+	// (an overlay over the host's OS directories) and root inside a user
+	// namespace. The FastVM emulator runs its VMs as these.
+	VM Flavour = "vm"
+)
+
+// Machine statuses.
+const (
+	StatusRunning = "running" // its sandbox is live
+	StatusStopped = "stopped" // nothing runs; the next call starts it
+)
+
+// Limits bound what one machine may use. Zero fields take the defaults.
+type Limits struct {
+	MemoryBytes int64 `json:"memory_bytes"` // cgroup memory limit, or RLIMIT_AS without a writable cgroup; default 2 GiB
+	Processes   int64 `json:"processes"`    // cgroup pids.max, or RLIMIT_NPROC; default 256
+	OpenFiles   int64 `json:"open_files"`   // RLIMIT_NOFILE; default 1024
+	DiskBytes   int64 `json:"disk_bytes"`   // workspace (or root filesystem changes) quota; default 1 GiB
+	TmpBytes    int64 `json:"tmp_bytes"`    // size of the private /tmp of workspace machines; default 256 MiB
+}
+
+// DefaultLimits are the limits of a machine created without its own.
+var DefaultLimits = Limits{
+	MemoryBytes: 2 << 30,
+	Processes:   256,
+	OpenFiles:   1024,
+	DiskBytes:   1 << 30,
+	TmpBytes:    256 << 20,
+}
+
+func (l Limits) withDefaults(d Limits) Limits {
+	if l.MemoryBytes == 0 {
+		l.MemoryBytes = d.MemoryBytes
+	}
+	if l.Processes == 0 {
+		l.Processes = d.Processes
+	}
+	if l.OpenFiles == 0 {
+		l.OpenFiles = d.OpenFiles
+	}
+	if l.DiskBytes == 0 {
+		l.DiskBytes = d.DiskBytes
+	}
+	if l.TmpBytes == 0 {
+		l.TmpBytes = d.TmpBytes
+	}
+	return l
+}
+
+// Options configure an Engine.
+type Options struct {
+	// StateDir holds machines and snapshots. Default: $XDG_STATE_HOME/vmcp,
+	// else ~/.local/state/vmcp.
+	StateDir string
+	// Limits are the defaults for new machines.
+	Limits Limits
+	// Python is the interpreter inside machines. Default /usr/bin/python3.
+	Python string
+	// Bwrap is the bubblewrap binary. Default: bwrap on PATH.
+	Bwrap string
+	// DangerouslyDisableSandbox runs machines as plain host processes with no
+	// isolation at all. Only for hosts where bubblewrap cannot run, and only
+	// for code you would run on the host yourself.
+	DangerouslyDisableSandbox bool
+	// SandboxUID and SandboxGID are the host ids that sandboxes run as when
+	// the engine runs as root. Default 65534 (nobody).
+	SandboxUID, SandboxGID int
+}
+
+// DefaultStateDir is the state directory used when Options.StateDir is empty.
+func DefaultStateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "vmcp")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), "vmcp-state")
+	}
+	return filepath.Join(home, ".local", "state", "vmcp")
+}
+
+// MachineSpec describes a machine to create.
+type MachineSpec struct {
+	Name         string            // optional, for people; ids identify machines
+	Tags         map[string]string // optional labels, stored with the machine
+	Flavour      Flavour           // default Workspace
+	AllowNetwork bool              // share the host's network; off by default
+	Limits       Limits            // zero fields take the engine's defaults
+	FromSnapshot string            // start with this snapshot's files
+}
+
+// MachineInfo is a machine's metadata record.
+type MachineInfo struct {
+	ID           string            `json:"id"`
+	Name         string            `json:"name,omitempty"`
+	Tags         map[string]string `json:"tags,omitempty"`
+	Flavour      Flavour           `json:"flavour"`
+	AllowNetwork bool              `json:"allow_network"`
+	Limits       Limits            `json:"limits"`
+	CreatedAt    time.Time         `json:"created_at"`
+	FromSnapshot string            `json:"from_snapshot,omitempty"`
+	// PythonUsed is set once the machine has run Python, so that the first
+	// call after a restart of the engine can say that the state was reset.
+	PythonUsed bool `json:"python_used,omitempty"`
+	// Status is StatusRunning or StatusStopped; not stored.
+	Status string `json:"-"`
+}
+
+// ErrNotFound is returned for machines and snapshots that do not exist.
+var ErrNotFound = errors.New("not found")
+
+// Engine owns the machines and snapshots under one state directory. Only
+// one Engine may use a state directory at a time.
+type Engine struct {
+	opts      Options
+	helper    string // this binary, started as the agent inside sandboxes
+	bwrap     string
+	cgroups   *cgroupManager
+	asRoot    bool
+	lock      *os.File
+	startedAt time.Time
+
+	mu        sync.Mutex
+	machines  map[string]*Machine
+	snapshots map[string]SnapshotInfo
+	closed    bool
+}
+
+// New opens (or creates) the state directory and loads its machines and
+// snapshots. It fails if bubblewrap is missing, unless the sandbox is
+// explicitly disabled.
+func New(opts Options) (*Engine, error) {
+	if opts.StateDir == "" {
+		opts.StateDir = DefaultStateDir()
+	}
+	if opts.Python == "" {
+		opts.Python = "/usr/bin/python3"
+	}
+	if opts.SandboxUID == 0 {
+		opts.SandboxUID = 65534
+	}
+	if opts.SandboxGID == 0 {
+		opts.SandboxGID = 65534
+	}
+	opts.Limits = opts.Limits.withDefaults(DefaultLimits)
+	e := &Engine{
+		opts:      opts,
+		asRoot:    os.Geteuid() == 0,
+		machines:  map[string]*Machine{},
+		snapshots: map[string]SnapshotInfo{},
+		startedAt: time.Now(),
+	}
+	var err error
+	if e.helper, err = os.Executable(); err != nil {
+		return nil, fmt.Errorf("find this binary to run as the sandbox agent: %w", err)
+	}
+	if !opts.DangerouslyDisableSandbox {
+		bwrap := opts.Bwrap
+		if bwrap == "" {
+			bwrap = "bwrap"
+		}
+		if e.bwrap, err = exec.LookPath(bwrap); err != nil {
+			return nil, errors.New("bubblewrap (bwrap) is not installed, and vmcp needs it to isolate machines: " +
+				"install it with `sudo apt-get install -y bubblewrap` (Debian/Ubuntu) or `sudo dnf install -y bubblewrap` (Fedora); " +
+				"only if that is impossible, and only for code you trust, run with the sandbox disabled (--dangerously-disable-sandbox)")
+		}
+	}
+	for _, d := range []string{"machines", "snapshots", "etc"} {
+		if err := os.MkdirAll(filepath.Join(opts.StateDir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("create state directory: %w", err)
+		}
+	}
+	if err := e.lockStateDir(); err != nil {
+		return nil, err
+	}
+	if err := e.writeIdentityFiles(); err != nil {
+		e.lock.Close()
+		return nil, err
+	}
+	e.cgroups = newCgroupManager(e.asRoot)
+	if err := e.load(); err != nil {
+		e.lock.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// Sandboxed reports whether machines are isolated with bubblewrap.
+func (e *Engine) Sandboxed() bool { return !e.opts.DangerouslyDisableSandbox }
+
+// StateDir is the directory the engine keeps its machines and snapshots in.
+func (e *Engine) StateDir() string { return e.opts.StateDir }
+
+func (e *Engine) load() error {
+	dirs, err := os.ReadDir(filepath.Join(e.opts.StateDir, "machines"))
+	if err != nil {
+		return err
+	}
+	for _, d := range dirs {
+		dir := filepath.Join(e.opts.StateDir, "machines", d.Name())
+		var info MachineInfo
+		if err := readJSON(filepath.Join(dir, "machine.json"), &info); err != nil {
+			// A machine whose creation did not finish: nothing announced it.
+			os.RemoveAll(dir)
+			continue
+		}
+		m := newMachine(e, dir, info)
+		if info.PythonUsed {
+			m.resetReason = "vmcp restarted since the last call"
+		}
+		e.machines[info.ID] = m
+	}
+	snaps, err := os.ReadDir(filepath.Join(e.opts.StateDir, "snapshots"))
+	if err != nil {
+		return err
+	}
+	for _, d := range snaps {
+		var s SnapshotInfo
+		dir := filepath.Join(e.opts.StateDir, "snapshots", d.Name())
+		if err := readJSON(filepath.Join(dir, "snapshot.json"), &s); err != nil {
+			os.RemoveAll(dir)
+			continue
+		}
+		e.snapshots[s.ID] = s
+	}
+	return nil
+}
+
+// Create makes a new machine. Its sandbox starts on first use.
+func (e *Engine) Create(ctx context.Context, spec MachineSpec) (MachineInfo, error) {
+	if spec.Flavour == "" {
+		spec.Flavour = Workspace
+	}
+	if spec.Flavour != Workspace && spec.Flavour != VM {
+		return MachineInfo{}, fmt.Errorf("unknown machine flavour %q: use %q or %q", spec.Flavour, Workspace, VM)
+	}
+	if spec.Flavour == VM && e.opts.DangerouslyDisableSandbox {
+		return MachineInfo{}, errors.New("vm machines need the sandbox; it is disabled")
+	}
+	var snap SnapshotInfo
+	if spec.FromSnapshot != "" {
+		var err error
+		if snap, err = e.Snapshot(spec.FromSnapshot); err != nil {
+			return MachineInfo{}, err
+		}
+		if snap.Flavour != spec.Flavour {
+			return MachineInfo{}, fmt.Errorf("snapshot %s is of a %s machine; launch it as one", snap.ID, snap.Flavour)
+		}
+	}
+	info := MachineInfo{
+		ID:           newID("m"),
+		Name:         spec.Name,
+		Tags:         spec.Tags,
+		Flavour:      spec.Flavour,
+		AllowNetwork: spec.AllowNetwork,
+		Limits:       spec.Limits.withDefaults(e.opts.Limits),
+		CreatedAt:    time.Now().UTC(),
+		FromSnapshot: spec.FromSnapshot,
+	}
+	dir := filepath.Join(e.opts.StateDir, "machines", info.ID)
+	if err := e.prepareMachineDir(ctx, dir, info, snap); err != nil {
+		os.RemoveAll(dir)
+		return MachineInfo{}, err
+	}
+	// The record is written last: a machine without one was never created.
+	if err := writeJSON(filepath.Join(dir, "machine.json"), info); err != nil {
+		os.RemoveAll(dir)
+		return MachineInfo{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		os.RemoveAll(dir)
+		return MachineInfo{}, errors.New("the engine is closed")
+	}
+	e.machines[info.ID] = newMachine(e, dir, info)
+	info.Status = StatusStopped
+	return info, nil
+}
+
+func (e *Engine) prepareMachineDir(ctx context.Context, dir string, info MachineInfo, snap SnapshotInfo) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	data := filepath.Join(dir, dataDirName(info.Flavour))
+	if snap.ID != "" {
+		if err := copyTree(ctx, filepath.Join(e.opts.StateDir, "snapshots", snap.ID, "data"), data); err != nil {
+			return fmt.Errorf("copy snapshot %s: %w", snap.ID, err)
+		}
+	} else if err := os.Mkdir(data, 0o755); err != nil {
+		return err
+	}
+	if info.Flavour == Workspace {
+		return e.chownToSandbox(data)
+	}
+	return nil
+}
+
+// dataDirName is the directory in a machine's state that holds its files:
+// the workspace, or the VM's filesystem changes.
+func dataDirName(f Flavour) string {
+	if f == VM {
+		return "root"
+	}
+	return "workspace"
+}
+
+// Machine returns the machine with this id.
+func (e *Engine) Machine(id string) (*Machine, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	m, ok := e.machines[id]
+	if !ok {
+		return nil, fmt.Errorf("machine %q: %w", id, ErrNotFound)
+	}
+	return m, nil
+}
+
+// Machines lists every machine, oldest first.
+func (e *Engine) Machines() []MachineInfo {
+	e.mu.Lock()
+	ms := make([]*Machine, 0, len(e.machines))
+	for _, m := range e.machines {
+		ms = append(ms, m)
+	}
+	e.mu.Unlock()
+	out := make([]MachineInfo, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, m.Info())
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.Before(out[j].CreatedAt)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// Delete ends a machine's processes and removes everything it stored.
+func (e *Engine) Delete(ctx context.Context, id string) error {
+	e.mu.Lock()
+	m, ok := e.machines[id]
+	if ok {
+		delete(e.machines, id)
+	}
+	e.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("machine %q: %w", id, ErrNotFound)
+	}
+	m.markDeleted()
+	m.Stop()
+	e.cgroups.remove(id)
+	// Remove the record first so that a crash half-way leaves no machine
+	// behind, only a directory that the next start cleans up.
+	os.Remove(filepath.Join(m.dir, "machine.json"))
+	return removeAll(m.dir)
+}
+
+// Close stops every machine's processes. Machines and snapshots stay on disk.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	e.closed = true
+	ms := make([]*Machine, 0, len(e.machines))
+	for _, m := range e.machines {
+		ms = append(ms, m)
+	}
+	e.mu.Unlock()
+	for _, m := range ms {
+		m.Stop()
+		e.cgroups.remove(m.ID())
+	}
+	return e.lock.Close()
+}
+
+func newID(prefix string) string {
+	b := make([]byte, 10)
+	rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, append(b, '\n'))
+}
+
+// writeFileAtomic replaces path with data so that a crash leaves either the
+// old or the new content.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+// removeAll removes a machine or snapshot directory, including files that an
+// overlay's work directory left without write permission.
+func removeAll(dir string) error {
+	err := os.RemoveAll(dir)
+	if err == nil {
+		return nil
+	}
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(p, 0o700)
+		}
+		return nil
+	})
+	return os.RemoveAll(dir)
+}
+
+func (e *Engine) chownToSandbox(path string) error {
+	if !e.asRoot || e.opts.DangerouslyDisableSandbox {
+		return nil
+	}
+	return os.Lchown(path, e.opts.SandboxUID, e.opts.SandboxGID)
+}
+
+func (e *Engine) writeIdentityFiles() error {
+	// Workspace machines see their user by name; the host's own accounts
+	// are none of their business.
+	passwd := "root:x:0:0:root:/root:/bin/sh\nsandbox:x:1000:1000:vmcp sandbox:/workspace:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+	group := "root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n"
+	for name, content := range map[string]string{"passwd": passwd, "group": group} {
+		path := filepath.Join(e.opts.StateDir, "etc", name)
+		if b, err := os.ReadFile(path); err == nil && string(b) == content {
+			continue
+		}
+		if err := writeFileAtomic(path, []byte(content)); err != nil {
+			return err
+		}
+		os.Chmod(path, 0o644)
+	}
+	return os.Chmod(filepath.Join(e.opts.StateDir, "etc"), 0o755)
+}
+
+func shortList(s []string) string {
+	if len(s) > 5 {
+		s = append(s[:5:5], "…")
+	}
+	return strings.Join(s, ", ")
+}

@@ -1,0 +1,636 @@
+package local
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Workspace machines exchange files with the host directly in their
+// workspace directory, through an os.Root so that no path (with "..",
+// absolute or through a symbolic link) can leave it. VM machines have their
+// files inside an overlay that exists only in the sandbox, so their file
+// operations run tar, cat and stat inside the machine.
+
+// WorkspaceDir is where a workspace machine sees its files.
+const WorkspaceDir = "/workspace"
+
+// FileInfo describes a file in a machine.
+type FileInfo struct {
+	Path    string      `json:"path"` // as the machine sees it
+	Size    int64       `json:"size"`
+	Mode    fs.FileMode `json:"mode"`
+	ModTime time.Time   `json:"mod_time"`
+	IsDir   bool        `json:"is_dir"`
+	// Target is where a symbolic link points.
+	Target string `json:"target,omitempty"`
+}
+
+// WriteResult is what WriteFile wrote.
+type WriteResult struct {
+	Path   string // as the machine sees it
+	Bytes  int64
+	SHA256 string // hex
+}
+
+// PathError is a path that a machine refuses, with the reason.
+type PathError struct {
+	Path   string
+	Reason string
+}
+
+func (e *PathError) Error() string { return fmt.Sprintf("path %q: %s", e.Path, e.Reason) }
+
+// workspacePath turns a machine path into one relative to the workspace.
+func workspacePath(p string) (string, error) {
+	if p == "" {
+		return "", &PathError{p, "empty path: give a file path inside " + WorkspaceDir}
+	}
+	if strings.ContainsRune(p, 0) {
+		return "", &PathError{p, "contains a NUL byte"}
+	}
+	rel := p
+	if path.IsAbs(p) {
+		clean := path.Clean(p)
+		switch {
+		case clean == WorkspaceDir:
+			return ".", nil
+		case strings.HasPrefix(clean, WorkspaceDir+"/"):
+			rel = strings.TrimPrefix(clean, WorkspaceDir+"/")
+		default:
+			return "", &PathError{p, "outside the machine's workspace: files move in and out under " + WorkspaceDir + " only (relative paths are relative to it)"}
+		}
+	}
+	rel = path.Clean(rel)
+	if rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", &PathError{p, "leaves the machine's workspace (" + WorkspaceDir + "); use a path inside it"}
+	}
+	return rel, nil
+}
+
+// vmPath makes a VM machine path absolute (relative paths start at /root).
+func vmPath(p string) (string, error) {
+	if p == "" {
+		return "", &PathError{p, "empty path"}
+	}
+	if strings.ContainsRune(p, 0) {
+		return "", &PathError{p, "contains a NUL byte"}
+	}
+	if !path.IsAbs(p) {
+		p = "/root/" + p
+	}
+	return path.Clean(p), nil
+}
+
+func (m *Machine) root() (*os.Root, error) {
+	return os.OpenRoot(filepath.Join(m.dir, "workspace"))
+}
+
+// rootError explains an os.Root refusal in the machine's terms.
+func rootError(p string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) && strings.Contains(pe.Err.Error(), "escapes") {
+		return &PathError{p, "goes through a symbolic link that leads outside " + WorkspaceDir + "; refused"}
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return &PathError{p, "no such file or directory"}
+	}
+	if pe != nil {
+		return &PathError{p, pe.Err.Error()}
+	}
+	return fmt.Errorf("path %q: %w", p, err)
+}
+
+// WriteFile creates or replaces a file with what r yields, creating its
+// parent directories. The file appears whole or not at all.
+func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.FileMode) (*WriteResult, error) {
+	if mode == 0 {
+		mode = 0o644
+	}
+	h := sha256.New()
+	counter := &countingReader{r: io.TeeReader(r, h), ctx: ctx}
+	if m.Info().Flavour == VM {
+		abs, err := vmPath(p)
+		if err != nil {
+			return nil, err
+		}
+		script := `set -e; d=$(dirname -- "$1"); mkdir -p -- "$d"; t=$(mktemp -p "$d" .vmcp-upload.XXXXXX); trap 'rm -f -- "$t"' EXIT; cat > "$t"; chmod ` + strconv.FormatUint(uint64(mode.Perm()), 8) + ` "$t"; mv -f -- "$t" "$1"; trap - EXIT`
+		if err := m.runChecked(ctx, Command{Argv: []string{"/bin/sh", "-c", script, "sh", abs}, Stdin: counter}); err != nil {
+			return nil, fmt.Errorf("write %s: %w", abs, err)
+		}
+		return &WriteResult{Path: abs, Bytes: counter.n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	}
+	rel, err := workspacePath(p)
+	if err != nil {
+		return nil, err
+	}
+	if rel == "." {
+		return nil, &PathError{p, "is the workspace directory itself; give a file path"}
+	}
+	root, err := m.root()
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	used, err := m.diskUsage()
+	if err != nil {
+		return nil, err
+	}
+	quota := m.Info().Limits.DiskBytes
+	if used >= quota {
+		return nil, m.quotaError(used)
+	}
+	counter.limit = quota - used
+	dir := path.Dir(rel)
+	if err := m.mkdirAll(root, dir); err != nil {
+		return nil, rootError(p, err)
+	}
+	tmp := path.Join(dir, ".vmcp-upload-"+newID("t"))
+	f, err := root.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode.Perm())
+	if err != nil {
+		return nil, rootError(p, err)
+	}
+	_, err = io.Copy(f, counter)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = m.chown(root, tmp)
+	}
+	if err == nil {
+		err = root.Rename(tmp, rel)
+	}
+	if err != nil {
+		root.Remove(tmp)
+		if errors.Is(err, errQuota) {
+			return nil, m.quotaError(used + counter.n)
+		}
+		return nil, rootError(p, err)
+	}
+	return &WriteResult{Path: path.Join(WorkspaceDir, rel), Bytes: counter.n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+var errQuota = errors.New("disk quota exceeded")
+
+func (m *Machine) quotaError(used int64) error {
+	return fmt.Errorf("the machine's disk quota is full (%d MiB used of %d MiB): delete files in the machine to make room",
+		used>>20, m.Info().Limits.DiskBytes>>20)
+}
+
+// countingReader counts what passes, stops at limit and honours ctx.
+type countingReader struct {
+	r     io.Reader
+	ctx   context.Context
+	n     int64
+	limit int64 // 0: none
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if c.limit > 0 && c.n > c.limit {
+		return n, errQuota
+	}
+	return n, err
+}
+
+func (m *Machine) mkdirAll(root *os.Root, dir string) error {
+	if dir == "." {
+		return nil
+	}
+	if err := m.mkdirAll(root, path.Dir(dir)); err != nil {
+		return err
+	}
+	err := root.Mkdir(dir, 0o755)
+	if errors.Is(err, fs.ErrExist) {
+		fi, serr := root.Stat(dir)
+		if serr == nil && !fi.IsDir() {
+			return fmt.Errorf("%s is a file, not a directory", dir)
+		}
+		return serr
+	}
+	if err != nil {
+		return err
+	}
+	return m.chown(root, dir)
+}
+
+func (m *Machine) chown(root *os.Root, name string) error {
+	if !m.e.asRoot || m.e.opts.DangerouslyDisableSandbox {
+		return nil
+	}
+	return root.Lchown(name, m.e.opts.SandboxUID, m.e.opts.SandboxGID)
+}
+
+// ReadFile streams a file of the machine to w and returns its size.
+func (m *Machine) ReadFile(ctx context.Context, p string, w io.Writer) (int64, error) {
+	if m.Info().Flavour == VM {
+		abs, err := vmPath(p)
+		if err != nil {
+			return 0, err
+		}
+		cw := &countingWriter{w: w}
+		err = m.runChecked(ctx, Command{Argv: []string{"/bin/sh", "-c", `test -f "$1" || { echo "not a regular file" >&2; exit 1; }; exec cat -- "$1"`, "sh", abs}, Stdout: cw})
+		if err != nil {
+			return cw.n, fmt.Errorf("read %s: %w", abs, err)
+		}
+		return cw.n, nil
+	}
+	rel, err := workspacePath(p)
+	if err != nil {
+		return 0, err
+	}
+	root, err := m.root()
+	if err != nil {
+		return 0, err
+	}
+	defer root.Close()
+	f, err := root.Open(rel)
+	if err != nil {
+		return 0, rootError(p, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if !fi.Mode().IsRegular() {
+		return 0, &PathError{p, "is not a regular file (use CopyOut for directories)"}
+	}
+	return io.Copy(w, &countingReader{r: f, ctx: ctx})
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Stat describes one path of the machine.
+func (m *Machine) Stat(ctx context.Context, p string) (*FileInfo, error) {
+	if m.Info().Flavour == VM {
+		list, err := m.vmList(ctx, p, false)
+		if err != nil {
+			return nil, err
+		}
+		return &list[0], nil
+	}
+	rel, err := workspacePath(p)
+	if err != nil {
+		return nil, err
+	}
+	root, err := m.root()
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	fi, err := root.Lstat(rel)
+	if err != nil {
+		return nil, rootError(p, err)
+	}
+	info := fileInfo(path.Join(WorkspaceDir, rel), fi)
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		info.Target, _ = root.Readlink(rel)
+	}
+	return &info, nil
+}
+
+// List describes the entries of a directory of the machine, sorted by name.
+func (m *Machine) List(ctx context.Context, p string) ([]FileInfo, error) {
+	if m.Info().Flavour == VM {
+		return m.vmList(ctx, p, true)
+	}
+	rel, err := workspacePath(p)
+	if err != nil {
+		return nil, err
+	}
+	root, err := m.root()
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	f, err := root.Open(rel)
+	if err != nil {
+		return nil, rootError(p, err)
+	}
+	defer f.Close()
+	entries, err := f.ReadDir(-1)
+	if err != nil {
+		return nil, rootError(p, err)
+	}
+	out := make([]FileInfo, 0, len(entries))
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil {
+			continue
+		}
+		info := fileInfo(path.Join(WorkspaceDir, rel, e.Name()), fi)
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			info.Target, _ = root.Readlink(path.Join(rel, e.Name()))
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+func fileInfo(p string, fi fs.FileInfo) FileInfo {
+	return FileInfo{Path: p, Size: fi.Size(), Mode: fi.Mode(), ModTime: fi.ModTime().UTC(), IsDir: fi.IsDir()}
+}
+
+// vmList stats a path in a VM machine, or the entries of a directory.
+func (m *Machine) vmList(ctx context.Context, p string, entries bool) ([]FileInfo, error) {
+	abs, err := vmPath(p)
+	if err != nil {
+		return nil, err
+	}
+	script := `test -e "$1" || test -L "$1" || { echo "no such file or directory" >&2; exit 1; }; stat -c '%f|%s|%Y|%n|%N' -- "$1"`
+	if entries {
+		script = `test -d "$1" || { echo "not a directory" >&2; exit 1; }; find "$1" -mindepth 1 -maxdepth 1 -exec stat -c '%f|%s|%Y|%n|%N' -- {} +`
+	}
+	var out bytes.Buffer
+	if err := m.runChecked(ctx, Command{Argv: []string{"/bin/sh", "-c", script, "sh", abs}, Stdout: &out}); err != nil {
+		return nil, &PathError{abs, err.Error()}
+	}
+	var list []FileInfo
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		f := strings.SplitN(line, "|", 5)
+		if len(f) < 5 {
+			continue
+		}
+		raw, _ := strconv.ParseUint(f[0], 16, 32)
+		size, _ := strconv.ParseInt(f[1], 10, 64)
+		mtime, _ := strconv.ParseInt(f[2], 10, 64)
+		mode := unixMode(uint32(raw))
+		info := FileInfo{Path: f[3], Size: size, Mode: mode, ModTime: time.Unix(mtime, 0).UTC(), IsDir: mode.IsDir()}
+		if mode&fs.ModeSymlink != 0 {
+			if i := strings.Index(f[4], " -> "); i >= 0 {
+				info.Target = strings.Trim(f[4][i+4:], "'")
+			}
+		}
+		list = append(list, info)
+	}
+	if len(list) == 0 && !entries {
+		return nil, &PathError{abs, "no such file or directory"}
+	}
+	sortFiles(list)
+	return list, nil
+}
+
+func unixMode(raw uint32) fs.FileMode {
+	mode := fs.FileMode(raw & 0o777)
+	switch raw & 0o170000 {
+	case 0o040000:
+		mode |= fs.ModeDir
+	case 0o120000:
+		mode |= fs.ModeSymlink
+	case 0o010000:
+		mode |= fs.ModeNamedPipe
+	case 0o140000:
+		mode |= fs.ModeSocket
+	case 0o020000:
+		mode |= fs.ModeDevice | fs.ModeCharDevice
+	case 0o060000:
+		mode |= fs.ModeDevice
+	}
+	return mode
+}
+
+func sortFiles(list []FileInfo) {
+	for i := 1; i < len(list); i++ {
+		for j := i; j > 0 && list[j].Path < list[j-1].Path; j-- {
+			list[j], list[j-1] = list[j-1], list[j]
+		}
+	}
+}
+
+// runChecked runs a helper command and turns a failure into an error that
+// carries the command's stderr.
+func (m *Machine) runChecked(ctx context.Context, cmd Command) error {
+	res, err := m.Run(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	if res.ExitCode != 0 {
+		msg := strings.TrimSpace(res.Stderr)
+		if msg == "" {
+			msg = fmt.Sprintf("exit status %d", res.ExitCode)
+		}
+		return errors.New(msg)
+	}
+	return nil
+}
+
+// CopyIn extracts a tar stream into a directory of the machine (created if
+// missing). Entries that would land outside it are refused.
+func (m *Machine) CopyIn(ctx context.Context, dir string, r io.Reader) error {
+	if m.Info().Flavour == VM {
+		abs, err := vmPath(dir)
+		if err != nil {
+			return err
+		}
+		return m.runChecked(ctx, Command{Argv: []string{"/bin/sh", "-c", `mkdir -p -- "$1" && exec tar -x --no-same-owner -C "$1"`, "sh", abs}, Stdin: &countingReader{r: r, ctx: ctx}})
+	}
+	rel, err := workspacePath(dir)
+	if err != nil {
+		return err
+	}
+	root, err := m.root()
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	used, err := m.diskUsage()
+	if err != nil {
+		return err
+	}
+	quota := m.Info().Limits.DiskBytes
+	if err := m.mkdirAll(root, rel); err != nil {
+		return rootError(dir, err)
+	}
+	sub, err := root.OpenRoot(rel)
+	if err != nil {
+		return rootError(dir, err)
+	}
+	defer sub.Close()
+	tr := tar.NewReader(&countingReader{r: r, ctx: ctx})
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read the tar stream: %w", err)
+		}
+		name := path.Clean(strings.TrimPrefix(hdr.Name, "/"))
+		if name == "." {
+			continue
+		}
+		if name == ".." || strings.HasPrefix(name, "../") {
+			return &PathError{hdr.Name, "tar entry leaves the target directory; refused"}
+		}
+		if err := m.mkdirAll(sub, path.Dir(name)); err != nil {
+			return rootError(path.Join(dir, name), err)
+		}
+		mode := fs.FileMode(hdr.Mode).Perm()
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			if err := m.mkdirAll(sub, name); err != nil {
+				return rootError(path.Join(dir, name), err)
+			}
+			sub.Chmod(name, mode|0o700)
+		case tar.TypeReg:
+			if used += hdr.Size; used > quota {
+				return m.quotaError(used)
+			}
+			f, err := sub.OpenFile(name, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
+			if err != nil {
+				return rootError(path.Join(dir, name), err)
+			}
+			_, err = io.Copy(f, tr)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err == nil {
+				err = m.chown(sub, name)
+			}
+			if err != nil {
+				return rootError(path.Join(dir, name), err)
+			}
+			sub.Chmod(name, mode)
+		case tar.TypeSymlink:
+			sub.Remove(name)
+			if err := sub.Symlink(hdr.Linkname, name); err != nil {
+				return rootError(path.Join(dir, name), err)
+			}
+			m.chown(sub, name)
+		default:
+			return &PathError{hdr.Name, "tar entry type " + string(hdr.Typeflag) + " is not supported (only files, directories and symbolic links)"}
+		}
+	}
+}
+
+// CopyOut writes a file or a directory tree of the machine as a tar stream,
+// with names relative to the path's parent (a directory "data" gives
+// "data/...").
+func (m *Machine) CopyOut(ctx context.Context, p string, w io.Writer) error {
+	if m.Info().Flavour == VM {
+		abs, err := vmPath(p)
+		if err != nil {
+			return err
+		}
+		return m.runChecked(ctx, Command{Argv: []string{"/bin/sh", "-c", `cd -- "$(dirname -- "$1")" && exec tar -c -- "$(basename -- "$1")"`, "sh", abs}, Stdout: w})
+	}
+	rel, err := workspacePath(p)
+	if err != nil {
+		return err
+	}
+	root, err := m.root()
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	if _, err := root.Lstat(rel); err != nil {
+		return rootError(p, err)
+	}
+	tw := tar.NewWriter(w)
+	base := path.Dir(rel)
+	err = fs.WalkDir(root.FS(), rel, func(name string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return rootError(name, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		arcName := strings.TrimPrefix(name, base+"/")
+		if base == "." {
+			arcName = name
+		}
+		if arcName == "." {
+			arcName = path.Base(WorkspaceDir)
+		}
+		var link string
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			link, _ = root.Readlink(name)
+		}
+		hdr, err := tar.FileInfoHeader(fi, link)
+		if err != nil {
+			return nil // sockets and the like are skipped
+		}
+		hdr.Name = arcName
+		if fi.IsDir() {
+			hdr.Name += "/"
+		}
+		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if fi.Mode().IsRegular() {
+			f, err := root.Open(name)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(tw, f)
+			f.Close()
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// diskUsage is the space the machine's files take on disk.
+func (m *Machine) diskUsage() (int64, error) {
+	return dirUsage(filepath.Join(m.dir, dataDirName(m.Info().Flavour)))
+}
+
+// DiskUsage is the space the machine's files take on disk, in bytes.
+func (m *Machine) DiskUsage() (int64, error) { return m.diskUsage() }
+
+func dirUsage(dir string) (int64, error) {
+	var total int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+				return nil
+			}
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		total += blocks(fi)
+		return nil
+	})
+	return total, err
+}

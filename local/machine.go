@@ -1,0 +1,587 @@
+package local
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Machine is a persistent sandbox. Its methods are safe for concurrent use:
+// Python instructions queue in order, one at a time; commands run side by side.
+type Machine struct {
+	e   *Engine
+	dir string
+
+	mu          sync.Mutex
+	info        MachineInfo
+	sb          *sandbox
+	deleted     bool
+	interp      string // the agent interpreter that ran the last instruction
+	resetReason string // why the next interpreter starts without the old state
+
+	pyTurn chan struct{} // FIFO lock (channel waiters are served in order)
+}
+
+func newMachine(e *Engine, dir string, info MachineInfo) *Machine {
+	return &Machine{e: e, dir: dir, info: info, pyTurn: make(chan struct{}, 1)}
+}
+
+// ID is the machine's id.
+func (m *Machine) ID() string { return m.info.ID }
+
+// Info returns the machine's metadata and status.
+func (m *Machine) Info() MachineInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	info := m.info
+	info.Status = StatusStopped
+	if m.sb != nil && m.sb.alive() {
+		info.Status = StatusRunning
+	}
+	return info
+}
+
+func (m *Machine) markDeleted() {
+	m.mu.Lock()
+	m.deleted = true
+	m.mu.Unlock()
+}
+
+// sandbox returns the machine's running sandbox, starting it if needed.
+func (m *Machine) sandbox() (*sandbox, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.deleted {
+		return nil, fmt.Errorf("machine %q: %w", m.info.ID, ErrNotFound)
+	}
+	if m.sb != nil && m.sb.alive() {
+		return m.sb, nil
+	}
+	if m.sb != nil && m.interp != "" {
+		m.resetReason = "the machine's sandbox stopped since the last call"
+	}
+	sb, err := m.e.startSandbox(m, m.info)
+	if err != nil {
+		return nil, fmt.Errorf("machine %s: %w", m.info.ID, err)
+	}
+	m.sb = sb
+	return sb, nil
+}
+
+// Stop ends every process of the machine. Its files stay; the next call
+// starts it again (with a fresh Python interpreter).
+func (m *Machine) Stop() {
+	m.mu.Lock()
+	sb := m.sb
+	if sb != nil && m.interp != "" {
+		m.resetReason = "the machine was stopped since the last call"
+	}
+	m.mu.Unlock()
+	if sb != nil {
+		sb.stop()
+	}
+}
+
+// ExecOptions tune one Python instruction.
+type ExecOptions struct {
+	// Timeout interrupts the code after this long; the state survives.
+	// Zero means DefaultExecTimeout.
+	Timeout time.Duration
+	// OnOutput receives stdout and stderr one line at a time (without the
+	// newline) while the code runs. It runs on the machine's reader: keep it
+	// quick, and do not call the machine from it.
+	OnOutput func(stream, line string)
+}
+
+// DefaultExecTimeout is ForeverVM's default instruction timeout.
+const DefaultExecTimeout = 15 * time.Second
+
+// ExecResult is the outcome of a Python instruction.
+type ExecResult struct {
+	// Value is the repr of the last expression; nil for statements and None.
+	Value *string
+	// Error is the exception with its traceback, "Timed out", or why the
+	// interpreter died; empty on success.
+	Error  string
+	Stdout string // all stdout lines, joined with "\n" (capped at 1 MiB)
+	Stderr string
+	// Images are the PNGs of the matplotlib figures the code left open.
+	Images      [][]byte
+	Runtime     time.Duration
+	TimedOut    bool
+	Interrupted bool
+	// StateReset says why this code ran in a fresh interpreter that had lost
+	// earlier state; empty when the state carried over.
+	StateReset string
+	// InterpreterDied: the interpreter ended while running this code.
+	InterpreterDied bool
+}
+
+// maxInlineOutput caps the stdout and stderr kept in results.
+const maxInlineOutput = 1 << 20
+
+// Exec runs Python code in the machine's interpreter. Globals persist
+// between calls. A Python exception is a result with Error set, not an error;
+// the error return is for failures of the machine itself.
+func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*ExecResult, error) {
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultExecTimeout
+	}
+	select {
+	case m.pyTurn <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-m.pyTurn }()
+	sb, err := m.sandbox()
+	if err != nil {
+		return nil, err
+	}
+	res := &ExecResult{}
+	var out [2]cappedBuffer
+	var final event
+	c, err := sb.start(request{Op: opPython, Code: code, TimeoutMS: opts.Timeout.Milliseconds()}, func(ev event) bool {
+		switch ev.Ev {
+		case evOutput:
+			i := 0
+			if ev.Stream == "stderr" {
+				i = 1
+			}
+			out[i].writeLine(ev.Data)
+			if opts.OnOutput != nil {
+				opts.OnOutput(ev.Stream, string(ev.Data))
+			}
+			return false
+		default:
+			final = ev
+			return true
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	quotaHit := m.watchQuota(c.done, func() { sb.send(request{Op: opKill, ID: c.id, Reason: "quota"}) })
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		sb.send(request{Op: opKill, ID: c.id, Reason: "interrupt"})
+		// The agent stops the code within interruptGrace; wait for it so the
+		// next instruction finds the interpreter free.
+		select {
+		case <-c.done:
+		case <-time.After(interruptGrace + 2*time.Second):
+			m.Stop()
+			<-c.done
+		}
+	}
+	if final.Ev == evError {
+		return nil, errors.New(final.Error)
+	}
+	res.Value, res.Error, res.Images = final.Value, final.Error, final.PNG
+	res.Runtime = time.Duration(final.RuntimeMS) * time.Millisecond
+	res.TimedOut, res.Interrupted, res.InterpreterDied = final.TimedOut, final.Interrupted, final.Died
+	res.Stdout, res.Stderr = out[0].String(), out[1].String()
+	if quotaHit() && res.Interrupted {
+		res.Error = "Stopped: " + m.quotaError(m.usageNow()).Error()
+	}
+
+	m.mu.Lock()
+	key := fmt.Sprintf("%p/%d", sb, final.Interpreter)
+	if final.Interpreter != 0 && key != m.interp {
+		if m.interp != "" && m.resetReason == "" {
+			m.resetReason = "the previous interpreter exited"
+		}
+		res.StateReset = m.resetReason
+		m.interp, m.resetReason = key, ""
+	}
+	if final.Died {
+		m.resetReason = "the interpreter ended during an earlier call"
+		if m.e.cgroups.oomKills(m.info.ID) > 0 && !final.TimedOut {
+			res.Error = fmt.Sprintf("The Python interpreter was killed because the machine ran out of memory (limit %d MiB); its state was lost. The next call starts a fresh interpreter.", m.info.Limits.MemoryBytes>>20)
+		}
+	}
+	firstUse := !m.info.PythonUsed
+	m.info.PythonUsed = true
+	info := m.info
+	m.mu.Unlock()
+	if firstUse {
+		if err := writeJSON(filepath.Join(m.dir, "machine.json"), info); err != nil {
+			return nil, err
+		}
+	}
+	if ctx.Err() != nil && !res.TimedOut {
+		return res, ctx.Err()
+	}
+	return res, nil
+}
+
+// Command is a process to run in a machine.
+type Command struct {
+	// Argv is the program and its arguments; or set Shell instead.
+	Argv []string
+	// Shell is a bash command line, run as bash -c Shell.
+	Shell string
+	// Stdin, if set, is streamed to the process; otherwise it reads nothing.
+	Stdin io.Reader
+	// Env adds to (or overrides) the machine's environment.
+	Env map[string]string
+	// Workdir is the working directory inside the machine; default its home.
+	Workdir string
+	// Timeout kills the process and everything it started; zero means none
+	// (the context still applies).
+	Timeout time.Duration
+	// OnOutput receives stdout and stderr one line at a time while it runs.
+	OnOutput func(stream, line string)
+	// Stdout, if set, receives the whole stdout instead of the result.
+	Stdout io.Writer
+	// MaxOutput caps the bytes of each stream kept in the result; default 1 MiB.
+	MaxOutput int
+}
+
+// CommandResult is how a command ended.
+type CommandResult struct {
+	ExitCode        int
+	Signal          string // set when a signal ended it
+	Stdout, Stderr  string
+	StdoutTruncated bool
+	StderrTruncated bool
+	StdoutBytes     int64 // total bytes written, kept or not
+	StderrBytes     int64
+	TimedOut        bool
+	// QuotaExceeded: the command was killed because the machine's files
+	// grew past its disk quota.
+	QuotaExceeded bool
+	Duration      time.Duration
+}
+
+// Run runs a command in the machine. A non-zero exit is a result, not an
+// error; the error return is for commands that could not run.
+func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) {
+	argv := cmd.Argv
+	switch {
+	case len(argv) > 0 && cmd.Shell != "":
+		return nil, errors.New("give either argv or a shell command line, not both")
+	case cmd.Shell != "":
+		argv = []string{"/bin/bash", "-c", cmd.Shell}
+	case len(argv) == 0:
+		return nil, errors.New("nothing to run: give argv or a shell command line")
+	}
+	for k := range cmd.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return nil, fmt.Errorf("invalid environment variable name %q", k)
+		}
+	}
+	max := cmd.MaxOutput
+	if max <= 0 {
+		max = maxInlineOutput
+	}
+	sb, err := m.sandbox()
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	res := &CommandResult{}
+	out := [2]cappedBuffer{{max: max}, {max: max}}
+	lines := [2]lineSplitter{}
+	var final event
+	var writeErr error
+	acks := make(chan struct{}, 64)
+	handle := func(ev event) bool {
+		switch ev.Ev {
+		case evOutput:
+			i := 0
+			if ev.Stream == "stderr" {
+				i = 1
+			}
+			if i == 0 && cmd.Stdout != nil {
+				res.StdoutBytes += int64(len(ev.Data))
+				if writeErr == nil {
+					_, writeErr = cmd.Stdout.Write(ev.Data)
+				}
+			} else {
+				out[i].write(ev.Data)
+			}
+			if cmd.OnOutput != nil {
+				lines[i].split(ev.Data, func(l []byte) { cmd.OnOutput(ev.Stream, string(l)) })
+			}
+			return false
+		case evStdinAck:
+			acks <- struct{}{}
+			return false
+		default:
+			final = ev
+			return true
+		}
+	}
+	req := request{Op: opRun, Argv: argv, Env: cmd.Env, Dir: cmd.Workdir, Stdin: cmd.Stdin != nil, TimeoutMS: cmd.Timeout.Milliseconds()}
+	c, err := sb.start(req, handle)
+	if err != nil {
+		return nil, err
+	}
+	id := c.id
+	if cmd.Stdin != nil {
+		go feedStdin(sb, id, cmd.Stdin, acks, c.done)
+	}
+	quotaHit := m.watchQuota(c.done, func() { sb.send(request{Op: opKill, ID: id, Reason: "quota"}) })
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		sb.send(request{Op: opKill, ID: id, Reason: "kill"})
+		select {
+		case <-c.done:
+		case <-time.After(5 * time.Second):
+			m.Stop()
+			<-c.done
+		}
+	}
+	if final.Ev == evError {
+		return nil, errors.New(final.Error)
+	}
+	if cmd.OnOutput != nil {
+		for i, name := range []string{"stdout", "stderr"} {
+			lines[i].flush(func(l []byte) { cmd.OnOutput(name, string(l)) })
+		}
+	}
+	res.ExitCode, res.Signal = final.ExitCode, final.Signal
+	res.TimedOut = final.Killed == "timeout"
+	if quotaHit() {
+		res.QuotaExceeded = true
+		msg := "vmcp: killed: " + m.quotaError(m.usageNow()).Error() + "\n"
+		out[1].write([]byte(msg))
+	}
+	res.Duration = time.Since(start)
+	res.Stdout, res.StdoutTruncated = out[0].String(), out[0].truncated
+	res.Stderr, res.StderrTruncated = out[1].String(), out[1].truncated
+	if cmd.Stdout == nil {
+		res.StdoutBytes = out[0].total
+	}
+	res.StderrBytes = out[1].total
+	if writeErr != nil {
+		return res, fmt.Errorf("write the command's output: %w", writeErr)
+	}
+	if ctx.Err() != nil {
+		return res, ctx.Err()
+	}
+	return res, nil
+}
+
+// quotaCheckInterval is how often a running call checks the machine's disk
+// usage. RLIMIT_FSIZE stops any single file at the quota at once; this
+// catches many files that add up, within one interval.
+const quotaCheckInterval = 250 * time.Millisecond
+
+// watchQuota calls exceeded (once) if the machine's files grow past its disk
+// quota before done closes. The returned function reports whether it did.
+func (m *Machine) watchQuota(done <-chan struct{}, exceeded func()) func() bool {
+	var hit atomic.Bool
+	quota := m.Info().Limits.DiskBytes
+	go func() {
+		start := m.usageNow()
+		t := time.NewTicker(quotaCheckInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if used := m.usageNow(); used > quota && used > start {
+					hit.Store(true)
+					exceeded()
+					return
+				}
+			}
+		}
+	}()
+	return hit.Load
+}
+
+func (m *Machine) usageNow() int64 {
+	used, _ := m.diskUsage()
+	return used
+}
+
+// stdinWindow is how many stdin chunks may be in flight to the agent.
+const stdinWindow = 8
+
+func feedStdin(sb *sandbox, id uint64, r io.Reader, acks <-chan struct{}, done <-chan struct{}) {
+	buf := make([]byte, outputChunk)
+	inFlight := 0
+	for {
+		for inFlight >= stdinWindow {
+			select {
+			case <-acks:
+				inFlight--
+			case <-done:
+				return
+			}
+		}
+		n, err := r.Read(buf)
+		if n > 0 {
+			if sb.send(request{Op: opStdin, ID: id, Data: buf[:n]}) != nil {
+				return
+			}
+			inFlight++
+		}
+		if err != nil {
+			sb.send(request{Op: opStdinClose, ID: id})
+			return
+		}
+	}
+}
+
+// HostPIDs lists the host process ids of everything running in the machine
+// (its agent and interpreter included): the processes in its pid namespace.
+func (m *Machine) HostPIDs() []int {
+	m.mu.Lock()
+	sb := m.sb
+	m.mu.Unlock()
+	if sb == nil || !sb.alive() {
+		return nil
+	}
+	// The sandbox's pid namespace is that of the init wrapper's (bwrap's)
+	// first child.
+	var ns string
+	for _, pid := range allPIDs() {
+		if ppid(pid) == sb.cmd.Process.Pid {
+			ns, _ = os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/pid")
+			break
+		}
+	}
+	if ns == "" {
+		return nil
+	}
+	var out []int
+	for _, pid := range allPIDs() {
+		if l, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/pid"); l == ns {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func allPIDs() []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func ppid(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 2 {
+		return 0
+	}
+	p, _ := strconv.Atoi(f[1])
+	return p
+}
+
+// lockStateDir makes sure that one engine at a time uses the state directory.
+func (e *Engine) lockStateDir() error {
+	f, err := os.OpenFile(filepath.Join(e.opts.StateDir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return fmt.Errorf("state directory %s is in use by another vmcp process: stop it, or give this one its own --state-dir", e.opts.StateDir)
+		}
+		return err
+	}
+	e.lock = f
+	return nil
+}
+
+// cappedBuffer keeps the first max bytes written to it and counts the rest.
+type cappedBuffer struct {
+	max       int
+	buf       []byte
+	total     int64
+	truncated bool
+	lines     int
+}
+
+func (b *cappedBuffer) write(p []byte) {
+	if b.max == 0 {
+		b.max = maxInlineOutput
+	}
+	b.total += int64(len(p))
+	room := b.max - len(b.buf)
+	if room <= 0 {
+		b.truncated = b.truncated || len(p) > 0
+		return
+	}
+	if len(p) > room {
+		p, b.truncated = p[:room], true
+	}
+	b.buf = append(b.buf, p...)
+}
+
+// writeLine appends a line, separating it from the previous one with "\n".
+func (b *cappedBuffer) writeLine(p []byte) {
+	if b.lines > 0 {
+		b.write([]byte{'\n'})
+	}
+	b.lines++
+	b.write(p)
+}
+
+func (b *cappedBuffer) String() string { return string(b.buf) }
+
+// lineSplitter cuts a byte stream into lines for OnOutput callbacks; a line
+// longer than maxPythonLine is passed on in pieces.
+type lineSplitter struct{ partial []byte }
+
+func (s *lineSplitter) split(p []byte, emit func([]byte)) {
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			s.partial = append(s.partial, p...)
+			if len(s.partial) >= maxPythonLine {
+				emit(s.partial)
+				s.partial = s.partial[:0]
+			}
+			return
+		}
+		if len(s.partial) > 0 {
+			s.partial = append(s.partial, p[:i]...)
+			emit(s.partial)
+			s.partial = s.partial[:0]
+		} else {
+			emit(p[:i])
+		}
+		p = p[i+1:]
+	}
+}
+
+func (s *lineSplitter) flush(emit func([]byte)) {
+	if len(s.partial) > 0 {
+		emit(s.partial)
+		s.partial = nil
+	}
+}
