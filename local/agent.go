@@ -482,6 +482,9 @@ func (a *agent) startCommand(req request) {
 	for k, v := range req.Env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
+	// The marker finds the command's daemons, which leave both its process
+	// group and its tree, when it must be killed.
+	cmd.Env = append(cmd.Env, commandMarker+"="+strconv.FormatUint(req.ID, 10))
 	if cmd.Err != nil { // not found on PATH
 		fail(fmt.Errorf("%s: command not found", req.Argv[0]))
 		return
@@ -532,12 +535,15 @@ func (a *agent) startCommand(req request) {
 	readers.Add(2)
 	go c.forward(a, &readers, outR, "stdout")
 	go c.forward(a, &readers, errR, "stderr")
+	var timer *time.Timer
 	if req.TimeoutMS > 0 {
-		t := time.AfterFunc(time.Duration(req.TimeoutMS)*time.Millisecond, func() { c.kill("timeout") })
-		defer t.Stop()
+		timer = time.AfterFunc(time.Duration(req.TimeoutMS)*time.Millisecond, func() { c.kill("timeout") })
 	}
 	go func() {
 		cmd.Wait()
+		if timer != nil {
+			timer.Stop()
+		}
 		// Background processes may hold the pipes open: read what they wrote
 		// within a short grace, then stop reading.
 		waited := make(chan struct{})
@@ -625,12 +631,15 @@ func (c *agentCommand) kill(reason string) {
 		c.killed = reason
 	}
 	c.killMu.Unlock()
-	killTree(c.cmd.Process.Pid)
+	killTree(c.cmd.Process.Pid, []byte(commandMarker+"="+strconv.FormatUint(c.id, 10)+"\x00"))
 }
 
-func killTree(pid int) {
+// commandMarker is the environment variable that tags a command's processes.
+const commandMarker = "VMCP_COMMAND"
+
+func killTree(pid int, marker []byte) {
 	for i := 0; i < 100; i++ {
-		victims := descendants(pid)
+		victims := append(descendants(pid), marked(marker)...)
 		errGroup := syscall.Kill(-pid, syscall.SIGKILL)
 		for _, p := range victims {
 			syscall.Kill(p, syscall.SIGKILL)
@@ -642,19 +651,38 @@ func killTree(pid int) {
 	}
 }
 
-// descendants lists the processes below pid, from /proc.
-func descendants(pid int) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	parent := map[int]int{}
-	for _, e := range entries {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
+// marked lists the processes whose environment holds marker.
+func marked(marker []byte) []int {
+	var out []int
+	self := os.Getpid()
+	for _, p := range procPIDs() {
+		if p == self {
 			continue
 		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		env, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/environ")
+		if err == nil && (bytes.HasPrefix(env, marker) || bytes.Contains(env, append([]byte{0}, marker...))) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func procPIDs() []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		if p, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// descendants lists the processes below pid, from /proc.
+func descendants(pid int) []int {
+	parent := map[int]int{}
+	for _, p := range procPIDs() {
+		stat, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/stat")
 		if err != nil {
 			continue
 		}

@@ -453,7 +453,7 @@ func (m *Machine) HostPIDs() []int {
 	// The sandbox's pid namespace is that of the init wrapper's (bwrap's)
 	// first child.
 	var ns string
-	for _, pid := range allPIDs() {
+	for _, pid := range procPIDs() {
 		if ppid(pid) == sb.cmd.Process.Pid {
 			ns, _ = os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/pid")
 			break
@@ -463,19 +463,8 @@ func (m *Machine) HostPIDs() []int {
 		return nil
 	}
 	var out []int
-	for _, pid := range allPIDs() {
+	for _, pid := range procPIDs() {
 		if l, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/pid"); l == ns {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
-func allPIDs() []int {
-	entries, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range entries {
-		if pid, err := strconv.Atoi(e.Name()); err == nil {
 			out = append(out, pid)
 		}
 	}

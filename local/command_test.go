@@ -1,0 +1,193 @@
+package local
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func mustRun(t testing.TB, m *Machine, cmd Command) *CommandResult {
+	t.Helper()
+	res, err := m.Run(context.Background(), cmd)
+	if err != nil {
+		t.Fatalf("run %q %q: %v", cmd.Shell, cmd.Argv, err)
+	}
+	return res
+}
+
+func TestCommandExitCodeAndStreams(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	var lines []string
+	res := mustRun(t, m, Command{Shell: "echo hi; echo err >&2; exit 3", OnOutput: func(s, l string) { lines = append(lines, s+":"+l) }})
+	if res.ExitCode != 3 || res.Stdout != "hi\n" || res.Stderr != "err\n" || res.TimedOut {
+		t.Fatalf("result %+v", res)
+	}
+	if len(lines) != 2 {
+		t.Fatalf("streamed lines %q", lines)
+	}
+}
+
+func TestCommandArgvStdinEnvWorkdir(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	res := mustRun(t, m, Command{Argv: []string{"printf", "%s|", "a b", "$HOME"}})
+	if res.Stdout != "a b|$HOME|" {
+		t.Fatalf("argv is not passed verbatim: %q", res.Stdout)
+	}
+	res = mustRun(t, m, Command{Argv: []string{"wc", "-l"}, Stdin: strings.NewReader("1\n2\n3\n")})
+	if strings.TrimSpace(res.Stdout) != "3" {
+		t.Fatalf("stdin: %q", res.Stdout)
+	}
+	mustRun(t, m, Command{Shell: "mkdir -p sub"})
+	res = mustRun(t, m, Command{Shell: "echo $GREETING; pwd", Env: map[string]string{"GREETING": "hello"}, Workdir: "/workspace/sub"})
+	if res.Stdout != "hello\n/workspace/sub\n" {
+		t.Fatalf("env and workdir: %q", res.Stdout)
+	}
+	if _, err := m.Run(context.Background(), Command{Argv: []string{"no-such-program"}}); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("missing program: %v", err)
+	}
+	if _, err := m.Run(context.Background(), Command{Argv: []string{"true"}, Shell: "true"}); err == nil {
+		t.Fatal("argv and shell together were accepted")
+	}
+}
+
+// rssSampler records the peak RSS of this process while it runs.
+type rssSampler struct {
+	stop chan struct{}
+	done chan struct{}
+	peak atomic.Int64
+}
+
+func startRSSSampler() *rssSampler {
+	s := &rssSampler{stop: make(chan struct{}), done: make(chan struct{})}
+	s.peak.Store(rss())
+	go func() {
+		defer close(s.done)
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+				if r := rss(); r > s.peak.Load() {
+					s.peak.Store(r)
+				}
+			}
+		}
+	}()
+	return s
+}
+
+func (s *rssSampler) Stop() int64 {
+	close(s.stop)
+	<-s.done
+	return s.peak.Load()
+}
+
+// rss is this process's resident set size in bytes.
+func rss() int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func TestCommandLargeOutputIsCappedWithBoundedMemory(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	mustRun(t, m, Command{Argv: []string{"true"}}) // start the sandbox first
+	before := rss()
+	sampler := startRSSSampler()
+	res := mustRun(t, m, Command{Shell: "yes abcdefghij | head -c 50000000; yes err | head -c 3000000 >&2"})
+	peak := sampler.Stop()
+	if !res.StdoutTruncated || !res.StderrTruncated {
+		t.Fatalf("truncated flags %v %v", res.StdoutTruncated, res.StderrTruncated)
+	}
+	if res.StdoutBytes != 50000000 || res.StderrBytes != 3000000 {
+		t.Fatalf("totals %d %d, want 50000000 3000000", res.StdoutBytes, res.StderrBytes)
+	}
+	if len(res.Stdout) != maxInlineOutput || !strings.HasPrefix(res.Stdout, "abcdefghij\nabcdefghij\n") {
+		t.Fatalf("kept %d bytes of stdout", len(res.Stdout))
+	}
+	growth := peak - before
+	t.Logf("RSS grew by %.1f MiB while streaming 53 MB", float64(growth)/(1<<20))
+	if growth > 20<<20 {
+		t.Fatalf("RSS grew by %d MiB, want < 20 MiB", growth>>20)
+	}
+}
+
+func TestCommandTimeoutKillsTheWholeTree(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	start := time.Now()
+	res := mustRun(t, m, Command{Shell: "sleep 1000 & sleep 1000", Timeout: time.Second})
+	if !res.TimedOut || time.Since(start) > 5*time.Second {
+		t.Fatalf("result %+v after %v", res, time.Since(start))
+	}
+	// Checked from the host: no sleep is left in the machine's pid namespace.
+	pids := m.HostPIDs()
+	if len(pids) == 0 {
+		t.Fatal("found no process of the machine at all; the check is broken")
+	}
+	for _, pid := range pids {
+		comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+		if strings.TrimSpace(string(comm)) == "sleep" {
+			t.Fatalf("process %d (sleep) survived the timeout", pid)
+		}
+	}
+	// Daemons that left the process group, and the tree, go too.
+	mustRun(t, m, Command{Shell: "setsid sleep 1000 & (setsid sh -c 'sleep 1001 &' &); sleep 1000", Timeout: 500 * time.Millisecond})
+	time.Sleep(50 * time.Millisecond)
+	for _, pid := range m.HostPIDs() {
+		comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+		if strings.TrimSpace(string(comm)) == "sleep" {
+			cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+			t.Fatalf("daemon %d (%q) survived the timeout", pid, cmdline)
+		}
+	}
+	// A background process of a command that ended normally keeps running,
+	// as on any machine.
+	mustRun(t, m, Command{Shell: "nohup sleep 1002 >/dev/null 2>&1 &"})
+	res = mustRun(t, m, Command{Shell: "pgrep -f 'sleep 1002'"})
+	if res.ExitCode != 0 {
+		t.Fatalf("background process of a finished command is gone")
+	}
+}
+
+func TestCommandsRunConcurrentlyWithPython(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		mustExec(t, m, "import time; time.sleep(1)", ExecOptions{})
+	}()
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	mustRun(t, m, Command{Argv: []string{"true"}})
+	if time.Since(start) > 500*time.Millisecond {
+		t.Fatalf("a command waited %v for a Python instruction", time.Since(start))
+	}
+	wg.Wait()
+}
+
+func TestCommandCancelledByContext(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	res, err := m.Run(ctx, Command{Shell: "sleep 60"})
+	if err == nil || res == nil || res.Signal != "SIGKILL" {
+		t.Fatalf("cancelled command: %+v, %v", res, err)
+	}
+}
