@@ -1,7 +1,6 @@
 package local
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -475,61 +474,12 @@ func (m *Machine) CopyIn(ctx context.Context, dir string, r io.Reader) error {
 		return rootError(dir, err)
 	}
 	defer sub.Close()
-	tr := tar.NewReader(&countingReader{r: r, ctx: ctx})
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
+	return extractTar(sub, &countingReader{r: r, ctx: ctx}, func(name string, size int64) error {
+		if used += size; used > quota {
+			return m.quotaError(used)
 		}
-		if err != nil {
-			return fmt.Errorf("read the tar stream: %w", err)
-		}
-		name := path.Clean(strings.TrimPrefix(hdr.Name, "/"))
-		if name == "." {
-			continue
-		}
-		if name == ".." || strings.HasPrefix(name, "../") {
-			return &PathError{hdr.Name, "tar entry leaves the target directory; refused"}
-		}
-		if err := m.mkdirAll(sub, path.Dir(name)); err != nil {
-			return rootError(path.Join(dir, name), err)
-		}
-		mode := fs.FileMode(hdr.Mode).Perm()
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			if err := m.mkdirAll(sub, name); err != nil {
-				return rootError(path.Join(dir, name), err)
-			}
-			sub.Chmod(name, mode|0o700)
-		case tar.TypeReg:
-			if used += hdr.Size; used > quota {
-				return m.quotaError(used)
-			}
-			f, err := sub.OpenFile(name, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
-			if err != nil {
-				return rootError(path.Join(dir, name), err)
-			}
-			_, err = io.Copy(f, tr)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err == nil {
-				err = m.chown(sub, name)
-			}
-			if err != nil {
-				return rootError(path.Join(dir, name), err)
-			}
-			sub.Chmod(name, mode)
-		case tar.TypeSymlink:
-			sub.Remove(name)
-			if err := sub.Symlink(hdr.Linkname, name); err != nil {
-				return rootError(path.Join(dir, name), err)
-			}
-			m.chown(sub, name)
-		default:
-			return &PathError{hdr.Name, "tar entry type " + string(hdr.Typeflag) + " is not supported (only files, directories and symbolic links)"}
-		}
-	}
+		return nil
+	}, func(name string) error { return m.chown(sub, name) })
 }
 
 // CopyOut writes a file or a directory tree of the machine as a tar stream,
@@ -555,57 +505,7 @@ func (m *Machine) CopyOut(ctx context.Context, p string, w io.Writer) error {
 	if _, err := root.Lstat(rel); err != nil {
 		return rootError(p, err)
 	}
-	tw := tar.NewWriter(w)
-	base := path.Dir(rel)
-	err = fs.WalkDir(root.FS(), rel, func(name string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return rootError(name, err)
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		arcName := strings.TrimPrefix(name, base+"/")
-		if base == "." {
-			arcName = name
-		}
-		if arcName == "." {
-			arcName = path.Base(WorkspaceDir)
-		}
-		var link string
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			link, _ = root.Readlink(name)
-		}
-		hdr, err := tar.FileInfoHeader(fi, link)
-		if err != nil {
-			return nil // sockets and the like are skipped
-		}
-		hdr.Name = arcName
-		if fi.IsDir() {
-			hdr.Name += "/"
-		}
-		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-		if fi.Mode().IsRegular() {
-			f, err := root.Open(name)
-			if err != nil {
-				return err
-			}
-			_, err = io.Copy(tw, f)
-			f.Close()
-			return err
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	return tw.Close()
+	return writeTar(ctx, root, rel, w)
 }
 
 // diskUsage is the space the machine's files take on disk.
