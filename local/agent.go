@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +42,7 @@ const (
 )
 
 type agent struct {
+	limits []string // argv prefix that starts a child under the limits trampoline
 	python string
 	home   string
 
@@ -69,22 +71,29 @@ func runAgent(args []string) int {
 	// Processes of the machine run as the same user as the agent; they must
 	// not reach into it through /proc/<agent>.
 	unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
+	prewarmThreads()
 	// Limits are set here, inside the sandbox's user namespace, so that the
-	// process count is charged to this machine alone; children inherit them.
-	for _, l := range []struct {
-		res int
-		v   int64
-	}{{unix.RLIMIT_AS, *memory}, {unix.RLIMIT_NPROC, *procs}, {unix.RLIMIT_NOFILE, *files}, {unix.RLIMIT_FSIZE, *fsize}} {
-		if l.v > 0 {
-			if err := unix.Setrlimit(l.res, &unix.Rlimit{Cur: uint64(l.v), Max: uint64(l.v)}); err != nil {
-				fmt.Fprintf(os.Stderr, "vmcp agent: setrlimit %d: %v\n", l.res, err)
-				return 1
-			}
+	// process count is charged to this machine alone. The file limits bind
+	// the agent too and are inherited; the memory and process limits (used
+	// when the machine has no cgroup) would break the Go runtime of the agent,
+	// so only its children get them, through the limits trampoline.
+	if err := setLimits(0, 0, *files, *fsize); err != nil {
+		fmt.Fprintln(os.Stderr, "vmcp agent:", err)
+		return 1
+	}
+	var childLimits []string
+	if *memory > 0 || *procs > 0 {
+		self, err := os.Executable()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "vmcp agent:", err)
+			return 1
 		}
+		childLimits = []string{self, limitsArg, "--memory", strconv.FormatInt(*memory, 10), "--procs", strconv.FormatInt(*procs, 10), "--"}
 	}
 	// A write past RLIMIT_FSIZE must fail with EFBIG, not kill the writer.
 	signal.Ignore(syscall.SIGXFSZ)
 	a := &agent{
+		limits:   childLimits,
 		python:   *python,
 		home:     *home,
 		out:      bufio.NewWriterSize(os.Stdout, 64<<10),
@@ -105,6 +114,76 @@ func runAgent(args []string) int {
 		}
 		a.handle(req)
 	}
+}
+
+// agentThreads is how many OS threads the agent creates at start. The Go
+// runtime keeps idle threads for reuse, so when a fork bomb has used up the
+// machine's process limit, the agent still has threads to kill it with: a Go
+// program that cannot create a thread it needs dies.
+const agentThreads = 12
+
+func prewarmThreads() {
+	var ready, release sync.WaitGroup
+	ready.Add(agentThreads)
+	release.Add(1)
+	for i := 0; i < agentThreads; i++ {
+		go func() {
+			runtime.LockOSThread()
+			ready.Done()
+			release.Wait()
+			runtime.UnlockOSThread()
+		}()
+	}
+	ready.Wait()
+	release.Done()
+}
+
+// limitsArg makes this binary the limits trampoline: it sets RLIMIT_AS and
+// RLIMIT_NPROC and becomes the program named after "--".
+const limitsArg = "__vmcp_limits"
+
+func runLimits(args []string) int {
+	fs := flag.NewFlagSet("limits", flag.ContinueOnError)
+	memory := fs.Int64("memory", 0, "RLIMIT_AS bytes")
+	procs := fs.Int64("procs", 0, "RLIMIT_NPROC")
+	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
+		return 127
+	}
+	if err := setLimits(*memory, *procs, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "vmcp:", err)
+		return 127
+	}
+	argv := fs.Args()
+	err := syscall.Exec(argv[0], argv, os.Environ())
+	fmt.Fprintf(os.Stderr, "vmcp: exec %s: %v\n", argv[0], err)
+	return 127
+}
+
+func setLimits(memory, procs, files, fsize int64) error {
+	for _, l := range []struct {
+		name string
+		res  int
+		v    int64
+	}{{"RLIMIT_AS", unix.RLIMIT_AS, memory}, {"RLIMIT_NPROC", unix.RLIMIT_NPROC, procs}, {"RLIMIT_NOFILE", unix.RLIMIT_NOFILE, files}, {"RLIMIT_FSIZE", unix.RLIMIT_FSIZE, fsize}} {
+		if l.v > 0 {
+			if err := unix.Setrlimit(l.res, &unix.Rlimit{Cur: uint64(l.v), Max: uint64(l.v)}); err != nil {
+				return fmt.Errorf("set %s to %d: %w", l.name, l.v, err)
+			}
+		}
+	}
+	return nil
+}
+
+// command prepares a child of the agent, under the limits trampoline when
+// the machine is limited by rlimits. path must be absolute.
+func (a *agent) command(path string, args ...string) *exec.Cmd {
+	if a.limits == nil {
+		cmd := exec.Command(path, args...)
+		cmd.Args[0] = path
+		return cmd
+	}
+	argv := append(append(append([]string{}, a.limits...), path), args...)
+	return exec.Command(argv[0], argv[1:]...)
 }
 
 func (a *agent) send(ev event) {
@@ -195,7 +274,7 @@ func (a *agent) startInterpreter() (*interpreter, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(a.python, "-I", "-c", driverSource, nonce)
+	cmd := a.command(a.python, "-I", "-c", driverSource, nonce)
 	cmd.Dir = a.home
 	cmd.Env = os.Environ()
 	cmd.Stdout, cmd.Stderr = outW, errW
@@ -470,9 +549,17 @@ func (a *agent) startCommand(req request) {
 		fail(errors.New("empty command"))
 		return
 	}
-	cmd := exec.Command(req.Argv[0], req.Argv[1:]...)
-	if strings.Contains(req.Argv[0], "/") {
-		cmd.Path = req.Argv[0]
+	path := req.Argv[0]
+	if !strings.Contains(path, "/") {
+		var err error
+		if path, err = exec.LookPath(path); err != nil {
+			fail(fmt.Errorf("%s: command not found (PATH is %s)", req.Argv[0], os.Getenv("PATH")))
+			return
+		}
+	}
+	cmd := a.command(path, req.Argv[1:]...)
+	if a.limits == nil {
+		cmd.Args[0] = req.Argv[0]
 	}
 	cmd.Dir = req.Dir
 	if cmd.Dir == "" {
@@ -485,10 +572,6 @@ func (a *agent) startCommand(req request) {
 	// The marker finds the command's daemons, which leave both its process
 	// group and its tree, when it must be killed.
 	cmd.Env = append(cmd.Env, commandMarker+"="+strconv.FormatUint(req.ID, 10))
-	if cmd.Err != nil { // not found on PATH
-		fail(fmt.Errorf("%s: command not found", req.Argv[0]))
-		return
-	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	outR, outW, err := os.Pipe()
 	if err != nil {

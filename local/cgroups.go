@@ -24,6 +24,10 @@ type cgroupManager struct {
 
 const cgroupRoot = "/sys/fs/cgroup"
 
+// agentReserve is the room in a machine's pids limit for the sandbox's own
+// processes and threads (bwrap, the agent and its prewarmed threads).
+const agentReserve = agentThreads + 20
+
 func newCgroupManager(asRoot bool) *cgroupManager {
 	m := &cgroupManager{mode: "none"}
 	if !asRoot {
@@ -55,8 +59,8 @@ func newCgroupManager(asRoot bool) *cgroupManager {
 	return m
 }
 
-// memory reports whether machines get a cgroup memory limit.
-func (m *cgroupManager) memory() bool { return m.mode != "none" }
+// enabled reports whether machines get cgroup memory and pids limits.
+func (m *cgroupManager) enabled() bool { return m.mode != "none" }
 
 func (m *cgroupManager) dirs(id string) []string {
 	switch m.mode {
@@ -74,7 +78,9 @@ func (m *cgroupManager) create(id string, l Limits) error {
 			return err
 		}
 	}
-	mem, procs := strconv.FormatInt(l.MemoryBytes, 10), strconv.FormatInt(l.Processes, 10)
+	// The pids limit counts threads, and the agent's and bwrap's too: they get
+	// room of their own on top of the machine's process limit.
+	mem, procs := strconv.FormatInt(l.MemoryBytes, 10), strconv.FormatInt(l.Processes+agentReserve, 10)
 	var writes [][2]string
 	switch m.mode {
 	case "v2":

@@ -117,17 +117,40 @@ func TestIsolationNoHostProcesses(t *testing.T) {
 	}
 }
 
-func TestIsolationForkBombIsContained(t *testing.T) {
-	e := newTestEngine(t, Options{})
+// limitModes runs a test with cgroup limits, when this host allows them,
+// and with the rlimits the engine falls back to otherwise.
+func limitModes(t *testing.T, test func(t *testing.T, e *Engine)) {
+	t.Run("rlimits", func(t *testing.T) {
+		e := newTestEngine(t, Options{})
+		e.cgroups = &cgroupManager{mode: "none"}
+		test(t, e)
+	})
+	t.Run("cgroups", func(t *testing.T) {
+		e := newTestEngine(t, Options{})
+		if !e.cgroups.enabled() {
+			t.Skip("this host does not let the engine create cgroups (it needs root)")
+		}
+		test(t, e)
+	})
+}
+
+func TestIsolationForkBombIsContained(t *testing.T) { limitModes(t, testForkBomb) }
+
+func testForkBomb(t *testing.T, e *Engine) {
 	m := newTestMachine(t, e, MachineSpec{Limits: Limits{Processes: 64}})
 	bystander := newTestMachine(t, e, MachineSpec{})
 	mustRun(t, bystander, Command{Argv: []string{"true"}})
-	done := make(chan *CommandResult)
+	type outcome struct {
+		res *CommandResult
+		err error
+	}
+	done := make(chan outcome, 1)
 	go func() {
-		done <- mustRun(t, m, Command{Shell: "bomb() { bomb | bomb & }; bomb; sleep 5", Timeout: 4 * time.Second})
+		res, err := m.Run(context.Background(), Command{Shell: "bomb() { bomb | bomb & }; bomb; sleep 5", Timeout: 4 * time.Second})
+		done <- outcome{res, err}
 	}()
 	time.Sleep(1500 * time.Millisecond)
-	if n := len(m.HostPIDs()); n > 64+4 { // the limit, plus bwrap's outer processes
+	if n := len(m.HostPIDs()); n > 64+agentReserve {
 		t.Errorf("the bomb reached %d processes, limit 64", n)
 	}
 	// The host and other machines still work during the bomb.
@@ -137,9 +160,9 @@ func TestIsolationForkBombIsContained(t *testing.T) {
 	if res := mustRun(t, bystander, Command{Shell: "echo fine"}); res.Stdout != "fine\n" {
 		t.Errorf("another machine is affected: %+v", res)
 	}
-	res := <-done
-	if !res.TimedOut {
-		t.Fatalf("the bomb ended by itself: %+v", res)
+	o := <-done
+	if o.err != nil || !o.res.TimedOut {
+		t.Fatalf("the bomb: %+v, %v; want a timeout", o.res, o.err)
 	}
 	// The machine recovers once the bomb is killed.
 	if res := mustRun(t, m, Command{Shell: "echo recovered"}); res.Stdout != "recovered\n" {
@@ -147,9 +170,10 @@ func TestIsolationForkBombIsContained(t *testing.T) {
 	}
 }
 
-func TestIsolationMemoryLimit(t *testing.T) {
+func TestIsolationMemoryLimit(t *testing.T) { limitModes(t, testMemoryLimit) }
+
+func testMemoryLimit(t *testing.T, e *Engine) {
 	const limit = 256 << 20
-	e := newTestEngine(t, Options{})
 	m := newTestMachine(t, e, MachineSpec{Limits: Limits{MemoryBytes: limit}})
 	mustExec(t, m, "x = 1", ExecOptions{})
 	r := mustExec(t, m, "data = b'\\x01' * (4 * "+itoa(limit)+")", ExecOptions{Timeout: time.Minute})

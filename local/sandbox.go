@@ -46,6 +46,8 @@ func RunHelperIfRequested() {
 		os.Exit(runAgent(os.Args[2:]))
 	case initArg:
 		os.Exit(runInit(os.Args[2:]))
+	case limitsArg:
+		os.Exit(runLimits(os.Args[2:]))
 	}
 }
 
@@ -273,12 +275,13 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 	agentArgs := []string{agentPath, agentArg,
 		"--python", e.opts.Python,
 		"--home", home,
-		"--procs", strconv.FormatInt(l.Processes, 10),
 		"--files", strconv.FormatInt(l.OpenFiles, 10),
 		"--fsize", strconv.FormatInt(l.DiskBytes, 10),
 	}
-	if !e.cgroups.memory() {
-		agentArgs = append(agentArgs, "--memory", strconv.FormatInt(l.MemoryBytes, 10))
+	if !e.cgroups.enabled() {
+		agentArgs = append(agentArgs,
+			"--memory", strconv.FormatInt(l.MemoryBytes, 10),
+			"--procs", strconv.FormatInt(l.Processes+agentReserve, 10))
 	}
 
 	var args []string
@@ -386,7 +389,7 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 func (e *Engine) unsandboxedCommand(m *Machine, info MachineInfo) *exec.Cmd {
 	ws := filepath.Join(m.dir, "workspace")
 	cmd := exec.Command(e.helper, agentArg, "--python", e.opts.Python, "--home", ws,
-		"--procs", strconv.FormatInt(info.Limits.Processes, 10),
+		"--procs", strconv.FormatInt(info.Limits.Processes+agentReserve, 10),
 		"--files", strconv.FormatInt(info.Limits.OpenFiles, 10),
 		"--fsize", strconv.FormatInt(info.Limits.DiskBytes, 10),
 		"--memory", strconv.FormatInt(info.Limits.MemoryBytes, 10))
