@@ -248,6 +248,7 @@ type interpreter struct {
 	reason    string // why it was interrupted, if it was
 	markers   chan struct{}
 	exited    chan struct{} // closed when the process is gone
+	lines     chan []byte   // result lines; nil after the results pipe ends
 	exitState *os.ProcessState
 	readers   sync.WaitGroup
 }
@@ -301,7 +302,18 @@ func (a *agent) startInterpreter() (*interpreter, error) {
 		marker:   []byte("\x00vmcp-end-" + nonce),
 		markers:  make(chan struct{}, 3),
 		exited:   make(chan struct{}),
+		lines:    make(chan []byte, 1),
 	}
+	go func() {
+		for {
+			line, err := py.results.ReadBytes('\n')
+			if err != nil {
+				close(py.lines)
+				return
+			}
+			py.lines <- line
+		}
+	}()
 	py.readers.Add(3)
 	go py.readLines(a, outR, "stdout")
 	go py.readLines(a, errR, "stderr")
@@ -445,28 +457,31 @@ func (a *agent) runPython(req request) {
 		timer = time.AfterFunc(time.Duration(req.TimeoutMS)*time.Millisecond, func() { py.interrupt(req.ID, "timeout") })
 		defer timer.Stop()
 	}
-	lineCh := make(chan []byte, 1)
-	go func() {
-		line, err := py.results.ReadBytes('\n')
-		if err != nil {
-			line = nil
-		}
-		lineCh <- line
-	}()
-	line := <-lineCh
+	line, ok := <-py.lines
 	if timer != nil {
 		timer.Stop()
 	}
-	if line == nil {
+	if !ok {
 		<-py.exited
 		a.send(a.diedResult(ev, py, start))
 		return
 	}
 	// All output was written before the result: wait for the end markers.
+	var giveUp <-chan time.Time
 	for i := 0; i < 3; i++ {
 		select {
 		case <-py.markers:
-		case <-time.After(2 * time.Second): // user code closed fd 1 or 2
+			continue
+		default:
+		}
+		if giveUp == nil {
+			t := time.NewTimer(2 * time.Second) // user code closed fd 1 or 2
+			defer t.Stop()
+			giveUp = t.C
+		}
+		select {
+		case <-py.markers:
+		case <-giveUp:
 		}
 	}
 	var res driverResult
