@@ -141,6 +141,9 @@ type MachineInfo struct {
 // ErrNotFound is returned for machines and snapshots that do not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrClosed is returned for calls on an engine that was closed.
+var ErrClosed = errors.New("the sandbox engine is closed")
+
 // Engine owns the machines and snapshots under one state directory. Only
 // one Engine may use a state directory at a time.
 type Engine struct {
@@ -303,7 +306,7 @@ func (e *Engine) Create(ctx context.Context, spec MachineSpec) (MachineInfo, err
 	defer e.mu.Unlock()
 	if e.closed {
 		os.RemoveAll(dir)
-		return MachineInfo{}, errors.New("the engine is closed")
+		return MachineInfo{}, ErrClosed
 	}
 	e.machines[info.ID] = newMachine(e, dir, info)
 	info.Status = StatusStopped

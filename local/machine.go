@@ -66,6 +66,12 @@ func (m *Machine) sandbox() (*sandbox, error) {
 	if m.deleted {
 		return nil, fmt.Errorf("machine %q: %w", m.info.ID, ErrNotFound)
 	}
+	m.e.mu.Lock()
+	closed := m.e.closed
+	m.e.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
 	if m.sb != nil && m.sb.alive() {
 		return m.sb, nil
 	}

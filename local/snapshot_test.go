@@ -113,3 +113,34 @@ func TestDeleteEndsTheMachinesProcesses(t *testing.T) {
 		t.Fatalf("exec on a deleted machine: %v", err)
 	}
 }
+
+func TestClosedEngineStartsNothing(t *testing.T) {
+	e := newTestEngine(t, Options{})
+	m := newTestMachine(t, e, MachineSpec{})
+	mustRun(t, m, Command{Argv: []string{"true"}})
+	pids := m.HostPIDs()
+	e.Close()
+	if _, err := m.Run(context.Background(), Command{Argv: []string{"true"}}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("run after close: %v", err)
+	}
+	if _, err := e.Create(context.Background(), MachineSpec{}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("create after close: %v", err)
+	}
+	for _, pid := range pids {
+		if stat, err := os.ReadFile("/proc/" + itoa(pid) + "/stat"); err == nil && !strings.Contains(string(stat), ") Z ") {
+			t.Fatalf("process %d survived Close", pid)
+		}
+	}
+	// A second engine may take over the state directory.
+	e2 := newTestEngine(t, Options{StateDir: e.StateDir()})
+	if _, err := e2.Machine(m.ID()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStateDirIsLocked(t *testing.T) {
+	e := newTestEngine(t, Options{})
+	if _, err := New(Options{StateDir: e.StateDir()}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second engine on one state dir: %v", err)
+	}
+}
