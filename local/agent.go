@@ -42,7 +42,7 @@ const (
 )
 
 type agent struct {
-	limits []string // argv prefix that starts a child under the limits trampoline
+	limits []string // argv prefix that starts a child under its rlimits
 	python string
 	home   string
 
@@ -76,19 +76,29 @@ func runAgent(args []string) int {
 	// process count is charged to this machine alone. The file limits bind
 	// the agent too and are inherited; the memory and process limits (used
 	// when the machine has no cgroup) would break the Go runtime of the agent,
-	// so only its children get them, through the limits trampoline.
+	// so only its children get them, through prlimit.
 	if err := setLimits(0, 0, *files, *fsize); err != nil {
 		fmt.Fprintln(os.Stderr, "vmcp agent:", err)
 		return 1
 	}
 	var childLimits []string
 	if *memory > 0 || *procs > 0 {
-		self, err := os.Executable()
+		// util-linux's prlimit sets them and execs the program. A Go
+		// trampoline cannot: its runtime may need memory or a thread between
+		// setrlimit and exec, and then dies.
+		prlimit, err := exec.LookPath("prlimit")
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "vmcp agent:", err)
+			fmt.Fprintln(os.Stderr, "vmcp agent: prlimit (util-linux) is needed to limit machines without cgroups: install util-linux")
 			return 1
 		}
-		childLimits = []string{self, limitsArg, "--memory", strconv.FormatInt(*memory, 10), "--procs", strconv.FormatInt(*procs, 10), "--"}
+		childLimits = []string{prlimit}
+		if *memory > 0 {
+			childLimits = append(childLimits, "--as="+strconv.FormatInt(*memory, 10))
+		}
+		if *procs > 0 {
+			childLimits = append(childLimits, "--nproc="+strconv.FormatInt(*procs, 10))
+		}
+		childLimits = append(childLimits, "--")
 	}
 	// A write past RLIMIT_FSIZE must fail with EFBIG, not kill the writer.
 	signal.Ignore(syscall.SIGXFSZ)
@@ -138,27 +148,6 @@ func prewarmThreads() {
 	release.Done()
 }
 
-// limitsArg makes this binary the limits trampoline: it sets RLIMIT_AS and
-// RLIMIT_NPROC and becomes the program named after "--".
-const limitsArg = "__vmcp_limits"
-
-func runLimits(args []string) int {
-	fs := flag.NewFlagSet("limits", flag.ContinueOnError)
-	memory := fs.Int64("memory", 0, "RLIMIT_AS bytes")
-	procs := fs.Int64("procs", 0, "RLIMIT_NPROC")
-	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
-		return 127
-	}
-	if err := setLimits(*memory, *procs, 0, 0); err != nil {
-		fmt.Fprintln(os.Stderr, "vmcp:", err)
-		return 127
-	}
-	argv := fs.Args()
-	err := syscall.Exec(argv[0], argv, os.Environ())
-	fmt.Fprintf(os.Stderr, "vmcp: exec %s: %v\n", argv[0], err)
-	return 127
-}
-
 func setLimits(memory, procs, files, fsize int64) error {
 	for _, l := range []struct {
 		name string
@@ -174,8 +163,8 @@ func setLimits(memory, procs, files, fsize int64) error {
 	return nil
 }
 
-// command prepares a child of the agent, under the limits trampoline when
-// the machine is limited by rlimits. path must be absolute.
+// command prepares a child of the agent, under prlimit when the machine is
+// limited by rlimits. path must be absolute.
 func (a *agent) command(path string, args ...string) *exec.Cmd {
 	if a.limits == nil {
 		cmd := exec.Command(path, args...)

@@ -46,8 +46,6 @@ func RunHelperIfRequested() {
 		os.Exit(runAgent(os.Args[2:]))
 	case initArg:
 		os.Exit(runInit(os.Args[2:]))
-	case limitsArg:
-		os.Exit(runLimits(os.Args[2:]))
 	}
 }
 
