@@ -1,0 +1,45 @@
+package main
+
+import (
+	"testing"
+
+	"github.com/rs/zerolog"
+)
+
+func TestParseConfig(t *testing.T) {
+	env := map[string]string{}
+	getenv := func(k string) string { return env[k] }
+
+	cfg, err := parseConfig(nil, getenv, "/work")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.logLevel != zerolog.InfoLevel || len(cfg.allowedRoots) != 1 || cfg.allowedRoots[0] != "/work" || cfg.stateDir == "" {
+		t.Errorf("defaults: %+v", cfg)
+	}
+
+	env["VMCP_STATE_DIR"] = "/env/state"
+	env["VMCP_LOG_LEVEL"] = "DEBUG"
+	env["VMCP_ALLOWED_ROOTS"] = "/a:/b"
+	cfg, err = parseConfig(nil, getenv, "/work")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.stateDir != "/env/state" || cfg.logLevel != zerolog.DebugLevel || len(cfg.allowedRoots) != 2 || cfg.allowedRoots[1] != "/b" {
+		t.Errorf("environment: %+v", cfg)
+	}
+
+	cfg, err = parseConfig([]string{"--state-dir", "/flag/state", "--log-level", "warn", "--allowed-roots", "/c"}, getenv, "/work")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.stateDir != "/flag/state" || cfg.logLevel != zerolog.WarnLevel || len(cfg.allowedRoots) != 1 || cfg.allowedRoots[0] != "/c" {
+		t.Errorf("flags over environment: %+v", cfg)
+	}
+
+	for _, args := range [][]string{{"--log-level", "loud"}, {"extra"}, {"--nope"}} {
+		if _, err := parseConfig(args, getenv, "/work"); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
+}

@@ -1,0 +1,191 @@
+// Package e2e tests the real mcp-server binary over stdio with the official
+// Go SDK client.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// serverBin is the mcp-server binary that TestMain builds.
+var serverBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "vmcp-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	serverBin = filepath.Join(dir, "mcp-server")
+	args := []string{"build", "-o", serverBin}
+	if os.Getenv("VMCP_E2E_RACE") != "" {
+		args = append(args, "-race") // VMCP_E2E_RACE=1: a race-detector server
+	}
+	build := exec.Command("go", append(args, "github.com/vmcp-dev/vmcp/cmd/mcp-server")...)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "go build:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's stderr copier.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// harness is one running server with its client session.
+type harness struct {
+	cs   *mcp.ClientSession
+	root string // the server's only allowed root (and working directory)
+
+	mu       sync.Mutex
+	progress []*mcp.ProgressNotificationParams
+}
+
+// start runs the server with a fresh state dir and allowed root.
+func start(t *testing.T) *harness {
+	t.Helper()
+	return startIn(t, t.TempDir(), t.TempDir())
+}
+
+// startIn runs the server on the given state dir, with root as its allowed
+// root and working directory.
+func startIn(t *testing.T, state, root string) *harness {
+	t.Helper()
+	h := &harness{root: root}
+	cmd := exec.Command(serverBin, "--state-dir", state, "--allowed-roots", h.root, "--log-level", "debug")
+	cmd.Dir = h.root
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	client := mcp.NewClient(&mcp.Implementation{Name: "vmcp-e2e", Version: "1"}, &mcp.ClientOptions{
+		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
+			h.mu.Lock()
+			h.progress = append(h.progress, req.Params)
+			h.mu.Unlock()
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cs, err := client.Connect(ctx, &mcp.CommandTransport{Command: cmd}, nil)
+	if err != nil {
+		t.Fatalf("connect: %v\nserver stderr:\n%s", err, stderr)
+	}
+	h.cs = cs
+	t.Cleanup(func() {
+		cs.Close()
+		if strings.Contains(stderr.String(), "DATA RACE") {
+			t.Error("the server reported a data race")
+		}
+		if t.Failed() {
+			t.Logf("server stderr:\n%s", stderr)
+		}
+	})
+	return h
+}
+
+func (h *harness) progressCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.progress)
+}
+
+// call calls a tool; a protocol error fails the test.
+func (h *harness) call(t *testing.T, name string, args map[string]any) *mcp.CallToolResult {
+	t.Helper()
+	res, err := h.callErr(name, args, nil)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return res
+}
+
+func (h *harness) callErr(name string, args map[string]any, progressToken any) (*mcp.CallToolResult, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	params := &mcp.CallToolParams{Name: name, Arguments: args}
+	if progressToken != nil {
+		params.SetProgressToken(progressToken)
+	}
+	return h.cs.CallTool(ctx, params)
+}
+
+// ok calls a tool that must succeed and decodes its structured content.
+func (h *harness) ok(t *testing.T, name string, args map[string]any, out any) *mcp.CallToolResult {
+	t.Helper()
+	res := h.call(t, name, args)
+	if res.IsError {
+		t.Fatalf("%s(%v): tool error: %s", name, args, text(res))
+	}
+	decode(t, res, out)
+	return res
+}
+
+// fails calls a tool that must end in a tool error mentioning want.
+func (h *harness) fails(t *testing.T, name string, args map[string]any, want string) *mcp.CallToolResult {
+	t.Helper()
+	res := h.call(t, name, args)
+	if !res.IsError {
+		t.Fatalf("%s(%v): no tool error; result %s", name, args, text(res))
+	}
+	if !strings.Contains(text(res), want) {
+		t.Fatalf("%s(%v): error %q does not mention %q", name, args, text(res), want)
+	}
+	return res
+}
+
+func decode(t *testing.T, res *mcp.CallToolResult, out any) {
+	t.Helper()
+	if out == nil {
+		return
+	}
+	if res.StructuredContent == nil {
+		t.Fatalf("no structured content; content: %s", text(res))
+	}
+	b, err := json.Marshal(res.StructuredContent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		t.Fatalf("structured content %s: %v", b, err)
+	}
+}
+
+// text joins the result's text content items.
+func text(res *mcp.CallToolResult) string {
+	var parts []string
+	for _, c := range res.Content {
+		if tc, ok := c.(*mcp.TextContent); ok {
+			parts = append(parts, tc.Text)
+		}
+	}
+	return strings.Join(parts, "\n")
+}

@@ -1,0 +1,380 @@
+package tools
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/mark3labs/mcp-go/mcp"
+	"github.com/mark3labs/mcp-go/server"
+
+	"github.com/vmcp-dev/vmcp/local"
+)
+
+// UploadFileInput is upload_file's arguments.
+type UploadFileInput struct {
+	Path          string  `json:"path" jsonschema:"description=Destination in the machine (relative paths start in the workspace). For a directory upload: the directory that receives its contents."`
+	Content       *string `json:"content,omitempty" jsonschema:"description=Text content of the file. Give exactly one of content / content_base64 / local_path."`
+	ContentBase64 *string `json:"content_base64,omitempty" jsonschema:"description=Binary content of the file\\, base64-encoded."`
+	LocalPath     string  `json:"local_path,omitempty" jsonschema:"description=A file or directory on the host to copy in; it must be inside the server's allowed roots (relative paths start at the first root)."`
+	Machine       string  `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
+}
+
+// UploadFileOutput is upload_file's result.
+type UploadFileOutput struct {
+	Machine string `json:"machine" jsonschema:"description=The machine the file was written to."`
+	Path    string `json:"path" jsonschema:"description=The path written\\, as the machine sees it."`
+	Bytes   int64  `json:"bytes" jsonschema:"description=Bytes written (for a directory: of all its files)."`
+	SHA256  string `json:"sha256" jsonschema:"description=Hex SHA-256 of the file; for a directory\\, of its manifest (one 'path NUL sha256' line per file\\, sorted)."`
+	Files   int    `json:"files,omitempty" jsonschema:"description=For a directory: how many files were copied."`
+}
+
+// DownloadFileInput is download_file's arguments.
+type DownloadFileInput struct {
+	Path      string `json:"path" jsonschema:"description=File (or\\, with local_path\\, directory) in the machine."`
+	Machine   string `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
+	LocalPath string `json:"local_path,omitempty" jsonschema:"description=Save to this host path instead of returning the content. It must not exist yet and must be inside the server's allowed roots. Directories need it."`
+	MaxBytes  int64  `json:"max_bytes,omitempty" jsonschema:"description=Return at most this many bytes of content (default 1048576); the rest is cut and truncated is true.,minimum=0"`
+}
+
+// DownloadFileOutput is download_file's result.
+type DownloadFileOutput struct {
+	Machine   string `json:"machine" jsonschema:"description=The machine the file came from."`
+	Path      string `json:"path" jsonschema:"description=The path read."`
+	Bytes     int64  `json:"bytes" jsonschema:"description=Size of the whole file (for a directory: of all its files)."`
+	SHA256    string `json:"sha256" jsonschema:"description=Hex SHA-256 of the whole file; for a directory\\, of its manifest as upload_file computes it."`
+	Truncated bool   `json:"truncated" jsonschema:"description=The content returned was cut at max_bytes."`
+	Encoding  string `json:"encoding,omitempty" jsonschema:"description=How the content item carries the file: utf-8 (text) or base64 (an embedded blob).,enum=utf-8,enum=base64"`
+	LocalPath string `json:"local_path,omitempty" jsonschema:"description=Where the file or directory was saved on the host."`
+	Files     int    `json:"files,omitempty" jsonschema:"description=For a directory: how many files were saved."`
+}
+
+const defaultMaxBytes = 1 << 20
+
+func (s *Service) fileTools() []server.ServerTool {
+	return []server.ServerTool{
+		newTool[UploadFileInput, UploadFileOutput](toolSpec{
+			name:  "upload_file",
+			title: "Upload a file",
+			description: "Write a file into a machine from text (content), base64 (content_base64), or a host file or directory (local_path, only inside the server's allowed roots). " +
+				"Replaces an existing file. Returns the bytes written and their SHA-256.",
+			destructive: true,
+			idempotent:  true,
+		}, s.uploadFile),
+		newTool[DownloadFileInput, DownloadFileOutput](toolSpec{
+			name:  "download_file",
+			title: "Download a file",
+			description: "Read a file from a machine: UTF-8 text comes back as text, anything else as a base64 embedded blob, cut at max_bytes. " +
+				"With local_path, the file or directory is saved on the host instead (inside the allowed roots, never overwriting). Returns its size and SHA-256.",
+			idempotent: true,
+		}, s.downloadFile),
+	}
+}
+
+func (s *Service) uploadFile(ctx context.Context, _ mcp.CallToolRequest, in UploadFileInput) (*mcp.CallToolResult, error) {
+	given := 0
+	for _, set := range []bool{in.Content != nil, in.ContentBase64 != nil, in.LocalPath != ""} {
+		if set {
+			given++
+		}
+	}
+	if given != 1 {
+		return nil, errors.New("give exactly one of content, content_base64 or local_path")
+	}
+	if in.Path == "" {
+		return nil, errors.New("missing path")
+	}
+	var src io.Reader
+	var hostPath string
+	switch {
+	case in.Content != nil:
+		src = strings.NewReader(*in.Content)
+	case in.ContentBase64 != nil:
+		data, err := base64.StdEncoding.DecodeString(*in.ContentBase64)
+		if err != nil {
+			return nil, fmt.Errorf("content_base64 is not valid base64: %w", err)
+		}
+		src = bytes.NewReader(data)
+	default:
+		p, err := s.hostSource(in.LocalPath)
+		if err != nil {
+			return nil, err
+		}
+		hostPath = p
+	}
+	m, err := s.machine(ctx, in.Machine)
+	if err != nil {
+		return nil, err
+	}
+	if hostPath != "" {
+		fi, err := os.Stat(hostPath)
+		if err != nil {
+			return nil, err
+		}
+		if fi.IsDir() {
+			return s.uploadDir(ctx, m, in.Path, hostPath)
+		}
+		f, err := os.Open(hostPath)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		src = f
+	}
+	res, err := m.WriteFile(ctx, in.Path, src, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	out := UploadFileOutput{Machine: m.ID(), Path: res.Path, Bytes: res.Bytes, SHA256: res.SHA256}
+	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Wrote %d bytes to %s (sha256 %s).", out.Bytes, out.Path, out.SHA256))), nil
+}
+
+func (s *Service) uploadDir(ctx context.Context, m *local.Machine, dst, hostDir string) (*mcp.CallToolResult, error) {
+	files, size, digest, err := dirDigest(hostDir)
+	if err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(writeDirTar(pw, hostDir)) }()
+	err = m.CopyIn(ctx, dst, pr)
+	pr.CloseWithError(io.ErrClosedPipe)
+	if err != nil {
+		return nil, err
+	}
+	out := UploadFileOutput{Machine: m.ID(), Path: dst, Bytes: size, SHA256: digest, Files: files}
+	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Copied %d files (%d bytes) into %s (manifest sha256 %s).", files, size, dst, digest))), nil
+}
+
+// writeDirTar writes the contents of a host directory as a tar stream with
+// names relative to it. Only directories and regular files are copied.
+func writeDirTar(w io.Writer, dir string) error {
+	tw := tar.NewWriter(w)
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == dir {
+			return nil
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case fi.IsDir():
+			return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: filepath.ToSlash(rel) + "/", Mode: int64(fi.Mode().Perm()), ModTime: fi.ModTime()})
+		case fi.Mode().IsRegular():
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: filepath.ToSlash(rel), Mode: int64(fi.Mode().Perm()), Size: fi.Size(), ModTime: fi.ModTime()}); err != nil {
+				return err
+			}
+			_, err = io.Copy(tw, f)
+			return err
+		}
+		return nil // symbolic links and special files stay behind
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// dirDigest hashes a host directory's manifest: one "path NUL sha256 LF"
+// line per regular file, in lexical order of the paths.
+func dirDigest(dir string) (files int, size int64, digest string, err error) {
+	manifest := sha256.New()
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		h := sha256.New()
+		n, err := io.Copy(h, f)
+		if err != nil {
+			return err
+		}
+		files++
+		size += n
+		fmt.Fprintf(manifest, "%s\x00%x\n", filepath.ToSlash(rel), h.Sum(nil))
+		return nil
+	})
+	return files, size, hex.EncodeToString(manifest.Sum(nil)), err
+}
+
+func (s *Service) downloadFile(ctx context.Context, _ mcp.CallToolRequest, in DownloadFileInput) (*mcp.CallToolResult, error) {
+	if in.Path == "" {
+		return nil, errors.New("missing path")
+	}
+	var target string
+	if in.LocalPath != "" {
+		t, err := s.hostTarget(in.LocalPath)
+		if err != nil {
+			return nil, err
+		}
+		target = t
+	}
+	m, err := s.machine(ctx, in.Machine)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := m.Stat(ctx, in.Path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.IsDir {
+		if target == "" {
+			return nil, fmt.Errorf("%s is a directory: give local_path to save it on the host, or list it with exec_command", in.Path)
+		}
+		return s.downloadDir(ctx, m, in.Path, target)
+	}
+	if target != "" {
+		return s.downloadToHost(ctx, m, in.Path, target)
+	}
+	max := in.MaxBytes
+	if max <= 0 {
+		max = defaultMaxBytes
+	}
+	w := &headWriter{max: max, hash: sha256.New()}
+	n, err := m.ReadFile(ctx, in.Path, w)
+	if err != nil {
+		return nil, err
+	}
+	out := DownloadFileOutput{Machine: m.ID(), Path: fi.Path, Bytes: n, SHA256: hex.EncodeToString(w.hash.Sum(nil)), Truncated: n > int64(len(w.head))}
+	data := w.head
+	if out.Truncated {
+		data = trimPartialRune(data)
+	}
+	var item mcp.Content
+	if utf8.Valid(data) {
+		out.Encoding = "utf-8"
+		item = mcp.NewTextContent(string(data))
+	} else {
+		out.Encoding = "base64"
+		item = mcp.NewEmbeddedResource(mcp.BlobResourceContents{
+			URI:      "file://" + fi.Path,
+			MIMEType: http.DetectContentType(data),
+			Blob:     base64.StdEncoding.EncodeToString(w.head),
+		})
+	}
+	summary := fmt.Sprintf("%s: %d bytes, sha256 %s", out.Path, out.Bytes, out.SHA256)
+	if out.Truncated {
+		summary += fmt.Sprintf(" (only the first %d bytes are returned)", len(w.head))
+	}
+	return structured(out, false, item, mcp.NewTextContent(summary)), nil
+}
+
+func (s *Service) downloadToHost(ctx context.Context, m *local.Machine, p, target string) (*mcp.CallToolResult, error) {
+	tmp, err := os.CreateTemp(filepath.Dir(target), ".vmcp-download-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(tmp.Name())
+	h := sha256.New()
+	n, err := m.ReadFile(ctx, p, io.MultiWriter(tmp, h))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Link(tmp.Name(), target); err != nil {
+		return nil, fmt.Errorf("save %s: %w", target, err)
+	}
+	out := DownloadFileOutput{Machine: m.ID(), Path: p, Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil)), LocalPath: target}
+	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Saved %s (%d bytes, sha256 %s) to %s.", p, n, out.SHA256, target))), nil
+}
+
+func (s *Service) downloadDir(ctx context.Context, m *local.Machine, p, target string) (*mcp.CallToolResult, error) {
+	tmp, err := os.MkdirTemp(filepath.Dir(target), ".vmcp-download-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(m.CopyOut(ctx, p, pw)) }()
+	err = local.ExtractTar(pr, tmp)
+	pr.CloseWithError(io.ErrClosedPipe)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(tmp)
+	if err != nil {
+		return nil, err
+	}
+	if len(entries) != 1 || !entries[0].IsDir() {
+		return nil, fmt.Errorf("unexpected archive of %s", p)
+	}
+	if err := os.Rename(filepath.Join(tmp, entries[0].Name()), target); err != nil {
+		return nil, err
+	}
+	files, size, digest, err := dirDigest(target)
+	if err != nil {
+		return nil, err
+	}
+	out := DownloadFileOutput{Machine: m.ID(), Path: p, Bytes: size, SHA256: digest, LocalPath: target, Files: files}
+	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Saved directory %s (%d files, %d bytes, manifest sha256 %s) to %s.", p, files, size, digest, target))), nil
+}
+
+// headWriter keeps the first max bytes written and hashes everything.
+type headWriter struct {
+	max  int64
+	head []byte
+	hash hash.Hash
+}
+
+func (w *headWriter) Write(p []byte) (int, error) {
+	w.hash.Write(p)
+	if room := w.max - int64(len(w.head)); room > 0 {
+		if int64(len(p)) < room {
+			room = int64(len(p))
+		}
+		w.head = append(w.head, p[:room]...)
+	}
+	return len(p), nil
+}
+
+// trimPartialRune drops an incomplete UTF-8 sequence that a cut left at
+// the end of b.
+func trimPartialRune(b []byte) []byte {
+	for i := 1; i <= utf8.UTFMax && i <= len(b); i++ {
+		if utf8.RuneStart(b[len(b)-i]) {
+			if !utf8.FullRune(b[len(b)-i:]) {
+				return b[:len(b)-i]
+			}
+			break
+		}
+	}
+	return b
+}

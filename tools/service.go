@@ -1,0 +1,240 @@
+// Package tools implements vmcp's MCP tools on top of the local sandbox
+// engine: one file per tool family (Python, commands, files, machines).
+package tools
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/invopop/jsonschema"
+	"github.com/mark3labs/mcp-go/mcp"
+	"github.com/mark3labs/mcp-go/server"
+	"github.com/rs/zerolog"
+
+	"github.com/vmcp-dev/vmcp/local"
+)
+
+// Instructions is the server's instructions for the model.
+const Instructions = `vmcp gives you persistent sandboxed Linux machines with a stateful Python interpreter.
+- Every tool takes an optional "machine" id. Without it, tools use the default machine, created on first use; launch_vm creates a new machine and makes it the default.
+- run_python keeps globals between calls (like a notebook); matplotlib figures come back as images. exec_command runs bash or an argv in the same machine and its files.
+- Files live in the machine's workspace; move them with upload_file and download_file.
+- snapshot_vm saves a machine's files (not its Python state) under a snapshot id; launch_vm with snapshot_id starts a new machine from it. list_machines shows both; delete_vm removes a machine.
+- Machines have no network access.`
+
+// Service holds what the tools share: the engine, the host directories that
+// local_path may use, and the process's default machine.
+type Service struct {
+	engine       *local.Engine
+	allowedRoots []string // absolute, symbolic links resolved
+	log          zerolog.Logger
+
+	mu             sync.Mutex
+	defaultMachine string
+}
+
+// NewService makes the tools' shared state. allowedRoots are the host
+// directories that upload_file and download_file may read and write through
+// local_path.
+func NewService(e *local.Engine, allowedRoots []string, log zerolog.Logger) (*Service, error) {
+	roots, err := resolveRoots(allowedRoots)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{engine: e, allowedRoots: roots, log: log}, nil
+}
+
+// Tools are every tool with its handler.
+func (s *Service) Tools() []server.ServerTool {
+	var all []server.ServerTool
+	all = append(all, s.pythonTools()...)
+	all = append(all, s.commandTools()...)
+	all = append(all, s.fileTools()...)
+	all = append(all, s.machineTools()...)
+	return all
+}
+
+// Definitions are the tool definitions, as tools/list shows them.
+func Definitions() []mcp.Tool {
+	var s Service
+	var defs []mcp.Tool
+	for _, t := range s.Tools() {
+		defs = append(defs, t.Tool)
+	}
+	return defs
+}
+
+// Register adds every tool to srv.
+func (s *Service) Register(srv *server.MCPServer) { srv.AddTools(s.Tools()...) }
+
+// machine returns the machine named by id (or by a unique name), or the
+// default machine, creating it on first use.
+func (s *Service) machine(ctx context.Context, id string) (*local.Machine, error) {
+	if id != "" {
+		m, err := s.engine.Machine(id)
+		if err == nil {
+			return m, nil
+		}
+		if !errors.Is(err, local.ErrNotFound) {
+			return nil, err
+		}
+		var match []string
+		for _, info := range s.engine.Machines() {
+			if info.Name == id {
+				match = append(match, info.ID)
+			}
+		}
+		if len(match) == 1 {
+			return s.engine.Machine(match[0])
+		}
+		return nil, fmt.Errorf("machine %q not found; list_machines shows the machines", id)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.defaultMachine != "" {
+		m, err := s.engine.Machine(s.defaultMachine)
+		if err == nil {
+			return m, nil
+		}
+		if !errors.Is(err, local.ErrNotFound) {
+			return nil, err
+		}
+	}
+	// The default machine of an earlier run of the server is this run's too:
+	// its files are where the user left them, and machines do not pile up.
+	var newest *local.MachineInfo
+	for _, info := range s.engine.Machines() {
+		if info.Tags[defaultTag] == "default" {
+			newest = &info
+		}
+	}
+	if newest != nil {
+		s.defaultMachine = newest.ID
+		return s.engine.Machine(newest.ID)
+	}
+	info, err := s.engine.Create(ctx, local.MachineSpec{Name: "default", Tags: map[string]string{defaultTag: "default"}})
+	if err != nil {
+		return nil, fmt.Errorf("create the default machine: %w", err)
+	}
+	s.log.Info().Str("machine", info.ID).Msg("created the default machine")
+	s.defaultMachine = info.ID
+	return s.engine.Machine(info.ID)
+}
+
+// defaultTag marks the machine a server created as its default.
+const defaultTag = "vmcp"
+
+func (s *Service) setDefault(id string) {
+	s.mu.Lock()
+	s.defaultMachine = id
+	s.mu.Unlock()
+}
+
+func (s *Service) isDefault(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.defaultMachine == id
+}
+
+func (s *Service) forgetDefault(id string) {
+	s.mu.Lock()
+	if s.defaultMachine == id {
+		s.defaultMachine = ""
+	}
+	s.mu.Unlock()
+}
+
+// toolSpec is the static part of a tool's definition.
+type toolSpec struct {
+	name, title, description          string
+	readOnly, destructive, idempotent bool
+	openWorld                         bool
+}
+
+// newTool builds a tool definition with input and output schemas generated
+// from In and Out, and wraps a typed handler: arguments that do not decode
+// are a tool error, as are errors the handler returns.
+func newTool[In, Out any](spec toolSpec, handle func(ctx context.Context, req mcp.CallToolRequest, in In) (*mcp.CallToolResult, error)) server.ServerTool {
+	tool := mcp.Tool{
+		Name:            spec.name,
+		Title:           spec.title,
+		Description:     spec.description,
+		RawInputSchema:  schemaFor[In](),
+		RawOutputSchema: schemaFor[Out](),
+		Annotations: mcp.ToolAnnotation{
+			Title:           spec.title,
+			ReadOnlyHint:    mcp.ToBoolPtr(spec.readOnly),
+			DestructiveHint: mcp.ToBoolPtr(spec.destructive),
+			IdempotentHint:  mcp.ToBoolPtr(spec.idempotent),
+			OpenWorldHint:   mcp.ToBoolPtr(spec.openWorld),
+		},
+	}
+	handler := func(ctx context.Context, req mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		var in In
+		if err := req.BindArguments(&in); err != nil {
+			return mcp.NewToolResultError(fmt.Sprintf("invalid arguments for %s: %v", spec.name, err)), nil
+		}
+		res, err := handle(ctx, req, in)
+		if err != nil {
+			return mcp.NewToolResultError(errorText(err)), nil
+		}
+		return res, nil
+	}
+	return server.ServerTool{Tool: tool, Handler: handler}
+}
+
+// errorText explains an error to the model.
+func errorText(err error) string {
+	var pe *local.PathError
+	switch {
+	case errors.As(err, &pe):
+		return "refused: " + pe.Error()
+	case errors.Is(err, context.Canceled):
+		return "cancelled"
+	}
+	return err.Error()
+}
+
+// structured makes a successful result with out as structured content and
+// the given content items (a JSON text of out when none are given).
+func structured(out any, isError bool, content ...mcp.Content) *mcp.CallToolResult {
+	if len(content) == 0 {
+		b, _ := json.MarshalIndent(out, "", "  ")
+		content = []mcp.Content{mcp.NewTextContent(string(b))}
+	}
+	return &mcp.CallToolResult{Content: content, StructuredContent: out, IsError: isError}
+}
+
+var reflector = jsonschema.Reflector{
+	DoNotReference: true,
+	ExpandedStruct: true,
+	Anonymous:      true,
+}
+
+// schemaFor generates the JSON schema of T: an object whose fields without
+// omitempty are required.
+func schemaFor[T any]() json.RawMessage {
+	var zero T
+	sc := reflector.Reflect(&zero)
+	sc.Version = ""
+	sc.ID = ""
+	if sc.Properties == nil || sc.Properties.Len() == 0 {
+		sc.Properties = nil
+	}
+	sc.Type = "object"
+	b, err := json.Marshal(sc)
+	if err != nil {
+		panic(err)
+	}
+	if string(b) == `{"type":"object"}` || strings.Contains(string(b), `"additionalProperties":false`) && sc.Properties == nil {
+		b = []byte(`{"type":"object","properties":{},"additionalProperties":false}`)
+	}
+	return b
+}
+
+func ms(d time.Duration) int64 { return d.Milliseconds() }
