@@ -4,11 +4,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -26,6 +28,9 @@ var version = "dev"
 func main() {
 	local.RunHelperIfRequested()
 	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
 		fmt.Fprintln(os.Stderr, "mcp-server:", err)
 		os.Exit(1)
 	}
@@ -37,6 +42,9 @@ type config struct {
 	logLevel     zerolog.Level
 	allowedRoots []string
 	version      bool
+	backend      string
+	limits       local.Limits
+	noSandbox    bool
 }
 
 // parseConfig reads the flags; each falls back to its environment variable
@@ -53,9 +61,43 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	logLevel := fs.String("log-level", envOr("VMCP_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error (env VMCP_LOG_LEVEL); logs go to stderr")
 	roots := fs.String("allowed-roots", envOr("VMCP_ALLOWED_ROOTS", cwd), "host directories that upload_file/download_file local_path may use, separated by "+string(filepath.ListSeparator)+" (env VMCP_ALLOWED_ROOTS)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	backend := fs.String("backend", envOr("VMCP_BACKEND", "local"), "backend for new machines; only \"local\" exists so far (env VMCP_BACKEND)")
+	var limits local.Limits
+	mib := func(name, env string, def int64, dst *int64, what string) {
+		v := envOr(env, strconv.FormatInt(def, 10))
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			n = -1 // reported after parsing
+		}
+		*dst = n
+		fs.Func(name, fmt.Sprintf("%s (env %s; default %d)", what, env, def), func(s string) error {
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("want a positive whole number")
+			}
+			*dst = n
+			return nil
+		})
+	}
+	d := local.DefaultLimits
+	mib("memory-mb", "VMCP_MEMORY_MB", d.MemoryBytes>>20, &limits.MemoryBytes, "memory limit of each machine, in MiB")
+	mib("disk-mb", "VMCP_DISK_MB", d.DiskBytes>>20, &limits.DiskBytes, "disk quota of each machine's files, in MiB")
+	mib("max-processes", "VMCP_MAX_PROCESSES", d.Processes, &limits.Processes, "process limit of each machine")
+	noSandbox := fs.Bool("dangerously-disable-sandbox", envOr("VMCP_DANGEROUSLY_DISABLE_SANDBOX", "") == "1",
+		"run machines as plain host processes with NO isolation, for hosts where bubblewrap cannot run and trusted code only (env VMCP_DANGEROUSLY_DISABLE_SANDBOX=1)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
+	for name, v := range map[string]int64{"VMCP_MEMORY_MB": limits.MemoryBytes, "VMCP_DISK_MB": limits.DiskBytes, "VMCP_MAX_PROCESSES": limits.Processes} {
+		if v <= 0 {
+			return config{}, fmt.Errorf("%s must be a positive whole number", name)
+		}
+	}
+	if *backend != "local" {
+		return config{}, fmt.Errorf("--backend %q: only \"local\" is available", *backend)
+	}
+	limits.MemoryBytes <<= 20
+	limits.DiskBytes <<= 20
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
@@ -63,7 +105,8 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	if err != nil || level == zerolog.NoLevel {
 		return config{}, fmt.Errorf("--log-level %q: want trace, debug, info, warn, error or disabled", *logLevel)
 	}
-	return config{stateDir: *stateDir, logLevel: level, allowedRoots: filepath.SplitList(*roots), version: *showVersion}, nil
+	return config{stateDir: *stateDir, logLevel: level, allowedRoots: filepath.SplitList(*roots), version: *showVersion,
+		backend: *backend, limits: limits, noSandbox: *noSandbox}, nil
 }
 
 func run(args []string) error {
@@ -82,7 +125,10 @@ func run(args []string) error {
 
 	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, NoColor: true}).Level(cfg.logLevel).With().Timestamp().Logger()
 
-	engine, err := local.New(local.Options{StateDir: cfg.stateDir})
+	if cfg.noSandbox {
+		log.Warn().Msg("THE SANDBOX IS DISABLED (--dangerously-disable-sandbox): machines run as plain host processes with your user's full access")
+	}
+	engine, err := local.New(local.Options{StateDir: cfg.stateDir, Limits: cfg.limits, DangerouslyDisableSandbox: cfg.noSandbox})
 	if err != nil {
 		return err
 	}

@@ -37,7 +37,25 @@ func TestParseConfig(t *testing.T) {
 		t.Errorf("flags over environment: %+v", cfg)
 	}
 
-	for _, args := range [][]string{{"--log-level", "loud"}, {"extra"}, {"--nope"}} {
+	cfg, err = parseConfig([]string{"--memory-mb", "512", "--max-processes", "64"}, getenv, "/work")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.limits.MemoryBytes != 512<<20 || cfg.limits.Processes != 64 || cfg.limits.DiskBytes != 1<<30 || cfg.backend != "local" || cfg.noSandbox {
+		t.Errorf("limits: %+v", cfg)
+	}
+	env["VMCP_DISK_MB"] = "100"
+	env["VMCP_DANGEROUSLY_DISABLE_SANDBOX"] = "1"
+	if cfg, _ = parseConfig(nil, getenv, "/work"); cfg.limits.DiskBytes != 100<<20 || !cfg.noSandbox {
+		t.Errorf("limits from the environment: %+v", cfg)
+	}
+	env["VMCP_DISK_MB"] = "lots"
+	if _, err := parseConfig(nil, getenv, "/work"); err == nil {
+		t.Error("VMCP_DISK_MB=lots accepted")
+	}
+	delete(env, "VMCP_DISK_MB")
+
+	for _, args := range [][]string{{"--log-level", "loud"}, {"extra"}, {"--nope"}, {"--memory-mb", "0"}, {"--backend", "fastvm"}} {
 		if _, err := parseConfig(args, getenv, "/work"); err == nil {
 			t.Errorf("%q accepted", args)
 		}

@@ -1,0 +1,347 @@
+// Command vmcp-bench measures what the MCP layer costs: it times the same
+// warm operations through a built mcp-server over stdio (with the official
+// Go SDK client) and directly on an engine in this process, and prints the
+// p50 and p99 latencies of both and the ratio of the p50s.
+//
+//	go build -o /tmp/mcp-server ./cmd/mcp-server
+//	go run ./cmd/vmcp-bench --server /tmp/mcp-server --n 2000
+//
+// It exits non-zero only on errors (a failed call or a wrong result), never
+// because a figure misses its target.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/vmcp-dev/vmcp/local"
+)
+
+// warmup is how many untimed calls of each operation precede the timed ones.
+const warmup = 20
+
+// callTimeout bounds one call, through MCP or direct.
+const callTimeout = 60 * time.Second
+
+func main() {
+	local.RunHelperIfRequested()
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "vmcp-bench:", err)
+		os.Exit(1)
+	}
+}
+
+// config is what the flags set.
+type config struct {
+	server   string
+	n        int
+	stateDir string
+}
+
+func parseConfig(args []string) (config, error) {
+	fs := flag.NewFlagSet("vmcp-bench", flag.ContinueOnError)
+	server := fs.String("server", "", "path of a built mcp-server binary (required)")
+	n := fs.Int("n", 2000, "timed calls of each operation, via MCP and direct")
+	stateDir := fs.String("state-dir", "", "directory for the server's (<dir>/mcp) and the engine's (<dir>/engine) state; default a fresh temporary directory, removed at the end")
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if *server == "" {
+		return config{}, errors.New("--server is required")
+	}
+	if *n < 1 {
+		return config{}, fmt.Errorf("--n %d: want at least 1", *n)
+	}
+	return config{server: *server, n: *n, stateDir: *stateDir}, nil
+}
+
+func run(args []string, stdout io.Writer) error {
+	cfg, err := parseConfig(args)
+	if err != nil {
+		return err
+	}
+	server, err := filepath.Abs(cfg.server)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(server); err != nil {
+		return fmt.Errorf("--server: %w", err)
+	}
+	dir := cfg.stateDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "vmcp-bench-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+
+	ops := []*operation{
+		{name: "run_python 1+1"},
+		{name: "exec_command true"},
+	}
+	// One after the other, so that the server and the engine do not compete
+	// for the CPU.
+	if err := benchMCP(server, filepath.Join(dir, "mcp"), cfg.n, ops[0], ops[1]); err != nil {
+		return fmt.Errorf("mcp: %w", err)
+	}
+	if err := benchEngine(filepath.Join(dir, "engine"), cfg.n, ops[0], ops[1]); err != nil {
+		return fmt.Errorf("engine: %w", err)
+	}
+	return printTable(stdout, ops)
+}
+
+// operation is one measured operation with its timings both ways.
+type operation struct {
+	name        string
+	mcp, engine []time.Duration
+}
+
+// timeN calls f warmup times, then n times keeping the latencies it
+// reports. f times only the call itself, not the checks of its result.
+func timeN(n int, f func() (time.Duration, error)) ([]time.Duration, error) {
+	for i := 0; i < warmup; i++ {
+		if _, err := f(); err != nil {
+			return nil, fmt.Errorf("warm-up call %d: %w", i+1, err)
+		}
+	}
+	l := make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		d, err := f()
+		if err != nil {
+			return nil, fmt.Errorf("call %d: %w", i+1, err)
+		}
+		l = append(l, d)
+	}
+	return l, nil
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's stderr copier.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// benchMCP starts the server over stdio and times run_python and
+// exec_command on its default machine.
+func benchMCP(server, stateDir string, n int, py, cmd *operation) (err error) {
+	c := exec.Command(server, "--state-dir", stateDir)
+	stderr := &syncBuffer{}
+	c.Stderr = stderr
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("%w\nserver stderr:\n%s", err, stderr)
+		}
+	}()
+	client := mcp.NewClient(&mcp.Implementation{Name: "vmcp-bench", Version: "1"}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	cs, err := client.Connect(ctx, &mcp.CommandTransport{Command: c}, nil)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer cs.Close()
+
+	// call times one CallTool and decodes the structured content into out.
+	call := func(name string, args map[string]any, out any) (time.Duration, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		params := &mcp.CallToolParams{Name: name, Arguments: args}
+		start := time.Now()
+		res, err := cs.CallTool(ctx, params)
+		d := time.Since(start)
+		if err != nil {
+			return d, err
+		}
+		if res.IsError {
+			return d, fmt.Errorf("%s: tool error: %s", name, text(res))
+		}
+		b, err := json.Marshal(res.StructuredContent)
+		if err != nil {
+			return d, err
+		}
+		if err := json.Unmarshal(b, out); err != nil {
+			return d, fmt.Errorf("%s: structured content %s: %w", name, b, err)
+		}
+		return d, nil
+	}
+
+	pyArgs := map[string]any{"code": "1+1"}
+	py.mcp, err = timeN(n, func() (time.Duration, error) {
+		var out struct {
+			Value *string `json:"value"`
+			Error string  `json:"error"`
+		}
+		d, err := call("run_python", pyArgs, &out)
+		if err != nil {
+			return d, err
+		}
+		if out.Value == nil || *out.Value != "2" || out.Error != "" {
+			return d, fmt.Errorf("run_python 1+1: value %s, error %q; want 2", strPtr(out.Value), out.Error)
+		}
+		return d, nil
+	})
+	if err != nil {
+		return fmt.Errorf("run_python: %w", err)
+	}
+
+	cmdArgs := map[string]any{"argv": []string{"true"}}
+	cmd.mcp, err = timeN(n, func() (time.Duration, error) {
+		var out struct {
+			ExitCode *int   `json:"exit_code"`
+			Signal   string `json:"signal"`
+			TimedOut bool   `json:"timed_out"`
+		}
+		d, err := call("exec_command", cmdArgs, &out)
+		if err != nil {
+			return d, err
+		}
+		if out.ExitCode == nil || *out.ExitCode != 0 || out.Signal != "" || out.TimedOut {
+			return d, fmt.Errorf("exec_command true: exit code %s, signal %q, timed out %v; want exit code 0", intPtr(out.ExitCode), out.Signal, out.TimedOut)
+		}
+		return d, nil
+	})
+	if err != nil {
+		return fmt.Errorf("exec_command: %w", err)
+	}
+	return nil
+}
+
+// benchEngine opens an engine in this process and times Machine.Exec and
+// Machine.Run on one machine.
+func benchEngine(stateDir string, n int, py, cmd *operation) error {
+	e, err := local.New(local.Options{StateDir: stateDir})
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	info, err := e.Create(context.Background(), local.MachineSpec{})
+	if err != nil {
+		return err
+	}
+	m, err := e.Machine(info.ID)
+	if err != nil {
+		return err
+	}
+
+	py.engine, err = timeN(n, func() (time.Duration, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		start := time.Now()
+		r, err := m.Exec(ctx, "1+1", local.ExecOptions{})
+		d := time.Since(start)
+		if err != nil {
+			return d, err
+		}
+		if r.Value == nil || *r.Value != "2" || r.Error != "" {
+			return d, fmt.Errorf("Exec 1+1: value %s, error %q; want 2", strPtr(r.Value), r.Error)
+		}
+		return d, nil
+	})
+	if err != nil {
+		return fmt.Errorf("Exec: %w", err)
+	}
+
+	cmd.engine, err = timeN(n, func() (time.Duration, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		start := time.Now()
+		r, err := m.Run(ctx, local.Command{Argv: []string{"true"}})
+		d := time.Since(start)
+		if err != nil {
+			return d, err
+		}
+		if r.ExitCode != 0 || r.Signal != "" || r.TimedOut {
+			return d, fmt.Errorf("Run true: exit code %d, signal %q, timed out %v; want exit code 0", r.ExitCode, r.Signal, r.TimedOut)
+		}
+		return d, nil
+	})
+	if err != nil {
+		return fmt.Errorf("Run: %w", err)
+	}
+	return nil
+}
+
+// percentile returns the q-th percentile (0 < q < 1) of l, which it sorts.
+func percentile(l []time.Duration, q float64) time.Duration {
+	sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
+	i := int(float64(len(l)) * q)
+	if i >= len(l) {
+		i = len(l) - 1
+	}
+	return l[i]
+}
+
+func ms(d time.Duration) string {
+	return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond))
+}
+
+func printTable(w io.Writer, ops []*operation) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "operation\tmcp p50\tmcp p99\tengine p50\tengine p99\tratio")
+	for _, op := range ops {
+		mp50, mp99 := percentile(op.mcp, 0.50), percentile(op.mcp, 0.99)
+		ep50, ep99 := percentile(op.engine, 0.50), percentile(op.engine, 0.99)
+		ratio := float64(mp50) / float64(ep50)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2fx\n", op.name, ms(mp50), ms(mp99), ms(ep50), ms(ep99), ratio)
+	}
+	return tw.Flush()
+}
+
+func strPtr(s *string) string {
+	if s == nil {
+		return "<none>"
+	}
+	return *s
+}
+
+func intPtr(i *int) string {
+	if i == nil {
+		return "<none>"
+	}
+	return fmt.Sprint(*i)
+}
+
+// text joins the result's text content items.
+func text(res *mcp.CallToolResult) string {
+	var s string
+	for _, c := range res.Content {
+		if tc, ok := c.(*mcp.TextContent); ok {
+			if s != "" {
+				s += "\n"
+			}
+			s += tc.Text
+		}
+	}
+	return s
+}

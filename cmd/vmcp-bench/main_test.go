@@ -1,0 +1,76 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vmcp-dev/vmcp/local"
+)
+
+func TestMain(m *testing.M) {
+	local.RunHelperIfRequested() // the engine starts this test binary as its agent
+	os.Exit(m.Run())
+}
+
+// TestRun builds the server and runs a short measurement against it, so
+// that the command keeps working.
+func TestRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds mcp-server and starts sandboxes")
+	}
+	bin := filepath.Join(t.TempDir(), "mcp-server")
+	build := exec.Command("go", "build", "-o", bin, "github.com/vmcp-dev/vmcp/cmd/mcp-server")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+
+	state := t.TempDir()
+	var out bytes.Buffer
+	if err := run([]string{"--server", bin, "--n", "20", "--state-dir", state}, &out); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", out.String())
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "operation") {
+		t.Fatalf("table:\n%s", out.String())
+	}
+	for i, prefix := range []string{"run_python 1+1", "exec_command true"} {
+		row := lines[i+1]
+		if !strings.HasPrefix(row, prefix) || !strings.HasSuffix(row, "x") {
+			t.Errorf("row %q: want %q ... ratio", row, prefix)
+		}
+	}
+	for _, sub := range []string{"mcp", "engine"} {
+		if _, err := os.Stat(filepath.Join(state, sub)); err != nil {
+			t.Errorf("state dir: %v", err)
+		}
+	}
+}
+
+func TestParseConfig(t *testing.T) {
+	cfg, err := parseConfig([]string{"--server", "/x/mcp-server"})
+	if err != nil || cfg.n != 2000 || cfg.stateDir != "" || cfg.server != "/x/mcp-server" {
+		t.Errorf("defaults: %+v %v", cfg, err)
+	}
+	for _, args := range [][]string{
+		{},
+		{"--server", "s", "--n", "0"},
+		{"--server", "s", "extra"},
+	} {
+		if _, err := parseConfig(args); err == nil {
+			t.Errorf("%q: no error", args)
+		}
+	}
+}
+
+// TestMissingServer fails before starting anything.
+func TestMissingServer(t *testing.T) {
+	err := run([]string{"--server", filepath.Join(t.TempDir(), "nope")}, &bytes.Buffer{})
+	if err == nil {
+		t.Fatal("no error for a missing server binary")
+	}
+}
