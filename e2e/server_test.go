@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -367,9 +369,30 @@ func TestMachinesAndSnapshots(t *testing.T) {
 	}
 }
 
+// tree lists every path under the dirs with its size, to compare.
+func tree(t *testing.T, dirs ...string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, dir := range dirs {
+		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.Name() == "lock" {
+				return nil
+			}
+			fi, _ := d.Info()
+			fmt.Fprintf(&b, "%s %d\n", p, fi.Size())
+			return nil
+		})
+	}
+	return b.String()
+}
+
 func TestBadInput(t *testing.T) {
 	t.Parallel()
-	h := start(t)
+	state := t.TempDir()
+	h := startIn(t, state, t.TempDir())
+	// A machine with a file, so that a bad call has something to damage.
+	h.ok(t, "exec_command", map[string]any{"command": "echo keep > keep.txt"}, &tools.ExecCommandOutput{})
+	before := tree(t, state, h.root)
 	if _, err := h.callErr("no_such_tool", map[string]any{}, nil); err == nil || !strings.Contains(err.Error(), "no_such_tool") {
 		t.Errorf("unknown tool: %v", err)
 	}
@@ -382,6 +405,12 @@ func TestBadInput(t *testing.T) {
 	h.fails(t, "run_python", map[string]any{"code": "1", "machine": "m-does-not-exist"}, "m-does-not-exist")
 	h.fails(t, "delete_vm", map[string]any{}, "machine")
 	h.fails(t, "upload_file", map[string]any{"path": "x", "content_base64": "!!!"}, "base64")
+	h.fails(t, "upload_file", map[string]any{"path": "../../etc/passwd", "content": "x"}, "workspace")
+	h.fails(t, "upload_file", map[string]any{"path": "y", "local_path": "/etc/passwd"}, "allowed")
+	h.fails(t, "launch_vm", map[string]any{"snapshot_id": "s-does-not-exist"}, "s-does-not-exist")
+	if after := tree(t, state, h.root); after != before {
+		t.Errorf("bad input changed the disk:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
 	// Still serving.
 	var out tools.RunPythonOutput
 	h.ok(t, "run_python", map[string]any{"code": "6 * 7"}, &out)
