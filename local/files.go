@@ -505,7 +505,7 @@ func (m *Machine) CopyOut(ctx context.Context, p string, w io.Writer) error {
 	if _, err := root.Lstat(rel); err != nil {
 		return rootError(p, err)
 	}
-	return writeTar(ctx, root, rel, w)
+	return writeTar(ctx, root, rel, w, false)
 }
 
 // diskUsage is the space the machine's files take on disk.

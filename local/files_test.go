@@ -192,3 +192,27 @@ func TestFileWriteIsAtomicAndChecked(t *testing.T) {
 type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, errors.New("connection lost") }
+
+func TestWriteTarContentsNamesEntriesFromTheDirectory(t *testing.T) {
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "sub"), 0o755)
+	os.WriteFile(filepath.Join(src, "a.txt"), []byte("a"), 0o644)
+	os.WriteFile(filepath.Join(src, "sub", "b.txt"), []byte("b"), 0o644)
+	var tb bytes.Buffer
+	if err := WriteTarContents(&tb, src); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	tr := tar.NewReader(bytes.NewReader(tb.Bytes()))
+	for {
+		hdr, err := tr.Next()
+		if err != nil {
+			break
+		}
+		names = append(names, hdr.Name)
+	}
+	sort.Strings(names)
+	if strings.Join(names, ",") != "a.txt,sub/,sub/b.txt" {
+		t.Fatalf("entries %q", names)
+	}
+}

@@ -22,7 +22,18 @@ func WriteTar(w io.Writer, hostPath string) error {
 		return err
 	}
 	defer root.Close()
-	return writeTar(context.Background(), root, filepath.Base(hostPath), w)
+	return writeTar(context.Background(), root, filepath.Base(hostPath), w, false)
+}
+
+// WriteTarContents writes what is inside the host directory dir to w as a
+// tar stream, with names relative to dir ("a.txt", "sub/b.txt").
+func WriteTarContents(w io.Writer, dir string) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	return writeTar(context.Background(), root, ".", w, true)
 }
 
 // ExtractTar unpacks a tar stream into the host directory dir (created if
@@ -40,8 +51,10 @@ func ExtractTar(r io.Reader, dir string) error {
 	return extractTar(root, r, nil, nil)
 }
 
-// writeTar writes rel (a file or a directory) of root as a tar stream.
-func writeTar(ctx context.Context, root *os.Root, rel string, w io.Writer) error {
+// writeTar writes rel (a file or a directory) of root as a tar stream, named
+// from rel's parent down. With contents, rel "." gives root's contents under
+// their own names; without, root itself is named "workspace".
+func writeTar(ctx context.Context, root *os.Root, rel string, w io.Writer, contents bool) error {
 	tw := tar.NewWriter(w)
 	base := path.Dir(rel)
 	err := fs.WalkDir(root.FS(), rel, func(name string, d fs.DirEntry, err error) error {
@@ -60,6 +73,9 @@ func writeTar(ctx context.Context, root *os.Root, rel string, w io.Writer) error
 			arcName = strings.TrimPrefix(name, base+"/")
 		}
 		if arcName == "." {
+			if contents {
+				return nil // the directory itself: its contents follow
+			}
 			arcName = path.Base(WorkspaceDir)
 		}
 		var link string

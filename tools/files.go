@@ -1,7 +1,6 @@
 package tools
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -148,7 +147,7 @@ func (s *Service) uploadDir(ctx context.Context, m *local.Machine, dst, hostDir 
 		return nil, err
 	}
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(writeDirTar(pw, hostDir)) }()
+	go func() { pw.CloseWithError(local.WriteTarContents(pw, hostDir)) }()
 	err = m.CopyIn(ctx, dst, pr)
 	pr.CloseWithError(io.ErrClosedPipe)
 	if err != nil {
@@ -156,48 +155,6 @@ func (s *Service) uploadDir(ctx context.Context, m *local.Machine, dst, hostDir 
 	}
 	out := UploadFileOutput{Machine: m.ID(), Path: dst, Bytes: size, SHA256: digest, Files: files}
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Copied %d files (%d bytes) into %s (manifest sha256 %s).", files, size, dst, digest))), nil
-}
-
-// writeDirTar writes the contents of a host directory as a tar stream with
-// names relative to it. Only directories and regular files are copied.
-func writeDirTar(w io.Writer, dir string) error {
-	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p == dir {
-			return nil
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case fi.IsDir():
-			return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: filepath.ToSlash(rel) + "/", Mode: int64(fi.Mode().Perm()), ModTime: fi.ModTime()})
-		case fi.Mode().IsRegular():
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: filepath.ToSlash(rel), Mode: int64(fi.Mode().Perm()), Size: fi.Size(), ModTime: fi.ModTime()}); err != nil {
-				return err
-			}
-			_, err = io.Copy(tw, f)
-			return err
-		}
-		return nil // symbolic links and special files stay behind
-	})
-	if err != nil {
-		return err
-	}
-	return tw.Close()
 }
 
 // dirDigest hashes a host directory's manifest: one "path NUL sha256 LF"
