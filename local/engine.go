@@ -18,7 +18,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 )
@@ -491,11 +490,4 @@ func (e *Engine) writeIdentityFiles() error {
 		os.Chmod(path, 0o644)
 	}
 	return os.Chmod(filepath.Join(e.opts.StateDir, "etc"), 0o755)
-}
-
-func shortList(s []string) string {
-	if len(s) > 5 {
-		s = append(s[:5:5], "…")
-	}
-	return strings.Join(s, ", ")
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -659,5 +658,3 @@ func (t *tailBuffer) String() string {
 	defer t.mu.Unlock()
 	return string(bytes.ToValidUTF8(t.buf, []byte("?")))
 }
-
-var errStopped = errors.New("the machine was stopped")
