@@ -81,6 +81,18 @@ func start(t *testing.T) *harness {
 // root and working directory.
 func startIn(t *testing.T, state, root string) *harness {
 	t.Helper()
+	return startWith(t, state, root, clientOptions{})
+}
+
+// clientOptions vary the MCP client.
+type clientOptions struct {
+	roots           []string // host directories the client declares as roots
+	protocolVersion string   // default: the SDK's latest
+}
+
+// startWith is startIn with a client set up by opts.
+func startWith(t *testing.T, state, root string, opts clientOptions) *harness {
+	t.Helper()
 	h := &harness{root: root}
 	cmd := exec.Command(serverBin, "--state-dir", state, "--allowed-roots", h.root, "--log-level", "debug")
 	cmd.Dir = h.root
@@ -93,9 +105,12 @@ func startIn(t *testing.T, state, root string) *harness {
 			h.mu.Unlock()
 		},
 	})
+	for _, r := range opts.roots {
+		client.AddRoots(&mcp.Root{URI: "file://" + r})
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cs, err := client.Connect(ctx, &mcp.CommandTransport{Command: cmd}, nil)
+	cs, err := client.Connect(ctx, &mcp.CommandTransport{Command: cmd}, &mcp.ClientSessionOptions{ProtocolVersion: opts.protocolVersion})
 	if err != nil {
 		t.Fatalf("connect: %v\nserver stderr:\n%s", err, stderr)
 	}

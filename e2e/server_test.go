@@ -135,8 +135,12 @@ func TestProgressNotifications(t *testing.T) {
 		t.Fatalf("no progress notification before the result")
 	}
 	h.mu.Lock()
-	first := h.progress[0]
+	first, last := h.progress[0], h.progress[n-1]
 	h.mu.Unlock()
+	// The server writes a call's notifications before its result.
+	if !strings.Contains(last.Message, "line 4") {
+		t.Errorf("the last notification before the result is %q, want the last line", last.Message)
+	}
 	if first.ProgressToken != "tok-1" || !strings.Contains(first.Message, "line") {
 		t.Errorf("notification: %+v", first)
 	}

@@ -83,7 +83,7 @@ func (s *Service) fileTools() []server.ServerTool {
 	}
 }
 
-func (s *Service) uploadFile(ctx context.Context, _ mcp.CallToolRequest, in UploadFileInput) (*mcp.CallToolResult, error) {
+func (s *Service) uploadFile(ctx context.Context, req mcp.CallToolRequest, in UploadFileInput) (*mcp.CallToolResult, error) {
 	given := 0
 	for _, set := range []bool{in.Content != nil, in.ContentBase64 != nil, in.LocalPath != ""} {
 		if set {
@@ -108,7 +108,11 @@ func (s *Service) uploadFile(ctx context.Context, _ mcp.CallToolRequest, in Uplo
 		}
 		src = bytes.NewReader(data)
 	default:
-		p, err := s.hostSource(in.LocalPath)
+		access, ask := s.hostAccess(ctx, req)
+		if ask != nil {
+			return ask, nil
+		}
+		p, err := access.hostSource(in.LocalPath)
 		if err != nil {
 			return nil, err
 		}
@@ -190,13 +194,17 @@ func dirDigest(dir string) (files int, size int64, digest string, err error) {
 	return files, size, hex.EncodeToString(manifest.Sum(nil)), err
 }
 
-func (s *Service) downloadFile(ctx context.Context, _ mcp.CallToolRequest, in DownloadFileInput) (*mcp.CallToolResult, error) {
+func (s *Service) downloadFile(ctx context.Context, req mcp.CallToolRequest, in DownloadFileInput) (*mcp.CallToolResult, error) {
 	if in.Path == "" {
 		return nil, errors.New("missing path")
 	}
 	var target string
 	if in.LocalPath != "" {
-		t, err := s.hostTarget(in.LocalPath)
+		access, ask := s.hostAccess(ctx, req)
+		if ask != nil {
+			return ask, nil
+		}
+		t, err := access.hostTarget(in.LocalPath)
 		if err != nil {
 			return nil, err
 		}

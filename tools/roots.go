@@ -1,13 +1,78 @@
 package tools
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/mark3labs/mcp-go/mcp"
+	"github.com/mark3labs/mcp-go/server"
 )
+
+// rootsInputID names the roots/list input request in a tool result that
+// asks the client for its roots.
+const rootsInputID = "roots"
+
+// clientRoots are the host directories the MCP client allows, for a call
+// that uses local_path. When the client declares the roots capability and
+// its roots are not known yet, ask is the result to return instead: it asks
+// the client for them (a multi round-trip input request; for clients older
+// than protocol 2026-07-28, mcp-go turns it into a roots/list request and
+// calls the tool again). Clients without the capability impose nothing.
+func clientRoots(ctx context.Context, req mcp.CallToolRequest) (roots []string, ask *mcp.CallToolResult) {
+	if !declaresRoots(ctx) {
+		return nil, nil
+	}
+	res := server.RootsResponse(req.Params.InputResponses, rootsInputID)
+	if res == nil {
+		return nil, server.NewInputRequestBuilder("").Roots(rootsInputID).ToolResult()
+	}
+	for _, r := range res.Roots {
+		u, err := url.Parse(r.URI)
+		if err != nil || u.Scheme != "file" || !filepath.IsAbs(u.Path) {
+			continue // not a host directory
+		}
+		if real, err := filepath.EvalSymlinks(filepath.Clean(u.Path)); err == nil {
+			roots = append(roots, real)
+		}
+	}
+	return roots, nil
+}
+
+// declaresRoots reports whether the client of this request has the roots
+// capability: from the request's _meta on protocol 2026-07-28 and later,
+// else from what it said at initialize.
+func declaresRoots(ctx context.Context) bool {
+	if info := server.RequestProtocolInfoFromContext(ctx); info != nil && info.Modern {
+		return info.ClientCapabilities != nil && info.ClientCapabilities.Roots != nil
+	}
+	if s, ok := server.ClientSessionFromContext(ctx).(server.SessionWithClientInfo); ok {
+		return s.GetClientCapabilities().Roots != nil
+	}
+	return false
+}
+
+// hostAccess is what a call may touch on the host: the server's allowed
+// roots and, when the client declared roots, the client's too.
+type hostAccess struct {
+	allowed []string
+	client  []string // empty: the client restricts nothing
+}
+
+// permits reports whether path (absolute, resolved) may be used.
+func (a hostAccess) permits(path string) bool {
+	if !underRoot(a.allowed, path) {
+		return false
+	}
+	// A client that declares roots but lists none restricts nothing: most
+	// clients declare the capability whether or not the user chose roots.
+	return len(a.client) == 0 || underRoot(a.client, path)
+}
 
 // resolveRoots makes the allowed roots absolute with symbolic links
 // resolved; each must be an existing directory.
@@ -53,17 +118,21 @@ func underRoot(roots []string, path string) bool {
 }
 
 // errOutsideRoots explains a refused local path.
-func (s *Service) errOutsideRoots(path string) error {
-	if len(s.allowedRoots) == 0 {
+func (a hostAccess) errOutsideRoots(path string) error {
+	if len(a.allowed) == 0 {
 		return fmt.Errorf("local_path %s refused: this server allows no host directories (start it with --allowed-roots)", path)
 	}
-	return fmt.Errorf("local_path %s refused: it is outside the allowed roots (%s)", path, strings.Join(s.allowedRoots, ", "))
+	if !underRoot(a.allowed, path) || len(a.client) == 0 {
+		return fmt.Errorf("local_path %s refused: it is outside the allowed roots (%s)", path, strings.Join(a.allowed, ", "))
+	}
+	return fmt.Errorf("local_path %s refused: it is outside the roots your MCP client allows (%s); the server allows %s",
+		path, strings.Join(a.client, ", "), strings.Join(a.allowed, ", "))
 }
 
 // hostSource resolves an existing host path to read, refusing it unless it
 // lies (after following symbolic links) under an allowed root.
-func (s *Service) hostSource(p string) (string, error) {
-	p, err := s.absHost(p)
+func (a hostAccess) hostSource(p string) (string, error) {
+	p, err := a.absHost(p)
 	if err != nil {
 		return "", err
 	}
@@ -74,16 +143,16 @@ func (s *Service) hostSource(p string) (string, error) {
 		}
 		return "", err
 	}
-	if !underRoot(s.allowedRoots, real) {
-		return "", s.errOutsideRoots(p)
+	if !a.permits(real) {
+		return "", a.errOutsideRoots(real)
 	}
 	return real, nil
 }
 
 // hostTarget resolves a host path to create: its parent must exist under an
 // allowed root, and the path itself must not exist yet.
-func (s *Service) hostTarget(p string) (string, error) {
-	p, err := s.absHost(p)
+func (a hostAccess) hostTarget(p string) (string, error) {
+	p, err := a.absHost(p)
 	if err != nil {
 		return "", err
 	}
@@ -95,8 +164,8 @@ func (s *Service) hostTarget(p string) (string, error) {
 		return "", err
 	}
 	real := filepath.Join(parent, filepath.Base(p))
-	if !underRoot(s.allowedRoots, real) || real == parent {
-		return "", s.errOutsideRoots(p)
+	if !a.permits(real) || real == parent {
+		return "", a.errOutsideRoots(real)
 	}
 	if _, err := os.Lstat(real); err == nil {
 		return "", fmt.Errorf("local_path %s already exists; download_file does not overwrite host files", p)
@@ -104,14 +173,29 @@ func (s *Service) hostTarget(p string) (string, error) {
 	return real, nil
 }
 
-// absHost makes a host path absolute: a relative one is relative to the
-// first allowed root.
-func (s *Service) absHost(p string) (string, error) {
-	if filepath.IsAbs(p) {
-		return filepath.Clean(p), nil
+// absHost makes a host path absolute (a relative one is relative to the
+// client's first root, else the first allowed root) and refuses it when it
+// is outside the roots as written, before anything looks at the host: an
+// error must not tell whether a path outside the roots exists. The callers
+// check again once symbolic links are resolved.
+func (a hostAccess) absHost(p string) (string, error) {
+	if len(a.allowed) == 0 {
+		return "", a.errOutsideRoots(p)
 	}
-	if len(s.allowedRoots) == 0 {
-		return "", s.errOutsideRoots(p)
+	if !filepath.IsAbs(p) {
+		base := append(append([]string(nil), a.client...), a.allowed...)
+		p = filepath.Join(base[0], p)
 	}
-	return filepath.Join(s.allowedRoots[0], p), nil
+	p = filepath.Clean(p)
+	if !a.permits(p) {
+		return "", a.errOutsideRoots(p)
+	}
+	return p, nil
+}
+
+// hostAccess gathers the roots that bound local_path for this call; ask is
+// non-nil when the client must be asked for its roots first.
+func (s *Service) hostAccess(ctx context.Context, req mcp.CallToolRequest) (access hostAccess, ask *mcp.CallToolResult) {
+	client, ask := clientRoots(ctx, req)
+	return hostAccess{allowed: s.allowedRoots, client: client}, ask
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/local"
+	"github.com/vmcp-dev/vmcp/prompts"
 )
 
 // Instructions is the server's instructions for the model.
@@ -71,6 +72,23 @@ func Definitions() []mcp.Tool {
 
 // Register adds every tool to srv.
 func (s *Service) Register(srv *server.MCPServer) { srv.AddTools(s.Tools()...) }
+
+// NewMCPServer builds vmcp's MCP server: every tool and prompt, the
+// instructions, and validation of tool arguments and results against their
+// schemas. version is what the server reports to clients.
+func (s *Service) NewMCPServer(version string) *server.MCPServer {
+	srv := server.NewMCPServer("vmcp", version,
+		server.WithInstructions(Instructions),
+		server.WithToolCapabilities(false),
+		server.WithPromptCapabilities(false),
+		server.WithInputSchemaValidation(),
+		server.WithOutputSchemaValidation(),
+		server.WithRecovery(),
+	)
+	s.Register(srv)
+	prompts.Register(srv)
+	return srv
+}
 
 // machine returns the machine named by id (or by a unique name), or the
 // default machine, creating it on first use.

@@ -24,33 +24,59 @@ func TestAllowedRoots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.hostSource(filepath.Join(root, "in.txt")); err != nil {
+	a := hostAccess{allowed: s.allowedRoots}
+	if _, err := a.hostSource(filepath.Join(root, "in.txt")); err != nil {
 		t.Errorf("inside: %v", err)
 	}
-	if _, err := s.hostSource("in.txt"); err != nil {
+	if _, err := a.hostSource("in.txt"); err != nil {
 		t.Errorf("relative: %v", err)
 	}
 	for _, p := range []string{filepath.Join(outside, "out.txt"), filepath.Join(root, "link.txt"), filepath.Join(root, "..", filepath.Base(outside), "out.txt"), "/etc/passwd"} {
-		_, err := s.hostSource(p)
+		_, err := a.hostSource(p)
 		if err == nil || !strings.Contains(err.Error(), "outside the allowed roots") || !strings.Contains(err.Error(), root) {
 			t.Errorf("%s: got %v, want a refusal naming the root", p, err)
 		}
 	}
-	if _, err := s.hostTarget(filepath.Join(root, "new.txt")); err != nil {
+	// Whether a path outside the roots exists is nobody's business.
+	if _, err := a.hostSource(filepath.Join(outside, "no-such-file")); err == nil || !strings.Contains(err.Error(), "outside the allowed roots") {
+		t.Errorf("missing file outside the roots: %v", err)
+	}
+	if _, err := a.hostTarget(filepath.Join(outside, "no-such-dir", "f")); err == nil || !strings.Contains(err.Error(), "outside the allowed roots") {
+		t.Errorf("target in a missing directory outside the roots: %v", err)
+	}
+	if _, err := a.hostTarget(filepath.Join(root, "new.txt")); err != nil {
 		t.Errorf("new target: %v", err)
 	}
-	if _, err := s.hostTarget(filepath.Join(root, "in.txt")); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if _, err := a.hostTarget(filepath.Join(root, "in.txt")); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("existing target: %v", err)
 	}
-	if _, err := s.hostTarget(filepath.Join(outside, "new.txt")); err == nil {
+	if _, err := a.hostTarget(filepath.Join(outside, "new.txt")); err == nil {
 		t.Error("target outside the roots accepted")
 	}
-	if _, err := s.hostTarget(root); err == nil {
+	if _, err := a.hostTarget(root); err == nil {
 		t.Error("the root itself accepted as a new target")
 	}
-	none, _ := NewService(nil, nil, zerolog.Nop())
+	none := hostAccess{}
 	if _, err := none.hostSource(filepath.Join(root, "in.txt")); err == nil || !strings.Contains(err.Error(), "--allowed-roots") {
 		t.Errorf("no roots: %v", err)
+	}
+
+	// Client roots narrow the server's: a path must be under both.
+	sub := filepath.Join(root, "sub")
+	os.Mkdir(sub, 0o755)
+	os.WriteFile(filepath.Join(sub, "s.txt"), []byte("x"), 0o644)
+	narrowed := hostAccess{allowed: s.allowedRoots, client: []string{sub, outside}}
+	if _, err := narrowed.hostSource(filepath.Join(sub, "s.txt")); err != nil {
+		t.Errorf("under both roots: %v", err)
+	}
+	if p, err := narrowed.hostSource("s.txt"); err != nil || p != filepath.Join(sub, "s.txt") {
+		t.Errorf("relative to the client's first root: %q, %v", p, err)
+	}
+	if _, err := narrowed.hostSource(filepath.Join(root, "in.txt")); err == nil || !strings.Contains(err.Error(), "roots your MCP client allows") {
+		t.Errorf("outside the client's roots: %v", err)
+	}
+	if _, err := narrowed.hostSource(filepath.Join(outside, "out.txt")); err == nil || !strings.Contains(err.Error(), "outside the allowed roots") {
+		t.Errorf("a client root outside the server's: %v", err)
 	}
 }
 

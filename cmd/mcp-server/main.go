@@ -14,12 +14,11 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/mark3labs/mcp-go/server"
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/local"
-	"github.com/vmcp-dev/vmcp/prompts"
 	"github.com/vmcp-dev/vmcp/tools"
+	"github.com/vmcp-dev/vmcp/transport"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -138,32 +137,15 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	srv := NewServer(svc)
+	srv := svc.NewMCPServer(version)
 	log.Info().Str("state_dir", engine.StateDir()).Strs("allowed_roots", cfg.allowedRoots).Bool("sandboxed", engine.Sandboxed()).Msg("vmcp MCP server on stdio")
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	stdio := server.NewStdioServer(srv)
-	stdio.SetErrorLogger(stdLogger(log))
-	err = stdio.Listen(ctx, os.Stdin, os.Stdout)
+	err = transport.ServeStdio(ctx, srv, os.Stdin, os.Stdout, transport.StdioOptions{Logger: log})
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
 	log.Info().Msg("shutting down")
 	return nil
-}
-
-// NewServer builds the MCP server with every tool and prompt.
-func NewServer(svc *tools.Service) *server.MCPServer {
-	srv := server.NewMCPServer("vmcp", version,
-		server.WithInstructions(tools.Instructions),
-		server.WithToolCapabilities(false),
-		server.WithPromptCapabilities(false),
-		server.WithInputSchemaValidation(),
-		server.WithOutputSchemaValidation(),
-		server.WithRecovery(),
-	)
-	svc.Register(srv)
-	prompts.Register(srv)
-	return srv
 }

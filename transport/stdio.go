@@ -1,0 +1,376 @@
+// Package transport serves an mcp-go MCPServer to MCP clients.
+//
+// ServeStdio is vmcp's stdio transport. It replaces mcp-go's StdioServer for
+// three reasons: latency (one reader, one decode of the envelope, one
+// buffered writer, where mcp-go spawns a goroutine per line and decodes each
+// message several times), ordering (a tool call's progress notifications are
+// always written before its result) and cancellation (notifications/cancelled
+// and the client closing stdin cancel the calls in flight, which kills what
+// they started in the sandbox).
+package transport
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/mark3labs/mcp-go/mcp"
+	"github.com/mark3labs/mcp-go/server"
+	"github.com/rs/zerolog"
+)
+
+// MaxMessageBytes bounds one incoming JSON-RPC message (a line on stdin).
+// Uploads travel inside messages as base64, so it is generous.
+const MaxMessageBytes = 256 << 20
+
+// drainTimeout is how long calls in flight get to end once the client has
+// closed stdin and their contexts are cancelled.
+const drainTimeout = 10 * time.Second
+
+// StdioOptions tune ServeStdio.
+type StdioOptions struct {
+	// Logger receives transport errors. Default: disabled.
+	Logger zerolog.Logger
+	// MaxMessageBytes bounds one incoming message; default MaxMessageBytes.
+	MaxMessageBytes int
+}
+
+// ServeStdio serves srv to one client speaking newline-delimited JSON-RPC on
+// in and out, until in ends or ctx is cancelled. Either way the calls in
+// flight are cancelled and ServeStdio waits for them (at most drainTimeout)
+// before it returns. A read blocked on in cannot be interrupted: after ctx is
+// cancelled it is abandoned, which is harmless when the process is exiting.
+func ServeStdio(ctx context.Context, srv *server.MCPServer, in io.Reader, out io.Writer, opts StdioOptions) error {
+	if opts.MaxMessageBytes <= 0 {
+		opts.MaxMessageBytes = MaxMessageBytes
+	}
+	s := &stdio{
+		srv:      srv,
+		log:      opts.Logger,
+		maxLine:  opts.MaxMessageBytes,
+		out:      bufio.NewWriterSize(out, 64<<10),
+		writes:   make(chan []byte, 64),
+		stopped:  make(chan struct{}),
+		inFlight: map[string]context.CancelFunc{},
+	}
+	s.session = newSession(s.enqueue)
+	if err := srv.RegisterSession(ctx, s.session); err != nil {
+		return fmt.Errorf("register the stdio session: %w", err)
+	}
+	defer srv.UnregisterSession(context.Background(), s.session.SessionID())
+
+	ctx, cancel := context.WithCancel(srv.WithContext(ctx, s.session))
+	defer cancel()
+	stopWriter := make(chan struct{})
+	writerDone := make(chan error, 1)
+	go func() { writerDone <- s.writeLoop(stopWriter) }()
+
+	readDone := make(chan error, 1)
+	go func() { readDone <- s.readLoop(ctx, in) }()
+	var readErr error
+	select {
+	case readErr = <-readDone:
+	case <-ctx.Done():
+	}
+
+	// The client is gone or we are shutting down: cancel what runs, give it
+	// time to end, then stop the writer.
+	cancel()
+	s.session.cancelPending()
+	drained := make(chan struct{})
+	go func() { s.calls.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(drainTimeout):
+		s.log.Warn().Dur("after", drainTimeout).Msg("calls still running after the client left; not waiting for them")
+	}
+	close(stopWriter)
+	if err := <-writerDone; err != nil && readErr == nil {
+		readErr = err
+	}
+	return readErr
+}
+
+type stdio struct {
+	srv     *server.MCPServer
+	log     zerolog.Logger
+	session *session
+	maxLine int
+
+	// writes carries encoded responses and server requests to writeLoop;
+	// notifications come through the session's channel. stopped is closed
+	// when writeLoop has returned, so that nothing blocks on writes after.
+	writes  chan []byte
+	stopped chan struct{}
+	out     *bufio.Writer
+
+	calls    sync.WaitGroup
+	mu       sync.Mutex
+	inFlight map[string]context.CancelFunc // request id (raw JSON) → cancel
+}
+
+// envelope is the part of a JSON-RPC message the transport routes on.
+type envelope struct {
+	ID     json.RawMessage `json:"id"`
+	Method string          `json:"method"`
+	Result json.RawMessage `json:"result"`
+	Error  *struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+	Params struct {
+		RequestID json.RawMessage `json:"requestId"` // of notifications/cancelled
+	} `json:"params"`
+}
+
+func (e *envelope) hasID() bool { return len(e.ID) > 0 && string(e.ID) != "null" }
+
+var errTooLong = errors.New("message too long")
+
+func (s *stdio) readLoop(ctx context.Context, in io.Reader) error {
+	r := bufio.NewReaderSize(in, 64<<10)
+	for {
+		line, err := readLine(r, s.maxLine)
+		if errors.Is(err, errTooLong) {
+			s.reply(errorMessage(nil, mcp.INVALID_REQUEST, fmt.Sprintf(
+				"the message is longer than the %d bytes the server accepts; send large files with local_path or in several parts", s.maxLine)))
+			continue
+		}
+		if len(bytes.TrimSpace(line)) > 0 {
+			s.dispatch(ctx, line)
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read stdin: %w", err)
+		}
+	}
+}
+
+// readLine reads one line without its newline, at most max bytes long; a
+// longer line is skipped whole and reported as errTooLong.
+func readLine(r *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for {
+		chunk, err := r.ReadSlice('\n')
+		if len(line)+len(chunk) > max+1 { // +1: the newline
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = r.ReadSlice('\n')
+			}
+			if err != nil && err != io.EOF {
+				return nil, err
+			}
+			return nil, errTooLong
+		}
+		if line == nil && err == nil {
+			return bytes.Clone(chunk[:len(chunk)-1]), nil // the common case: one slice
+		}
+		line = append(line, chunk...)
+		switch {
+		case err == nil:
+			return line[:len(line)-1], nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		default:
+			return line, err
+		}
+	}
+}
+
+// dispatch routes one message. Tool calls run on their own goroutines so
+// that a long call never holds up pings, cancellations or other calls; other
+// requests are quick and run in order, which keeps initialize before
+// everything else.
+func (s *stdio) dispatch(ctx context.Context, line []byte) {
+	var env envelope
+	if err := json.Unmarshal(line, &env); err != nil {
+		s.reply(errorMessage(nil, mcp.PARSE_ERROR, "Parse error: the line is not valid JSON: "+err.Error()))
+		return
+	}
+	switch {
+	case env.Method == "" && env.hasID():
+		s.session.resolve(env)
+	case env.Method == string(mcp.MethodNotificationCancelled):
+		s.cancelCall(env.Params.RequestID)
+	case !env.hasID():
+		s.handle(ctx, line) // a notification: no response
+	case env.Method == string(mcp.MethodToolsCall):
+		ctx, cancel := context.WithCancel(ctx)
+		key := string(env.ID)
+		s.mu.Lock()
+		s.inFlight[key] = cancel
+		s.mu.Unlock()
+		s.calls.Go(func() {
+			defer func() {
+				s.mu.Lock()
+				delete(s.inFlight, key)
+				s.mu.Unlock()
+				cancel()
+			}()
+			s.handle(ctx, line)
+		})
+	default:
+		s.handle(ctx, line)
+	}
+}
+
+// cancelCall cancels the tool call with the given request id, if it runs.
+func (s *stdio) cancelCall(id json.RawMessage) {
+	s.mu.Lock()
+	cancel := s.inFlight[string(id)]
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// handle runs one message through the MCP server and writes its response.
+func (s *stdio) handle(ctx context.Context, line []byte) {
+	var resp mcp.JSONRPCMessage
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.Error().Interface("panic", r).Msg("request handler panicked")
+				var env envelope
+				_ = json.Unmarshal(line, &env)
+				if env.hasID() {
+					resp = errorMessage(env.ID, mcp.INTERNAL_ERROR, "internal error in the server; the request was not carried out")
+				}
+			}
+		}()
+		resp = s.srv.HandleMessage(ctx, line)
+	}()
+	if resp != nil {
+		s.reply(resp)
+	}
+}
+
+// reply encodes a message and queues it for writing.
+func (s *stdio) reply(msg any) {
+	b, err := json.Marshal(msg)
+	if err != nil {
+		s.log.Error().Err(err).Msg("encode a response")
+		return
+	}
+	if bytes.Contains(b, []byte(`"inputRequests"`)) {
+		b = withInputRequestParams(b)
+	}
+	s.enqueue(b)
+}
+
+// enqueue hands an encoded message to the writer; it reports false when the
+// writer has stopped.
+func (s *stdio) enqueue(b []byte) bool {
+	select {
+	case s.writes <- b:
+		return true
+	case <-s.stopped:
+		return false
+	}
+}
+
+// writeLoop is the only writer of out. Before it writes a response it writes
+// every notification already queued: a handler queues its notifications
+// before it returns its response, so they reach the client first.
+func (s *stdio) writeLoop(stop <-chan struct{}) (err error) {
+	defer close(s.stopped)
+	notes := s.session.notifications
+	write := func(b []byte) {
+		if err == nil {
+			if _, err = s.out.Write(b); err == nil {
+				err = s.out.WriteByte('\n')
+			}
+		}
+	}
+	writeNote := func(n mcp.JSONRPCNotification) {
+		b, e := json.Marshal(n)
+		if e != nil {
+			s.log.Error().Err(e).Msg("encode a notification")
+			return
+		}
+		write(b)
+	}
+	drainNotes := func() {
+		for {
+			select {
+			case n := <-notes:
+				writeNote(n)
+			default:
+				return
+			}
+		}
+	}
+	for {
+		select {
+		case n := <-notes:
+			writeNote(n)
+		case b := <-s.writes:
+			drainNotes()
+			write(b)
+		case <-stop:
+			for len(s.writes) > 0 {
+				drainNotes()
+				write(<-s.writes)
+			}
+			drainNotes()
+			if e := s.out.Flush(); err == nil {
+				err = e
+			}
+			return err
+		}
+		if len(s.writes) == 0 && len(notes) == 0 && err == nil {
+			err = s.out.Flush()
+		}
+		if err != nil {
+			return fmt.Errorf("write stdout: %w", err)
+		}
+	}
+}
+
+// errorMessage is a JSON-RPC error response.
+func errorMessage(id json.RawMessage, code int, message string) any {
+	if id == nil {
+		id = json.RawMessage("null")
+	}
+	return map[string]any{
+		"jsonrpc": mcp.JSONRPC_VERSION,
+		"id":      id,
+		"error":   map[string]any{"code": code, "message": message},
+	}
+}
+
+// withInputRequestParams gives every input request of a result an explicit
+// "params" object. mcp-go omits params for roots/list (they are optional in
+// the protocol), but the official Go SDK (v1.8) fails to decode an input
+// request without them.
+func withInputRequestParams(b []byte) []byte {
+	var msg struct {
+		JSONRPC string          `json:"jsonrpc"`
+		ID      json.RawMessage `json:"id"`
+		Result  map[string]any  `json:"result"`
+	}
+	if json.Unmarshal(b, &msg) != nil || msg.Result == nil {
+		return b
+	}
+	reqs, ok := msg.Result["inputRequests"].(map[string]any)
+	if !ok {
+		return b
+	}
+	for _, r := range reqs {
+		if r, ok := r.(map[string]any); ok && r["params"] == nil {
+			r["params"] = map[string]any{}
+		}
+	}
+	out, err := json.Marshal(msg)
+	if err != nil {
+		return b
+	}
+	return out
+}
