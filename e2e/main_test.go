@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/jsonschema-go/jsonschema"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -69,6 +70,10 @@ type harness struct {
 
 	mu       sync.Mutex
 	progress []*mcp.ProgressNotificationParams
+
+	schemasOnce sync.Once
+	schemas     map[string]*jsonschema.Resolved // output schemas by tool
+	schemasErr  error
 }
 
 // start runs the server with a fresh state dir and allowed root.
@@ -150,7 +155,64 @@ func (h *harness) callErr(name string, args map[string]any, progressToken any) (
 	if progressToken != nil {
 		params.SetProgressToken(progressToken)
 	}
-	return h.cs.CallTool(ctx, params)
+	res, err := h.cs.CallTool(ctx, params)
+	if err != nil || res.StructuredContent == nil {
+		return res, err
+	}
+	// The server does not validate its own results (they are typed Go
+	// values); every result the tests see is checked against the output
+	// schema that tools/list announces, so the schemas tell the truth.
+	if err := h.checkOutput(ctx, name, res.StructuredContent); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// checkOutput validates structured content against the tool's output schema.
+func (h *harness) checkOutput(ctx context.Context, tool string, structured any) error {
+	h.schemasOnce.Do(func() {
+		h.schemas = map[string]*jsonschema.Resolved{}
+		list, err := h.cs.ListTools(ctx, nil)
+		if err != nil {
+			h.schemasErr = err
+			return
+		}
+		for _, tl := range list.Tools {
+			b, err := json.Marshal(tl.OutputSchema)
+			if err != nil {
+				h.schemasErr = err
+				return
+			}
+			var sch jsonschema.Schema
+			if err := json.Unmarshal(b, &sch); err != nil {
+				h.schemasErr = fmt.Errorf("%s output schema: %w", tl.Name, err)
+				return
+			}
+			if h.schemas[tl.Name], err = sch.Resolve(nil); err != nil {
+				h.schemasErr = fmt.Errorf("%s output schema: %w", tl.Name, err)
+				return
+			}
+		}
+	})
+	if h.schemasErr != nil {
+		return h.schemasErr
+	}
+	rs := h.schemas[tool]
+	if rs == nil {
+		return fmt.Errorf("%s returned structured content but announces no output schema", tool)
+	}
+	b, err := json.Marshal(structured)
+	if err != nil {
+		return err
+	}
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	if err := rs.Validate(v); err != nil {
+		return fmt.Errorf("%s: the structured content %s does not match the output schema: %w", tool, b, err)
+	}
+	return nil
 }
 
 // ok calls a tool that must succeed and decodes its structured content.

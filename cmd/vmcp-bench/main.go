@@ -1,7 +1,8 @@
 // Command vmcp-bench measures what the MCP layer costs: it times the same
-// warm operations through a built mcp-server over stdio (with the official
-// Go SDK client) and directly on an engine in this process, and prints the
-// p50 and p99 latencies of both and the ratio of the p50s.
+// warm operations through a built mcp-server over stdio — with the official
+// Go SDK client, and with a lean client that decodes each response once —
+// and directly on an engine in this process, and prints the p50 and p99
+// latencies and the ratios of the p50s to the engine's.
 //
 //	go build -o /tmp/mcp-server ./cmd/mcp-server
 //	go run ./cmd/vmcp-bench --server /tmp/mcp-server --n 2000
@@ -11,6 +12,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -56,7 +58,7 @@ func parseConfig(args []string) (config, error) {
 	fs := flag.NewFlagSet("vmcp-bench", flag.ContinueOnError)
 	server := fs.String("server", "", "path of a built mcp-server binary (required)")
 	n := fs.Int("n", 2000, "timed calls of each operation, via MCP and direct")
-	stateDir := fs.String("state-dir", "", "directory for the server's (<dir>/mcp) and the engine's (<dir>/engine) state; default a fresh temporary directory, removed at the end")
+	stateDir := fs.String("state-dir", "", "directory for the servers' (<dir>/sdk, <dir>/lean) and the engine's (<dir>/engine) state; default a fresh temporary directory, removed at the end")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -95,13 +97,16 @@ func run(args []string, stdout io.Writer) error {
 	}
 
 	ops := []*operation{
-		{name: "run_python 1+1"},
-		{name: "exec_command true"},
+		{name: "run_python 1+1", tool: "run_python", args: map[string]any{"code": "1+1"}, check: checkPython},
+		{name: "exec_command true", tool: "exec_command", args: map[string]any{"argv": []string{"true"}}, check: checkTrue},
 	}
 	// One after the other, so that the server and the engine do not compete
 	// for the CPU.
-	if err := benchMCP(server, filepath.Join(dir, "mcp"), cfg.n, ops[0], ops[1]); err != nil {
-		return fmt.Errorf("mcp: %w", err)
+	if err := benchSDK(server, filepath.Join(dir, "sdk"), cfg.n, ops); err != nil {
+		return fmt.Errorf("mcp (go-sdk client): %w", err)
+	}
+	if err := benchLean(server, filepath.Join(dir, "lean"), cfg.n, ops); err != nil {
+		return fmt.Errorf("mcp (lean client): %w", err)
 	}
 	if err := benchEngine(filepath.Join(dir, "engine"), cfg.n, ops[0], ops[1]); err != nil {
 		return fmt.Errorf("engine: %w", err)
@@ -109,10 +114,46 @@ func run(args []string, stdout io.Writer) error {
 	return printTable(stdout, ops)
 }
 
-// operation is one measured operation with its timings both ways.
+// operation is one measured operation with its timings three ways: through
+// the server with the official Go SDK client, through the server with a lean
+// client (one JSON decode per response: the server's own cost), and on the
+// engine directly.
 type operation struct {
-	name        string
-	mcp, engine []time.Duration
+	name  string
+	tool  string
+	args  map[string]any
+	check func(structured []byte) error // of a tool result's structured content
+
+	sdk, lean, engine []time.Duration
+}
+
+func checkPython(structured []byte) error {
+	var out struct {
+		Value *string `json:"value"`
+		Error string  `json:"error"`
+	}
+	if err := json.Unmarshal(structured, &out); err != nil {
+		return fmt.Errorf("structured content %s: %w", structured, err)
+	}
+	if out.Value == nil || *out.Value != "2" || out.Error != "" {
+		return fmt.Errorf("run_python 1+1: value %s, error %q; want 2", strPtr(out.Value), out.Error)
+	}
+	return nil
+}
+
+func checkTrue(structured []byte) error {
+	var out struct {
+		ExitCode *int   `json:"exit_code"`
+		Signal   string `json:"signal"`
+		TimedOut bool   `json:"timed_out"`
+	}
+	if err := json.Unmarshal(structured, &out); err != nil {
+		return fmt.Errorf("structured content %s: %w", structured, err)
+	}
+	if out.ExitCode == nil || *out.ExitCode != 0 || out.Signal != "" || out.TimedOut {
+		return fmt.Errorf("exec_command true: exit code %s, signal %q, timed out %v; want exit code 0", intPtr(out.ExitCode), out.Signal, out.TimedOut)
+	}
+	return nil
 }
 
 // timeN calls f warmup times, then n times keeping the latencies it
@@ -152,17 +193,20 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// benchMCP starts the server over stdio and times run_python and
-// exec_command on its default machine.
-func benchMCP(server, stateDir string, n int, py, cmd *operation) (err error) {
+// withStderr adds the server's stderr to an error.
+func withStderr(err *error, stderr *syncBuffer) {
+	if *err != nil {
+		*err = fmt.Errorf("%w\nserver stderr:\n%s", *err, stderr)
+	}
+}
+
+// benchSDK starts the server over stdio and times each operation with the
+// official Go SDK client.
+func benchSDK(server, stateDir string, n int, ops []*operation) (err error) {
 	c := exec.Command(server, "--state-dir", stateDir)
 	stderr := &syncBuffer{}
 	c.Stderr = stderr
-	defer func() {
-		if err != nil {
-			err = fmt.Errorf("%w\nserver stderr:\n%s", err, stderr)
-		}
-	}()
+	defer withStderr(&err, stderr)
 	client := mcp.NewClient(&mcp.Implementation{Name: "vmcp-bench", Version: "1"}, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	cs, err := client.Connect(ctx, &mcp.CommandTransport{Command: c}, nil)
@@ -172,67 +216,131 @@ func benchMCP(server, stateDir string, n int, py, cmd *operation) (err error) {
 	}
 	defer cs.Close()
 
-	// call times one CallTool and decodes the structured content into out.
-	call := func(name string, args map[string]any, out any) (time.Duration, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-		defer cancel()
-		params := &mcp.CallToolParams{Name: name, Arguments: args}
+	for _, op := range ops {
+		params := &mcp.CallToolParams{Name: op.tool, Arguments: op.args}
+		op.sdk, err = timeN(n, func() (time.Duration, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+			defer cancel()
+			start := time.Now()
+			res, err := cs.CallTool(ctx, params)
+			d := time.Since(start)
+			if err != nil {
+				return d, err
+			}
+			if res.IsError {
+				return d, fmt.Errorf("%s: tool error: %s", op.tool, text(res))
+			}
+			b, err := json.Marshal(res.StructuredContent)
+			if err != nil {
+				return d, err
+			}
+			return d, op.check(b)
+		})
+		if err != nil {
+			return fmt.Errorf("%s: %w", op.tool, err)
+		}
+	}
+	return nil
+}
+
+// benchLean starts the server over stdio and times each operation with a
+// lean client: JSON-RPC lines written and read on the pipes, each response
+// decoded once. What it measures beyond the engine is the server's cost.
+func benchLean(server, stateDir string, n int, ops []*operation) (err error) {
+	c := exec.Command(server, "--state-dir", stateDir)
+	stderr := &syncBuffer{}
+	c.Stderr = stderr
+	defer withStderr(&err, stderr)
+	stdin, err := c.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := c.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		stdin.Close()
+		done := make(chan error, 1)
+		go func() { done <- c.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			c.Process.Kill()
+			<-done
+		}
+	}()
+	type response struct {
+		ID     int64 `json:"id"`
+		Result struct {
+			IsError           bool            `json:"isError"`
+			StructuredContent json.RawMessage `json:"structuredContent"`
+		} `json:"result"`
+		Error *struct {
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	lines := bufio.NewReaderSize(stdout, 1<<20)
+	var id int64
+	// rpc sends a request and reads lines until its response; the timer
+	// does not cover building the request.
+	rpc := func(method string, params any) (time.Duration, *response, error) {
+		id++
+		req, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+		if err != nil {
+			return 0, nil, err
+		}
+		req = append(req, '\n')
 		start := time.Now()
-		res, err := cs.CallTool(ctx, params)
-		d := time.Since(start)
-		if err != nil {
-			return d, err
+		if _, err := stdin.Write(req); err != nil {
+			return 0, nil, err
 		}
-		if res.IsError {
-			return d, fmt.Errorf("%s: tool error: %s", name, text(res))
+		for {
+			line, err := lines.ReadBytes('\n')
+			if err != nil {
+				return time.Since(start), nil, fmt.Errorf("read the response: %w", err)
+			}
+			var r response
+			if err := json.Unmarshal(line, &r); err != nil {
+				return time.Since(start), nil, fmt.Errorf("response %q: %w", line, err)
+			}
+			if r.ID == id {
+				d := time.Since(start)
+				if r.Error != nil {
+					return d, nil, fmt.Errorf("%s: %s", method, r.Error.Message)
+				}
+				return d, &r, nil
+			}
 		}
-		b, err := json.Marshal(res.StructuredContent)
-		if err != nil {
-			return d, err
-		}
-		if err := json.Unmarshal(b, out); err != nil {
-			return d, fmt.Errorf("%s: structured content %s: %w", name, b, err)
-		}
-		return d, nil
 	}
-
-	pyArgs := map[string]any{"code": "1+1"}
-	py.mcp, err = timeN(n, func() (time.Duration, error) {
-		var out struct {
-			Value *string `json:"value"`
-			Error string  `json:"error"`
-		}
-		d, err := call("run_python", pyArgs, &out)
-		if err != nil {
-			return d, err
-		}
-		if out.Value == nil || *out.Value != "2" || out.Error != "" {
-			return d, fmt.Errorf("run_python 1+1: value %s, error %q; want 2", strPtr(out.Value), out.Error)
-		}
-		return d, nil
-	})
-	if err != nil {
-		return fmt.Errorf("run_python: %w", err)
+	if _, _, err := rpc("initialize", map[string]any{
+		"protocolVersion": "2025-11-25",
+		"capabilities":    map[string]any{},
+		"clientInfo":      map[string]any{"name": "vmcp-bench-lean", "version": "1"},
+	}); err != nil {
+		return fmt.Errorf("initialize: %w", err)
 	}
-
-	cmdArgs := map[string]any{"argv": []string{"true"}}
-	cmd.mcp, err = timeN(n, func() (time.Duration, error) {
-		var out struct {
-			ExitCode *int   `json:"exit_code"`
-			Signal   string `json:"signal"`
-			TimedOut bool   `json:"timed_out"`
-		}
-		d, err := call("exec_command", cmdArgs, &out)
+	if _, err := stdin.Write([]byte(`{"jsonrpc":"2.0","method":"notifications/initialized"}` + "\n")); err != nil {
+		return err
+	}
+	for _, op := range ops {
+		params := map[string]any{"name": op.tool, "arguments": op.args}
+		op.lean, err = timeN(n, func() (time.Duration, error) {
+			d, r, err := rpc("tools/call", params)
+			if err != nil {
+				return d, err
+			}
+			if r.Result.IsError {
+				return d, fmt.Errorf("%s: tool error: %s", op.tool, r.Result.StructuredContent)
+			}
+			return d, op.check(r.Result.StructuredContent)
+		})
 		if err != nil {
-			return d, err
+			return fmt.Errorf("%s: %w", op.tool, err)
 		}
-		if out.ExitCode == nil || *out.ExitCode != 0 || out.Signal != "" || out.TimedOut {
-			return d, fmt.Errorf("exec_command true: exit code %s, signal %q, timed out %v; want exit code 0", intPtr(out.ExitCode), out.Signal, out.TimedOut)
-		}
-		return d, nil
-	})
-	if err != nil {
-		return fmt.Errorf("exec_command: %w", err)
 	}
 	return nil
 }
@@ -308,12 +416,13 @@ func ms(d time.Duration) string {
 
 func printTable(w io.Writer, ops []*operation) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "operation\tmcp p50\tmcp p99\tengine p50\tengine p99\tratio")
+	fmt.Fprintln(tw, "operation\tgo-sdk p50\tgo-sdk p99\tlean p50\tlean p99\tengine p50\tengine p99\tratio go-sdk\tratio lean")
 	for _, op := range ops {
-		mp50, mp99 := percentile(op.mcp, 0.50), percentile(op.mcp, 0.99)
+		sp50, sp99 := percentile(op.sdk, 0.50), percentile(op.sdk, 0.99)
+		lp50, lp99 := percentile(op.lean, 0.50), percentile(op.lean, 0.99)
 		ep50, ep99 := percentile(op.engine, 0.50), percentile(op.engine, 0.99)
-		ratio := float64(mp50) / float64(ep50)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2fx\n", op.name, ms(mp50), ms(mp99), ms(ep50), ms(ep99), ratio)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2fx\t%.2fx\n", op.name, ms(sp50), ms(sp99), ms(lp50), ms(lp99), ms(ep50), ms(ep99),
+			float64(sp50)/float64(ep50), float64(lp50)/float64(ep50))
 	}
 	return tw.Flush()
 }

@@ -44,7 +44,7 @@ func TestRun(t *testing.T) {
 			t.Errorf("row %q: want %q ... ratio", row, prefix)
 		}
 	}
-	for _, sub := range []string{"mcp", "engine"} {
+	for _, sub := range []string{"sdk", "lean", "engine"} {
 		if _, err := os.Stat(filepath.Join(state, sub)); err != nil {
 			t.Errorf("state dir: %v", err)
 		}
