@@ -10,7 +10,7 @@ import (
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
 
-	"github.com/vmcp-dev/vmcp/local"
+	"github.com/vmcp-dev/vmcp/backend"
 )
 
 // ExecCommandInput is exec_command's arguments.
@@ -58,7 +58,7 @@ func (s *Service) execCommand(ctx context.Context, req mcp.CallToolRequest, in E
 	case in.Command == "" && len(in.Argv) == 0:
 		return nil, errors.New("missing command: give command (a bash command line) or argv (a program and its arguments)")
 	}
-	m, err := s.machine(ctx, in.Machine)
+	m, sh, err := machineAs[backend.CommandRunner](ctx, s, in.Machine, backend.Shell)
 	if err != nil {
 		return nil, err
 	}
@@ -66,7 +66,7 @@ func (s *Service) execCommand(ctx context.Context, req mcp.CallToolRequest, in E
 	if in.TimeoutSeconds > 0 {
 		timeout = time.Duration(in.TimeoutSeconds) * time.Second
 	}
-	cmd := local.Command{
+	cmd := backend.Command{
 		Argv:    in.Argv,
 		Shell:   in.Command,
 		Env:     in.Env,
@@ -78,7 +78,7 @@ func (s *Service) execCommand(ctx context.Context, req mcp.CallToolRequest, in E
 	}
 	p := startProgress(ctx, req)
 	cmd.OnOutput = p.onOutput()
-	res, err := m.Run(ctx, cmd)
+	res, err := sh.Run(ctx, cmd)
 	p.stop()
 	if err != nil {
 		return nil, err

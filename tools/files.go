@@ -20,6 +20,7 @@ import (
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
 
+	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/local"
 )
 
@@ -118,7 +119,7 @@ func (s *Service) uploadFile(ctx context.Context, req mcp.CallToolRequest, in Up
 		}
 		hostPath = p
 	}
-	m, err := s.machine(ctx, in.Machine)
+	m, files, err := machineAs[backend.FileStore](ctx, s, in.Machine, backend.Files)
 	if err != nil {
 		return nil, err
 	}
@@ -128,7 +129,7 @@ func (s *Service) uploadFile(ctx context.Context, req mcp.CallToolRequest, in Up
 			return nil, err
 		}
 		if fi.IsDir() {
-			return s.uploadDir(ctx, m, in.Path, hostPath)
+			return s.uploadDir(ctx, m.ID(), files, in.Path, hostPath)
 		}
 		f, err := os.Open(hostPath)
 		if err != nil {
@@ -137,7 +138,7 @@ func (s *Service) uploadFile(ctx context.Context, req mcp.CallToolRequest, in Up
 		defer f.Close()
 		src = f
 	}
-	res, err := m.WriteFile(ctx, in.Path, src, 0o644)
+	res, err := files.WriteFile(ctx, in.Path, src, 0o644)
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +146,7 @@ func (s *Service) uploadFile(ctx context.Context, req mcp.CallToolRequest, in Up
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Wrote %d bytes to %s (sha256 %s).", out.Bytes, out.Path, out.SHA256))), nil
 }
 
-func (s *Service) uploadDir(ctx context.Context, m *local.Machine, dst, hostDir string) (*mcp.CallToolResult, error) {
+func (s *Service) uploadDir(ctx context.Context, machine string, m backend.FileStore, dst, hostDir string) (*mcp.CallToolResult, error) {
 	files, size, digest, err := dirDigest(hostDir)
 	if err != nil {
 		return nil, err
@@ -157,7 +158,7 @@ func (s *Service) uploadDir(ctx context.Context, m *local.Machine, dst, hostDir 
 	if err != nil {
 		return nil, err
 	}
-	out := UploadFileOutput{Machine: m.ID(), Path: dst, Bytes: size, SHA256: digest, Files: files}
+	out := UploadFileOutput{Machine: machine, Path: dst, Bytes: size, SHA256: digest, Files: files}
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Copied %d files (%d bytes) into %s (manifest sha256 %s).", files, size, dst, digest))), nil
 }
 
@@ -210,11 +211,11 @@ func (s *Service) downloadFile(ctx context.Context, req mcp.CallToolRequest, in 
 		}
 		target = t
 	}
-	m, err := s.machine(ctx, in.Machine)
+	m, files, err := machineAs[backend.FileStore](ctx, s, in.Machine, backend.Files)
 	if err != nil {
 		return nil, err
 	}
-	fi, err := m.Stat(ctx, in.Path)
+	fi, err := files.Stat(ctx, in.Path)
 	if err != nil {
 		return nil, err
 	}
@@ -222,17 +223,17 @@ func (s *Service) downloadFile(ctx context.Context, req mcp.CallToolRequest, in 
 		if target == "" {
 			return nil, fmt.Errorf("%s is a directory: give local_path to save it on the host, or list it with exec_command", in.Path)
 		}
-		return s.downloadDir(ctx, m, in.Path, target)
+		return s.downloadDir(ctx, m.ID(), files, in.Path, target)
 	}
 	if target != "" {
-		return s.downloadToHost(ctx, m, in.Path, target)
+		return s.downloadToHost(ctx, m.ID(), files, in.Path, target)
 	}
 	max := in.MaxBytes
 	if max <= 0 {
 		max = defaultMaxBytes
 	}
 	w := &headWriter{max: max, hash: sha256.New()}
-	n, err := m.ReadFile(ctx, in.Path, w)
+	n, err := files.ReadFile(ctx, in.Path, w)
 	if err != nil {
 		return nil, err
 	}
@@ -260,7 +261,7 @@ func (s *Service) downloadFile(ctx context.Context, req mcp.CallToolRequest, in 
 	return structured(out, false, item, mcp.NewTextContent(summary)), nil
 }
 
-func (s *Service) downloadToHost(ctx context.Context, m *local.Machine, p, target string) (*mcp.CallToolResult, error) {
+func (s *Service) downloadToHost(ctx context.Context, machine string, m backend.FileStore, p, target string) (*mcp.CallToolResult, error) {
 	tmp, err := os.CreateTemp(filepath.Dir(target), ".vmcp-download-*")
 	if err != nil {
 		return nil, err
@@ -277,11 +278,11 @@ func (s *Service) downloadToHost(ctx context.Context, m *local.Machine, p, targe
 	if err := os.Link(tmp.Name(), target); err != nil {
 		return nil, fmt.Errorf("save %s: %w", target, err)
 	}
-	out := DownloadFileOutput{Machine: m.ID(), Path: p, Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil)), LocalPath: target}
+	out := DownloadFileOutput{Machine: machine, Path: p, Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil)), LocalPath: target}
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Saved %s (%d bytes, sha256 %s) to %s.", p, n, out.SHA256, target))), nil
 }
 
-func (s *Service) downloadDir(ctx context.Context, m *local.Machine, p, target string) (*mcp.CallToolResult, error) {
+func (s *Service) downloadDir(ctx context.Context, machine string, m backend.FileStore, p, target string) (*mcp.CallToolResult, error) {
 	tmp, err := os.MkdirTemp(filepath.Dir(target), ".vmcp-download-*")
 	if err != nil {
 		return nil, err
@@ -308,7 +309,7 @@ func (s *Service) downloadDir(ctx context.Context, m *local.Machine, p, target s
 	if err != nil {
 		return nil, err
 	}
-	out := DownloadFileOutput{Machine: m.ID(), Path: p, Bytes: size, SHA256: digest, LocalPath: target, Files: files}
+	out := DownloadFileOutput{Machine: machine, Path: p, Bytes: size, SHA256: digest, LocalPath: target, Files: files}
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Saved directory %s (%d files, %d bytes, manifest sha256 %s) to %s.", p, files, size, digest, target))), nil
 }
 

@@ -10,11 +10,12 @@ import (
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
 
-	"github.com/vmcp-dev/vmcp/local"
+	"github.com/vmcp-dev/vmcp/backend"
 )
 
 // LaunchVMInput is launch_vm's arguments.
 type LaunchVMInput struct {
+	Backend    string            `json:"backend,omitempty" jsonschema:"description=Where the machine runs: local (this host)\\, forevervm or fastvm\\, if the server is configured for it. Default: the snapshot's backend\\, else the server's default backend.,enum=local,enum=forevervm,enum=fastvm"`
 	Name       string            `json:"name,omitempty" jsonschema:"description=A name for people; ids identify machines."`
 	SnapshotID string            `json:"snapshot_id,omitempty" jsonschema:"description=Start with the files of this snapshot (see list_machines)."`
 	Tags       map[string]string `json:"tags,omitempty" jsonschema:"description=Labels stored with the machine."`
@@ -46,10 +47,11 @@ type ListMachinesInput struct{}
 // MachineEntry describes one machine.
 type MachineEntry struct {
 	ID           string            `json:"id" jsonschema:"description=The machine id; pass it as machine to other tools."`
+	Backend      string            `json:"backend" jsonschema:"description=Where the machine runs.,enum=local,enum=forevervm,enum=fastvm"`
 	Name         string            `json:"name,omitempty" jsonschema:"description=The name given at launch."`
 	Tags         map[string]string `json:"tags,omitempty" jsonschema:"description=Labels stored with the machine."`
 	Status       string            `json:"status" jsonschema:"description=running: its processes are live; stopped: it starts on next use.,enum=running,enum=stopped"`
-	Default      bool              `json:"default" jsonschema:"description=This is the default machine of this server."`
+	Default      bool              `json:"default" jsonschema:"description=This is the default machine of its backend."`
 	CreatedAt    time.Time         `json:"created_at" jsonschema:"description=When it was launched (RFC 3339)."`
 	FromSnapshot string            `json:"from_snapshot,omitempty" jsonschema:"description=The snapshot it was launched from."`
 }
@@ -57,6 +59,7 @@ type MachineEntry struct {
 // SnapshotEntry describes one snapshot.
 type SnapshotEntry struct {
 	ID        string    `json:"id" jsonschema:"description=The snapshot id; pass it as snapshot_id to launch_vm."`
+	Backend   string    `json:"backend" jsonschema:"description=Where the snapshot is kept.,enum=local,enum=forevervm,enum=fastvm"`
 	Name      string    `json:"name,omitempty" jsonschema:"description=The name given when it was taken."`
 	Machine   string    `json:"machine" jsonschema:"description=The machine it was taken from."`
 	CreatedAt time.Time `json:"created_at" jsonschema:"description=When it was taken (RFC 3339)."`
@@ -110,33 +113,78 @@ func (s *Service) machineTools() []server.ServerTool {
 }
 
 func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in LaunchVMInput) (*mcp.CallToolResult, error) {
-	info, err := s.engine.Create(ctx, local.MachineSpec{Name: in.Name, Tags: in.Tags, FromSnapshot: in.SnapshotID})
+	b, err := s.launchBackend(ctx, in)
 	if err != nil {
-		if errors.Is(err, local.ErrNotFound) && in.SnapshotID != "" {
+		return nil, err
+	}
+	info, err := b.Create(ctx, backend.MachineSpec{Name: in.Name, Tags: in.Tags, FromSnapshot: in.SnapshotID})
+	if err != nil {
+		if errors.Is(err, backend.ErrNotFound) && in.SnapshotID != "" {
 			return nil, fmt.Errorf("snapshot %q not found; list_machines shows the snapshots", in.SnapshotID)
 		}
 		return nil, err
 	}
-	s.setDefault(info.ID)
-	s.log.Info().Str("machine", info.ID).Str("snapshot", in.SnapshotID).Msg("launched a machine")
+	s.setDefault(b.Name(), info.ID)
+	s.log.Info().Str("backend", b.Name()).Str("machine", info.ID).Str("snapshot", in.SnapshotID).Msg("launched a machine")
 	status := info.Status
 	if status == "" {
-		status = local.StatusStopped
+		status = "stopped"
 	}
 	out := LaunchVMOutput{Machine: info.ID, Status: status}
-	text := fmt.Sprintf("Launched machine %s", info.ID)
+	text := fmt.Sprintf("Launched %s machine %s", b.Name(), info.ID)
 	if in.SnapshotID != "" {
 		text += " from snapshot " + in.SnapshotID
 	}
 	return structured(out, false, mcp.NewTextContent(text+"; it is now the default machine.")), nil
 }
 
+// launchBackend picks where launch_vm creates the machine: the backend asked
+// for, else the one that holds the snapshot, else the default backend.
+func (s *Service) launchBackend(ctx context.Context, in LaunchVMInput) (backend.Backend, error) {
+	if in.Backend != "" {
+		b := s.backend(in.Backend)
+		if b == nil {
+			return nil, fmt.Errorf("backend %q is not configured on this server; configured: %s", in.Backend, strings.Join(s.backendNames(), ", "))
+		}
+		if in.SnapshotID != "" && !b.Has(backend.Snapshots) {
+			return nil, &backend.UnsupportedError{Backend: b.Name(), Capability: backend.Snapshots}
+		}
+		return b, nil
+	}
+	if in.SnapshotID != "" {
+		for _, b := range s.backends {
+			if !b.Has(backend.Snapshots) {
+				continue
+			}
+			snaps, err := b.Snapshots(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("list %s snapshots: %w", b.Name(), err)
+			}
+			for _, snap := range snaps {
+				if snap.ID == in.SnapshotID {
+					return b, nil
+				}
+			}
+		}
+		return nil, fmt.Errorf("snapshot %q not found; list_machines shows the snapshots", in.SnapshotID)
+	}
+	return s.backends[0], nil
+}
+
+func (s *Service) backendNames() []string {
+	var names []string
+	for _, b := range s.backends {
+		names = append(names, b.Name())
+	}
+	return names
+}
+
 func (s *Service) snapshotVM(ctx context.Context, _ mcp.CallToolRequest, in SnapshotVMInput) (*mcp.CallToolResult, error) {
-	m, err := s.machine(ctx, in.Machine)
+	m, snapper, err := machineAs[backend.Snapshotter](ctx, s, in.Machine, backend.Snapshots)
 	if err != nil {
 		return nil, err
 	}
-	snap, err := m.Snapshot(ctx, in.Name)
+	snap, err := snapper.Snapshot(ctx, in.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -148,22 +196,37 @@ func (s *Service) listMachines(ctx context.Context, _ mcp.CallToolRequest, _ Lis
 	out := ListMachinesOutput{Machines: []MachineEntry{}, Snapshots: []SnapshotEntry{}}
 	var b strings.Builder
 	b.WriteString("Machines:\n")
-	for _, info := range s.engine.Machines() {
-		e := MachineEntry{ID: info.ID, Name: info.Name, Tags: info.Tags, Status: info.Status, Default: s.isDefault(info.ID), CreatedAt: info.CreatedAt, FromSnapshot: info.FromSnapshot}
-		if e.Status == "" {
-			e.Status = local.StatusStopped
+	var snaps []backend.SnapshotInfo
+	for _, be := range s.backends {
+		infos, err := be.Machines(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list %s machines: %w", be.Name(), err)
 		}
-		out.Machines = append(out.Machines, e)
-		fmt.Fprintf(&b, "- %s %q %s", e.ID, e.Name, e.Status)
-		if e.Default {
-			b.WriteString(" (default)")
+		for _, info := range infos {
+			e := MachineEntry{ID: info.ID, Backend: info.Backend, Name: info.Name, Tags: info.Tags, Status: info.Status,
+				Default: s.isDefault(info.Backend, info.ID), CreatedAt: info.CreatedAt, FromSnapshot: info.FromSnapshot}
+			if e.Status == "" {
+				e.Status = "stopped"
+			}
+			out.Machines = append(out.Machines, e)
+			fmt.Fprintf(&b, "- %s (%s) %q %s", e.ID, e.Backend, e.Name, e.Status)
+			if e.Default {
+				b.WriteString(" (default)")
+			}
+			b.WriteString("\n")
 		}
-		b.WriteString("\n")
+		if be.Has(backend.Snapshots) {
+			l, err := be.Snapshots(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("list %s snapshots: %w", be.Name(), err)
+			}
+			snaps = append(snaps, l...)
+		}
 	}
 	b.WriteString("Snapshots:\n")
-	for _, snap := range s.engine.Snapshots() {
-		out.Snapshots = append(out.Snapshots, SnapshotEntry{ID: snap.ID, Name: snap.Name, Machine: snap.Machine, CreatedAt: snap.CreatedAt, SizeBytes: snap.SizeBytes})
-		fmt.Fprintf(&b, "- %s %q from %s\n", snap.ID, snap.Name, snap.Machine)
+	for _, snap := range snaps {
+		out.Snapshots = append(out.Snapshots, SnapshotEntry{ID: snap.ID, Backend: snap.Backend, Name: snap.Name, Machine: snap.Machine, CreatedAt: snap.CreatedAt, SizeBytes: snap.SizeBytes})
+		fmt.Fprintf(&b, "- %s (%s) %q from %s\n", snap.ID, snap.Backend, snap.Name, snap.Machine)
 	}
 	return structured(out, false, mcp.NewTextContent(strings.TrimRight(b.String(), "\n"))), nil
 }
@@ -172,15 +235,15 @@ func (s *Service) deleteVM(ctx context.Context, _ mcp.CallToolRequest, in Delete
 	if in.Machine == "" {
 		return nil, errors.New("missing machine: give the id of the machine to delete")
 	}
-	m, err := s.machine(ctx, in.Machine)
+	m, err := s.find(ctx, in.Machine)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.engine.Delete(ctx, m.ID()); err != nil {
+	if err := s.backend(m.Backend()).Delete(ctx, m.ID()); err != nil {
 		return nil, err
 	}
-	s.forgetDefault(m.ID())
-	s.log.Info().Str("machine", m.ID()).Msg("deleted a machine")
+	s.forgetDefault(m.Backend(), m.ID())
+	s.log.Info().Str("backend", m.Backend()).Str("machine", m.ID()).Msg("deleted a machine")
 	out := DeleteVMOutput{Machine: m.ID(), Status: "deleted"}
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Deleted machine %s.", m.ID()))), nil
 }

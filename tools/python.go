@@ -9,7 +9,7 @@ import (
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
 
-	"github.com/vmcp-dev/vmcp/local"
+	"github.com/vmcp-dev/vmcp/backend"
 )
 
 // RunPythonInput is run_python's arguments.
@@ -43,12 +43,12 @@ func (s *Service) pythonTools() []server.ServerTool {
 }
 
 func (s *Service) runPython(ctx context.Context, req mcp.CallToolRequest, in RunPythonInput) (*mcp.CallToolResult, error) {
-	m, err := s.machine(ctx, in.Machine)
+	m, py, err := machineAs[backend.PythonRunner](ctx, s, in.Machine, backend.Python)
 	if err != nil {
 		return nil, err
 	}
 	p := startProgress(ctx, req)
-	res, err := m.Exec(ctx, in.Code, local.ExecOptions{
+	res, err := py.RunPython(ctx, in.Code, backend.PythonOptions{
 		Timeout:  time.Duration(in.TimeoutSeconds) * time.Second,
 		OnOutput: p.onOutput(),
 	})

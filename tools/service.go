@@ -1,5 +1,6 @@
-// Package tools implements vmcp's MCP tools on top of the local sandbox
-// engine: one file per tool family (Python, commands, files, machines).
+// Package tools implements vmcp's MCP tools on top of the machine backends
+// (package backend): one file per tool family (Python, commands, files,
+// machines).
 package tools
 
 import (
@@ -16,6 +17,7 @@ import (
 	"github.com/mark3labs/mcp-go/server"
 	"github.com/rs/zerolog"
 
+	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/prompts"
 )
@@ -28,26 +30,31 @@ const Instructions = `vmcp gives you persistent sandboxed Linux machines with a 
 - snapshot_vm saves a machine's files (not its Python state) under a snapshot id; launch_vm with snapshot_id starts a new machine from it. list_machines shows both; delete_vm removes a machine.
 - Machines have no network access.`
 
-// Service holds what the tools share: the engine, the host directories that
-// local_path may use, and the process's default machine.
+// Service holds what the tools share: the backends, the host directories
+// that local_path may use, and the default machine of each backend.
 type Service struct {
-	engine       *local.Engine
-	allowedRoots []string // absolute, symbolic links resolved
+	backends     []backend.Backend // in order of preference; the first is the default backend
+	allowedRoots []string          // absolute, symbolic links resolved
 	log          zerolog.Logger
 
-	mu             sync.Mutex
-	defaultMachine string
+	mu       sync.Mutex
+	defaults map[string]string // backend name → default machine id
 }
 
-// NewService makes the tools' shared state. allowedRoots are the host
+// NewService makes the tools' shared state. backends are in order of
+// preference: a call without a machine uses the default machine of the first
+// backend that can do what the tool needs. allowedRoots are the host
 // directories that upload_file and download_file may read and write through
 // local_path.
-func NewService(e *local.Engine, allowedRoots []string, log zerolog.Logger) (*Service, error) {
+func NewService(backends []backend.Backend, allowedRoots []string, log zerolog.Logger) (*Service, error) {
+	if len(backends) == 0 {
+		return nil, errors.New("no backend configured")
+	}
 	roots, err := resolveRoots(allowedRoots)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{engine: e, allowedRoots: roots, log: log}, nil
+	return &Service{backends: backends, allowedRoots: roots, log: log, defaults: map[string]string{}}, nil
 }
 
 // Tools are every tool with its handler.
@@ -91,79 +98,156 @@ func (s *Service) NewMCPServer(version string) *server.MCPServer {
 	return srv
 }
 
-// machine returns the machine named by id (or by a unique name), or the
-// default machine, creating it on first use.
-func (s *Service) machine(ctx context.Context, id string) (*local.Machine, error) {
-	if id != "" {
-		m, err := s.engine.Machine(id)
+// machine returns the machine named by id (or by a unique name) — which
+// must have capability need — or, without an id, the default machine of the
+// first backend that has it, created on first use.
+func (s *Service) machine(ctx context.Context, id string, need backend.Capability) (backend.Machine, error) {
+	if id == "" {
+		b := s.backendFor(need)
+		if b == nil {
+			return nil, fmt.Errorf("no configured backend can do %s", need)
+		}
+		return s.defaultMachine(ctx, b)
+	}
+	m, err := s.find(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if b := s.backend(m.Backend()); b != nil && !b.Has(need) {
+		e := &backend.UnsupportedError{Backend: m.Backend(), Capability: need}
+		if other := s.backendFor(need); other != nil {
+			e.Hint = fmt.Sprintf("leave machine out to use the default %s machine, or launch_vm with backend %q", other.Name(), other.Name())
+		}
+		return nil, e
+	}
+	return m, nil
+}
+
+// machineAs is s.machine with the machine's capability interface T.
+func machineAs[T any](ctx context.Context, s *Service, id string, need backend.Capability) (backend.Machine, T, error) {
+	var zero T
+	m, err := s.machine(ctx, id, need)
+	if err != nil {
+		return nil, zero, err
+	}
+	t, ok := m.(T)
+	if !ok {
+		return nil, zero, &backend.UnsupportedError{Backend: m.Backend(), Capability: need}
+	}
+	return m, t, nil
+}
+
+// find looks a machine up by id, then by unique name, in every backend.
+func (s *Service) find(ctx context.Context, id string) (backend.Machine, error) {
+	for _, b := range s.backends {
+		if !b.Recognizes(id) {
+			continue
+		}
+		m, err := b.Machine(ctx, id)
 		if err == nil {
 			return m, nil
 		}
-		if !errors.Is(err, local.ErrNotFound) {
+		if !errors.Is(err, backend.ErrNotFound) {
 			return nil, err
 		}
-		var match []string
-		for _, info := range s.engine.Machines() {
+	}
+	var match []backend.MachineInfo
+	for _, b := range s.backends {
+		infos, err := b.Machines(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list %s machines: %w", b.Name(), err)
+		}
+		for _, info := range infos {
 			if info.Name == id {
-				match = append(match, info.ID)
+				match = append(match, info)
 			}
 		}
-		if len(match) == 1 {
-			return s.engine.Machine(match[0])
-		}
-		return nil, fmt.Errorf("machine %q not found; list_machines shows the machines", id)
 	}
+	if len(match) == 1 {
+		return s.backend(match[0].Backend).Machine(ctx, match[0].ID)
+	}
+	if len(match) > 1 {
+		return nil, fmt.Errorf("%d machines are named %q; pass the machine id instead (list_machines shows them)", len(match), id)
+	}
+	return nil, fmt.Errorf("machine %q not found; list_machines shows the machines", id)
+}
+
+// backend returns the configured backend of that name, or nil.
+func (s *Service) backend(name string) backend.Backend {
+	for _, b := range s.backends {
+		if b.Name() == name {
+			return b
+		}
+	}
+	return nil
+}
+
+// backendFor is the first configured backend with capability c, or nil.
+func (s *Service) backendFor(c backend.Capability) backend.Backend {
+	for _, b := range s.backends {
+		if b.Has(c) {
+			return b
+		}
+	}
+	return nil
+}
+
+// defaultMachine is b's default machine, created on first use.
+func (s *Service) defaultMachine(ctx context.Context, b backend.Backend) (backend.Machine, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.defaultMachine != "" {
-		m, err := s.engine.Machine(s.defaultMachine)
+	if id := s.defaults[b.Name()]; id != "" {
+		m, err := b.Machine(ctx, id)
 		if err == nil {
 			return m, nil
 		}
-		if !errors.Is(err, local.ErrNotFound) {
+		if !errors.Is(err, backend.ErrNotFound) {
 			return nil, err
 		}
 	}
 	// The default machine of an earlier run of the server is this run's too:
 	// its files are where the user left them, and machines do not pile up.
-	var newest *local.MachineInfo
-	for _, info := range s.engine.Machines() {
-		if info.Tags[defaultTag] == "default" {
+	infos, err := b.Machines(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list %s machines: %w", b.Name(), err)
+	}
+	var newest *backend.MachineInfo
+	for _, info := range infos {
+		if info.Tags[defaultTag] == "default" && (newest == nil || info.CreatedAt.After(newest.CreatedAt)) {
 			newest = &info
 		}
 	}
-	if newest != nil {
-		s.defaultMachine = newest.ID
-		return s.engine.Machine(newest.ID)
+	if newest == nil {
+		info, err := b.Create(ctx, backend.MachineSpec{Name: "default", Tags: map[string]string{defaultTag: "default"}})
+		if err != nil {
+			return nil, fmt.Errorf("create the default %s machine: %w", b.Name(), err)
+		}
+		s.log.Info().Str("backend", b.Name()).Str("machine", info.ID).Msg("created the default machine")
+		newest = &info
 	}
-	info, err := s.engine.Create(ctx, local.MachineSpec{Name: "default", Tags: map[string]string{defaultTag: "default"}})
-	if err != nil {
-		return nil, fmt.Errorf("create the default machine: %w", err)
-	}
-	s.log.Info().Str("machine", info.ID).Msg("created the default machine")
-	s.defaultMachine = info.ID
-	return s.engine.Machine(info.ID)
+	s.defaults[b.Name()] = newest.ID
+	return b.Machine(ctx, newest.ID)
 }
 
 // defaultTag marks the machine a server created as its default.
 const defaultTag = "vmcp"
 
-func (s *Service) setDefault(id string) {
+func (s *Service) setDefault(b, id string) {
 	s.mu.Lock()
-	s.defaultMachine = id
+	s.defaults[b] = id
 	s.mu.Unlock()
 }
 
-func (s *Service) isDefault(id string) bool {
+func (s *Service) isDefault(b, id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.defaultMachine == id
+	return s.defaults[b] == id
 }
 
-func (s *Service) forgetDefault(id string) {
+func (s *Service) forgetDefault(b, id string) {
 	s.mu.Lock()
-	if s.defaultMachine == id {
-		s.defaultMachine = ""
+	if s.defaults[b] == id {
+		delete(s.defaults, b)
 	}
 	s.mu.Unlock()
 }

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
-
-	"github.com/rs/zerolog"
 )
 
 func TestAllowedRoots(t *testing.T) {
@@ -20,11 +18,11 @@ func TestAllowedRoots(t *testing.T) {
 	if err := os.Symlink(filepath.Join(outside, "out.txt"), filepath.Join(root, "link.txt")); err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewService(nil, []string{root}, zerolog.Nop())
+	roots, err := resolveRoots([]string{root})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := hostAccess{allowed: s.allowedRoots}
+	a := hostAccess{allowed: roots}
 	if _, err := a.hostSource(filepath.Join(root, "in.txt")); err != nil {
 		t.Errorf("inside: %v", err)
 	}
@@ -65,7 +63,7 @@ func TestAllowedRoots(t *testing.T) {
 	sub := filepath.Join(root, "sub")
 	os.Mkdir(sub, 0o755)
 	os.WriteFile(filepath.Join(sub, "s.txt"), []byte("x"), 0o644)
-	narrowed := hostAccess{allowed: s.allowedRoots, client: []string{sub, outside}}
+	narrowed := hostAccess{allowed: roots, client: []string{sub, outside}}
 	if _, err := narrowed.hostSource(filepath.Join(sub, "s.txt")); err != nil {
 		t.Errorf("under both roots: %v", err)
 	}

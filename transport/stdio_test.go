@@ -14,6 +14,8 @@ import (
 	"github.com/mark3labs/mcp-go/server"
 	"github.com/rs/zerolog"
 
+	"github.com/vmcp-dev/vmcp/backend"
+	localbackend "github.com/vmcp-dev/vmcp/backend/local"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/tools"
 )
@@ -31,7 +33,7 @@ func newServer(t testing.TB) (*server.MCPServer, *local.Engine) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { engine.Close() })
-	svc, err := tools.NewService(engine, nil, zerolog.Nop())
+	svc, err := tools.NewService([]backend.Backend{localbackend.New(engine)}, nil, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vmcp-dev/vmcp/backend"
+	localbackend "github.com/vmcp-dev/vmcp/backend/local"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/tools"
 	"github.com/vmcp-dev/vmcp/transport"
@@ -133,7 +135,7 @@ func run(args []string) error {
 	}
 	defer engine.Close()
 
-	svc, err := tools.NewService(engine, cfg.allowedRoots, log)
+	svc, err := tools.NewService([]backend.Backend{localbackend.New(engine)}, cfg.allowedRoots, log)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,203 @@
+// Package backend is the vocabulary the tools speak to every kind of machine:
+// the local sandbox engine, ForeverVM machines and FastVM VMs. A Backend
+// creates, finds, lists and deletes machines; a Machine has the capabilities
+// its backend offers, each a small interface (PythonRunner, CommandRunner,
+// FileStore, Snapshotter) that the tools ask for with a type assertion and,
+// when it is missing, answer with an error that says which backend can.
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"time"
+)
+
+// ErrNotFound is returned for a machine or snapshot that does not exist (or
+// is not the caller's to see).
+var ErrNotFound = errors.New("not found")
+
+// Capability is something a backend's machines can do.
+type Capability string
+
+// The capabilities.
+const (
+	Python    Capability = "python"    // a stateful Python REPL (PythonRunner)
+	Shell     Capability = "shell"     // commands (CommandRunner)
+	Files     Capability = "files"     // file transfer (FileStore)
+	Snapshots Capability = "snapshots" // snapshots and launching from them (Snapshotter)
+)
+
+// Backend is one kind of machine.
+type Backend interface {
+	// Name is the backend's name in tool arguments and results: "local",
+	// "forevervm" or "fastvm".
+	Name() string
+	// Has reports whether the backend's machines have a capability.
+	Has(Capability) bool
+	// Recognizes reports whether id has the shape of this backend's machine
+	// ids, so that a bare id can be routed without asking every backend.
+	Recognizes(id string) bool
+	// Create makes a new machine.
+	Create(ctx context.Context, spec MachineSpec) (MachineInfo, error)
+	// Machine returns an existing machine; ErrNotFound if there is none.
+	Machine(ctx context.Context, id string) (Machine, error)
+	// Machines lists the machines this server can see.
+	Machines(ctx context.Context) ([]MachineInfo, error)
+	// Delete deletes a machine and everything in it.
+	Delete(ctx context.Context, id string) error
+	// Snapshots lists the snapshots (nil for a backend without them).
+	Snapshots(ctx context.Context) ([]SnapshotInfo, error)
+}
+
+// MachineSpec describes a machine to create.
+type MachineSpec struct {
+	Name         string            // optional, for people
+	Tags         map[string]string // labels stored with the machine
+	FromSnapshot string            // start from this snapshot
+	MachineType  string            // backend-specific size (FastVM); "" = the default
+}
+
+// MachineInfo describes a machine.
+type MachineInfo struct {
+	ID           string
+	Name         string
+	Backend      string
+	Status       string // e.g. running, stopped, provisioning
+	Tags         map[string]string
+	CreatedAt    time.Time
+	FromSnapshot string
+}
+
+// SnapshotInfo describes a snapshot.
+type SnapshotInfo struct {
+	ID        string
+	Name      string
+	Backend   string
+	Machine   string // the machine it was taken from
+	Status    string // e.g. ready, creating
+	CreatedAt time.Time
+	SizeBytes int64
+}
+
+// Machine is one machine. Its capabilities are the interfaces below that it
+// implements.
+type Machine interface {
+	ID() string
+	Backend() string
+}
+
+// PythonRunner runs Python in a persistent interpreter: globals survive
+// between calls.
+type PythonRunner interface {
+	RunPython(ctx context.Context, code string, opts PythonOptions) (*PythonResult, error)
+}
+
+// PythonOptions tune one Python instruction.
+type PythonOptions struct {
+	Timeout  time.Duration // zero: the backend's default
+	OnOutput func(stream, line string)
+}
+
+// PythonResult is the outcome of a Python instruction. A Python exception is
+// a result with Error set, not an error.
+type PythonResult struct {
+	Value      *string // repr of the last expression; nil for statements and None
+	Error      string  // the exception with its traceback, or "Timed out"
+	Stdout     string
+	Stderr     string
+	Images     [][]byte // PNG figures
+	Runtime    time.Duration
+	TimedOut   bool
+	StateReset string // why the code ran in an interpreter that lost earlier state
+}
+
+// CommandRunner runs commands.
+type CommandRunner interface {
+	Run(ctx context.Context, cmd Command) (*CommandResult, error)
+}
+
+// Command is a process to run in a machine.
+type Command struct {
+	Argv      []string // or Shell
+	Shell     string   // a command line for the machine's shell
+	Stdin     io.Reader
+	Env       map[string]string
+	Workdir   string
+	Timeout   time.Duration
+	OnOutput  func(stream, line string)
+	MaxOutput int // bytes of each stream kept; 0 = the backend's default
+}
+
+// CommandResult is how a command ended. A non-zero exit is a result.
+type CommandResult struct {
+	ExitCode        int
+	Signal          string
+	Stdout, Stderr  string
+	StdoutTruncated bool
+	StderrTruncated bool
+	TimedOut        bool
+	QuotaExceeded   bool
+	Duration        time.Duration
+}
+
+// FileStore moves files in and out of a machine as streams.
+type FileStore interface {
+	// WriteFile creates or replaces a file; it appears whole or not at all.
+	WriteFile(ctx context.Context, path string, r io.Reader, mode fs.FileMode) (*WriteResult, error)
+	// ReadFile streams a file to w and returns its size.
+	ReadFile(ctx context.Context, path string, w io.Writer) (int64, error)
+	// Stat describes a path.
+	Stat(ctx context.Context, path string) (*FileInfo, error)
+	// CopyIn extracts a tar stream into a directory (created if missing).
+	CopyIn(ctx context.Context, dir string, tar io.Reader) error
+	// CopyOut writes a file or directory tree as a tar stream, with names
+	// relative to the path's parent.
+	CopyOut(ctx context.Context, path string, w io.Writer) error
+}
+
+// WriteResult is what WriteFile wrote.
+type WriteResult struct {
+	Path   string // as the machine sees it
+	Bytes  int64
+	SHA256 string
+}
+
+// FileInfo describes a file in a machine.
+type FileInfo struct {
+	Path    string
+	Size    int64
+	Mode    fs.FileMode
+	ModTime time.Time
+	IsDir   bool
+}
+
+// Snapshotter saves a machine as a snapshot that Create can start from.
+type Snapshotter interface {
+	Snapshot(ctx context.Context, name string) (SnapshotInfo, error)
+}
+
+// UnsupportedError says that a machine's backend lacks a capability, and
+// which configured backend has it.
+type UnsupportedError struct {
+	Backend    string
+	Capability Capability
+	Hint       string // what to use instead
+}
+
+func (e *UnsupportedError) Error() string {
+	msg := fmt.Sprintf("%s machines cannot do %s", e.Backend, describe[e.Capability])
+	if e.Hint != "" {
+		msg += "; " + e.Hint
+	}
+	return msg
+}
+
+var describe = map[Capability]string{
+	Python:    "stateful Python (run_python)",
+	Shell:     "shell commands (exec_command)",
+	Files:     "file transfer (upload_file/download_file)",
+	Snapshots: "snapshots (snapshot_vm)",
+}

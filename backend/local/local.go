@@ -1,0 +1,181 @@
+// Package local is the backend of machines on this host: an adapter from the
+// backend interfaces to the embedded sandbox engine (package
+// github.com/vmcp-dev/vmcp/local).
+package local
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"regexp"
+
+	"github.com/vmcp-dev/vmcp/backend"
+	engine "github.com/vmcp-dev/vmcp/local"
+)
+
+// Name is the backend's name.
+const Name = "local"
+
+// Backend serves machines of an engine.
+type Backend struct {
+	e *engine.Engine
+}
+
+// New returns the backend of e's machines.
+func New(e *engine.Engine) *Backend { return &Backend{e: e} }
+
+// Engine is the engine behind the backend.
+func (b *Backend) Engine() *engine.Engine { return b.e }
+
+// Name is "local".
+func (b *Backend) Name() string { return Name }
+
+// Has reports the capabilities: local machines have them all.
+func (b *Backend) Has(c backend.Capability) bool {
+	switch c {
+	case backend.Python, backend.Shell, backend.Files, backend.Snapshots:
+		return true
+	}
+	return false
+}
+
+var idShape = regexp.MustCompile(`^m-[0-9a-f]{20}$`)
+
+// Recognizes reports whether id looks like an engine machine id.
+func (b *Backend) Recognizes(id string) bool { return idShape.MatchString(id) }
+
+// Create makes a machine; it starts on first use.
+func (b *Backend) Create(ctx context.Context, spec backend.MachineSpec) (backend.MachineInfo, error) {
+	info, err := b.e.Create(ctx, engine.MachineSpec{Name: spec.Name, Tags: spec.Tags, FromSnapshot: spec.FromSnapshot})
+	if errors.Is(err, engine.ErrNotFound) {
+		err = backend.ErrNotFound
+	}
+	return machineInfo(info), err
+}
+
+// Machine returns a machine of the engine.
+func (b *Backend) Machine(_ context.Context, id string) (backend.Machine, error) {
+	m, err := b.e.Machine(id)
+	if errors.Is(err, engine.ErrNotFound) {
+		return nil, backend.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &Machine{m}, nil
+}
+
+// Machines lists the engine's machines, oldest first.
+func (b *Backend) Machines(context.Context) ([]backend.MachineInfo, error) {
+	var out []backend.MachineInfo
+	for _, info := range b.e.Machines() {
+		out = append(out, machineInfo(info))
+	}
+	return out, nil
+}
+
+// Delete ends a machine's processes and removes its files.
+func (b *Backend) Delete(ctx context.Context, id string) error {
+	err := b.e.Delete(ctx, id)
+	if errors.Is(err, engine.ErrNotFound) {
+		return backend.ErrNotFound
+	}
+	return err
+}
+
+// Snapshots lists the engine's snapshots, oldest first.
+func (b *Backend) Snapshots(context.Context) ([]backend.SnapshotInfo, error) {
+	var out []backend.SnapshotInfo
+	for _, s := range b.e.Snapshots() {
+		out = append(out, snapshotInfo(s))
+	}
+	return out, nil
+}
+
+func machineInfo(i engine.MachineInfo) backend.MachineInfo {
+	return backend.MachineInfo{ID: i.ID, Name: i.Name, Backend: Name, Status: i.Status, Tags: i.Tags, CreatedAt: i.CreatedAt, FromSnapshot: i.FromSnapshot}
+}
+
+func snapshotInfo(s engine.SnapshotInfo) backend.SnapshotInfo {
+	return backend.SnapshotInfo{ID: s.ID, Name: s.Name, Backend: Name, Machine: s.Machine, Status: "ready", CreatedAt: s.CreatedAt, SizeBytes: s.SizeBytes}
+}
+
+// Machine is an engine machine with every capability.
+type Machine struct {
+	m *engine.Machine
+}
+
+var (
+	_ backend.PythonRunner  = (*Machine)(nil)
+	_ backend.CommandRunner = (*Machine)(nil)
+	_ backend.FileStore     = (*Machine)(nil)
+	_ backend.Snapshotter   = (*Machine)(nil)
+)
+
+// ID is the machine's id.
+func (m *Machine) ID() string { return m.m.ID() }
+
+// Backend is "local".
+func (m *Machine) Backend() string { return Name }
+
+// RunPython runs code in the machine's interpreter.
+func (m *Machine) RunPython(ctx context.Context, code string, opts backend.PythonOptions) (*backend.PythonResult, error) {
+	r, err := m.m.Exec(ctx, code, engine.ExecOptions{Timeout: opts.Timeout, OnOutput: opts.OnOutput})
+	if err != nil {
+		return nil, err
+	}
+	return &backend.PythonResult{Value: r.Value, Error: r.Error, Stdout: r.Stdout, Stderr: r.Stderr, Images: r.Images,
+		Runtime: r.Runtime, TimedOut: r.TimedOut, StateReset: r.StateReset}, nil
+}
+
+// Run runs a command.
+func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandResult, error) {
+	r, err := m.m.Run(ctx, engine.Command{Argv: c.Argv, Shell: c.Shell, Stdin: c.Stdin, Env: c.Env, Workdir: c.Workdir,
+		Timeout: c.Timeout, OnOutput: c.OnOutput, MaxOutput: c.MaxOutput})
+	if err != nil {
+		return nil, err
+	}
+	return &backend.CommandResult{ExitCode: r.ExitCode, Signal: r.Signal, Stdout: r.Stdout, Stderr: r.Stderr,
+		StdoutTruncated: r.StdoutTruncated, StderrTruncated: r.StderrTruncated, TimedOut: r.TimedOut,
+		QuotaExceeded: r.QuotaExceeded, Duration: r.Duration}, nil
+}
+
+// WriteFile creates or replaces a file of the workspace.
+func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.FileMode) (*backend.WriteResult, error) {
+	w, err := m.m.WriteFile(ctx, p, r, mode)
+	if err != nil {
+		return nil, err
+	}
+	return &backend.WriteResult{Path: w.Path, Bytes: w.Bytes, SHA256: w.SHA256}, nil
+}
+
+// ReadFile streams a file to w.
+func (m *Machine) ReadFile(ctx context.Context, p string, w io.Writer) (int64, error) {
+	return m.m.ReadFile(ctx, p, w)
+}
+
+// Stat describes a path.
+func (m *Machine) Stat(ctx context.Context, p string) (*backend.FileInfo, error) {
+	fi, err := m.m.Stat(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	return &backend.FileInfo{Path: fi.Path, Size: fi.Size, Mode: fi.Mode, ModTime: fi.ModTime, IsDir: fi.IsDir}, nil
+}
+
+// CopyIn extracts a tar stream into a directory.
+func (m *Machine) CopyIn(ctx context.Context, dir string, r io.Reader) error {
+	return m.m.CopyIn(ctx, dir, r)
+}
+
+// CopyOut writes a file or directory as a tar stream.
+func (m *Machine) CopyOut(ctx context.Context, p string, w io.Writer) error {
+	return m.m.CopyOut(ctx, p, w)
+}
+
+// Snapshot saves the machine's files.
+func (m *Machine) Snapshot(ctx context.Context, name string) (backend.SnapshotInfo, error) {
+	s, err := m.m.Snapshot(ctx, name)
+	return snapshotInfo(s), err
+}
