@@ -17,12 +17,15 @@ import (
 
 	"github.com/google/jsonschema-go/jsonschema"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/vmcp-dev/vmcp/local"
 )
 
 // serverBin is the mcp-server binary that TestMain builds.
 var serverBin string
 
 func TestMain(m *testing.M) {
+	local.RunHelperIfRequested() // the emulators run machines on an engine in this process
 	dir, err := os.MkdirTemp("", "vmcp-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -67,6 +70,7 @@ func (s *syncBuffer) String() string {
 type harness struct {
 	cs   *mcp.ClientSession
 	root string // the server's only allowed root (and working directory)
+	log  *syncBuffer
 
 	mu       sync.Mutex
 	progress []*mcp.ProgressNotificationParams
@@ -89,20 +93,24 @@ func startIn(t *testing.T, state, root string) *harness {
 	return startWith(t, state, root, clientOptions{})
 }
 
-// clientOptions vary the MCP client.
+// clientOptions vary the MCP client, and the server's command line.
 type clientOptions struct {
 	roots           []string // host directories the client declares as roots
 	protocolVersion string   // default: the SDK's latest
+	serverArgs      []string // more flags for the server
+	serverEnv       []string // more environment variables for the server
 }
 
 // startWith is startIn with a client set up by opts.
 func startWith(t *testing.T, state, root string, opts clientOptions) *harness {
 	t.Helper()
 	h := &harness{root: root}
-	cmd := exec.Command(serverBin, "--state-dir", state, "--allowed-roots", h.root, "--log-level", "debug")
+	cmd := exec.Command(serverBin, append([]string{"--state-dir", state, "--allowed-roots", h.root, "--log-level", "debug"}, opts.serverArgs...)...)
 	cmd.Dir = h.root
+	cmd.Env = append(os.Environ(), opts.serverEnv...)
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
+	h.log = stderr
 	client := mcp.NewClient(&mcp.Implementation{Name: "vmcp-e2e", Version: "1"}, &mcp.ClientOptions{
 		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
 			h.mu.Lock()
@@ -131,6 +139,9 @@ func startWith(t *testing.T, state, root string, opts clientOptions) *harness {
 	})
 	return h
 }
+
+// stderr is what the server has logged so far.
+func (h *harness) stderr() string { return h.log.String() }
 
 func (h *harness) progressCount() int {
 	h.mu.Lock()

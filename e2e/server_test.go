@@ -77,7 +77,14 @@ func TestToolsListAndPrompts(t *testing.T) {
 
 func TestRunPython(t *testing.T) {
 	t.Parallel()
-	h := start(t)
+	pythonConversation(t, start(t))
+}
+
+// pythonConversation is the run_python scenario every Python backend passes:
+// state persists, an exception is a tool error, a plot is an image next to
+// the text, a timeout keeps the state.
+func pythonConversation(t *testing.T, h *harness) {
+	t.Helper()
 	var out tools.RunPythonOutput
 	h.ok(t, "run_python", map[string]any{"code": "x = 41"}, &out)
 	if out.Value != nil || out.Machine == "" {
@@ -123,6 +130,25 @@ func TestRunPython(t *testing.T) {
 func TestProgressNotifications(t *testing.T) {
 	t.Parallel()
 	h := start(t)
+	n := pythonProgress(t, h)
+	// No token, no notifications.
+	h.call(t, "exec_command", map[string]any{"command": "for i in 1 2 3; do echo $i; sleep 0.2; done"})
+	if got := h.progressCount(); got != n {
+		t.Errorf("%d notifications without a progress token", got-n)
+	}
+	// exec_command streams too.
+	if _, err := h.callErr("exec_command", map[string]any{"command": "for i in 1 2 3; do echo step $i; sleep 0.2; done"}, 7); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.progressCount(); got <= n {
+		t.Errorf("exec_command sent no progress")
+	}
+}
+
+// pythonProgress runs a 5-line print loop with a progress token and checks
+// the notifications that arrived before the result; it returns their count.
+func pythonProgress(t *testing.T, h *harness) int {
+	t.Helper()
 	res, err := h.callErr("run_python", map[string]any{"code": "import time\nfor i in range(5):\n    print('line', i, flush=True)\n    time.sleep(0.2)"}, "tok-1")
 	if err != nil {
 		t.Fatal(err)
@@ -144,18 +170,7 @@ func TestProgressNotifications(t *testing.T) {
 	if first.ProgressToken != "tok-1" || !strings.Contains(first.Message, "line") {
 		t.Errorf("notification: %+v", first)
 	}
-	// No token, no notifications.
-	h.call(t, "exec_command", map[string]any{"command": "for i in 1 2 3; do echo $i; sleep 0.2; done"})
-	if got := h.progressCount(); got != n {
-		t.Errorf("%d notifications without a progress token", got-n)
-	}
-	// exec_command streams too.
-	if _, err := h.callErr("exec_command", map[string]any{"command": "for i in 1 2 3; do echo step $i; sleep 0.2; done"}, 7); err != nil {
-		t.Fatal(err)
-	}
-	if got := h.progressCount(); got <= n {
-		t.Errorf("exec_command sent no progress")
-	}
+	return n
 }
 
 func TestExecCommand(t *testing.T) {

@@ -17,7 +17,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	fvmbackend "github.com/vmcp-dev/vmcp/backend/forevervm"
 	localbackend "github.com/vmcp-dev/vmcp/backend/local"
+	fvm "github.com/vmcp-dev/vmcp/client/forevervm"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/tools"
 	"github.com/vmcp-dev/vmcp/transport"
@@ -44,6 +46,7 @@ type config struct {
 	allowedRoots []string
 	version      bool
 	backend      string
+	forevervm    forevervmConfig
 	limits       local.Limits
 	noSandbox    bool
 }
@@ -62,7 +65,9 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	logLevel := fs.String("log-level", envOr("VMCP_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error (env VMCP_LOG_LEVEL); logs go to stderr")
 	roots := fs.String("allowed-roots", envOr("VMCP_ALLOWED_ROOTS", cwd), "host directories that upload_file/download_file local_path may use, separated by "+string(filepath.ListSeparator)+" (env VMCP_ALLOWED_ROOTS)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	backend := fs.String("backend", envOr("VMCP_BACKEND", "local"), "backend for new machines; only \"local\" exists so far (env VMCP_BACKEND)")
+	backend := fs.String("backend", envOr("VMCP_BACKEND", "auto"), "preferred backend: local, forevervm, or auto (the configured cloud backends first, then local); tools without a machine use the preferred backend that can do what they need (env VMCP_BACKEND)")
+	fvmURL := fs.String("forevervm-url", envOr("FOREVERVM_BASE_URL", fvm.DefaultBaseURL), "ForeverVM API base URL (env FOREVERVM_BASE_URL)")
+	fvmTokenFile := fs.String("forevervm-token-file", envOr("FOREVERVM_TOKEN_FILE", ""), "file holding the ForeverVM token; the FOREVERVM_TOKEN environment variable works too (never pass tokens as flags: they show in ps)")
 	var limits local.Limits
 	mib := func(name, env string, def int64, dst *int64, what string) {
 		v := envOr(env, strconv.FormatInt(def, 10))
@@ -94,8 +99,22 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 			return config{}, fmt.Errorf("%s must be a positive whole number", name)
 		}
 	}
-	if *backend != "local" {
-		return config{}, fmt.Errorf("--backend %q: only \"local\" is available", *backend)
+	fvmCfg := forevervmConfig{url: *fvmURL, token: getenv("FOREVERVM_TOKEN")}
+	if *fvmTokenFile != "" {
+		b, err := os.ReadFile(*fvmTokenFile)
+		if err != nil {
+			return config{}, fmt.Errorf("--forevervm-token-file: %w", err)
+		}
+		fvmCfg.token = strings.TrimSpace(string(b))
+	}
+	switch *backend {
+	case "auto", "local":
+	case "forevervm":
+		if fvmCfg.token == "" {
+			return config{}, errors.New("--backend forevervm needs a ForeverVM token: set FOREVERVM_TOKEN or --forevervm-token-file")
+		}
+	default:
+		return config{}, fmt.Errorf("--backend %q: want local, forevervm or auto", *backend)
 	}
 	limits.MemoryBytes <<= 20
 	limits.DiskBytes <<= 20
@@ -107,7 +126,38 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		return config{}, fmt.Errorf("--log-level %q: want trace, debug, info, warn, error or disabled", *logLevel)
 	}
 	return config{stateDir: *stateDir, logLevel: level, allowedRoots: filepath.SplitList(*roots), version: *showVersion,
-		backend: *backend, limits: limits, noSandbox: *noSandbox}, nil
+		backend: *backend, forevervm: fvmCfg, limits: limits, noSandbox: *noSandbox}, nil
+}
+
+// forevervmConfig says how to reach ForeverVM; the backend is on when a
+// token is set.
+type forevervmConfig struct {
+	url, token string
+}
+
+// backends builds the configured backends, the preferred one first.
+func backends(cfg config, engine *local.Engine, log zerolog.Logger) ([]backend.Backend, func()) {
+	var cloud []backend.Backend
+	var closers []func() error
+	if cfg.forevervm.token != "" {
+		c := fvm.New(cfg.forevervm.token, fvm.WithBaseURL(cfg.forevervm.url), fvm.WithLogger(log.With().Str("backend", "forevervm").Logger()))
+		b := fvmbackend.New(c, fvmbackend.Options{Logger: log})
+		cloud = append(cloud, b)
+		closers = append(closers, b.Close)
+	}
+	all := append(cloud, localbackend.New(engine))
+	if cfg.backend != "auto" {
+		for i, b := range all {
+			if b.Name() == cfg.backend {
+				all[0], all[i] = all[i], all[0]
+			}
+		}
+	}
+	return all, func() {
+		for _, c := range closers {
+			c()
+		}
+	}
 }
 
 func run(args []string) error {
@@ -135,12 +185,19 @@ func run(args []string) error {
 	}
 	defer engine.Close()
 
-	svc, err := tools.NewService([]backend.Backend{localbackend.New(engine)}, cfg.allowedRoots, log)
+	bs, closeBackends := backends(cfg, engine, log)
+	defer closeBackends()
+	svc, err := tools.NewService(bs, cfg.allowedRoots, log)
 	if err != nil {
 		return err
 	}
 	srv := svc.NewMCPServer(version)
-	log.Info().Str("state_dir", engine.StateDir()).Strs("allowed_roots", cfg.allowedRoots).Bool("sandboxed", engine.Sandboxed()).Msg("vmcp MCP server on stdio")
+	var names []string
+	for _, b := range bs {
+		names = append(names, b.Name())
+	}
+	log.Info().Str("state_dir", engine.StateDir()).Strs("allowed_roots", cfg.allowedRoots).Bool("sandboxed", engine.Sandboxed()).
+		Strs("backends", names).Msg("vmcp MCP server on stdio")
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -41,7 +43,7 @@ func TestParseConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.limits.MemoryBytes != 512<<20 || cfg.limits.Processes != 64 || cfg.limits.DiskBytes != 1<<30 || cfg.backend != "local" || cfg.noSandbox {
+	if cfg.limits.MemoryBytes != 512<<20 || cfg.limits.Processes != 64 || cfg.limits.DiskBytes != 1<<30 || cfg.backend != "auto" || cfg.noSandbox {
 		t.Errorf("limits: %+v", cfg)
 	}
 	env["VMCP_DISK_MB"] = "100"
@@ -55,9 +57,22 @@ func TestParseConfig(t *testing.T) {
 	}
 	delete(env, "VMCP_DISK_MB")
 
-	for _, args := range [][]string{{"--log-level", "loud"}, {"extra"}, {"--nope"}, {"--memory-mb", "0"}, {"--backend", "fastvm"}} {
+	for _, args := range [][]string{{"--log-level", "loud"}, {"extra"}, {"--nope"}, {"--memory-mb", "0"}, {"--backend", "cloud"},
+		{"--backend", "forevervm"}, {"--forevervm-token-file", "/no/such/file"}} {
 		if _, err := parseConfig(args, getenv, "/work"); err == nil {
 			t.Errorf("%q accepted", args)
 		}
+	}
+
+	// ForeverVM: the token comes from the environment or a file, never a flag.
+	env["FOREVERVM_TOKEN"] = "id.from-env"
+	if cfg, err := parseConfig([]string{"--backend", "forevervm"}, getenv, "/work"); err != nil || cfg.forevervm.token != "id.from-env" || cfg.forevervm.url != "https://api.forevervm.com" {
+		t.Errorf("forevervm from the environment: %+v, %v", cfg.forevervm, err)
+	}
+	file := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(file, []byte("id.from-file\n"), 0o600)
+	if cfg, err := parseConfig([]string{"--forevervm-token-file", file, "--forevervm-url", "http://127.0.0.1:1"}, getenv, "/work"); err != nil ||
+		cfg.forevervm.token != "id.from-file" || cfg.forevervm.url != "http://127.0.0.1:1" {
+		t.Errorf("forevervm from a file: %+v, %v", cfg.forevervm, err)
 	}
 }

@@ -102,16 +102,27 @@ func run(args []string, stdout io.Writer) error {
 	}
 	// One after the other, so that the server and the engine do not compete
 	// for the CPU.
-	if err := benchSDK(server, filepath.Join(dir, "sdk"), cfg.n, ops); err != nil {
+	spec := serverSpec{path: server}
+	if err := benchSDK(spec, filepath.Join(dir, "sdk"), cfg.n, ops); err != nil {
 		return fmt.Errorf("mcp (go-sdk client): %w", err)
 	}
-	if err := benchLean(server, filepath.Join(dir, "lean"), cfg.n, ops); err != nil {
+	if err := benchLean(spec, filepath.Join(dir, "lean"), cfg.n, ops); err != nil {
 		return fmt.Errorf("mcp (lean client): %w", err)
 	}
 	if err := benchEngine(filepath.Join(dir, "engine"), cfg.n, ops[0], ops[1]); err != nil {
 		return fmt.Errorf("engine: %w", err)
 	}
-	return printTable(stdout, ops)
+	fmt.Fprintln(stdout, "Local backend: through the MCP server over stdio, and on the engine directly (ms)")
+	if err := printTable(stdout, ops, "engine"); err != nil {
+		return err
+	}
+
+	fv, err := benchForeverVM(spec, filepath.Join(dir, "forevervm"), cfg.n)
+	if err != nil {
+		return fmt.Errorf("forevervm: %w", err)
+	}
+	fmt.Fprintln(stdout, "\nForeverVM backend against the emulator on loopback: through the MCP server, with the Go client on one\nREPL socket (direct), and with a new socket per call as forevervm-mcp does (ms)")
+	return printTable(stdout, []*operation{fv}, "direct", "new socket")
 }
 
 // operation is one measured operation with its timings three ways: through
@@ -124,7 +135,9 @@ type operation struct {
 	args  map[string]any
 	check func(structured []byte) error // of a tool result's structured content
 
-	sdk, lean, engine []time.Duration
+	sdk, lean []time.Duration
+	engine    []time.Duration // the same operation without MCP: engine, or client calling the emulator
+	extra     []time.Duration // another variant to compare, if any
 }
 
 func checkPython(structured []byte) error {
@@ -200,10 +213,23 @@ func withStderr(err *error, stderr *syncBuffer) {
 	}
 }
 
+// serverSpec says how to start the server under test.
+type serverSpec struct {
+	path string
+	args []string // beyond --state-dir
+	env  []string // added to the environment
+}
+
+func (s serverSpec) command(stateDir string) *exec.Cmd {
+	c := exec.Command(s.path, append([]string{"--state-dir", stateDir}, s.args...)...)
+	c.Env = append(os.Environ(), s.env...)
+	return c
+}
+
 // benchSDK starts the server over stdio and times each operation with the
 // official Go SDK client.
-func benchSDK(server, stateDir string, n int, ops []*operation) (err error) {
-	c := exec.Command(server, "--state-dir", stateDir)
+func benchSDK(server serverSpec, stateDir string, n int, ops []*operation) (err error) {
+	c := server.command(stateDir)
 	stderr := &syncBuffer{}
 	c.Stderr = stderr
 	defer withStderr(&err, stderr)
@@ -246,8 +272,8 @@ func benchSDK(server, stateDir string, n int, ops []*operation) (err error) {
 // benchLean starts the server over stdio and times each operation with a
 // lean client: JSON-RPC lines written and read on the pipes, each response
 // decoded once. What it measures beyond the engine is the server's cost.
-func benchLean(server, stateDir string, n int, ops []*operation) (err error) {
-	c := exec.Command(server, "--state-dir", stateDir)
+func benchLean(server serverSpec, stateDir string, n int, ops []*operation) (err error) {
+	c := server.command(stateDir)
 	stderr := &syncBuffer{}
 	c.Stderr = stderr
 	defer withStderr(&err, stderr)
@@ -414,15 +440,25 @@ func ms(d time.Duration) string {
 	return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond))
 }
 
-func printTable(w io.Writer, ops []*operation) error {
+// printTable prints each operation's p50 and p99 per path and the ratios of
+// the MCP paths' p50 to the base path's (named base); extra names the extra
+// column, if measured.
+func printTable(w io.Writer, ops []*operation, base string, extra ...string) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "operation\tgo-sdk p50\tgo-sdk p99\tlean p50\tlean p99\tengine p50\tengine p99\tratio go-sdk\tratio lean")
+	header := "operation\tgo-sdk p50\tgo-sdk p99\tlean p50\tlean p99\t" + base + " p50\t" + base + " p99"
+	for _, e := range extra {
+		header += "\t" + e + " p50\t" + e + " p99"
+	}
+	fmt.Fprintln(tw, header+"\tratio go-sdk\tratio lean")
 	for _, op := range ops {
 		sp50, sp99 := percentile(op.sdk, 0.50), percentile(op.sdk, 0.99)
 		lp50, lp99 := percentile(op.lean, 0.50), percentile(op.lean, 0.99)
-		ep50, ep99 := percentile(op.engine, 0.50), percentile(op.engine, 0.99)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2fx\t%.2fx\n", op.name, ms(sp50), ms(sp99), ms(lp50), ms(lp99), ms(ep50), ms(ep99),
-			float64(sp50)/float64(ep50), float64(lp50)/float64(ep50))
+		bp50, bp99 := percentile(op.engine, 0.50), percentile(op.engine, 0.99)
+		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", op.name, ms(sp50), ms(sp99), ms(lp50), ms(lp99), ms(bp50), ms(bp99))
+		if len(extra) > 0 {
+			row += fmt.Sprintf("\t%s\t%s", ms(percentile(op.extra, 0.50)), ms(percentile(op.extra, 0.99)))
+		}
+		fmt.Fprintf(tw, "%s\t%.2fx\t%.2fx\n", row, float64(sp50)/float64(bp50), float64(lp50)/float64(bp50))
 	}
 	return tw.Flush()
 }

@@ -34,17 +34,26 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", out.String())
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 3 || !strings.HasPrefix(lines[0], "operation") {
-		t.Fatalf("table:\n%s", out.String())
-	}
-	for i, prefix := range []string{"run_python 1+1", "exec_command true"} {
-		row := lines[i+1]
-		if !strings.HasPrefix(row, prefix) || !strings.HasSuffix(row, "x") {
-			t.Errorf("row %q: want %q ... ratio", row, prefix)
+	// Two tables: the local backend's two operations, then ForeverVM's one.
+	var rows []string
+	for _, l := range strings.Split(out.String(), "\n") {
+		if strings.HasSuffix(l, "x") {
+			rows = append(rows, l)
 		}
 	}
-	for _, sub := range []string{"sdk", "lean", "engine"} {
+	want := []string{"run_python 1+1", "exec_command true", "run_python 1+1"}
+	if len(rows) != len(want) {
+		t.Fatalf("table:\n%s", out.String())
+	}
+	for i, prefix := range want {
+		if !strings.HasPrefix(rows[i], prefix) {
+			t.Errorf("row %q: want %q ... ratio", rows[i], prefix)
+		}
+	}
+	if !strings.Contains(out.String(), "new socket p50") {
+		t.Errorf("no new-socket column:\n%s", out.String())
+	}
+	for _, sub := range []string{"sdk", "lean", "engine", "forevervm"} {
 		if _, err := os.Stat(filepath.Join(state, sub)); err != nil {
 			t.Errorf("state dir: %v", err)
 		}
