@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
 )
 
@@ -196,6 +197,13 @@ func (a *agent) handle(req request) {
 		a.mu.Unlock()
 		if c != nil && c.stdin != nil {
 			c.stdin <- req
+		}
+	case opResize:
+		a.mu.Lock()
+		c := a.commands[req.ID]
+		a.mu.Unlock()
+		if c != nil && c.pty != nil {
+			pty.Setsize(c.pty, winsize(req))
 		}
 	case opKill:
 		a.mu.Lock()
@@ -539,6 +547,7 @@ func describeExit(st *os.ProcessState) string {
 type agentCommand struct {
 	id     uint64
 	cmd    *exec.Cmd
+	pty    *os.File // the terminal's controlling side, for TTY commands
 	stdin  chan request
 	killMu sync.Mutex
 	killed string
@@ -576,6 +585,11 @@ func (a *agent) startCommand(req request) {
 	// The marker finds the command's daemons, which leave both its process
 	// group and its tree, when it must be killed.
 	cmd.Env = append(cmd.Env, commandMarker+"="+strconv.FormatUint(req.ID, 10))
+	c := &agentCommand{id: req.ID, cmd: cmd, done: make(chan struct{})}
+	if req.TTY {
+		a.startTTYCommand(req, c)
+		return
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	outR, outW, err := os.Pipe()
 	if err != nil {
@@ -588,7 +602,6 @@ func (a *agent) startCommand(req request) {
 		return
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW
-	c := &agentCommand{id: req.ID, cmd: cmd, done: make(chan struct{})}
 	var stdinW *os.File
 	if req.Stdin {
 		var stdinR *os.File
@@ -616,12 +629,69 @@ func (a *agent) startCommand(req request) {
 	a.commands[req.ID] = c
 	a.mu.Unlock()
 	if stdinW != nil {
-		go c.feedStdin(a, stdinW)
+		go c.feedStdin(a, stdinW, stdinW.Close)
 	}
 	var readers sync.WaitGroup
 	readers.Add(2)
 	go c.forward(a, &readers, outR, "stdout")
 	go c.forward(a, &readers, errR, "stderr")
+	c.wait(a, req, &readers, outR, errR)
+}
+
+// startTTYCommand starts a command on a new pseudo-terminal, as the leader
+// of a new session whose controlling terminal it is. Everything it prints
+// comes back as stdout; stdin goes to the terminal.
+func (a *agent) startTTYCommand(req request, c *agentCommand) {
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		a.send(event{Ev: evError, ID: req.ID, Error: "open a pseudo-terminal: " + err.Error()})
+		return
+	}
+	pty.Setsize(ptmx, winsize(req))
+	cmd := c.cmd
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+	// A new session is also a new process group, which kill relies on.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	err = cmd.Start()
+	tty.Close()
+	if err != nil {
+		ptmx.Close()
+		a.send(event{Ev: evError, ID: req.ID, Error: err.Error()})
+		return
+	}
+	c.pty = ptmx
+	if req.Stdin {
+		c.stdin = make(chan request, 16)
+	}
+	a.mu.Lock()
+	a.commands[req.ID] = c
+	a.mu.Unlock()
+	if req.Stdin {
+		// The end of the input is not the end of the terminal: it stays open
+		// for the command's output.
+		go c.feedStdin(a, ptmx, func() error { return nil })
+	}
+	var readers sync.WaitGroup
+	readers.Add(1)
+	go c.forward(a, &readers, ptmx, "stdout")
+	c.wait(a, req, &readers, ptmx)
+}
+
+func winsize(req request) *pty.Winsize {
+	ws := &pty.Winsize{Rows: req.Rows, Cols: req.Cols}
+	if ws.Rows == 0 {
+		ws.Rows = 24
+	}
+	if ws.Cols == 0 {
+		ws.Cols = 80
+	}
+	return ws
+}
+
+// wait reports the command's exit once it ended and its output was read
+// (outputs are closed if background processes keep them open).
+func (c *agentCommand) wait(a *agent, req request, readers *sync.WaitGroup, outputs ...*os.File) {
+	cmd := c.cmd
 	var timer *time.Timer
 	if req.TimeoutMS > 0 {
 		timer = time.AfterFunc(time.Duration(req.TimeoutMS)*time.Millisecond, func() { c.kill("timeout") })
@@ -638,9 +708,13 @@ func (a *agent) startCommand(req request) {
 		select {
 		case <-waited:
 		case <-time.After(pipeGrace):
-			outR.Close()
-			errR.Close()
+			for _, f := range outputs {
+				f.Close()
+			}
 			<-waited
+		}
+		for _, f := range outputs {
+			f.Close()
 		}
 		close(c.done)
 		a.mu.Lock()
@@ -674,8 +748,8 @@ func (c *agentCommand) forward(a *agent, wg *sync.WaitGroup, r *os.File, stream 
 
 // feedStdin writes the engine's stdin chunks to the command, acknowledging
 // each so the engine never has more than a small window in flight.
-func (c *agentCommand) feedStdin(a *agent, w *os.File) {
-	defer w.Close()
+func (c *agentCommand) feedStdin(a *agent, w io.Writer, closeInput func() error) {
+	defer closeInput()
 	for {
 		select {
 		case req := <-c.stdin:

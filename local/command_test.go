@@ -3,6 +3,7 @@ package local
 import (
 	"bufio"
 	"context"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -189,5 +190,62 @@ func TestCommandCancelledByContext(t *testing.T) {
 	res, err := m.Run(ctx, Command{Shell: "sleep 60"})
 	if err == nil || res == nil || res.Signal != "SIGKILL" {
 		t.Fatalf("cancelled command: %+v, %v", res, err)
+	}
+}
+
+func TestCommandStderrWriter(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	var stdout, stderr strings.Builder
+	res := mustRun(t, m, Command{Shell: "printf 'out'; printf 'e1\\ne2' >&2; exit 4", Stdout: &stdout, Stderr: &stderr})
+	if stdout.String() != "out" || stderr.String() != "e1\ne2" {
+		t.Fatalf("streamed stdout %q stderr %q", stdout.String(), stderr.String())
+	}
+	if res.Stderr != "" || res.Stdout != "" || res.StderrBytes != 5 || res.StdoutBytes != 3 || res.ExitCode != 4 {
+		t.Fatalf("result %+v", res)
+	}
+}
+
+func TestCommandTTY(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	sizes := make(chan WindowSize)
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan *CommandResult, 1)
+	go func() {
+		res, err := m.Run(context.Background(), Command{
+			Shell:   "tty; stty size; read line; stty size; echo \"got:$line\"",
+			TTY:     &TTY{Size: WindowSize{Rows: 30, Cols: 100}, Resize: sizes},
+			Stdin:   inR,
+			Stdout:  outW,
+			Timeout: 20 * time.Second,
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		outW.Close()
+		done <- res
+	}()
+	// The terminal's output, read as it comes: the initial size first.
+	var got strings.Builder
+	buf := make([]byte, 4096)
+	for !strings.Contains(got.String(), "30 100") {
+		n, err := outR.Read(buf)
+		got.Write(buf[:n])
+		if err != nil {
+			t.Fatalf("tty output ended early: %q (%v)", got.String(), err)
+		}
+	}
+	sizes <- WindowSize{Rows: 40, Cols: 120}
+	// The resize is applied before the line is read: it went first.
+	time.Sleep(200 * time.Millisecond)
+	io.WriteString(inW, "hello\r")
+	rest, _ := io.ReadAll(outR)
+	got.Write(rest)
+	res := <-done
+	inW.Close()
+	out := got.String()
+	if res.ExitCode != 0 || !strings.Contains(out, "/dev/pts/") || !strings.Contains(out, "40 120") ||
+		!strings.Contains(out, "hello\r\n") || !strings.Contains(out, "got:hello") {
+		t.Fatalf("tty session: exit %d, output %q", res.ExitCode, out)
 	}
 }

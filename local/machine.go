@@ -252,8 +252,29 @@ type Command struct {
 	OnOutput func(stream, line string)
 	// Stdout, if set, receives the whole stdout instead of the result.
 	Stdout io.Writer
+	// Stderr, if set, receives the whole stderr, as raw bytes in the chunks
+	// the command wrote them, instead of the result.
+	Stderr io.Writer
+	// TTY, if set, runs the command on a pseudo-terminal of the machine (an
+	// interactive console): its controlling terminal is the pty, whose output
+	// (the command's stdout and stderr, with the terminal's echo) arrives as
+	// stdout, and Stdin feeds the terminal's input.
+	TTY *TTY
 	// MaxOutput caps the bytes of each stream kept in the result; default 1 MiB.
 	MaxOutput int
+}
+
+// TTY is the pseudo-terminal of a command run with Command.TTY.
+type TTY struct {
+	Size WindowSize // initial size; zero means 24 rows of 80 columns
+	// Resize, if set, delivers new sizes of the terminal while the command
+	// runs (a terminal window resized).
+	Resize <-chan WindowSize
+}
+
+// WindowSize is the size of a terminal, in characters.
+type WindowSize struct {
+	Rows, Cols uint16
 }
 
 // CommandResult is how a command ended.
@@ -304,6 +325,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 	var final event
 	var writeErr error
 	acks := make(chan struct{}, 64)
+	writers := [2]io.Writer{cmd.Stdout, cmd.Stderr}
 	handle := func(ev event) bool {
 		switch ev.Ev {
 		case evOutput:
@@ -311,10 +333,14 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 			if ev.Stream == "stderr" {
 				i = 1
 			}
-			if i == 0 && cmd.Stdout != nil {
-				res.StdoutBytes += int64(len(ev.Data))
+			if w := writers[i]; w != nil {
+				if i == 0 {
+					res.StdoutBytes += int64(len(ev.Data))
+				} else {
+					res.StderrBytes += int64(len(ev.Data))
+				}
 				if writeErr == nil {
-					_, writeErr = cmd.Stdout.Write(ev.Data)
+					_, writeErr = w.Write(ev.Data)
 				}
 			} else {
 				out[i].write(ev.Data)
@@ -332,6 +358,10 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 		}
 	}
 	req := request{Op: opRun, Argv: argv, Env: cmd.Env, Dir: cmd.Workdir, Stdin: cmd.Stdin != nil, TimeoutMS: cmd.Timeout.Milliseconds()}
+	if cmd.TTY != nil {
+		req.TTY = true
+		req.Rows, req.Cols = cmd.TTY.Size.Rows, cmd.TTY.Size.Cols
+	}
 	c, err := sb.start(req, handle)
 	if err != nil {
 		return nil, err
@@ -339,6 +369,9 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 	id := c.id
 	if cmd.Stdin != nil {
 		go feedStdin(sb, id, cmd.Stdin, acks, c.done)
+	}
+	if cmd.TTY != nil && cmd.TTY.Resize != nil {
+		go forwardResizes(sb, id, cmd.TTY.Resize, c.done)
 	}
 	quotaHit := m.watchQuota(c.done, func() { sb.send(request{Op: opKill, ID: id, Reason: "quota"}) })
 	select {
@@ -365,7 +398,12 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 	if quotaHit() {
 		res.QuotaExceeded = true
 		msg := "vmcp: killed: " + m.quotaError(m.usageNow()).Error() + "\n"
-		out[1].write([]byte(msg))
+		if cmd.Stderr != nil {
+			cmd.Stderr.Write([]byte(msg))
+			res.StderrBytes += int64(len(msg))
+		} else {
+			out[1].write([]byte(msg))
+		}
 	}
 	res.Duration = time.Since(start)
 	res.Stdout, res.StdoutTruncated = out[0].String(), out[0].truncated
@@ -373,7 +411,9 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 	if cmd.Stdout == nil {
 		res.StdoutBytes = out[0].total
 	}
-	res.StderrBytes = out[1].total
+	if cmd.Stderr == nil {
+		res.StderrBytes = out[1].total
+	}
 	if writeErr != nil {
 		return res, fmt.Errorf("write the command's output: %w", writeErr)
 	}
@@ -442,6 +482,24 @@ func feedStdin(sb *sandbox, id uint64, r io.Reader, acks <-chan struct{}, done <
 		}
 		if err != nil {
 			sb.send(request{Op: opStdinClose, ID: id})
+			return
+		}
+	}
+}
+
+// forwardResizes passes a TTY command's new window sizes to the agent until
+// the command ends.
+func forwardResizes(sb *sandbox, id uint64, sizes <-chan WindowSize, done <-chan struct{}) {
+	for {
+		select {
+		case ws, ok := <-sizes:
+			if !ok {
+				return
+			}
+			if sb.send(request{Op: opResize, ID: id, Rows: ws.Rows, Cols: ws.Cols}) != nil {
+				return
+			}
+		case <-done:
 			return
 		}
 	}

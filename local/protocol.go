@@ -11,6 +11,7 @@ const (
 	opStdin      = "stdin"       // a chunk of a command's standard input
 	opStdinClose = "stdin_close" // end of a command's standard input
 	opKill       = "kill"        // kill a command's process tree, or interrupt Python
+	opResize     = "resize"      // new window size of a TTY command's terminal
 )
 
 // Event kinds.
@@ -32,6 +33,11 @@ type request struct {
 	Stdin     bool              `json:"stdin,omitempty"`
 	Data      []byte            `json:"data,omitempty"`
 	TimeoutMS int64             `json:"timeout_ms,omitempty"`
+	// TTY runs the command on a pseudo-terminal of Rows × Cols (also the
+	// new size in an opResize).
+	TTY  bool   `json:"tty,omitempty"`
+	Rows uint16 `json:"rows,omitempty"`
+	Cols uint16 `json:"cols,omitempty"`
 	// Reason says why an opKill was sent: "timeout" or "interrupt".
 	Reason string `json:"reason,omitempty"`
 }
