@@ -1,9 +1,10 @@
 // Command sandbox-emulator serves emulations of the sandbox clouds that vmcp
-// can use (ForeverVM so far) on local addresses, running every machine for
-// real on the embedded local engine. Point an SDK, a CLI or vmcp's own
+// can use (ForeverVM and FastVM) on local addresses, running every machine
+// for real on the embedded local engine. Point an SDK, a CLI or vmcp's own
 // backends at it to test without a cloud account:
 //
-//	sandbox-emulator --forevervm-listen 127.0.0.1:8080 --forevervm-token ID.SECRET
+//	sandbox-emulator --forevervm-listen 127.0.0.1:8080 --forevervm-token ID.SECRET \
+//		--fastvm-listen 127.0.0.1:8081 --fastvm-api-key KEY
 package main
 
 import (
@@ -22,6 +23,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vmcp-dev/vmcp/emulator/fastvm"
 	"github.com/vmcp-dev/vmcp/emulator/forevervm"
 	"github.com/vmcp-dev/vmcp/local"
 )
@@ -43,6 +45,8 @@ func main() {
 type config struct {
 	forevervmListen string
 	forevervmToken  string
+	fastvmListen    string
+	fastvmAPIKey    string
 	stateDir        string
 	logLevel        zerolog.Level
 }
@@ -59,6 +63,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	var cfg config
 	fs.StringVar(&cfg.forevervmListen, "forevervm-listen", envOr("FOREVERVM_EMULATOR_LISTEN", ""), "address of the ForeverVM emulator, e.g. 127.0.0.1:8080 (env FOREVERVM_EMULATOR_LISTEN)")
 	fs.StringVar(&cfg.forevervmToken, "forevervm-token", envOr("FOREVERVM_TOKEN", ""), "the token the ForeverVM emulator accepts, shaped ID.SECRET (env FOREVERVM_TOKEN)")
+	fs.StringVar(&cfg.fastvmListen, "fastvm-listen", envOr("FASTVM_EMULATOR_LISTEN", ""), "address of the FastVM emulator, e.g. 127.0.0.1:8081 (env FASTVM_EMULATOR_LISTEN)")
+	fs.StringVar(&cfg.fastvmAPIKey, "fastvm-api-key", envOr("FASTVM_API_KEY", ""), "the API key the FastVM emulator accepts (env FASTVM_API_KEY)")
 	fs.StringVar(&cfg.stateDir, "state-dir", envOr("VMCP_EMULATOR_STATE_DIR", defaultStateDir()), "directory for the emulated machines (env VMCP_EMULATOR_STATE_DIR)")
 	level := fs.String("log-level", envOr("VMCP_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error (env VMCP_LOG_LEVEL); logs go to stderr")
 	if err := fs.Parse(args); err != nil {
@@ -71,8 +77,11 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if cfg.logLevel, err = zerolog.ParseLevel(*level); err != nil {
 		return cfg, fmt.Errorf("--log-level %q: use trace, debug, info, warn or error", *level)
 	}
-	if cfg.forevervmListen == "" {
-		return cfg, errors.New("nothing to serve: set --forevervm-listen (or FOREVERVM_EMULATOR_LISTEN), e.g. 127.0.0.1:8080")
+	if cfg.forevervmListen == "" && cfg.fastvmListen == "" {
+		return cfg, errors.New("nothing to serve: set --forevervm-listen (or FOREVERVM_EMULATOR_LISTEN), e.g. 127.0.0.1:8080, and/or --fastvm-listen (FASTVM_EMULATOR_LISTEN)")
+	}
+	if cfg.fastvmListen != "" && cfg.fastvmAPIKey == "" {
+		return cfg, errors.New("the FastVM emulator needs an API key: set --fastvm-api-key (or FASTVM_API_KEY) to any string")
 	}
 	if cfg.forevervmListen != "" && cfg.forevervmToken == "" {
 		return cfg, errors.New("the ForeverVM emulator needs a token: set --forevervm-token (or FOREVERVM_TOKEN) to any ID.SECRET string")
@@ -92,6 +101,9 @@ type service struct {
 	addr    string
 	handler http.Handler
 	close   func() error // ends its long polls and WebSockets
+	// listening, if set, learns the service's base URL once it listens
+	// (the FastVM emulator mints presigned URLs with it).
+	listening func(baseURL string)
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
@@ -114,8 +126,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		}
 		services = append(services, service{name: "forevervm", addr: cfg.forevervmListen, handler: fvm, close: fvm.Close})
 	}
-	// The FastVM emulator joins here: one more service in the slice (and its
-	// listen address in the "nothing to serve" check of parseConfig).
+	if cfg.fastvmListen != "" {
+		fast, err := fastvm.New(fastvm.Options{Engine: engine, APIKey: cfg.fastvmAPIKey, Logger: log})
+		if err != nil {
+			return err
+		}
+		services = append(services, service{name: "fastvm", addr: cfg.fastvmListen, handler: fast, close: fast.Close, listening: fast.SetBaseURL})
+	}
 
 	return serve(ctx, services, log, stderr)
 }
@@ -152,6 +169,9 @@ func serve(ctx context.Context, services []service, log zerolog.Logger, stderr i
 		}()
 		if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
 			log.Warn().Str("address", ln.Addr().String()).Msgf("the %s emulator listens beyond this host: anyone who can reach it with the token runs code here", svc.name)
+		}
+		if svc.listening != nil {
+			svc.listening("http://" + ln.Addr().String())
 		}
 		fmt.Fprintf(stderr, "%s emulator listening on http://%s\n", svc.name, ln.Addr())
 	}

@@ -40,9 +40,9 @@ func TestCommandServesAndExitsOnSIGTERM(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 
-	cmd := exec.CommandContext(ctx, bin, "--forevervm-listen", "127.0.0.1:0", "--log-level", "debug")
-	// The token and the state directory come from the environment fallbacks.
-	cmd.Env = append(os.Environ(), "FOREVERVM_TOKEN="+testToken, "VMCP_EMULATOR_STATE_DIR="+filepath.Join(dir, "state"))
+	cmd := exec.CommandContext(ctx, bin, "--forevervm-listen", "127.0.0.1:0", "--fastvm-listen", "127.0.0.1:0", "--log-level", "debug")
+	// The token, the key and the state directory come from the environment fallbacks.
+	cmd.Env = append(os.Environ(), "FOREVERVM_TOKEN="+testToken, "FASTVM_API_KEY=fastvm-s3cret-key", "VMCP_EMULATOR_STATE_DIR="+filepath.Join(dir, "state"))
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -66,18 +66,33 @@ func TestCommandServesAndExitsOnSIGTERM(t *testing.T) {
 		}
 		logDone <- all.String()
 	}()
-	listening := regexp.MustCompile(`^forevervm emulator listening on (http://127\.0\.0\.1:\d+)$`)
-	var base string
+	listening := regexp.MustCompile(`^(forevervm|fastvm) emulator listening on (http://127\.0\.0\.1:\d+)$`)
+	urls := map[string]string{}
 	timeout := time.After(60 * time.Second)
-	for base == "" {
+	for len(urls) < 2 {
 		select {
 		case line := <-lines:
 			if m := listening.FindStringSubmatch(line); m != nil {
-				base = m[1]
+				urls[m[1]] = m[2]
 			}
 		case <-timeout:
-			t.Fatal("no \"listening\" line within 60 s")
+			t.Fatalf("no \"listening\" lines for both emulators within 60 s: %v", urls)
 		}
+	}
+	base := urls["forevervm"]
+
+	// FastVM answers with its API key, and mints presigned URLs on its own
+	// listening address.
+	req, _ := http.NewRequestWithContext(ctx, "GET", urls["fastvm"]+"/v1/vms", nil)
+	req.Header.Set("X-API-Key", "fastvm-s3cret-key")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != "[]" {
+		t.Fatalf("fastvm list: %d %s", resp.StatusCode, body)
 	}
 
 	get := func(auth string) (int, string) {
@@ -113,7 +128,7 @@ func TestCommandServesAndExitsOnSIGTERM(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("still running 30 s after SIGTERM")
 	}
-	if log := <-logDone; strings.Contains(log, "s3cret") {
+	if log := <-logDone; strings.Contains(log, "s3cret") || strings.Contains(log, "fastvm-s3cret-key") {
 		t.Fatalf("the token appears in the log:\n%s", log)
 	}
 }
@@ -147,6 +162,7 @@ func TestParseConfig(t *testing.T) {
 		want string
 	}{
 		{nil, "--forevervm-listen"},
+		{[]string{"--fastvm-listen", "127.0.0.1:0"}, "--fastvm-api-key"},
 		{[]string{"--forevervm-listen", "127.0.0.1:0"}, "--forevervm-token"},
 		{[]string{"--forevervm-listen", "127.0.0.1:0", "--forevervm-token", "a.b", "--log-level", "loud"}, "--log-level"},
 		{[]string{"--forevervm-listen", "127.0.0.1:0", "--forevervm-token", "a.b", "extra"}, "unexpected arguments"},
