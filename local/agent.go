@@ -55,6 +55,9 @@ type agent struct {
 	py       *interpreter
 	pyCount  int           // interpreters started so far; names each one
 	pyQueue  chan struct{} // FIFO lock: one instruction at a time
+	// pyWaiting holds instructions received but not started, with the
+	// reason they were stopped before they started ("" while not).
+	pyWaiting map[uint64]string
 }
 
 func runAgent(args []string) int {
@@ -104,12 +107,13 @@ func runAgent(args []string) int {
 	// A write past RLIMIT_FSIZE must fail with EFBIG, not kill the writer.
 	signal.Ignore(syscall.SIGXFSZ)
 	a := &agent{
-		limits:   childLimits,
-		python:   *python,
-		home:     *home,
-		out:      bufio.NewWriterSize(os.Stdout, 64<<10),
-		commands: map[uint64]*agentCommand{},
-		pyQueue:  make(chan struct{}, 1),
+		limits:    childLimits,
+		python:    *python,
+		home:      *home,
+		out:       bufio.NewWriterSize(os.Stdout, 64<<10),
+		commands:  map[uint64]*agentCommand{},
+		pyQueue:   make(chan struct{}, 1),
+		pyWaiting: map[uint64]string{},
 	}
 	dec := json.NewDecoder(bufio.NewReaderSize(os.Stdin, 256<<10))
 	for {
@@ -188,6 +192,9 @@ func (a *agent) send(ev event) {
 func (a *agent) handle(req request) {
 	switch req.Op {
 	case opPython:
+		a.mu.Lock()
+		a.pyWaiting[req.ID] = ""
+		a.mu.Unlock()
 		go a.runPython(req)
 	case opRun:
 		a.startCommand(req)
@@ -209,8 +216,14 @@ func (a *agent) handle(req request) {
 		a.mu.Lock()
 		c := a.commands[req.ID]
 		py := a.py
+		_, waiting := a.pyWaiting[req.ID]
+		if waiting {
+			a.pyWaiting[req.ID] = req.Reason
+		}
 		a.mu.Unlock()
-		if c != nil {
+		if waiting {
+			// runPython reports it stopped instead of starting it.
+		} else if c != nil {
 			c.kill(req.Reason)
 		} else if py != nil {
 			py.interrupt(req.ID, req.Reason)
@@ -374,6 +387,11 @@ func (py *interpreter) readLines(a *agent, r *os.File, stream string) {
 	}
 }
 
+// interruptRetry is how often an interrupt is repeated until the
+// instruction stops: the driver ignores SIGINT outside user code, so a
+// signal that lands just before the code starts would otherwise be lost.
+const interruptRetry = 50 * time.Millisecond
+
 func (py *interpreter) interrupt(id uint64, reason string) {
 	py.mu.Lock()
 	if py.current != id || py.current == 0 {
@@ -384,16 +402,42 @@ func (py *interpreter) interrupt(id uint64, reason string) {
 		py.reason = reason
 	}
 	py.mu.Unlock()
-	py.cmd.Process.Signal(syscall.SIGINT)
+	// signal sends SIGINT while the instruction is still the current one.
+	// It holds mu while sending: the next instruction is written to the
+	// driver only after current changes, so a signal can never reach it.
+	signal := func() bool {
+		py.mu.Lock()
+		defer py.mu.Unlock()
+		if py.current != id {
+			return false
+		}
+		py.cmd.Process.Signal(syscall.SIGINT)
+		return true
+	}
+	if !signal() {
+		return
+	}
 	go func() {
-		select {
-		case <-py.exited:
-		case <-time.After(interruptGrace):
-			py.mu.Lock()
-			still := py.current == id
-			py.mu.Unlock()
-			if still {
-				syscall.Kill(-py.cmd.Process.Pid, syscall.SIGKILL)
+		tick := time.NewTicker(interruptRetry)
+		defer tick.Stop()
+		grace := time.NewTimer(interruptGrace)
+		defer grace.Stop()
+		for {
+			select {
+			case <-py.exited:
+				return
+			case <-tick.C:
+				if !signal() {
+					return
+				}
+			case <-grace.C:
+				py.mu.Lock()
+				still := py.current == id
+				py.mu.Unlock()
+				if still {
+					syscall.Kill(-py.cmd.Process.Pid, syscall.SIGKILL)
+				}
+				return
 			}
 		}
 	}()
@@ -423,6 +467,7 @@ func (a *agent) runPython(req request) {
 	if py == nil {
 		var err error
 		if py, err = a.startInterpreter(); err != nil {
+			delete(a.pyWaiting, req.ID)
 			a.mu.Unlock()
 			a.send(event{Ev: evPython, ID: req.ID, Error: "could not start the Python interpreter: " + err.Error(), Died: true})
 			return
@@ -431,9 +476,25 @@ func (a *agent) runPython(req request) {
 	}
 	a.mu.Unlock()
 
-	py.mu.Lock()
-	py.current, py.reason = req.ID, ""
-	py.mu.Unlock()
+	// Leaving pyWaiting and becoming current happen under a.mu together,
+	// so that a kill finds the instruction in one place or the other.
+	a.mu.Lock()
+	stopped := a.pyWaiting[req.ID]
+	delete(a.pyWaiting, req.ID)
+	if stopped == "" {
+		py.mu.Lock()
+		py.current, py.reason = req.ID, ""
+		py.mu.Unlock()
+	}
+	a.mu.Unlock()
+	if stopped != "" {
+		ev := event{Ev: evPython, ID: req.ID, Interpreter: py.number, Error: "Interrupted", Interrupted: true}
+		if stopped == "timeout" {
+			ev.Error, ev.Interrupted, ev.TimedOut = "Timed out", false, true
+		}
+		a.send(ev)
+		return
+	}
 	for len(py.markers) > 0 { // left over from an instruction whose output was cut short
 		<-py.markers
 	}

@@ -204,6 +204,30 @@ func TestREPLContextCancelInterrupts(t *testing.T) {
 	}
 }
 
+// An interrupt that lands just as the code is handed to the interpreter
+// (before the driver runs it) still stops the code, and the state survives.
+func TestREPLInterruptRightAfterSubmissionKeepsState(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	mustExec(t, m, "y = 7", ExecOptions{})
+	for i := 0; i < 30; i++ {
+		delay := time.Duration(i%6) * 100 * time.Microsecond
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(delay, cancel)
+		start := time.Now()
+		r, err := m.Exec(ctx, "import time; time.sleep(60)", ExecOptions{Timeout: 2 * time.Minute})
+		cancel()
+		if err == nil {
+			t.Fatalf("attempt %d (cancel after %v): no error, result %+v", i, delay, r)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("attempt %d (cancel after %v): the code stopped only after %v", i, delay, d)
+		}
+		if r := mustExec(t, m, "y", ExecOptions{}); value(r) != "7" || r.StateReset != "" {
+			t.Fatalf("attempt %d (cancel after %v): y = %s, reset %q", i, delay, value(r), r.StateReset)
+		}
+	}
+}
+
 func TestREPLRestartOfTheEngineSaysStateWasReset(t *testing.T) {
 	dir := t.TempDir()
 	e := newTestEngine(t, Options{StateDir: dir})
