@@ -1,0 +1,213 @@
+package sessions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// NewSession is the session argument that starts a new conversation.
+const NewSession = "new"
+
+// Limits bound one conversation.
+type Limits struct {
+	MaxMachines  int // live machines (parked ones count); 0 = no limit
+	MaxSnapshots int // 0 = no limit
+}
+
+// Manager resolves handles to conversations and records what they own.
+type Manager struct {
+	store  Store
+	limits Limits
+	now    func() time.Time
+
+	mu       sync.Mutex
+	lastUsed map[string]time.Time // handle → last use not yet written
+}
+
+// NewManager returns a manager over store.
+func NewManager(store Store, limits Limits) *Manager {
+	return &Manager{store: store, limits: limits, now: func() time.Time { return time.Now().UTC() }, lastUsed: map[string]time.Time{}}
+}
+
+// Store is the manager's store.
+func (m *Manager) Store() Store { return m.store }
+
+// Limits are the per-conversation limits.
+func (m *Manager) Limits() Limits { return m.limits }
+
+// Resolve returns the conversation a call belongs to. handle is the call's
+// session argument: a handle, NewSession, or "" for the conversation bound
+// to scope (a client's MCP session id, or "" for the principal's default
+// conversation), created on first use. created reports a new conversation.
+// A handle that is malformed, unknown or another principal's is
+// ErrNotFound: a handle never silently starts a new conversation.
+func (m *Manager) Resolve(ctx context.Context, principal, handle, scope string) (c *Conversation, created bool, err error) {
+	switch {
+	case handle == NewSession:
+		c, err = m.create(ctx, principal)
+		return c, err == nil, err
+	case handle != "":
+		if !ValidHandle(handle) {
+			return nil, false, fmt.Errorf("session %q: %w (handles look like c- followed by 32 hex digits; pass \"new\" to start a conversation)", handle, ErrNotFound)
+		}
+		c, err = m.store.Load(ctx, principal, handle)
+		if err != nil {
+			return nil, false, fmt.Errorf("session %s: %w", handle, err)
+		}
+		m.touch(c.Handle)
+		return c, false, nil
+	}
+	key := principal + "\x00" + scope
+	m.mu.Lock()
+	defer m.mu.Unlock() // one default conversation per key, even under concurrent first calls
+	h, err := m.store.DefaultHandle(ctx, key)
+	if err != nil {
+		return nil, false, err
+	}
+	if h != "" {
+		c, err = m.store.Load(ctx, principal, h)
+		if err == nil {
+			m.lastUsed[c.Handle] = m.now()
+			return c, false, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return nil, false, err
+		}
+	}
+	if c, err = m.create(ctx, principal); err != nil {
+		return nil, false, err
+	}
+	if err := m.store.SetDefaultHandle(ctx, key, c.Handle); err != nil {
+		return nil, false, err
+	}
+	return c, true, nil
+}
+
+func (m *Manager) create(ctx context.Context, principal string) (*Conversation, error) {
+	now := m.now()
+	c := &Conversation{Handle: NewHandle(), Principal: principal, CreatedAt: now, LastUsed: now}
+	if err := m.store.Create(ctx, c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Update changes a conversation durably (see Store.Update).
+func (m *Manager) Update(ctx context.Context, c *Conversation, fn func(*Conversation) error) (*Conversation, error) {
+	return m.store.Update(ctx, c.Principal, c.Handle, fn)
+}
+
+// AddMachine records a machine the conversation created, as its default on
+// that backend when asDefault. It fails, and records nothing, when the
+// conversation is at its machine limit.
+func (m *Manager) AddMachine(ctx context.Context, c *Conversation, backend, id string, asDefault bool) (*Conversation, error) {
+	return m.Update(ctx, c, func(c *Conversation) error {
+		c.AddMachine(backend, id, m.now())
+		if asDefault {
+			c.SetDefault(backend, id)
+		}
+		return nil
+	})
+}
+
+// CheckMachineLimit says whether the conversation may create another machine.
+func (m *Manager) CheckMachineLimit(c *Conversation) error {
+	if m.limits.MaxMachines > 0 && len(c.Machines) >= m.limits.MaxMachines {
+		return fmt.Errorf("this conversation has %d machines, its limit: delete one with delete_vm first", len(c.Machines))
+	}
+	return nil
+}
+
+// CheckSnapshotLimit says whether the conversation may take another snapshot.
+func (m *Manager) CheckSnapshotLimit(c *Conversation) error {
+	if m.limits.MaxSnapshots > 0 && len(c.Snapshots) >= m.limits.MaxSnapshots {
+		return fmt.Errorf("this conversation has %d snapshots, its limit", len(c.Snapshots))
+	}
+	return nil
+}
+
+// OwnerOf returns the principal's conversation that owns the machine.
+func (m *Manager) OwnerOf(ctx context.Context, principal, backend, id string) (*Conversation, error) {
+	all, err := m.store.All(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range all {
+		if c.Principal == principal && c.Machine(backend, id) != nil {
+			return c, nil
+		}
+	}
+	return nil, ErrNotFound
+}
+
+// SnapshotOwner returns the principal's conversation that owns a snapshot.
+func (m *Manager) SnapshotOwner(ctx context.Context, principal, id string) (*Conversation, *Snapshot, error) {
+	all, err := m.store.All(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, c := range all {
+		if c.Principal != principal {
+			continue
+		}
+		if s := c.Snapshot(id); s != nil {
+			return c, s, nil
+		}
+	}
+	return nil, nil, ErrNotFound
+}
+
+// Touch notes that a conversation and one of its machines were used now.
+// Uses are kept in memory and written by Flush: a last-use time is not a
+// binding, and writing it on every call would put an fsync on every call.
+func (m *Manager) Touch(handle string) { m.touch(handle) }
+
+func (m *Manager) touch(handle string) {
+	m.mu.Lock()
+	m.lastUsed[handle] = m.now()
+	m.mu.Unlock()
+}
+
+// LastUsed returns when a conversation was last used, counting uses not yet
+// flushed.
+func (m *Manager) LastUsed(c *Conversation) time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if t, ok := m.lastUsed[c.Handle]; ok && t.After(c.LastUsed) {
+		return t
+	}
+	return c.LastUsed
+}
+
+// Flush writes the pending last-use times.
+func (m *Manager) Flush(ctx context.Context) error {
+	m.mu.Lock()
+	pending := m.lastUsed
+	m.lastUsed = map[string]time.Time{}
+	m.mu.Unlock()
+	var errs []error
+	for handle, t := range pending {
+		all, err := m.store.All(ctx)
+		if err != nil {
+			return err
+		}
+		for _, c := range all {
+			if c.Handle != handle {
+				continue
+			}
+			_, err := m.store.Update(ctx, c.Principal, handle, func(c *Conversation) error {
+				if t.After(c.LastUsed) {
+					c.LastUsed = t
+				}
+				return nil
+			})
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,138 @@
+// Package sessions keeps conversations: which machines and snapshots each
+// conversation owns, its default machine per backend, and who (which
+// principal) owns it. A conversation is named by a handle that the model can
+// pass back; handles, and every binding a tool result announces, are
+// written to a Store before the result is returned, so that a restart (even
+// kill -9) loses nothing that was announced.
+package sessions
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"regexp"
+	"slices"
+	"time"
+)
+
+// ErrNotFound is returned for a conversation, machine or snapshot that does
+// not exist or belongs to another principal: the two are never told apart.
+var ErrNotFound = errors.New("not found")
+
+// Conversation is what a handle names.
+type Conversation struct {
+	Handle    string    `json:"handle"`
+	Principal string    `json:"principal"`
+	CreatedAt time.Time `json:"created_at"`
+	LastUsed  time.Time `json:"last_used"`
+	// Defaults are the conversation's default machine per backend.
+	Defaults  map[string]string `json:"defaults,omitempty"`
+	Machines  []Machine         `json:"machines,omitempty"`
+	Snapshots []Snapshot        `json:"snapshots,omitempty"`
+}
+
+// Machine is a machine a conversation owns.
+type Machine struct {
+	Backend   string    `json:"backend"`
+	ID        string    `json:"id"`
+	CreatedAt time.Time `json:"created_at"`
+	LastUsed  time.Time `json:"last_used"`
+	// Parked is set while the machine is saved as a snapshot and deleted
+	// because it was idle; it is relaunched from the snapshot on next use.
+	Parked *Parked `json:"parked,omitempty"`
+}
+
+// Parked records an idle machine that was snapshotted and deleted.
+type Parked struct {
+	Snapshot string    `json:"snapshot"`
+	At       time.Time `json:"at"`
+}
+
+// Snapshot is a snapshot a conversation owns.
+type Snapshot struct {
+	Backend   string    `json:"backend"`
+	ID        string    `json:"id"`
+	Machine   string    `json:"machine"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Machine returns the conversation's record of a machine, or nil.
+func (c *Conversation) Machine(backend, id string) *Machine {
+	for i := range c.Machines {
+		if c.Machines[i].Backend == backend && c.Machines[i].ID == id {
+			return &c.Machines[i]
+		}
+	}
+	return nil
+}
+
+// AddMachine records a new machine.
+func (c *Conversation) AddMachine(backend, id string, now time.Time) {
+	if c.Machine(backend, id) == nil {
+		c.Machines = append(c.Machines, Machine{Backend: backend, ID: id, CreatedAt: now, LastUsed: now})
+	}
+}
+
+// RemoveMachine forgets a machine (deleted) and unsets it as a default.
+func (c *Conversation) RemoveMachine(backend, id string) {
+	c.Machines = slices.DeleteFunc(c.Machines, func(m Machine) bool { return m.Backend == backend && m.ID == id })
+	if c.Defaults[backend] == id {
+		delete(c.Defaults, backend)
+	}
+}
+
+// SetDefault makes a machine the conversation's default on its backend.
+func (c *Conversation) SetDefault(backend, id string) {
+	if c.Defaults == nil {
+		c.Defaults = map[string]string{}
+	}
+	c.Defaults[backend] = id
+}
+
+// Snapshot returns the conversation's record of a snapshot, or nil.
+func (c *Conversation) Snapshot(id string) *Snapshot {
+	for i := range c.Snapshots {
+		if c.Snapshots[i].ID == id {
+			return &c.Snapshots[i]
+		}
+	}
+	return nil
+}
+
+// Store keeps conversations durably. Every method is safe for concurrent
+// use; Update is atomic per conversation.
+type Store interface {
+	// Create stores a new conversation.
+	Create(ctx context.Context, c *Conversation) error
+	// Load returns a conversation of the principal (ErrNotFound otherwise).
+	Load(ctx context.Context, principal, handle string) (*Conversation, error)
+	// Update applies fn to the principal's conversation and stores the
+	// result durably before returning it; when fn fails nothing is written.
+	Update(ctx context.Context, principal, handle string, fn func(*Conversation) error) (*Conversation, error)
+	// Delete removes a conversation.
+	Delete(ctx context.Context, principal, handle string) error
+	// All lists every conversation of every principal (for the reaper and
+	// the reconciler).
+	All(ctx context.Context) ([]*Conversation, error)
+	// DefaultHandle returns the handle of the principal's default
+	// conversation ("" if none), and SetDefaultHandle records it.
+	DefaultHandle(ctx context.Context, principal string) (string, error)
+	SetDefaultHandle(ctx context.Context, principal, handle string) error
+	// Close releases the store.
+	Close() error
+}
+
+// handleShape: "c-" and 32 hex digits (128 random bits).
+var handleShape = regexp.MustCompile(`^c-[0-9a-f]{32}$`)
+
+// NewHandle returns an unguessable conversation handle (128 random bits).
+func NewHandle() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return "c-" + hex.EncodeToString(b)
+}
+
+// ValidHandle reports whether h has the shape of a handle, so that
+// malformed input is refused before any lookup.
+func ValidHandle(h string) bool { return handleShape.MatchString(h) }

@@ -1,0 +1,163 @@
+package sessions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func openTestStore(t *testing.T, path string) *BoltStore {
+	t.Helper()
+	s, err := OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestResolve(t *testing.T) {
+	ctx := context.Background()
+	m := NewManager(openTestStore(t, filepath.Join(t.TempDir(), "s.db")), Limits{})
+
+	def, created, err := m.Resolve(ctx, "alice", "", "")
+	if err != nil || !created || !ValidHandle(def.Handle) || def.Principal != "alice" {
+		t.Fatalf("default conversation: %+v, %v, %v", def, created, err)
+	}
+	again, created, err := m.Resolve(ctx, "alice", "", "")
+	if err != nil || created || again.Handle != def.Handle {
+		t.Fatalf("default again: %+v, %v, %v", again, created, err)
+	}
+	// Another scope (an MCP session) and another principal get their own.
+	other, _, _ := m.Resolve(ctx, "alice", "", "mcp-session-1")
+	bob, _, _ := m.Resolve(ctx, "bob", "", "")
+	if other.Handle == def.Handle || bob.Handle == def.Handle || other.Handle == bob.Handle {
+		t.Fatalf("scopes share conversations: %s %s %s", def.Handle, other.Handle, bob.Handle)
+	}
+
+	n1, created, err := m.Resolve(ctx, "alice", NewSession, "")
+	if err != nil || !created || n1.Handle == def.Handle {
+		t.Fatalf("new: %+v, %v, %v", n1, created, err)
+	}
+	if c, created, err := m.Resolve(ctx, "alice", n1.Handle, ""); err != nil || created || c.Handle != n1.Handle {
+		t.Fatalf("by handle: %+v, %v, %v", c, created, err)
+	}
+
+	// Unknown, malformed and foreign handles are all "not found", and never
+	// start a conversation.
+	before, _ := m.Store().All(ctx)
+	for _, tc := range []struct{ principal, handle string }{
+		{"alice", NewHandle()},
+		{"alice", "c-123"},
+		{"alice", "../etc"},
+		{"bob", n1.Handle},
+		{"alice", bob.Handle},
+	} {
+		_, _, err := m.Resolve(ctx, tc.principal, tc.handle, "")
+		if !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s resolving %q: %v, want not found", tc.principal, tc.handle, err)
+		}
+	}
+	if after, _ := m.Store().All(ctx); len(after) != len(before) {
+		t.Errorf("failed resolutions created %d conversations", len(after)-len(before))
+	}
+}
+
+func TestBindingsSurviveReopen(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "s.db")
+	s := openTestStore(t, path)
+	m := NewManager(s, Limits{})
+	c, _, _ := m.Resolve(ctx, "alice", "", "")
+	if _, err := m.AddMachine(ctx, c, "local", "m-1", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Update(ctx, c, func(c *Conversation) error {
+		c.Snapshots = append(c.Snapshots, Snapshot{Backend: "local", ID: "s-1", Machine: "m-1"})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	m2 := NewManager(openTestStore(t, path), Limits{})
+	c2, created, err := m2.Resolve(ctx, "alice", "", "")
+	if err != nil || created || c2.Handle != c.Handle {
+		t.Fatalf("after reopening: %+v, %v, %v", c2, created, err)
+	}
+	if c2.Defaults["local"] != "m-1" || c2.Machine("local", "m-1") == nil || c2.Snapshot("s-1") == nil {
+		t.Fatalf("bindings lost: %+v", c2)
+	}
+	if owner, err := m2.OwnerOf(ctx, "alice", "local", "m-1"); err != nil || owner.Handle != c.Handle {
+		t.Errorf("owner of m-1: %v, %v", owner, err)
+	}
+	if _, err := m2.OwnerOf(ctx, "bob", "local", "m-1"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("bob owns alice's machine: %v", err)
+	}
+	if _, _, err := m2.SnapshotOwner(ctx, "bob", "s-1"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("bob owns alice's snapshot: %v", err)
+	}
+}
+
+func TestFailedUpdateWritesNothing(t *testing.T) {
+	ctx := context.Background()
+	m := NewManager(openTestStore(t, filepath.Join(t.TempDir(), "s.db")), Limits{})
+	c, _, _ := m.Resolve(ctx, "alice", "", "")
+	_, err := m.Update(ctx, c, func(c *Conversation) error {
+		c.AddMachine("local", "m-x", c.CreatedAt)
+		return errors.New("backend failed")
+	})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	if got, _ := m.Store().Load(ctx, "alice", c.Handle); got.Machine("local", "m-x") != nil {
+		t.Error("a failed update was written")
+	}
+}
+
+func TestConcurrentUpdatesLoseNothing(t *testing.T) {
+	ctx := context.Background()
+	m := NewManager(openTestStore(t, filepath.Join(t.TempDir(), "s.db")), Limits{})
+	c, _, _ := m.Resolve(ctx, "alice", "", "")
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			if _, err := m.AddMachine(ctx, c, "local", fmt.Sprintf("m-%d", i), false); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	got, _ := m.Store().Load(ctx, "alice", c.Handle)
+	if len(got.Machines) != 20 {
+		t.Errorf("%d machines recorded, want 20", len(got.Machines))
+	}
+}
+
+func TestLimits(t *testing.T) {
+	m := NewManager(openTestStore(t, filepath.Join(t.TempDir(), "s.db")), Limits{MaxMachines: 1, MaxSnapshots: 1})
+	c := &Conversation{}
+	if m.CheckMachineLimit(c) != nil || m.CheckSnapshotLimit(c) != nil {
+		t.Fatal("limits refuse an empty conversation")
+	}
+	c.Machines = []Machine{{ID: "m"}}
+	c.Snapshots = []Snapshot{{ID: "s"}}
+	if m.CheckMachineLimit(c) == nil || m.CheckSnapshotLimit(c) == nil {
+		t.Fatal("limits not enforced")
+	}
+}
+
+func TestSecondOpenIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	openTestStore(t, path)
+	defer func(d time.Duration) { openTimeout = d }(openTimeout)
+	openTimeout = 100 * time.Millisecond
+	if _, err := OpenBolt(path); err == nil || !strings.Contains(err.Error(), "locked by another process") {
+		t.Fatal("a second open of a store in use succeeded")
+	}
+}
