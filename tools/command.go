@@ -22,10 +22,12 @@ type ExecCommandInput struct {
 	Stdin          string            `json:"stdin,omitempty" jsonschema:"description=Text fed to the command's standard input."`
 	Workdir        string            `json:"workdir,omitempty" jsonschema:"description=Working directory inside the machine; default its home (the workspace)."`
 	Env            map[string]string `json:"env,omitempty" jsonschema:"description=Environment variables to add or override."`
+	SessionArg
 }
 
 // ExecCommandOutput is exec_command's result.
 type ExecCommandOutput struct {
+	SessionResult
 	Machine         string `json:"machine" jsonschema:"description=The machine the command ran in."`
 	ExitCode        int    `json:"exit_code" jsonschema:"description=The exit status; non-zero is a normal result."`
 	Signal          string `json:"signal,omitempty" jsonschema:"description=The signal that ended the command\\, if any."`
@@ -41,7 +43,7 @@ type ExecCommandOutput struct {
 const defaultCommandTimeout = 60 * time.Second
 
 func (s *Service) commandTools() []server.ServerTool {
-	return []server.ServerTool{newTool[ExecCommandInput, ExecCommandOutput](toolSpec{
+	return []server.ServerTool{newTool[ExecCommandInput, ExecCommandOutput](s, toolSpec{
 		name:  "exec_command",
 		title: "Run a command",
 		description: "Run a command in a machine: either a bash command line (command) or an argv without a shell. " +

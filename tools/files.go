@@ -31,10 +31,12 @@ type UploadFileInput struct {
 	ContentBase64 *string `json:"content_base64,omitempty" jsonschema:"description=Binary content of the file\\, base64-encoded."`
 	LocalPath     string  `json:"local_path,omitempty" jsonschema:"description=A file or directory on the host to copy in; it must be inside the server's allowed roots (relative paths start at the first root)."`
 	Machine       string  `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
+	SessionArg
 }
 
 // UploadFileOutput is upload_file's result.
 type UploadFileOutput struct {
+	SessionResult
 	Machine string `json:"machine" jsonschema:"description=The machine the file was written to."`
 	Path    string `json:"path" jsonschema:"description=The path written\\, as the machine sees it."`
 	Bytes   int64  `json:"bytes" jsonschema:"description=Bytes written (for a directory: of all its files)."`
@@ -48,10 +50,12 @@ type DownloadFileInput struct {
 	Machine   string `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
 	LocalPath string `json:"local_path,omitempty" jsonschema:"description=Save to this host path instead of returning the content. It must not exist yet and must be inside the server's allowed roots. Directories need it."`
 	MaxBytes  int64  `json:"max_bytes,omitempty" jsonschema:"description=Return at most this many bytes of content (default 1048576); the rest is cut and truncated is true.,minimum=0"`
+	SessionArg
 }
 
 // DownloadFileOutput is download_file's result.
 type DownloadFileOutput struct {
+	SessionResult
 	Machine   string `json:"machine" jsonschema:"description=The machine the file came from."`
 	Path      string `json:"path" jsonschema:"description=The path read."`
 	Bytes     int64  `json:"bytes" jsonschema:"description=Size of the whole file (for a directory: of all its files)."`
@@ -66,7 +70,7 @@ const defaultMaxBytes = 1 << 20
 
 func (s *Service) fileTools() []server.ServerTool {
 	return []server.ServerTool{
-		newTool[UploadFileInput, UploadFileOutput](toolSpec{
+		newTool[UploadFileInput, UploadFileOutput](s, toolSpec{
 			name:  "upload_file",
 			title: "Upload a file",
 			description: "Write a file into a machine from text (content), base64 (content_base64), or a host file or directory (local_path, only inside the server's allowed roots). " +
@@ -74,7 +78,7 @@ func (s *Service) fileTools() []server.ServerTool {
 			destructive: true,
 			idempotent:  true,
 		}, s.uploadFile),
-		newTool[DownloadFileInput, DownloadFileOutput](toolSpec{
+		newTool[DownloadFileInput, DownloadFileOutput](s, toolSpec{
 			name:  "download_file",
 			title: "Download a file",
 			description: "Read a file from a machine: UTF-8 text comes back as text, anything else as a base64 embedded blob, cut at max_bytes. " +

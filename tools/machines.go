@@ -11,6 +11,7 @@ import (
 	"github.com/mark3labs/mcp-go/server"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/sessions"
 )
 
 // LaunchVMInput is launch_vm's arguments.
@@ -19,10 +20,12 @@ type LaunchVMInput struct {
 	Name       string            `json:"name,omitempty" jsonschema:"description=A name for people; ids identify machines."`
 	SnapshotID string            `json:"snapshot_id,omitempty" jsonschema:"description=Start with the files of this snapshot (see list_machines)."`
 	Tags       map[string]string `json:"tags,omitempty" jsonschema:"description=Labels stored with the machine."`
+	SessionArg
 }
 
 // LaunchVMOutput is launch_vm's result.
 type LaunchVMOutput struct {
+	SessionResult
 	Machine string `json:"machine" jsonschema:"description=The new machine's id; it is now the default machine."`
 	Status  string `json:"status" jsonschema:"description=The machine's status (it starts on first use).,enum=running,enum=stopped"`
 }
@@ -31,10 +34,12 @@ type LaunchVMOutput struct {
 type SnapshotVMInput struct {
 	Machine string `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
 	Name    string `json:"name,omitempty" jsonschema:"description=A name for the snapshot."`
+	SessionArg
 }
 
 // SnapshotVMOutput is snapshot_vm's result.
 type SnapshotVMOutput struct {
+	SessionResult
 	SnapshotID string `json:"snapshot_id" jsonschema:"description=The snapshot's id\\, for launch_vm's snapshot_id."`
 	Machine    string `json:"machine" jsonschema:"description=The machine the snapshot was taken from."`
 	Status     string `json:"status" jsonschema:"description=Always 'created'.,enum=created"`
@@ -42,7 +47,9 @@ type SnapshotVMOutput struct {
 }
 
 // ListMachinesInput is list_machines's arguments (none).
-type ListMachinesInput struct{}
+type ListMachinesInput struct {
+	SessionArg
+}
 
 // MachineEntry describes one machine.
 type MachineEntry struct {
@@ -51,7 +58,7 @@ type MachineEntry struct {
 	Name         string            `json:"name,omitempty" jsonschema:"description=The name given at launch."`
 	Tags         map[string]string `json:"tags,omitempty" jsonschema:"description=Labels stored with the machine."`
 	Status       string            `json:"status" jsonschema:"description=running: its processes are live; stopped: it starts on next use.,enum=running,enum=stopped"`
-	Default      bool              `json:"default" jsonschema:"description=This is the default machine of its backend."`
+	Default      bool              `json:"default" jsonschema:"description=This is this conversation's default machine on its backend."`
 	CreatedAt    time.Time         `json:"created_at" jsonschema:"description=When it was launched (RFC 3339)."`
 	FromSnapshot string            `json:"from_snapshot,omitempty" jsonschema:"description=The snapshot it was launched from."`
 }
@@ -68,41 +75,44 @@ type SnapshotEntry struct {
 
 // ListMachinesOutput is list_machines's result.
 type ListMachinesOutput struct {
-	Machines  []MachineEntry  `json:"machines" jsonschema:"description=Every machine\\, oldest first."`
-	Snapshots []SnapshotEntry `json:"snapshots" jsonschema:"description=Every snapshot\\, oldest first."`
+	SessionResult
+	Machines  []MachineEntry  `json:"machines" jsonschema:"description=Your machines (of every conversation)\\, oldest first."`
+	Snapshots []SnapshotEntry `json:"snapshots" jsonschema:"description=Your snapshots\\, oldest first."`
 }
 
 // DeleteVMInput is delete_vm's arguments.
 type DeleteVMInput struct {
 	Machine string `json:"machine" jsonschema:"description=Id of the machine to delete\\, with all its files."`
+	SessionArg
 }
 
 // DeleteVMOutput is delete_vm's result.
 type DeleteVMOutput struct {
+	SessionResult
 	Machine string `json:"machine" jsonschema:"description=The deleted machine's id."`
 	Status  string `json:"status" jsonschema:"description=Always 'deleted'.,enum=deleted"`
 }
 
 func (s *Service) machineTools() []server.ServerTool {
 	return []server.ServerTool{
-		newTool[LaunchVMInput, LaunchVMOutput](toolSpec{
+		newTool[LaunchVMInput, LaunchVMOutput](s, toolSpec{
 			name:        "launch_vm",
 			title:       "Launch a machine",
 			description: "Create a new machine, empty or with the files of a snapshot, and make it the default machine for later calls.",
 		}, s.launchVM),
-		newTool[SnapshotVMInput, SnapshotVMOutput](toolSpec{
+		newTool[SnapshotVMInput, SnapshotVMOutput](s, toolSpec{
 			name:        "snapshot_vm",
 			title:       "Snapshot a machine",
 			description: "Save a machine's files (not its running processes or Python state) as a snapshot that launch_vm can start new machines from.",
 		}, s.snapshotVM),
-		newTool[ListMachinesInput, ListMachinesOutput](toolSpec{
+		newTool[ListMachinesInput, ListMachinesOutput](s, toolSpec{
 			name:        "list_machines",
 			title:       "List machines and snapshots",
 			description: "List every machine (with its status and whether it is the default) and every snapshot.",
 			readOnly:    true,
 			idempotent:  true,
 		}, s.listMachines),
-		newTool[DeleteVMInput, DeleteVMOutput](toolSpec{
+		newTool[DeleteVMInput, DeleteVMOutput](s, toolSpec{
 			name:        "delete_vm",
 			title:       "Delete a machine",
 			description: "Stop a machine and delete it with all its files. Snapshots taken from it stay.",
@@ -113,18 +123,24 @@ func (s *Service) machineTools() []server.ServerTool {
 }
 
 func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in LaunchVMInput) (*mcp.CallToolResult, error) {
-	b, err := s.launchBackend(ctx, in)
+	c := conversationFrom(ctx)
+	b, err := s.launchBackend(ctx, c, in)
 	if err != nil {
 		return nil, err
 	}
-	info, err := b.Create(ctx, backend.MachineSpec{Name: in.Name, Tags: in.Tags, FromSnapshot: in.SnapshotID})
+	if err := s.sessions.CheckMachineLimit(c); err != nil {
+		return nil, err
+	}
+	info, err := b.Create(ctx, backend.MachineSpec{Name: in.Name, Tags: s.machineTags(c, in.Tags), FromSnapshot: in.SnapshotID})
 	if err != nil {
 		if errors.Is(err, backend.ErrNotFound) && in.SnapshotID != "" {
 			return nil, fmt.Errorf("snapshot %q not found; list_machines shows the snapshots", in.SnapshotID)
 		}
 		return nil, err
 	}
-	s.setDefault(b.Name(), info.ID)
+	if _, err := s.own(ctx, c, b, info.ID, true); err != nil {
+		return nil, err
+	}
 	s.log.Info().Str("backend", b.Name()).Str("machine", info.ID).Str("snapshot", in.SnapshotID).Msg("launched a machine")
 	status := info.Status
 	if status == "" {
@@ -139,36 +155,35 @@ func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in Launch
 }
 
 // launchBackend picks where launch_vm creates the machine: the backend asked
-// for, else the one that holds the snapshot, else the default backend.
-func (s *Service) launchBackend(ctx context.Context, in LaunchVMInput) (backend.Backend, error) {
-	if in.Backend != "" {
-		b := s.backend(in.Backend)
-		if b == nil {
-			return nil, fmt.Errorf("backend %q is not configured on this server; configured: %s", in.Backend, strings.Join(s.backendNames(), ", "))
-		}
-		if in.SnapshotID != "" && !b.Has(backend.Snapshots) {
-			return nil, &backend.UnsupportedError{Backend: b.Name(), Capability: backend.Snapshots}
-		}
-		return b, nil
-	}
+// for, else the one that holds the snapshot (which the caller must own),
+// else the default backend.
+func (s *Service) launchBackend(ctx context.Context, c *sessions.Conversation, in LaunchVMInput) (backend.Backend, error) {
+	var snapBackend string
 	if in.SnapshotID != "" {
-		for _, b := range s.backends {
-			if !b.Has(backend.Snapshots) {
-				continue
-			}
-			snaps, err := b.Snapshots(ctx)
-			if err != nil {
-				return nil, fmt.Errorf("list %s snapshots: %w", b.Name(), err)
-			}
-			for _, snap := range snaps {
-				if snap.ID == in.SnapshotID {
-					return b, nil
-				}
-			}
+		_, snap, err := s.sessions.SnapshotOwner(ctx, c.Principal, in.SnapshotID)
+		if errors.Is(err, sessions.ErrNotFound) {
+			return nil, fmt.Errorf("snapshot %q not found; list_machines shows your snapshots", in.SnapshotID)
 		}
-		return nil, fmt.Errorf("snapshot %q not found; list_machines shows the snapshots", in.SnapshotID)
+		if err != nil {
+			return nil, err
+		}
+		snapBackend = snap.Backend
 	}
-	return s.backends[0], nil
+	name := in.Backend
+	if name == "" {
+		name = snapBackend
+	}
+	if name == "" {
+		return s.backends[0], nil
+	}
+	b := s.backend(name)
+	if b == nil {
+		return nil, fmt.Errorf("backend %q is not configured on this server; configured: %s", name, strings.Join(s.backendNames(), ", "))
+	}
+	if snapBackend != "" && snapBackend != name {
+		return nil, fmt.Errorf("snapshot %s is a %s snapshot; launch it on %s (leave backend out)", in.SnapshotID, snapBackend, snapBackend)
+	}
+	return b, nil
 }
 
 func (s *Service) backendNames() []string {
@@ -180,6 +195,10 @@ func (s *Service) backendNames() []string {
 }
 
 func (s *Service) snapshotVM(ctx context.Context, _ mcp.CallToolRequest, in SnapshotVMInput) (*mcp.CallToolResult, error) {
+	c := conversationFrom(ctx)
+	if err := s.sessions.CheckSnapshotLimit(c); err != nil {
+		return nil, err
+	}
 	m, snapper, err := machineAs[backend.Snapshotter](ctx, s, in.Machine, backend.Snapshots)
 	if err != nil {
 		return nil, err
@@ -188,23 +207,42 @@ func (s *Service) snapshotVM(ctx context.Context, _ mcp.CallToolRequest, in Snap
 	if err != nil {
 		return nil, err
 	}
+	if _, err := s.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
+		c.Snapshots = append(c.Snapshots, sessions.Snapshot{Backend: m.Backend(), ID: snap.ID, Machine: m.ID(), CreatedAt: snap.CreatedAt})
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("record the snapshot: %w", err)
+	}
 	out := SnapshotVMOutput{SnapshotID: snap.ID, Machine: m.ID(), Status: "created", SizeBytes: snap.SizeBytes}
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Snapshot %s of machine %s created (%d bytes).", snap.ID, m.ID(), snap.SizeBytes))), nil
 }
 
 func (s *Service) listMachines(ctx context.Context, _ mcp.CallToolRequest, _ ListMachinesInput) (*mcp.CallToolResult, error) {
+	c := conversationFrom(ctx)
 	out := ListMachinesOutput{Machines: []MachineEntry{}, Snapshots: []SnapshotEntry{}}
+	ownedSnaps := map[string]bool{}
+	all, err := s.sessions.Store().All(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, conv := range all {
+		if conv.Principal == c.Principal {
+			for _, sn := range conv.Snapshots {
+				ownedSnaps[sn.ID] = true
+			}
+		}
+	}
 	var b strings.Builder
 	b.WriteString("Machines:\n")
 	var snaps []backend.SnapshotInfo
 	for _, be := range s.backends {
-		infos, err := be.Machines(ctx)
+		infos, err := s.ownedMachines(ctx, c.Principal, be)
 		if err != nil {
-			return nil, fmt.Errorf("list %s machines: %w", be.Name(), err)
+			return nil, err
 		}
 		for _, info := range infos {
 			e := MachineEntry{ID: info.ID, Backend: info.Backend, Name: info.Name, Tags: info.Tags, Status: info.Status,
-				Default: s.isDefault(info.Backend, info.ID), CreatedAt: info.CreatedAt, FromSnapshot: info.FromSnapshot}
+				Default: c.Defaults[info.Backend] == info.ID, CreatedAt: info.CreatedAt, FromSnapshot: info.FromSnapshot}
 			if e.Status == "" {
 				e.Status = "stopped"
 			}
@@ -215,12 +253,16 @@ func (s *Service) listMachines(ctx context.Context, _ mcp.CallToolRequest, _ Lis
 			}
 			b.WriteString("\n")
 		}
-		if be.Has(backend.Snapshots) {
+		if be.Has(backend.Snapshots) && len(ownedSnaps) > 0 {
 			l, err := be.Snapshots(ctx)
 			if err != nil {
 				return nil, fmt.Errorf("list %s snapshots: %w", be.Name(), err)
 			}
-			snaps = append(snaps, l...)
+			for _, sn := range l {
+				if ownedSnaps[sn.ID] {
+					snaps = append(snaps, sn)
+				}
+			}
 		}
 	}
 	b.WriteString("Snapshots:\n")
@@ -235,14 +277,24 @@ func (s *Service) deleteVM(ctx context.Context, _ mcp.CallToolRequest, in Delete
 	if in.Machine == "" {
 		return nil, errors.New("missing machine: give the id of the machine to delete")
 	}
-	m, err := s.find(ctx, in.Machine)
+	c := conversationFrom(ctx)
+	m, err := s.find(ctx, c, in.Machine)
 	if err != nil {
 		return nil, err
+	}
+	owner, err := s.sessions.OwnerOf(ctx, c.Principal, m.Backend(), m.ID())
+	if err != nil {
+		return nil, errMachineNotFound(in.Machine)
 	}
 	if err := s.backend(m.Backend()).Delete(ctx, m.ID()); err != nil {
 		return nil, err
 	}
-	s.forgetDefault(m.Backend(), m.ID())
+	if _, err := s.sessions.Update(ctx, owner, func(c *sessions.Conversation) error {
+		c.RemoveMachine(m.Backend(), m.ID())
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("the machine was deleted but forgetting it failed: %w", err)
+	}
 	s.log.Info().Str("backend", m.Backend()).Str("machine", m.ID()).Msg("deleted a machine")
 	out := DeleteVMOutput{Machine: m.ID(), Status: "deleted"}
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Deleted machine %s.", m.ID()))), nil

@@ -17,10 +17,12 @@ type RunPythonInput struct {
 	Code           string `json:"code" jsonschema:"description=Python code to run. Globals persist between calls; the value of a final expression is returned."`
 	Machine        string `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
 	TimeoutSeconds int    `json:"timeout_seconds,omitempty" jsonschema:"description=Interrupt the code after this many seconds (default 15); the interpreter state survives.,minimum=0,maximum=3600"`
+	SessionArg
 }
 
 // RunPythonOutput is run_python's result.
 type RunPythonOutput struct {
+	SessionResult
 	Machine    string  `json:"machine" jsonschema:"description=The machine the code ran in."`
 	Value      *string `json:"value,omitempty" jsonschema:"description=repr() of the final expression; absent for statements and None."`
 	Stdout     string  `json:"stdout" jsonschema:"description=What the code printed."`
@@ -32,7 +34,7 @@ type RunPythonOutput struct {
 }
 
 func (s *Service) pythonTools() []server.ServerTool {
-	return []server.ServerTool{newTool[RunPythonInput, RunPythonOutput](toolSpec{
+	return []server.ServerTool{newTool[RunPythonInput, RunPythonOutput](s, toolSpec{
 		name:  "run_python",
 		title: "Run Python",
 		description: "Run Python code in a machine's persistent interpreter (like a notebook cell: globals survive between calls). " +

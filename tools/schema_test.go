@@ -54,7 +54,7 @@ func TestToolDefinitionSnapshots(t *testing.T) {
 
 // TestToolDefinitions checks what every tool must have.
 func TestToolDefinitions(t *testing.T) {
-	want := []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm"}
+	want := []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm", "session_info"}
 	defs := Definitions()
 	if len(defs) != len(want) {
 		t.Fatalf("%d tools, want %d", len(defs), len(want))
@@ -91,18 +91,21 @@ func TestToolDefinitions(t *testing.T) {
 				}
 			}
 		}
-		// Every tool but list_machines names its machine in and out.
+		// Every tool takes a session and names it in its result; every tool
+		// about one machine names it in and out.
+		machineless := tool.Name == "list_machines" || tool.Name == "session_info"
 		var in, out struct {
 			Properties map[string]map[string]any `json:"properties"`
 		}
 		json.Unmarshal(tool.RawInputSchema, &in)
 		json.Unmarshal(tool.RawOutputSchema, &out)
-		if tool.Name != "list_machines" && tool.Name != "launch_vm" {
-			if in.Properties["machine"] == nil {
-				t.Errorf("%s: no machine argument", tool.Name)
-			}
+		if in.Properties["session"] == nil || out.Properties["session"] == nil {
+			t.Errorf("%s: no session argument or no session in the result", tool.Name)
 		}
-		if tool.Name != "list_machines" && out.Properties["machine"] == nil {
+		if !machineless && tool.Name != "launch_vm" && in.Properties["machine"] == nil {
+			t.Errorf("%s: no machine argument", tool.Name)
+		}
+		if !machineless && out.Properties["machine"] == nil {
 			t.Errorf("%s: no machine in the result", tool.Name)
 		}
 		for name, p := range in.Properties {

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/invopop/jsonschema"
@@ -20,6 +19,7 @@ import (
 	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/prompts"
+	"github.com/vmcp-dev/vmcp/sessions"
 )
 
 // Instructions is the server's instructions for the model.
@@ -30,31 +30,49 @@ const Instructions = `vmcp gives you persistent sandboxed Linux machines with a 
 - snapshot_vm saves a machine's files (not its Python state) under a snapshot id; launch_vm with snapshot_id starts a new machine from it. list_machines shows both; delete_vm removes a machine.
 - Machines have no network access.`
 
-// Service holds what the tools share: the backends, the host directories
-// that local_path may use, and the default machine of each backend.
+// Service holds what the tools share: the backends, the conversations, and
+// the host directories that local_path may use.
 type Service struct {
-	backends     []backend.Backend // in order of preference; the first is the default backend
-	allowedRoots []string          // absolute, symbolic links resolved
-	log          zerolog.Logger
-
-	mu       sync.Mutex
-	defaults map[string]string // backend name → default machine id
+	backends       []backend.Backend // in order of preference; the first is the default backend
+	sessions       *sessions.Manager
+	allowedRoots   []string // absolute, symbolic links resolved
+	instance       string   // this server's instance id, tagged on its machines
+	idle           map[string]time.Duration
+	localPrincipal string
+	log            zerolog.Logger
 }
 
-// NewService makes the tools' shared state. backends are in order of
-// preference: a call without a machine uses the default machine of the first
-// backend that can do what the tool needs. allowedRoots are the host
-// directories that upload_file and download_file may read and write through
-// local_path.
-func NewService(backends []backend.Backend, allowedRoots []string, log zerolog.Logger) (*Service, error) {
-	if len(backends) == 0 {
+// Config configures a Service.
+type Config struct {
+	// Backends in order of preference: a call without a machine uses the
+	// default machine of the first backend that can do what the tool needs.
+	Backends []backend.Backend
+	// Sessions keeps the conversations. Required.
+	Sessions *sessions.Manager
+	// AllowedRoots are the host directories that upload_file and
+	// download_file may read and write through local_path.
+	AllowedRoots []string
+	// Instance names this server on the machines it creates.
+	Instance string
+	// Idle is each backend's idle timeout, for session_info to show.
+	Idle map[string]time.Duration
+	Log  zerolog.Logger
+}
+
+// NewService makes the tools' shared state.
+func NewService(cfg Config) (*Service, error) {
+	if len(cfg.Backends) == 0 {
 		return nil, errors.New("no backend configured")
 	}
-	roots, err := resolveRoots(allowedRoots)
+	if cfg.Sessions == nil {
+		return nil, errors.New("no session store configured")
+	}
+	roots, err := resolveRoots(cfg.AllowedRoots)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{backends: backends, allowedRoots: roots, log: log, defaults: map[string]string{}}, nil
+	return &Service{backends: cfg.Backends, sessions: cfg.Sessions, allowedRoots: roots, instance: cfg.Instance,
+		idle: cfg.Idle, localPrincipal: localPrincipal(), log: cfg.Log}, nil
 }
 
 // Tools are every tool with its handler.
@@ -64,6 +82,7 @@ func (s *Service) Tools() []server.ServerTool {
 	all = append(all, s.commandTools()...)
 	all = append(all, s.fileTools()...)
 	all = append(all, s.machineTools()...)
+	all = append(all, s.sessionTools()...)
 	return all
 }
 
@@ -98,18 +117,20 @@ func (s *Service) NewMCPServer(version string) *server.MCPServer {
 	return srv
 }
 
-// machine returns the machine named by id (or by a unique name) — which
-// must have capability need — or, without an id, the default machine of the
-// first backend that has it, created on first use.
+// machine returns the machine named by id — which the caller must own and
+// which must have capability need — or, without an id, the conversation's
+// default machine on the first backend that has the capability, created on
+// first use.
 func (s *Service) machine(ctx context.Context, id string, need backend.Capability) (backend.Machine, error) {
+	c := conversationFrom(ctx)
 	if id == "" {
 		b := s.backendFor(need)
 		if b == nil {
 			return nil, fmt.Errorf("no configured backend can do %s", need)
 		}
-		return s.defaultMachine(ctx, b)
+		return s.defaultMachine(ctx, c, b)
 	}
-	m, err := s.find(ctx, id)
+	m, err := s.find(ctx, c, id)
 	if err != nil {
 		return nil, err
 	}
@@ -137,25 +158,38 @@ func machineAs[T any](ctx context.Context, s *Service, id string, need backend.C
 	return m, t, nil
 }
 
-// find looks a machine up by id, then by unique name, in every backend.
-func (s *Service) find(ctx context.Context, id string) (backend.Machine, error) {
+// errMachineNotFound is the answer for a machine that does not exist or is
+// not the caller's: the two are never told apart.
+func errMachineNotFound(id string) error {
+	return fmt.Errorf("machine %q not found; list_machines shows your machines", id)
+}
+
+// find looks up a machine the caller's principal owns, by id or by the name
+// it was launched with.
+func (s *Service) find(ctx context.Context, c *sessions.Conversation, id string) (backend.Machine, error) {
+	principal := c.Principal
 	for _, b := range s.backends {
 		if !b.Recognizes(id) {
 			continue
 		}
-		m, err := b.Machine(ctx, id)
-		if err == nil {
-			return m, nil
-		}
-		if !errors.Is(err, backend.ErrNotFound) {
+		if _, err := s.sessions.OwnerOf(ctx, principal, b.Name(), id); err != nil {
+			if errors.Is(err, sessions.ErrNotFound) {
+				continue
+			}
 			return nil, err
 		}
+		m, err := b.Machine(ctx, id)
+		if errors.Is(err, backend.ErrNotFound) {
+			continue
+		}
+		return m, err
 	}
+	// By name, among the caller's machines.
 	var match []backend.MachineInfo
 	for _, b := range s.backends {
-		infos, err := b.Machines(ctx)
+		infos, err := s.ownedMachines(ctx, principal, b)
 		if err != nil {
-			return nil, fmt.Errorf("list %s machines: %w", b.Name(), err)
+			return nil, err
 		}
 		for _, info := range infos {
 			if info.Name == id {
@@ -167,9 +201,42 @@ func (s *Service) find(ctx context.Context, id string) (backend.Machine, error) 
 		return s.backend(match[0].Backend).Machine(ctx, match[0].ID)
 	}
 	if len(match) > 1 {
-		return nil, fmt.Errorf("%d machines are named %q; pass the machine id instead (list_machines shows them)", len(match), id)
+		return nil, fmt.Errorf("%d of your machines are named %q; pass the machine id instead (list_machines shows them)", len(match), id)
 	}
-	return nil, fmt.Errorf("machine %q not found; list_machines shows the machines", id)
+	return nil, errMachineNotFound(id)
+}
+
+// ownedMachines lists b's machines that the principal owns.
+func (s *Service) ownedMachines(ctx context.Context, principal string, b backend.Backend) ([]backend.MachineInfo, error) {
+	all, err := s.sessions.Store().All(ctx)
+	if err != nil {
+		return nil, err
+	}
+	owned := map[string]bool{}
+	for _, c := range all {
+		if c.Principal != principal {
+			continue
+		}
+		for _, m := range c.Machines {
+			if m.Backend == b.Name() {
+				owned[m.ID] = true
+			}
+		}
+	}
+	if len(owned) == 0 {
+		return nil, nil
+	}
+	infos, err := b.Machines(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list %s machines: %w", b.Name(), err)
+	}
+	var out []backend.MachineInfo
+	for _, info := range infos {
+		if owned[info.ID] {
+			out = append(out, info)
+		}
+	}
+	return out, nil
 }
 
 // backend returns the configured backend of that name, or nil.
@@ -192,11 +259,10 @@ func (s *Service) backendFor(c backend.Capability) backend.Backend {
 	return nil
 }
 
-// defaultMachine is b's default machine, created on first use.
-func (s *Service) defaultMachine(ctx context.Context, b backend.Backend) (backend.Machine, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if id := s.defaults[b.Name()]; id != "" {
+// defaultMachine is the conversation's default machine on b, created (and
+// recorded) on first use.
+func (s *Service) defaultMachine(ctx context.Context, c *sessions.Conversation, b backend.Backend) (backend.Machine, error) {
+	if id := c.Defaults[b.Name()]; id != "" {
 		m, err := b.Machine(ctx, id)
 		if err == nil {
 			return m, nil
@@ -204,52 +270,25 @@ func (s *Service) defaultMachine(ctx context.Context, b backend.Backend) (backen
 		if !errors.Is(err, backend.ErrNotFound) {
 			return nil, err
 		}
+		// Gone behind our back (deleted outside the server): forget it and
+		// start a fresh default below.
+		s.log.Warn().Str("backend", b.Name()).Str("machine", id).Msg("the default machine of a conversation no longer exists; creating a new one")
+		if _, err := s.sessions.Update(ctx, c, func(c *sessions.Conversation) error { c.RemoveMachine(b.Name(), id); return nil }); err != nil {
+			return nil, err
+		}
 	}
-	// The default machine of an earlier run of the server is this run's too:
-	// its files are where the user left them, and machines do not pile up.
-	infos, err := b.Machines(ctx)
+	if err := s.sessions.CheckMachineLimit(c); err != nil {
+		return nil, err
+	}
+	info, err := b.Create(ctx, backend.MachineSpec{Name: "default", Tags: s.machineTags(c, nil)})
 	if err != nil {
-		return nil, fmt.Errorf("list %s machines: %w", b.Name(), err)
+		return nil, fmt.Errorf("create the default %s machine: %w", b.Name(), err)
 	}
-	var newest *backend.MachineInfo
-	for _, info := range infos {
-		if info.Tags[defaultTag] == "default" && (newest == nil || info.CreatedAt.After(newest.CreatedAt)) {
-			newest = &info
-		}
+	if _, err := s.own(ctx, c, b, info.ID, true); err != nil {
+		return nil, err
 	}
-	if newest == nil {
-		info, err := b.Create(ctx, backend.MachineSpec{Name: "default", Tags: map[string]string{defaultTag: "default"}})
-		if err != nil {
-			return nil, fmt.Errorf("create the default %s machine: %w", b.Name(), err)
-		}
-		s.log.Info().Str("backend", b.Name()).Str("machine", info.ID).Msg("created the default machine")
-		newest = &info
-	}
-	s.defaults[b.Name()] = newest.ID
-	return b.Machine(ctx, newest.ID)
-}
-
-// defaultTag marks the machine a server created as its default.
-const defaultTag = "vmcp"
-
-func (s *Service) setDefault(b, id string) {
-	s.mu.Lock()
-	s.defaults[b] = id
-	s.mu.Unlock()
-}
-
-func (s *Service) isDefault(b, id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.defaults[b] == id
-}
-
-func (s *Service) forgetDefault(b, id string) {
-	s.mu.Lock()
-	if s.defaults[b] == id {
-		delete(s.defaults, b)
-	}
-	s.mu.Unlock()
+	s.log.Info().Str("backend", b.Name()).Str("machine", info.ID).Msg("created a conversation's default machine")
+	return b.Machine(ctx, info.ID)
 }
 
 // toolSpec is the static part of a tool's definition.
@@ -262,7 +301,11 @@ type toolSpec struct {
 // newTool builds a tool definition with input and output schemas generated
 // from In and Out, and wraps a typed handler: arguments that do not decode
 // are a tool error, as are errors the handler returns.
-func newTool[In, Out any](spec toolSpec, handle func(ctx context.Context, req mcp.CallToolRequest, in In) (*mcp.CallToolResult, error)) server.ServerTool {
+//
+// Every input embeds SessionArg: the wrapper resolves the conversation
+// before the handler runs (the handler finds it with conversationFrom) and
+// names it in the result.
+func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx context.Context, req mcp.CallToolRequest, in In) (*mcp.CallToolResult, error)) server.ServerTool {
 	tool := mcp.Tool{
 		Name:            spec.name,
 		Title:           spec.title,
@@ -282,9 +325,17 @@ func newTool[In, Out any](spec toolSpec, handle func(ctx context.Context, req mc
 		if err := req.BindArguments(&in); err != nil {
 			return mcp.NewToolResultError(fmt.Sprintf("invalid arguments for %s: %v", spec.name, err)), nil
 		}
-		res, err := handle(ctx, req, in)
+		c, created, err := s.resolveConversation(ctx, in.session())
 		if err != nil {
-			return mcp.NewToolResultError(errorText(err)), nil
+			return mcp.NewToolResultError(err.Error()), nil
+		}
+		s.sessions.Touch(c.Handle)
+		res, err := handle(context.WithValue(ctx, conversationKey{}, c), req, in)
+		if err != nil {
+			res = mcp.NewToolResultError(errorText(err))
+		}
+		if res.ResultType != mcp.ResultTypeInputRequired {
+			withSession(res, c.Handle, created)
 		}
 		return res, nil
 	}

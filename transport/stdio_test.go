@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/vmcp-dev/vmcp/backend"
 	localbackend "github.com/vmcp-dev/vmcp/backend/local"
 	"github.com/vmcp-dev/vmcp/local"
+	"github.com/vmcp-dev/vmcp/sessions"
 	"github.com/vmcp-dev/vmcp/tools"
 )
 
@@ -33,7 +35,12 @@ func newServer(t testing.TB) (*server.MCPServer, *local.Engine) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { engine.Close() })
-	svc, err := tools.NewService([]backend.Backend{localbackend.New(engine)}, nil, zerolog.Nop())
+	store, err := sessions.OpenBolt(filepath.Join(t.TempDir(), "sessions.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	svc, err := tools.NewService(tools.Config{Backends: []backend.Backend{localbackend.New(engine)}, Sessions: sessions.NewManager(store, sessions.Limits{}), Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -21,6 +24,7 @@ import (
 	localbackend "github.com/vmcp-dev/vmcp/backend/local"
 	fvm "github.com/vmcp-dev/vmcp/client/forevervm"
 	"github.com/vmcp-dev/vmcp/local"
+	"github.com/vmcp-dev/vmcp/sessions"
 	"github.com/vmcp-dev/vmcp/tools"
 	"github.com/vmcp-dev/vmcp/transport"
 )
@@ -47,6 +51,8 @@ type config struct {
 	version      bool
 	backend      string
 	forevervm    forevervmConfig
+	maxMachines  int
+	maxSnapshots int
 	limits       local.Limits
 	noSandbox    bool
 }
@@ -66,6 +72,8 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	roots := fs.String("allowed-roots", envOr("VMCP_ALLOWED_ROOTS", cwd), "host directories that upload_file/download_file local_path may use, separated by "+string(filepath.ListSeparator)+" (env VMCP_ALLOWED_ROOTS)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	backend := fs.String("backend", envOr("VMCP_BACKEND", "auto"), "preferred backend: local, forevervm, or auto (the configured cloud backends first, then local); tools without a machine use the preferred backend that can do what they need (env VMCP_BACKEND)")
+	maxMachines := fs.Int("max-machines", intEnv(getenv, "VMCP_MAX_MACHINES", 0), "most machines one conversation may own; 0: no limit (env VMCP_MAX_MACHINES)")
+	maxSnapshots := fs.Int("max-snapshots", intEnv(getenv, "VMCP_MAX_SNAPSHOTS", 0), "most snapshots one conversation may own; 0: no limit (env VMCP_MAX_SNAPSHOTS)")
 	fvmURL := fs.String("forevervm-url", envOr("FOREVERVM_BASE_URL", fvm.DefaultBaseURL), "ForeverVM API base URL (env FOREVERVM_BASE_URL)")
 	fvmTokenFile := fs.String("forevervm-token-file", envOr("FOREVERVM_TOKEN_FILE", ""), "file holding the ForeverVM token; the FOREVERVM_TOKEN environment variable works too (never pass tokens as flags: they show in ps)")
 	var limits local.Limits
@@ -107,6 +115,9 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		}
 		fvmCfg.token = strings.TrimSpace(string(b))
 	}
+	if *maxMachines < 0 || *maxSnapshots < 0 {
+		return config{}, errors.New("--max-machines and --max-snapshots (VMCP_MAX_MACHINES, VMCP_MAX_SNAPSHOTS) take a whole number, 0 for no limit")
+	}
 	switch *backend {
 	case "auto", "local":
 	case "forevervm":
@@ -126,7 +137,21 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		return config{}, fmt.Errorf("--log-level %q: want trace, debug, info, warn, error or disabled", *logLevel)
 	}
 	return config{stateDir: *stateDir, logLevel: level, allowedRoots: filepath.SplitList(*roots), version: *showVersion,
-		backend: *backend, forevervm: fvmCfg, limits: limits, noSandbox: *noSandbox}, nil
+		backend: *backend, forevervm: fvmCfg, limits: limits, noSandbox: *noSandbox, maxMachines: *maxMachines, maxSnapshots: *maxSnapshots}, nil
+}
+
+// intEnv reads a whole number from the environment; anything else gives -1,
+// which the flag checks refuse.
+func intEnv(getenv func(string) string, key string, def int) int {
+	v := getenv(key)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // forevervmConfig says how to reach ForeverVM; the backend is on when a
@@ -185,9 +210,20 @@ func run(args []string) error {
 	}
 	defer engine.Close()
 
+	store, err := sessions.OpenBolt(filepath.Join(engine.StateDir(), "sessions.db"))
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	manager := sessions.NewManager(store, sessions.Limits{MaxMachines: cfg.maxMachines, MaxSnapshots: cfg.maxSnapshots})
+	instance, err := instanceID(engine.StateDir())
+	if err != nil {
+		return err
+	}
+
 	bs, closeBackends := backends(cfg, engine, log)
 	defer closeBackends()
-	svc, err := tools.NewService(bs, cfg.allowedRoots, log)
+	svc, err := tools.NewService(tools.Config{Backends: bs, Sessions: manager, AllowedRoots: cfg.allowedRoots, Instance: instance, Log: log})
 	if err != nil {
 		return err
 	}
@@ -201,10 +237,47 @@ func run(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	go flushUses(ctx, manager, log)
+	defer manager.Flush(context.Background())
 	err = transport.ServeStdio(ctx, srv, os.Stdin, os.Stdout, transport.StdioOptions{Logger: log})
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
 	log.Info().Msg("shutting down")
 	return nil
+}
+
+// flushInterval is how often last-use times are written to the store.
+const flushInterval = 30 * time.Second
+
+// flushUses writes conversations' last-use times now and then, until ctx ends.
+func flushUses(ctx context.Context, m *sessions.Manager, log zerolog.Logger) {
+	t := time.NewTicker(flushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := m.Flush(ctx); err != nil {
+				log.Warn().Err(err).Msg("could not save conversations' last-use times")
+			}
+		}
+	}
+}
+
+// instanceID names this server (its state dir) on the machines it creates,
+// so that a later start recognizes them; it is made once and kept.
+func instanceID(stateDir string) (string, error) {
+	p := filepath.Join(stateDir, "instance")
+	if b, err := os.ReadFile(p); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	b := make([]byte, 8)
+	rand.Read(b)
+	id := hex.EncodeToString(b)
+	if err := os.WriteFile(p, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write the server's instance id: %w", err)
+	}
+	return id, nil
 }

@@ -1,0 +1,242 @@
+package tools
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os/user"
+	"reflect"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/mark3labs/mcp-go/mcp"
+	"github.com/mark3labs/mcp-go/server"
+
+	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/sessions"
+)
+
+// SessionArg is the conversation argument every tool takes.
+type SessionArg struct {
+	Session string `json:"session,omitempty" jsonschema:"description=Conversation handle from an earlier result; 'new' starts a new conversation with its own machines. Default: this client's conversation."`
+}
+
+func (a SessionArg) session() string { return a.Session }
+
+// SessionResult is the conversation every result names.
+type SessionResult struct {
+	Session string `json:"session" jsonschema:"description=The conversation this call belonged to; pass it as session to continue it (also after a restart of the server)."`
+}
+
+// sessionArg is implemented by every tool input (through SessionArg).
+type sessionArg interface{ session() string }
+
+type conversationKey struct{}
+
+// conversationFrom is the conversation of the call being served.
+func conversationFrom(ctx context.Context) *sessions.Conversation {
+	c, _ := ctx.Value(conversationKey{}).(*sessions.Conversation)
+	return c
+}
+
+// principalKey carries the caller's principal, set by hosted transports.
+type principalKey struct{}
+
+// WithPrincipal returns a context whose calls act as principal (a hosted
+// transport sets it from the caller's credentials).
+func WithPrincipal(ctx context.Context, principal string) context.Context {
+	return context.WithValue(ctx, principalKey{}, principal)
+}
+
+// principal is who is calling: the authenticated principal in hosted mode,
+// else the local user running the server.
+func (s *Service) principal(ctx context.Context) string {
+	if p, ok := ctx.Value(principalKey{}).(string); ok && p != "" {
+		return p
+	}
+	return s.localPrincipal
+}
+
+// localPrincipal names the user running a stdio server.
+func localPrincipal() string {
+	if u, err := user.Current(); err == nil {
+		return "local:" + u.Username
+	}
+	return "local"
+}
+
+// scope is the conversation a call without a session argument joins: that
+// of its client's MCP session on the legacy HTTP transports, else the
+// principal's default conversation. Requests of protocol 2026-07-28 have no
+// sessions (mcp-go gives each a throwaway one), and stdio has one client.
+func scope(ctx context.Context) string {
+	if server.IsModernRequest(ctx) {
+		return ""
+	}
+	if cs := server.ClientSessionFromContext(ctx); cs != nil && cs.SessionID() != "stdio" {
+		return "mcp-session:" + cs.SessionID()
+	}
+	return ""
+}
+
+// resolveConversation finds the call's conversation; created reports that
+// it started with this call.
+func (s *Service) resolveConversation(ctx context.Context, handle string) (*sessions.Conversation, bool, error) {
+	c, created, err := s.sessions.Resolve(ctx, s.principal(ctx), handle, scope(ctx))
+	if err != nil {
+		if errors.Is(err, sessions.ErrNotFound) {
+			return nil, false, fmt.Errorf("%w; leave session out to use this client's conversation, or pass \"new\"", err)
+		}
+		return nil, false, fmt.Errorf("the session store failed: %w", err)
+	}
+	return c, created, nil
+}
+
+// withSession sets the Session field of a result's structured content (a
+// copy: handlers return their outputs by value) and, for a conversation
+// that this call started, tells the model its handle in the text too.
+func withSession(res *mcp.CallToolResult, handle string, created bool) {
+	if res == nil || res.StructuredContent == nil {
+		return
+	}
+	v := reflect.ValueOf(res.StructuredContent)
+	if v.Kind() == reflect.Struct {
+		cp := reflect.New(v.Type()).Elem()
+		cp.Set(v)
+		if f := cp.FieldByName("Session"); f.IsValid() && f.Kind() == reflect.String {
+			f.SetString(handle)
+			res.StructuredContent = cp.Interface()
+		}
+	}
+	if created {
+		res.Content = append(res.Content, mcp.NewTextContent(fmt.Sprintf(
+			"Conversation %s started; pass session=%q to continue it later (it survives restarts).", handle, handle)))
+	}
+}
+
+// conversationTag names a conversation on the machines it creates: a hash
+// of the handle, since the handle itself is a secret and tags are visible to
+// whoever can list the account's machines.
+func conversationTag(handle string) string {
+	sum := sha256.Sum256([]byte(handle))
+	return hex.EncodeToString(sum[:8])
+}
+
+// Tags put on every machine the server creates.
+const (
+	tagServer       = "vmcp.server"       // the server instance
+	tagConversation = "vmcp.conversation" // conversationTag of the owner
+)
+
+// machineTags are the tags of a machine created for conversation c.
+func (s *Service) machineTags(c *sessions.Conversation, extra map[string]string) map[string]string {
+	tags := map[string]string{}
+	for k, v := range extra {
+		tags[k] = v
+	}
+	tags[tagServer] = s.instance
+	tags[tagConversation] = conversationTag(c.Handle)
+	return tags
+}
+
+// own records a machine created for the conversation, durably, before any
+// result announces it. If the store fails, the machine is deleted again so
+// that nothing runs that no conversation owns.
+func (s *Service) own(ctx context.Context, c *sessions.Conversation, b backend.Backend, id string, asDefault bool) (*sessions.Conversation, error) {
+	updated, err := s.sessions.AddMachine(ctx, c, b.Name(), id, asDefault)
+	if err != nil {
+		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if derr := b.Delete(cleanup, id); derr != nil {
+			s.log.Error().Err(derr).Str("machine", id).Msg("could not delete a machine whose binding failed to save")
+		}
+		return nil, fmt.Errorf("record the new machine: %w", err)
+	}
+	return updated, nil
+}
+
+// SessionInfoInput is session_info's arguments.
+type SessionInfoInput struct {
+	SessionArg
+}
+
+// SessionMachine is a machine of the conversation.
+type SessionMachine struct {
+	ID       string    `json:"id" jsonschema:"description=Machine id."`
+	Backend  string    `json:"backend" jsonschema:"description=Where it runs.,enum=local,enum=forevervm,enum=fastvm"`
+	Default  bool      `json:"default" jsonschema:"description=It is the conversation's default machine on its backend."`
+	LastUsed time.Time `json:"last_used" jsonschema:"description=When a tool last used it (RFC 3339)."`
+	Parked   bool      `json:"parked" jsonschema:"description=It was idle: saved as a snapshot and deleted; the next call relaunches it with its files."`
+}
+
+// SessionSnapshot is a snapshot of the conversation.
+type SessionSnapshot struct {
+	ID      string `json:"id" jsonschema:"description=Snapshot id."`
+	Backend string `json:"backend" jsonschema:"description=Where it is kept.,enum=local,enum=forevervm,enum=fastvm"`
+	Machine string `json:"machine" jsonschema:"description=The machine it was taken from."`
+}
+
+// SessionInfoOutput is session_info's result.
+type SessionInfoOutput struct {
+	SessionResult
+	CreatedAt    time.Time         `json:"created_at" jsonschema:"description=When the conversation started."`
+	Machines     []SessionMachine  `json:"machines" jsonschema:"description=The conversation's machines."`
+	Snapshots    []SessionSnapshot `json:"snapshots" jsonschema:"description=The conversation's snapshots."`
+	Backends     []string          `json:"backends" jsonschema:"description=Backends this server can use\\, preferred first."`
+	MaxMachines  int               `json:"max_machines" jsonschema:"description=Most machines the conversation may have (0: no limit)."`
+	MaxSnapshots int               `json:"max_snapshots" jsonschema:"description=Most snapshots the conversation may have (0: no limit)."`
+	IdleTimeouts map[string]string `json:"idle_timeouts,omitempty" jsonschema:"description=Per backend\\, how long a machine may stay idle before it is stopped or parked."`
+}
+
+func (s *Service) sessionTools() []server.ServerTool {
+	return []server.ServerTool{newTool[SessionInfoInput, SessionInfoOutput](s, toolSpec{
+		name:  "session_info",
+		title: "Conversation info",
+		description: "Show this conversation's handle, machines (default ones marked), snapshots, idle timeouts and limits. " +
+			"Pass the handle as session to continue the conversation later, even after the server restarts.",
+		readOnly:   true,
+		idempotent: true,
+	}, s.sessionInfo)}
+}
+
+func (s *Service) sessionInfo(ctx context.Context, _ mcp.CallToolRequest, _ SessionInfoInput) (*mcp.CallToolResult, error) {
+	c := conversationFrom(ctx)
+	lim := s.sessions.Limits()
+	out := SessionInfoOutput{CreatedAt: c.CreatedAt, Machines: []SessionMachine{}, Snapshots: []SessionSnapshot{},
+		Backends: s.backendNames(), MaxMachines: lim.MaxMachines, MaxSnapshots: lim.MaxSnapshots}
+	for _, m := range c.Machines {
+		out.Machines = append(out.Machines, SessionMachine{ID: m.ID, Backend: m.Backend, Default: c.Defaults[m.Backend] == m.ID,
+			LastUsed: m.LastUsed, Parked: m.Parked != nil})
+	}
+	for _, sn := range c.Snapshots {
+		out.Snapshots = append(out.Snapshots, SessionSnapshot{ID: sn.ID, Backend: sn.Backend, Machine: sn.Machine})
+	}
+	if len(s.idle) > 0 {
+		out.IdleTimeouts = map[string]string{}
+		for b, d := range s.idle {
+			out.IdleTimeouts[b] = d.String()
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Conversation %s (since %s)\nMachines:", c.Handle, c.CreatedAt.Format(time.RFC3339))
+	sort.Slice(out.Machines, func(i, j int) bool {
+		return out.Machines[i].Backend+out.Machines[i].ID < out.Machines[j].Backend+out.Machines[j].ID
+	})
+	for _, m := range out.Machines {
+		fmt.Fprintf(&b, "\n- %s (%s)", m.ID, m.Backend)
+		if m.Default {
+			b.WriteString(" default")
+		}
+		if m.Parked {
+			b.WriteString(" parked")
+		}
+	}
+	b.WriteString("\nSnapshots:")
+	for _, sn := range out.Snapshots {
+		fmt.Fprintf(&b, "\n- %s (%s) of %s", sn.ID, sn.Backend, sn.Machine)
+	}
+	return structured(out, false, mcp.NewTextContent(b.String())), nil
+}
