@@ -1,0 +1,96 @@
+package fastvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+)
+
+// PresignBuildContext mints signed URLs for a build-context tarball (tar.gz,
+// PUT with Content-Type application/gzip). Never retried.
+func (c *Client) PresignBuildContext(ctx context.Context) (*PresignedURLs, error) {
+	return callJSON[PresignedURLs](ctx, c, call{method: http.MethodPost, path: "/v1/build-contexts/presign"})
+}
+
+// CreateBuild starts a build that turns an image or a Dockerfile into a
+// snapshot. It answers at once (status pending); GetBuild follows it. Never
+// retried.
+func (c *Client) CreateBuild(ctx context.Context, req BuildRequest) (*Build, error) {
+	return callJSON[Build](ctx, c, call{method: http.MethodPost, path: "/v1/builds", body: req})
+}
+
+// GetBuild returns a build's current state.
+func (c *Client) GetBuild(ctx context.Context, id string) (*Build, error) {
+	return callJSON[Build](ctx, c, call{method: http.MethodGet, path: "/v1/builds/" + pathID(id), retry: true})
+}
+
+// Build builds a snapshot and returns it once ready. With a contextDir, its
+// contents are streamed as a tar.gz to a build-context staging object and
+// become the build context (COPY sources); a Dockerfile at its top is used
+// when req.DockerfileContent is empty. Build polls the build every poll
+// interval for at most the build timeout; a failed build is a *BuildError
+// with the server's diagnostic.
+func (c *Client) Build(ctx context.Context, req BuildRequest, contextDir string) (*Snapshot, error) {
+	if contextDir != "" {
+		fi, err := os.Stat(contextDir)
+		if err != nil {
+			return nil, fmt.Errorf("fastvm: build context: %w", err)
+		}
+		if !fi.IsDir() {
+			return nil, fmt.Errorf("fastvm: build context %s is not a directory", contextDir)
+		}
+		if req.DockerfileContent == "" {
+			if df, err := os.ReadFile(filepath.Join(contextDir, "Dockerfile")); err == nil {
+				req.DockerfileContent = string(df)
+			}
+		}
+	}
+	if req.ImageRef == "" && req.DockerfileContent == "" {
+		return nil, fmt.Errorf("fastvm: a build needs an ImageRef or a Dockerfile (DockerfileContent, or a Dockerfile in the context directory)")
+	}
+	if contextDir != "" {
+		p, err := c.PresignBuildContext(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.putTarGz(ctx, p.UploadURL, contextDir, "application/gzip"); err != nil {
+			return nil, fmt.Errorf("fastvm: sending the build context %s: %w", contextDir, err)
+		}
+		req.ContextDownloadURL = p.DownloadURL
+	}
+	b, err := c.CreateBuild(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	first := true
+	err = c.poll(ctx, c.buildTimeout, func() string { return fmt.Sprintf("build %s (status %q)", b.ID, b.Status) },
+		func() (done bool, err error) {
+			if !first {
+				if b, err = c.GetBuild(ctx, b.ID); err != nil {
+					return false, err
+				}
+			}
+			first = false
+			switch b.Status {
+			case BuildCompleted:
+				if b.SnapshotID == "" {
+					return false, &BuildError{BuildID: b.ID, Status: b.Status, Message: "completed without a snapshot id"}
+				}
+				return true, nil
+			case BuildFailed:
+				return false, &BuildError{BuildID: b.ID, Status: b.Status, Message: b.Error}
+			}
+			return false, nil
+		})
+	if errors.Is(err, errPollTimeout) {
+		return nil, fmt.Errorf("fastvm: build %s not completed within %s (status %q, %s): follow it with GetBuild: %w",
+			b.ID, c.buildTimeout, b.Status, b.Progress, context.DeadlineExceeded)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c.GetSnapshot(ctx, b.SnapshotID)
+}
