@@ -71,6 +71,7 @@ type harness struct {
 	cs   *mcp.ClientSession
 	root string // the server's only allowed root (and working directory)
 	log  *syncBuffer
+	cmd  *exec.Cmd // the server process
 
 	mu       sync.Mutex
 	progress []*mcp.ProgressNotificationParams
@@ -128,6 +129,7 @@ func startWith(t *testing.T, state, root string, opts clientOptions) *harness {
 		t.Fatalf("connect: %v\nserver stderr:\n%s", err, stderr)
 	}
 	h.cs = cs
+	h.cmd = cmd
 	t.Cleanup(func() {
 		cs.Close()
 		if strings.Contains(stderr.String(), "DATA RACE") {
