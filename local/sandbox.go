@@ -324,8 +324,24 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: hostUID, Size: 1}}
 		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: hostGID, Size: 1}}
 		root := filepath.Join(m.dir, "root")
+		// The root directory itself is the machine's own, so that new
+		// top-level directories (a Dockerfile's WORKDIR /app) persist and
+		// go into snapshots; the host's OS directories are mounted over it.
+		rootfs := filepath.Join(root, "upper", "rootfs")
+		if err := os.MkdirAll(rootfs, 0o755); err != nil {
+			return fail(err)
+		}
+		// bwrap makes the usr-merge links (/bin → usr/bin) in it at each
+		// start and refuses to find them there already.
+		for _, l := range hostLinks {
+			p := filepath.Join(rootfs, l)
+			if fi, err := os.Lstat(p); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+				os.Remove(p)
+			}
+		}
 		var mounts []overlayMount
-		args = append(args, "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try")
+		args = append(args, "--bind", rootfs, "/",
+			"--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try")
 		for _, d := range vmLowerDirs {
 			if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
 				continue

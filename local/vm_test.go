@@ -74,6 +74,17 @@ func TestVMLooksLikeAVirtualMachine(t *testing.T) {
 		t.Fatalf("copied out %q", b)
 	}
 
+	// New top-level directories are the VM's own: they survive a restart of
+	// its processes and go into snapshots.
+	mustRun(t, vm, Command{Shell: "mkdir -p /app && echo top > /app/f"})
+	vm.Stop()
+	if res := mustRun(t, vm, Command{Shell: "cat /app/f"}); res.Stdout != "top\n" {
+		t.Fatalf("/app after a restart: %+v", res)
+	}
+	if _, err := os.Stat("/app/f"); err == nil {
+		t.Fatal("the VM wrote to the host's /")
+	}
+
 	// A snapshot holds exactly the VM's changes and restores them.
 	snap, err := vm.Snapshot(ctx, "")
 	if err != nil {
@@ -85,7 +96,7 @@ func TestVMLooksLikeAVirtualMachine(t *testing.T) {
 		t.Fatal(err)
 	}
 	clone, _ := e.Machine(info.ID)
-	if res := mustRun(t, clone, Command{Shell: probe + "; cat /opt/app/config.json"}); res.ExitCode != 0 {
+	if res := mustRun(t, clone, Command{Shell: probe + "; cat /opt/app/config.json /app/f"}); res.ExitCode != 0 {
 		t.Fatalf("restored VM: %+v", res)
 	}
 	if res := mustRun(t, vm, Command{Shell: "test -e /usr/local/bin/" + probe}); res.ExitCode == 0 {

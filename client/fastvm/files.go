@@ -74,7 +74,7 @@ func (c *Client) Upload(ctx context.Context, vmID, localPath, remotePath string)
 		return fail("cannot stat the local path "+localPath, nil, err)
 	}
 	if fi.IsDir() {
-		return c.uploadDir(ctx, vmID, localPath, remotePath, fail)
+		return c.uploadDir(ctx, vmID, localPath, remotePath)
 	}
 	if !fi.Mode().IsRegular() {
 		return fail(fmt.Sprintf("the local path %s is not a regular file or a directory", localPath), nil, nil)
@@ -99,28 +99,22 @@ func (c *Client) Upload(ctx context.Context, vmID, localPath, remotePath string)
 }
 
 // uploadDir streams a tar.gz of dir to a staging object, has the VM fetch it
-// and unpacks it with tar in the VM.
-func (c *Client) uploadDir(ctx context.Context, vmID, dir, remotePath string, fail func(string, *ExecResult, error) error) error {
-	// /var/tmp rather than /tmp: /tmp is often a small tmpfs.
-	stage := fmt.Sprintf("/var/tmp/fastvm-upload-%d-%s.tar.gz", os.Getpid(), randomHex(8))
-	p, err := c.PresignFile(ctx, vmID, stage)
-	if err != nil {
-		return fail("presigning the upload", nil, err)
+// and unpacks it with tar in the VM (see UploadArchive).
+func (c *Client) uploadDir(ctx context.Context, vmID, dir, remotePath string) error {
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := writeTarGz(pw, dir)
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	err := c.UploadArchive(ctx, vmID, pr, remotePath)
+	// Unblock the archiver if the upload ended before reading everything.
+	pr.CloseWithError(errUploadEnded)
+	if tarErr := <-done; tarErr != nil && !errors.Is(tarErr, errUploadEnded) {
+		return &FileTransferError{Op: "upload", VMID: vmID, Path: remotePath, Message: "archiving " + dir, Err: tarErr}
 	}
-	if err := c.putTarGz(ctx, p.UploadURL, dir, "application/octet-stream"); err != nil {
-		return fail("sending the directory to storage", nil, err)
-	}
-	if err := c.fetchInto(ctx, vmID, p.DownloadURL, stage, fail); err != nil {
-		return err
-	}
-	res, err := c.Exec(ctx, vmID, ExecRequest{Command: []string{"sh", "-c", extractScript, "sh", remotePath, stage}, TimeoutSec: c.transferSec()})
-	if err != nil {
-		return fail("unpacking the directory in the VM", nil, err)
-	}
-	if res.ExitCode != 0 || res.TimedOut {
-		return fail("unpacking the directory in the VM failed", res, nil)
-	}
-	return nil
+	return err
 }
 
 // fetchInto has the VM download a staged object to path.
