@@ -28,6 +28,8 @@ const (
 	Shell     Capability = "shell"     // commands (CommandRunner)
 	Files     Capability = "files"     // file transfer (FileStore)
 	Snapshots Capability = "snapshots" // snapshots and launching from them (Snapshotter)
+	Build     Capability = "build"     // images built from Dockerfiles (the Backend is an ImageBuilder)
+	Firewall  Capability = "firewall"  // inbound traffic policies (FirewallSetter)
 )
 
 // Backend is one kind of machine.
@@ -179,6 +181,42 @@ type Snapshotter interface {
 	Snapshot(ctx context.Context, name string) (SnapshotInfo, error)
 }
 
+// ImageBuilder builds a machine image from a Dockerfile, as a snapshot that
+// Create can start machines from.
+type ImageBuilder interface {
+	BuildImage(ctx context.Context, spec BuildSpec) (SnapshotInfo, error)
+}
+
+// BuildSpec describes an image build.
+type BuildSpec struct {
+	Dockerfile  string // its text; "" uses the Dockerfile at the top of ContextDir
+	ContextDir  string // host directory sent as the build context; "" for none
+	ImageRef    string // base image label (FROM) when the Dockerfile has none
+	Name        string // of the snapshot
+	MachineType string // of the build machine; "" = the default
+}
+
+// FirewallSetter sets the policy for inbound traffic to a machine.
+type FirewallSetter interface {
+	SetFirewall(ctx context.Context, p FirewallPolicy) error
+}
+
+// FirewallPolicy filters inbound traffic: "open" lets everything in,
+// "restricted" only what Ingress allows.
+type FirewallPolicy struct {
+	Mode    string
+	Ingress []FirewallRule
+}
+
+// FirewallRule lets in one protocol on a port range from some sources.
+type FirewallRule struct {
+	Protocol    string // tcp or udp
+	PortStart   int
+	PortEnd     int      // 0 for PortStart alone
+	SourceCIDRs []string // IPv6; empty: any source
+	Description string
+}
+
 // UnsupportedError says that a machine's backend lacks a capability, and
 // which configured backend has it.
 type UnsupportedError struct {
@@ -200,4 +238,6 @@ var describe = map[Capability]string{
 	Shell:     "shell commands (exec_command)",
 	Files:     "file transfer (upload_file/download_file)",
 	Snapshots: "snapshots (snapshot_vm)",
+	Build:     "image builds (build_image)",
+	Firewall:  "firewall policies (set_firewall)",
 }

@@ -33,7 +33,7 @@ func TestToolsListAndPrompts(t *testing.T) {
 	for _, tool := range res.Tools {
 		byName[tool.Name] = tool
 	}
-	for _, name := range []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm", "session_info"} {
+	for _, name := range []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm", "build_image", "set_firewall", "session_info"} {
 		tool := byName[name]
 		if tool == nil {
 			t.Errorf("tools/list lacks %s", name)
@@ -47,8 +47,8 @@ func TestToolsListAndPrompts(t *testing.T) {
 			t.Errorf("%s: annotations lack hints: %+v", name, tool.Annotations)
 		}
 	}
-	if len(res.Tools) != 9 {
-		t.Errorf("%d tools, want 9", len(res.Tools))
+	if len(res.Tools) != 11 {
+		t.Errorf("%d tools, want 11", len(res.Tools))
 	}
 	if a := byName["list_machines"].Annotations; a == nil || !a.ReadOnlyHint || *a.DestructiveHint {
 		t.Errorf("list_machines annotations: %+v", a)

@@ -16,10 +16,11 @@ import (
 
 // LaunchVMInput is launch_vm's arguments.
 type LaunchVMInput struct {
-	Backend    string            `json:"backend,omitempty" jsonschema:"description=Where the machine runs: local (this host)\\, forevervm or fastvm\\, if the server is configured for it. Default: the snapshot's backend\\, else the server's default backend.,enum=local,enum=forevervm,enum=fastvm"`
-	Name       string            `json:"name,omitempty" jsonschema:"description=A name for people; ids identify machines."`
-	SnapshotID string            `json:"snapshot_id,omitempty" jsonschema:"description=Start with the files of this snapshot (see list_machines)."`
-	Tags       map[string]string `json:"tags,omitempty" jsonschema:"description=Labels stored with the machine."`
+	Backend     string            `json:"backend,omitempty" jsonschema:"description=Where the machine runs: local (this host)\\, forevervm or fastvm\\, if the server is configured for it. Default: the snapshot's backend\\, else the server's default backend.,enum=local,enum=forevervm,enum=fastvm"`
+	Name        string            `json:"name,omitempty" jsonschema:"description=A name for people; ids identify machines."`
+	SnapshotID  string            `json:"snapshot_id,omitempty" jsonschema:"description=Start with the files of this snapshot (see list_machines)."`
+	Tags        map[string]string `json:"tags,omitempty" jsonschema:"description=Labels stored with the machine."`
+	MachineType string            `json:"machine_type,omitempty" jsonschema:"description=FastVM only: the machine's size\\, e.g. c1m2 (1 vCPU\\, 2 GiB) or c2m4. Default c1m2."`
 	SessionArg
 }
 
@@ -27,7 +28,7 @@ type LaunchVMInput struct {
 type LaunchVMOutput struct {
 	SessionResult
 	Machine string `json:"machine" jsonschema:"description=The new machine's id; it is now the default machine."`
-	Status  string `json:"status" jsonschema:"description=The machine's status (it starts on first use).,enum=running,enum=stopped"`
+	Status  string `json:"status" jsonschema:"description=The machine's status: local machines start on first use (stopped until then); cloud machines are running once launched.,enum=running,enum=stopped,enum=provisioning"`
 }
 
 // SnapshotVMInput is snapshot_vm's arguments.
@@ -131,7 +132,10 @@ func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in Launch
 	if err := s.sessions.CheckMachineLimit(c); err != nil {
 		return nil, err
 	}
-	info, err := b.Create(ctx, backend.MachineSpec{Name: in.Name, Tags: s.machineTags(c, in.Tags), FromSnapshot: in.SnapshotID})
+	if in.MachineType != "" && b.Name() != "fastvm" {
+		return nil, fmt.Errorf("machine_type is a FastVM option; %s machines have no types", b.Name())
+	}
+	info, err := b.Create(ctx, backend.MachineSpec{Name: in.Name, Tags: s.machineTags(c, in.Tags), FromSnapshot: in.SnapshotID, MachineType: in.MachineType})
 	if err != nil {
 		if errors.Is(err, backend.ErrNotFound) && in.SnapshotID != "" {
 			return nil, fmt.Errorf("snapshot %q not found; list_machines shows the snapshots", in.SnapshotID)

@@ -54,7 +54,7 @@ func TestToolDefinitionSnapshots(t *testing.T) {
 
 // TestToolDefinitions checks what every tool must have.
 func TestToolDefinitions(t *testing.T) {
-	want := []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm", "session_info"}
+	want := []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm", "build_image", "set_firewall", "session_info"}
 	defs := Definitions()
 	if len(defs) != len(want) {
 		t.Fatalf("%d tools, want %d", len(defs), len(want))
@@ -93,7 +93,7 @@ func TestToolDefinitions(t *testing.T) {
 		}
 		// Every tool takes a session and names it in its result; every tool
 		// about one machine names it in and out.
-		machineless := tool.Name == "list_machines" || tool.Name == "session_info"
+		machineless := tool.Name == "list_machines" || tool.Name == "session_info" || tool.Name == "build_image"
 		var in, out struct {
 			Properties map[string]map[string]any `json:"properties"`
 		}

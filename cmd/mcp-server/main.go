@@ -20,8 +20,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	fastbackend "github.com/vmcp-dev/vmcp/backend/fastvm"
 	fvmbackend "github.com/vmcp-dev/vmcp/backend/forevervm"
 	localbackend "github.com/vmcp-dev/vmcp/backend/local"
+	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
 	fvm "github.com/vmcp-dev/vmcp/client/forevervm"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/sessions"
@@ -51,6 +53,7 @@ type config struct {
 	version      bool
 	backend      string
 	forevervm    forevervmConfig
+	fastvm       fastvmConfig
 	maxMachines  int
 	maxSnapshots int
 	limits       local.Limits
@@ -71,9 +74,12 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	logLevel := fs.String("log-level", envOr("VMCP_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error (env VMCP_LOG_LEVEL); logs go to stderr")
 	roots := fs.String("allowed-roots", envOr("VMCP_ALLOWED_ROOTS", cwd), "host directories that upload_file/download_file local_path may use, separated by "+string(filepath.ListSeparator)+" (env VMCP_ALLOWED_ROOTS)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	backend := fs.String("backend", envOr("VMCP_BACKEND", "auto"), "preferred backend: local, forevervm, or auto (the configured cloud backends first, then local); tools without a machine use the preferred backend that can do what they need (env VMCP_BACKEND)")
+	backend := fs.String("backend", envOr("VMCP_BACKEND", "auto"), "preferred backend: local, forevervm, fastvm, or auto (the configured cloud backends first, then local); tools without a machine use the preferred backend that can do what they need (env VMCP_BACKEND)")
 	maxMachines := fs.Int("max-machines", intEnv(getenv, "VMCP_MAX_MACHINES", 0), "most machines one conversation may own; 0: no limit (env VMCP_MAX_MACHINES)")
 	maxSnapshots := fs.Int("max-snapshots", intEnv(getenv, "VMCP_MAX_SNAPSHOTS", 0), "most snapshots one conversation may own; 0: no limit (env VMCP_MAX_SNAPSHOTS)")
+	fastURL := fs.String("fastvm-url", envOr("FASTVM_BASE_URL", fvc.DefaultBaseURL), "FastVM API base URL (env FASTVM_BASE_URL)")
+	fastKeyFile := fs.String("fastvm-api-key-file", envOr("FASTVM_API_KEY_FILE", ""), "file holding the FastVM API key; the FASTVM_API_KEY environment variable works too")
+	fastType := fs.String("fastvm-machine-type", envOr("VMCP_FASTVM_MACHINE_TYPE", fastbackend.DefaultMachineType), "size of FastVM machines launched without machine_type (env VMCP_FASTVM_MACHINE_TYPE)")
 	fvmURL := fs.String("forevervm-url", envOr("FOREVERVM_BASE_URL", fvm.DefaultBaseURL), "ForeverVM API base URL (env FOREVERVM_BASE_URL)")
 	fvmTokenFile := fs.String("forevervm-token-file", envOr("FOREVERVM_TOKEN_FILE", ""), "file holding the ForeverVM token; the FOREVERVM_TOKEN environment variable works too (never pass tokens as flags: they show in ps)")
 	var limits local.Limits
@@ -118,14 +124,26 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	if *maxMachines < 0 || *maxSnapshots < 0 {
 		return config{}, errors.New("--max-machines and --max-snapshots (VMCP_MAX_MACHINES, VMCP_MAX_SNAPSHOTS) take a whole number, 0 for no limit")
 	}
+	fastCfg := fastvmConfig{url: *fastURL, key: getenv("FASTVM_API_KEY"), machineType: *fastType}
+	if *fastKeyFile != "" {
+		b, err := os.ReadFile(*fastKeyFile)
+		if err != nil {
+			return config{}, fmt.Errorf("--fastvm-api-key-file: %w", err)
+		}
+		fastCfg.key = strings.TrimSpace(string(b))
+	}
 	switch *backend {
 	case "auto", "local":
 	case "forevervm":
 		if fvmCfg.token == "" {
 			return config{}, errors.New("--backend forevervm needs a ForeverVM token: set FOREVERVM_TOKEN or --forevervm-token-file")
 		}
+	case "fastvm":
+		if fastCfg.key == "" {
+			return config{}, errors.New("--backend fastvm needs a FastVM API key: set FASTVM_API_KEY or --fastvm-api-key-file")
+		}
 	default:
-		return config{}, fmt.Errorf("--backend %q: want local, forevervm or auto", *backend)
+		return config{}, fmt.Errorf("--backend %q: want local, forevervm, fastvm or auto", *backend)
 	}
 	limits.MemoryBytes <<= 20
 	limits.DiskBytes <<= 20
@@ -137,7 +155,7 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		return config{}, fmt.Errorf("--log-level %q: want trace, debug, info, warn, error or disabled", *logLevel)
 	}
 	return config{stateDir: *stateDir, logLevel: level, allowedRoots: filepath.SplitList(*roots), version: *showVersion,
-		backend: *backend, forevervm: fvmCfg, limits: limits, noSandbox: *noSandbox, maxMachines: *maxMachines, maxSnapshots: *maxSnapshots}, nil
+		backend: *backend, forevervm: fvmCfg, fastvm: fastCfg, limits: limits, noSandbox: *noSandbox, maxMachines: *maxMachines, maxSnapshots: *maxSnapshots}, nil
 }
 
 // intEnv reads a whole number from the environment; anything else gives -1,
@@ -152,6 +170,11 @@ func intEnv(getenv func(string) string, key string, def int) int {
 		return -1
 	}
 	return n
+}
+
+// fastvmConfig says how to reach FastVM; the backend is on when a key is set.
+type fastvmConfig struct {
+	url, key, machineType string
 }
 
 // forevervmConfig says how to reach ForeverVM; the backend is on when a
@@ -169,6 +192,10 @@ func backends(cfg config, engine *local.Engine, log zerolog.Logger) ([]backend.B
 		b := fvmbackend.New(c, fvmbackend.Options{Logger: log})
 		cloud = append(cloud, b)
 		closers = append(closers, b.Close)
+	}
+	if cfg.fastvm.key != "" {
+		c := fvc.New(cfg.fastvm.key, fvc.WithBaseURL(cfg.fastvm.url), fvc.WithLogger(log.With().Str("backend", "fastvm").Logger()))
+		cloud = append(cloud, fastbackend.New(c, fastbackend.Options{MachineType: cfg.fastvm.machineType, Logger: log}))
 	}
 	all := append(cloud, localbackend.New(engine))
 	if cfg.backend != "auto" {

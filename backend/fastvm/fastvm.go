@@ -1,0 +1,500 @@
+// Package fastvm is the backend of FastVM virtual machines: cloud microVMs
+// with commands, file transfer, snapshots, Dockerfile builds and a firewall.
+// It adapts the backend interfaces to the FastVM client (package
+// github.com/vmcp-dev/vmcp/client/fastvm).
+package fastvm
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"os"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/vmcp-dev/vmcp/backend"
+	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
+)
+
+// Name is the backend's name.
+const Name = "fastvm"
+
+// Home is where relative paths of a FastVM machine start.
+const Home = "/root"
+
+// DefaultMachineType is the size of machines launched without one.
+const DefaultMachineType = "c1m2"
+
+// maxStdin bounds the stdin of a command: FastVM takes it whole in the
+// request.
+const maxStdin = 8 << 20
+
+// defaultMaxOutput is the output of each stream kept in a command's result.
+const defaultMaxOutput = 1 << 20
+
+// Options configure a Backend.
+type Options struct {
+	// Marks are metadata put on every VM this backend creates; only VMs
+	// carrying all of them are listed and reachable. Default
+	// {"created-by": "vmcp"}.
+	Marks map[string]string
+	// MachineType of machines launched without one; default DefaultMachineType.
+	MachineType string
+	Logger      zerolog.Logger
+}
+
+// Backend serves FastVM VMs through a client.
+type Backend struct {
+	c           *fvc.Client
+	marks       map[string]string
+	machineType string
+	log         zerolog.Logger
+}
+
+// New returns the backend of c's VMs.
+func New(c *fvc.Client, opts Options) *Backend {
+	if len(opts.Marks) == 0 {
+		opts.Marks = map[string]string{"created-by": "vmcp"}
+	}
+	if opts.MachineType == "" {
+		opts.MachineType = DefaultMachineType
+	}
+	return &Backend{c: c, marks: opts.Marks, machineType: opts.MachineType, log: opts.Logger}
+}
+
+// Name is "fastvm".
+func (b *Backend) Name() string { return Name }
+
+// Has reports the capabilities: everything but a stateful Python REPL.
+func (b *Backend) Has(c backend.Capability) bool {
+	switch c {
+	case backend.Shell, backend.Files, backend.Snapshots, backend.Build, backend.Firewall:
+		return true
+	}
+	return false
+}
+
+var uuidShape = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// Recognizes reports whether id looks like a FastVM VM id (a UUID).
+func (b *Backend) Recognizes(id string) bool { return uuidShape.MatchString(id) }
+
+// Create launches a VM and waits until it runs.
+func (b *Backend) Create(ctx context.Context, spec backend.MachineSpec) (backend.MachineInfo, error) {
+	meta := maps.Clone(spec.Tags)
+	if meta == nil {
+		meta = map[string]string{}
+	}
+	maps.Copy(meta, b.marks)
+	req := fvc.LaunchRequest{Name: spec.Name, SnapshotID: spec.FromSnapshot, Metadata: meta, MachineType: spec.MachineType}
+	if req.MachineType == "" && req.SnapshotID == "" {
+		req.MachineType = b.machineType
+	}
+	vm, err := b.c.Launch(ctx, req)
+	if err != nil {
+		if fvc.IsNotFound(err) && spec.FromSnapshot != "" {
+			return backend.MachineInfo{}, backend.ErrNotFound
+		}
+		return backend.MachineInfo{}, fmt.Errorf("launch a FastVM machine: %w", err)
+	}
+	return machineInfo(vm), nil
+}
+
+// Machine returns one of this server's VMs.
+func (b *Backend) Machine(ctx context.Context, id string) (backend.Machine, error) {
+	vm, err := b.c.GetVM(ctx, id)
+	if fvc.IsNotFound(err) {
+		return nil, backend.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up FastVM machine %s: %w", id, err)
+	}
+	if !b.marked(vm.Metadata) {
+		return nil, backend.ErrNotFound
+	}
+	return &Machine{b: b, id: id}, nil
+}
+
+func (b *Backend) marked(meta map[string]string) bool {
+	for k, v := range b.marks {
+		if meta[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Machines lists this server's VMs.
+func (b *Backend) Machines(ctx context.Context) ([]backend.MachineInfo, error) {
+	vms, err := b.c.ListVMs(ctx, b.marks)
+	if err != nil {
+		return nil, fmt.Errorf("list FastVM machines: %w", err)
+	}
+	out := make([]backend.MachineInfo, 0, len(vms))
+	for i := range vms {
+		if vms[i].Status == fvc.StatusDeleting {
+			continue
+		}
+		out = append(out, machineInfo(&vms[i]))
+	}
+	return out, nil
+}
+
+// Delete deletes a VM.
+func (b *Backend) Delete(ctx context.Context, id string) error {
+	if _, err := b.c.DeleteVM(ctx, id); err != nil {
+		if fvc.IsNotFound(err) {
+			return backend.ErrNotFound
+		}
+		return fmt.Errorf("delete FastVM machine %s: %w", id, err)
+	}
+	return nil
+}
+
+// Snapshots lists the account's snapshots.
+func (b *Backend) Snapshots(ctx context.Context) ([]backend.SnapshotInfo, error) {
+	snaps, err := b.c.ListSnapshots(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list FastVM snapshots: %w", err)
+	}
+	out := make([]backend.SnapshotInfo, 0, len(snaps))
+	for i := range snaps {
+		out = append(out, snapshotInfo(&snaps[i]))
+	}
+	return out, nil
+}
+
+// BuildImage builds a Dockerfile into a ready snapshot.
+func (b *Backend) BuildImage(ctx context.Context, spec backend.BuildSpec) (backend.SnapshotInfo, error) {
+	dir := spec.ContextDir
+	if dir == "" {
+		empty, err := os.MkdirTemp("", "vmcp-build-context-")
+		if err != nil {
+			return backend.SnapshotInfo{}, err
+		}
+		defer os.RemoveAll(empty)
+		dir = empty
+	}
+	snap, err := b.c.Build(ctx, fvc.BuildRequest{Name: spec.Name, ImageRef: spec.ImageRef, DockerfileContent: spec.Dockerfile, MachineType: spec.MachineType}, dir)
+	if err != nil {
+		return backend.SnapshotInfo{}, err
+	}
+	return snapshotInfo(snap), nil
+}
+
+func machineInfo(vm *fvc.VM) backend.MachineInfo {
+	created, _ := time.Parse(time.RFC3339, vm.CreatedAt)
+	return backend.MachineInfo{ID: vm.ID, Name: vm.Name, Backend: Name, Status: vm.Status, Tags: vm.Metadata, CreatedAt: created, FromSnapshot: vm.SourceName}
+}
+
+func snapshotInfo(s *fvc.Snapshot) backend.SnapshotInfo {
+	created, _ := time.Parse(time.RFC3339, s.CreatedAt)
+	return backend.SnapshotInfo{ID: s.ID, Name: s.Name, Backend: Name, Machine: s.VMID, Status: s.Status, CreatedAt: created}
+}
+
+// Machine is a FastVM VM.
+type Machine struct {
+	b  *Backend
+	id string
+}
+
+var (
+	_ backend.CommandRunner  = (*Machine)(nil)
+	_ backend.FileStore      = (*Machine)(nil)
+	_ backend.Snapshotter    = (*Machine)(nil)
+	_ backend.FirewallSetter = (*Machine)(nil)
+	_ backend.ImageBuilder   = (*Backend)(nil)
+)
+
+// ID is the VM id.
+func (m *Machine) ID() string { return m.id }
+
+// Backend is "fastvm".
+func (m *Machine) Backend() string { return Name }
+
+// abs makes a machine path absolute: relative ones start at Home.
+func abs(p string) string {
+	if path.IsAbs(p) {
+		return path.Clean(p)
+	}
+	return path.Join(Home, p)
+}
+
+// Run runs a command, streaming its output. FastVM commands take an argv
+// only: a working directory and environment go through a small sh wrapper,
+// with every value passed as an argument, never spliced into the script.
+func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandResult, error) {
+	argv := c.Argv
+	if c.Shell != "" {
+		argv = []string{"bash", "-c", c.Shell}
+	}
+	if c.Workdir != "" || len(c.Env) > 0 {
+		wrapper := []string{"sh", "-c", `cd "$1" && shift && exec env "$@"`, "sh", abs(orHome(c.Workdir))}
+		for k, v := range c.Env {
+			wrapper = append(wrapper, k+"="+v)
+		}
+		argv = append(wrapper, argv...)
+	}
+	req := fvc.ExecRequest{Command: argv}
+	if c.Timeout > 0 {
+		req.TimeoutSec = int((c.Timeout + time.Second - 1) / time.Second)
+	}
+	if c.Stdin != nil {
+		b, err := io.ReadAll(io.LimitReader(c.Stdin, maxStdin+1))
+		if err != nil {
+			return nil, err
+		}
+		if len(b) > maxStdin {
+			return nil, fmt.Errorf("stdin is over %d MiB, FastVM's limit for a command; upload the data as a file instead", maxStdin>>20)
+		}
+		req.Stdin = b
+	}
+	max := c.MaxOutput
+	if max <= 0 {
+		max = defaultMaxOutput
+	}
+	out := [2]*stream{{max: max, name: "stdout", on: c.OnOutput}, {max: max, name: "stderr", on: c.OnOutput}}
+	start := time.Now()
+	exit, err := m.b.c.ExecStreamFunc(ctx, m.id, req, func(ev fvc.ExecEvent) error {
+		switch ev.Type {
+		case fvc.EventStdout:
+			out[0].write(ev.Data)
+		case fvc.EventStderr:
+			out[1].write(ev.Data)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("run on FastVM machine %s: %w", m.id, err)
+	}
+	out[0].flush()
+	out[1].flush()
+	res := &backend.CommandResult{ExitCode: exit.ExitCode, TimedOut: exit.TimedOut,
+		Stdout: out[0].buf.String(), Stderr: out[1].buf.String(),
+		StdoutTruncated: out[0].truncated, StderrTruncated: out[1].truncated,
+		Duration: time.Duration(exit.DurationMs) * time.Millisecond}
+	if res.Duration == 0 {
+		res.Duration = time.Since(start)
+	}
+	return res, nil
+}
+
+func orHome(dir string) string {
+	if dir == "" {
+		return Home
+	}
+	return dir
+}
+
+// stream collects one output stream: kept up to max bytes, and handed out
+// line by line as it arrives.
+type stream struct {
+	name      string
+	max       int
+	on        func(stream, line string)
+	buf       strings.Builder
+	truncated bool
+	partial   []byte
+}
+
+func (s *stream) write(b []byte) {
+	if room := s.max - s.buf.Len(); room < len(b) {
+		s.buf.Write(b[:max(room, 0)])
+		s.truncated = true
+	} else {
+		s.buf.Write(b)
+	}
+	if s.on == nil {
+		return
+	}
+	s.partial = append(s.partial, b...)
+	for {
+		i := strings.IndexByte(string(s.partial), '\n')
+		if i < 0 {
+			break
+		}
+		s.on(s.name, string(s.partial[:i]))
+		s.partial = s.partial[i+1:]
+	}
+	if len(s.partial) > 64<<10 { // a very long line: hand it out in pieces
+		s.on(s.name, string(s.partial))
+		s.partial = s.partial[:0]
+	}
+}
+
+func (s *stream) flush() {
+	if s.on != nil && len(s.partial) > 0 {
+		s.on(s.name, string(s.partial))
+		s.partial = nil
+	}
+}
+
+// WriteFile streams r into a file of the VM.
+func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, _ fs.FileMode) (*backend.WriteResult, error) {
+	h := sha256.New()
+	cr := &countingReader{r: io.TeeReader(r, h)}
+	if err := m.b.c.UploadReader(ctx, m.id, cr, -1, abs(p)); err != nil {
+		return nil, err
+	}
+	return &backend.WriteResult{Path: abs(p), Bytes: cr.n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// ReadFile streams a file of the VM to w.
+func (m *Machine) ReadFile(ctx context.Context, p string, w io.Writer) (int64, error) {
+	n, err := m.b.c.DownloadWriter(ctx, m.id, abs(p), w)
+	if errors.Is(err, fs.ErrNotExist) {
+		return n, fmt.Errorf("%s: no such file in FastVM machine %s", abs(p), m.id)
+	}
+	return n, err
+}
+
+// statScript prints size, mode (hex) and modification time of $1, or exits 2.
+const statScript = `test -e "$1" || test -L "$1" || exit 2; stat -c '%s %f %Y' -- "$1"`
+
+// Stat describes a path of the VM.
+func (m *Machine) Stat(ctx context.Context, p string) (*backend.FileInfo, error) {
+	res, err := m.b.c.Exec(ctx, m.id, fvc.ExecRequest{Command: []string{"sh", "-c", statScript, "sh", abs(p)}, TimeoutSec: 60})
+	if err != nil {
+		return nil, err
+	}
+	if res.ExitCode == 2 {
+		return nil, fmt.Errorf("%s: no such file or directory in FastVM machine %s", abs(p), m.id)
+	}
+	f := strings.Fields(res.Stdout)
+	if res.ExitCode != 0 || len(f) != 3 {
+		return nil, fmt.Errorf("stat %s in FastVM machine %s failed: %s", abs(p), m.id, strings.TrimSpace(res.Stderr))
+	}
+	size, _ := strconv.ParseInt(f[0], 10, 64)
+	raw, _ := strconv.ParseUint(f[1], 16, 32)
+	mtime, _ := strconv.ParseInt(f[2], 10, 64)
+	const sIFMT, sIFDIR = 0o170000, 0o040000
+	isDir := raw&sIFMT == sIFDIR
+	mode := fs.FileMode(raw & 0o777)
+	if isDir {
+		mode |= fs.ModeDir
+	}
+	return &backend.FileInfo{Path: abs(p), Size: size, Mode: mode, ModTime: time.Unix(mtime, 0).UTC(), IsDir: isDir}, nil
+}
+
+// CopyIn extracts a tar stream into a directory of the VM.
+func (m *Machine) CopyIn(ctx context.Context, dir string, r io.Reader) error {
+	pr, pw := io.Pipe()
+	go func() {
+		gz, _ := gzip.NewWriterLevel(pw, gzip.BestSpeed)
+		_, err := io.Copy(gz, r)
+		if cerr := gz.Close(); err == nil {
+			err = cerr
+		}
+		pw.CloseWithError(err)
+	}()
+	err := m.b.c.UploadArchive(ctx, m.id, pr, abs(dir))
+	pr.CloseWithError(io.ErrClosedPipe)
+	return err
+}
+
+// CopyOut writes a file or directory of the VM as a tar stream whose names
+// start with the path's last element, like the local engine's.
+func (m *Machine) CopyOut(ctx context.Context, p string, w io.Writer) error {
+	fi, err := m.Stat(ctx, p)
+	if err != nil {
+		return err
+	}
+	base := path.Base(abs(p))
+	tw := tar.NewWriter(w)
+	if !fi.IsDir {
+		if err := tw.WriteHeader(&tar.Header{Name: base, Mode: int64(fi.Mode.Perm()), Size: fi.Size, ModTime: fi.ModTime, Typeflag: tar.TypeReg}); err != nil {
+			return err
+		}
+		n, err := m.b.c.DownloadWriter(ctx, m.id, abs(p), tw)
+		if err != nil {
+			return err
+		}
+		if n != fi.Size {
+			return fmt.Errorf("%s changed size while it was copied (%d bytes, then %d)", abs(p), fi.Size, n)
+		}
+		return tw.Close()
+	}
+	// The VM sends a tar.gz of the directory's contents: prefix the names.
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := m.b.c.DownloadArchive(ctx, m.id, abs(p), pw)
+		pw.CloseWithError(err)
+	}()
+	defer pr.CloseWithError(io.ErrClosedPipe)
+	zr, err := gzip.NewReader(pr)
+	if err != nil {
+		return fmt.Errorf("the archive of %s: %w", abs(p), err)
+	}
+	tr := tar.NewReader(zr)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("the archive of %s: %w", abs(p), err)
+		}
+		name := strings.TrimPrefix(path.Clean(h.Name), "./")
+		if name == "." {
+			h.Name = base + "/"
+		} else {
+			h.Name = path.Join(base, name)
+			if h.Typeflag == tar.TypeDir {
+				h.Name += "/"
+			}
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if _, err := io.Copy(tw, tr); err != nil {
+			return err
+		}
+	}
+	return tw.Close()
+}
+
+// Snapshot saves the VM's disk and waits until the snapshot is ready.
+func (m *Machine) Snapshot(ctx context.Context, name string) (backend.SnapshotInfo, error) {
+	s, err := m.b.c.CreateSnapshot(ctx, m.id, name)
+	if err != nil {
+		return backend.SnapshotInfo{}, fmt.Errorf("snapshot FastVM machine %s: %w", m.id, err)
+	}
+	id := s.ID
+	if s, err = m.b.c.WaitSnapshot(ctx, id); err != nil {
+		return backend.SnapshotInfo{}, fmt.Errorf("snapshot %s of FastVM machine %s: %w", id, m.id, err)
+	}
+	return snapshotInfo(s), nil
+}
+
+// SetFirewall replaces the VM's inbound policy.
+func (m *Machine) SetFirewall(ctx context.Context, p backend.FirewallPolicy) error {
+	pol := fvc.FirewallPolicy{Mode: p.Mode}
+	for _, r := range p.Ingress {
+		pol.Ingress = append(pol.Ingress, fvc.FirewallRule{Protocol: r.Protocol, PortStart: r.PortStart, PortEnd: r.PortEnd, SourceCIDRs: r.SourceCIDRs, Description: r.Description})
+	}
+	_, err := m.b.c.SetFirewall(ctx, m.id, pol)
+	return err
+}
