@@ -122,7 +122,16 @@ func run(args []string, stdout io.Writer) error {
 		return fmt.Errorf("forevervm: %w", err)
 	}
 	fmt.Fprintln(stdout, "\nForeverVM backend against the emulator on loopback: through the MCP server, with the Go client on one\nREPL socket (direct), and with a new socket per call as forevervm-mcp does (ms)")
-	return printTable(stdout, []*operation{fv}, "direct", "new socket")
+	if err := printTable(stdout, []*operation{fv}, "direct", "new socket"); err != nil {
+		return err
+	}
+
+	fast, err := benchFastVM(spec, filepath.Join(dir, "fastvm"), cfg.n)
+	if err != nil {
+		return fmt.Errorf("fastvm: %w", err)
+	}
+	fmt.Fprintln(stdout, "\nFastVM backend against the emulator on loopback: through the MCP server, with the Go client's\nJSON exec as the backend uses it without a progress token (direct), and its streamed exec (ms)")
+	return printTable(stdout, []*operation{fast}, "direct", "streamed")
 }
 
 // operation is one measured operation with its timings three ways: through

@@ -34,14 +34,15 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", out.String())
-	// Two tables: the local backend's two operations, then ForeverVM's one.
+	// Three tables: the local backend's two operations, then ForeverVM's
+	// and FastVM's one each.
 	var rows []string
 	for _, l := range strings.Split(out.String(), "\n") {
 		if strings.HasSuffix(l, "x") {
 			rows = append(rows, l)
 		}
 	}
-	want := []string{"run_python 1+1", "exec_command true", "run_python 1+1"}
+	want := []string{"run_python 1+1", "exec_command true", "run_python 1+1", "exec_command true"}
 	if len(rows) != len(want) {
 		t.Fatalf("table:\n%s", out.String())
 	}
@@ -53,7 +54,7 @@ func TestRun(t *testing.T) {
 	if !strings.Contains(out.String(), "new socket p50") {
 		t.Errorf("no new-socket column:\n%s", out.String())
 	}
-	for _, sub := range []string{"sdk", "lean", "engine", "forevervm"} {
+	for _, sub := range []string{"sdk", "lean", "engine", "forevervm", "fastvm"} {
 		if _, err := os.Stat(filepath.Join(state, sub)); err != nil {
 			t.Errorf("state dir: %v", err)
 		}
