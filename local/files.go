@@ -510,7 +510,11 @@ func (m *Machine) CopyOut(ctx context.Context, p string, w io.Writer) error {
 
 // diskUsage is the space the machine's files take on disk.
 func (m *Machine) diskUsage() (int64, error) {
-	return dirUsage(filepath.Join(m.dir, dataDirName(m.Info().Flavour)))
+	used, err := dirUsage(filepath.Join(m.dir, dataDirName(m.Info().Flavour)))
+	if err == nil {
+		m.usage.Store(used)
+	}
+	return used, err
 }
 
 // DiskUsage is the space the machine's files take on disk, in bytes.

@@ -32,10 +32,16 @@ type Machine struct {
 	resetReason string // why the next interpreter starts without the old state
 
 	pyTurn chan struct{} // FIFO lock (channel waiters are served in order)
+	// usage is the disk usage last measured (-1: never), the baseline of
+	// the quota watcher: walking the files at the start of every call would
+	// cost more than a quick call itself.
+	usage atomic.Int64
 }
 
 func newMachine(e *Engine, dir string, info MachineInfo) *Machine {
-	return &Machine{e: e, dir: dir, info: info, pyTurn: make(chan struct{}, 1)}
+	m := &Machine{e: e, dir: dir, info: info, pyTurn: make(chan struct{}, 1)}
+	m.usage.Store(-1)
+	return m
 }
 
 // ID is the machine's id.
@@ -434,7 +440,12 @@ func (m *Machine) watchQuota(done <-chan struct{}, exceeded func()) func() bool 
 	var hit atomic.Bool
 	quota := m.Info().Limits.DiskBytes
 	go func() {
-		start := m.usageNow()
+		// The baseline is the last measurement (a quick call measures
+		// nothing); the files are walked here only on a machine's first call.
+		start := m.usage.Load()
+		if start < 0 {
+			start = m.usageNow()
+		}
 		t := time.NewTicker(quotaCheckInterval)
 		defer t.Stop()
 		for {

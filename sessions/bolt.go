@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -25,9 +26,17 @@ var (
 // openTimeout bounds the wait for another process's lock on the file.
 var openTimeout = 5 * time.Second
 
-// BoltStore is a Store in a bbolt file.
+// BoltStore is a Store in a bbolt file. Its file lock makes it the file's
+// only writer, so it keeps the decoded conversations in memory as well:
+// reading one is a map lookup, not a transaction and a JSON decode.
+// Cached conversations are never changed in place (Update replaces them),
+// so the values Load returns must be treated as read-only.
 type BoltStore struct {
 	db *bolt.DB
+
+	mu       sync.RWMutex
+	cache    map[string]*Conversation // handle → conversation
+	defaults map[string]string        // principal scope → handle
 }
 
 var _ Store = (*BoltStore)(nil)
@@ -53,7 +62,39 @@ func OpenBolt(path string) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("prepare the session store %s: %w", path, err)
 	}
-	return &BoltStore{db: db}, nil
+	s := &BoltStore{db: db, cache: map[string]*Conversation{}, defaults: map[string]string{}}
+	err = db.View(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(conversationsBucket).ForEach(func(k, v []byte) error {
+			var c Conversation
+			if err := json.Unmarshal(v, &c); err != nil {
+				return fmt.Errorf("conversation %s is damaged in the store: %w", k, err)
+			}
+			s.cache[c.Handle] = &c
+			return nil
+		}); err != nil {
+			return err
+		}
+		return tx.Bucket(defaultsBucket).ForEach(func(k, v []byte) error {
+			s.defaults[string(k)] = string(v)
+			return nil
+		})
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("read the session store %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// cached returns the principal's conversation from memory.
+func (s *BoltStore) cached(principal, handle string) (*Conversation, error) {
+	s.mu.RLock()
+	c := s.cache[handle]
+	s.mu.RUnlock()
+	if c == nil || c.Principal != principal {
+		return nil, ErrNotFound
+	}
+	return c, nil
 }
 
 // Close closes the file.
@@ -61,103 +102,106 @@ func (s *BoltStore) Close() error { return s.db.Close() }
 
 // Create stores a new conversation.
 func (s *BoltStore) Create(_ context.Context, c *Conversation) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(conversationsBucket)
-		if b.Get([]byte(c.Handle)) != nil {
-			return fmt.Errorf("conversation %s exists already", c.Handle)
-		}
-		return put(b, c)
-	})
-}
-
-// Load returns a conversation of the principal.
-func (s *BoltStore) Load(_ context.Context, principal, handle string) (*Conversation, error) {
-	var c *Conversation
-	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		c, err = get(tx.Bucket(conversationsBucket), principal, handle)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cache[c.Handle] != nil {
+		return fmt.Errorf("conversation %s exists already", c.Handle)
+	}
+	cp, err := clone(c)
+	if err != nil {
 		return err
-	})
-	return c, err
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return put(tx.Bucket(conversationsBucket), cp) }); err != nil {
+		return err
+	}
+	s.cache[c.Handle] = cp
+	return nil
 }
 
-// Update applies fn in one transaction; bbolt fsyncs before it returns.
+// Load returns a conversation of the principal (read-only: see BoltStore).
+func (s *BoltStore) Load(_ context.Context, principal, handle string) (*Conversation, error) {
+	return s.cached(principal, handle)
+}
+
+// Update applies fn to a copy in one transaction (bbolt fsyncs before it
+// returns) and then makes the copy the cached conversation.
 func (s *BoltStore) Update(_ context.Context, principal, handle string, fn func(*Conversation) error) (*Conversation, error) {
-	var c *Conversation
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(conversationsBucket)
-		var err error
-		if c, err = get(b, principal, handle); err != nil {
-			return err
-		}
-		if err := fn(c); err != nil {
-			return err
-		}
-		return put(b, c)
-	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.cache[handle]
+	if old == nil || old.Principal != principal {
+		return nil, ErrNotFound
+	}
+	c, err := clone(old)
 	if err != nil {
 		return nil, err
 	}
+	if err := fn(c); err != nil {
+		return nil, err
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return put(tx.Bucket(conversationsBucket), c) }); err != nil {
+		return nil, err
+	}
+	s.cache[handle] = c
 	return c, nil
 }
 
 // Delete removes a conversation of the principal.
 func (s *BoltStore) Delete(_ context.Context, principal, handle string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(conversationsBucket)
-		if _, err := get(b, principal, handle); err != nil {
-			return err
-		}
-		return b.Delete([]byte(handle))
-	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.cache[handle]; c == nil || c.Principal != principal {
+		return ErrNotFound
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(conversationsBucket).Delete([]byte(handle)) }); err != nil {
+		return err
+	}
+	delete(s.cache, handle)
+	return nil
 }
 
-// All lists every conversation.
+// All lists every conversation (read-only values).
 func (s *BoltStore) All(context.Context) ([]*Conversation, error) {
-	var all []*Conversation
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(conversationsBucket).ForEach(func(_, v []byte) error {
-			var c Conversation
-			if err := json.Unmarshal(v, &c); err != nil {
-				return err
-			}
-			all = append(all, &c)
-			return nil
-		})
-	})
-	return all, err
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	all := make([]*Conversation, 0, len(s.cache))
+	for _, c := range s.cache {
+		all = append(all, c)
+	}
+	return all, nil
 }
 
 // DefaultHandle returns the handle of the principal's default conversation.
 func (s *BoltStore) DefaultHandle(_ context.Context, principal string) (string, error) {
-	var h string
-	err := s.db.View(func(tx *bolt.Tx) error {
-		h = string(tx.Bucket(defaultsBucket).Get([]byte(principal)))
-		return nil
-	})
-	return h, err
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.defaults[principal], nil
 }
 
 // SetDefaultHandle records the principal's default conversation.
 func (s *BoltStore) SetDefaultHandle(_ context.Context, principal, handle string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(defaultsBucket).Put([]byte(principal), []byte(handle))
-	})
+	}); err != nil {
+		return err
+	}
+	s.defaults[principal] = handle
+	return nil
 }
 
-func get(b *bolt.Bucket, principal, handle string) (*Conversation, error) {
-	v := b.Get([]byte(handle))
-	if v == nil {
-		return nil, ErrNotFound
+// clone deep-copies a conversation.
+func clone(c *Conversation) (*Conversation, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, err
 	}
-	var c Conversation
-	if err := json.Unmarshal(v, &c); err != nil {
-		return nil, fmt.Errorf("conversation %s is damaged in the store: %w", handle, err)
+	var cp Conversation
+	if err := json.Unmarshal(b, &cp); err != nil {
+		return nil, err
 	}
-	if c.Principal != principal {
-		return nil, ErrNotFound
-	}
-	return &c, nil
+	return &cp, nil
 }
 
 func put(b *bolt.Bucket, c *Conversation) error {

@@ -101,7 +101,9 @@ func (c *Conversation) Snapshot(id string) *Snapshot {
 }
 
 // Store keeps conversations durably. Every method is safe for concurrent
-// use; Update is atomic per conversation.
+// use; Update is atomic per conversation. Conversations that Load, All and
+// Update return may be shared: never change them (change a conversation
+// with Update, whose fn gets a private copy).
 type Store interface {
 	// Create stores a new conversation.
 	Create(ctx context.Context, c *Conversation) error
