@@ -27,6 +27,13 @@ type progress struct {
 	stopped chan struct{}
 }
 
+// immediateNotifier is a session that writes a notification before
+// returning (vmcp's stdio transport): a call's last progress notification
+// then reaches the client before its result. Other sessions queue them.
+type immediateNotifier interface {
+	NotifyNow(method string, params map[string]any) error
+}
+
 // startProgress returns a progress reporter for the request, or nil when
 // the client asked for none (no progress token).
 func startProgress(ctx context.Context, req mcp.CallToolRequest) *progress {
@@ -34,16 +41,18 @@ func startProgress(ctx context.Context, req mcp.CallToolRequest) *progress {
 		return nil
 	}
 	token := req.Params.Meta.ProgressToken
-	srv := server.ServerFromContext(ctx)
-	if srv == nil {
+	notify := func(params map[string]any) {}
+	if s, ok := server.ClientSessionFromContext(ctx).(immediateNotifier); ok {
+		notify = func(params map[string]any) { _ = s.NotifyNow(string(mcp.MethodNotificationProgress), params) }
+	} else if srv := server.ServerFromContext(ctx); srv != nil {
+		notify = func(params map[string]any) {
+			_ = srv.SendNotificationToClient(ctx, string(mcp.MethodNotificationProgress), params)
+		}
+	} else {
 		return nil
 	}
 	return newProgress(func(n float64, msg string) {
-		_ = srv.SendNotificationToClient(ctx, string(mcp.MethodNotificationProgress), map[string]any{
-			"progressToken": token,
-			"progress":      n,
-			"message":       msg,
-		})
+		notify(map[string]any{"progressToken": token, "progress": n, "message": msg})
 	})
 }
 

@@ -97,6 +97,20 @@ func (s *session) ProtocolVersion() string {
 // SetProtocolVersion records the negotiated protocol version.
 func (s *session) SetProtocolVersion(v string) { s.version.Store(v) }
 
+// NotifyNow writes a notification to the client before it returns, so that
+// it precedes anything the caller writes next (a progress notification
+// precedes its call's result). It fails once the client is gone.
+func (s *session) NotifyNow(method string, params map[string]any) error {
+	b, err := json.Marshal(map[string]any{"jsonrpc": mcp.JSONRPC_VERSION, "method": method, "params": params})
+	if err != nil {
+		return err
+	}
+	if !s.send(b) {
+		return errClientGone
+	}
+	return nil
+}
+
 // ListRoots asks the client for its roots (a server-to-client request).
 func (s *session) ListRoots(ctx context.Context, _ mcp.ListRootsRequest) (*mcp.ListRootsResult, error) {
 	raw, err := s.request(ctx, string(mcp.MethodListRoots))

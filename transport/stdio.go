@@ -55,11 +55,9 @@ func ServeStdio(ctx context.Context, srv *server.MCPServer, in io.Reader, out io
 		log:      opts.Logger,
 		maxLine:  opts.MaxMessageBytes,
 		out:      bufio.NewWriterSize(out, 64<<10),
-		writes:   make(chan []byte, 64),
-		stopped:  make(chan struct{}),
 		inFlight: map[string]context.CancelFunc{},
 	}
-	s.session = newSession(s.enqueue)
+	s.session = newSession(s.write)
 	if err := srv.RegisterSession(ctx, s.session); err != nil {
 		return fmt.Errorf("register the stdio session: %w", err)
 	}
@@ -67,9 +65,9 @@ func ServeStdio(ctx context.Context, srv *server.MCPServer, in io.Reader, out io
 
 	ctx, cancel := context.WithCancel(srv.WithContext(ctx, s.session))
 	defer cancel()
-	stopWriter := make(chan struct{})
-	writerDone := make(chan error, 1)
-	go func() { writerDone <- s.writeLoop(stopWriter) }()
+	stopPump := make(chan struct{})
+	pumpDone := make(chan struct{})
+	go func() { defer close(pumpDone); s.pumpNotifications(stopPump) }()
 
 	readDone := make(chan error, 1)
 	go func() { readDone <- s.readLoop(ctx, in) }()
@@ -90,8 +88,12 @@ func ServeStdio(ctx context.Context, srv *server.MCPServer, in io.Reader, out io
 	case <-time.After(drainTimeout):
 		s.log.Warn().Dur("after", drainTimeout).Msg("calls still running after the client left; not waiting for them")
 	}
-	close(stopWriter)
-	if err := <-writerDone; err != nil && readErr == nil {
+	close(stopPump)
+	<-pumpDone
+	s.wmu.Lock()
+	err := s.werr
+	s.wmu.Unlock()
+	if err != nil && readErr == nil {
 		readErr = err
 	}
 	return readErr
@@ -103,12 +105,15 @@ type stdio struct {
 	session *session
 	maxLine int
 
-	// writes carries encoded responses and server requests to writeLoop;
-	// notifications come through the session's channel. stopped is closed
-	// when writeLoop has returned, so that nothing blocks on writes after.
-	writes  chan []byte
-	stopped chan struct{}
-	out     *bufio.Writer
+	// Every message is written whole, and flushed, under wmu by the
+	// goroutine that has it: a handler writes its own response, so that no
+	// handoff to a writer goroutine sits on the path of every call. Progress
+	// reaches the session's NotifyNow (synchronous, so it is on the wire
+	// before the handler returns); other notifications come through the
+	// session's channel and pumpNotifications.
+	wmu  sync.Mutex
+	out  *bufio.Writer
+	werr error // the first write error; writing stops there
 
 	calls    sync.WaitGroup
 	mu       sync.Mutex
@@ -252,7 +257,7 @@ func (s *stdio) handle(ctx context.Context, line []byte) {
 	}
 }
 
-// reply encodes a message and queues it for writing.
+// reply encodes a message and writes it.
 func (s *stdio) reply(msg any) {
 	b, err := json.Marshal(msg)
 	if err != nil {
@@ -262,74 +267,52 @@ func (s *stdio) reply(msg any) {
 	if bytes.Contains(b, []byte(`"inputRequests"`)) {
 		b = withInputRequestParams(b)
 	}
-	s.enqueue(b)
+	s.write(b)
 }
 
-// enqueue hands an encoded message to the writer; it reports false when the
-// writer has stopped.
-func (s *stdio) enqueue(b []byte) bool {
-	select {
-	case s.writes <- b:
-		return true
-	case <-s.stopped:
+// write writes one message and its newline, and flushes; it reports false
+// once writing has failed (the client is gone).
+func (s *stdio) write(b []byte) bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.werr != nil {
 		return false
 	}
+	if _, err := s.out.Write(b); err != nil {
+		s.werr = fmt.Errorf("write stdout: %w", err)
+	} else if err := s.out.WriteByte('\n'); err != nil {
+		s.werr = fmt.Errorf("write stdout: %w", err)
+	} else if err := s.out.Flush(); err != nil {
+		s.werr = fmt.Errorf("write stdout: %w", err)
+	}
+	return s.werr == nil
 }
 
-// writeLoop is the only writer of out. Before it writes a response it writes
-// every notification already queued: a handler queues its notifications
-// before it returns its response, so they reach the client first.
-func (s *stdio) writeLoop(stop <-chan struct{}) (err error) {
-	defer close(s.stopped)
+// pumpNotifications writes the notifications mcp-go queues on the session
+// (list changes, log messages) until stop closes, then what is left.
+func (s *stdio) pumpNotifications(stop <-chan struct{}) {
 	notes := s.session.notifications
-	write := func(b []byte) {
-		if err == nil {
-			if _, err = s.out.Write(b); err == nil {
-				err = s.out.WriteByte('\n')
-			}
-		}
-	}
-	writeNote := func(n mcp.JSONRPCNotification) {
-		b, e := json.Marshal(n)
-		if e != nil {
-			s.log.Error().Err(e).Msg("encode a notification")
+	send := func(n mcp.JSONRPCNotification) {
+		b, err := json.Marshal(n)
+		if err != nil {
+			s.log.Error().Err(err).Msg("encode a notification")
 			return
 		}
-		write(b)
-	}
-	drainNotes := func() {
-		for {
-			select {
-			case n := <-notes:
-				writeNote(n)
-			default:
-				return
-			}
-		}
+		s.write(b)
 	}
 	for {
 		select {
 		case n := <-notes:
-			writeNote(n)
-		case b := <-s.writes:
-			drainNotes()
-			write(b)
+			send(n)
 		case <-stop:
-			for len(s.writes) > 0 {
-				drainNotes()
-				write(<-s.writes)
+			for {
+				select {
+				case n := <-notes:
+					send(n)
+				default:
+					return
+				}
 			}
-			drainNotes()
-			if e := s.out.Flush(); err == nil {
-				err = e
-			}
-			return err
-		}
-		if len(s.writes) == 0 && len(notes) == 0 && err == nil {
-			err = s.out.Flush()
-		}
-		if err != nil {
-			return fmt.Errorf("write stdout: %w", err)
 		}
 	}
 }
