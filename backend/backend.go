@@ -181,6 +181,16 @@ type Snapshotter interface {
 	Snapshot(ctx context.Context, name string) (SnapshotInfo, error)
 }
 
+// Idler is a backend that does something with idle machines: Idle frees
+// what an idle machine holds. When it returns a snapshot ("parkedAs"), the
+// machine was saved as that snapshot and may now be deleted: the caller
+// records the snapshot, then deletes the machine, and Create from the
+// snapshot brings it back with its files. "" means the machine stays (and
+// restarts by itself on its next use).
+type Idler interface {
+	Idle(ctx context.Context, id string) (parkedAs string, err error)
+}
+
 // ImageBuilder builds a machine image from a Dockerfile, as a snapshot that
 // Create can start machines from.
 type ImageBuilder interface {

@@ -8,6 +8,9 @@ import (
 	"time"
 )
 
+// ErrClosed is returned for a conversation closed after being idle.
+var ErrClosed = errors.New("conversation closed")
+
 // NewSession is the session argument that starts a new conversation.
 const NewSession = "new"
 
@@ -24,7 +27,7 @@ type Manager struct {
 	now    func() time.Time
 
 	mu       sync.Mutex
-	lastUsed map[string]time.Time // handle → last use not yet written
+	lastUsed map[string]time.Time // handle, or handle/backend/machine → last use not yet written
 }
 
 // NewManager returns a manager over store.
@@ -57,6 +60,10 @@ func (m *Manager) Resolve(ctx context.Context, principal, handle, scope string) 
 		if err != nil {
 			return nil, false, fmt.Errorf("session %s: %w", handle, err)
 		}
+		if c.Closed != nil {
+			return nil, false, fmt.Errorf("session %s was closed on %s after being idle; its machines were deleted and its snapshots kept (list_machines shows them): %w",
+				handle, c.Closed.Format(time.RFC3339), ErrClosed)
+		}
 		m.touch(c.Handle)
 		return c, false, nil
 	}
@@ -69,6 +76,9 @@ func (m *Manager) Resolve(ctx context.Context, principal, handle, scope string) 
 	}
 	if h != "" {
 		c, err = m.store.Load(ctx, principal, h)
+		if err == nil && c.Closed != nil {
+			err = ErrNotFound // a closed default conversation is replaced
+		}
 		if err == nil {
 			m.lastUsed[c.Handle] = m.now()
 			return c, false, nil
@@ -171,6 +181,17 @@ func (m *Manager) touch(handle string) {
 	m.mu.Unlock()
 }
 
+// TouchMachine notes that a conversation's machine was used now.
+func (m *Manager) TouchMachine(handle, backend, id string) {
+	now := m.now()
+	m.mu.Lock()
+	m.lastUsed[handle] = now
+	m.lastUsed[machineKey(handle, backend, id)] = now
+	m.mu.Unlock()
+}
+
+func machineKey(handle, backend, id string) string { return handle + "/" + backend + "/" + id }
+
 // LastUsed returns when a conversation was last used, counting uses not yet
 // flushed.
 func (m *Manager) LastUsed(c *Conversation) time.Time {
@@ -182,31 +203,46 @@ func (m *Manager) LastUsed(c *Conversation) time.Time {
 	return c.LastUsed
 }
 
+// MachineLastUsed returns when a conversation's machine was last used.
+func (m *Manager) MachineLastUsed(c *Conversation, mc *Machine) time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if t, ok := m.lastUsed[machineKey(c.Handle, mc.Backend, mc.ID)]; ok && t.After(mc.LastUsed) {
+		return t
+	}
+	return mc.LastUsed
+}
+
 // Flush writes the pending last-use times.
 func (m *Manager) Flush(ctx context.Context) error {
 	m.mu.Lock()
 	pending := m.lastUsed
 	m.lastUsed = map[string]time.Time{}
 	m.mu.Unlock()
+	all, err := m.store.All(ctx)
+	if err != nil {
+		return err
+	}
 	var errs []error
-	for handle, t := range pending {
-		all, err := m.store.All(ctx)
-		if err != nil {
-			return err
+	for _, c := range all {
+		t, used := pending[c.Handle]
+		if !used {
+			continue
 		}
-		for _, c := range all {
-			if c.Handle != handle {
-				continue
+		_, err := m.store.Update(ctx, c.Principal, c.Handle, func(c *Conversation) error {
+			if t.After(c.LastUsed) {
+				c.LastUsed = t
 			}
-			_, err := m.store.Update(ctx, c.Principal, handle, func(c *Conversation) error {
-				if t.After(c.LastUsed) {
-					c.LastUsed = t
+			for i := range c.Machines {
+				mc := &c.Machines[i]
+				if mt, ok := pending[machineKey(c.Handle, mc.Backend, mc.ID)]; ok && mt.After(mc.LastUsed) {
+					mc.LastUsed = mt
 				}
-				return nil
-			})
-			if err != nil && !errors.Is(err, ErrNotFound) {
-				errs = append(errs, err)
 			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

@@ -30,6 +30,10 @@ type Conversation struct {
 	Defaults  map[string]string `json:"defaults,omitempty"`
 	Machines  []Machine         `json:"machines,omitempty"`
 	Snapshots []Snapshot        `json:"snapshots,omitempty"`
+	// Closed is set when the conversation was closed after being idle past
+	// its time to live: its machines are gone, its snapshots stay its
+	// principal's.
+	Closed *time.Time `json:"closed,omitempty"`
 }
 
 // Machine is a machine a conversation owns.
@@ -41,6 +45,9 @@ type Machine struct {
 	// Parked is set while the machine is saved as a snapshot and deleted
 	// because it was idle; it is relaunched from the snapshot on next use.
 	Parked *Parked `json:"parked,omitempty"`
+	// Previous are the ids the machine had before it was relaunched from
+	// its parked snapshot: results that named them still reach it.
+	Previous []string `json:"previous,omitempty"`
 }
 
 // Parked records an idle machine that was snapshotted and deleted.
@@ -57,11 +64,13 @@ type Snapshot struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
-// Machine returns the conversation's record of a machine, or nil.
+// Machine returns the conversation's record of a machine (by its id or an
+// earlier one), or nil.
 func (c *Conversation) Machine(backend, id string) *Machine {
 	for i := range c.Machines {
-		if c.Machines[i].Backend == backend && c.Machines[i].ID == id {
-			return &c.Machines[i]
+		m := &c.Machines[i]
+		if m.Backend == backend && (m.ID == id || slices.Contains(m.Previous, id)) {
+			return m
 		}
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/invopop/jsonschema"
@@ -38,8 +39,16 @@ type Service struct {
 	allowedRoots   []string // absolute, symbolic links resolved
 	instance       string   // this server's instance id, tagged on its machines
 	idle           map[string]time.Duration
+	ttl            time.Duration
 	localPrincipal string
 	log            zerolog.Logger
+
+	// unparkMu guards relaunching parked machines and the maps below, so
+	// that the reaper never parks a machine a call is using.
+	unparkMu sync.Mutex
+	idled    map[string]int64 // machine key → use stamp when it was stopped
+	busy     map[string]int   // machine key → calls using it
+	parking  map[string]bool  // machine key → being parked now
 }
 
 // Config configures a Service.
@@ -54,9 +63,11 @@ type Config struct {
 	AllowedRoots []string
 	// Instance names this server on the machines it creates.
 	Instance string
-	// Idle is each backend's idle timeout, for session_info to show.
+	// Idle is each backend's idle timeout (absent or 0: machines stay).
 	Idle map[string]time.Duration
-	Log  zerolog.Logger
+	// ConversationTTL closes conversations idle this long (0: never).
+	ConversationTTL time.Duration
+	Log             zerolog.Logger
 }
 
 // NewService makes the tools' shared state.
@@ -72,7 +83,8 @@ func NewService(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	return &Service{backends: cfg.Backends, sessions: cfg.Sessions, allowedRoots: roots, instance: cfg.Instance,
-		idle: cfg.Idle, localPrincipal: localPrincipal(), log: cfg.Log}, nil
+		idle: cfg.Idle, ttl: cfg.ConversationTTL, localPrincipal: localPrincipal(), log: cfg.Log,
+		idled: map[string]int64{}, busy: map[string]int{}, parking: map[string]bool{}}, nil
 }
 
 // Tools are every tool with its handler.
@@ -173,13 +185,14 @@ func (s *Service) find(ctx context.Context, c *sessions.Conversation, id string)
 		if !b.Recognizes(id) {
 			continue
 		}
-		if _, err := s.sessions.OwnerOf(ctx, principal, b.Name(), id); err != nil {
-			if errors.Is(err, sessions.ErrNotFound) {
-				continue
-			}
+		owner, err := s.sessions.OwnerOf(ctx, principal, b.Name(), id)
+		if errors.Is(err, sessions.ErrNotFound) {
+			continue
+		}
+		if err != nil {
 			return nil, err
 		}
-		m, err := b.Machine(ctx, id)
+		m, err := s.open(ctx, owner, b, id)
 		if errors.Is(err, backend.ErrNotFound) {
 			continue
 		}
@@ -264,7 +277,7 @@ func (s *Service) backendFor(c backend.Capability) backend.Backend {
 // recorded) on first use.
 func (s *Service) defaultMachine(ctx context.Context, c *sessions.Conversation, b backend.Backend) (backend.Machine, error) {
 	if id := c.Defaults[b.Name()]; id != "" {
-		m, err := b.Machine(ctx, id)
+		m, err := s.open(ctx, c, b, id)
 		if err == nil {
 			return m, nil
 		}
@@ -289,7 +302,115 @@ func (s *Service) defaultMachine(ctx context.Context, c *sessions.Conversation, 
 		return nil, err
 	}
 	s.log.Info().Str("backend", b.Name()).Str("machine", info.ID).Msg("created a conversation's default machine")
+	s.sessions.TouchMachine(c.Handle, b.Name(), info.ID)
 	return b.Machine(ctx, info.ID)
+}
+
+// open returns a machine of conversation c (named by its id or an earlier
+// one), relaunching it first if it was parked while idle, and notes its use.
+// The machine is held busy until the call ends, so that the reaper does not
+// park it under the call.
+func (s *Service) open(ctx context.Context, c *sessions.Conversation, b backend.Backend, id string) (backend.Machine, error) {
+	if latest, err := s.sessions.Store().Load(ctx, c.Principal, c.Handle); err == nil {
+		c = latest
+	}
+	if rec := c.Machine(b.Name(), id); rec != nil {
+		id = rec.ID
+	}
+	if err := s.hold(ctx, c.Handle+"/"+b.Name()+"/"+id); err != nil {
+		return nil, err
+	}
+	if latest, err := s.sessions.Store().Load(ctx, c.Principal, c.Handle); err == nil {
+		c = latest // the reaper may have parked it before we held it
+	}
+	if rec := c.Machine(b.Name(), id); rec != nil && rec.Parked != nil {
+		var err error
+		if id, err = s.unpark(ctx, c, b, rec.ID); err != nil {
+			return nil, err
+		}
+	}
+	m, err := b.Machine(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	s.sessions.TouchMachine(c.Handle, b.Name(), id)
+	return m, nil
+}
+
+// hold marks a machine busy until the call ends, waiting first while the
+// reaper parks it.
+func (s *Service) hold(ctx context.Context, key string) error {
+	n, ok := ctx.Value(notesKey{}).(*callNotes)
+	if !ok {
+		return nil
+	}
+	for {
+		s.unparkMu.Lock()
+		if !s.parking[key] {
+			s.busy[key]++
+			s.unparkMu.Unlock()
+			break
+		}
+		s.unparkMu.Unlock()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	n.onEnd(func() {
+		s.unparkMu.Lock()
+		if s.busy[key]--; s.busy[key] <= 0 {
+			delete(s.busy, key)
+		}
+		s.unparkMu.Unlock()
+	})
+	return nil
+}
+
+// unpark relaunches a machine that was parked while idle, from its
+// snapshot, and records its new id (the old one keeps working). One at a
+// time: two calls on a parked machine must not relaunch it twice.
+func (s *Service) unpark(ctx context.Context, c *sessions.Conversation, b backend.Backend, id string) (string, error) {
+	s.unparkMu.Lock()
+	defer s.unparkMu.Unlock()
+	c, err := s.sessions.Store().Load(ctx, c.Principal, c.Handle) // the latest record
+	if err != nil {
+		return "", err
+	}
+	rec := c.Machine(b.Name(), id)
+	if rec == nil {
+		return "", backend.ErrNotFound
+	}
+	if rec.Parked == nil { // relaunched meanwhile
+		return rec.ID, nil
+	}
+	snap := rec.Parked.Snapshot
+	info, err := b.Create(ctx, backend.MachineSpec{Name: "restored", FromSnapshot: snap, Tags: s.machineTags(c, nil)})
+	if err != nil {
+		return "", fmt.Errorf("machine %s was idle and parked as snapshot %s; relaunching it failed: %w", id, snap, err)
+	}
+	_, err = s.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
+		rec := c.Machine(b.Name(), id)
+		if rec == nil {
+			return sessions.ErrNotFound
+		}
+		if c.Defaults[b.Name()] == rec.ID {
+			c.Defaults[b.Name()] = info.ID
+		}
+		rec.Previous = append(rec.Previous, rec.ID)
+		rec.ID, rec.Parked, rec.LastUsed = info.ID, nil, time.Now().UTC()
+		return nil
+	})
+	if err != nil {
+		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		b.Delete(cleanup, info.ID)
+		return "", fmt.Errorf("record the relaunched machine: %w", err)
+	}
+	s.log.Info().Str("backend", b.Name()).Str("machine", id).Str("now", info.ID).Str("snapshot", snap).Msg("relaunched a parked machine")
+	addNote(ctx, fmt.Sprintf("Machine %s had been idle, so it was saved as snapshot %s and stopped; it was restored from that snapshot as machine %s (files kept; running processes and memory were not).", id, snap, info.ID))
+	return info.ID, nil
 }
 
 // toolSpec is the static part of a tool's definition.
@@ -331,10 +452,13 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 			return mcp.NewToolResultError(err.Error()), nil
 		}
 		s.sessions.Touch(c.Handle)
-		res, err := handle(context.WithValue(ctx, conversationKey{}, c), req, in)
+		notes := &callNotes{}
+		ctx = context.WithValue(context.WithValue(ctx, conversationKey{}, c), notesKey{}, notes)
+		res, err := handle(ctx, req, in)
 		if err != nil {
 			res = mcp.NewToolResultError(errorText(err))
 		}
+		notes.end(res)
 		if res.ResultType != mcp.ResultTypeInputRequired {
 			withSession(res, c.Handle, created)
 		}

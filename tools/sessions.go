@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mark3labs/mcp-go/mcp"
@@ -87,7 +88,7 @@ func scope(ctx context.Context) string {
 func (s *Service) resolveConversation(ctx context.Context, handle string) (*sessions.Conversation, bool, error) {
 	c, created, err := s.sessions.Resolve(ctx, s.principal(ctx), handle, scope(ctx))
 	if err != nil {
-		if errors.Is(err, sessions.ErrNotFound) {
+		if errors.Is(err, sessions.ErrNotFound) || errors.Is(err, sessions.ErrClosed) {
 			return nil, false, fmt.Errorf("%w; leave session out to use this client's conversation, or pass \"new\"", err)
 		}
 		return nil, false, fmt.Errorf("the session store failed: %w", err)
@@ -214,9 +215,11 @@ func (s *Service) sessionInfo(ctx context.Context, _ mcp.CallToolRequest, _ Sess
 	for _, sn := range c.Snapshots {
 		out.Snapshots = append(out.Snapshots, SessionSnapshot{ID: sn.ID, Backend: sn.Backend, Machine: sn.Machine})
 	}
-	if len(s.idle) > 0 {
-		out.IdleTimeouts = map[string]string{}
-		for b, d := range s.idle {
+	for b, d := range s.idle {
+		if d > 0 && s.backend(b) != nil {
+			if out.IdleTimeouts == nil {
+				out.IdleTimeouts = map[string]string{}
+			}
 			out.IdleTimeouts[b] = d.String()
 		}
 	}
@@ -239,4 +242,45 @@ func (s *Service) sessionInfo(ctx context.Context, _ mcp.CallToolRequest, _ Sess
 		fmt.Fprintf(&b, "\n- %s (%s) of %s", sn.ID, sn.Backend, sn.Machine)
 	}
 	return structured(out, false, mcp.NewTextContent(b.String())), nil
+}
+
+type notesKey struct{}
+
+// callNotes collects what a call should tell the model besides its result
+// (e.g. that its machine was restored from a snapshot).
+type callNotes struct {
+	mu    sync.Mutex
+	lines []string
+	ends  []func() // run when the call ends
+}
+
+// onEnd runs f when the call ends.
+func (n *callNotes) onEnd(f func()) {
+	n.mu.Lock()
+	n.ends = append(n.ends, f)
+	n.mu.Unlock()
+}
+
+// addNote records a note for the call's result.
+func addNote(ctx context.Context, note string) {
+	if n, ok := ctx.Value(notesKey{}).(*callNotes); ok {
+		n.mu.Lock()
+		n.lines = append(n.lines, note)
+		n.mu.Unlock()
+	}
+}
+
+// end adds the notes to the call's result and runs the end functions.
+func (n *callNotes) end(res *mcp.CallToolResult) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, f := range n.ends {
+		f()
+	}
+	if res == nil || res.ResultType == mcp.ResultTypeInputRequired {
+		return
+	}
+	for _, l := range n.lines {
+		res.Content = append(res.Content, mcp.NewTextContent(l))
+	}
 }

@@ -176,6 +176,23 @@ func (b *Backend) Snapshots(ctx context.Context) ([]backend.SnapshotInfo, error)
 	return out, nil
 }
 
+// Idle snapshots an idle VM (disk and files) so that it can be deleted and
+// cost nothing until it is relaunched from the snapshot; the caller deletes
+// it once the snapshot is recorded.
+func (b *Backend) Idle(ctx context.Context, id string) (string, error) {
+	s, err := b.c.CreateSnapshot(ctx, id, "vmcp-parked-"+id)
+	if fvc.IsNotFound(err) {
+		return "", backend.ErrNotFound
+	}
+	if err != nil {
+		return "", fmt.Errorf("snapshot idle FastVM machine %s: %w", id, err)
+	}
+	if _, err := b.c.WaitSnapshot(ctx, s.ID); err != nil {
+		return "", fmt.Errorf("snapshot %s of idle FastVM machine %s: %w", s.ID, id, err)
+	}
+	return s.ID, nil
+}
+
 // BuildImage builds a Dockerfile into a ready snapshot.
 func (b *Backend) BuildImage(ctx context.Context, spec backend.BuildSpec) (backend.SnapshotInfo, error) {
 	dir := spec.ContextDir
@@ -216,6 +233,7 @@ var (
 	_ backend.Snapshotter    = (*Machine)(nil)
 	_ backend.FirewallSetter = (*Machine)(nil)
 	_ backend.ImageBuilder   = (*Backend)(nil)
+	_ backend.Idler          = (*Backend)(nil)
 )
 
 // ID is the VM id.

@@ -93,6 +93,20 @@ func (b *Backend) Snapshots(context.Context) ([]backend.SnapshotInfo, error) {
 	return out, nil
 }
 
+// Idle stops an idle machine's processes (its Python state goes; its
+// files stay); it starts again on its next use.
+func (b *Backend) Idle(_ context.Context, id string) (string, error) {
+	m, err := b.e.Machine(id)
+	if errors.Is(err, engine.ErrNotFound) {
+		return "", backend.ErrNotFound
+	}
+	if err != nil {
+		return "", err
+	}
+	m.Stop()
+	return "", nil
+}
+
 func machineInfo(i engine.MachineInfo) backend.MachineInfo {
 	return backend.MachineInfo{ID: i.ID, Name: i.Name, Backend: Name, Status: i.Status, Tags: i.Tags, CreatedAt: i.CreatedAt, FromSnapshot: i.FromSnapshot}
 }
@@ -107,6 +121,7 @@ type Machine struct {
 }
 
 var (
+	_ backend.Idler         = (*Backend)(nil)
 	_ backend.PythonRunner  = (*Machine)(nil)
 	_ backend.CommandRunner = (*Machine)(nil)
 	_ backend.FileStore     = (*Machine)(nil)

@@ -56,6 +56,8 @@ type config struct {
 	fastvm       fastvmConfig
 	maxMachines  int
 	maxSnapshots int
+	idle         map[string]time.Duration // backend → idle timeout
+	ttl          time.Duration            // conversations idle this long are closed
 	limits       local.Limits
 	noSandbox    bool
 }
@@ -77,6 +79,9 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	backend := fs.String("backend", envOr("VMCP_BACKEND", "auto"), "preferred backend: local, forevervm, fastvm, or auto (the configured cloud backends first, then local); tools without a machine use the preferred backend that can do what they need (env VMCP_BACKEND)")
 	maxMachines := fs.Int("max-machines", intEnv(getenv, "VMCP_MAX_MACHINES", 0), "most machines one conversation may own; 0: no limit (env VMCP_MAX_MACHINES)")
 	maxSnapshots := fs.Int("max-snapshots", intEnv(getenv, "VMCP_MAX_SNAPSHOTS", 0), "most snapshots one conversation may own; 0: no limit (env VMCP_MAX_SNAPSHOTS)")
+	idleLocal := fs.Duration("idle-local", durEnv(getenv, "VMCP_IDLE_LOCAL", 30*time.Minute), "stop a local machine's processes after this long unused (files stay; 0: never) (env VMCP_IDLE_LOCAL)")
+	idleFast := fs.Duration("idle-fastvm", durEnv(getenv, "VMCP_IDLE_FASTVM", 15*time.Minute), "park a FastVM machine unused this long: snapshot it, delete it, relaunch it on next use (0: never) (env VMCP_IDLE_FASTVM)")
+	ttl := fs.Duration("conversation-ttl", durEnv(getenv, "VMCP_CONVERSATION_TTL", 7*24*time.Hour), "close conversations unused this long: delete their machines, keep their snapshots (0: never) (env VMCP_CONVERSATION_TTL)")
 	fastURL := fs.String("fastvm-url", envOr("FASTVM_BASE_URL", fvc.DefaultBaseURL), "FastVM API base URL (env FASTVM_BASE_URL)")
 	fastKeyFile := fs.String("fastvm-api-key-file", envOr("FASTVM_API_KEY_FILE", ""), "file holding the FastVM API key; the FASTVM_API_KEY environment variable works too")
 	fastType := fs.String("fastvm-machine-type", envOr("VMCP_FASTVM_MACHINE_TYPE", fastbackend.DefaultMachineType), "size of FastVM machines launched without machine_type (env VMCP_FASTVM_MACHINE_TYPE)")
@@ -121,6 +126,9 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		}
 		fvmCfg.token = strings.TrimSpace(string(b))
 	}
+	if *idleLocal < 0 || *idleFast < 0 || *ttl < 0 {
+		return config{}, errors.New("--idle-local, --idle-fastvm and --conversation-ttl take a duration such as 30m or 168h (VMCP_IDLE_LOCAL, VMCP_IDLE_FASTVM, VMCP_CONVERSATION_TTL), 0 for never")
+	}
 	if *maxMachines < 0 || *maxSnapshots < 0 {
 		return config{}, errors.New("--max-machines and --max-snapshots (VMCP_MAX_MACHINES, VMCP_MAX_SNAPSHOTS) take a whole number, 0 for no limit")
 	}
@@ -155,7 +163,22 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		return config{}, fmt.Errorf("--log-level %q: want trace, debug, info, warn, error or disabled", *logLevel)
 	}
 	return config{stateDir: *stateDir, logLevel: level, allowedRoots: filepath.SplitList(*roots), version: *showVersion,
-		backend: *backend, forevervm: fvmCfg, fastvm: fastCfg, limits: limits, noSandbox: *noSandbox, maxMachines: *maxMachines, maxSnapshots: *maxSnapshots}, nil
+		backend: *backend, forevervm: fvmCfg, fastvm: fastCfg, limits: limits, noSandbox: *noSandbox, maxMachines: *maxMachines, maxSnapshots: *maxSnapshots,
+		idle: map[string]time.Duration{"local": *idleLocal, "fastvm": *idleFast}, ttl: *ttl}, nil
+}
+
+// durEnv reads a duration from the environment; anything else gives -1,
+// which the flag checks refuse.
+func durEnv(getenv func(string) string, key string, def time.Duration) time.Duration {
+	v := getenv(key)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return -1
+	}
+	return d
 }
 
 // intEnv reads a whole number from the environment; anything else gives -1,
@@ -250,10 +273,16 @@ func run(args []string) error {
 
 	bs, closeBackends := backends(cfg, engine, log)
 	defer closeBackends()
-	svc, err := tools.NewService(tools.Config{Backends: bs, Sessions: manager, AllowedRoots: cfg.allowedRoots, Instance: instance, Log: log})
+	svc, err := tools.NewService(tools.Config{Backends: bs, Sessions: manager, AllowedRoots: cfg.allowedRoots, Instance: instance,
+		Idle: cfg.idle, ConversationTTL: cfg.ttl, Log: log})
 	if err != nil {
 		return err
 	}
+	reconcileCtx, cancelReconcile := context.WithTimeout(context.Background(), 2*time.Minute)
+	if _, err := svc.Reconcile(reconcileCtx); err != nil {
+		log.Warn().Err(err).Msg("reconciling machines with conversations failed in part")
+	}
+	cancelReconcile()
 	srv := svc.NewMCPServer(version)
 	var names []string
 	for _, b := range bs {
@@ -265,6 +294,7 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	go flushUses(ctx, manager, log)
+	go reap(ctx, svc, reapInterval(cfg), log)
 	defer manager.Flush(context.Background())
 	err = transport.ServeStdio(ctx, srv, os.Stdin, os.Stdout, transport.StdioOptions{Logger: log})
 	if err != nil && ctx.Err() == nil {
@@ -288,6 +318,45 @@ func flushUses(ctx context.Context, m *sessions.Manager, log zerolog.Logger) {
 		case <-t.C:
 			if err := m.Flush(ctx); err != nil {
 				log.Warn().Err(err).Msg("could not save conversations' last-use times")
+			}
+		}
+	}
+}
+
+// reapInterval is how often idle machines and conversations are looked
+// for: a quarter of the shortest timeout, between 1 s and 1 min.
+func reapInterval(cfg config) time.Duration {
+	shortest := cfg.ttl
+	for _, d := range cfg.idle {
+		if d > 0 && (shortest <= 0 || d < shortest) {
+			shortest = d
+		}
+	}
+	if shortest <= 0 {
+		return 0
+	}
+	return min(max(shortest/4, time.Second), time.Minute)
+}
+
+// reap stops and parks idle machines and closes idle conversations now and
+// then, until ctx ends.
+func reap(ctx context.Context, svc *tools.Service, every time.Duration, log zerolog.Logger) {
+	if every <= 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			r, err := svc.Reap(ctx)
+			if err != nil && ctx.Err() == nil {
+				log.Warn().Err(err).Msg("reaping idle machines failed in part")
+			}
+			if r.Stopped+r.Parked+r.Closed > 0 {
+				log.Info().Int("stopped", r.Stopped).Int("parked", r.Parked).Int("closed", r.Closed).Msg("reaped idle machines and conversations")
 			}
 		}
 	}

@@ -1,0 +1,234 @@
+package tools
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/sessions"
+)
+
+// Lifecycle: machines that nobody uses are stopped (local) or parked as a
+// snapshot and deleted (FastVM), conversations idle past their time to live
+// are closed, and at start the machines a killed server left behind are
+// found and dealt with. Nothing may be left running that no conversation
+// owns: cloud machines cost money.
+
+// legacyDefaultTag marks the default machine of servers from before
+// conversations existed; such a machine joins the local user's default
+// conversation so that its files are not lost.
+const legacyDefaultTag = "vmcp"
+
+// ReapResult counts what one pass of Reap did.
+type ReapResult struct {
+	Stopped, Parked, Closed int
+}
+
+// Reap stops or parks the machines idle past their backend's idle timeout
+// and closes the conversations idle past the time to live.
+func (s *Service) Reap(ctx context.Context) (ReapResult, error) {
+	var r ReapResult
+	all, err := s.sessions.Store().All(ctx)
+	if err != nil {
+		return r, err
+	}
+	now := time.Now()
+	var errs []error
+	for _, c := range all {
+		if c.Closed != nil {
+			continue
+		}
+		if s.ttl > 0 && now.Sub(s.sessions.LastUsed(c)) > s.ttl {
+			if err := s.closeConversation(ctx, c); err != nil {
+				errs = append(errs, err)
+			} else {
+				r.Closed++
+			}
+			continue
+		}
+		for i := range c.Machines {
+			m := c.Machines[i]
+			limit := s.idle[m.Backend]
+			if limit <= 0 || m.Parked != nil || now.Sub(s.sessions.MachineLastUsed(c, &m)) < limit {
+				continue
+			}
+			parked, err := s.idleMachine(ctx, c, m)
+			switch {
+			case err != nil:
+				errs = append(errs, err)
+			case parked:
+				r.Parked++
+			default:
+				r.Stopped++
+			}
+		}
+	}
+	return r, errors.Join(errs...)
+}
+
+// idleMachine stops or parks one idle machine, unless a call is using it.
+func (s *Service) idleMachine(ctx context.Context, c *sessions.Conversation, m sessions.Machine) (parked bool, err error) {
+	b := s.backend(m.Backend)
+	idler, ok := b.(backend.Idler)
+	if !ok {
+		return false, nil
+	}
+	key := sessionsKey(c, m)
+	stamp := s.sessions.MachineLastUsed(c, &m).UnixNano()
+	s.unparkMu.Lock()
+	if s.idled[key] == stamp || s.busy[key] > 0 {
+		s.unparkMu.Unlock()
+		return false, nil // stopped already and unused since, or in use
+	}
+	s.parking[key] = true
+	s.unparkMu.Unlock()
+	defer func() {
+		s.unparkMu.Lock()
+		delete(s.parking, key)
+		s.unparkMu.Unlock()
+	}()
+	snap, err := idler.Idle(ctx, m.ID)
+	if errors.Is(err, backend.ErrNotFound) {
+		// Gone behind our back: forget it.
+		_, err = s.sessions.Update(ctx, c, func(c *sessions.Conversation) error { c.RemoveMachine(m.Backend, m.ID); return nil })
+		return false, err
+	}
+	if err != nil {
+		return false, fmt.Errorf("idle %s machine %s: %w", m.Backend, m.ID, err)
+	}
+	if snap == "" {
+		s.unparkMu.Lock()
+		s.idled[key] = stamp
+		s.unparkMu.Unlock()
+		s.log.Info().Str("backend", m.Backend).Str("machine", m.ID).Msg("stopped an idle machine")
+		return false, nil
+	}
+	// Record the snapshot before the machine goes: a crash in between
+	// leaves a machine that the next start's reconciler deletes, never a
+	// conversation without its files.
+	if _, err := s.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
+		if rec := c.Machine(m.Backend, m.ID); rec != nil {
+			rec.Parked = &sessions.Parked{Snapshot: snap, At: time.Now().UTC()}
+		}
+		return nil
+	}); err != nil {
+		return false, fmt.Errorf("record parked machine %s: %w", m.ID, err)
+	}
+	if err := b.Delete(ctx, m.ID); err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return false, fmt.Errorf("delete parked machine %s: %w", m.ID, err)
+	}
+	s.log.Info().Str("backend", m.Backend).Str("machine", m.ID).Str("snapshot", snap).Msg("parked an idle machine")
+	return true, nil
+}
+
+func sessionsKey(c *sessions.Conversation, m sessions.Machine) string {
+	return c.Handle + "/" + m.Backend + "/" + m.ID
+}
+
+// closeConversation deletes the machines of a conversation idle past its
+// time to live (ForeverVM's cannot be deleted and stay) and marks it
+// closed; its snapshots stay its principal's.
+func (s *Service) closeConversation(ctx context.Context, c *sessions.Conversation) error {
+	var errs []error
+	for _, m := range c.Machines {
+		if m.Parked != nil {
+			continue // nothing runs; the snapshot is kept
+		}
+		b := s.backend(m.Backend)
+		if b == nil {
+			continue
+		}
+		if err := b.Delete(ctx, m.ID); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			s.log.Warn().Err(err).Str("backend", m.Backend).Str("machine", m.ID).Msg("kept a machine of a closed conversation")
+		}
+	}
+	_, err := s.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
+		now := time.Now().UTC()
+		c.Closed = &now
+		for _, m := range c.Machines {
+			if m.Parked != nil {
+				c.Snapshots = append(c.Snapshots, sessions.Snapshot{Backend: m.Backend, ID: m.Parked.Snapshot, Machine: m.ID, CreatedAt: m.Parked.At})
+			}
+		}
+		c.Machines, c.Defaults = nil, nil
+		return nil
+	})
+	if err != nil {
+		errs = append(errs, err)
+	}
+	s.log.Info().Str("conversation", conversationTag(c.Handle)).Msg("closed an idle conversation")
+	return errors.Join(errs...)
+}
+
+// ReconcileResult counts what Reconcile found.
+type ReconcileResult struct {
+	Orphans, Deleted, Adopted int
+}
+
+// Reconcile runs at start: machines this server instance created for a
+// conversation that does not own them (the server was killed between
+// creating and recording them) are deleted where the backend allows it;
+// the default machine of a server from before conversations joins the
+// local user's default conversation.
+func (s *Service) Reconcile(ctx context.Context) (ReconcileResult, error) {
+	var r ReconcileResult
+	all, err := s.sessions.Store().All(ctx)
+	if err != nil {
+		return r, err
+	}
+	owned := map[string]bool{}
+	for _, c := range all {
+		for _, m := range c.Machines {
+			owned[m.Backend+"/"+m.ID] = true
+		}
+	}
+	var errs []error
+	for _, b := range s.backends {
+		infos, err := b.Machines(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list %s machines: %w", b.Name(), err))
+			continue
+		}
+		for _, info := range infos {
+			if owned[b.Name()+"/"+info.ID] {
+				continue
+			}
+			switch {
+			case info.Tags[tagServer] == s.instance && info.Tags[tagConversation] != "":
+				r.Orphans++
+				if err := b.Delete(ctx, info.ID); err != nil {
+					s.log.Warn().Err(err).Str("backend", b.Name()).Str("machine", info.ID).Msg("could not delete an orphaned machine")
+					continue
+				}
+				r.Deleted++
+			case info.Tags[legacyDefaultTag] == "default" && info.Tags[tagConversation] == "":
+				if err := s.adopt(ctx, b, info.ID); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				r.Adopted++
+			}
+		}
+	}
+	s.log.Info().Int("orphans", r.Orphans).Int("deleted", r.Deleted).Int("adopted", r.Adopted).Msg("reconciled machines with conversations")
+	return r, errors.Join(errs...)
+}
+
+// adopt makes a legacy default machine the local user's default
+// conversation's, as its default on that backend unless it has one.
+func (s *Service) adopt(ctx context.Context, b backend.Backend, id string) error {
+	c, _, err := s.sessions.Resolve(ctx, s.localPrincipal, "", "")
+	if err != nil {
+		return err
+	}
+	_, err = s.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
+		c.AddMachine(b.Name(), id, time.Now().UTC())
+		if c.Defaults[b.Name()] == "" {
+			c.SetDefault(b.Name(), id)
+		}
+		return nil
+	})
+	return err
+}
