@@ -25,11 +25,12 @@ import (
 
 // Instructions is the server's instructions for the model.
 const Instructions = `vmcp gives you persistent sandboxed Linux machines with a stateful Python interpreter.
-- Every tool takes an optional "machine" id. Without it, tools use the default machine, created on first use; launch_vm creates a new machine and makes it the default.
+- Your calls belong to a conversation that owns its machines. Without "session" you use this client's conversation; session "new" starts another, and every result names its session: pass it back to continue that conversation (also after a server restart). session_info shows what it owns.
+- Every tool takes an optional "machine" id. Without it, tools use the conversation's default machine, created on first use; launch_vm creates a new machine and makes it the default.
 - run_python keeps globals between calls (like a notebook); matplotlib figures come back as images. exec_command runs bash or an argv in the same machine and its files.
-- Files live in the machine's workspace; move them with upload_file and download_file.
+- Files live in the machine (relative paths start in its home); move them with upload_file and download_file.
 - snapshot_vm saves a machine's files (not its Python state) under a snapshot id; launch_vm with snapshot_id starts a new machine from it. list_machines shows both; delete_vm removes a machine.
-- Machines have no network access.`
+- Machines have no network access unless the server grants it. An idle machine may be stopped or parked and is restored on next use, with its files.`
 
 // Service holds what the tools share: the backends, the conversations, and
 // the host directories that local_path may use.
