@@ -21,9 +21,25 @@ func openTestStore(t *testing.T, path string) *BoltStore {
 	return s
 }
 
-func TestResolve(t *testing.T) {
+// eachStore runs test against every Store implementation. Each call of open
+// returns a new store over the same data: a restarted server, or (Redis
+// only) another replica. Close a BoltStore before opening it again.
+func eachStore(t *testing.T, test func(t *testing.T, open func() Store)) {
+	t.Run("bolt", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "s.db")
+		test(t, func() Store { return openTestStore(t, path) })
+	})
+	t.Run("redis", func(t *testing.T) {
+		url := startRedis(t).url
+		test(t, func() Store { return openTestRedis(t, url, RedisOptions{}) })
+	})
+}
+
+func TestResolve(t *testing.T) { eachStore(t, testResolve) }
+
+func testResolve(t *testing.T, open func() Store) {
 	ctx := context.Background()
-	m := NewManager(openTestStore(t, filepath.Join(t.TempDir(), "s.db")), Limits{})
+	m := NewManager(open(), Limits{})
 
 	def, created, err := m.Resolve(ctx, "alice", "", "")
 	if err != nil || !created || !ValidHandle(def.Handle) || def.Principal != "alice" {
@@ -68,10 +84,11 @@ func TestResolve(t *testing.T) {
 	}
 }
 
-func TestBindingsSurviveReopen(t *testing.T) {
+func TestBindingsSurviveReopen(t *testing.T) { eachStore(t, testBindingsSurviveReopen) }
+
+func testBindingsSurviveReopen(t *testing.T, open func() Store) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "s.db")
-	s := openTestStore(t, path)
+	s := open()
 	m := NewManager(s, Limits{})
 	c, _, _ := m.Resolve(ctx, "alice", "", "")
 	if _, err := m.AddMachine(ctx, c, "local", "m-1", true); err != nil {
@@ -85,7 +102,7 @@ func TestBindingsSurviveReopen(t *testing.T) {
 	}
 	s.Close()
 
-	m2 := NewManager(openTestStore(t, path), Limits{})
+	m2 := NewManager(open(), Limits{})
 	c2, created, err := m2.Resolve(ctx, "alice", "", "")
 	if err != nil || created || c2.Handle != c.Handle {
 		t.Fatalf("after reopening: %+v, %v, %v", c2, created, err)
@@ -104,25 +121,30 @@ func TestBindingsSurviveReopen(t *testing.T) {
 	}
 }
 
-func TestFailedUpdateWritesNothing(t *testing.T) {
+func TestFailedUpdateWritesNothing(t *testing.T) { eachStore(t, testFailedUpdateWritesNothing) }
+
+func testFailedUpdateWritesNothing(t *testing.T, open func() Store) {
 	ctx := context.Background()
-	m := NewManager(openTestStore(t, filepath.Join(t.TempDir(), "s.db")), Limits{})
+	m := NewManager(open(), Limits{})
 	c, _, _ := m.Resolve(ctx, "alice", "", "")
+	failed := errors.New("backend failed")
 	_, err := m.Update(ctx, c, func(c *Conversation) error {
 		c.AddMachine("local", "m-x", c.CreatedAt)
-		return errors.New("backend failed")
+		return failed
 	})
-	if err == nil {
-		t.Fatal("no error")
+	if !errors.Is(err, failed) {
+		t.Fatalf("update failed with %v, want fn's error", err)
 	}
 	if got, _ := m.Store().Load(ctx, "alice", c.Handle); got.Machine("local", "m-x") != nil {
 		t.Error("a failed update was written")
 	}
 }
 
-func TestConcurrentUpdatesLoseNothing(t *testing.T) {
+func TestConcurrentUpdatesLoseNothing(t *testing.T) { eachStore(t, testConcurrentUpdatesLoseNothing) }
+
+func testConcurrentUpdatesLoseNothing(t *testing.T, open func() Store) {
 	ctx := context.Background()
-	m := NewManager(openTestStore(t, filepath.Join(t.TempDir(), "s.db")), Limits{})
+	m := NewManager(open(), Limits{})
 	c, _, _ := m.Resolve(ctx, "alice", "", "")
 	var wg sync.WaitGroup
 	for i := range 20 {
@@ -136,6 +158,50 @@ func TestConcurrentUpdatesLoseNothing(t *testing.T) {
 	got, _ := m.Store().Load(ctx, "alice", c.Handle)
 	if len(got.Machines) != 20 {
 		t.Errorf("%d machines recorded, want 20", len(got.Machines))
+	}
+}
+
+// TestPrincipalsIsolated: another principal's conversation is not found,
+// whatever the call, and stays as it was; Create never replaces.
+func TestPrincipalsIsolated(t *testing.T) { eachStore(t, testPrincipalsIsolated) }
+
+func testPrincipalsIsolated(t *testing.T, open func() Store) {
+	ctx := context.Background()
+	s := open()
+	now := time.Now().UTC()
+	c := &Conversation{Handle: NewHandle(), Principal: "alice", CreatedAt: now, LastUsed: now}
+	if err := s.Create(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Create(ctx, &Conversation{Handle: c.Handle, Principal: "bob"}); err == nil || !strings.Contains(err.Error(), "exists already") {
+		t.Errorf("a second create of %s: %v, want exists already", c.Handle, err)
+	}
+	if _, err := s.Load(ctx, "bob", c.Handle); !errors.Is(err, ErrNotFound) {
+		t.Errorf("bob loads alice's conversation: %v", err)
+	}
+	ran := false
+	if _, err := s.Update(ctx, "bob", c.Handle, func(c *Conversation) error { ran = true; c.SetDefault("local", "m-bob"); return nil }); !errors.Is(err, ErrNotFound) || ran {
+		t.Errorf("bob updates alice's conversation: %v (fn ran: %v)", err, ran)
+	}
+	if err := s.Delete(ctx, "bob", c.Handle); !errors.Is(err, ErrNotFound) {
+		t.Errorf("bob deletes alice's conversation: %v", err)
+	}
+	got, err := s.Load(ctx, "alice", c.Handle)
+	if err != nil || got.Principal != "alice" || got.Defaults["local"] != "" {
+		t.Fatalf("alice's conversation after bob's attempts: %+v, %v", got, err)
+	}
+
+	if err := s.Delete(ctx, "alice", c.Handle); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Load(ctx, "alice", c.Handle); !errors.Is(err, ErrNotFound) {
+		t.Errorf("load after delete: %v", err)
+	}
+	if err := s.Delete(ctx, "alice", c.Handle); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second delete: %v", err)
+	}
+	if all, err := s.All(ctx); err != nil || len(all) != 0 {
+		t.Errorf("all after delete: %v, %v", all, err)
 	}
 }
 
