@@ -113,7 +113,7 @@ func (s *Service) uploadFile(ctx context.Context, req mcp.CallToolRequest, in Up
 		}
 		src = bytes.NewReader(data)
 	default:
-		access, ask := s.hostAccess(ctx, req)
+		access, ask := s.hostAccess(ctx, req, in.LocalPath)
 		if ask != nil {
 			return ask, nil
 		}
@@ -205,7 +205,7 @@ func (s *Service) downloadFile(ctx context.Context, req mcp.CallToolRequest, in 
 	}
 	var target string
 	if in.LocalPath != "" {
-		access, ask := s.hostAccess(ctx, req)
+		access, ask := s.hostAccess(ctx, req, in.LocalPath)
 		if ask != nil {
 			return ask, nil
 		}

@@ -93,7 +93,7 @@ func (s *Service) buildImage(ctx context.Context, req mcp.CallToolRequest, in Bu
 	}
 	var dir string
 	if in.ContextLocalPath != "" {
-		access, ask := s.hostAccess(ctx, req)
+		access, ask := s.hostAccess(ctx, req, in.ContextLocalPath)
 		if ask != nil {
 			return ask, nil
 		}

@@ -195,7 +195,13 @@ func (a hostAccess) absHost(p string) (string, error) {
 
 // hostAccess gathers the roots that bound local_path for this call; ask is
 // non-nil when the client must be asked for its roots first.
-func (s *Service) hostAccess(ctx context.Context, req mcp.CallToolRequest) (access hostAccess, ask *mcp.CallToolResult) {
-	client, ask := clientRoots(ctx, req)
-	return hostAccess{allowed: s.allowedRoots, client: client}, ask
+// The client is asked only for a path that the server's own roots allow:
+// a path refused anyway costs no round trip.
+func (s *Service) hostAccess(ctx context.Context, req mcp.CallToolRequest, path string) (access hostAccess, ask *mcp.CallToolResult) {
+	access = hostAccess{allowed: s.allowedRoots}
+	if _, err := access.absHost(path); err != nil {
+		return access, nil
+	}
+	access.client, ask = clientRoots(ctx, req)
+	return access, ask
 }

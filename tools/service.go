@@ -47,6 +47,7 @@ type Service struct {
 	// unparkMu guards relaunching parked machines and the maps below, so
 	// that the reaper never parks a machine a call is using.
 	unparkMu sync.Mutex
+	onCall   func(tool, backend, outcome string, d time.Duration)
 	idled    map[string]int64 // machine key → use stamp when it was stopped
 	busy     map[string]int   // machine key → calls using it
 	parking  map[string]bool  // machine key → being parked now
@@ -68,7 +69,11 @@ type Config struct {
 	Idle map[string]time.Duration
 	// ConversationTTL closes conversations idle this long (0: never).
 	ConversationTTL time.Duration
-	Log             zerolog.Logger
+	// OnCall, if set, learns of every tool call when it ends: the tool, the
+	// backend of the machine it used ("" if none), "ok", "tool_error" or
+	// "error", and how long it took (for metrics).
+	OnCall func(tool, backend, outcome string, d time.Duration)
+	Log    zerolog.Logger
 }
 
 // NewService makes the tools' shared state.
@@ -85,7 +90,7 @@ func NewService(cfg Config) (*Service, error) {
 	}
 	return &Service{backends: cfg.Backends, sessions: cfg.Sessions, allowedRoots: roots, instance: cfg.Instance,
 		idle: cfg.Idle, ttl: cfg.ConversationTTL, localPrincipal: localPrincipal(), log: cfg.Log,
-		idled: map[string]int64{}, busy: map[string]int{}, parking: map[string]bool{}}, nil
+		onCall: cfg.OnCall, idled: map[string]int64{}, busy: map[string]int{}, parking: map[string]bool{}}, nil
 }
 
 // Tools are every tool with its handler.
@@ -120,6 +125,8 @@ func (s *Service) NewMCPServer(version string) *server.MCPServer {
 		server.WithInstructions(Instructions),
 		server.WithToolCapabilities(false),
 		server.WithPromptCapabilities(false),
+		server.WithResourceCapabilities(false, false), // none yet; clients may still ask
+		server.WithLogging(),
 		server.WithInputSchemaValidation(),
 		// No output validation: results are typed Go values made to match
 		// their schemas, and the end-to-end tests validate every result
@@ -303,8 +310,7 @@ func (s *Service) defaultMachine(ctx context.Context, c *sessions.Conversation, 
 		return nil, err
 	}
 	s.log.Info().Str("backend", b.Name()).Str("machine", info.ID).Msg("created a conversation's default machine")
-	s.sessions.TouchMachine(c.Handle, b.Name(), info.ID)
-	return b.Machine(ctx, info.ID)
+	return s.open(ctx, c, b, info.ID)
 }
 
 // open returns a machine of conversation c (named by its id or an earlier
@@ -335,6 +341,9 @@ func (s *Service) open(ctx context.Context, c *sessions.Conversation, b backend.
 		return nil, err
 	}
 	s.sessions.TouchMachine(c.Handle, b.Name(), id)
+	if n, ok := ctx.Value(notesKey{}).(*callNotes); ok {
+		n.setBackend(b.Name())
+	}
 	return m, nil
 }
 
@@ -455,11 +464,18 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 		s.sessions.Touch(c.Handle)
 		notes := &callNotes{}
 		ctx = context.WithValue(context.WithValue(ctx, conversationKey{}, c), notesKey{}, notes)
+		start := time.Now()
 		res, err := handle(ctx, req, in)
+		outcome := "ok"
 		if err != nil {
-			res = mcp.NewToolResultError(errorText(err))
+			res, outcome = mcp.NewToolResultError(errorText(err)), "error"
+		} else if res.IsError {
+			outcome = "tool_error"
 		}
 		notes.end(res)
+		if s.onCall != nil {
+			s.onCall(spec.name, notes.backend, outcome, time.Since(start))
+		}
 		if res.ResultType != mcp.ResultTypeInputRequired {
 			withSession(res, c.Handle, created)
 		}

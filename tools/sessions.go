@@ -249,9 +249,16 @@ type notesKey struct{}
 // callNotes collects what a call should tell the model besides its result
 // (e.g. that its machine was restored from a snapshot).
 type callNotes struct {
-	mu    sync.Mutex
-	lines []string
-	ends  []func() // run when the call ends
+	mu      sync.Mutex
+	lines   []string
+	ends    []func() // run when the call ends
+	backend string   // of the machine the call used
+}
+
+func (n *callNotes) setBackend(b string) {
+	n.mu.Lock()
+	n.backend = b
+	n.mu.Unlock()
 }
 
 // onEnd runs f when the call ends.

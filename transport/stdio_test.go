@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 }
 
 // newServer is vmcp's real MCP server on a fresh engine.
-func newServer(t testing.TB) (*server.MCPServer, *local.Engine) {
+func newServer(t testing.TB, allowedRoots ...string) (*server.MCPServer, *local.Engine) {
 	t.Helper()
 	engine, err := local.New(local.Options{StateDir: t.TempDir()})
 	if err != nil {
@@ -40,7 +40,7 @@ func newServer(t testing.TB) (*server.MCPServer, *local.Engine) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	svc, err := tools.NewService(tools.Config{Backends: []backend.Backend{localbackend.New(engine)}, Sessions: sessions.NewManager(store, sessions.Limits{}), Log: zerolog.Nop()})
+	svc, err := tools.NewService(tools.Config{Backends: []backend.Backend{localbackend.New(engine)}, Sessions: sessions.NewManager(store, sessions.Limits{}), AllowedRoots: allowedRoots, Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,10 +231,10 @@ func TestClosingStdinCancelsCallsInFlight(t *testing.T) {
 }
 
 func TestServerAsksTheClientForRoots(t *testing.T) {
-	srv, _ := newServer(t)
+	dir := t.TempDir()
+	srv, _ := newServer(t, dir)
 	c := startRaw(t, srv, StdioOptions{})
 	c.initialize(t, `{"roots":{"listChanged":true}}`)
-	dir := t.TempDir()
 	c.send(t, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"upload_file","arguments":{"path":"x","local_path":%q}}}`, dir+"/missing")
 	req := c.recv(t)
 	if req["method"] != "roots/list" || req["id"] == nil {
@@ -245,9 +245,9 @@ func TestServerAsksTheClientForRoots(t *testing.T) {
 	r := c.recv(t)
 	res, _ := r["result"].(map[string]any)
 	content, _ := json.Marshal(res["content"])
-	// The server has no allowed roots, so the call is refused either way;
-	// what matters is that it completed after the roots arrived.
-	if res["isError"] != true || !strings.Contains(string(content), "allows no host directories") {
+	// The file does not exist; what matters is that the call completed
+	// after the roots arrived.
+	if res["isError"] != true || !strings.Contains(string(content), "does not exist") {
 		t.Errorf("result after roots/list: %v", r)
 	}
 }

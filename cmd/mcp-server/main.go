@@ -58,6 +58,7 @@ type config struct {
 	maxSnapshots int
 	idle         map[string]time.Duration // backend → idle timeout
 	ttl          time.Duration            // conversations idle this long are closed
+	http         httpConfig               // the hosted endpoint, when transport is http
 	limits       local.Limits
 	noSandbox    bool
 }
@@ -74,7 +75,8 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	fs := flag.NewFlagSet("mcp-server", flag.ContinueOnError)
 	stateDir := fs.String("state-dir", envOr("VMCP_STATE_DIR", local.DefaultStateDir()), "directory for machines and snapshots (env VMCP_STATE_DIR)")
 	logLevel := fs.String("log-level", envOr("VMCP_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error (env VMCP_LOG_LEVEL); logs go to stderr")
-	roots := fs.String("allowed-roots", envOr("VMCP_ALLOWED_ROOTS", cwd), "host directories that upload_file/download_file local_path may use, separated by "+string(filepath.ListSeparator)+" (env VMCP_ALLOWED_ROOTS)")
+	roots := fs.String("allowed-roots", envOr("VMCP_ALLOWED_ROOTS", ""), "host directories that upload_file/download_file local_path may use, separated by "+string(filepath.ListSeparator)+" (env VMCP_ALLOWED_ROOTS); default: the working directory on stdio, none over http")
+	hc := httpFlags(fs, envOr)
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	backend := fs.String("backend", envOr("VMCP_BACKEND", "auto"), "preferred backend: local, forevervm, fastvm, or auto (the configured cloud backends first, then local); tools without a machine use the preferred backend that can do what they need (env VMCP_BACKEND)")
 	maxMachines := fs.Int("max-machines", intEnv(getenv, "VMCP_MAX_MACHINES", 0), "most machines one conversation may own; 0: no limit (env VMCP_MAX_MACHINES)")
@@ -162,7 +164,13 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	if err != nil || level == zerolog.NoLevel {
 		return config{}, fmt.Errorf("--log-level %q: want trace, debug, info, warn, error or disabled", *logLevel)
 	}
-	return config{stateDir: *stateDir, logLevel: level, allowedRoots: filepath.SplitList(*roots), version: *showVersion,
+	if err := hc.check(); err != nil {
+		return config{}, err
+	}
+	if *roots == "" && hc.transport == "stdio" {
+		*roots = cwd // over http, host paths stay off unless named
+	}
+	return config{http: *hc, stateDir: *stateDir, logLevel: level, allowedRoots: filepath.SplitList(*roots), version: *showVersion,
 		backend: *backend, forevervm: fvmCfg, fastvm: fastCfg, limits: limits, noSandbox: *noSandbox, maxMachines: *maxMachines, maxSnapshots: *maxSnapshots,
 		idle: map[string]time.Duration{"local": *idleLocal, "fastvm": *idleFast}, ttl: *ttl}, nil
 }
@@ -220,7 +228,10 @@ func backends(cfg config, engine *local.Engine, log zerolog.Logger) ([]backend.B
 		c := fvc.New(cfg.fastvm.key, fvc.WithBaseURL(cfg.fastvm.url), fvc.WithLogger(log.With().Str("backend", "fastvm").Logger()))
 		cloud = append(cloud, fastbackend.New(c, fastbackend.Options{MachineType: cfg.fastvm.machineType, Logger: log}))
 	}
-	all := append(cloud, localbackend.New(engine))
+	all := cloud
+	if cfg.http.transport != "http" || cfg.http.enableLocal {
+		all = append(all, localbackend.New(engine))
+	}
 	if cfg.backend != "auto" {
 		for i, b := range all {
 			if b.Name() == cfg.backend {
@@ -236,6 +247,9 @@ func backends(cfg config, engine *local.Engine, log zerolog.Logger) ([]backend.B
 }
 
 func run(args []string) error {
+	if len(args) > 0 && args[0] == "token" {
+		return tokenCommand(args[1:], os.Stdout)
+	}
 	cwd, err := os.Getwd()
 	if err != nil {
 		return err
@@ -260,7 +274,7 @@ func run(args []string) error {
 	}
 	defer engine.Close()
 
-	store, err := sessions.OpenBolt(filepath.Join(engine.StateDir(), "sessions.db"))
+	store, err := openStore(cfg.http.sessionStore, engine.StateDir())
 	if err != nil {
 		return err
 	}
@@ -273,8 +287,9 @@ func run(args []string) error {
 
 	bs, closeBackends := backends(cfg, engine, log)
 	defer closeBackends()
+	metrics := newMetrics(manager)
 	svc, err := tools.NewService(tools.Config{Backends: bs, Sessions: manager, AllowedRoots: cfg.allowedRoots, Instance: instance,
-		Idle: cfg.idle, ConversationTTL: cfg.ttl, Log: log})
+		Idle: cfg.idle, ConversationTTL: cfg.ttl, OnCall: metrics.observe, Log: log})
 	if err != nil {
 		return err
 	}
@@ -289,13 +304,16 @@ func run(args []string) error {
 		names = append(names, b.Name())
 	}
 	log.Info().Str("state_dir", engine.StateDir()).Strs("allowed_roots", cfg.allowedRoots).Bool("sandboxed", engine.Sandboxed()).
-		Strs("backends", names).Msg("vmcp MCP server on stdio")
+		Strs("backends", names).Str("transport", cfg.http.transport).Msg("vmcp MCP server")
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	go flushUses(ctx, manager, log)
 	go reap(ctx, svc, reapInterval(cfg), log)
 	defer manager.Flush(context.Background())
+	if cfg.http.transport == "http" {
+		return serveHTTP(ctx, cfg.http, srv, metrics, log)
+	}
 	err = transport.ServeStdio(ctx, srv, os.Stdin, os.Stdout, transport.StdioOptions{Logger: log})
 	if err != nil && ctx.Err() == nil {
 		return err

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
+
+	"github.com/vmcp-dev/vmcp/auth"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -74,5 +78,46 @@ func TestParseConfig(t *testing.T) {
 	if cfg, err := parseConfig([]string{"--forevervm-token-file", file, "--forevervm-url", "http://127.0.0.1:1"}, getenv, "/work"); err != nil ||
 		cfg.forevervm.token != "id.from-file" || cfg.forevervm.url != "http://127.0.0.1:1" {
 		t.Errorf("forevervm from a file: %+v, %v", cfg.forevervm, err)
+	}
+}
+
+func TestTokenCommand(t *testing.T) {
+	var out strings.Builder
+	if err := tokenCommand([]string{"new", "alice"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	token := strings.TrimSpace(lines[0][strings.LastIndex(lines[0], " "):])
+	if !strings.HasPrefix(token, "vmcp_") || lines[2] != "alice "+auth.HashToken(token) {
+		t.Fatalf("output:\n%s", out.String())
+	}
+	for _, args := range [][]string{nil, {"new"}, {"old", "alice"}, {"new", "bad principal"}} {
+		if err := tokenCommand(args, io.Discard); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
+}
+
+func TestParseHTTPConfig(t *testing.T) {
+	none := func(string) string { return "" }
+	if _, err := parseConfig([]string{"--transport", "http"}, none, "/work"); err == nil || !strings.Contains(err.Error(), "needs authentication") {
+		t.Errorf("http without auth: %v", err)
+	}
+	if _, err := parseConfig([]string{"--transport", "carrier-pigeon"}, none, "/work"); err == nil {
+		t.Error("an unknown transport accepted")
+	}
+	if _, err := parseConfig([]string{"--transport", "http", "--jwks-url", "http://127.0.0.1:1/jwks"}, none, "/work"); err == nil || !strings.Contains(err.Error(), "--public-url") {
+		t.Errorf("a JWKS without an audience: %v", err)
+	}
+	cfg, err := parseConfig([]string{"--transport", "http", "--tokens-file", "/t", "--allowed-origins", "https://a.example, https://b.example"}, none, "/work")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Hosted defaults: no host directories, no local machines.
+	if len(cfg.allowedRoots) != 0 || cfg.http.enableLocal || len(cfg.http.allowedOrigins) != 2 || cfg.http.maxConcurrent != 16 {
+		t.Errorf("hosted defaults: roots %v, local %v, origins %v, concurrent %d", cfg.allowedRoots, cfg.http.enableLocal, cfg.http.allowedOrigins, cfg.http.maxConcurrent)
+	}
+	if cfg, _ := parseConfig(nil, none, "/work"); len(cfg.allowedRoots) != 1 || cfg.allowedRoots[0] != "/work" {
+		t.Errorf("stdio keeps the working directory as its root: %v", cfg.allowedRoots)
 	}
 }

@@ -49,15 +49,19 @@ func main() {
 
 // config is what the flags set.
 type config struct {
-	server   string
-	n        int
-	stateDir string
+	server      string
+	n           int
+	stateDir    string
+	loadClients int // concurrent HTTP clients of the load test; 0 skips it
+	loadCalls   int
 }
 
 func parseConfig(args []string) (config, error) {
 	fs := flag.NewFlagSet("vmcp-bench", flag.ContinueOnError)
 	server := fs.String("server", "", "path of a built mcp-server binary (required)")
 	n := fs.Int("n", 2000, "timed calls of each operation, via MCP and direct")
+	loadClients := fs.Int("load-clients", 0, "also run the load test: this many concurrent MCP clients over streamable HTTP (0: skip)")
+	loadCalls := fs.Int("load-calls", 20, "run_python calls of each load-test client")
 	stateDir := fs.String("state-dir", "", "directory for the servers' (<dir>/sdk, <dir>/lean) and the engine's (<dir>/engine) state; default a fresh temporary directory, removed at the end")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -71,7 +75,10 @@ func parseConfig(args []string) (config, error) {
 	if *n < 1 {
 		return config{}, fmt.Errorf("--n %d: want at least 1", *n)
 	}
-	return config{server: *server, n: *n, stateDir: *stateDir}, nil
+	if *loadClients < 0 || *loadCalls < 1 {
+		return config{}, fmt.Errorf("--load-clients takes 0 or more, --load-calls 1 or more")
+	}
+	return config{server: *server, n: *n, stateDir: *stateDir, loadClients: *loadClients, loadCalls: *loadCalls}, nil
 }
 
 func run(args []string, stdout io.Writer) error {
@@ -131,7 +138,17 @@ func run(args []string, stdout io.Writer) error {
 		return fmt.Errorf("fastvm: %w", err)
 	}
 	fmt.Fprintln(stdout, "\nFastVM backend against the emulator on loopback: through the MCP server, with the Go client's\nJSON exec as the backend uses it without a progress token (direct), and its streamed exec (ms)")
-	return printTable(stdout, []*operation{fast}, "direct", "streamed")
+	if err := printTable(stdout, []*operation{fast}, "direct", "streamed"); err != nil {
+		return err
+	}
+	if cfg.loadClients > 0 {
+		r, err := benchLoad(server, filepath.Join(dir, "load"), cfg.loadClients, cfg.loadCalls)
+		if err != nil {
+			return fmt.Errorf("load: %w", err)
+		}
+		printLoad(stdout, r)
+	}
+	return nil
 }
 
 // operation is one measured operation with its timings three ways: through
@@ -437,6 +454,9 @@ func benchEngine(stateDir string, n int, py, cmd *operation) error {
 
 // percentile returns the q-th percentile (0 < q < 1) of l, which it sorts.
 func percentile(l []time.Duration, q float64) time.Duration {
+	if len(l) == 0 {
+		return 0
+	}
 	sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
 	i := int(float64(len(l)) * q)
 	if i >= len(l) {

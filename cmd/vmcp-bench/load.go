@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// loadResult is what benchLoad measured.
+type loadResult struct {
+	clients, calls int
+	errors         int64
+	latencies      []time.Duration
+	wall           time.Duration
+	rssMiB, hwmMiB int64         // the server's resident set at the end, and its peak
+	healthzMax     time.Duration // slowest /healthz answer during the load
+	healthzFailed  int64
+}
+
+// benchLoad starts the server over streamable HTTP and runs clients
+// concurrent MCP sessions (one conversation, hence one machine, each), each
+// making calls run_python calls, while /healthz is polled.
+func benchLoad(server, stateDir string, clients, calls int) (*loadResult, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	c := exec.Command(server, "--transport", "http", "--listen", addr, "--insecure-no-auth", "--enable-local-backend",
+		"--max-concurrent-calls", "0", "--state-dir", stateDir)
+	stderr := &syncBuffer{}
+	c.Stderr = stderr
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		c.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { c.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			c.Process.Kill()
+			<-done
+		}
+	}()
+	base := "http://" + addr
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(base + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the server did not answer /healthz:\n%s", stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	r := &loadResult{clients: clients, calls: calls}
+	var mu sync.Mutex
+	stopProbe := make(chan struct{})
+	probeDone := make(chan struct{})
+	go func() {
+		defer close(probeDone)
+		hc := &http.Client{Timeout: 5 * time.Second}
+		for {
+			select {
+			case <-stopProbe:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			start := time.Now()
+			resp, err := hc.Get(base + "/healthz")
+			d := time.Since(start)
+			if err != nil || resp.StatusCode != 200 {
+				atomic.AddInt64(&r.healthzFailed, 1)
+			}
+			if resp != nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			mu.Lock()
+			r.healthzMax = max(r.healthzMax, d)
+			mu.Unlock()
+		}
+	}()
+
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := 0; i < clients; i++ {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			client := mcp.NewClient(&mcp.Implementation{Name: "vmcp-load", Version: "1"}, nil)
+			cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: base + "/mcp"}, nil)
+			if err != nil {
+				atomic.AddInt64(&r.errors, int64(calls))
+				return
+			}
+			defer cs.Close()
+			for j := 0; j < calls; j++ {
+				t0 := time.Now()
+				res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "run_python", Arguments: map[string]any{"code": fmt.Sprintf("%d * %d", i, j)}})
+				d := time.Since(t0)
+				if err != nil || res.IsError || text(res) == "" || !strings.Contains(text(res), strconv.Itoa(i*j)) {
+					atomic.AddInt64(&r.errors, 1)
+					continue
+				}
+				mu.Lock()
+				r.latencies = append(r.latencies, d)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	r.wall = time.Since(start)
+	close(stopProbe)
+	<-probeDone
+	r.rssMiB, r.hwmMiB = procMemory(c.Process.Pid)
+	return r, nil
+}
+
+// procMemory reads a process's current and peak resident set, in MiB.
+func procMemory(pid int) (rss, hwm int64) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return -1, -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb >> 10
+		case "VmHWM:":
+			hwm = kb >> 10
+		}
+	}
+	return rss, hwm
+}
+
+func printLoad(w io.Writer, r *loadResult) {
+	fmt.Fprintf(w, "\nLoad over streamable HTTP: %d concurrent clients x %d run_python calls (local backend)\n", r.clients, r.calls)
+	fmt.Fprintf(w, "errors %d of %d; latency p50 %s ms, p99 %s ms; wall %.1f s; server RSS %d MiB (peak %d MiB); /healthz slowest %s ms, failed %d\n",
+		r.errors, r.clients*r.calls, ms(percentile(r.latencies, 0.5)), ms(percentile(r.latencies, 0.99)), r.wall.Seconds(),
+		r.rssMiB, r.hwmMiB, ms(r.healthzMax), r.healthzFailed)
+}

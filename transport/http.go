@@ -1,0 +1,213 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mark3labs/mcp-go/server"
+	"github.com/rs/zerolog"
+)
+
+// HTTPOptions configure the hosted endpoint.
+type HTTPOptions struct {
+	// Addr is the listen address, e.g. 127.0.0.1:8080.
+	Addr string
+	// Authenticate, if set, wraps every MCP request: it answers 401 itself
+	// or passes the request on with the caller's principal in its context.
+	Authenticate func(http.Handler) http.Handler
+	// Principal reads the principal Authenticate put in a request's
+	// context; it keys the per-principal limit on concurrent calls.
+	Principal func(context.Context) string
+	// WithPrincipal puts the principal into the context the tools see.
+	WithPrincipal func(ctx context.Context, principal string) context.Context
+	// AllowedOrigins are the browser origins allowed to call (an Origin
+	// header naming another is refused with 403). Requests without Origin
+	// (non-browser clients) are allowed.
+	AllowedOrigins []string
+	// MaxRequestBytes bounds a request body; default 16 MiB.
+	MaxRequestBytes int64
+	// MaxConcurrentPerPrincipal bounds one principal's requests in flight
+	// (0: no limit); past it, 429.
+	MaxConcurrentPerPrincipal int
+	// Metrics, Metadata and Healthz are served at /metrics,
+	// /.well-known/oauth-protected-resource and /healthz when set.
+	Metrics, Metadata, Healthz http.Handler
+	// ShutdownTimeout bounds the drain of calls in flight; default 30 s.
+	ShutdownTimeout time.Duration
+	Logger          zerolog.Logger
+}
+
+// HTTP paths of the endpoint.
+const (
+	PathMCP     = "/mcp"     // streamable HTTP
+	PathSSE     = "/sse"     // legacy SSE stream
+	PathMessage = "/message" // legacy SSE messages
+)
+
+// NewHTTPHandler serves srv over streamable HTTP at /mcp and legacy SSE at
+// /sse and /message, behind the origin check, the size limit,
+// authentication and the per-principal limit; plus /healthz, /metrics and
+// the protected-resource metadata. shutdown ends the MCP sessions.
+func NewHTTPHandler(srv *server.MCPServer, opts HTTPOptions) (h http.Handler, shutdown func(context.Context) error) {
+	if opts.MaxRequestBytes <= 0 {
+		opts.MaxRequestBytes = 16 << 20
+	}
+	principalCtx := func(ctx context.Context, r *http.Request) context.Context {
+		if opts.Principal != nil && opts.WithPrincipal != nil {
+			if p := opts.Principal(r.Context()); p != "" {
+				return opts.WithPrincipal(ctx, p)
+			}
+		}
+		return ctx
+	}
+	streamable := server.NewStreamableHTTPServer(srv,
+		server.WithEndpointPath(PathMCP),
+		server.WithHTTPContextFunc(principalCtx),
+		server.WithHeartbeatInterval(30*time.Second),
+	)
+	sse := server.NewSSEServer(srv,
+		server.WithSSEEndpoint(PathSSE),
+		server.WithMessageEndpoint(PathMessage),
+		server.WithSSEContextFunc(principalCtx),
+		server.WithKeepAlive(true),
+	)
+	limiter := newPrincipalLimiter(opts.MaxConcurrentPerPrincipal)
+	protect := func(next http.Handler) http.Handler {
+		inner := limiter.wrap(next, opts.Principal)
+		if opts.Authenticate != nil {
+			inner = opts.Authenticate(inner)
+		}
+		return checkOrigin(opts.AllowedOrigins, http.MaxBytesHandler(inner, opts.MaxRequestBytes))
+	}
+	mux := http.NewServeMux()
+	mux.Handle(PathMCP, protect(streamable))
+	mux.Handle(PathSSE, protect(sse.SSEHandler()))
+	mux.Handle(PathMessage, protect(sse.MessageHandler()))
+	healthz := opts.Healthz
+	if healthz == nil {
+		healthz = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Write([]byte(`{"status":"ok"}`))
+		})
+	}
+	mux.Handle("GET /healthz", healthz)
+	if opts.Metrics != nil {
+		mux.Handle("GET /metrics", opts.Metrics)
+	}
+	if opts.Metadata != nil {
+		mux.Handle("GET /.well-known/oauth-protected-resource", opts.Metadata)
+		mux.Handle("GET /.well-known/oauth-protected-resource/", opts.Metadata)
+	}
+	shutdown = func(ctx context.Context) error {
+		return errors.Join(streamable.Shutdown(ctx), sse.Shutdown(ctx))
+	}
+	return mux, shutdown
+}
+
+// ServeHTTP listens on opts.Addr and serves srv until ctx ends, then drains
+// the requests in flight (up to opts.ShutdownTimeout). ready, if set,
+// learns the address once it listens.
+func ServeHTTP(ctx context.Context, srv *server.MCPServer, opts HTTPOptions, ready func(addr net.Addr)) error {
+	if opts.ShutdownTimeout <= 0 {
+		opts.ShutdownTimeout = 30 * time.Second
+	}
+	handler, shutdownMCP := NewHTTPHandler(srv, opts)
+	ln, err := net.Listen("tcp", opts.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", opts.Addr, err)
+	}
+	if ready != nil {
+		ready(ln.Addr())
+	}
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	failed := make(chan error, 1)
+	go func() { failed <- hs.Serve(ln) }()
+	select {
+	case err := <-failed:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), opts.ShutdownTimeout)
+	defer cancel()
+	// Stop taking requests and let those in flight finish, while ending the
+	// long-lived MCP streams that Shutdown would otherwise wait for.
+	done := make(chan error, 1)
+	go func() { done <- hs.Shutdown(sctx) }()
+	mcpErr := shutdownMCP(sctx)
+	if err := <-done; err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if mcpErr != nil && !errors.Is(mcpErr, context.DeadlineExceeded) {
+		opts.Logger.Warn().Err(mcpErr).Msg("closing MCP sessions")
+	}
+	return nil
+}
+
+// checkOrigin refuses browser requests from origins not allowed: a web page
+// must not drive a server the browser can reach (DNS rebinding included).
+func checkOrigin(allowed []string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		if origin != "" && !slices.Contains(allowed, origin) && !sameOrigin(origin, r) {
+			http.Error(w, "origin "+origin+" is not allowed (the server's --allowed-origins)", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// sameOrigin reports whether origin is the request's own host.
+func sameOrigin(origin string, r *http.Request) bool {
+	u, err := url.Parse(origin)
+	return err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host)
+}
+
+// principalLimiter bounds each principal's requests in flight.
+type principalLimiter struct {
+	max      int
+	mu       sync.Mutex
+	inFlight map[string]int
+}
+
+func newPrincipalLimiter(max int) *principalLimiter {
+	return &principalLimiter{max: max, inFlight: map[string]int{}}
+}
+
+func (l *principalLimiter) wrap(next http.Handler, principal func(context.Context) string) http.Handler {
+	if l.max <= 0 || principal == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Long-lived SSE streams are not calls.
+		if r.Method == http.MethodGet {
+			next.ServeHTTP(w, r)
+			return
+		}
+		p := principal(r.Context())
+		l.mu.Lock()
+		if l.inFlight[p] >= l.max {
+			l.mu.Unlock()
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, fmt.Sprintf("too many requests in flight for this principal (limit %d); retry when one ends", l.max), http.StatusTooManyRequests)
+			return
+		}
+		l.inFlight[p]++
+		l.mu.Unlock()
+		defer func() {
+			l.mu.Lock()
+			if l.inFlight[p]--; l.inFlight[p] <= 0 {
+				delete(l.inFlight, p)
+			}
+			l.mu.Unlock()
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
