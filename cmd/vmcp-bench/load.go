@@ -30,7 +30,7 @@ type loadResult struct {
 }
 
 // benchLoad starts the server over streamable HTTP and runs clients
-// concurrent MCP sessions (one conversation, hence one machine, each), each
+// concurrent MCP clients (one conversation, hence one machine, each), each
 // making calls run_python calls, while /healthz is polled.
 func benchLoad(server, stateDir string, clients, calls int) (*loadResult, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -113,13 +113,21 @@ func benchLoad(server, stateDir string, clients, calls int) (*loadResult, error)
 				return
 			}
 			defer cs.Close()
+			// Each client is a conversation of its own (hence a machine of
+			// its own): the first call starts it, the others pass its handle.
+			session := "new"
 			for j := 0; j < calls; j++ {
 				t0 := time.Now()
-				res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "run_python", Arguments: map[string]any{"code": fmt.Sprintf("%d * %d", i, j)}})
+				res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "run_python", Arguments: map[string]any{"code": fmt.Sprintf("%d * %d", i, j), "session": session}})
 				d := time.Since(t0)
 				if err != nil || res.IsError || text(res) == "" || !strings.Contains(text(res), strconv.Itoa(i*j)) {
 					atomic.AddInt64(&r.errors, 1)
 					continue
+				}
+				if m, ok := res.StructuredContent.(map[string]any); ok {
+					if h, ok := m["session"].(string); ok {
+						session = h
+					}
 				}
 				mu.Lock()
 				r.latencies = append(r.latencies, d)
@@ -158,7 +166,7 @@ func procMemory(pid int) (rss, hwm int64) {
 }
 
 func printLoad(w io.Writer, r *loadResult) {
-	fmt.Fprintf(w, "\nLoad over streamable HTTP: %d concurrent clients x %d run_python calls (local backend)\n", r.clients, r.calls)
+	fmt.Fprintf(w, "\nLoad over streamable HTTP: %d concurrent clients x %d run_python calls, a conversation and a local machine each\n", r.clients, r.calls)
 	fmt.Fprintf(w, "errors %d of %d; latency p50 %s ms, p99 %s ms; wall %.1f s; server RSS %d MiB (peak %d MiB); /healthz slowest %s ms, failed %d\n",
 		r.errors, r.clients*r.calls, ms(percentile(r.latencies, 0.5)), ms(percentile(r.latencies, 0.99)), r.wall.Seconds(),
 		r.rssMiB, r.hwmMiB, ms(r.healthzMax), r.healthzFailed)
