@@ -178,17 +178,21 @@ func (s *BoltStore) DefaultHandle(_ context.Context, principal string) (string, 
 	return s.defaults[principal], nil
 }
 
-// SetDefaultHandle records the principal's default conversation.
-func (s *BoltStore) SetDefaultHandle(_ context.Context, principal, handle string) error {
+// SetDefaultHandle swaps the principal's default conversation from old to
+// handle (see Store).
+func (s *BoltStore) SetDefaultHandle(_ context.Context, principal, old, handle string) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if cur := s.defaults[principal]; cur != old {
+		return cur, nil
+	}
 	if err := s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(defaultsBucket).Put([]byte(principal), []byte(handle))
 	}); err != nil {
-		return err
+		return "", err
 	}
 	s.defaults[principal] = handle
-	return nil
+	return handle, nil
 }
 
 // clone deep-copies a conversation.

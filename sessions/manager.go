@@ -90,8 +90,18 @@ func (m *Manager) Resolve(ctx context.Context, principal, handle, scope string) 
 	if c, err = m.create(ctx, principal); err != nil {
 		return nil, false, err
 	}
-	if err := m.store.SetDefaultHandle(ctx, key, c.Handle); err != nil {
+	winner, err := m.store.SetDefaultHandle(ctx, key, h, c.Handle)
+	if err != nil {
 		return nil, false, err
+	}
+	if winner != c.Handle {
+		// Another replica made the default first: use that one, and drop
+		// ours (it owns nothing yet).
+		m.store.Delete(ctx, principal, c.Handle)
+		if c, err = m.store.Load(ctx, principal, winner); err != nil {
+			return nil, false, err
+		}
+		return c, false, nil
 	}
 	return c, true, nil
 }

@@ -350,14 +350,26 @@ func (s *RedisStore) DefaultHandle(ctx context.Context, principal string) (strin
 	return h, nil
 }
 
-// SetDefaultHandle records the principal's default conversation.
-func (s *RedisStore) SetDefaultHandle(ctx context.Context, principal, handle string) error {
+// setDefaultScript swaps a hash field from ARGV[2] ("" = absent) to
+// ARGV[3] and returns the field's value after: atomic on the server.
+var setDefaultScript = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then cur = '' end
+if cur ~= ARGV[2] then return cur end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return ARGV[3]
+`)
+
+// SetDefaultHandle swaps the principal's default conversation from old to
+// handle (see Store); replicas racing to create it agree on one.
+func (s *RedisStore) SetDefaultHandle(ctx context.Context, principal, old, handle string) (string, error) {
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
-	if err := s.client.HSet(ctx, s.defaultsKey(), principal, handle).Err(); err != nil {
-		return s.fail("record a default conversation", err)
+	cur, err := setDefaultScript.Run(ctx, s.client, []string{s.defaultsKey()}, principal, old, handle).Text()
+	if err != nil {
+		return "", s.fail("record a default conversation", err)
 	}
-	return nil
+	return cur, nil
 }
 
 // CheckDurability reports whether the server keeps every acknowledged

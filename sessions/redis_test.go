@@ -194,8 +194,12 @@ func TestRedisKeys(t *testing.T) {
 	if err := a.Create(ctx, c); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.SetDefaultHandle(ctx, "alice\x00", c.Handle); err != nil {
-		t.Fatal(err)
+	if got, err := a.SetDefaultHandle(ctx, "alice\x00", "", c.Handle); err != nil || got != c.Handle {
+		t.Fatalf("set the default: %q, %v", got, err)
+	}
+	// A second writer that expected no default loses to the first.
+	if got, err := a.SetDefaultHandle(ctx, "alice\x00", "", NewHandle()); err != nil || got != c.Handle {
+		t.Fatalf("a racing replica's default: %q, %v; want the first, %s", got, err, c.Handle)
 	}
 	if n, err := raw.Exists(ctx, "vmcp:conversation:"+c.Handle).Result(); err != nil || n != 1 {
 		t.Errorf("vmcp:conversation:%s: %d, %v", c.Handle, n, err)

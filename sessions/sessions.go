@@ -127,9 +127,13 @@ type Store interface {
 	// the reconciler).
 	All(ctx context.Context) ([]*Conversation, error)
 	// DefaultHandle returns the handle of the principal's default
-	// conversation ("" if none), and SetDefaultHandle records it.
+	// conversation ("" if none).
 	DefaultHandle(ctx context.Context, principal string) (string, error)
-	SetDefaultHandle(ctx context.Context, principal, handle string) error
+	// SetDefaultHandle makes handle the principal's default conversation if
+	// the current one is still old ("" for none), and returns the default
+	// after the call: handle, or the one another writer (a replica) set
+	// first. It is a compare-and-swap.
+	SetDefaultHandle(ctx context.Context, principal, old, handle string) (string, error)
 	// Close releases the store.
 	Close() error
 }

@@ -227,3 +227,35 @@ func TestSecondOpenIsRefused(t *testing.T) {
 		t.Fatal("a second open of a store in use succeeded")
 	}
 }
+
+// TestDefaultConversationRace: managers racing to create a principal's
+// default conversation (replicas sharing a store) agree on one.
+func TestDefaultConversationRace(t *testing.T) {
+	eachStore(t, func(t *testing.T, open func() Store) {
+		ctx := context.Background()
+		store := open()
+		var wg sync.WaitGroup
+		handles := make([]string, 8)
+		for i := range handles {
+			m := NewManager(store, Limits{}) // one manager per "replica": no shared mutex
+			wg.Go(func() {
+				c, _, err := m.Resolve(ctx, "alice", "", "")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				handles[i] = c.Handle
+			})
+		}
+		wg.Wait()
+		for _, h := range handles {
+			if h != handles[0] {
+				t.Fatalf("replicas disagree on the default conversation: %v", handles)
+			}
+		}
+		all, _ := store.All(ctx)
+		if len(all) != 1 {
+			t.Errorf("%d conversations left, want 1", len(all))
+		}
+	})
+}
