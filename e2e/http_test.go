@@ -249,3 +249,39 @@ func TestReplicasShareConversations(t *testing.T) {
 		t.Errorf("session_info through replica 2: %+v", info)
 	}
 }
+
+// TestPrincipalCredentials: a principal that brings its own ForeverVM token
+// runs Python on ForeverVM with it; one that brings none gets the server's
+// backends; the token shows in no output or log.
+func TestPrincipalCredentials(t *testing.T) {
+	t.Parallel()
+	fvURL, fvToken := forevervmEmulator(t)
+	creds := filepath.Join(t.TempDir(), "creds.json")
+	if err := os.WriteFile(creds, []byte(`{"alice": {"forevervm_token": "`+fvToken+`"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokens := tokensFile(t, map[string]string{"alice": "vmcp_alice-creds", "bob": "vmcp_bob-creds"})
+	s := startHTTPServer(t, t.TempDir(), []string{"--tokens-file", tokens, "--principal-credentials", creds,
+		"--forevervm-url", fvURL, "--enable-local-backend"})
+	var out tools.RunPythonOutput
+	res := s.connect(t, false, "vmcp_alice-creds").ok(t, "run_python", map[string]any{"code": "1+1"}, &out)
+	if !forevervmName.MatchString(out.Machine) {
+		t.Errorf("alice's Python ran on %q, not on ForeverVM with her token", out.Machine)
+	}
+	if strings.Contains(text(res), fvToken) {
+		t.Error("alice's token in a tool result")
+	}
+	s.connect(t, false, "vmcp_bob-creds").ok(t, "run_python", map[string]any{"code": "1+1"}, &out)
+	if forevervmName.MatchString(out.Machine) {
+		t.Errorf("bob, with no credentials, reached ForeverVM: %s", out.Machine)
+	}
+	if strings.Contains(s.log.String(), fvToken) {
+		t.Error("a principal's token in the server log")
+	}
+	// The file must be private.
+	os.Chmod(creds, 0o644)
+	cmd := exec.Command(serverBin, "--transport", "http", "--tokens-file", tokens, "--principal-credentials", creds)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "chmod 600") {
+		t.Errorf("a world-readable credentials file: %v\n%s", err, out)
+	}
+}

@@ -79,7 +79,8 @@ func (s *Service) buildImage(ctx context.Context, req mcp.CallToolRequest, in Bu
 	if in.Dockerfile == "" && in.ContextLocalPath == "" {
 		return nil, errors.New("give dockerfile (the Dockerfile's text), context_local_path (a directory with a Dockerfile), or both")
 	}
-	b := s.backendFor(backend.Build)
+	c := conversationFrom(ctx)
+	b := s.backendFor(c.Principal, backend.Build)
 	if b == nil {
 		return nil, fmt.Errorf("no configured backend builds images; FastVM does (set FASTVM_API_KEY)")
 	}
@@ -87,7 +88,6 @@ func (s *Service) buildImage(ctx context.Context, req mcp.CallToolRequest, in Bu
 	if !ok {
 		return nil, &backend.UnsupportedError{Backend: b.Name(), Capability: backend.Build}
 	}
-	c := conversationFrom(ctx)
 	if err := s.sessions.CheckSnapshotLimit(c); err != nil {
 		return nil, err
 	}

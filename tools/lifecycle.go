@@ -70,7 +70,7 @@ func (s *Service) Reap(ctx context.Context) (ReapResult, error) {
 
 // idleMachine stops or parks one idle machine, unless a call is using it.
 func (s *Service) idleMachine(ctx context.Context, c *sessions.Conversation, m sessions.Machine) (parked bool, err error) {
-	b := s.backend(m.Backend)
+	b := s.backend(c.Principal, m.Backend)
 	idler, ok := b.(backend.Idler)
 	if !ok {
 		return false, nil
@@ -136,7 +136,7 @@ func (s *Service) closeConversation(ctx context.Context, c *sessions.Conversatio
 		if m.Parked != nil {
 			continue // nothing runs; the snapshot is kept
 		}
-		b := s.backend(m.Backend)
+		b := s.backend(c.Principal, m.Backend)
 		if b == nil {
 			continue
 		}
@@ -184,8 +184,24 @@ func (s *Service) Reconcile(ctx context.Context) (ReconcileResult, error) {
 			owned[m.Backend+"/"+m.ID] = true
 		}
 	}
+	// The server's backends, and those of principals with credentials of
+	// their own (each account once).
+	sets := [][]backend.Backend{s.backends}
+	for _, c := range all {
+		sets = append(sets, s.backendsOf(c.Principal))
+	}
+	seen := map[backend.Backend]bool{}
+	var bs []backend.Backend
+	for _, set := range sets {
+		for _, b := range set {
+			if !seen[b] {
+				seen[b] = true
+				bs = append(bs, b)
+			}
+		}
+	}
 	var errs []error
-	for _, b := range s.backends {
+	for _, b := range bs {
 		infos, err := b.Machines(ctx)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list %s machines: %w", b.Name(), err))

@@ -178,11 +178,11 @@ func (s *Service) launchBackend(ctx context.Context, c *sessions.Conversation, i
 		name = snapBackend
 	}
 	if name == "" {
-		return s.backends[0], nil
+		return s.backendsOf(c.Principal)[0], nil
 	}
-	b := s.backend(name)
+	b := s.backend(c.Principal, name)
 	if b == nil {
-		return nil, fmt.Errorf("backend %q is not configured on this server; configured: %s", name, strings.Join(s.backendNames(), ", "))
+		return nil, fmt.Errorf("backend %q is not configured on this server; configured: %s", name, strings.Join(s.backendNames(c.Principal), ", "))
 	}
 	if snapBackend != "" && snapBackend != name {
 		return nil, fmt.Errorf("snapshot %s is a %s snapshot; launch it on %s (leave backend out)", in.SnapshotID, snapBackend, snapBackend)
@@ -190,9 +190,9 @@ func (s *Service) launchBackend(ctx context.Context, c *sessions.Conversation, i
 	return b, nil
 }
 
-func (s *Service) backendNames() []string {
+func (s *Service) backendNames(principal string) []string {
 	var names []string
-	for _, b := range s.backends {
+	for _, b := range s.backendsOf(principal) {
 		names = append(names, b.Name())
 	}
 	return names
@@ -239,7 +239,7 @@ func (s *Service) listMachines(ctx context.Context, _ mcp.CallToolRequest, _ Lis
 	var b strings.Builder
 	b.WriteString("Machines:\n")
 	var snaps []backend.SnapshotInfo
-	for _, be := range s.backends {
+	for _, be := range s.backendsOf(c.Principal) {
 		infos, err := s.ownedMachines(ctx, c.Principal, be)
 		if err != nil {
 			return nil, err
@@ -290,7 +290,7 @@ func (s *Service) deleteVM(ctx context.Context, _ mcp.CallToolRequest, in Delete
 	if err != nil {
 		return nil, errMachineNotFound(in.Machine)
 	}
-	if err := s.backend(m.Backend()).Delete(ctx, m.ID()); err != nil {
+	if err := s.backend(c.Principal, m.Backend()).Delete(ctx, m.ID()); err != nil {
 		return nil, err
 	}
 	if _, err := s.sessions.Update(ctx, owner, func(c *sessions.Conversation) error {

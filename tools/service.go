@@ -36,6 +36,7 @@ const Instructions = `vmcp gives you persistent sandboxed Linux machines with a 
 // the host directories that local_path may use.
 type Service struct {
 	backends       []backend.Backend // in order of preference; the first is the default backend
+	backendsFor    func(principal string) []backend.Backend
 	sessions       *sessions.Manager
 	allowedRoots   []string // absolute, symbolic links resolved
 	instance       string   // this server's instance id, tagged on its machines
@@ -58,6 +59,9 @@ type Config struct {
 	// Backends in order of preference: a call without a machine uses the
 	// default machine of the first backend that can do what the tool needs.
 	Backends []backend.Backend
+	// BackendsFor, if set, gives the backends of a principal that brought
+	// its own credentials (nil: the server's Backends).
+	BackendsFor func(principal string) []backend.Backend
 	// Sessions keeps the conversations. Required.
 	Sessions *sessions.Manager
 	// AllowedRoots are the host directories that upload_file and
@@ -88,7 +92,7 @@ func NewService(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{backends: cfg.Backends, sessions: cfg.Sessions, allowedRoots: roots, instance: cfg.Instance,
+	return &Service{backends: cfg.Backends, backendsFor: cfg.BackendsFor, sessions: cfg.Sessions, allowedRoots: roots, instance: cfg.Instance,
 		idle: cfg.Idle, ttl: cfg.ConversationTTL, localPrincipal: localPrincipal(), log: cfg.Log,
 		onCall: cfg.OnCall, idled: map[string]int64{}, busy: map[string]int{}, parking: map[string]bool{}}, nil
 }
@@ -145,7 +149,7 @@ func (s *Service) NewMCPServer(version string) *server.MCPServer {
 func (s *Service) machine(ctx context.Context, id string, need backend.Capability) (backend.Machine, error) {
 	c := conversationFrom(ctx)
 	if id == "" {
-		b := s.backendFor(need)
+		b := s.backendFor(c.Principal, need)
 		if b == nil {
 			return nil, fmt.Errorf("no configured backend can do %s", need)
 		}
@@ -155,9 +159,9 @@ func (s *Service) machine(ctx context.Context, id string, need backend.Capabilit
 	if err != nil {
 		return nil, err
 	}
-	if b := s.backend(m.Backend()); b != nil && !b.Has(need) {
+	if b := s.backend(c.Principal, m.Backend()); b != nil && !b.Has(need) {
 		e := &backend.UnsupportedError{Backend: m.Backend(), Capability: need}
-		if other := s.backendFor(need); other != nil {
+		if other := s.backendFor(c.Principal, need); other != nil {
 			e.Hint = fmt.Sprintf("leave machine out to use the default %s machine, or launch_vm with backend %q", other.Name(), other.Name())
 		}
 		return nil, e
@@ -189,7 +193,7 @@ func errMachineNotFound(id string) error {
 // it was launched with.
 func (s *Service) find(ctx context.Context, c *sessions.Conversation, id string) (backend.Machine, error) {
 	principal := c.Principal
-	for _, b := range s.backends {
+	for _, b := range s.backendsOf(principal) {
 		if !b.Recognizes(id) {
 			continue
 		}
@@ -208,7 +212,7 @@ func (s *Service) find(ctx context.Context, c *sessions.Conversation, id string)
 	}
 	// By name, among the caller's machines.
 	var match []backend.MachineInfo
-	for _, b := range s.backends {
+	for _, b := range s.backendsOf(principal) {
 		infos, err := s.ownedMachines(ctx, principal, b)
 		if err != nil {
 			return nil, err
@@ -220,7 +224,7 @@ func (s *Service) find(ctx context.Context, c *sessions.Conversation, id string)
 		}
 	}
 	if len(match) == 1 {
-		return s.backend(match[0].Backend).Machine(ctx, match[0].ID)
+		return s.backend(principal, match[0].Backend).Machine(ctx, match[0].ID)
 	}
 	if len(match) > 1 {
 		return nil, fmt.Errorf("%d of your machines are named %q; pass the machine id instead (list_machines shows them)", len(match), id)
@@ -261,9 +265,20 @@ func (s *Service) ownedMachines(ctx context.Context, principal string, b backend
 	return out, nil
 }
 
-// backend returns the configured backend of that name, or nil.
-func (s *Service) backend(name string) backend.Backend {
-	for _, b := range s.backends {
+// backendsOf are the backends of a principal's calls: its own (with its
+// own credentials) when it brought any, else the server's.
+func (s *Service) backendsOf(principal string) []backend.Backend {
+	if s.backendsFor != nil {
+		if bs := s.backendsFor(principal); bs != nil {
+			return bs
+		}
+	}
+	return s.backends
+}
+
+// backend returns the principal's backend of that name, or nil.
+func (s *Service) backend(principal, name string) backend.Backend {
+	for _, b := range s.backendsOf(principal) {
 		if b.Name() == name {
 			return b
 		}
@@ -271,9 +286,9 @@ func (s *Service) backend(name string) backend.Backend {
 	return nil
 }
 
-// backendFor is the first configured backend with capability c, or nil.
-func (s *Service) backendFor(c backend.Capability) backend.Backend {
-	for _, b := range s.backends {
+// backendFor is the principal's first backend with capability c, or nil.
+func (s *Service) backendFor(principal string, c backend.Capability) backend.Backend {
+	for _, b := range s.backendsOf(principal) {
 		if b.Has(c) {
 			return b
 		}

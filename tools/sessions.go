@@ -207,7 +207,7 @@ func (s *Service) sessionInfo(ctx context.Context, _ mcp.CallToolRequest, _ Sess
 	c := conversationFrom(ctx)
 	lim := s.sessions.Limits()
 	out := SessionInfoOutput{CreatedAt: c.CreatedAt, Machines: []SessionMachine{}, Snapshots: []SessionSnapshot{},
-		Backends: s.backendNames(), MaxMachines: lim.MaxMachines, MaxSnapshots: lim.MaxSnapshots}
+		Backends: s.backendNames(c.Principal), MaxMachines: lim.MaxMachines, MaxSnapshots: lim.MaxSnapshots}
 	for _, m := range c.Machines {
 		out.Machines = append(out.Machines, SessionMachine{ID: m.ID, Backend: m.Backend, Default: c.Defaults[m.Backend] == m.ID,
 			LastUsed: m.LastUsed, Parked: m.Parked != nil})
@@ -216,7 +216,7 @@ func (s *Service) sessionInfo(ctx context.Context, _ mcp.CallToolRequest, _ Sess
 		out.Snapshots = append(out.Snapshots, SessionSnapshot{ID: sn.ID, Backend: sn.Backend, Machine: sn.Machine})
 	}
 	for b, d := range s.idle {
-		if d > 0 && s.backend(b) != nil {
+		if d > 0 && s.backend(c.Principal, b) != nil {
 			if out.IdleTimeouts == nil {
 				out.IdleTimeouts = map[string]string{}
 			}

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -35,7 +37,37 @@ type httpConfig struct {
 	sessionStore   string // "" (bbolt in the state dir) or redis://...
 	insecureNoAuth bool
 	auth           auth.Config
-	postParse      func() // fills the fields that come from list flags
+	credentials    map[string]credentials // principal → its own backend credentials
+	postParse      func()                 // fills the fields that come from list flags
+	credsFile      *string
+}
+
+// credentials are backend credentials a principal brings.
+type credentials struct {
+	ForeverVMToken string `json:"forevervm_token,omitempty"`
+	FastVMAPIKey   string `json:"fastvm_api_key,omitempty"`
+}
+
+// readCredentials reads the principals' credentials file. It must not be
+// readable by others: it holds their secrets.
+func readCredentials(path string) (map[string]credentials, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("--principal-credentials: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("--principal-credentials %s is readable by others (mode %v): chmod 600 it", path, fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--principal-credentials: %w", err)
+	}
+	var creds map[string]credentials
+	if err := json.Unmarshal(b, &creds); err != nil {
+		// The decoder's error may quote the file; say where, not what.
+		return nil, fmt.Errorf("--principal-credentials %s is not a JSON object of principal → {forevervm_token, fastvm_api_key}", path)
+	}
+	return creds, nil
 }
 
 // httpFlags declares the hosted endpoint's flags.
@@ -53,7 +85,9 @@ func httpFlags(fs *flag.FlagSet, envOr func(key, def string) string) *httpConfig
 	fs.StringVar(&hc.auth.JWKSURL, "jwks-url", envOr("VMCP_JWKS_URL", ""), "JWKS of the authorization server whose JWT access tokens are accepted (env VMCP_JWKS_URL)")
 	fs.StringVar(&hc.auth.Issuer, "jwt-issuer", envOr("VMCP_JWT_ISSUER", ""), "required iss of JWT access tokens (env VMCP_JWT_ISSUER)")
 	fs.StringVar(&hc.auth.ResourceURL, "public-url", envOr("VMCP_PUBLIC_URL", ""), "this server's public URL, e.g. https://mcp.example.com/mcp: the audience of JWTs and the resource of its metadata (env VMCP_PUBLIC_URL)")
+	credsFile := fs.String("principal-credentials", envOr("VMCP_PRINCIPAL_CREDENTIALS", ""), "JSON file of principals' own backend credentials: {\"alice\": {\"forevervm_token\": \"...\", \"fastvm_api_key\": \"...\"}}; their calls use them instead of the server's (env VMCP_PRINCIPAL_CREDENTIALS)")
 	servers := fs.String("authorization-server", envOr("VMCP_AUTHORIZATION_SERVERS", ""), "comma-separated OAuth authorization servers to publish in the protected-resource metadata (env VMCP_AUTHORIZATION_SERVERS)")
+	hc.credsFile = credsFile
 	hc.postParse = func() {
 		hc.allowedOrigins = splitList(*origins)
 		hc.auth.AuthorizationServers = splitList(*servers)
@@ -92,6 +126,13 @@ func (hc *httpConfig) check() error {
 	case "http":
 	default:
 		return fmt.Errorf("--transport %q: want stdio or http", hc.transport)
+	}
+	if hc.credsFile != nil && *hc.credsFile != "" {
+		creds, err := readCredentials(*hc.credsFile)
+		if err != nil {
+			return err
+		}
+		hc.credentials = creds
 	}
 	if hc.maxConcurrent < 0 || hc.maxRequestMB <= 0 {
 		return errors.New("--max-concurrent-calls takes a whole number (0: no limit) and --max-request-mb a positive one")

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -214,32 +215,67 @@ type forevervmConfig struct {
 	url, token string
 }
 
-// backends builds the configured backends, the preferred one first.
-func backends(cfg config, engine *local.Engine, log zerolog.Logger) ([]backend.Backend, func()) {
-	var cloud []backend.Backend
-	var closers []func() error
-	if cfg.forevervm.token != "" {
-		c := fvm.New(cfg.forevervm.token, fvm.WithBaseURL(cfg.forevervm.url), fvm.WithLogger(log.With().Str("backend", "forevervm").Logger()))
-		b := fvmbackend.New(c, fvmbackend.Options{Logger: log})
-		cloud = append(cloud, b)
-		closers = append(closers, b.Close)
-	}
-	if cfg.fastvm.key != "" {
-		c := fvc.New(cfg.fastvm.key, fvc.WithBaseURL(cfg.fastvm.url), fvc.WithLogger(log.With().Str("backend", "fastvm").Logger()))
-		cloud = append(cloud, fastbackend.New(c, fastbackend.Options{MachineType: cfg.fastvm.machineType, Logger: log}))
-	}
-	all := cloud
+// backends builds the configured backends, the preferred one first, and
+// the backends of each principal that brought credentials of its own.
+func backends(cfg config, engine *local.Engine, log zerolog.Logger) (server []backend.Backend, perPrincipal func(string) []backend.Backend, closeAll func()) {
+	var shared backend.Backend
 	if cfg.http.transport != "http" || cfg.http.enableLocal {
-		all = append(all, localbackend.New(engine))
+		shared = localbackend.New(engine)
 	}
-	if cfg.backend != "auto" {
-		for i, b := range all {
-			if b.Name() == cfg.backend {
-				all[0], all[i] = all[i], all[0]
+	var mu sync.Mutex
+	var closers []func() error
+	build := func(c credentials) []backend.Backend {
+		var all []backend.Backend
+		if c.ForeverVMToken != "" {
+			cl := fvm.New(c.ForeverVMToken, fvm.WithBaseURL(cfg.forevervm.url), fvm.WithLogger(log.With().Str("backend", "forevervm").Logger()))
+			b := fvmbackend.New(cl, fvmbackend.Options{Logger: log})
+			all = append(all, b)
+			mu.Lock()
+			closers = append(closers, b.Close)
+			mu.Unlock()
+		}
+		if c.FastVMAPIKey != "" {
+			cl := fvc.New(c.FastVMAPIKey, fvc.WithBaseURL(cfg.fastvm.url), fvc.WithLogger(log.With().Str("backend", "fastvm").Logger()))
+			all = append(all, fastbackend.New(cl, fastbackend.Options{MachineType: cfg.fastvm.machineType, Logger: log}))
+		}
+		if shared != nil {
+			all = append(all, shared)
+		}
+		if cfg.backend != "auto" {
+			for i, b := range all {
+				if b.Name() == cfg.backend {
+					all[0], all[i] = all[i], all[0]
+				}
 			}
 		}
+		return all
 	}
-	return all, func() {
+	server = build(credentials{ForeverVMToken: cfg.forevervm.token, FastVMAPIKey: cfg.fastvm.key})
+	sets := map[string][]backend.Backend{}
+	perPrincipal = func(principal string) []backend.Backend {
+		c, ok := cfg.http.credentials[principal]
+		if !ok {
+			return nil
+		}
+		mu.Lock()
+		set, built := sets[principal]
+		mu.Unlock()
+		if built {
+			return set
+		}
+		set = build(c)
+		mu.Lock()
+		if earlier, ok := sets[principal]; ok {
+			set = earlier
+		} else {
+			sets[principal] = set
+		}
+		mu.Unlock()
+		return set
+	}
+	return server, perPrincipal, func() {
+		mu.Lock()
+		defer mu.Unlock()
 		for _, c := range closers {
 			c()
 		}
@@ -285,10 +321,10 @@ func run(args []string) error {
 		return err
 	}
 
-	bs, closeBackends := backends(cfg, engine, log)
+	bs, principalBackends, closeBackends := backends(cfg, engine, log)
 	defer closeBackends()
 	metrics := newMetrics(manager)
-	svc, err := tools.NewService(tools.Config{Backends: bs, Sessions: manager, AllowedRoots: cfg.allowedRoots, Instance: instance,
+	svc, err := tools.NewService(tools.Config{Backends: bs, BackendsFor: principalBackends, Sessions: manager, AllowedRoots: cfg.allowedRoots, Instance: instance,
 		Idle: cfg.idle, ConversationTTL: cfg.ttl, OnCall: metrics.observe, Log: log})
 	if err != nil {
 		return err
