@@ -20,6 +20,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -61,6 +62,12 @@ type Backend struct {
 	marks       map[string]string
 	machineType string
 	log         zerolog.Logger
+
+	// known are VMs seen to carry the marks: looking one up again would
+	// put a GET on every call. A VM deleted behind our back shows up as a
+	// 404 from the call that uses it.
+	mu    sync.Mutex
+	known map[string]bool
 }
 
 // New returns the backend of c's VMs.
@@ -71,7 +78,7 @@ func New(c *fvc.Client, opts Options) *Backend {
 	if opts.MachineType == "" {
 		opts.MachineType = DefaultMachineType
 	}
-	return &Backend{c: c, marks: opts.Marks, machineType: opts.MachineType, log: opts.Logger}
+	return &Backend{c: c, marks: opts.Marks, machineType: opts.MachineType, log: opts.Logger, known: map[string]bool{}}
 }
 
 // Name is "fastvm".
@@ -109,11 +116,28 @@ func (b *Backend) Create(ctx context.Context, spec backend.MachineSpec) (backend
 		}
 		return backend.MachineInfo{}, fmt.Errorf("launch a FastVM machine: %w", err)
 	}
+	b.remember(vm.ID, true)
 	return machineInfo(vm), nil
+}
+
+func (b *Backend) remember(id string, known bool) {
+	b.mu.Lock()
+	if known {
+		b.known[id] = true
+	} else {
+		delete(b.known, id)
+	}
+	b.mu.Unlock()
 }
 
 // Machine returns one of this server's VMs.
 func (b *Backend) Machine(ctx context.Context, id string) (backend.Machine, error) {
+	b.mu.Lock()
+	known := b.known[id]
+	b.mu.Unlock()
+	if known {
+		return &Machine{b: b, id: id}, nil
+	}
 	vm, err := b.c.GetVM(ctx, id)
 	if fvc.IsNotFound(err) {
 		return nil, backend.ErrNotFound
@@ -124,6 +148,7 @@ func (b *Backend) Machine(ctx context.Context, id string) (backend.Machine, erro
 	if !b.marked(vm.Metadata) {
 		return nil, backend.ErrNotFound
 	}
+	b.remember(id, true)
 	return &Machine{b: b, id: id}, nil
 }
 
@@ -154,6 +179,7 @@ func (b *Backend) Machines(ctx context.Context) ([]backend.MachineInfo, error) {
 
 // Delete deletes a VM.
 func (b *Backend) Delete(ctx context.Context, id string) error {
+	b.remember(id, false)
 	if _, err := b.c.DeleteVM(ctx, id); err != nil {
 		if fvc.IsNotFound(err) {
 			return backend.ErrNotFound
