@@ -191,6 +191,12 @@ type Idler interface {
 	Idle(ctx context.Context, id string) (parkedAs string, err error)
 }
 
+// SnapshotDeleter is a backend that deletes snapshots (the server deletes
+// the snapshot an idle machine was parked as once it is restored).
+type SnapshotDeleter interface {
+	DeleteSnapshot(ctx context.Context, id string) error
+}
+
 // ImageBuilder builds a machine image from a Dockerfile, as a snapshot that
 // Create can start machines from.
 type ImageBuilder interface {

@@ -72,6 +72,10 @@ func TestIdleFastVMIsParkedAndRestored(t *testing.T) {
 	if live := liveVMs(t, client); len(live) != 1 || !live[cmd.Machine] {
 		t.Errorf("live VMs %v, want only %s", live, cmd.Machine)
 	}
+	// The parking snapshot is gone once the machine is back.
+	if snaps, err := client.ListSnapshots(context.Background()); err != nil || len(snaps) != 0 {
+		t.Errorf("snapshots after the restore: %+v, %v", snaps, err)
+	}
 }
 
 // TestReconcilerDeletesOrphans: VMs that a killed server created but never

@@ -434,6 +434,12 @@ func (s *Service) unpark(ctx context.Context, c *sessions.Conversation, b backen
 		return "", fmt.Errorf("record the relaunched machine: %w", err)
 	}
 	s.log.Info().Str("backend", b.Name()).Str("machine", id).Str("now", info.ID).Str("snapshot", snap).Msg("relaunched a parked machine")
+	// The parking snapshot served its purpose: it would only cost storage.
+	if d, ok := b.(backend.SnapshotDeleter); ok {
+		if err := d.DeleteSnapshot(ctx, snap); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			s.log.Warn().Err(err).Str("snapshot", snap).Msg("could not delete the snapshot of a restored machine")
+		}
+	}
 	addNote(ctx, fmt.Sprintf("Machine %s had been idle, so it was saved as snapshot %s and stopped; it was restored from that snapshot as machine %s (files kept; running processes and memory were not).", id, snap, info.ID))
 	return info.ID, nil
 }

@@ -219,6 +219,17 @@ func (b *Backend) Idle(ctx context.Context, id string) (string, error) {
 	return s.ID, nil
 }
 
+// DeleteSnapshot deletes a snapshot.
+func (b *Backend) DeleteSnapshot(ctx context.Context, id string) error {
+	if _, err := b.c.DeleteSnapshot(ctx, id); err != nil {
+		if fvc.IsNotFound(err) {
+			return backend.ErrNotFound
+		}
+		return fmt.Errorf("delete FastVM snapshot %s: %w", id, err)
+	}
+	return nil
+}
+
 // BuildImage builds a Dockerfile into a ready snapshot.
 func (b *Backend) BuildImage(ctx context.Context, spec backend.BuildSpec) (backend.SnapshotInfo, error) {
 	dir := spec.ContextDir
@@ -254,12 +265,13 @@ type Machine struct {
 }
 
 var (
-	_ backend.CommandRunner  = (*Machine)(nil)
-	_ backend.FileStore      = (*Machine)(nil)
-	_ backend.Snapshotter    = (*Machine)(nil)
-	_ backend.FirewallSetter = (*Machine)(nil)
-	_ backend.ImageBuilder   = (*Backend)(nil)
-	_ backend.Idler          = (*Backend)(nil)
+	_ backend.CommandRunner   = (*Machine)(nil)
+	_ backend.FileStore       = (*Machine)(nil)
+	_ backend.Snapshotter     = (*Machine)(nil)
+	_ backend.FirewallSetter  = (*Machine)(nil)
+	_ backend.ImageBuilder    = (*Backend)(nil)
+	_ backend.Idler           = (*Backend)(nil)
+	_ backend.SnapshotDeleter = (*Backend)(nil)
 )
 
 // ID is the VM id.
