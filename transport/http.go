@@ -153,12 +153,29 @@ func ServeHTTP(ctx context.Context, srv *server.MCPServer, opts HTTPOptions, rea
 
 // checkOrigin refuses browser requests from origins not allowed: a web page
 // must not drive a server the browser can reach (DNS rebinding included).
+// Allowed origins get CORS headers, and their preflight requests are
+// answered here: a preflight carries no credentials, so it must not reach
+// authentication.
 func checkOrigin(allowed []string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		origin := r.Header.Get("Origin")
-		if origin != "" && !slices.Contains(allowed, origin) && !sameOrigin(origin, r) {
+		listed := origin != "" && slices.Contains(allowed, origin)
+		if origin != "" && !listed && !sameOrigin(origin, r) {
 			http.Error(w, "origin "+origin+" is not allowed (the server's --allowed-origins)", http.StatusForbidden)
 			return
+		}
+		if listed {
+			h := w.Header()
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Add("Vary", "Origin")
+			h.Set("Access-Control-Expose-Headers", "Mcp-Session-Id, WWW-Authenticate")
+			if r.Method == http.MethodOptions {
+				h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+				h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Accept, Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID")
+				h.Set("Access-Control-Max-Age", "600")
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
 		}
 		next.ServeHTTP(w, r)
 	})
