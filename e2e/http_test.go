@@ -59,6 +59,9 @@ func startHTTPServer(t *testing.T, state string, args []string, env ...string) *
 			s.cmd.Process.Kill()
 			t.Error("the http server did not stop within 20 s of SIGINT")
 		}
+		if strings.Contains(s.log.String(), "DATA RACE") {
+			t.Error("the server reported a data race")
+		}
 		if t.Failed() {
 			t.Logf("server log:\n%s", s.log)
 		}
