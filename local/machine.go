@@ -432,7 +432,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 // quotaCheckInterval is how often a running call checks the machine's disk
 // usage. RLIMIT_FSIZE stops any single file at the quota at once; this
 // catches many files that add up, within one interval.
-const quotaCheckInterval = 250 * time.Millisecond
+const quotaCheckInterval = 100 * time.Millisecond
 
 // watchQuota calls exceeded (once) if the machine's files grow past its disk
 // quota before done closes. The returned function reports whether it did.
