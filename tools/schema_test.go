@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/mark3labs/mcp-go/mcp"
 )
 
 var update = flag.Bool("update", false, "rewrite the tool definition snapshots in testdata")
@@ -114,6 +116,56 @@ func TestToolDefinitions(t *testing.T) {
 			}
 			if d, _ := p["description"].(string); d != "" && !strings.HasSuffix(d, ".") {
 				t.Errorf("%s: argument %s description looks cut: %q", tool.Name, name, d)
+			}
+		}
+	}
+}
+
+// TestArgumentsAreCheckedAgainstTheSchema: every tool's schema compiles, and
+// arguments that break it are refused with every violation named, whether
+// they arrive raw (vmcp's stdio fast path, mcp-go's decoding) or decoded.
+func TestArgumentsAreCheckedAgainstTheSchema(t *testing.T) {
+	for _, tool := range Definitions() {
+		compileSchema(tool.Name, tool.RawInputSchema) // panics if it does not compile
+	}
+	schema := compileSchema("run_python", schemaFor[RunPythonInput]())
+	for _, tc := range []struct {
+		args string
+		want []string // in the error; none: valid
+	}{
+		{`{"code":"1+1"}`, nil},
+		{`{"code":"1","timeout_seconds":3600}`, nil},
+		{``, []string{"the arguments: missing property 'code'"}},
+		{`null`, []string{"missing property 'code'"}},
+		{`{"code":5}`, []string{"code: got number, want string"}},
+		{`{"code":"1","timeout_seconds":3601}`, []string{"timeout_seconds: maximum"}},
+		{`{"code":"1","timeout_seconds":"soon","bogus":true}`, []string{"timeout_seconds: got string, want integer", "bogus", "tools/list"}},
+		{`[1]`, []string{"got array, want object"}},
+	} {
+		for _, asRaw := range []bool{true, false} {
+			var req mcp.CallToolRequest
+			if asRaw {
+				req.Params.RawArguments = json.RawMessage(tc.args)
+			} else if tc.args != "" {
+				var v any
+				json.Unmarshal([]byte(tc.args), &v)
+				req.Params.Arguments = v
+			}
+			err := checkArguments(schema, req)
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Errorf("%s: %v", tc.args, err)
+				}
+				continue
+			}
+			if err == nil {
+				t.Errorf("%s (raw %v): accepted", tc.args, asRaw)
+				continue
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("%s (raw %v): %q does not say %q", tc.args, asRaw, err, w)
+				}
 			}
 		}
 	}

@@ -8,11 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/invopop/jsonschema"
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
 	"github.com/rs/zerolog"
@@ -123,7 +121,8 @@ func Definitions() []mcp.Tool {
 func (s *Service) Register(srv *server.MCPServer) { srv.AddTools(s.Tools()...) }
 
 // NewMCPServer builds vmcp's MCP server: every tool and prompt, the
-// instructions, and validation of tool arguments against their schemas. version is what the server reports to clients.
+// instructions. Every tool checks its arguments against its input schema
+// itself (see compileSchema). version is what the server reports to clients.
 func (s *Service) NewMCPServer(version string) *server.MCPServer {
 	srv := server.NewMCPServer("vmcp", version,
 		server.WithInstructions(Instructions),
@@ -131,7 +130,6 @@ func (s *Service) NewMCPServer(version string) *server.MCPServer {
 		server.WithPromptCapabilities(false),
 		server.WithResourceCapabilities(false, false), // none yet; clients may still ask
 		server.WithLogging(),
-		server.WithInputSchemaValidation(),
 		// No output validation: results are typed Go values made to match
 		// their schemas, and the end-to-end tests validate every result
 		// they receive against the announced output schema.
@@ -473,7 +471,11 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 			OpenWorldHint:   mcp.ToBoolPtr(spec.openWorld),
 		},
 	}
+	inputSchema := compileSchema(spec.name, tool.RawInputSchema)
 	handler := func(ctx context.Context, req mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		if err := checkArguments(inputSchema, req); err != nil {
+			return mcp.NewToolResultError(fmt.Sprintf("invalid arguments for %s: %v", spec.name, err)), nil
+		}
 		var in In
 		if err := req.BindArguments(&in); err != nil {
 			return mcp.NewToolResultError(fmt.Sprintf("invalid arguments for %s: %v", spec.name, err)), nil
@@ -525,33 +527,6 @@ func structured(out any, isError bool, content ...mcp.Content) *mcp.CallToolResu
 		content = []mcp.Content{mcp.NewTextContent(string(b))}
 	}
 	return &mcp.CallToolResult{Content: content, StructuredContent: out, IsError: isError}
-}
-
-var reflector = jsonschema.Reflector{
-	DoNotReference: true,
-	ExpandedStruct: true,
-	Anonymous:      true,
-}
-
-// schemaFor generates the JSON schema of T: an object whose fields without
-// omitempty are required.
-func schemaFor[T any]() json.RawMessage {
-	var zero T
-	sc := reflector.Reflect(&zero)
-	sc.Version = ""
-	sc.ID = ""
-	if sc.Properties == nil || sc.Properties.Len() == 0 {
-		sc.Properties = nil
-	}
-	sc.Type = "object"
-	b, err := json.Marshal(sc)
-	if err != nil {
-		panic(err)
-	}
-	if string(b) == `{"type":"object"}` || strings.Contains(string(b), `"additionalProperties":false`) && sc.Properties == nil {
-		b = []byte(`{"type":"object","properties":{},"additionalProperties":false}`)
-	}
-	return b
 }
 
 func ms(d time.Duration) int64 { return d.Milliseconds() }
