@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mark3labs/mcp-go/mcp"
@@ -56,6 +57,9 @@ func ServeStdio(ctx context.Context, srv *server.MCPServer, in io.Reader, out io
 		maxLine:  opts.MaxMessageBytes,
 		out:      bufio.NewWriterSize(out, 64<<10),
 		inFlight: map[string]context.CancelFunc{},
+		lead:     make(chan struct{}),
+		quit:     make(chan struct{}),
+		readDone: make(chan error, 1),
 	}
 	s.session = newSession(s.write)
 	if err := srv.RegisterSession(ctx, s.session); err != nil {
@@ -69,11 +73,12 @@ func ServeStdio(ctx context.Context, srv *server.MCPServer, in io.Reader, out io
 	pumpDone := make(chan struct{})
 	go func() { defer close(pumpDone); s.pumpNotifications(stopPump) }()
 
-	readDone := make(chan error, 1)
-	go func() { readDone <- s.readLoop(ctx, in) }()
+	s.in = bufio.NewReaderSize(in, 64<<10)
+	go s.serve(ctx)
+	defer close(s.quit)
 	var readErr error
 	select {
-	case readErr = <-readDone:
+	case readErr = <-s.readDone:
 	case <-ctx.Done():
 	}
 
@@ -118,19 +123,40 @@ type stdio struct {
 	calls    sync.WaitGroup
 	mu       sync.Mutex
 	inFlight map[string]context.CancelFunc // request id (raw JSON) → cancel
+
+	// Reading is done by a pool of goroutines, one of which leads at a
+	// time: see serve.
+	in       *bufio.Reader // read only by the leader
+	lead     chan struct{} // an idle goroutine receives the lead on it
+	idle     atomic.Int32  // goroutines waiting on lead
+	quit     chan struct{} // closed when ServeStdio returns: idle goroutines exit
+	readDone chan error    // the end of input: nil at EOF
 }
 
-// envelope is the part of a JSON-RPC message the transport routes on.
+// maxIdleReaders bounds the goroutines kept waiting to lead.
+const maxIdleReaders = 8
+
+// envelope is the part of a JSON-RPC message the transport routes on, and
+// what a tool call's fast path (see callTool) needs.
 type envelope struct {
-	ID     json.RawMessage `json:"id"`
-	Method string          `json:"method"`
-	Result json.RawMessage `json:"result"`
-	Error  *struct {
+	JSONRPC string          `json:"jsonrpc"`
+	ID      json.RawMessage `json:"id"`
+	Method  string          `json:"method"`
+	Result  json.RawMessage `json:"result"`
+	Error   *struct {
 		Code    int    `json:"code"`
 		Message string `json:"message"`
 	} `json:"error"`
 	Params struct {
 		RequestID json.RawMessage `json:"requestId"` // of notifications/cancelled
+
+		// Of tools/call.
+		Name           string          `json:"name"`
+		Arguments      json.RawMessage `json:"arguments"`
+		Meta           json.RawMessage `json:"_meta"`
+		Task           json.RawMessage `json:"task"`
+		InputResponses json.RawMessage `json:"inputResponses"`
+		RequestState   json.RawMessage `json:"requestState"`
 	} `json:"params"`
 }
 
@@ -138,24 +164,78 @@ func (e *envelope) hasID() bool { return len(e.ID) > 0 && string(e.ID) != "null"
 
 var errTooLong = errors.New("message too long")
 
-func (s *stdio) readLoop(ctx context.Context, in io.Reader) error {
-	r := bufio.NewReaderSize(in, 64<<10)
+// serve is the loop of the goroutines that read stdin. One at a time leads:
+// it reads messages and handles the quick ones itself, in order. On a tool
+// call it hands the lead to an idle goroutine (or a new one) and runs the
+// call itself, then waits to lead again. So a call starts on the goroutine
+// that read it, without waiting for another thread to wake up, and the
+// goroutines (and their grown stacks) are reused from call to call.
+//
+// (Keeping the lead during short calls, to spare the hand-off, was measured:
+// it made run_python 1+1 slower through the lean bench client: 0.67 ms
+// against 0.60 ms at the median of five runs.)
+func (s *stdio) serve(ctx context.Context) {
 	for {
-		line, err := readLine(r, s.maxLine)
+		line, err := readLine(s.in, s.maxLine)
 		if errors.Is(err, errTooLong) {
 			s.reply(errorMessage(nil, mcp.INVALID_REQUEST, fmt.Sprintf(
 				"the message is longer than the %d bytes the server accepts; send large files with local_path or in several parts", s.maxLine)))
 			continue
 		}
-		if len(bytes.TrimSpace(line)) > 0 {
-			s.dispatch(ctx, line)
+		select {
+		case <-s.quit: // ServeStdio has returned: nobody reads on
+			return
+		default:
 		}
-		if err == io.EOF {
-			return nil
+		var call func()
+		if len(bytes.TrimSpace(line)) > 0 {
+			call = s.dispatch(ctx, line)
 		}
 		if err != nil {
-			return fmt.Errorf("read stdin: %w", err)
+			if call != nil {
+				go call() // the input ended: the call is cancelled with the rest
+			}
+			if err != io.EOF {
+				err = fmt.Errorf("read stdin: %w", err)
+			} else {
+				err = nil
+			}
+			s.readDone <- err
+			return
 		}
+		if call == nil {
+			continue
+		}
+		s.handOff(ctx)
+		call()
+		if !s.awaitLead() {
+			return
+		}
+	}
+}
+
+// handOff passes the lead to an idle reading goroutine, or a new one.
+func (s *stdio) handOff(ctx context.Context) {
+	select {
+	case s.lead <- struct{}{}:
+	default:
+		go s.serve(ctx)
+	}
+}
+
+// awaitLead waits until this goroutine leads again; false: it should exit
+// instead (enough are idle, or the transport is closing).
+func (s *stdio) awaitLead() bool {
+	if s.idle.Add(1) > maxIdleReaders {
+		s.idle.Add(-1)
+		return false
+	}
+	defer s.idle.Add(-1)
+	select {
+	case <-s.lead:
+		return true
+	case <-s.quit:
+		return false
 	}
 }
 
@@ -189,15 +269,16 @@ func readLine(r *bufio.Reader, max int) ([]byte, error) {
 	}
 }
 
-// dispatch routes one message. Tool calls run on their own goroutines so
-// that a long call never holds up pings, cancellations or other calls; other
-// requests are quick and run in order, which keeps initialize before
-// everything else.
-func (s *stdio) dispatch(ctx context.Context, line []byte) {
+// dispatch routes one message. Requests other than tool calls are quick
+// and handled at once, in order, which keeps initialize before everything
+// else. A tool call is returned as a function, for serve to run while
+// another goroutine reads on, so that a long call never holds up pings,
+// cancellations or other calls.
+func (s *stdio) dispatch(ctx context.Context, line []byte) (call func()) {
 	var env envelope
 	if err := json.Unmarshal(line, &env); err != nil {
 		s.reply(errorMessage(nil, mcp.PARSE_ERROR, "Parse error: the line is not valid JSON: "+err.Error()))
-		return
+		return nil
 	}
 	switch {
 	case env.Method == "" && env.hasID():
@@ -212,18 +293,23 @@ func (s *stdio) dispatch(ctx context.Context, line []byte) {
 		s.mu.Lock()
 		s.inFlight[key] = cancel
 		s.mu.Unlock()
-		s.calls.Go(func() {
+		s.calls.Add(1)
+		return func() {
 			defer func() {
 				s.mu.Lock()
 				delete(s.inFlight, key)
 				s.mu.Unlock()
 				cancel()
+				s.calls.Done()
 			}()
-			s.handle(ctx, line)
-		})
+			if !s.callTool(ctx, &env) {
+				s.handle(ctx, line)
+			}
+		}
 	default:
 		s.handle(ctx, line)
 	}
+	return nil
 }
 
 // cancelCall cancels the tool call with the given request id, if it runs.
@@ -257,7 +343,7 @@ func (s *stdio) handle(ctx context.Context, line []byte) {
 	}
 }
 
-// reply encodes a message and writes it.
+// reply encodes a message from mcp-go and writes it.
 func (s *stdio) reply(msg any) {
 	b, err := json.Marshal(msg)
 	if err != nil {
@@ -266,6 +352,18 @@ func (s *stdio) reply(msg any) {
 	}
 	if bytes.Contains(b, []byte(`"inputRequests"`)) {
 		b = withInputRequestParams(b)
+	}
+	s.write(b)
+}
+
+// respond encodes the transport's own response to request id and writes
+// it; one that does not encode is answered with an error.
+func (s *stdio) respond(id json.RawMessage, msg any) {
+	b, err := json.Marshal(msg)
+	if err != nil {
+		s.log.Error().Err(err).Msg("encode a response")
+		s.reply(errorMessage(id, mcp.INTERNAL_ERROR, "the server could not encode the result: "+err.Error()))
+		return
 	}
 	s.write(b)
 }
