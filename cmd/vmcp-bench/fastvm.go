@@ -3,74 +3,68 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/http/httptest"
 	"path/filepath"
 	"time"
 
 	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
-	fastemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
-	"github.com/vmcp-dev/vmcp/local"
 )
 
-// benchFastVM times exec_command true on a FastVM VM of an emulator served
-// from this process: through the server's fastvm backend (both clients),
+// benchFastVM times exec_command true on a FastVM VM of an emulator in a
+// process of its own: through the server's fastvm backend (both clients),
 // with the Go client's JSON exec as the backend uses it without a progress
-// token (direct), and with the client's streamed exec (used with one).
-func benchFastVM(server serverSpec, dir string, n int) (*operation, error) {
-	engine, err := local.New(local.Options{StateDir: filepath.Join(dir, "emulator")})
-	if err != nil {
-		return nil, err
-	}
-	defer engine.Close()
+// token ("direct"), and with the client's streamed exec, used with one
+// ("streamed").
+func benchFastVM(cfg config, server serverSpec, dir string) (*operation, error) {
 	const key = "bench-fastvm-key"
-	emu, err := fastemu.New(fastemu.Options{Engine: engine, APIKey: key})
+	emu, err := startEmulator("fastvm", key, filepath.Join(dir, "emulator"))
 	if err != nil {
 		return nil, err
 	}
-	defer emu.Close()
-	hs := httptest.NewServer(emu)
-	defer hs.Close()
-	emu.SetBaseURL(hs.URL)
+	defer emu.stop()
 
 	op := &operation{name: "exec_command true", tool: "exec_command", args: map[string]any{"argv": []string{"true"}}, check: checkTrue}
 	spec := server
-	spec.args = append(append([]string(nil), spec.args...), "--fastvm-url", hs.URL, "--backend", "fastvm")
+	spec.args = append(append([]string(nil), spec.args...), "--fastvm-url", emu.url, "--backend", "fastvm")
 	spec.env = append(append([]string(nil), spec.env...), "FASTVM_API_KEY="+key)
-	if err := benchSDK(spec, filepath.Join(dir, "sdk"), n, []*operation{op}); err != nil {
-		return nil, fmt.Errorf("mcp (go-sdk client): %w", err)
-	}
-	if err := benchLean(spec, filepath.Join(dir, "lean"), n, []*operation{op}); err != nil {
-		return nil, fmt.Errorf("mcp (lean client): %w", err)
-	}
+	err = measureWith(cfg, []*operation{op}, func() ([]*path, error) {
+		return openPaths(
+			func() ([]*path, error) { return one(openSDK(spec, filepath.Join(dir, "sdk"))) },
+			func() ([]*path, error) { return one(openLean(spec, filepath.Join(dir, "lean"))) },
+			func() ([]*path, error) { return openFastVM(emu, key) },
+		)
+	})
+	return op, err
+}
 
-	c := fvc.New(key, fvc.WithBaseURL(hs.URL))
-	ctx := context.Background()
+// openFastVM launches a VM with the Go client and gives two paths on it:
+// the JSON exec ("direct") and the streamed exec ("streamed").
+func openFastVM(emu *emulator, key string) ([]*path, error) {
+	c := fvc.New(key, fvc.WithBaseURL(emu.url))
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
 	vm, err := c.Launch(ctx, fvc.LaunchRequest{MachineType: "c1m2"})
 	if err != nil {
 		return nil, err
 	}
-	defer c.DeleteVM(context.Background(), vm.ID)
-	req := fvc.ExecRequest{Command: []string{"true"}}
+	deleteVM := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		c.DeleteVM(ctx, vm.ID)
+	}
 	check := func(code int, timedOut bool) error {
 		if code != 0 || timedOut {
-			return fmt.Errorf("true: exit code %d, timed out %v; want 0", code, timedOut)
+			return fmt.Errorf("exit code %d, timed out %v; want 0", code, timedOut)
 		}
 		return nil
 	}
-	streamed := func() (time.Duration, error) {
-		ctx, cancel := context.WithTimeout(ctx, callTimeout)
-		defer cancel()
-		start := time.Now()
-		exit, err := c.ExecStreamFunc(ctx, vm.ID, req, func(fvc.ExecEvent) error { return nil })
-		d := time.Since(start)
-		if err != nil {
-			return d, err
-		}
-		return d, check(exit.ExitCode, exit.TimedOut)
+	request := func(op *operation) fvc.ExecRequest {
+		argv, _ := op.args["argv"].([]string)
+		return fvc.ExecRequest{Command: argv}
 	}
-	aggregate := func() (time.Duration, error) {
-		ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	direct := &path{name: "direct", stderr: emu.stderr, close: deleteVM, call: func(op *operation) (time.Duration, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
+		req := request(op)
 		start := time.Now()
 		res, err := c.Exec(ctx, vm.ID, req)
 		d := time.Since(start)
@@ -78,12 +72,18 @@ func benchFastVM(server serverSpec, dir string, n int) (*operation, error) {
 			return d, err
 		}
 		return d, check(res.ExitCode, res.TimedOut)
-	}
-	if op.engine, err = timeN(n, aggregate); err != nil {
-		return nil, fmt.Errorf("client exec: %w", err)
-	}
-	if op.extra, err = timeN(n, streamed); err != nil {
-		return nil, fmt.Errorf("client exec stream: %w", err)
-	}
-	return op, nil
+	}}
+	streamed := &path{name: "streamed", stderr: emu.stderr, call: func(op *operation) (time.Duration, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		req := request(op)
+		start := time.Now()
+		exit, err := c.ExecStreamFunc(ctx, vm.ID, req, func(fvc.ExecEvent) error { return nil })
+		d := time.Since(start)
+		if err != nil {
+			return d, err
+		}
+		return d, check(exit.ExitCode, exit.TimedOut)
+	}}
+	return []*path{direct, streamed}, nil
 }

@@ -3,48 +3,50 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/http/httptest"
 	"path/filepath"
 	"time"
 
 	fvm "github.com/vmcp-dev/vmcp/client/forevervm"
-	fvmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
-	"github.com/vmcp-dev/vmcp/local"
 )
 
 // benchForeverVM times run_python 1+1 on a ForeverVM machine of an emulator
-// served from this process: through the server's forevervm backend (both
-// clients), with the Go client on one REPL socket, and with a new socket
-// per call.
-func benchForeverVM(server serverSpec, dir string, n int) (*operation, error) {
-	engine, err := local.New(local.Options{StateDir: filepath.Join(dir, "emulator")})
-	if err != nil {
-		return nil, err
-	}
-	defer engine.Close()
+// in a process of its own: through the server's forevervm backend (both
+// clients), with the Go client on one REPL socket ("direct"), and with a new
+// socket per call ("new socket").
+func benchForeverVM(cfg config, server serverSpec, dir string) (*operation, error) {
 	const token = "bench.emulator-token"
-	emu, err := fvmemu.New(fvmemu.Options{Engine: engine, Token: token})
+	emu, err := startEmulator("forevervm", token, filepath.Join(dir, "emulator"))
 	if err != nil {
 		return nil, err
 	}
-	defer emu.Close()
-	hs := httptest.NewServer(emu)
-	defer hs.Close()
+	defer emu.stop()
 
 	op := &operation{name: "run_python 1+1", tool: "run_python", args: map[string]any{"code": "1+1"}, check: checkPython}
 	spec := server
-	spec.args = append(append([]string(nil), spec.args...), "--forevervm-url", hs.URL, "--backend", "forevervm")
+	spec.args = append(append([]string(nil), spec.args...), "--forevervm-url", emu.url, "--backend", "forevervm")
 	spec.env = append(append([]string(nil), spec.env...), "FOREVERVM_TOKEN="+token)
-	if err := benchSDK(spec, filepath.Join(dir, "sdk"), n, []*operation{op}); err != nil {
-		return nil, fmt.Errorf("mcp (go-sdk client): %w", err)
-	}
-	if err := benchLean(spec, filepath.Join(dir, "lean"), n, []*operation{op}); err != nil {
-		return nil, fmt.Errorf("mcp (lean client): %w", err)
-	}
+	err = measureWith(cfg, []*operation{op}, func() ([]*path, error) {
+		return openPaths(
+			func() ([]*path, error) { return one(openSDK(spec, filepath.Join(dir, "sdk"))) },
+			func() ([]*path, error) { return one(openLean(spec, filepath.Join(dir, "lean"))) },
+			func() ([]*path, error) { return openForeverVM(emu, token) },
+		)
+	})
+	return op, err
+}
 
-	c := fvm.New(token, fvm.WithBaseURL(hs.URL))
-	ctx := context.Background()
+// openForeverVM creates a machine with the Go client and gives two paths:
+// one long-lived REPL socket ("direct"), and a new socket per call ("new
+// socket"), as forevervm-mcp does.
+func openForeverVM(emu *emulator, token string) ([]*path, error) {
+	c := fvm.New(token, fvm.WithBaseURL(emu.url))
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
 	machine, err := c.CreateMachine(ctx, fvm.CreateMachineOptions{})
+	if err != nil {
+		return nil, err
+	}
+	repl, err := c.REPL(ctx, machine)
 	if err != nil {
 		return nil, err
 	}
@@ -54,43 +56,34 @@ func benchForeverVM(server serverSpec, dir string, n int) (*operation, error) {
 		}
 		return nil
 	}
-	repl, err := c.REPL(ctx, machine)
-	if err != nil {
-		return nil, err
-	}
-	defer repl.Close()
-	op.engine, err = timeN(n, func() (time.Duration, error) {
-		ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	direct := &path{name: "direct", stderr: emu.stderr, close: func() { repl.Close() }, call: func(op *operation) (time.Duration, error) {
+		code, _ := op.args["code"].(string)
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
 		start := time.Now()
-		r, err := repl.Exec(ctx, "1+1", fvm.ExecOptions{})
+		r, err := repl.Exec(ctx, code, fvm.ExecOptions{})
 		d := time.Since(start)
 		if err != nil {
 			return d, err
 		}
 		return d, check(r)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("client REPL: %w", err)
-	}
-	op.extra, err = timeN(n, func() (time.Duration, error) {
-		ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	}}
+	newSocket := &path{name: "new socket", stderr: emu.stderr, call: func(op *operation) (time.Duration, error) {
+		code, _ := op.args["code"].(string)
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
 		start := time.Now()
 		r, err := c.REPL(ctx, machine)
 		if err != nil {
 			return time.Since(start), err
 		}
-		res, err := r.Exec(ctx, "1+1", fvm.ExecOptions{})
+		res, err := r.Exec(ctx, code, fvm.ExecOptions{})
 		r.Close()
 		d := time.Since(start)
 		if err != nil {
 			return d, err
 		}
 		return d, check(res)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("client, new socket per call: %w", err)
-	}
-	return op, nil
+	}}
+	return []*path{direct, newSocket}, nil
 }

@@ -1,8 +1,11 @@
 // Command vmcp-bench measures what the MCP layer costs: it times the same
 // warm operations through a built mcp-server over stdio — with the official
 // Go SDK client, and with a lean client that decodes each response once —
-// and directly on an engine in this process, and prints the p50 and p99
-// latencies and the ratios of the p50s to the engine's.
+// and without MCP (on an engine in this process, or with vmcp's Go clients
+// calling the ForeverVM and FastVM emulators, which run in a process of
+// their own), and prints the p50 and p99 latencies and the ratios of the
+// p50s. The paths take turns in rounds (--rounds), so that the load of a
+// shared machine weighs on them alike.
 //
 //	go build -o /tmp/mcp-server ./cmd/mcp-server
 //	go run ./cmd/vmcp-bench --server /tmp/mcp-server --n 2000
@@ -41,6 +44,7 @@ const callTimeout = 60 * time.Second
 
 func main() {
 	local.RunHelperIfRequested()
+	runEmulatorIfRequested()
 	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "vmcp-bench:", err)
 		os.Exit(1)
@@ -51,6 +55,7 @@ func main() {
 type config struct {
 	server      string
 	n           int
+	rounds      int
 	stateDir    string
 	loadClients int // concurrent HTTP clients of the load test; 0 skips it
 	loadCalls   int
@@ -60,6 +65,7 @@ func parseConfig(args []string) (config, error) {
 	fs := flag.NewFlagSet("vmcp-bench", flag.ContinueOnError)
 	server := fs.String("server", "", "path of a built mcp-server binary (required)")
 	n := fs.Int("n", 2000, "timed calls of each operation, via MCP and direct")
+	rounds := fs.Int("rounds", 10, "the calls of each path are made in this many rounds, the paths taking turns, so that a slow spell of the machine affects them alike")
 	loadClients := fs.Int("load-clients", 0, "also run the load test: this many concurrent MCP clients over streamable HTTP (0: skip)")
 	loadCalls := fs.Int("load-calls", 20, "run_python calls of each load-test client")
 	stateDir := fs.String("state-dir", "", "directory for the servers' (<dir>/sdk, <dir>/lean) and the engine's (<dir>/engine) state; default a fresh temporary directory, removed at the end")
@@ -75,10 +81,13 @@ func parseConfig(args []string) (config, error) {
 	if *n < 1 {
 		return config{}, fmt.Errorf("--n %d: want at least 1", *n)
 	}
+	if *rounds < 1 {
+		return config{}, fmt.Errorf("--rounds %d: want at least 1", *rounds)
+	}
 	if *loadClients < 0 || *loadCalls < 1 {
 		return config{}, fmt.Errorf("--load-clients takes 0 or more, --load-calls 1 or more")
 	}
-	return config{server: *server, n: *n, stateDir: *stateDir, loadClients: *loadClients, loadCalls: *loadCalls}, nil
+	return config{server: *server, n: *n, rounds: *rounds, stateDir: *stateDir, loadClients: *loadClients, loadCalls: *loadCalls}, nil
 }
 
 func run(args []string, stdout io.Writer) error {
@@ -107,37 +116,36 @@ func run(args []string, stdout io.Writer) error {
 		{name: "run_python 1+1", tool: "run_python", args: map[string]any{"code": "1+1"}, check: checkPython},
 		{name: "exec_command true", tool: "exec_command", args: map[string]any{"argv": []string{"true"}}, check: checkTrue},
 	}
-	// One after the other, so that the server and the engine do not compete
-	// for the CPU.
 	spec := serverSpec{path: server}
-	if err := benchSDK(spec, filepath.Join(dir, "sdk"), cfg.n, ops); err != nil {
-		return fmt.Errorf("mcp (go-sdk client): %w", err)
-	}
-	if err := benchLean(spec, filepath.Join(dir, "lean"), cfg.n, ops); err != nil {
-		return fmt.Errorf("mcp (lean client): %w", err)
-	}
-	if err := benchEngine(filepath.Join(dir, "engine"), cfg.n, ops[0], ops[1]); err != nil {
-		return fmt.Errorf("engine: %w", err)
+	err = measureWith(cfg, ops, func() ([]*path, error) {
+		return openPaths(
+			func() ([]*path, error) { return one(openSDK(spec, filepath.Join(dir, "sdk"))) },
+			func() ([]*path, error) { return one(openLean(spec, filepath.Join(dir, "lean"))) },
+			func() ([]*path, error) { return one(openEngine(filepath.Join(dir, "engine"))) },
+		)
+	})
+	if err != nil {
+		return err
 	}
 	fmt.Fprintln(stdout, "Local backend: through the MCP server over stdio, and on the engine directly (ms)")
 	if err := printTable(stdout, ops, "engine"); err != nil {
 		return err
 	}
 
-	fv, err := benchForeverVM(spec, filepath.Join(dir, "forevervm"), cfg.n)
+	fv, err := benchForeverVM(cfg, spec, filepath.Join(dir, "forevervm"))
 	if err != nil {
 		return fmt.Errorf("forevervm: %w", err)
 	}
-	fmt.Fprintln(stdout, "\nForeverVM backend against the emulator on loopback: through the MCP server, with the Go client on one\nREPL socket (direct), and with a new socket per call as forevervm-mcp does (ms)")
+	fmt.Fprintln(stdout, "\nForeverVM backend against the emulator (a process of its own) on loopback: through the MCP server, with the Go client on one\nREPL socket (direct), and with a new socket per call as forevervm-mcp does (ms)")
 	if err := printTable(stdout, []*operation{fv}, "direct", "new socket"); err != nil {
 		return err
 	}
 
-	fast, err := benchFastVM(spec, filepath.Join(dir, "fastvm"), cfg.n)
+	fast, err := benchFastVM(cfg, spec, filepath.Join(dir, "fastvm"))
 	if err != nil {
 		return fmt.Errorf("fastvm: %w", err)
 	}
-	fmt.Fprintln(stdout, "\nFastVM backend against the emulator on loopback: through the MCP server, with the Go client's\nJSON exec as the backend uses it without a progress token (direct), and its streamed exec (ms)")
+	fmt.Fprintln(stdout, "\nFastVM backend against the emulator (a process of its own) on loopback: through the MCP server, with the Go client's\nJSON exec as the backend uses it without a progress token (direct), and its streamed exec (ms)")
 	if err := printTable(stdout, []*operation{fast}, "direct", "streamed"); err != nil {
 		return err
 	}
@@ -151,19 +159,122 @@ func run(args []string, stdout io.Writer) error {
 	return nil
 }
 
-// operation is one measured operation with its timings three ways: through
-// the server with the official Go SDK client, through the server with a lean
-// client (one JSON decode per response: the server's own cost), and on the
-// engine directly.
+// operation is one measured operation with its latencies on each path:
+// through the server with the official Go SDK client ("go-sdk"), through
+// the server with a lean client that decodes each response once ("lean": the
+// server's own cost), and without MCP (the engine, or a client calling the
+// emulator), plus any other variant worth comparing.
 type operation struct {
 	name  string
 	tool  string
 	args  map[string]any
 	check func(structured []byte) error // of a tool result's structured content
 
-	sdk, lean []time.Duration
-	engine    []time.Duration // the same operation without MCP: engine, or client calling the emulator
-	extra     []time.Duration // another variant to compare, if any
+	samples map[string][]time.Duration // path name → latencies
+}
+
+// path is one way to run operations: call times one call of op, not
+// counting the checks of its result.
+type path struct {
+	name   string
+	call   func(op *operation) (time.Duration, error)
+	close  func()
+	stderr *syncBuffer // of the server or emulator behind it, if any
+}
+
+// openPaths calls the openers in order; if one fails, the paths opened are
+// closed.
+func openPaths(openers ...func() ([]*path, error)) ([]*path, error) {
+	var paths []*path
+	for _, open := range openers {
+		ps, err := open()
+		if err != nil {
+			closePaths(paths)
+			return nil, err
+		}
+		paths = append(paths, ps...)
+	}
+	return paths, nil
+}
+
+// one is an opener's result for a single path.
+func one(p *path, err error) ([]*path, error) {
+	if err != nil {
+		return nil, err
+	}
+	return []*path{p}, nil
+}
+
+func closePaths(paths []*path) {
+	for _, p := range paths {
+		if p.close != nil {
+			p.close()
+		}
+	}
+}
+
+// measureWith opens the paths, measures ops on them, and closes them.
+func measureWith(cfg config, ops []*operation, open func() ([]*path, error)) error {
+	paths, err := open()
+	if err != nil {
+		return err
+	}
+	defer closePaths(paths)
+	return measure(cfg.rounds, cfg.n, ops, paths)
+}
+
+// measure times n calls of every operation on every path, after warmup
+// calls, in rounds: each round gives each path its share of each
+// operation's calls in turn. A slow spell of a shared machine then falls on
+// every path alike instead of on whichever ran during it.
+func measure(rounds, n int, ops []*operation, paths []*path) error {
+	if rounds > n {
+		rounds = n
+	}
+	for _, op := range ops {
+		op.samples = map[string][]time.Duration{}
+	}
+	timeCall := func(p *path, op *operation) (time.Duration, error) {
+		d, err := p.call(op)
+		if err != nil {
+			err = fmt.Errorf("%s, %s: %w", p.name, op.name, err)
+			if p.stderr != nil {
+				err = fmt.Errorf("%w\nstderr:\n%s", err, p.stderr)
+			}
+		}
+		return d, err
+	}
+	for _, p := range paths {
+		for _, op := range ops {
+			for i := 0; i < warmup; i++ {
+				if _, err := timeCall(p, op); err != nil {
+					return fmt.Errorf("warm-up: %w", err)
+				}
+			}
+		}
+	}
+	for r := 0; r < rounds; r++ {
+		share := n/rounds + boolInt(r < n%rounds)
+		for _, p := range paths {
+			for _, op := range ops {
+				for i := 0; i < share; i++ {
+					d, err := timeCall(p, op)
+					if err != nil {
+						return err
+					}
+					op.samples[p.name] = append(op.samples[p.name], d)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func checkPython(structured []byte) error {
@@ -195,25 +306,6 @@ func checkTrue(structured []byte) error {
 	return nil
 }
 
-// timeN calls f warmup times, then n times keeping the latencies it
-// reports. f times only the call itself, not the checks of its result.
-func timeN(n int, f func() (time.Duration, error)) ([]time.Duration, error) {
-	for i := 0; i < warmup; i++ {
-		if _, err := f(); err != nil {
-			return nil, fmt.Errorf("warm-up call %d: %w", i+1, err)
-		}
-	}
-	l := make([]time.Duration, 0, n)
-	for i := 0; i < n; i++ {
-		d, err := f()
-		if err != nil {
-			return nil, fmt.Errorf("call %d: %w", i+1, err)
-		}
-		l = append(l, d)
-	}
-	return l, nil
-}
-
 // syncBuffer is a bytes.Buffer safe for the server's stderr copier.
 type syncBuffer struct {
 	mu sync.Mutex
@@ -232,13 +324,6 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// withStderr adds the server's stderr to an error.
-func withStderr(err *error, stderr *syncBuffer) {
-	if *err != nil {
-		*err = fmt.Errorf("%w\nserver stderr:\n%s", *err, stderr)
-	}
-}
-
 // serverSpec says how to start the server under test.
 type serverSpec struct {
 	path string
@@ -252,69 +337,58 @@ func (s serverSpec) command(stateDir string) *exec.Cmd {
 	return c
 }
 
-// benchSDK starts the server over stdio and times each operation with the
-// official Go SDK client.
-func benchSDK(server serverSpec, stateDir string, n int, ops []*operation) (err error) {
+// openSDK starts the server over stdio, connected to the official Go SDK
+// client.
+func openSDK(server serverSpec, stateDir string) (*path, error) {
 	c := server.command(stateDir)
 	stderr := &syncBuffer{}
 	c.Stderr = stderr
-	defer withStderr(&err, stderr)
 	client := mcp.NewClient(&mcp.Implementation{Name: "vmcp-bench", Version: "1"}, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	cs, err := client.Connect(ctx, &mcp.CommandTransport{Command: c}, nil)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("connect: %w", err)
+		return nil, fmt.Errorf("go-sdk client: connect: %w\nserver stderr:\n%s", err, stderr)
 	}
-	defer cs.Close()
-
-	for _, op := range ops {
-		params := &mcp.CallToolParams{Name: op.tool, Arguments: op.args}
-		op.sdk, err = timeN(n, func() (time.Duration, error) {
-			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-			defer cancel()
-			start := time.Now()
-			res, err := cs.CallTool(ctx, params)
-			d := time.Since(start)
-			if err != nil {
-				return d, err
-			}
-			if res.IsError {
-				return d, fmt.Errorf("%s: tool error: %s", op.tool, text(res))
-			}
-			b, err := json.Marshal(res.StructuredContent)
-			if err != nil {
-				return d, err
-			}
-			return d, op.check(b)
-		})
+	return &path{name: "go-sdk", stderr: stderr, close: func() { cs.Close() }, call: func(op *operation) (time.Duration, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		start := time.Now()
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: op.tool, Arguments: op.args})
+		d := time.Since(start)
 		if err != nil {
-			return fmt.Errorf("%s: %w", op.tool, err)
+			return d, err
 		}
-	}
-	return nil
+		if res.IsError {
+			return d, fmt.Errorf("tool error: %s", text(res))
+		}
+		b, err := json.Marshal(res.StructuredContent)
+		if err != nil {
+			return d, err
+		}
+		return d, op.check(b)
+	}}, nil
 }
 
-// benchLean starts the server over stdio and times each operation with a
-// lean client: JSON-RPC lines written and read on the pipes, each response
-// decoded once. What it measures beyond the engine is the server's cost.
-func benchLean(server serverSpec, stateDir string, n int, ops []*operation) (err error) {
+// openLean starts the server over stdio with a lean client: JSON-RPC lines
+// written and read on the pipes, each response decoded once. What it
+// measures beyond the engine is the server's cost.
+func openLean(server serverSpec, stateDir string) (p *path, err error) {
 	c := server.command(stateDir)
 	stderr := &syncBuffer{}
 	c.Stderr = stderr
-	defer withStderr(&err, stderr)
 	stdin, err := c.StdinPipe()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	stdout, err := c.StdoutPipe()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := c.Start(); err != nil {
-		return err
+		return nil, err
 	}
-	defer func() {
+	stop := func() {
 		stdin.Close()
 		done := make(chan error, 1)
 		go func() { done <- c.Wait() }()
@@ -323,6 +397,12 @@ func benchLean(server serverSpec, stateDir string, n int, ops []*operation) (err
 		case <-time.After(10 * time.Second):
 			c.Process.Kill()
 			<-done
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+			err = fmt.Errorf("lean client: %w\nserver stderr:\n%s", err, stderr)
 		}
 	}()
 	type response struct {
@@ -373,83 +453,72 @@ func benchLean(server serverSpec, stateDir string, n int, ops []*operation) (err
 		"capabilities":    map[string]any{},
 		"clientInfo":      map[string]any{"name": "vmcp-bench-lean", "version": "1"},
 	}); err != nil {
-		return fmt.Errorf("initialize: %w", err)
+		return nil, fmt.Errorf("initialize: %w", err)
 	}
 	if _, err := stdin.Write([]byte(`{"jsonrpc":"2.0","method":"notifications/initialized"}` + "\n")); err != nil {
-		return err
+		return nil, err
 	}
-	for _, op := range ops {
-		params := map[string]any{"name": op.tool, "arguments": op.args}
-		op.lean, err = timeN(n, func() (time.Duration, error) {
-			d, r, err := rpc("tools/call", params)
-			if err != nil {
-				return d, err
-			}
-			if r.Result.IsError {
-				return d, fmt.Errorf("%s: tool error: %s", op.tool, r.Result.StructuredContent)
-			}
-			return d, op.check(r.Result.StructuredContent)
-		})
+	return &path{name: "lean", stderr: stderr, close: stop, call: func(op *operation) (time.Duration, error) {
+		d, r, err := rpc("tools/call", map[string]any{"name": op.tool, "arguments": op.args})
 		if err != nil {
-			return fmt.Errorf("%s: %w", op.tool, err)
+			return d, err
 		}
-	}
-	return nil
+		if r.Result.IsError {
+			return d, fmt.Errorf("tool error: %s", r.Result.StructuredContent)
+		}
+		return d, op.check(r.Result.StructuredContent)
+	}}, nil
 }
 
-// benchEngine opens an engine in this process and times Machine.Exec and
-// Machine.Run on one machine.
-func benchEngine(stateDir string, n int, py, cmd *operation) error {
+// openEngine opens an engine in this process with one machine, on which it
+// runs run_python's code with Machine.Exec and exec_command's argv with
+// Machine.Run.
+func openEngine(stateDir string) (*path, error) {
 	e, err := local.New(local.Options{StateDir: stateDir})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer e.Close()
 	info, err := e.Create(context.Background(), local.MachineSpec{})
 	if err != nil {
-		return err
+		e.Close()
+		return nil, err
 	}
 	m, err := e.Machine(info.ID)
 	if err != nil {
-		return err
+		e.Close()
+		return nil, err
 	}
-
-	py.engine, err = timeN(n, func() (time.Duration, error) {
+	return &path{name: "engine", close: func() { e.Close() }, call: func(op *operation) (time.Duration, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
-		start := time.Now()
-		r, err := m.Exec(ctx, "1+1", local.ExecOptions{})
-		d := time.Since(start)
-		if err != nil {
-			return d, err
+		switch op.tool {
+		case "run_python":
+			code, _ := op.args["code"].(string)
+			start := time.Now()
+			r, err := m.Exec(ctx, code, local.ExecOptions{})
+			d := time.Since(start)
+			if err != nil {
+				return d, err
+			}
+			if r.Value == nil || *r.Value != "2" || r.Error != "" {
+				return d, fmt.Errorf("Exec %s: value %s, error %q; want 2", code, strPtr(r.Value), r.Error)
+			}
+			return d, nil
+		case "exec_command":
+			argv, _ := op.args["argv"].([]string)
+			start := time.Now()
+			r, err := m.Run(ctx, local.Command{Argv: argv})
+			d := time.Since(start)
+			if err != nil {
+				return d, err
+			}
+			if r.ExitCode != 0 || r.Signal != "" || r.TimedOut {
+				return d, fmt.Errorf("Run %v: exit code %d, signal %q, timed out %v; want exit code 0", argv, r.ExitCode, r.Signal, r.TimedOut)
+			}
+			return d, nil
 		}
-		if r.Value == nil || *r.Value != "2" || r.Error != "" {
-			return d, fmt.Errorf("Exec 1+1: value %s, error %q; want 2", strPtr(r.Value), r.Error)
-		}
-		return d, nil
-	})
-	if err != nil {
-		return fmt.Errorf("Exec: %w", err)
-	}
-
-	cmd.engine, err = timeN(n, func() (time.Duration, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-		defer cancel()
-		start := time.Now()
-		r, err := m.Run(ctx, local.Command{Argv: []string{"true"}})
-		d := time.Since(start)
-		if err != nil {
-			return d, err
-		}
-		if r.ExitCode != 0 || r.Signal != "" || r.TimedOut {
-			return d, fmt.Errorf("Run true: exit code %d, signal %q, timed out %v; want exit code 0", r.ExitCode, r.Signal, r.TimedOut)
-		}
-		return d, nil
-	})
-	if err != nil {
-		return fmt.Errorf("Run: %w", err)
-	}
-	return nil
+		return 0, fmt.Errorf("the engine path has no %s", op.tool)
+	}}, nil
 }
 
 // percentile returns the q-th percentile (0 < q < 1) of l, which it sorts.
@@ -470,8 +539,7 @@ func ms(d time.Duration) string {
 }
 
 // printTable prints each operation's p50 and p99 per path and the ratios of
-// the MCP paths' p50 to the base path's (named base); extra names the extra
-// column, if measured.
+// the MCP paths' p50 to the base path's; extra names other paths to show.
 func printTable(w io.Writer, ops []*operation, base string, extra ...string) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	header := "operation\tgo-sdk p50\tgo-sdk p99\tlean p50\tlean p99\t" + base + " p50\t" + base + " p99"
@@ -480,12 +548,12 @@ func printTable(w io.Writer, ops []*operation, base string, extra ...string) err
 	}
 	fmt.Fprintln(tw, header+"\tratio go-sdk\tratio lean")
 	for _, op := range ops {
-		sp50, sp99 := percentile(op.sdk, 0.50), percentile(op.sdk, 0.99)
-		lp50, lp99 := percentile(op.lean, 0.50), percentile(op.lean, 0.99)
-		bp50, bp99 := percentile(op.engine, 0.50), percentile(op.engine, 0.99)
+		sp50, sp99 := percentile(op.samples["go-sdk"], 0.50), percentile(op.samples["go-sdk"], 0.99)
+		lp50, lp99 := percentile(op.samples["lean"], 0.50), percentile(op.samples["lean"], 0.99)
+		bp50, bp99 := percentile(op.samples[base], 0.50), percentile(op.samples[base], 0.99)
 		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", op.name, ms(sp50), ms(sp99), ms(lp50), ms(lp99), ms(bp50), ms(bp99))
-		if len(extra) > 0 {
-			row += fmt.Sprintf("\t%s\t%s", ms(percentile(op.extra, 0.50)), ms(percentile(op.extra, 0.99)))
+		for _, e := range extra {
+			row += fmt.Sprintf("\t%s\t%s", ms(percentile(op.samples[e], 0.50)), ms(percentile(op.samples[e], 0.99)))
 		}
 		fmt.Fprintf(tw, "%s\t%.2fx\t%.2fx\n", row, float64(sp50)/float64(bp50), float64(lp50)/float64(bp50))
 	}

@@ -13,6 +13,7 @@ import (
 
 func TestMain(m *testing.M) {
 	local.RunHelperIfRequested() // the engine starts this test binary as its agent
+	runEmulatorIfRequested()     // and the bench as its emulators
 	os.Exit(m.Run())
 }
 
