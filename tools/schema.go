@@ -67,25 +67,33 @@ var printer = message.NewPrinter(language.English)
 // checkArguments validates a call's arguments against the tool's compiled
 // input schema; the error lists every violation with where it is.
 func checkArguments(schema *validator.Schema, req mcp.CallToolRequest) error {
-	raw := req.Params.RawArguments
-	if r, ok := req.Params.Arguments.(json.RawMessage); ok && len(raw) == 0 {
-		raw = r
+	raw, decoded := req.Params.RawArguments, req.Params.Arguments
+	if r, ok := decoded.(json.RawMessage); ok {
+		if len(raw) == 0 {
+			raw = r
+		}
+		decoded = nil
 	}
 	var args any = map[string]any{} // absent or null arguments are none
-	switch {
-	case len(bytes.TrimSpace(raw)) > 0 && string(bytes.TrimSpace(raw)) != "null":
+	switch raw = bytes.TrimSpace(raw); {
+	case len(raw) > 0:
+		if string(raw) == "null" {
+			break
+		}
 		v, err := validator.UnmarshalJSON(bytes.NewReader(raw))
 		if err != nil {
 			return fmt.Errorf("the arguments are not valid JSON: %v", err)
 		}
 		args = v
-	case req.Params.Arguments != nil:
-		b, err := json.Marshal(req.Params.Arguments)
+	case decoded != nil:
+		b, err := json.Marshal(decoded)
 		if err != nil {
 			return err
 		}
-		if args, err = validator.UnmarshalJSON(bytes.NewReader(b)); err != nil {
+		if v, err := validator.UnmarshalJSON(bytes.NewReader(b)); err != nil {
 			return err
+		} else if v != nil {
+			args = v
 		}
 	}
 	err := schema.Validate(args)

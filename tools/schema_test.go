@@ -137,6 +137,7 @@ func TestArgumentsAreCheckedAgainstTheSchema(t *testing.T) {
 		{`{"code":"1","timeout_seconds":3600}`, nil},
 		{``, []string{"the arguments: missing property 'code'"}},
 		{`null`, []string{"missing property 'code'"}},
+		{` null `, []string{"missing property 'code'"}},
 		{`{"code":5}`, []string{"code: got number, want string"}},
 		{`{"code":"1","timeout_seconds":3601}`, []string{"timeout_seconds: maximum"}},
 		{`{"code":"1","timeout_seconds":"soon","bogus":true}`, []string{"timeout_seconds: got string, want integer", "bogus", "tools/list"}},
@@ -146,6 +147,7 @@ func TestArgumentsAreCheckedAgainstTheSchema(t *testing.T) {
 			var req mcp.CallToolRequest
 			if asRaw {
 				req.Params.RawArguments = json.RawMessage(tc.args)
+				req.Params.Arguments = json.RawMessage(tc.args) // as vmcp's stdio transport passes them
 			} else if tc.args != "" {
 				var v any
 				json.Unmarshal([]byte(tc.args), &v)

@@ -120,11 +120,17 @@ func Definitions() []mcp.Tool {
 // Register adds every tool to srv.
 func (s *Service) Register(srv *server.MCPServer) { srv.AddTools(s.Tools()...) }
 
+// ServerInfo is the name and version the server reports to clients.
+func ServerInfo(version string) mcp.Implementation {
+	return mcp.Implementation{Name: "vmcp", Version: version}
+}
+
 // NewMCPServer builds vmcp's MCP server: every tool and prompt, the
 // instructions. Every tool checks its arguments against its input schema
 // itself (see compileSchema). version is what the server reports to clients.
 func (s *Service) NewMCPServer(version string) *server.MCPServer {
-	srv := server.NewMCPServer("vmcp", version,
+	info := ServerInfo(version)
+	srv := server.NewMCPServer(info.Name, info.Version,
 		server.WithInstructions(Instructions),
 		server.WithToolCapabilities(false),
 		server.WithPromptCapabilities(false),

@@ -40,6 +40,10 @@ type StdioOptions struct {
 	Logger zerolog.Logger
 	// MaxMessageBytes bounds one incoming message; default MaxMessageBytes.
 	MaxMessageBytes int
+	// ServerInfo is the name and version the MCP server reports, which
+	// results to 2026-07-28 requests carry; without it those requests take
+	// mcp-go's full path (see callTool).
+	ServerInfo *mcp.Implementation
 }
 
 // ServeStdio serves srv to one client speaking newline-delimited JSON-RPC on
@@ -52,14 +56,15 @@ func ServeStdio(ctx context.Context, srv *server.MCPServer, in io.Reader, out io
 		opts.MaxMessageBytes = MaxMessageBytes
 	}
 	s := &stdio{
-		srv:      srv,
-		log:      opts.Logger,
-		maxLine:  opts.MaxMessageBytes,
-		out:      bufio.NewWriterSize(out, 64<<10),
-		inFlight: map[string]context.CancelFunc{},
-		lead:     make(chan struct{}),
-		quit:     make(chan struct{}),
-		readDone: make(chan error, 1),
+		srv:        srv,
+		serverInfo: opts.ServerInfo,
+		log:        opts.Logger,
+		maxLine:    opts.MaxMessageBytes,
+		out:        bufio.NewWriterSize(out, 64<<10),
+		inFlight:   map[string]context.CancelFunc{},
+		lead:       make(chan struct{}),
+		quit:       make(chan struct{}),
+		readDone:   make(chan error, 1),
 	}
 	s.session = newSession(s.write)
 	if err := srv.RegisterSession(ctx, s.session); err != nil {
@@ -105,10 +110,11 @@ func ServeStdio(ctx context.Context, srv *server.MCPServer, in io.Reader, out io
 }
 
 type stdio struct {
-	srv     *server.MCPServer
-	log     zerolog.Logger
-	session *session
-	maxLine int
+	srv        *server.MCPServer
+	serverInfo *mcp.Implementation
+	log        zerolog.Logger
+	session    *session
+	maxLine    int
 
 	// Every message is written whole, and flushed, under wmu by the
 	// goroutine that has it: a handler writes its own response, so that no

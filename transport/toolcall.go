@@ -5,27 +5,36 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/mark3labs/mcp-go/mcp"
+	"github.com/mark3labs/mcp-go/server"
 )
 
 // callTool is the fast path of a plain tools/call: it runs the tool's
 // handler straight from the message decoded once by dispatch, where mcp-go's
 // HandleMessage would decode it four more times, look for hooks, tasks and
-// trace context, and hash the input schema. It reports false, having done
-// nothing, for a request that needs the full path: one that is not JSON-RPC
-// 2.0, carries _meta other than a progress token (a 2026-07-28 request
-// names its protocol version there), is task-augmented or a multi
+// trace context, and hash the input schema. It serves requests of both
+// protocol eras: a 2026-07-28 request carries its protocol version and
+// client capabilities in _meta, which are applied as mcp-go applies them,
+// and its result is stamped with the result type and server info. It
+// reports false, having done nothing, for a request that needs the full
+// path: one that is not JSON-RPC 2.0, has _meta keys other than a progress
+// token and the protocol's own (io.modelcontextprotocol/...), declares a
+// protocol version that is unknown or of the legacy era, lacks the client
+// capabilities a modern request must carry, is task-augmented or a multi
 // round-trip retry, has arguments that are not an object, or names an
-// unknown tool (mcp-go's error then).
+// unknown tool (mcp-go's errors then); modern requests also need
+// StdioOptions.ServerInfo.
 //
 // It serves the tools as vmcp registers them: without session tools, tool
-// filters or handler middleware, each checking its own arguments (package
-// tools); a panic is recovered here, as WithRecovery would. A handler that
-// asks the client for input (a multi round-trip result) is called again on
-// the full path, which fulfills the request for clients older than
-// 2026-07-28: handlers that ask for input do so before acting, as the
-// protocol requires of them, since a modern client retries the whole call.
+// filters, handler middleware or trace propagation, each tool checking its
+// own arguments (package tools); a panic is recovered here, as WithRecovery
+// would. A handler that asks the client for input (a multi round-trip
+// result) is called again on the full path, which fulfills the request for
+// clients older than 2026-07-28: handlers that ask for input do so before
+// acting, as the protocol requires of them, since a modern client retries
+// the whole call.
 func (s *stdio) callTool(ctx context.Context, env *envelope) bool {
 	p := &env.Params
 	if env.JSONRPC != mcp.JSONRPC_VERSION || len(p.Task) > 0 || len(p.InputResponses) > 0 || len(p.RequestState) > 0 {
@@ -34,24 +43,46 @@ func (s *stdio) callTool(ctx context.Context, env *envelope) bool {
 	if args := bytes.TrimSpace(p.Arguments); len(args) > 0 && args[0] != '{' && string(args) != "null" {
 		return false
 	}
-	var token mcp.ProgressToken
+	var meta *mcp.Meta
+	info := &server.RequestProtocolInfo{}
 	if len(p.Meta) > 0 && string(p.Meta) != "null" {
-		var meta map[string]json.RawMessage
-		if json.Unmarshal(p.Meta, &meta) != nil || len(meta) > 1 {
+		meta = &mcp.Meta{}
+		if json.Unmarshal(p.Meta, meta) != nil {
 			return false
 		}
-		if raw, ok := meta["progressToken"]; ok {
-			if json.Unmarshal(raw, &token) != nil {
+		for key := range meta.AdditionalFields {
+			if !strings.HasPrefix(key, "io.modelcontextprotocol/") {
 				return false
 			}
-		} else if len(meta) > 0 {
-			return false
+		}
+		if version := meta.ProtocolVersion(); version != "" {
+			if !mcp.IsModernProtocol(version) || !mcp.IsValidProtocolVersion(version) || s.serverInfo == nil {
+				return false
+			}
+			caps := meta.ClientCapabilities()
+			if caps == nil {
+				return false
+			}
+			info = &server.RequestProtocolInfo{Modern: true, ProtocolVersion: version, ClientInfo: meta.ClientInfo(), ClientCapabilities: caps, LogLevel: meta.LogLevel()}
 		}
 	}
 	tool := s.srv.GetTool(p.Name)
 	if tool == nil {
 		return false
 	}
+	if info.Modern {
+		// What the initialize handshake used to establish.
+		if c, ok := server.ClientSessionFromContext(ctx).(server.SessionWithClientInfo); ok {
+			if info.ClientInfo != nil {
+				c.SetClientInfo(*info.ClientInfo)
+			}
+			c.SetClientCapabilities(*info.ClientCapabilities)
+		}
+		if c := server.ClientSessionFromContext(ctx); c != nil && !c.Initialized() {
+			c.Initialize()
+		}
+	}
+	ctx = server.WithRequestProtocolInfo(ctx, info)
 
 	var req mcp.CallToolRequest
 	req.Method = string(mcp.MethodToolsCall)
@@ -60,9 +91,7 @@ func (s *stdio) callTool(ctx context.Context, env *envelope) bool {
 		req.Params.RawArguments = p.Arguments
 		req.Params.Arguments = p.Arguments
 	}
-	if token != nil {
-		req.Params.Meta = &mcp.Meta{ProgressToken: token}
-	}
+	req.Params.Meta = meta
 	res, err := s.runHandler(ctx, tool.Handler, req)
 	switch {
 	case err != nil:
@@ -72,6 +101,14 @@ func (s *stdio) callTool(ctx context.Context, env *envelope) bool {
 	case res.ResultType == mcp.ResultTypeInputRequired:
 		return false
 	default:
+		if info.Modern {
+			if res.ResultType == "" {
+				res.ResultType = mcp.ResultTypeComplete
+			}
+			if m := res.EnsureResultMeta(); m.ServerInfo() == nil {
+				m.SetServerInfo(*s.serverInfo)
+			}
+		}
 		s.respond(env.ID, toolResponse{JSONRPC: mcp.JSONRPC_VERSION, ID: env.ID, Result: wireResult(res)})
 	}
 	return true

@@ -58,8 +58,9 @@ func TestToolCallFastPathAnswersAsMCPGo(t *testing.T) {
 		panic("boom")
 	})
 
-	c := startRaw(t, srv, StdioOptions{})
+	c := startRaw(t, srv, StdioOptions{ServerInfo: &mcp.Implementation{Name: "test", Version: "1"}})
 	c.initialize(t, `{}`)
+	const modern = `"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"m","version":"2"},"io.modelcontextprotocol/clientCapabilities":{"roots":{}}`
 	for _, tc := range []struct {
 		line string
 		fast bool
@@ -73,6 +74,13 @@ func TestToolCallFastPathAnswersAsMCPGo(t *testing.T) {
 		{`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"fail","arguments":{}}}`, true},
 		{`{"jsonrpc":"2.0","id":71,"method":"tools/call","params":{"name":"rich"}}`, true},
 		{`{"jsonrpc":"2.0","id":72,"method":"tools/call","params":{"name":"empty"}}`, true},
+		{`{"jsonrpc":"2.0","id":73,"method":"tools/call","params":{"name":"echo","arguments":{"x":1},"_meta":{` + modern + `}}}`, true},
+		{`{"jsonrpc":"2.0","id":74,"method":"tools/call","params":{"name":"token","_meta":{"progressToken":"m",` + modern + `}}}`, true},
+		{`{"jsonrpc":"2.0","id":75,"method":"tools/call","params":{"name":"rich","_meta":{` + modern + `}}}`, true},
+		{`{"jsonrpc":"2.0","id":76,"method":"tools/call","params":{"name":"fail","_meta":{` + modern + `}}}`, true},
+		{`{"jsonrpc":"2.0","id":77,"method":"tools/call","params":{"name":"echo","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`, false},
+		{`{"jsonrpc":"2.0","id":78,"method":"tools/call","params":{"name":"echo","_meta":{"io.modelcontextprotocol/protocolVersion":"2099-01-01","io.modelcontextprotocol/clientCapabilities":{}}}}`, false},
+		{`{"jsonrpc":"2.0","id":79,"method":"tools/call","params":{"name":"echo","_meta":{"io.modelcontextprotocol/protocolVersion":"2025-06-18"}}}`, false},
 		{`{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"no_such_tool","arguments":{}}}`, false},
 		{`{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","arguments":[1]}}`, false},
 		{`{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"token","_meta":{"progressToken":1,"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}}`, false},

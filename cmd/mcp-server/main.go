@@ -350,7 +350,8 @@ func run(args []string) error {
 	if cfg.http.transport == "http" {
 		return serveHTTP(ctx, cfg.http, srv, metrics, log)
 	}
-	err = transport.ServeStdio(ctx, srv, os.Stdin, os.Stdout, transport.StdioOptions{Logger: log})
+	info := tools.ServerInfo(version)
+	err = transport.ServeStdio(ctx, srv, os.Stdin, os.Stdout, transport.StdioOptions{Logger: log, ServerInfo: &info})
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
