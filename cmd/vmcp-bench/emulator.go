@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -27,10 +28,40 @@ const emulatorEnv = "VMCP_BENCH_EMULATOR" // "forevervm:TOKEN" or "fastvm:KEY"
 
 // emulator is a running emulator process.
 type emulator struct {
-	url    string
-	cmd    *exec.Cmd
-	stdin  io.Closer
-	stderr *syncBuffer
+	*piped
+	url string
+}
+
+// cloud is an emulated cloud to measure a backend against.
+type cloud struct {
+	kind      string // the emulator and the backend: "forevervm" or "fastvm"
+	secret    string // the token or API key the emulator accepts
+	urlFlag   string // the server's flag naming the service's URL
+	secretEnv string // the server's environment variable with the secret
+	op        *operation
+	// direct opens the paths that call the emulator without MCP.
+	direct func(emu *emulator) ([]*path, error)
+}
+
+// benchCloud starts the cloud's emulator and measures its operation through
+// the server's backend with both clients, and on the direct paths.
+func benchCloud(cfg config, server serverSpec, dir string, cl cloud) (*operation, error) {
+	emu, err := startEmulator(cl.kind, cl.secret, filepath.Join(dir, "emulator"))
+	if err != nil {
+		return nil, err
+	}
+	defer emu.stop()
+	spec := server
+	spec.args = append(append([]string(nil), spec.args...), cl.urlFlag, emu.url, "--backend", cl.kind)
+	spec.env = append(append([]string(nil), spec.env...), cl.secretEnv+"="+cl.secret)
+	err = measureWith(cfg, []*operation{cl.op}, func() ([]*path, error) {
+		return openPaths(
+			func() ([]*path, error) { return one(openSDK(spec, filepath.Join(dir, "sdk"))) },
+			func() ([]*path, error) { return one(openLean(spec, filepath.Join(dir, "lean"))) },
+			func() ([]*path, error) { return cl.direct(emu) },
+		)
+	})
+	return cl.op, err
 }
 
 // startEmulator starts an emulator process (kind "forevervm" or "fastvm",
@@ -42,25 +73,16 @@ func startEmulator(kind, secret, dir string) (*emulator, error) {
 	}
 	c := exec.Command(self)
 	c.Env = append(os.Environ(), emulatorEnv+"="+kind+":"+secret, "VMCP_BENCH_EMULATOR_DIR="+dir)
-	stderr := &syncBuffer{}
-	c.Stderr = stderr
-	stdin, err := c.StdinPipe() // the emulator exits when it closes
+	proc, err := startPiped(c) // the emulator exits when its stdin closes
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := c.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := c.Start(); err != nil {
-		return nil, err
-	}
-	e := &emulator{cmd: c, stdin: stdin, stderr: stderr}
+	e := &emulator{piped: proc}
 	urls := make(chan string, 1)
 	go func() {
-		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		line, _ := bufio.NewReader(proc.stdout).ReadString('\n')
 		urls <- strings.TrimSpace(line)
-		io.Copy(io.Discard, stdout)
+		io.Copy(io.Discard, proc.stdout)
 	}()
 	select {
 	case e.url = <-urls:
@@ -68,22 +90,9 @@ func startEmulator(kind, secret, dir string) (*emulator, error) {
 	}
 	if !strings.HasPrefix(e.url, "http://") {
 		e.stop()
-		return nil, fmt.Errorf("the %s emulator did not start: %s", kind, stderr.String())
+		return nil, fmt.Errorf("the %s emulator did not start: %s", kind, proc.stderr)
 	}
 	return e, nil
-}
-
-// stop ends the emulator process.
-func (e *emulator) stop() {
-	e.stdin.Close()
-	done := make(chan error, 1)
-	go func() { done <- e.cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		e.cmd.Process.Kill()
-		<-done
-	}
 }
 
 // runEmulatorIfRequested serves an emulator and exits, when this process is

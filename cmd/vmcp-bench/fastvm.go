@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
@@ -16,24 +15,11 @@ import (
 // ("streamed").
 func benchFastVM(cfg config, server serverSpec, dir string) (*operation, error) {
 	const key = "bench-fastvm-key"
-	emu, err := startEmulator("fastvm", key, filepath.Join(dir, "emulator"))
-	if err != nil {
-		return nil, err
-	}
-	defer emu.stop()
-
-	op := &operation{name: "exec_command true", tool: "exec_command", args: map[string]any{"argv": []string{"true"}}, check: checkTrue}
-	spec := server
-	spec.args = append(append([]string(nil), spec.args...), "--fastvm-url", emu.url, "--backend", "fastvm")
-	spec.env = append(append([]string(nil), spec.env...), "FASTVM_API_KEY="+key)
-	err = measureWith(cfg, []*operation{op}, func() ([]*path, error) {
-		return openPaths(
-			func() ([]*path, error) { return one(openSDK(spec, filepath.Join(dir, "sdk"))) },
-			func() ([]*path, error) { return one(openLean(spec, filepath.Join(dir, "lean"))) },
-			func() ([]*path, error) { return openFastVM(emu, key) },
-		)
+	return benchCloud(cfg, server, dir, cloud{
+		kind: "fastvm", secret: key, urlFlag: "--fastvm-url", secretEnv: "FASTVM_API_KEY",
+		op:     &operation{name: "exec_command true", tool: "exec_command", args: map[string]any{"argv": []string{"true"}}, check: checkTrue},
+		direct: func(emu *emulator) ([]*path, error) { return openFastVM(emu, key) },
 	})
-	return op, err
 }
 
 // openFastVM launches a VM with the Go client and gives two paths on it:

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	fvm "github.com/vmcp-dev/vmcp/client/forevervm"
@@ -15,24 +14,11 @@ import (
 // socket per call ("new socket").
 func benchForeverVM(cfg config, server serverSpec, dir string) (*operation, error) {
 	const token = "bench.emulator-token"
-	emu, err := startEmulator("forevervm", token, filepath.Join(dir, "emulator"))
-	if err != nil {
-		return nil, err
-	}
-	defer emu.stop()
-
-	op := &operation{name: "run_python 1+1", tool: "run_python", args: map[string]any{"code": "1+1"}, check: checkPython}
-	spec := server
-	spec.args = append(append([]string(nil), spec.args...), "--forevervm-url", emu.url, "--backend", "forevervm")
-	spec.env = append(append([]string(nil), spec.env...), "FOREVERVM_TOKEN="+token)
-	err = measureWith(cfg, []*operation{op}, func() ([]*path, error) {
-		return openPaths(
-			func() ([]*path, error) { return one(openSDK(spec, filepath.Join(dir, "sdk"))) },
-			func() ([]*path, error) { return one(openLean(spec, filepath.Join(dir, "lean"))) },
-			func() ([]*path, error) { return openForeverVM(emu, token) },
-		)
+	return benchCloud(cfg, server, dir, cloud{
+		kind: "forevervm", secret: token, urlFlag: "--forevervm-url", secretEnv: "FOREVERVM_TOKEN",
+		op:     &operation{name: "run_python 1+1", tool: "run_python", args: map[string]any{"code": "1+1"}, check: checkPython},
+		direct: func(emu *emulator) ([]*path, error) { return openForeverVM(emu, token) },
 	})
-	return op, err
 }
 
 // openForeverVM creates a machine with the Go client and gives two paths:

@@ -324,6 +324,42 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// piped is a child process with pipes to its stdin and stdout.
+type piped struct {
+	stdin  io.WriteCloser
+	stdout io.Reader
+	stderr *syncBuffer
+	stop   func() // closes stdin, then waits (at most 10 s) for the process to exit
+}
+
+// startPiped starts c with pipes to its stdin and stdout.
+func startPiped(c *exec.Cmd) (*piped, error) {
+	stderr := &syncBuffer{}
+	c.Stderr = stderr
+	stdin, err := c.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	return &piped{stdin: stdin, stdout: stdout, stderr: stderr, stop: func() {
+		stdin.Close()
+		done := make(chan error, 1)
+		go func() { done <- c.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			c.Process.Kill()
+			<-done
+		}
+	}}, nil
+}
+
 // serverSpec says how to start the server under test.
 type serverSpec struct {
 	path string
@@ -374,31 +410,11 @@ func openSDK(server serverSpec, stateDir string) (*path, error) {
 // written and read on the pipes, each response decoded once. What it
 // measures beyond the engine is the server's cost.
 func openLean(server serverSpec, stateDir string) (p *path, err error) {
-	c := server.command(stateDir)
-	stderr := &syncBuffer{}
-	c.Stderr = stderr
-	stdin, err := c.StdinPipe()
+	proc, err := startPiped(server.command(stateDir))
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := c.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := c.Start(); err != nil {
-		return nil, err
-	}
-	stop := func() {
-		stdin.Close()
-		done := make(chan error, 1)
-		go func() { done <- c.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			c.Process.Kill()
-			<-done
-		}
-	}
+	stdin, stdout, stderr, stop := proc.stdin, proc.stdout, proc.stderr, proc.stop
 	defer func() {
 		if err != nil {
 			stop()
