@@ -185,6 +185,7 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 		return nil, err
 	}
 	quotaHit := m.watchQuota(c.done, func() { sb.send(request{Op: opKill, ID: c.id, Reason: "quota"}) })
+	defer quotaHit() // stops the checks on every return
 	select {
 	case <-c.done:
 	case <-ctx.Done():
@@ -380,6 +381,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 		go forwardResizes(sb, id, cmd.TTY.Resize, c.done)
 	}
 	quotaHit := m.watchQuota(c.done, func() { sb.send(request{Op: opKill, ID: id, Reason: "quota"}) })
+	defer quotaHit() // stops the checks on every return
 	select {
 	case <-c.done:
 	case <-ctx.Done():
@@ -435,33 +437,46 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 const quotaCheckInterval = 100 * time.Millisecond
 
 // watchQuota calls exceeded (once) if the machine's files grow past its disk
-// quota before done closes. The returned function reports whether it did.
+// quota before done closes. The returned function reports whether it did,
+// and stops the checks; call it once done has closed.
+//
+// The checks run on a timer, not on a goroutine of their own: most calls
+// end before the first check, and then nothing else ever ran for them.
 func (m *Machine) watchQuota(done <-chan struct{}, exceeded func()) func() bool {
 	var hit atomic.Bool
 	quota := m.Info().Limits.DiskBytes
-	go func() {
-		// The baseline is the last measurement (a quick call measures
-		// nothing); the files are walked here only on a machine's first call.
-		start := m.usage.Load()
+	// The baseline is the last measurement (a quick call measures nothing);
+	// the files are walked at the first check only on a machine's first call.
+	start := m.usage.Load()
+	var mu sync.Mutex // orders the timer's creation before its resets
+	var t *time.Timer
+	check := func() {
+		select {
+		case <-done:
+			return
+		default:
+		}
 		if start < 0 {
 			start = m.usageNow()
 		}
-		t := time.NewTicker(quotaCheckInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				if used := m.usageNow(); used > quota && used > start {
-					hit.Store(true)
-					exceeded()
-					return
-				}
-			}
+		if used := m.usageNow(); used > quota && used > start {
+			hit.Store(true)
+			exceeded()
+			return
 		}
-	}()
-	return hit.Load
+		mu.Lock()
+		t.Reset(quotaCheckInterval)
+		mu.Unlock()
+	}
+	mu.Lock()
+	t = time.AfterFunc(quotaCheckInterval, check)
+	mu.Unlock()
+	return func() bool {
+		mu.Lock()
+		t.Stop()
+		mu.Unlock()
+		return hit.Load()
+	}
 }
 
 func (m *Machine) usageNow() int64 {
