@@ -115,10 +115,10 @@ func runAgent(args []string) int {
 		pyQueue:   make(chan struct{}, 1),
 		pyWaiting: map[uint64]string{},
 	}
-	dec := json.NewDecoder(bufio.NewReaderSize(os.Stdin, 256<<10))
+	in := bufio.NewReaderSize(os.Stdin, 256<<10)
 	for {
 		var req request
-		if err := dec.Decode(&req); err != nil {
+		if err := readRequest(in, &req); err != nil {
 			// The engine went away: end everything this machine runs.
 			a.shutdown()
 			if errors.Is(err, io.EOF) {

@@ -487,8 +487,11 @@ func (m *Machine) usageNow() int64 {
 // stdinWindow is how many stdin chunks may be in flight to the agent.
 const stdinWindow = 8
 
+// stdinChunk is the most stdin one request carries.
+const stdinChunk = 128 << 10
+
 func feedStdin(sb *sandbox, id uint64, r io.Reader, acks <-chan struct{}, done <-chan struct{}) {
-	buf := make([]byte, outputChunk)
+	buf := make([]byte, stdinChunk)
 	inFlight := 0
 	for {
 		for inFlight >= stdinWindow {

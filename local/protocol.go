@@ -1,8 +1,19 @@
 package local
 
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+)
+
 // The engine talks to the agent inside each sandbox over the sandbox's stdin
 // and stdout: one JSON object per line in each direction. Requests carry an id
-// chosen by the engine; every event names the request it belongs to.
+// chosen by the engine; every event names the request it belongs to. The one
+// exception is the data of an opStdin request: its Len bytes follow the line
+// raw, since decoding them from JSON (base64 in a string) would bound uploads
+// to what the agent's JSON decoder manages, about 60 MB/s.
 
 // Request operations.
 const (
@@ -31,7 +42,8 @@ type request struct {
 	Env       map[string]string `json:"env,omitempty"`
 	Dir       string            `json:"dir,omitempty"`
 	Stdin     bool              `json:"stdin,omitempty"`
-	Data      []byte            `json:"data,omitempty"`
+	Data      []byte            `json:"-"`             // of opStdin: sent raw after the line
+	Len       int               `json:"len,omitempty"` // of opStdin: how many bytes of data follow the line
 	TimeoutMS int64             `json:"timeout_ms,omitempty"`
 	// TTY runs the command on a pseudo-terminal of Rows × Cols (also the
 	// new size in an opResize).
@@ -62,4 +74,43 @@ type event struct {
 	ExitCode int    `json:"exit_code,omitempty"`
 	Signal   string `json:"signal,omitempty"`
 	Killed   string `json:"killed,omitempty"` // why the agent killed the command: "timeout" or "kill"
+}
+
+// maxStdinChunk bounds the data of one opStdin request.
+const maxStdinChunk = 1 << 20
+
+// readRequest reads one request: its JSON line and, for opStdin, the raw data
+// that follows. It returns io.EOF at the end of the input.
+func readRequest(br *bufio.Reader, req *request) error {
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		if err == io.EOF && len(bytes.TrimSpace(line)) > 0 {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	if err := json.Unmarshal(line, req); err != nil {
+		return err
+	}
+	if req.Len < 0 || req.Len > maxStdinChunk {
+		return fmt.Errorf("a stdin chunk of %d bytes (at most %d)", req.Len, maxStdinChunk)
+	}
+	if req.Len > 0 {
+		req.Data = make([]byte, req.Len)
+		if _, err := io.ReadFull(br, req.Data); err != nil {
+			return fmt.Errorf("the data of a stdin chunk: %w", err)
+		}
+	}
+	return nil
+}
+
+// encodeRequest is req as readRequest reads it.
+func encodeRequest(req request) ([]byte, error) {
+	data := req.Data
+	req.Len = len(data)
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	return append(append(b, '\n'), data...), nil
 }

@@ -621,13 +621,13 @@ func (sb *sandbox) start(req request, handle func(event) bool) (*call, error) {
 }
 
 func (sb *sandbox) send(req request) error {
-	b, err := json.Marshal(req)
+	b, err := encodeRequest(req)
 	if err != nil {
 		return err
 	}
 	sb.wmu.Lock()
 	defer sb.wmu.Unlock()
-	if _, err := sb.stdin.Write(append(b, '\n')); err != nil {
+	if _, err := sb.stdin.Write(b); err != nil {
 		return fmt.Errorf("the machine's sandbox is not responding: %w", err)
 	}
 	return nil
