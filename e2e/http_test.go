@@ -97,6 +97,12 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 // connect opens an MCP session to the server over streamable HTTP or SSE.
 func (s *httpServer) connect(t *testing.T, sse bool, token string) *harness {
 	t.Helper()
+	return s.connectWithRoots(t, sse, token, nil)
+}
+
+// connectWithRoots is connect for a client that declares roots.
+func (s *httpServer) connectWithRoots(t *testing.T, sse bool, token string, roots []string) *harness {
+	t.Helper()
 	h := &harness{log: s.log, cmd: s.cmd}
 	client := mcp.NewClient(&mcp.Implementation{Name: "vmcp-e2e-http", Version: "1"}, &mcp.ClientOptions{
 		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
@@ -105,6 +111,9 @@ func (s *httpServer) connect(t *testing.T, sse bool, token string) *harness {
 			h.mu.Unlock()
 		},
 	})
+	for _, r := range roots {
+		client.AddRoots(&mcp.Root{URI: "file://" + r})
+	}
 	hc := &http.Client{Transport: bearer{token: token, next: http.DefaultTransport}}
 	var tr mcp.Transport = &mcp.StreamableClientTransport{Endpoint: s.base + "/mcp", HTTPClient: hc}
 	if sse {
@@ -153,6 +162,39 @@ func TestHTTPConversation(t *testing.T) {
 			}
 			// Hosted defaults: no host paths.
 			h.fails(t, "upload_file", map[string]any{"path": "x", "local_path": "/etc/hostname"}, "allows no host directories")
+		})
+	}
+}
+
+// TestHTTPClientRoots: over HTTP too, with allowed roots configured, a
+// client that declares roots is asked for them (a multi round-trip input
+// request on streamable HTTP, a roots/list request on SSE) and local_path
+// must lie under them.
+func TestHTTPClientRoots(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	mine, other := filepath.Join(root, "mine"), filepath.Join(root, "other")
+	for _, d := range []string{mine, other} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "f.txt"), []byte("from "+d), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tokens := tokensFile(t, map[string]string{"alice": "vmcp_alice-token-for-tests"})
+	s := startHTTPServer(t, t.TempDir(), []string{"--tokens-file", tokens, "--enable-local-backend", "--allowed-roots", root})
+	for _, sse := range []bool{false, true} {
+		t.Run(map[bool]string{false: "streamable", true: "sse"}[sse], func(t *testing.T) {
+			h := s.connectWithRoots(t, sse, "vmcp_alice-token-for-tests", []string{mine})
+			var up struct {
+				Bytes int64 `json:"bytes"`
+			}
+			h.ok(t, "upload_file", map[string]any{"path": "a.txt", "local_path": filepath.Join(mine, "f.txt")}, &up)
+			if up.Bytes != int64(len("from "+mine)) {
+				t.Errorf("uploaded %d bytes", up.Bytes)
+			}
+			h.fails(t, "upload_file", map[string]any{"path": "c.txt", "local_path": filepath.Join(other, "f.txt")}, "roots your MCP client allows ("+mine+")")
 		})
 	}
 }

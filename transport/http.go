@@ -88,9 +88,9 @@ func NewHTTPHandler(srv *server.MCPServer, opts HTTPOptions) (h http.Handler, sh
 		return checkOrigin(opts.AllowedOrigins, http.MaxBytesHandler(inner, opts.MaxRequestBytes))
 	}
 	mux := http.NewServeMux()
-	mux.Handle(PathMCP, protect(streamable))
-	mux.Handle(PathSSE, protect(sse.SSEHandler()))
-	mux.Handle(PathMessage, protect(sse.MessageHandler()))
+	mux.Handle(PathMCP, protect(withInputParams(streamable)))
+	mux.Handle(PathSSE, protect(withInputParams(sse.SSEHandler())))
+	mux.Handle(PathMessage, protect(withInputParams(sse.MessageHandler())))
 	healthz := opts.Healthz
 	if healthz == nil {
 		healthz = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
