@@ -172,16 +172,7 @@ func TestHTTPConversation(t *testing.T) {
 // must lie under them.
 func TestHTTPClientRoots(t *testing.T) {
 	t.Parallel()
-	root := t.TempDir()
-	mine, other := filepath.Join(root, "mine"), filepath.Join(root, "other")
-	for _, d := range []string{mine, other} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(d, "f.txt"), []byte("from "+d), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	root, mine, other := rootDirs(t)
 	tokens := tokensFile(t, map[string]string{"alice": "vmcp_alice-token-for-tests"})
 	s := startHTTPServer(t, t.TempDir(), []string{"--tokens-file", tokens, "--enable-local-backend", "--allowed-roots", root})
 	for _, sse := range []bool{false, true} {

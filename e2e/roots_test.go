@@ -20,16 +20,7 @@ func TestClientRoots(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			root := t.TempDir()
-			mine, other := filepath.Join(root, "mine"), filepath.Join(root, "other")
-			for _, d := range []string{mine, other} {
-				if err := os.Mkdir(d, 0o755); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(filepath.Join(d, "f.txt"), []byte("from "+d), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
+			root, mine, other := rootDirs(t)
 			h := startWith(t, t.TempDir(), root, clientOptions{roots: []string{mine}, protocolVersion: version})
 
 			var up struct {
@@ -55,4 +46,21 @@ func TestClientRoots(t *testing.T) {
 			h.ok(t, "upload_file", map[string]any{"path": "d.txt", "content": strings.Repeat("x", 10)}, nil)
 		})
 	}
+}
+
+// rootDirs makes a directory root holding two others, mine and other, each
+// with a file f.txt that says "from <its directory>".
+func rootDirs(t *testing.T) (root, mine, other string) {
+	t.Helper()
+	root = t.TempDir()
+	mine, other = filepath.Join(root, "mine"), filepath.Join(root, "other")
+	for _, d := range []string{mine, other} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "f.txt"), []byte("from "+d), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root, mine, other
 }
