@@ -17,6 +17,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmcp-dev/vmcp/internal/pipeio"
 )
 
 // A sandbox is a machine's running bubblewrap with the agent inside. The
@@ -522,7 +524,9 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	sb := &sandbox{cmd: cmd, stdin: stdin, calls: map[uint64]*call{}, done: make(chan struct{}), stderr: &tailBuffer{max: stderrKeep}}
+	// Requests and events travel with raw system calls (see pipeio): they
+	// are on the path of every call.
+	sb := &sandbox{cmd: cmd, stdin: pipeio.WriteCloser(stdin), calls: map[uint64]*call{}, done: make(chan struct{}), stderr: &tailBuffer{max: stderrKeep}}
 	cmd.Stderr = sb.stderr
 	if err := cmd.Start(); err != nil {
 		if gateW != nil {
@@ -542,7 +546,7 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 			return nil, fmt.Errorf("put the sandbox in its cgroup: %w", err)
 		}
 	}
-	go sb.read(stdout)
+	go sb.read(pipeio.Reader(stdout))
 	return sb, nil
 }
 
