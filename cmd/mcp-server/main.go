@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +27,7 @@ import (
 	localbackend "github.com/vmcp-dev/vmcp/backend/local"
 	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
 	fvm "github.com/vmcp-dev/vmcp/client/forevervm"
+	"github.com/vmcp-dev/vmcp/internal/pipeio"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/sessions"
 	"github.com/vmcp-dev/vmcp/tools"
@@ -298,6 +300,14 @@ func run(args []string) error {
 		fmt.Println(version)
 		return nil
 	}
+	if cfg.http.transport == "stdio" && os.Getenv("GOMAXPROCS") == "" {
+		// One client, whose calls mostly wait on sandboxes: with more Ps,
+		// every goroutine made ready woke another thread to look for work,
+		// which cost a run_python call about 0.05 ms on a 2-vCPU machine
+		// and took CPU from the sandbox. The GOMAXPROCS variable still
+		// decides when set.
+		runtime.GOMAXPROCS(1)
+	}
 
 	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, NoColor: true}).Level(cfg.logLevel).With().Timestamp().Logger()
 
@@ -324,8 +334,12 @@ func run(args []string) error {
 	bs, principalBackends, closeBackends := backends(cfg, engine, log)
 	defer closeBackends()
 	metrics := newMetrics(manager)
+	var onCall func(tool, backend, outcome string, d time.Duration)
+	if cfg.http.transport == "http" { // the only one that serves /metrics
+		onCall = metrics.observe
+	}
 	svc, err := tools.NewService(tools.Config{Backends: bs, BackendsFor: principalBackends, Sessions: manager, AllowedRoots: cfg.allowedRoots, Instance: instance,
-		Idle: cfg.idle, ConversationTTL: cfg.ttl, OnCall: metrics.observe, Log: log})
+		Idle: cfg.idle, ConversationTTL: cfg.ttl, OnCall: onCall, Log: log})
 	if err != nil {
 		return err
 	}
@@ -351,7 +365,12 @@ func run(args []string) error {
 		return serveHTTP(ctx, cfg.http, srv, metrics, log)
 	}
 	info := tools.ServerInfo(version)
-	err = transport.ServeStdio(ctx, srv, os.Stdin, os.Stdout, transport.StdioOptions{Logger: log, ServerInfo: &info})
+	in, out, restore, err := pipeio.Stdio(os.Stdin, os.Stdout)
+	if err != nil {
+		return err
+	}
+	defer restore()
+	err = transport.ServeStdio(ctx, srv, in, out, transport.StdioOptions{Logger: log, ServerInfo: &info})
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
