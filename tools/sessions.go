@@ -104,18 +104,36 @@ func withSession(res *mcp.CallToolResult, handle string, created bool) {
 		return
 	}
 	v := reflect.ValueOf(res.StructuredContent)
-	if v.Kind() == reflect.Struct {
+	if i := sessionField(v.Type()); i != nil {
 		cp := reflect.New(v.Type()).Elem()
 		cp.Set(v)
-		if f := cp.FieldByName("Session"); f.IsValid() && f.Kind() == reflect.String {
-			f.SetString(handle)
-			res.StructuredContent = cp.Interface()
-		}
+		cp.FieldByIndex(i).SetString(handle)
+		res.StructuredContent = cp.Interface()
 	}
 	if created {
 		res.Content = append(res.Content, mcp.NewTextContent(fmt.Sprintf(
 			"Conversation %s started; pass session=%q to continue it later (it survives restarts).", handle, handle)))
 	}
+}
+
+// sessionFields caches sessionField's answers: a lookup by name costs more
+// than the rest of withSession.
+var sessionFields sync.Map // reflect.Type → []int
+
+// sessionField returns the index of t's string field Session (usually
+// SessionResult's), or nil.
+func sessionField(t reflect.Type) []int {
+	if i, ok := sessionFields.Load(t); ok {
+		return i.([]int)
+	}
+	var i []int
+	if t.Kind() == reflect.Struct {
+		if f, ok := t.FieldByName("Session"); ok && f.Type.Kind() == reflect.String {
+			i = f.Index
+		}
+	}
+	sessionFields.Store(t, i)
+	return i
 }
 
 // conversationTag names a conversation on the machines it creates: a hash
