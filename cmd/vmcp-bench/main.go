@@ -33,6 +33,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/vmcp-dev/vmcp/internal/pipeio"
 	"github.com/vmcp-dev/vmcp/local"
 )
 
@@ -415,6 +416,10 @@ func openLean(server serverSpec, stateDir string) (p *path, err error) {
 		return nil, err
 	}
 	stdin, stdout, stderr, stop := proc.stdin, proc.stdout, proc.stderr, proc.stop
+	// The pipes are used as the server uses its own and the engine its
+	// agent's (see pipeio), so that this client's runtime does not add
+	// wake-ups of its own to what is counted as the server's cost.
+	stdin, stdout = pipeio.WriteCloser(stdin), pipeio.Reader(stdout)
 	defer func() {
 		if err != nil {
 			stop()
