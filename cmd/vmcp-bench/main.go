@@ -27,6 +27,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -172,6 +174,40 @@ type operation struct {
 	check func(structured []byte) error // of a tool result's structured content
 
 	samples map[string][]time.Duration // path name → latencies
+	steal   float64                    // share of the machine's CPU time the host took during the timed calls; -1: unknown
+}
+
+// cpuTimes are the machine's CPU times since boot, in clock ticks.
+type cpuTimes struct{ steal, total uint64 }
+
+// readCPUTimes reads the "cpu" line of /proc/stat; false where there is
+// none. Steal is the time a VM's CPUs were runnable but the host ran
+// something else: on a shared machine it is what makes figures move.
+func readCPUTimes() (cpuTimes, bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTimes{}, false
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fields := strings.Fields(line)
+	if len(fields) < 9 || fields[0] != "cpu" {
+		return cpuTimes{}, false
+	}
+	var t cpuTimes
+	for i, f := range fields[1:] {
+		v, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return cpuTimes{}, false
+		}
+		if i >= 8 { // guest times are already counted in user and nice
+			break
+		}
+		t.total += v
+		if i == 7 {
+			t.steal = v
+		}
+	}
+	return t, true
 }
 
 // path is one way to run operations: call times one call of op, not
@@ -254,6 +290,17 @@ func measure(rounds, n int, ops []*operation, paths []*path) error {
 			}
 		}
 	}
+	before, stealKnown := readCPUTimes()
+	defer func() {
+		after, ok := readCPUTimes()
+		share := -1.0
+		if stealKnown && ok && after.total > before.total {
+			share = float64(after.steal-before.steal) / float64(after.total-before.total)
+		}
+		for _, op := range ops {
+			op.steal = share
+		}
+	}()
 	for r := 0; r < rounds; r++ {
 		share := n/rounds + boolInt(r < n%rounds)
 		for _, p := range paths {
@@ -578,7 +625,14 @@ func printTable(w io.Writer, ops []*operation, base string, extra ...string) err
 		}
 		fmt.Fprintf(tw, "%s\t%.2fx\t%.2fx\n", row, float64(sp50)/float64(bp50), float64(lp50)/float64(bp50))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(ops) > 0 && ops[0].steal >= 0 {
+		_, err := fmt.Fprintf(w, "CPU time taken by the host (steal) during these calls: %.0f%% of the machine's CPU time\n", 100*ops[0].steal)
+		return err
+	}
+	return nil
 }
 
 func strPtr(s *string) string {
