@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -132,6 +133,9 @@ func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.
 		if err := m.runChecked(ctx, Command{Argv: []string{"/bin/sh", "-c", script, "sh", abs}, Stdin: counter}); err != nil {
 			return nil, fmt.Errorf("write %s: %w", abs, err)
 		}
+		// h is written by counter's reads: read it under counter's lock.
+		counter.mu.Lock()
+		defer counter.mu.Unlock()
 		return &WriteResult{Path: abs, Bytes: counter.n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 	}
 	rel, err := workspacePath(p)
@@ -192,17 +196,23 @@ func (m *Machine) quotaError(used int64) error {
 }
 
 // countingReader counts what passes, stops at limit and honours ctx.
+// Its reads are serialised with count, since a command's stdin is read by
+// a goroutine of Run's that may outlive it.
 type countingReader struct {
 	r     io.Reader
 	ctx   context.Context
-	n     int64
 	limit int64 // 0: none
+
+	mu sync.Mutex
+	n  int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	if err := c.ctx.Err(); err != nil {
 		return 0, err
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	if c.limit > 0 && c.n > c.limit {

@@ -490,6 +490,8 @@ const stdinWindow = 8
 // stdinChunk is the most stdin one request carries.
 const stdinChunk = 128 << 10
 
+// feedStdin sends r to command id in chunks, at most stdinWindow of them
+// unacknowledged, until r ends or the command does (done).
 func feedStdin(sb *sandbox, id uint64, r io.Reader, acks <-chan struct{}, done <-chan struct{}) {
 	buf := make([]byte, stdinChunk)
 	inFlight := 0
@@ -501,6 +503,11 @@ func feedStdin(sb *sandbox, id uint64, r io.Reader, acks <-chan struct{}, done <
 			case <-done:
 				return
 			}
+		}
+		select {
+		case <-done: // the command is gone: the rest of r is not wanted
+			return
+		default:
 		}
 		n, err := r.Read(buf)
 		if n > 0 {
