@@ -195,9 +195,9 @@ func (m *Machine) quotaError(used int64) error {
 		used>>20, m.Info().Limits.DiskBytes>>20)
 }
 
-// countingReader counts what passes, stops at limit and honours ctx.
-// Its reads are serialised with count, since a command's stdin is read by
-// a goroutine of Run's that may outlive it.
+// countingReader counts what passes, stops at limit and honours ctx. Reads
+// hold mu: as a command's stdin it is read by a goroutine of Run's that may
+// outlive Run, so whoever reads n (or a hash fed by r) afterwards takes mu.
 type countingReader struct {
 	r     io.Reader
 	ctx   context.Context

@@ -6,10 +6,14 @@
 // path, and entering it wakes the runtime's monitor thread (sysmon) whenever
 // the process was idle; sysmon then polls every 20 µs until the process is
 // idle again. A server that sleeps between requests paid that on every
-// request: on a 2-vCPU VM it was two of every three or four context switches
-// of a run_python call, and they took CPU from the sandbox the call waits
-// for. A read or write on a nonblocking descriptor never blocks, so it needs
-// none of that bookkeeping.
+// request: on a 2-vCPU VM, sysmon's sleeps and wake-ups were about half of
+// the server's context switches during a run_python call, and they took CPU
+// from the sandbox the call waits for. A read or write on a nonblocking
+// descriptor never blocks, so it needs none of that bookkeeping.
+//
+// The race detector does not see the order that data passing through these
+// pipes implies (os.File's I/O tells it; raw system calls cannot), so code
+// that relies on that order must also synchronise in Go.
 package pipeio
 
 import (
@@ -23,8 +27,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// rawFile is a pollable file in nonblocking mode, or the half of one that a
-// caller asked for.
+// rawFile reads and writes a file that is in nonblocking mode and registered
+// with the poller.
 type rawFile struct {
 	rc syscall.RawConn
 }
