@@ -20,6 +20,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/vmcp-dev/vmcp/internal/safefs"
 )
 
 // Flavour is the kind of sandbox a machine is.
@@ -453,19 +455,7 @@ func readJSON(path string, v any) error {
 
 // removeAll removes a machine or snapshot directory, including files that an
 // overlay's work directory left without write permission.
-func removeAll(dir string) error {
-	err := os.RemoveAll(dir)
-	if err == nil {
-		return nil
-	}
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			os.Chmod(p, 0o700)
-		}
-		return nil
-	})
-	return os.RemoveAll(dir)
-}
+func removeAll(dir string) error { return safefs.RemoveAll(dir) }
 
 func (e *Engine) chownToSandbox(path string) error {
 	if !e.asRoot || e.opts.DangerouslyDisableSandbox {

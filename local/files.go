@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vmcp-dev/vmcp/internal/safefs"
 )
 
 // Workspace machines exchange files with the host directly in their
@@ -520,31 +522,12 @@ func (m *Machine) CopyOut(ctx context.Context, p string, w io.Writer) error {
 
 // diskUsage is the space the machine's files take on disk.
 func (m *Machine) diskUsage() (int64, error) {
-	used, err := dirUsage(filepath.Join(m.dir, dataDirName(m.Info().Flavour)))
+	u, err := safefs.Measure(context.Background(), filepath.Join(m.dir, dataDirName(m.Info().Flavour)))
 	if err == nil {
-		m.usage.Store(used)
+		m.usage.Store(u.Bytes)
 	}
-	return used, err
+	return u.Bytes, err
 }
 
 // DiskUsage is the space the machine's files take on disk, in bytes.
 func (m *Machine) DiskUsage() (int64, error) { return m.diskUsage() }
-
-func dirUsage(dir string) (int64, error) {
-	var total int64
-	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
-				return nil
-			}
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return nil
-		}
-		total += blocks(fi)
-		return nil
-	})
-	return total, err
-}

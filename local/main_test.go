@@ -3,12 +3,17 @@ package local
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"testing"
 )
 
 func TestMain(m *testing.M) {
 	RunHelperIfRequested()
-	os.Exit(m.Run())
+	code := m.Run()
+	if unprivBin != "" {
+		os.RemoveAll(filepath.Dir(unprivBin))
+	}
+	os.Exit(code)
 }
 
 // newTestEngine opens an engine on a fresh state directory, closed (and its

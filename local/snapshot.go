@@ -3,14 +3,12 @@ package local
 import (
 	"context"
 	"fmt"
-	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
-	"strings"
-	"syscall"
 	"time"
+
+	"github.com/vmcp-dev/vmcp/internal/safefs"
 )
 
 // SnapshotInfo describes a saved copy of a machine's files: the workspace of
@@ -26,7 +24,9 @@ type SnapshotInfo struct {
 }
 
 // Snapshot saves the machine's files under a new snapshot id. The machine
-// keeps running; a file being written during the copy may be caught half way.
+// keeps running; a file being written during the copy may be caught half
+// way, and an entry that code in the machine swaps for a link or a special
+// file during the copy is left out (never followed).
 func (m *Machine) Snapshot(ctx context.Context, name string) (SnapshotInfo, error) {
 	info := m.Info()
 	s := SnapshotInfo{ID: newID("s"), Name: name, Machine: info.ID, Flavour: info.Flavour, CreatedAt: time.Now().UTC()}
@@ -38,8 +38,9 @@ func (m *Machine) Snapshot(ctx context.Context, name string) (SnapshotInfo, erro
 		removeAll(dir)
 		return SnapshotInfo{}, fmt.Errorf("snapshot machine %s: %w", info.ID, err)
 	}
-	size, _ := dirUsage(filepath.Join(dir, "data"))
-	s.SizeBytes = size
+	if u, err := safefs.Measure(ctx, filepath.Join(dir, "data")); err == nil {
+		s.SizeBytes = u.Bytes
+	}
 	// The record is written last: a snapshot without one never existed.
 	if err := writeJSON(filepath.Join(dir, "snapshot.json"), s); err != nil {
 		removeAll(dir)
@@ -94,21 +95,10 @@ func (e *Engine) DeleteSnapshot(id string) error {
 	return removeAll(dir)
 }
 
-// copyTree copies a directory tree with its modes, owners, symbolic links
-// and extended attributes (overlay whiteouts among them), sharing blocks
-// where the filesystem can (reflinks), with GNU cp.
+// copyTree copies a machine's files, which code in the machine may be
+// changing while it runs: never following a link out of the tree (see
+// safefs), with modes, owners, links and extended attributes (overlay
+// whiteouts among them), sharing blocks where the filesystem can.
 func copyTree(ctx context.Context, src, dst string) error {
-	out, err := exec.CommandContext(ctx, "cp", "-a", "--reflink=auto", "--", src, dst).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("cp: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-// blocks is the disk space a file takes.
-func blocks(fi fs.FileInfo) int64 {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Blocks * 512
-	}
-	return fi.Size()
+	return safefs.Copy(ctx, src, dst)
 }

@@ -1,0 +1,121 @@
+package local
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The attacks of an adversarial review of the sandbox boundary, each
+// performed for real from inside a machine against the engine as root and
+// as an unprivileged user (engineModes). Each test fails if the attack
+// works.
+
+func randomWord(t testing.TB) string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// hostSecret writes a file outside any machine, readable by the engine's
+// user only, and returns its directory and content.
+func hostSecret(t *testing.T) (dir, content string) {
+	dir = t.TempDir()
+	content = "host-secret-" + randomWord(t)
+	if err := os.WriteFile(filepath.Join(dir, "secret.txt"), []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir, content
+}
+
+// treeHolds reports the first regular file under dir whose content is want.
+func treeHolds(dir, want string) string {
+	var found string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() && found == "" {
+			if b, _ := os.ReadFile(p); strings.Contains(string(b), want) {
+				found = p
+			}
+		}
+		return nil
+	})
+	return found
+}
+
+// exchangeLoop is Python that swaps the directory d with the link l (to
+// target) with renameat2(RENAME_EXCHANGE) as fast as it can.
+func exchangeLoop(target string) string {
+	return `
+import ctypes, os
+os.makedirs('d', exist_ok=True)
+for i in range(40):
+    open('d/f%d' % i, 'w').write('inside')
+if not os.path.islink('l'):
+    os.symlink(` + pyQuote(target) + `, 'l')
+libc = ctypes.CDLL(None, use_errno=True)
+print('swapping', flush=True)
+while True:
+    libc.renameat2(-100, b'd', -100, b'l', 2)
+`
+}
+
+func pyQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `\'`) + "'" }
+
+// TestAttackSnapshotFollowsSwappedInLink: while snapshot_vm copies the
+// machine's files, code in the machine exchanges a directory with a link to
+// a host directory. No snapshot may hold the host's file, nor may a machine
+// launched from one read it.
+func TestAttackSnapshotFollowsSwappedInLink(t *testing.T) {
+	engineModes(t, func(t *testing.T) {
+		secretDir, secret := hostSecret(t)
+		e := newTestEngine(t, Options{})
+		m := newTestMachine(t, e, MachineSpec{})
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		swapping := make(chan struct{})
+		go m.Run(ctx, Command{Argv: []string{"python3", "-c", exchangeLoop(secretDir)}, Timeout: 2 * time.Minute,
+			OnOutput: func(_, line string) {
+				if line == "swapping" {
+					close(swapping)
+				}
+			}})
+		select {
+		case <-swapping:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the swapping loop did not start")
+		}
+		var last SnapshotInfo
+		for i := 0; i < 100; i++ {
+			s, err := m.Snapshot(context.Background(), "")
+			if err != nil {
+				if strings.Contains(err.Error(), secretDir) || strings.Contains(err.Error(), e.StateDir()) {
+					t.Fatalf("the error names a host path: %v", err)
+				}
+				t.Fatalf("snapshot %d: %v", i, err)
+			}
+			if p := treeHolds(filepath.Join(e.StateDir(), "snapshots", s.ID), secret); p != "" {
+				t.Fatalf("snapshot %d holds the host's secret file (%s)", i, p)
+			}
+			if i > 0 {
+				e.DeleteSnapshot(last.ID)
+			}
+			last = s
+		}
+		cancel()
+		info, err := e.Create(context.Background(), MachineSpec{FromSnapshot: last.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clone, _ := e.Machine(info.ID)
+		res := mustRun(t, clone, Command{Shell: "cat d/secret.txt l/secret.txt 2>/dev/null; grep -rs " + secret + " /workspace; true"})
+		if strings.Contains(res.Stdout, secret) {
+			t.Fatalf("a machine launched from the snapshot reads the host's secret: %q", res.Stdout)
+		}
+	})
+}
