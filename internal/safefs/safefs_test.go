@@ -174,7 +174,6 @@ func TestCopyNeverFollowsASwappedInLink(t *testing.T) {
 	}
 }
 
-
 // TestCopySpecialFilesDoNotBlock: a FIFO where a file was, or a file that
 // keeps growing, must not hold the copy.
 func TestCopySpecialFilesDoNotBlock(t *testing.T) {
