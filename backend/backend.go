@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"time"
 )
 
@@ -205,8 +206,8 @@ type ImageBuilder interface {
 
 // BuildSpec describes an image build.
 type BuildSpec struct {
-	Dockerfile  string // its text; "" uses the Dockerfile at the top of ContextDir
-	ContextDir  string // host directory sent as the build context; "" for none
+	Dockerfile  string   // its text; "" uses the Dockerfile at the top of Context
+	Context     *os.Root // host directory sent as the build context; nil for none
 	ImageRef    string // base image label (FROM) when the Dockerfile has none
 	Name        string // of the snapshot
 	MachineType string // of the build machine; "" = the default

@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -116,6 +119,64 @@ func TestAttackSnapshotFollowsSwappedInLink(t *testing.T) {
 		res := mustRun(t, clone, Command{Shell: "cat d/secret.txt l/secret.txt 2>/dev/null; grep -rs " + secret + " /workspace; true"})
 		if strings.Contains(res.Stdout, secret) {
 			t.Fatalf("a machine launched from the snapshot reads the host's secret: %q", res.Stdout)
+		}
+	})
+}
+
+// osThreads is how many OS threads this process has.
+func osThreads(t *testing.T) int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	t.Fatal("no Threads line")
+	return 0
+}
+
+// TestAttackSpecialFilesHoldNoThread: a machine makes a FIFO (and a link to
+// one) where a file is expected. Reading it must fail at once with a clear
+// error, a directory holding it must still copy out, and a thousand such
+// reads must leave no thread behind.
+func TestAttackSpecialFilesHoldNoThread(t *testing.T) {
+	engineModes(t, func(t *testing.T) {
+		m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+		mustRun(t, m, Command{Shell: "mkfifo fifo && ln -s fifo link && mkdir d && mkfifo d/pipe && echo data > d/f"})
+		ctx := context.Background()
+		before := osThreads(t)
+		start := time.Now()
+		var wg sync.WaitGroup
+		errs := make(chan error, 1000)
+		for i := 0; i < 1000; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				name := []string{"fifo", "link", "d/pipe"}[i%3]
+				_, err := m.ReadFile(ctx, name, io.Discard)
+				errs <- err
+			}(i)
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+				t.Fatalf("reading a FIFO: %v", err)
+			}
+		}
+		if d := time.Since(start); d > 20*time.Second {
+			t.Fatalf("1000 refused reads took %v", d)
+		}
+		var out strings.Builder
+		if err := m.CopyOut(ctx, "d", &out); err != nil {
+			t.Fatalf("copy out a directory holding a FIFO: %v", err)
+		}
+		if after := osThreads(t); after > before+20 {
+			t.Fatalf("threads: %d before, %d after the reads", before, after)
 		}
 	})
 }

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vmcp-dev/vmcp/internal/safefs"
@@ -274,7 +275,10 @@ func (m *Machine) ReadFile(ctx context.Context, p string, w io.Writer) (int64, e
 		return 0, err
 	}
 	defer root.Close()
-	f, err := root.Open(rel)
+	// Without blocking: a FIFO or device is refused on the descriptor's
+	// stat, never waited on (which would hold a thread however the call
+	// ends).
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return 0, rootError(p, err)
 	}
@@ -343,7 +347,7 @@ func (m *Machine) List(ctx context.Context, p string) ([]FileInfo, error) {
 		return nil, err
 	}
 	defer root.Close()
-	f, err := root.Open(rel)
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, rootError(p, err)
 	}
@@ -486,12 +490,15 @@ func (m *Machine) CopyIn(ctx context.Context, dir string, r io.Reader) error {
 		return rootError(dir, err)
 	}
 	defer sub.Close()
-	return extractTar(sub, &countingReader{r: r, ctx: ctx}, func(name string, size int64) error {
-		if used += size; used > quota {
-			return m.quotaError(used)
-		}
-		return nil
-	}, func(name string) error { return m.chown(sub, name) })
+	return extractTar(sub, &countingReader{r: r, ctx: ctx}, extractOptions{
+		admit: func(name string, size int64) error {
+			if used += size; used > quota {
+				return m.quotaError(used)
+			}
+			return nil
+		},
+		created: func(name string) error { return m.chown(sub, name) },
+	})
 }
 
 // CopyOut writes a file or a directory tree of the machine as a tar stream,

@@ -92,7 +92,7 @@ func TestFileDirectoryRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := t.TempDir()
-	if err := ExtractTar(&out, back); err != nil {
+	if _, err := ExtractTar(&out, back); err != nil {
 		t.Fatal(err)
 	}
 	for name, content := range files {
@@ -214,5 +214,55 @@ func TestWriteTarContentsNamesEntriesFromTheDirectory(t *testing.T) {
 	sort.Strings(names)
 	if strings.Join(names, ",") != "a.txt,sub/,sub/b.txt" {
 		t.Fatalf("entries %q", names)
+	}
+}
+
+// TestExtractTarIntoPlantsNoLinkOutside: a tar of a machine's directory,
+// saved on the host, must not leave links there that lead elsewhere on the
+// host; links that stay inside are kept, and the top directory stands for
+// the destination.
+func TestExtractTarIntoPlantsNoLinkOutside(t *testing.T) {
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	for _, h := range []tar.Header{
+		{Name: "data/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "data/sub/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "data/sub/f.txt", Typeflag: tar.TypeReg, Mode: 0o644, Size: 2},
+		{Name: "data/abs", Typeflag: tar.TypeSymlink, Linkname: "/etc"},
+		{Name: "data/sub/up", Typeflag: tar.TypeSymlink, Linkname: "../../.."},
+		{Name: "data/sub/ok", Typeflag: tar.TypeSymlink, Linkname: "../sub/f.txt"},
+	} {
+		tw.WriteHeader(&h)
+		if h.Size > 0 {
+			tw.Write([]byte("hi"))
+		}
+	}
+	tw.Close()
+	dst := t.TempDir()
+	root, _ := os.OpenRoot(dst)
+	defer root.Close()
+	skipped, err := ExtractTarInto(&tb, root, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(skipped, ",") != "abs,sub/up" {
+		t.Errorf("skipped %q", skipped)
+	}
+	for _, p := range []string{"abs", "sub/up"} {
+		if _, err := os.Lstat(filepath.Join(dst, p)); err == nil {
+			t.Errorf("%s was planted", p)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dst, "sub", "ok")); err != nil || string(b) != "hi" {
+		t.Errorf("the inner link: %q %v", b, err)
+	}
+	// An entry outside the top directory is refused.
+	var bad bytes.Buffer
+	tw = tar.NewWriter(&bad)
+	tw.WriteHeader(&tar.Header{Name: "data/", Typeflag: tar.TypeDir, Mode: 0o755})
+	tw.WriteHeader(&tar.Header{Name: "other/x", Typeflag: tar.TypeReg, Mode: 0o644})
+	tw.Close()
+	if _, err := ExtractTarInto(&bad, root, true); err == nil {
+		t.Error("an entry outside the top directory was accepted")
 	}
 }

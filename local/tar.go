@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // WriteTar writes the host file or directory tree at hostPath to w as a tar
@@ -33,22 +34,40 @@ func WriteTarContents(w io.Writer, dir string) error {
 		return err
 	}
 	defer root.Close()
+	return WriteTarOf(w, root)
+}
+
+// WriteTarOf writes what is inside root to w as a tar stream, with names
+// relative to it. Nothing outside root is read, and special files (FIFOs,
+// devices, sockets) are left out without ever being opened for reading.
+func WriteTarOf(w io.Writer, root *os.Root) error {
 	return writeTar(context.Background(), root, ".", w, true)
 }
 
 // ExtractTar unpacks a tar stream into the host directory dir (created if
-// missing). Entries that would land outside it, through ".." or a symbolic
-// link, are refused, as are devices and other special files.
-func ExtractTar(r io.Reader, dir string) error {
+// missing): see ExtractTarInto.
+func ExtractTar(r io.Reader, dir string) (skipped []string, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return nil, err
 	}
 	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer root.Close()
-	return extractTar(root, r, nil, nil)
+	return ExtractTarInto(r, root, false)
+}
+
+// ExtractTarInto unpacks a tar stream of a machine's files into root on the
+// host. Entries that would land outside it, through ".." or a symbolic link,
+// are refused, as are devices and other special files; symbolic links that
+// would point outside it (absolute, or climbing above it) are left out and
+// returned, so that nothing planted in it leads elsewhere on the host. With
+// stripTop, every name starts with one directory that stands for root
+// itself (a tar of a directory made by CopyOut), which is removed.
+func ExtractTarInto(r io.Reader, root *os.Root, stripTop bool) (skipped []string, err error) {
+	err = extractTar(root, r, extractOptions{stripTop: stripTop, confineLinks: true, skipped: &skipped})
+	return skipped, err
 }
 
 // writeTar writes rel (a file or a directory) of root as a tar stream, named
@@ -79,14 +98,17 @@ func writeTar(ctx context.Context, root *os.Root, rel string, w io.Writer, conte
 			arcName = path.Base(WorkspaceDir)
 		}
 		var link string
-		if fi.Mode()&fs.ModeSymlink != 0 {
+		switch mode := fi.Mode(); {
+		case mode&fs.ModeSymlink != 0:
 			if link, err = root.Readlink(name); err != nil {
 				return err
 			}
+		case !mode.IsRegular() && !mode.IsDir():
+			return nil // FIFOs, sockets and devices are not data: left out
 		}
 		hdr, err := tar.FileInfoHeader(fi, link)
 		if err != nil {
-			return nil // sockets and the like have no tar form; skip them
+			return err
 		}
 		hdr.Name = arcName
 		if fi.IsDir() {
@@ -99,12 +121,20 @@ func writeTar(ctx context.Context, root *os.Root, rel string, w io.Writer, conte
 		if !fi.Mode().IsRegular() {
 			return nil
 		}
-		f, err := root.Open(name)
+		// Opened without blocking, and checked on the descriptor: the entry
+		// may have been swapped for a FIFO since it was listed.
+		f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 		if err != nil {
-			return err
+			return rootError(name, err)
 		}
 		defer f.Close()
-		_, err = io.Copy(tw, f)
+		if ofi, err := f.Stat(); err != nil || !ofi.Mode().IsRegular() {
+			return &PathError{name, "changed into something other than a regular file while it was being read; refused"}
+		}
+		_, err = io.CopyN(tw, f, hdr.Size)
+		if errors.Is(err, io.EOF) {
+			return &PathError{name, "shrank while it was being read"}
+		}
 		return err
 	})
 	if err != nil {
@@ -113,9 +143,17 @@ func writeTar(ctx context.Context, root *os.Root, rel string, w io.Writer, conte
 	return tw.Close()
 }
 
-// extractTar unpacks r into root. admit, if set, may refuse a regular file
-// of the given size; created, if set, runs on every entry made.
-func extractTar(root *os.Root, r io.Reader, admit func(name string, size int64) error, created func(name string) error) error {
+type extractOptions struct {
+	admit        func(name string, size int64) error // may refuse a regular file of this size
+	created      func(name string) error             // runs on every entry made
+	stripTop     bool                                // names start with a directory standing for root
+	confineLinks bool                                // leave out links that point outside root
+	skipped      *[]string                           // the links left out
+}
+
+// extractTar unpacks r into root.
+func extractTar(root *os.Root, r io.Reader, o extractOptions) error {
+	created := o.created
 	if created == nil {
 		created = func(string) error { return nil }
 	}
@@ -147,6 +185,7 @@ func extractTar(root *os.Root, r io.Reader, admit func(name string, size int64) 
 		return nil
 	}
 	tr := tar.NewReader(r)
+	var topName string
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -156,11 +195,25 @@ func extractTar(root *os.Root, r io.Reader, admit func(name string, size int64) 
 			return fmt.Errorf("read the tar stream: %w", err)
 		}
 		name := path.Clean(strings.TrimPrefix(hdr.Name, "/"))
-		if name == "." {
-			continue
-		}
 		if name == ".." || strings.HasPrefix(name, "../") {
 			return &PathError{hdr.Name, "tar entry leaves the target directory; refused"}
+		}
+		if o.stripTop {
+			top, rest, found := strings.Cut(name, "/")
+			if !found {
+				if hdr.Typeflag != tar.TypeDir || (topName != "" && top != topName) {
+					return &PathError{hdr.Name, "tar entry is not inside the directory being copied; refused"}
+				}
+				topName = top
+				continue
+			}
+			if topName != "" && top != topName {
+				return &PathError{hdr.Name, "tar entry is not inside the directory being copied; refused"}
+			}
+			name = rest
+		}
+		if name == "." {
+			continue
 		}
 		if err := mkdirs(path.Dir(name)); err != nil {
 			return rootError(name, err)
@@ -173,8 +226,8 @@ func extractTar(root *os.Root, r io.Reader, admit func(name string, size int64) 
 			}
 			root.Chmod(name, mode|0o700)
 		case tar.TypeReg:
-			if admit != nil {
-				if err := admit(name, hdr.Size); err != nil {
+			if o.admit != nil {
+				if err := o.admit(name, hdr.Size); err != nil {
 					return err
 				}
 			}
@@ -195,6 +248,10 @@ func extractTar(root *os.Root, r io.Reader, admit func(name string, size int64) 
 			}
 			root.Chmod(name, mode)
 		case tar.TypeSymlink:
+			if o.confineLinks && linkLeaves(name, hdr.Linkname) {
+				*o.skipped = append(*o.skipped, name)
+				continue
+			}
 			root.Remove(name)
 			if err := root.Symlink(hdr.Linkname, name); err != nil {
 				return rootError(name, err)
@@ -206,4 +263,14 @@ func extractTar(root *os.Root, r io.Reader, admit func(name string, size int64) 
 			return &PathError{hdr.Name, fmt.Sprintf("tar entry type %q is not supported (only files, directories and symbolic links)", hdr.Typeflag)}
 		}
 	}
+}
+
+// linkLeaves reports whether a symbolic link at name pointing to target
+// would lead outside the directory it is extracted into.
+func linkLeaves(name, target string) bool {
+	if path.IsAbs(target) {
+		return true
+	}
+	to := path.Clean(path.Join(path.Dir(name), target))
+	return to == ".." || strings.HasPrefix(to, "../")
 }

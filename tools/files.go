@@ -3,6 +3,7 @@ package tools
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -13,8 +14,8 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
+	"syscall"
 	"unicode/utf8"
 
 	"github.com/mark3labs/mcp-go/mcp"
@@ -102,7 +103,7 @@ func (s *Service) uploadFile(ctx context.Context, req mcp.CallToolRequest, in Up
 		return nil, errors.New("missing path")
 	}
 	var src io.Reader
-	var hostPath string
+	var host *hostSource
 	switch {
 	case in.Content != nil:
 		src = strings.NewReader(*in.Content)
@@ -117,30 +118,19 @@ func (s *Service) uploadFile(ctx context.Context, req mcp.CallToolRequest, in Up
 		if ask != nil {
 			return ask, nil
 		}
-		p, err := access.hostSource(in.LocalPath)
-		if err != nil {
+		var err error
+		if host, err = access.openSource(in.LocalPath); err != nil {
 			return nil, err
 		}
-		hostPath = p
+		defer host.Close()
+		src = host.file
 	}
 	m, files, err := machineAs[backend.FileStore](ctx, s, in.Machine, backend.Files)
 	if err != nil {
 		return nil, err
 	}
-	if hostPath != "" {
-		fi, err := os.Stat(hostPath)
-		if err != nil {
-			return nil, err
-		}
-		if fi.IsDir() {
-			return s.uploadDir(ctx, m.ID(), files, in.Path, hostPath)
-		}
-		f, err := os.Open(hostPath)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		src = f
+	if host != nil && host.dir != nil {
+		return s.uploadDir(ctx, m.ID(), files, in.Path, host.dir)
 	}
 	res, err := files.WriteFile(ctx, in.Path, src, 0o644)
 	if err != nil {
@@ -150,13 +140,13 @@ func (s *Service) uploadFile(ctx context.Context, req mcp.CallToolRequest, in Up
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Wrote %d bytes to %s (sha256 %s).", out.Bytes, out.Path, out.SHA256))), nil
 }
 
-func (s *Service) uploadDir(ctx context.Context, machine string, m backend.FileStore, dst, hostDir string) (*mcp.CallToolResult, error) {
+func (s *Service) uploadDir(ctx context.Context, machine string, m backend.FileStore, dst string, hostDir *os.Root) (*mcp.CallToolResult, error) {
 	files, size, digest, err := dirDigest(hostDir)
 	if err != nil {
 		return nil, err
 	}
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(local.WriteTarContents(pw, hostDir)) }()
+	go func() { pw.CloseWithError(local.WriteTarOf(pw, hostDir)) }()
 	err = m.CopyIn(ctx, dst, pr)
 	pr.CloseWithError(io.ErrClosedPipe)
 	if err != nil {
@@ -167,25 +157,26 @@ func (s *Service) uploadDir(ctx context.Context, machine string, m backend.FileS
 }
 
 // dirDigest hashes a host directory's manifest: one "path NUL sha256 LF"
-// line per regular file, in lexical order of the paths.
-func dirDigest(dir string) (files int, size int64, digest string, err error) {
+// line per regular file, in lexical order of the paths. Everything is read
+// through dir, so nothing outside it is; special files are left out, as the
+// tar of the directory leaves them out.
+func dirDigest(dir *os.Root) (files int, size int64, digest string, err error) {
 	manifest := sha256.New()
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err = fs.WalkDir(dir.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if !d.Type().IsRegular() {
 			return nil
 		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
-		f, err := os.Open(p)
+		f, err := dir.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
+		if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+			return nil // swapped for something else since it was listed
+		}
 		h := sha256.New()
 		n, err := io.Copy(h, f)
 		if err != nil {
@@ -193,7 +184,7 @@ func dirDigest(dir string) (files int, size int64, digest string, err error) {
 		}
 		files++
 		size += n
-		fmt.Fprintf(manifest, "%s\x00%x\n", filepath.ToSlash(rel), h.Sum(nil))
+		fmt.Fprintf(manifest, "%s\x00%x\n", p, h.Sum(nil))
 		return nil
 	})
 	return files, size, hex.EncodeToString(manifest.Sum(nil)), err
@@ -203,16 +194,17 @@ func (s *Service) downloadFile(ctx context.Context, req mcp.CallToolRequest, in 
 	if in.Path == "" {
 		return nil, errors.New("missing path")
 	}
-	var target string
+	var target *hostTarget
 	if in.LocalPath != "" {
 		access, ask := s.hostAccess(ctx, req, in.LocalPath)
 		if ask != nil {
 			return ask, nil
 		}
-		t, err := access.hostTarget(in.LocalPath)
+		t, err := access.openTarget(in.LocalPath)
 		if err != nil {
 			return nil, err
 		}
+		defer t.Close()
 		target = t
 	}
 	m, files, err := machineAs[backend.FileStore](ctx, s, in.Machine, backend.Files)
@@ -224,12 +216,15 @@ func (s *Service) downloadFile(ctx context.Context, req mcp.CallToolRequest, in 
 		return nil, err
 	}
 	if fi.IsDir {
-		if target == "" {
+		if target == nil {
 			return nil, fmt.Errorf("%s is a directory: give local_path to save it on the host, or list it with exec_command", in.Path)
 		}
 		return s.downloadDir(ctx, m.ID(), files, in.Path, target)
 	}
-	if target != "" {
+	if fi.Mode&(fs.ModeNamedPipe|fs.ModeSocket|fs.ModeDevice) != 0 {
+		return nil, fmt.Errorf("%s is not a regular file (%s): only files and directories can be downloaded", fi.Path, describeMode(fi.Mode))
+	}
+	if target != nil {
 		return s.downloadToHost(ctx, m.ID(), files, in.Path, target)
 	}
 	max := in.MaxBytes
@@ -265,12 +260,15 @@ func (s *Service) downloadFile(ctx context.Context, req mcp.CallToolRequest, in 
 	return structured(out, false, item, mcp.NewTextContent(summary)), nil
 }
 
-func (s *Service) downloadToHost(ctx context.Context, machine string, m backend.FileStore, p, target string) (*mcp.CallToolResult, error) {
-	tmp, err := os.CreateTemp(filepath.Dir(target), ".vmcp-download-*")
+func (s *Service) downloadToHost(ctx context.Context, machine string, m backend.FileStore, p string, target *hostTarget) (*mcp.CallToolResult, error) {
+	// Written under a temporary name, then linked to the target's name,
+	// which fails if something appeared there meanwhile: never overwriting.
+	tmpName := ".vmcp-download-" + randomSuffix()
+	tmp, err := target.parent.OpenFile(tmpName, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("save %s: %w", target.path, err)
 	}
-	defer os.Remove(tmp.Name())
+	defer target.parent.Remove(tmpName)
 	h := sha256.New()
 	n, err := m.ReadFile(ctx, p, io.MultiWriter(tmp, h))
 	if cerr := tmp.Close(); err == nil {
@@ -279,42 +277,78 @@ func (s *Service) downloadToHost(ctx context.Context, machine string, m backend.
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Link(tmp.Name(), target); err != nil {
-		return nil, fmt.Errorf("save %s: %w", target, err)
+	if err := target.parent.Link(tmpName, target.name); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil, target.errExists()
+		}
+		return nil, fmt.Errorf("save %s: %w", target.path, err)
 	}
-	out := DownloadFileOutput{Machine: machine, Path: p, Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil)), LocalPath: target}
-	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Saved %s (%d bytes, sha256 %s) to %s.", p, n, out.SHA256, target))), nil
+	out := DownloadFileOutput{Machine: machine, Path: p, Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil)), LocalPath: target.path}
+	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Saved %s (%d bytes, sha256 %s) to %s.", p, n, out.SHA256, target.path))), nil
 }
 
-func (s *Service) downloadDir(ctx context.Context, machine string, m backend.FileStore, p, target string) (*mcp.CallToolResult, error) {
-	tmp, err := os.MkdirTemp(filepath.Dir(target), ".vmcp-download-*")
+func (s *Service) downloadDir(ctx context.Context, machine string, m backend.FileStore, p string, target *hostTarget) (*mcp.CallToolResult, error) {
+	if err := target.parent.Mkdir(target.name, 0o755); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil, target.errExists()
+		}
+		return nil, fmt.Errorf("save %s: %w", target.path, err)
+	}
+	dir, err := target.parent.OpenRoot(target.name)
+	if err == nil {
+		defer dir.Close()
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(m.CopyOut(ctx, p, pw)) }()
+		var skipped []string
+		skipped, err = local.ExtractTarInto(pr, dir, true)
+		pr.CloseWithError(io.ErrClosedPipe)
+		if err == nil {
+			return s.savedDir(machine, p, target.path, dir, skipped)
+		}
+	}
+	target.parent.RemoveAll(target.name) // nothing half-saved stays
+	return nil, err
+}
+
+func (s *Service) savedDir(machine, p, hostPath string, dir *os.Root, skipped []string) (*mcp.CallToolResult, error) {
+	files, size, digest, err := dirDigest(dir)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(tmp)
-	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(m.CopyOut(ctx, p, pw)) }()
-	err = local.ExtractTar(pr, tmp)
-	pr.CloseWithError(io.ErrClosedPipe)
-	if err != nil {
-		return nil, err
+	out := DownloadFileOutput{Machine: machine, Path: p, Bytes: size, SHA256: digest, LocalPath: hostPath, Files: files}
+	msg := fmt.Sprintf("Saved directory %s (%d files, %d bytes, manifest sha256 %s) to %s.", p, files, size, digest, hostPath)
+	if len(skipped) > 0 {
+		msg += fmt.Sprintf(" Left out %d symbolic links that point outside the directory (%s).", len(skipped), strings.Join(firstN(skipped, 5), ", "))
 	}
-	entries, err := os.ReadDir(tmp)
-	if err != nil {
-		return nil, err
+	return structured(out, false, mcp.NewTextContent(msg)), nil
+}
+
+// firstN is at most n of list, with "…" when some were left out.
+func firstN(list []string, n int) []string {
+	if len(list) <= n {
+		return list
 	}
-	if len(entries) != 1 || !entries[0].IsDir() {
-		return nil, fmt.Errorf("unexpected archive of %s", p)
+	return append(append([]string(nil), list[:n]...), "…")
+}
+
+func randomSuffix() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// describeMode names the kind of a file that is neither regular nor a
+// directory.
+func describeMode(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
 	}
-	if err := os.Rename(filepath.Join(tmp, entries[0].Name()), target); err != nil {
-		return nil, err
-	}
-	files, size, digest, err := dirDigest(target)
-	if err != nil {
-		return nil, err
-	}
-	out := DownloadFileOutput{Machine: machine, Path: p, Bytes: size, SHA256: digest, LocalPath: target, Files: files}
-	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Saved directory %s (%d files, %d bytes, manifest sha256 %s) to %s.", p, files, size, digest, target))), nil
+	return m.String()
 }
 
 // headWriter keeps the first max bytes written and hashes everything.

@@ -91,22 +91,23 @@ func (s *Service) buildImage(ctx context.Context, req mcp.CallToolRequest, in Bu
 	if err := s.sessions.CheckSnapshotLimit(c); err != nil {
 		return nil, err
 	}
-	var dir string
+	var dir *os.Root
 	if in.ContextLocalPath != "" {
 		access, ask := s.hostAccess(ctx, req, in.ContextLocalPath)
 		if ask != nil {
 			return ask, nil
 		}
-		p, err := access.hostSource(in.ContextLocalPath)
+		src, err := access.openSource(in.ContextLocalPath)
 		if err != nil {
 			return nil, err
 		}
-		if fi, err := os.Stat(p); err != nil || !fi.IsDir() {
-			return nil, fmt.Errorf("context_local_path %s is not a directory", p)
+		defer src.Close()
+		if src.dir == nil {
+			return nil, fmt.Errorf("context_local_path %s is not a directory", src.path)
 		}
-		dir = p
+		dir = src.dir
 	}
-	snap, err := builder.BuildImage(ctx, backend.BuildSpec{Dockerfile: in.Dockerfile, ContextDir: dir, ImageRef: in.ImageRef, Name: in.Name})
+	snap, err := builder.BuildImage(ctx, backend.BuildSpec{Dockerfile: in.Dockerfile, Context: dir, ImageRef: in.ImageRef, Name: in.Name})
 	if err != nil {
 		return nil, err
 	}

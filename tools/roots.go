@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
@@ -129,55 +130,170 @@ func (a hostAccess) errOutsideRoots(path string) error {
 		path, strings.Join(a.client, ", "), strings.Join(a.allowed, ", "))
 }
 
-// hostSource resolves an existing host path to read, refusing it unless it
-// lies (after following symbolic links) under an allowed root.
-func (a hostAccess) hostSource(p string) (string, error) {
-	p, err := a.absHost(p)
-	if err != nil {
-		return "", err
+// The host side of local_path: a path is never checked and then used again
+// by name. It is opened through the allowed root (or the client's root
+// inside it) that holds it, with os.Root, which resolves every component
+// relative to the root's descriptor and refuses any link that leads out:
+// swapping a parent directory for a link between a check and a use has
+// nothing to win.
+
+// hostRoot opens the root that bounds the absolute, lexically permitted
+// path p: the client's root that holds it when the client declared roots
+// (opened through the allowed root, so it cannot lead outside that one),
+// else the allowed root. rel is p relative to it.
+func (a hostAccess) hostRoot(p string) (root *os.Root, rel string, err error) {
+	allowed := containingRoot(a.allowed, p)
+	base := allowed
+	if c := containingRoot(a.client, p); len(a.client) > 0 && underRoot([]string{allowed}, c) {
+		base = c
 	}
-	real, err := filepath.EvalSymlinks(p)
+	r, err := os.OpenRoot(allowed)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return "", fmt.Errorf("local_path %s does not exist", p)
+		return nil, "", fmt.Errorf("open the allowed root %s: %w", allowed, err)
+	}
+	if base != allowed {
+		relBase, _ := filepath.Rel(allowed, base)
+		sub, err := r.OpenRoot(relBase)
+		r.Close()
+		if err != nil {
+			return nil, "", a.hostError(p, err)
 		}
-		return "", err
+		r = sub
 	}
-	if !a.permits(real) {
-		return "", a.errOutsideRoots(real)
-	}
-	return real, nil
+	rel, _ = filepath.Rel(base, p)
+	return r, rel, nil
 }
 
-// hostTarget resolves a host path to create: its parent must exist under an
-// allowed root, and the path itself must not exist yet.
-func (a hostAccess) hostTarget(p string) (string, error) {
+// containingRoot is the longest of roots that holds p, or "".
+func containingRoot(roots []string, p string) string {
+	best := ""
+	for _, r := range roots {
+		if underRoot([]string{r}, p) && len(r) > len(best) {
+			best = r
+		}
+	}
+	return best
+}
+
+// hostError explains a failed open of the host path p.
+func (a hostAccess) hostError(p string, err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("local_path %s does not exist", p)
+	case strings.Contains(err.Error(), "path escapes from parent"):
+		return a.errOutsideRoots(p)
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	return fmt.Errorf("local_path %s: %w", p, err)
+}
+
+// hostSource is an existing host file or directory to read, opened within
+// the roots. Close it when done.
+type hostSource struct {
+	path string   // absolute, as the call named it
+	file *os.File // a regular file, or nil
+	dir  *os.Root // a directory, or nil
+}
+
+// Close releases what the source holds.
+func (s *hostSource) Close() {
+	if s.file != nil {
+		s.file.Close()
+	}
+	if s.dir != nil {
+		s.dir.Close()
+	}
+}
+
+// openSource opens the host path p to read. Anything that is not a regular
+// file or a directory (a FIFO, a device) is refused without blocking.
+func (a hostAccess) openSource(p string) (*hostSource, error) {
 	p, err := a.absHost(p)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	parent, err := filepath.EvalSymlinks(filepath.Dir(p))
+	root, rel, err := a.hostRoot(p)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, a.hostError(p, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, a.hostError(p, err)
+	}
+	switch {
+	case fi.Mode().IsRegular():
+		return &hostSource{path: p, file: f}, nil
+	case fi.IsDir():
+		f.Close()
+		dir, err := root.OpenRoot(rel)
+		if err != nil {
+			return nil, a.hostError(p, err)
+		}
+		return &hostSource{path: p, dir: dir}, nil
+	}
+	f.Close()
+	return nil, fmt.Errorf("local_path %s is not a regular file or a directory", p)
+}
+
+// hostTarget is a host path to create, in a directory opened within the
+// roots.
+type hostTarget struct {
+	path   string   // absolute, as the call named it
+	parent *os.Root // its directory
+	name   string   // its name in parent
+}
+
+// openTarget opens the directory of the host path p, which must exist
+// under the roots while p itself must not.
+func (a hostAccess) openTarget(p string) (*hostTarget, error) {
+	p, err := a.absHost(p)
+	if err != nil {
+		return nil, err
+	}
+	root, rel, err := a.hostRoot(p)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	if rel == "." {
+		return nil, a.errOutsideRoots(p)
+	}
+	parent, err := root.OpenRoot(filepath.Dir(rel))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return "", fmt.Errorf("the directory of local_path %s does not exist", p)
+			return nil, fmt.Errorf("the directory of local_path %s does not exist", p)
 		}
-		return "", err
+		return nil, a.hostError(p, err)
 	}
-	real := filepath.Join(parent, filepath.Base(p))
-	if !a.permits(real) || real == parent {
-		return "", a.errOutsideRoots(real)
+	t := &hostTarget{path: p, parent: parent, name: filepath.Base(rel)}
+	if _, err := parent.Lstat(t.name); err == nil {
+		parent.Close()
+		return nil, t.errExists()
 	}
-	if _, err := os.Lstat(real); err == nil {
-		return "", fmt.Errorf("local_path %s already exists; download_file does not overwrite host files", p)
-	}
-	return real, nil
+	return t, nil
 }
+
+func (t *hostTarget) errExists() error {
+	return fmt.Errorf("local_path %s already exists; download_file does not overwrite host files", t.path)
+}
+
+// Close releases the target's directory.
+func (t *hostTarget) Close() { t.parent.Close() }
 
 // absHost makes a host path absolute (a relative one is relative to the
 // client's first root, else the first allowed root) and refuses it when it
 // is outside the roots as written, before anything looks at the host: an
 // error must not tell whether a path outside the roots exists. The callers
-// check again once symbolic links are resolved.
+// then open it through the roots, which refuses links that lead out.
 func (a hostAccess) absHost(p string) (string, error) {
 	if len(a.allowed) == 0 {
 		return "", a.errOutsideRoots(p)

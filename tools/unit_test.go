@@ -1,14 +1,39 @@
 package tools
 
 import (
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 )
+
+// source and target open host paths for a test, closing what they opened.
+func source(a hostAccess, p string) (string, error) {
+	s, err := a.openSource(p)
+	if err != nil {
+		return "", err
+	}
+	s.Close()
+	return s.path, nil
+}
+
+func target(a hostAccess, p string) (string, error) {
+	t, err := a.openTarget(p)
+	if err != nil {
+		return "", err
+	}
+	t.Close()
+	return t.path, nil
+}
 
 func TestAllowedRoots(t *testing.T) {
 	root := t.TempDir()
@@ -18,63 +43,132 @@ func TestAllowedRoots(t *testing.T) {
 	if err := os.Symlink(filepath.Join(outside, "out.txt"), filepath.Join(root, "link.txt")); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Symlink(outside, filepath.Join(root, "linkdir")); err != nil {
+		t.Fatal(err)
+	}
 	roots, err := resolveRoots([]string{root})
 	if err != nil {
 		t.Fatal(err)
 	}
 	a := hostAccess{allowed: roots}
-	if _, err := a.hostSource(filepath.Join(root, "in.txt")); err != nil {
+	if _, err := source(a, filepath.Join(root, "in.txt")); err != nil {
 		t.Errorf("inside: %v", err)
 	}
-	if _, err := a.hostSource("in.txt"); err != nil {
+	if _, err := source(a, "in.txt"); err != nil {
 		t.Errorf("relative: %v", err)
 	}
-	for _, p := range []string{filepath.Join(outside, "out.txt"), filepath.Join(root, "link.txt"), filepath.Join(root, "..", filepath.Base(outside), "out.txt"), "/etc/passwd"} {
-		_, err := a.hostSource(p)
+	for _, p := range []string{filepath.Join(outside, "out.txt"), filepath.Join(root, "link.txt"), filepath.Join(root, "linkdir", "out.txt"), filepath.Join(root, "..", filepath.Base(outside), "out.txt"), "/etc/passwd"} {
+		_, err := source(a, p)
 		if err == nil || !strings.Contains(err.Error(), "outside the allowed roots") || !strings.Contains(err.Error(), root) {
 			t.Errorf("%s: got %v, want a refusal naming the root", p, err)
 		}
 	}
 	// Whether a path outside the roots exists is nobody's business.
-	if _, err := a.hostSource(filepath.Join(outside, "no-such-file")); err == nil || !strings.Contains(err.Error(), "outside the allowed roots") {
+	if _, err := source(a, filepath.Join(outside, "no-such-file")); err == nil || !strings.Contains(err.Error(), "outside the allowed roots") {
 		t.Errorf("missing file outside the roots: %v", err)
 	}
-	if _, err := a.hostTarget(filepath.Join(outside, "no-such-dir", "f")); err == nil || !strings.Contains(err.Error(), "outside the allowed roots") {
+	if _, err := target(a, filepath.Join(outside, "no-such-dir", "f")); err == nil || !strings.Contains(err.Error(), "outside the allowed roots") {
 		t.Errorf("target in a missing directory outside the roots: %v", err)
 	}
-	if _, err := a.hostTarget(filepath.Join(root, "new.txt")); err != nil {
+	if _, err := target(a, filepath.Join(root, "new.txt")); err != nil {
 		t.Errorf("new target: %v", err)
 	}
-	if _, err := a.hostTarget(filepath.Join(root, "in.txt")); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if _, err := target(a, filepath.Join(root, "in.txt")); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("existing target: %v", err)
 	}
-	if _, err := a.hostTarget(filepath.Join(outside, "new.txt")); err == nil {
-		t.Error("target outside the roots accepted")
+	for _, p := range []string{filepath.Join(outside, "new.txt"), filepath.Join(root, "linkdir", "new.txt")} {
+		if _, err := target(a, p); err == nil || !strings.Contains(err.Error(), "outside the allowed roots") {
+			t.Errorf("target %s: %v", p, err)
+		}
 	}
-	if _, err := a.hostTarget(root); err == nil {
+	if _, err := target(a, root); err == nil {
 		t.Error("the root itself accepted as a new target")
 	}
 	none := hostAccess{}
-	if _, err := none.hostSource(filepath.Join(root, "in.txt")); err == nil || !strings.Contains(err.Error(), "--allowed-roots") {
+	if _, err := source(none, filepath.Join(root, "in.txt")); err == nil || !strings.Contains(err.Error(), "--allowed-roots") {
 		t.Errorf("no roots: %v", err)
+	}
+	// Special files are refused at once, never waited on.
+	if err := syscall.Mkfifo(filepath.Join(root, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := source(a, filepath.Join(root, "fifo")); err == nil || !strings.Contains(err.Error(), "not a regular file or a directory") {
+		t.Errorf("FIFO: %v", err)
 	}
 
 	// Client roots narrow the server's: a path must be under both.
 	sub := filepath.Join(root, "sub")
 	os.Mkdir(sub, 0o755)
 	os.WriteFile(filepath.Join(sub, "s.txt"), []byte("x"), 0o644)
+	os.Symlink(filepath.Join(root, "in.txt"), filepath.Join(sub, "up.txt"))
 	narrowed := hostAccess{allowed: roots, client: []string{sub, outside}}
-	if _, err := narrowed.hostSource(filepath.Join(sub, "s.txt")); err != nil {
+	if _, err := source(narrowed, filepath.Join(sub, "s.txt")); err != nil {
 		t.Errorf("under both roots: %v", err)
 	}
-	if p, err := narrowed.hostSource("s.txt"); err != nil || p != filepath.Join(sub, "s.txt") {
+	if p, err := source(narrowed, "s.txt"); err != nil || p != filepath.Join(sub, "s.txt") {
 		t.Errorf("relative to the client's first root: %q, %v", p, err)
 	}
-	if _, err := narrowed.hostSource(filepath.Join(root, "in.txt")); err == nil || !strings.Contains(err.Error(), "roots your MCP client allows") {
+	if _, err := source(narrowed, filepath.Join(root, "in.txt")); err == nil || !strings.Contains(err.Error(), "roots your MCP client allows") {
 		t.Errorf("outside the client's roots: %v", err)
 	}
-	if _, err := narrowed.hostSource(filepath.Join(outside, "out.txt")); err == nil || !strings.Contains(err.Error(), "outside the allowed roots") {
+	if _, err := source(narrowed, filepath.Join(sub, "up.txt")); err == nil || !strings.Contains(err.Error(), "outside") {
+		t.Errorf("a link from the client's root to elsewhere in the server's: %v", err)
+	}
+	if _, err := source(narrowed, filepath.Join(outside, "out.txt")); err == nil || !strings.Contains(err.Error(), "outside the allowed roots") {
 		t.Errorf("a client root outside the server's: %v", err)
+	}
+}
+
+// TestLocalPathSwapRace is the attack on local_path: a parent directory
+// inside the allowed root is exchanged, again and again, with a link to a
+// directory outside it, while files are read from and created under it.
+// Nothing outside may ever be read or written.
+func TestLocalPathSwapRace(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(outside, "f.txt"), []byte("outside-secret"), 0o600)
+	os.MkdirAll(filepath.Join(root, "d"), 0o755)
+	os.WriteFile(filepath.Join(root, "d", "f.txt"), []byte("inside"), 0o644)
+	if err := os.Symlink(outside, filepath.Join(root, "l")); err != nil {
+		t.Fatal(err)
+	}
+	roots, _ := resolveRoots([]string{root})
+	a := hostAccess{allowed: roots}
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			unix.Renameat2(unix.AT_FDCWD, filepath.Join(root, "d"), unix.AT_FDCWD, filepath.Join(root, "l"), unix.RENAME_EXCHANGE)
+		}
+	}()
+	defer func() { stop.Store(true); wg.Wait() }()
+	reads := 0
+	for i := 0; i < 3000; i++ {
+		if s, err := a.openSource(filepath.Join(root, "d", "f.txt")); err == nil {
+			b, _ := io.ReadAll(s.file)
+			s.Close()
+			if string(b) == "outside-secret" {
+				t.Fatalf("read the file outside the root on try %d", i)
+			}
+			reads++
+		}
+		name := "new" + strconv.Itoa(i)
+		if tg, err := a.openTarget(filepath.Join(root, "d", name)); err == nil {
+			if f, err := tg.parent.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err == nil {
+				f.Close()
+			}
+			tg.Close()
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	entries, _ := os.ReadDir(outside)
+	if len(entries) != 1 {
+		t.Fatalf("files were created outside the root: %d entries", len(entries))
+	}
+	if reads == 0 {
+		t.Fatal("no read succeeded: the race test tested nothing")
 	}
 }
 
@@ -124,16 +218,25 @@ func TestDirDigest(t *testing.T) {
 		os.WriteFile(filepath.Join(d, "x.txt"), []byte("x"), 0o644)
 		os.WriteFile(filepath.Join(d, "sub", "y.bin"), []byte{0, 1, 2}, 0o644)
 	}
-	n, size, da, err := dirDigest(a)
+	n, size, da, err := dirDigest(rootOf(t, a))
 	if err != nil || n != 2 || size != 4 {
 		t.Fatalf("dirDigest: %d files %d bytes %v", n, size, err)
 	}
-	_, _, db, _ := dirDigest(b)
+	_, _, db, _ := dirDigest(rootOf(t, b))
 	if da != db {
 		t.Error("equal trees digest differently")
 	}
 	os.WriteFile(filepath.Join(b, "sub", "y.bin"), []byte{0, 1, 3}, 0o644)
-	if _, _, db, _ = dirDigest(b); da == db {
+	if _, _, db, _ = dirDigest(rootOf(t, b)); da == db {
 		t.Error("different trees digest the same")
 	}
+}
+
+func rootOf(t *testing.T, dir string) *os.Root {
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
 }

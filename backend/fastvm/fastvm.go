@@ -232,16 +232,19 @@ func (b *Backend) DeleteSnapshot(ctx context.Context, id string) error {
 
 // BuildImage builds a Dockerfile into a ready snapshot.
 func (b *Backend) BuildImage(ctx context.Context, spec backend.BuildSpec) (backend.SnapshotInfo, error) {
-	dir := spec.ContextDir
-	if dir == "" {
+	dir := spec.Context
+	if dir == nil {
 		empty, err := os.MkdirTemp("", "vmcp-build-context-")
 		if err != nil {
 			return backend.SnapshotInfo{}, err
 		}
 		defer os.RemoveAll(empty)
-		dir = empty
+		if dir, err = os.OpenRoot(empty); err != nil {
+			return backend.SnapshotInfo{}, err
+		}
+		defer dir.Close()
 	}
-	snap, err := b.c.Build(ctx, fvc.BuildRequest{Name: spec.Name, ImageRef: spec.ImageRef, DockerfileContent: spec.Dockerfile, MachineType: spec.MachineType}, dir)
+	snap, err := b.c.BuildFrom(ctx, fvc.BuildRequest{Name: spec.Name, ImageRef: spec.ImageRef, DockerfileContent: spec.Dockerfile, MachineType: spec.MachineType}, dir)
 	if err != nil {
 		return backend.SnapshotInfo{}, err
 	}

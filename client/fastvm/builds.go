@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 )
 
 // PresignBuildContext mints signed URLs for a build-context tarball (tar.gz,
@@ -34,30 +33,43 @@ func (c *Client) GetBuild(ctx context.Context, id string) (*Build, error) {
 // interval for at most the build timeout; a failed build is a *BuildError
 // with the server's diagnostic.
 func (c *Client) Build(ctx context.Context, req BuildRequest, contextDir string) (*Snapshot, error) {
-	if contextDir != "" {
-		fi, err := os.Stat(contextDir)
-		if err != nil {
-			return nil, fmt.Errorf("fastvm: build context: %w", err)
-		}
-		if !fi.IsDir() {
-			return nil, fmt.Errorf("fastvm: build context %s is not a directory", contextDir)
-		}
-		if req.DockerfileContent == "" {
-			if df, err := os.ReadFile(filepath.Join(contextDir, "Dockerfile")); err == nil {
-				req.DockerfileContent = string(df)
-			}
+	if contextDir == "" {
+		return c.BuildFrom(ctx, req, nil)
+	}
+	fi, err := os.Stat(contextDir)
+	if err != nil {
+		return nil, fmt.Errorf("fastvm: build context: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("fastvm: build context %s is not a directory", contextDir)
+	}
+	root, err := os.OpenRoot(contextDir)
+	if err != nil {
+		return nil, fmt.Errorf("fastvm: build context: %w", err)
+	}
+	defer root.Close()
+	return c.BuildFrom(ctx, req, root)
+}
+
+// BuildFrom is Build with the build context given as an opened directory
+// (nil for none): nothing outside it is read, even if links inside it
+// change while it is sent.
+func (c *Client) BuildFrom(ctx context.Context, req BuildRequest, contextDir *os.Root) (*Snapshot, error) {
+	if contextDir != nil && req.DockerfileContent == "" {
+		if df, err := contextDir.ReadFile("Dockerfile"); err == nil {
+			req.DockerfileContent = string(df)
 		}
 	}
 	if req.ImageRef == "" && req.DockerfileContent == "" {
 		return nil, fmt.Errorf("fastvm: a build needs an ImageRef or a Dockerfile (DockerfileContent, or a Dockerfile in the context directory)")
 	}
-	if contextDir != "" {
+	if contextDir != nil {
 		p, err := c.PresignBuildContext(ctx)
 		if err != nil {
 			return nil, err
 		}
 		if err := c.putTarGz(ctx, p.UploadURL, contextDir, "application/gzip"); err != nil {
-			return nil, fmt.Errorf("fastvm: sending the build context %s: %w", contextDir, err)
+			return nil, fmt.Errorf("fastvm: sending the build context: %w", err)
 		}
 		req.ContextDownloadURL = p.DownloadURL
 	}

@@ -101,14 +101,19 @@ func (c *Client) Upload(ctx context.Context, vmID, localPath, remotePath string)
 // uploadDir streams a tar.gz of dir to a staging object, has the VM fetch it
 // and unpacks it with tar in the VM (see UploadArchive).
 func (c *Client) uploadDir(ctx context.Context, vmID, dir, remotePath string) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return &FileTransferError{Op: "upload", VMID: vmID, Path: remotePath, Message: "opening " + dir, Err: err}
+	}
+	defer root.Close()
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		err := writeTarGz(pw, dir)
+		err := writeTarGz(pw, root)
 		pw.CloseWithError(err)
 		done <- err
 	}()
-	err := c.UploadArchive(ctx, vmID, pr, remotePath)
+	err = c.UploadArchive(ctx, vmID, pr, remotePath)
 	// Unblock the archiver if the upload ended before reading everything.
 	pr.CloseWithError(errUploadEnded)
 	if tarErr := <-done; tarErr != nil && !errors.Is(tarErr, errUploadEnded) {
@@ -132,13 +137,14 @@ func (c *Client) fetchInto(ctx context.Context, vmID, downloadURL, path string, 
 // errUploadEnded stops an archiver whose upload is over.
 var errUploadEnded = errors.New("the upload ended")
 
-// putTarGz streams a tar.gz of the contents of dir to a signed URL as a
-// chunked PUT: the archive is produced as it is sent, never stored.
-func (c *Client) putTarGz(ctx context.Context, uploadURL, dir, contentType string) error {
+// putTarGz streams a tar.gz of the contents of the directory root to a
+// signed URL as a chunked PUT: the archive is produced as it is sent, never
+// stored.
+func (c *Client) putTarGz(ctx context.Context, uploadURL string, root *os.Root, contentType string) error {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		err := writeTarGz(pw, dir)
+		err := writeTarGz(pw, root)
 		pw.CloseWithError(err)
 		done <- err
 	}()
@@ -146,7 +152,7 @@ func (c *Client) putTarGz(ctx context.Context, uploadURL, dir, contentType strin
 	// Unblock the archiver if the PUT ended before reading everything.
 	pr.CloseWithError(errUploadEnded)
 	if tarErr := <-done; tarErr != nil && !errors.Is(tarErr, errUploadEnded) {
-		return fmt.Errorf("archiving %s: %w", dir, tarErr)
+		return fmt.Errorf("archiving: %w", tarErr)
 	}
 	return putErr
 }
@@ -358,13 +364,14 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// writeTarGz writes a gzip-compressed tar of the contents of dir to w.
-func writeTarGz(w io.Writer, dir string) error {
+// writeTarGz writes a gzip-compressed tar of the contents of the directory
+// root to w.
+func writeTarGz(w io.Writer, root *os.Root) error {
 	gz, err := gzip.NewWriterLevel(w, gzip.BestSpeed)
 	if err != nil {
 		return err
 	}
-	if err := writeTar(gz, dir); err != nil {
+	if err := writeTar(gz, root); err != nil {
 		return err
 	}
 	return gz.Close()

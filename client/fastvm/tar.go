@@ -10,30 +10,25 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
-// writeTar writes the contents of dir to w as a tar stream, names relative
-// to dir ("a.txt", "sub/", "sub/b.txt"), the way `tar -C dir .` roots them.
-// Symbolic links are stored as links, not followed. Sockets, devices and
-// FIFOs are skipped: they cannot be copied as data. Owners are written as
-// root (0:0) so that unpacking as root in the VM cannot fail on a uid that
-// only exists here.
-func writeTar(w io.Writer, dir string) error {
-	dir, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		return err
-	}
+// writeTar writes the contents of the directory root to w as a tar stream,
+// names relative to it ("a.txt", "sub/", "sub/b.txt"), the way `tar -C dir
+// .` roots them. Everything is read through root, so a link swapped in
+// while the directory is read never leads outside it. Symbolic links are
+// stored as links, not followed. Sockets, devices and FIFOs are skipped:
+// they cannot be copied as data (and a FIFO swapped in for a file is never
+// waited on). Owners are written as root (0:0) so that unpacking as root in
+// the VM cannot fail on a uid that only exists here.
+func writeTar(w io.Writer, root *os.Root) error {
 	tw := tar.NewWriter(w)
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err := fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if p == dir {
+		if p == "." {
 			return nil
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
 		}
 		info, err := d.Info()
 		if err != nil {
@@ -42,7 +37,7 @@ func writeTar(w io.Writer, dir string) error {
 		var link string
 		switch mode := info.Mode(); {
 		case mode&fs.ModeSymlink != 0:
-			if link, err = os.Readlink(p); err != nil {
+			if link, err = root.Readlink(p); err != nil {
 				return err
 			}
 		case !mode.IsRegular() && !mode.IsDir():
@@ -52,7 +47,7 @@ func writeTar(w io.Writer, dir string) error {
 		if err != nil {
 			return err
 		}
-		hdr.Name = filepath.ToSlash(rel)
+		hdr.Name = p
 		if info.IsDir() {
 			hdr.Name += "/"
 		}
@@ -66,7 +61,7 @@ func writeTar(w io.Writer, dir string) error {
 		if !info.Mode().IsRegular() {
 			return nil
 		}
-		return copyFileInto(tw, p, hdr.Size)
+		return copyFileInto(tw, root, p, hdr.Size)
 	})
 	if err != nil {
 		return err
@@ -74,13 +69,16 @@ func writeTar(w io.Writer, dir string) error {
 	return tw.Close()
 }
 
-// copyFileInto writes exactly size bytes of the file p to w.
-func copyFileInto(w io.Writer, p string, size int64) error {
-	f, err := os.Open(p)
+// copyFileInto writes exactly size bytes of the file p of root to w.
+func copyFileInto(w io.Writer, root *os.Root, p string, size int64) error {
+	f, err := root.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s changed into something other than a file while it was being sent", p)
+	}
 	if _, err := io.CopyN(w, f, size); err != nil {
 		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("%s shrank while it was being sent", p)

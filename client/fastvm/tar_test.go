@@ -120,7 +120,10 @@ func TestTarRoundTrip(t *testing.T) {
 	must(os.Symlink("a.txt", filepath.Join(src, "link")))
 
 	var buf bytes.Buffer
-	must(writeTarGz(&buf, src))
+	root, err := os.OpenRoot(src)
+	must(err)
+	defer root.Close()
+	must(writeTarGz(&buf, root))
 	// Names are relative, owned by root.
 	gz, _ := gzip.NewReader(bytes.NewReader(buf.Bytes()))
 	tr := tar.NewReader(gz)
@@ -160,7 +163,12 @@ func TestWriteTarSkipsSpecialFiles(t *testing.T) {
 		t.Skip("no mkfifo:", err)
 	}
 	var buf bytes.Buffer
-	if err := writeTarGz(&buf, src); err != nil { // would block forever reading a FIFO
+	root, err := os.OpenRoot(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if err := writeTarGz(&buf, root); err != nil { // would block forever reading a FIFO
 		t.Fatal(err)
 	}
 	dest := t.TempDir()

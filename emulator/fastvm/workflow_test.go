@@ -379,7 +379,7 @@ func TestItem8_GuestHelperCommandLines(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst := t.TempDir()
-	if err := local.ExtractTar(zr, dst); err != nil {
+	if _, err := local.ExtractTar(zr, dst); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := os.ReadFile(filepath.Join(dst, "pkg", "sub", "b.bin")); !bytes.Equal(got, []byte{0, 1, 2}) {
