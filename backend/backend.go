@@ -208,9 +208,9 @@ type ImageBuilder interface {
 type BuildSpec struct {
 	Dockerfile  string   // its text; "" uses the Dockerfile at the top of Context
 	Context     *os.Root // host directory sent as the build context; nil for none
-	ImageRef    string // base image label (FROM) when the Dockerfile has none
-	Name        string // of the snapshot
-	MachineType string // of the build machine; "" = the default
+	ImageRef    string   // base image label (FROM) when the Dockerfile has none
+	Name        string   // of the snapshot
+	MachineType string   // of the build machine; "" = the default
 }
 
 // FirewallSetter sets the policy for inbound traffic to a machine.
