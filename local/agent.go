@@ -3,7 +3,9 @@ package local
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
 	_ "embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -251,10 +253,10 @@ type interpreter struct {
 	cmd      *exec.Cmd
 	requests *os.File
 	results  *bufio.Reader
-	marker   []byte
 
 	mu        sync.Mutex
 	current   uint64 // id of the instruction running now, 0 between instructions
+	call      []byte // the random token of the instruction running now (see driver.py)
 	reason    string // why it was interrupted, if it was
 	markers   chan struct{}
 	exited    chan struct{} // closed when the process is gone
@@ -264,7 +266,6 @@ type interpreter struct {
 }
 
 func (a *agent) startInterpreter() (*interpreter, error) {
-	nonce := strconv.FormatInt(time.Now().UnixNano(), 36) + strconv.Itoa(os.Getpid())
 	reqR, reqW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -285,7 +286,7 @@ func (a *agent) startInterpreter() (*interpreter, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := a.command(a.python, "-I", "-c", driverSource, nonce)
+	cmd := a.command(a.python, "-I", "-c", driverSource)
 	cmd.Dir = a.home
 	cmd.Env = os.Environ()
 	cmd.Stdout, cmd.Stderr = outW, errW
@@ -309,7 +310,6 @@ func (a *agent) startInterpreter() (*interpreter, error) {
 		cmd:      cmd,
 		requests: reqW,
 		results:  bufio.NewReaderSize(resR, 64<<10),
-		marker:   []byte("\x00vmcp-end-" + nonce),
 		markers:  make(chan struct{}, 3),
 		exited:   make(chan struct{}),
 		lines:    make(chan []byte, 1),
@@ -360,13 +360,16 @@ func (py *interpreter) readLines(a *agent, r *os.File, stream string) {
 		line, err := br.ReadSlice('\n')
 		if len(line) > 0 {
 			text := bytes.TrimSuffix(line, []byte("\n"))
-			end := false
-			if i := bytes.Index(text, py.marker); i >= 0 {
-				text, end = text[:i], true
-			}
 			py.mu.Lock()
-			id := py.current
+			id, call := py.current, py.call
 			py.mu.Unlock()
+			// The end marker of the instruction running now ends its output;
+			// any other (late, or forged by user code) is dropped.
+			end, marked := false, false
+			if i := bytes.Index(text, endMarker); i >= 0 {
+				end, marked = id != 0 && bytes.Equal(text[i+len(endMarker):], call), true
+				text = text[:i]
+			}
 			s := stream
 			if s == "" && len(text) > 0 {
 				s = map[byte]string{'1': "stdout", '2': "stderr"}[text[0]]
@@ -374,7 +377,7 @@ func (py *interpreter) readLines(a *agent, r *os.File, stream string) {
 			}
 			// A partial line before the marker (print(x, end="")) is flushed as
 			// its own chunk; output between instructions belongs to no one.
-			if id != 0 && s != "" && (len(text) > 0 || !end) {
+			if id != 0 && s != "" && (len(text) > 0 || !marked) {
 				a.send(event{Ev: evOutput, ID: id, Stream: s, Data: bytes.Clone(text)})
 			}
 			if end {
@@ -385,6 +388,18 @@ func (py *interpreter) readLines(a *agent, r *os.File, stream string) {
 			return
 		}
 	}
+}
+
+// endMarker starts the line the driver writes to each output after an
+// instruction, followed by the instruction's call token.
+var endMarker = []byte("\x00vmcp-end-")
+
+// newCallToken is the random token that ties a result and its end markers
+// to one instruction.
+func newCallToken() []byte {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return []byte(hex.EncodeToString(b))
 }
 
 // interruptRetry is how often an interrupt is repeated until the
@@ -444,6 +459,7 @@ func (py *interpreter) interrupt(id uint64, reason string) {
 }
 
 type driverResult struct {
+	Call        string   `json:"call"`
 	Value       *string  `json:"value"`
 	Error       *string  `json:"error"`
 	PNG         [][]byte `json:"png"`
@@ -478,12 +494,13 @@ func (a *agent) runPython(req request) {
 
 	// Leaving pyWaiting and becoming current happen under a.mu together,
 	// so that a kill finds the instruction in one place or the other.
+	call := newCallToken()
 	a.mu.Lock()
 	stopped := a.pyWaiting[req.ID]
 	delete(a.pyWaiting, req.ID)
 	if stopped == "" {
 		py.mu.Lock()
-		py.current, py.reason = req.ID, ""
+		py.current, py.call, py.reason = req.ID, call, ""
 		py.mu.Unlock()
 	}
 	a.mu.Unlock()
@@ -503,7 +520,7 @@ func (a *agent) runPython(req request) {
 		py.current = 0
 		py.mu.Unlock()
 	}()
-	b, _ := json.Marshal(map[string]string{"code": req.Code})
+	b, _ := json.Marshal(map[string]string{"code": req.Code, "call": string(call)})
 	ev := event{Ev: evPython, ID: req.ID, Interpreter: py.number}
 	if _, err := py.requests.Write(append(b, '\n')); err != nil {
 		<-py.exited
@@ -515,14 +532,27 @@ func (a *agent) runPython(req request) {
 		timer = time.AfterFunc(time.Duration(req.TimeoutMS)*time.Millisecond, func() { py.interrupt(req.ID, "timeout") })
 		defer timer.Stop()
 	}
-	line, ok := <-py.lines
+	// The result is the line that carries this instruction's call token;
+	// lines without it were forged by user code or are late ones of an
+	// earlier instruction, and are dropped.
+	var res driverResult
+	for {
+		line, ok := <-py.lines
+		if !ok {
+			if timer != nil {
+				timer.Stop()
+			}
+			<-py.exited
+			a.send(a.diedResult(ev, py, start))
+			return
+		}
+		if json.Unmarshal(line, &res) == nil && res.Call == string(call) {
+			break
+		}
+		res = driverResult{}
+	}
 	if timer != nil {
 		timer.Stop()
-	}
-	if !ok {
-		<-py.exited
-		a.send(a.diedResult(ev, py, start))
-		return
 	}
 	// All output was written before the result: wait for the end markers.
 	var giveUp <-chan time.Time
@@ -541,12 +571,6 @@ func (a *agent) runPython(req request) {
 		case <-py.markers:
 		case <-giveUp:
 		}
-	}
-	var res driverResult
-	if err := json.Unmarshal(line, &res); err != nil {
-		ev.Error = "the interpreter sent a malformed result: " + err.Error()
-		a.send(ev)
-		return
 	}
 	py.mu.Lock()
 	reason := py.reason

@@ -180,3 +180,52 @@ func TestAttackSpecialFilesHoldNoThread(t *testing.T) {
 		}
 	})
 }
+
+// TestAttackResultForgery: user code writes results of its own to the
+// driver's result descriptor: without a token, with the token of the
+// instruction it runs in, and from a thread that keeps writing lines with
+// that (by then stale) token during later instructions; from a child
+// process; from a command through /proc. Code running in the interpreter
+// may make up its own instruction's result (it could as well return any
+// value), but no result may ever land on another instruction, and no other
+// process may write one.
+func TestAttackResultForgery(t *testing.T) {
+	engineModes(t, func(t *testing.T) {
+		m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+		expect := func(code, want string) {
+			t.Helper()
+			if r := mustExec(t, m, code, ExecOptions{}); value(r) != want {
+				t.Fatalf("%q gave %s (error %q), want %s", code, value(r), r.Error, want)
+			}
+		}
+		expect("import os\nos.write(4, b'{\"value\": \"\\'FORGED\\'\"}\\n')\n7", "7")
+		expect("8", "8")
+		// A marker of its own: the output and the result stay in place.
+		if r := mustExec(t, m, "print('\\x00vmcp-end-0123\\nafter')\n9", ExecOptions{}); value(r) != "9" || !strings.Contains(r.Stdout, "after") {
+			t.Fatalf("forged marker: %+v", r)
+		}
+		// Its own instruction's token: only that instruction's result is the
+		// forged one, and a thread goes on writing it.
+		expect(`import threading, sys, os, time
+token = sys.modules['__main__'].request['call']
+line = ('{"call": "%s", "value": "\'FORGED\'"}\n' % token).encode()
+os.write(4, line)
+def forge():
+    while True:
+        os.write(4, line)
+        time.sleep(0.001)
+threading.Thread(target=forge, daemon=True).start()
+10`, "'FORGED'")
+		for i := 11; i < 40; i++ {
+			expect(strconv.Itoa(i), strconv.Itoa(i))
+		}
+		// Child processes and other commands cannot reach the descriptor.
+		expect(`import subprocess
+subprocess.run("echo '{\"value\": \"1\"}' >&4", shell=True, close_fds=False).returncode`, "2")
+		res := mustRun(t, m, Command{Shell: `n=0; for p in /proc/[0-9]*; do echo '{"value": "666"}' > $p/fd/4 2>/dev/null && n=$((n+1)); done; echo $n`})
+		if strings.TrimSpace(res.Stdout) != "0" {
+			t.Fatalf("a command wrote to %s interpreters' result descriptors", strings.TrimSpace(res.Stdout))
+		}
+		expect("41", "41")
+	})
+}

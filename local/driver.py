@@ -1,11 +1,18 @@
 # vmcp Python REPL driver. The agent starts it inside the sandbox as
-#   python3 -I -c <this file> NONCE
+#   python3 -I -c <this file>
 # and talks to it over fd 3 (requests in) and fd 4 (results out), one JSON
 # object per line. sys.stdout and sys.stderr write whole lines, tagged "1" or
 # "2", to fd 5, so the two streams keep their order. Output that bypasses them
 # (subprocesses, C code) goes to fd 1 and 2, which the agent reads too. After
 # each instruction the driver writes an end marker to all three, so the agent
 # knows that all output came before the result.
+#
+# User code runs in this process and can write to fd 4 or forge a marker; it
+# cannot make a result or an end land on another instruction: every request
+# carries a fresh random "call" that its result and markers repeat, and the
+# agent ignores whatever does not carry the current one. Fds 3-5 are closed
+# to the processes user code starts, and the interpreter is not dumpable, so
+# no other process of the machine can reach them through /proc.
 import ast
 import base64
 import io
@@ -18,9 +25,18 @@ import time
 import traceback
 import warnings
 
-NONCE = sys.argv[1]
-MARKER = "\x00vmcp-end-" + NONCE + "\n"
 DRIVER_FILENAME = sys._getframe().f_code.co_filename  # "<string>" under -c
+MARKER = "\x00vmcp-end-%s\n"
+
+for fd in (3, 4, 5):
+    os.set_inheritable(fd, False)
+try:
+    import ctypes
+
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE: 0
+    del ctypes
+except Exception:  # noqa: BLE001 - a libc without prctl: the fds stay unreachable by inheritance
+    pass
 
 requests = os.fdopen(3, "r", encoding="utf-8", newline="\n")
 results = os.fdopen(4, "w", encoding="utf-8")
@@ -153,7 +169,7 @@ def figures():
 
 for line in requests:
     request = json.loads(line)
-    result = {}
+    result = {"call": request["call"]}
     start = time.monotonic()
     running = True
     try:
@@ -186,7 +202,8 @@ for line in requests:
                 stream.finish()
         except Exception:
             pass
+    marker = (MARKER % request["call"]).encode()
     for fd in (1, 2, CHUNKS):
-        os.write(fd, MARKER.encode())
+        os.write(fd, marker)
     results.write(json.dumps(result) + "\n")
     results.flush()
