@@ -48,6 +48,10 @@ type agent struct {
 	limits []string // argv prefix that starts a child under its rlimits
 	python string
 	home   string
+	// tagNS: each command starts in a UTS namespace of its own, which
+	// marks every process it starts (see agentCommand.kill); needs
+	// CAP_SYS_ADMIN in the sandbox's user namespace.
+	tagNS bool
 
 	outMu sync.Mutex
 	out   *bufio.Writer
@@ -77,6 +81,7 @@ func runAgent(args []string) int {
 	// Processes of the machine run as the same user as the agent; they must
 	// not reach into it through /proc/<agent>.
 	unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
+	tagNS := keepCapabilitiesToSelf()
 	prewarmThreads()
 	// Limits are set here, inside the sandbox's user namespace, so that the
 	// process count is charged to this machine alone. The file limits bind
@@ -112,6 +117,7 @@ func runAgent(args []string) int {
 		limits:    childLimits,
 		python:    *python,
 		home:      *home,
+		tagNS:     tagNS,
 		out:       bufio.NewWriterSize(os.Stdout, 64<<10),
 		commands:  map[uint64]*agentCommand{},
 		pyQueue:   make(chan struct{}, 1),
@@ -131,6 +137,22 @@ func runAgent(args []string) int {
 		}
 		a.handle(req)
 	}
+}
+
+// keepCapabilitiesToSelf drops the capabilities bwrap gave the agent (in
+// the sandbox's user namespace only) from what its children inherit: the
+// ambient and inheritable sets. It reports whether the agent itself can
+// create namespaces (CAP_SYS_ADMIN there).
+func keepCapabilitiesToSelf() bool {
+	unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	data[0].Inheritable, data[1].Inheritable = 0, 0
+	unix.Capset(&hdr, &data[0])
+	return data[0].Effective&(1<<unix.CAP_SYS_ADMIN) != 0
 }
 
 // agentThreads is how many OS threads the agent creates at start. The Go
@@ -631,6 +653,7 @@ func describeExit(st *os.ProcessState) string {
 
 type agentCommand struct {
 	id     uint64
+	ns     string // the command's own UTS namespace, or "" (see agent.tagNS)
 	cmd    *exec.Cmd
 	pty    *os.File // the terminal's controlling side, for TTY commands
 	stdin  chan request
@@ -675,7 +698,7 @@ func (a *agent) startCommand(req request) {
 		a.startTTYCommand(req, c)
 		return
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Cloneflags: a.cloneFlags()}
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		fail(err)
@@ -710,6 +733,7 @@ func (a *agent) startCommand(req request) {
 		fail(err)
 		return
 	}
+	c.ns = a.namespaceOf(cmd.Process.Pid)
 	a.mu.Lock()
 	a.commands[req.ID] = c
 	a.mu.Unlock()
@@ -736,7 +760,7 @@ func (a *agent) startTTYCommand(req request, c *agentCommand) {
 	cmd := c.cmd
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	// A new session is also a new process group, which kill relies on.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0, Cloneflags: a.cloneFlags()}
 	err = cmd.Start()
 	tty.Close()
 	if err != nil {
@@ -745,6 +769,7 @@ func (a *agent) startTTYCommand(req request, c *agentCommand) {
 		return
 	}
 	c.pty = ptmx
+	c.ns = a.namespaceOf(cmd.Process.Pid)
 	if req.Stdin {
 		c.stdin = make(chan request, 16)
 	}
@@ -869,23 +894,49 @@ func (c *agentCommand) drainStdin(a *agent) {
 	}
 }
 
-// kill ends the command and everything it started: its process group and
-// any descendant that left the group, repeated until none is left.
+// cloneFlags are the namespaces a command starts in.
+func (a *agent) cloneFlags() uintptr {
+	if a.tagNS {
+		return syscall.CLONE_NEWUTS
+	}
+	return 0
+}
+
+// namespaceOf is the UTS namespace of a command the agent just started, if
+// it is one of its own: the tag of everything the command starts.
+func (a *agent) namespaceOf(pid int) string {
+	if !a.tagNS {
+		return ""
+	}
+	ns, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/uts")
+	if own, _ := os.Readlink("/proc/self/ns/uts"); err != nil || ns == own {
+		return ""
+	}
+	return ns
+}
+
+// kill ends the command and everything it started: its process group, any
+// descendant that left the group, and every process in its namespace
+// (which a process cannot leave: nothing in the machine may create or
+// enter namespaces), repeated until none is left.
 func (c *agentCommand) kill(reason string) {
 	c.killMu.Lock()
 	if c.killed == "" {
 		c.killed = reason
 	}
 	c.killMu.Unlock()
-	killTree(c.cmd.Process.Pid, []byte(commandMarker+"="+strconv.FormatUint(c.id, 10)+"\x00"))
+	killTree(c.cmd.Process.Pid, []byte(commandMarker+"="+strconv.FormatUint(c.id, 10)+"\x00"), c.ns)
 }
 
 // commandMarker is the environment variable that tags a command's processes.
 const commandMarker = "VMCP_COMMAND"
 
-func killTree(pid int, marker []byte) {
+func killTree(pid int, marker []byte, ns string) {
 	for i := 0; i < 100; i++ {
 		victims := append(descendants(pid), marked(marker)...)
+		if ns != "" {
+			victims = append(victims, inNamespace(ns)...)
+		}
 		errGroup := syscall.Kill(-pid, syscall.SIGKILL)
 		for _, p := range victims {
 			syscall.Kill(p, syscall.SIGKILL)
@@ -907,6 +958,17 @@ func marked(marker []byte) []int {
 		}
 		env, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/environ")
 		if err == nil && (bytes.HasPrefix(env, marker) || bytes.Contains(env, append([]byte{0}, marker...))) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// inNamespace lists the processes in the UTS namespace ns.
+func inNamespace(ns string) []int {
+	var out []int
+	for _, p := range procPIDs() {
+		if l, err := os.Readlink("/proc/" + strconv.Itoa(p) + "/ns/uts"); err == nil && l == ns {
 			out = append(out, p)
 		}
 	}

@@ -229,3 +229,56 @@ subprocess.run("echo '{\"value\": \"1\"}' >&4", shell=True, close_fds=False).ret
 		expect("41", "41")
 	})
 }
+
+// machineProcesses lists the command lines of the machine's processes.
+func machineProcesses(m *Machine) []string {
+	var out []string
+	for _, pid := range m.HostPIDs() {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		out = append(out, strings.ReplaceAll(string(b), "\x00", " "))
+	}
+	return out
+}
+
+// TestAttackTimeoutLeavesEscapedProcesses: a command whose processes leave
+// its tree, its process group and its session, drop its environment, and
+// hide from /proc, then runs past its timeout. The timeout must end them
+// all; a background process of a command that ended by itself stays.
+func TestAttackTimeoutLeavesEscapedProcesses(t *testing.T) {
+	engineModes(t, func(t *testing.T) {
+		m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+		res, err := m.Run(context.Background(), Command{Shell: `( setsid env -i sleep 4242 & ); ` +
+			`( setsid env -i python3 -c 'import ctypes, os, time; ctypes.CDLL(None).prctl(4, 0); os.setsid(); time.sleep(4343)' & ); ` +
+			`nohup bash -c 'exec -a hidden-4444 sleep 4444' >/dev/null 2>&1 & disown; sleep 30`, Timeout: 2 * time.Second})
+		if err != nil || !res.TimedOut {
+			t.Fatalf("%+v %v", res, err)
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			var left []string
+			for _, p := range machineProcesses(m) {
+				if strings.Contains(p, "4242") || strings.Contains(p, "4343") || strings.Contains(p, "4444") {
+					left = append(left, p)
+				}
+			}
+			if len(left) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after the timeout these still run: %q", left)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		// Nested user namespaces, the way out of the tracking namespace,
+		// are refused.
+		if r := mustRun(t, m, Command{Shell: "unshare -Ur true 2>&1; echo $?"}); strings.HasSuffix(r.Stdout, "\n0\n") || r.Stdout == "0\n" {
+			t.Fatalf("a machine created a user namespace: %q", r.Stdout)
+		}
+		// A command that ends by itself leaves its background processes be.
+		mustRun(t, m, Command{Shell: "setsid sleep 4545 >/dev/null 2>&1 &"})
+		time.Sleep(300 * time.Millisecond)
+		if !strings.Contains(strings.Join(machineProcesses(m), "\n"), "sleep 4545") {
+			t.Fatal("the background process of a finished command was killed")
+		}
+	})
+}

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -118,8 +119,13 @@ type MachineSpec struct {
 	Tags         map[string]string // optional labels, stored with the machine
 	Flavour      Flavour           // default Workspace
 	AllowNetwork bool              // share the host's network; off by default
-	Limits       Limits            // zero fields take the engine's defaults
-	FromSnapshot string            // start with this snapshot's files
+	// AllowUserNamespaces lets code in a workspace machine create user
+	// namespaces of its own (e.g. to run a sandbox inside the sandbox). Off
+	// by default: they widen the kernel's attack surface, and with them a
+	// command's processes can leave the namespace that tracks them.
+	AllowUserNamespaces bool
+	Limits              Limits // zero fields take the engine's defaults
+	FromSnapshot        string // start with this snapshot's files
 }
 
 // MachineInfo is a machine's metadata record.
@@ -129,9 +135,11 @@ type MachineInfo struct {
 	Tags         map[string]string `json:"tags,omitempty"`
 	Flavour      Flavour           `json:"flavour"`
 	AllowNetwork bool              `json:"allow_network"`
-	Limits       Limits            `json:"limits"`
-	CreatedAt    time.Time         `json:"created_at"`
-	FromSnapshot string            `json:"from_snapshot,omitempty"`
+	// AllowUserNamespaces: see MachineSpec.
+	AllowUserNamespaces bool      `json:"allow_user_namespaces,omitempty"`
+	Limits              Limits    `json:"limits"`
+	CreatedAt           time.Time `json:"created_at"`
+	FromSnapshot        string    `json:"from_snapshot,omitempty"`
 	// PythonUsed is set once the machine has run Python, so that the first
 	// call after a restart of the engine can say that the state was reset.
 	PythonUsed bool `json:"python_used,omitempty"`
@@ -155,6 +163,9 @@ type Engine struct {
 	asRoot    bool
 	lock      *os.File
 	startedAt time.Time
+
+	bwrapHelpOnce sync.Once
+	bwrapHelp     string
 
 	mu        sync.Mutex
 	machines  map[string]*Machine
@@ -221,6 +232,16 @@ func New(opts Options) (*Engine, error) {
 	return e, nil
 }
 
+// bwrapHas reports whether the installed bubblewrap knows an option
+// (--disable-userns came with 0.8).
+func (e *Engine) bwrapHas(option string) bool {
+	e.bwrapHelpOnce.Do(func() {
+		out, _ := exec.Command(e.bwrap, "--help").CombinedOutput()
+		e.bwrapHelp = string(out)
+	})
+	return strings.Contains(e.bwrapHelp, option+" ")
+}
+
 // Sandboxed reports whether machines are isolated with bubblewrap.
 func (e *Engine) Sandboxed() bool { return !e.opts.DangerouslyDisableSandbox }
 
@@ -284,14 +305,15 @@ func (e *Engine) Create(ctx context.Context, spec MachineSpec) (MachineInfo, err
 		}
 	}
 	info := MachineInfo{
-		ID:           newID("m"),
-		Name:         spec.Name,
-		Tags:         spec.Tags,
-		Flavour:      spec.Flavour,
-		AllowNetwork: spec.AllowNetwork,
-		Limits:       spec.Limits.withDefaults(e.opts.Limits),
-		CreatedAt:    time.Now().UTC(),
-		FromSnapshot: spec.FromSnapshot,
+		ID:                  newID("m"),
+		Name:                spec.Name,
+		Tags:                spec.Tags,
+		Flavour:             spec.Flavour,
+		AllowNetwork:        spec.AllowNetwork,
+		AllowUserNamespaces: spec.AllowUserNamespaces,
+		Limits:              spec.Limits.withDefaults(e.opts.Limits),
+		CreatedAt:           time.Now().UTC(),
+		FromSnapshot:        spec.FromSnapshot,
 	}
 	dir := filepath.Join(e.opts.StateDir, "machines", info.ID)
 	if err := e.prepareMachineDir(ctx, dir, info, snap); err != nil {

@@ -304,7 +304,14 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 		args = append(args,
 			"--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
 			"--uid", strconv.Itoa(sandboxUser), "--gid", strconv.Itoa(sandboxUser),
-			"--ro-bind", "/usr", "/usr")
+			// The agent alone keeps these, in the sandbox's user namespace
+			// (it drops them from what its children inherit): it gives each
+			// command a namespace of its own, and finds its processes.
+			"--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SYS_PTRACE")
+		if !info.AllowUserNamespaces && e.bwrapHas("--disable-userns") {
+			args = append(args, "--disable-userns")
+		}
+		args = append(args, "--ro-bind", "/usr", "/usr")
 		args = rootLinkArgs(args, "--ro-bind")
 		args = append(args,
 			"--ro-bind", "/etc", "/etc",
