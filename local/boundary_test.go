@@ -11,8 +11,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The attacks of an adversarial review of the sandbox boundary, each
@@ -279,6 +282,273 @@ func TestAttackTimeoutLeavesEscapedProcesses(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 		if !strings.Contains(strings.Join(machineProcesses(m), "\n"), "sleep 4545") {
 			t.Fatal("the background process of a finished command was killed")
+		}
+	})
+}
+
+// TestAttackVMRootIsHostRoot: root in a VM machine tries what only the
+// host's root may do: set the kernel's core pattern (which ran a payload as
+// host root when a process crashed), trigger sysrq, leave a setuid-root
+// file on the host's disk. Its root must be root of its own user namespace
+// only, its files owned on the host by an unprivileged id range.
+func TestAttackVMRootIsHostRoot(t *testing.T) {
+	engineModes(t, func(t *testing.T) {
+		e := newTestEngine(t, Options{})
+		if os.Geteuid() != 0 {
+			if _, err := e.Create(context.Background(), MachineSpec{Flavour: VM}); err == nil || !strings.Contains(err.Error(), "need the engine to run as root") {
+				t.Fatalf("a VM on an unprivileged engine: %v", err)
+			}
+			return
+		}
+		pattern, _ := os.ReadFile("/proc/sys/kernel/core_pattern")
+		vm := newTestMachine(t, e, MachineSpec{Flavour: VM})
+		payload := "/tmp/vmcp-payload-" + randomWord(t)
+		res := mustRun(t, vm, Command{Shell: `id -u
+printf '#!/bin/sh\ntouch ` + payload + `\n' > /root/payload; chmod +x /root/payload
+echo "|/root/payload" > /proc/sys/kernel/core_pattern && echo wrote-core-pattern
+echo h > /proc/sysrq-trigger && echo wrote-sysrq
+echo 1 > /proc/sys/kernel/sysrq && echo wrote-sysctl
+mount -o remount,rw /proc/sys 2>/dev/null && echo > /proc/sys/kernel/core_pattern && echo remounted
+cp /bin/sh /root/suid && chmod 4755 /root/suid && mkdir -p /usr/local/vmcp && cp /bin/sh /usr/local/vmcp/suid && chmod 4755 /usr/local/vmcp/suid && echo setuid-made
+sh -c 'kill -SEGV $$'; true`})
+		if !strings.HasPrefix(res.Stdout, "0\n") {
+			t.Fatalf("the VM's user is not root: %q", res.Stdout)
+		}
+		for _, bad := range []string{"wrote-core-pattern", "wrote-sysrq", "wrote-sysctl", "remounted"} {
+			if strings.Contains(res.Stdout, bad) {
+				t.Errorf("the VM's root could do it: %s", bad)
+			}
+		}
+		if now, _ := os.ReadFile("/proc/sys/kernel/core_pattern"); string(now) != string(pattern) {
+			os.WriteFile("/proc/sys/kernel/core_pattern", pattern, 0)
+			t.Fatalf("the host's core pattern changed to %q", now)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if _, err := os.Stat(payload); err == nil {
+			os.Remove(payload)
+			t.Fatal("the payload ran on the host")
+		}
+		if !strings.Contains(res.Stdout, "setuid-made") {
+			t.Fatalf("setuid files could not be made inside: %q %q", res.Stdout, res.Stderr)
+		}
+		// Everything the VM's root made is owned on the host by its range,
+		// never by the host's root.
+		base := e.opts.VMHostIDBase
+		filepath.WalkDir(filepath.Join(vm.dir, "root", "upper"), func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return nil
+			}
+			fi, _ := os.Lstat(p)
+			st := fi.Sys().(*syscall.Stat_t)
+			if int(st.Uid) < base || int(st.Uid) >= base+vmIDs || int(st.Gid) < base || int(st.Gid) >= base+vmIDs {
+				t.Errorf("%s is owned by %d:%d on the host, outside the VM's range", p, st.Uid, st.Gid)
+			}
+			return nil
+		})
+		for _, p := range []string{"root/upper/root/suid", "root/upper/usr/local/vmcp/suid"} {
+			fi, err := os.Stat(filepath.Join(vm.dir, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := fi.Sys().(*syscall.Stat_t); st.Uid != uint32(base) || fi.Mode()&fs.ModeSetuid == 0 {
+				t.Errorf("%s: mode %v, owner %d; want setuid to %d", p, fi.Mode(), st.Uid, base)
+			}
+		}
+		// No mount of the VM names a host path.
+		res = mustRun(t, vm, Command{Shell: "cat /proc/self/mountinfo"})
+		if strings.Contains(res.Stdout, e.StateDir()) {
+			t.Errorf("the VM's mountinfo names the state directory:\n%s", res.Stdout)
+		}
+	})
+}
+
+// waitStill waits until f stops changing (the same value twice, 500 ms
+// apart) and returns it; it fails the test after limit.
+func waitStill(t *testing.T, limit time.Duration, f func() int64) int64 {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	prev := f()
+	for time.Now().Before(deadline) {
+		time.Sleep(500 * time.Millisecond)
+		now := f()
+		if now == prev {
+			return now
+		}
+		prev = now
+	}
+	t.Fatalf("still changing after %v (now %d)", limit, prev)
+	return 0
+}
+
+// TestAttackDiskQuotaOutsideCalls: a background process left by a finished
+// command, and a thread left running in the REPL, keep writing after their
+// call ended; another floods the machine with links (entries cost almost no
+// blocks). The quota must hold at all times, for blocks and entries.
+func TestAttackDiskQuotaOutsideCalls(t *testing.T) {
+	engineModes(t, func(t *testing.T) {
+		const quota = 64 << 20
+		const files = 5000
+		// The monitor stops writers within about one of its looks (10 ms):
+		// a writer to the page cache at 1.3 GB/s was stopped 2-40 MiB past
+		// the quota here, once 90 MiB on a machine busy with writeback. A
+		// writer that is never stopped goes on forever.
+		const slack = 96 << 20
+		e := newTestEngine(t, Options{})
+		m := newTestMachine(t, e, MachineSpec{Limits: Limits{DiskBytes: quota, Files: files}})
+		usage := func() int64 { u, _ := m.measure(); return u.Bytes }
+		entries := func() int64 { u, _ := m.measure(); return u.Entries }
+
+		// A command that leaves a writer behind.
+		mustRun(t, m, Command{Shell: `nohup sh -c 'i=0; while :; do head -c 1M /dev/zero > bg$i 2>/dev/null; i=$((i+1)); done' >/dev/null 2>&1 &`})
+		used := waitStill(t, 20*time.Second, usage)
+		t.Logf("background writer stopped at %d MiB of %d", used>>20, quota>>20)
+		if used > quota+slack {
+			t.Fatalf("the background writer reached %d MiB under a %d MiB quota", used>>20, quota>>20)
+		}
+		if ps := strings.Join(machineProcesses(m), "\n"); strings.Contains(ps, "head -c") || strings.Contains(ps, "while") {
+			t.Fatalf("the writer still runs:\n%s", ps)
+		}
+		mustRun(t, m, Command{Shell: "rm -f bg*"})
+
+		// A thread left in the REPL.
+		mustExec(t, m, "x = 41", ExecOptions{})
+		mustExec(t, m, `import threading
+def fill():
+    i = 0
+    while True:
+        try:
+            with open('py%d' % i, 'wb') as f:
+                f.write(b'\0' * (1 << 20))
+        except OSError:
+            pass
+        i += 1
+threading.Thread(target=fill, daemon=True).start()`, ExecOptions{})
+		used = waitStill(t, 20*time.Second, usage)
+		t.Logf("REPL thread stopped at %d MiB of %d", used>>20, quota>>20)
+		if used > quota+slack {
+			t.Fatalf("the REPL's thread reached %d MiB under a %d MiB quota", used>>20, quota>>20)
+		}
+		mustRun(t, m, Command{Shell: "rm -f py*"})
+		r := mustExec(t, m, "x", ExecOptions{})
+		if !strings.Contains(r.StateReset, "disk quota") {
+			t.Fatalf("the next call does not say why the state was lost: %+v", r)
+		}
+
+		// Entries.
+		mustRun(t, m, Command{Shell: `nohup python3 -c "
+import os, itertools
+for i in itertools.count():
+    try:
+        os.symlink('x', 'l%d' % i)
+    except OSError:
+        pass
+" >/dev/null 2>&1 &`})
+		n := waitStill(t, 20*time.Second, entries)
+		t.Logf("link flood stopped at %d entries of %d", n, files)
+		if n > 10*files {
+			t.Fatalf("the link flood reached %d entries under a limit of %d", n, files)
+		}
+		mustRun(t, m, Command{Shell: "find . -name 'l*' -type l -delete"})
+		if _, err := m.WriteFile(context.Background(), "ok.txt", strings.NewReader("ok"), 0); err != nil {
+			t.Fatalf("after the cleanup: %v", err)
+		}
+	})
+}
+
+// TestAttackStateFilesystemReserve: on a small state filesystem, a machine
+// whose own limits are larger than the filesystem fills it with data, then
+// with entries. The engine must keep its reserve: the server can still
+// write its own files.
+func TestAttackStateFilesystemReserve(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to mount a small filesystem for the state directory")
+	}
+	for _, flood := range []string{
+		`i=0; while :; do head -c 1M /dev/zero > f$i 2>/dev/null; i=$((i+1)); done`,
+		`python3 -c "
+import os, itertools
+for i in itertools.count():
+    try:
+        os.mkdir('d%d' % i)
+    except OSError:
+        pass
+"`,
+	} {
+		state := t.TempDir()
+		if err := unix.Mount("tmpfs", state, "tmpfs", 0, "size=96m,nr_inodes=6000,mode=0700"); err != nil {
+			t.Skip("cannot mount a tmpfs:", err)
+		}
+		t.Cleanup(func() { unix.Unmount(state, unix.MNT_DETACH) })
+		// The reserve must be more than a machine can write between two
+		// looks of the monitor: a tenth of a reserve, about, when close.
+		e := newTestEngine(t, Options{StateDir: state, ReserveBytes: 16 << 20, ReserveInodes: 2000})
+		m := newTestMachine(t, e, MachineSpec{Limits: Limits{DiskBytes: 1 << 30, Files: 1 << 20}})
+		mustRun(t, m, Command{Shell: "nohup sh -c '" + strings.ReplaceAll(flood, "'", `'\''`) + "' >/dev/null 2>&1 &"})
+		waitStill(t, 30*time.Second, func() int64 { u, _ := m.measure(); return u.Bytes + u.Entries })
+		space, _ := e.stateSpace()
+		t.Logf("free: %d MiB, %d inodes (reserve %d MiB, %d inodes)", space.freeBytes>>20, space.freeInodes, space.reserveBytes>>20, space.reserveInodes)
+		// The server's own writes still work.
+		for i := 0; i < 20; i++ {
+			if err := writeFileAtomic(filepath.Join(state, "server-"+strconv.Itoa(i)), make([]byte, 64<<10)); err != nil {
+				t.Fatalf("the server cannot write to its state directory: %v", err)
+			}
+		}
+		_, err := m.WriteFile(context.Background(), "more", strings.NewReader("x"), 0)
+		if space.low() && (err == nil || !strings.Contains(err.Error(), "nearly full")) {
+			t.Fatalf("an upload while the reserve is reached: %v", err)
+		}
+	}
+	// Within the reserve, uploads and new machines are refused, saying why.
+	e := newTestEngine(t, Options{ReserveBytes: 1 << 62})
+	if _, err := e.Create(context.Background(), MachineSpec{}); err == nil || !strings.Contains(err.Error(), "nearly full") {
+		t.Fatalf("a machine created within the reserve: %v", err)
+	}
+}
+
+// TestAttackMemoryOutsideTheLimit: without memory cgroups (rlimits bound
+// each process alone), six processes each hold a third of the limit; and a
+// machine writes more than its memory limit into /dev/shm and every other
+// tmpfs it can find. The machine's total must stay within its limit.
+func TestAttackMemoryOutsideTheLimit(t *testing.T) {
+	engineModes(t, func(t *testing.T) {
+		const limit = 512 << 20
+		e := newTestEngine(t, Options{})
+		e.cgroups = &cgroupManager{mode: "none"}
+		m := newTestMachine(t, e, MachineSpec{Limits: Limits{MemoryBytes: limit}})
+		res := mustRun(t, m, Command{Shell: `for d in / /dev /var /run /etc /usr /proc/sys; do touch $d/probe 2>/dev/null && echo "writable $d"; done
+stat -f -c '%T' /tmp /var/tmp /dev/shm
+head -c 600M /dev/zero > /dev/shm/big && echo shm-ok`, Timeout: time.Minute})
+		if strings.Contains(res.Stdout, "writable") {
+			t.Fatalf("the machine writes to a memory filesystem: %q", res.Stdout)
+		}
+		if strings.Contains(res.Stdout, "tmpfs") || !strings.Contains(res.Stdout, "shm-ok") {
+			t.Fatalf("scratch space: %q %q", res.Stdout, res.Stderr)
+		}
+		if fi, err := os.Stat(filepath.Join(m.dir, "scratch", "shm", "big")); err != nil || fi.Size() != 600<<20 {
+			t.Fatalf("/dev/shm is not on the machine's disk: %v", err)
+		}
+		mustRun(t, m, Command{Shell: "rm /dev/shm/big"})
+
+		for i := 0; i < 6; i++ {
+			mustRun(t, m, Command{Shell: `nohup python3 -c "
+import time
+b = bytearray(170 << 20)
+b[::4096] = b'x' * len(b[::4096])
+time.sleep(600)
+" >/dev/null 2>&1 &`})
+		}
+		held := func() int64 {
+			var total int64
+			_, pids := m.userProcesses(readProcesses())
+			for _, p := range pids {
+				total += heldMemory(p)
+			}
+			return total
+		}
+		total := waitStill(t, 30*time.Second, held)
+		t.Logf("six processes of 170 MiB hold %d MiB under a %d MiB limit", total>>20, limit>>20)
+		if total > limit {
+			t.Fatalf("the machine holds %d MiB under a %d MiB limit", total>>20, limit>>20)
 		}
 	})
 }

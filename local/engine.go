@@ -49,8 +49,8 @@ type Limits struct {
 	MemoryBytes int64 `json:"memory_bytes"` // cgroup memory limit, or RLIMIT_AS without a writable cgroup; default 2 GiB
 	Processes   int64 `json:"processes"`    // cgroup pids.max, or RLIMIT_NPROC; default 256
 	OpenFiles   int64 `json:"open_files"`   // RLIMIT_NOFILE; default 1024
-	DiskBytes   int64 `json:"disk_bytes"`   // workspace (or root filesystem changes) quota; default 1 GiB
-	TmpBytes    int64 `json:"tmp_bytes"`    // size of the private /tmp of workspace machines; default 256 MiB
+	DiskBytes   int64 `json:"disk_bytes"`   // quota of its files (workspace or root filesystem changes, and scratch space); default 1 GiB
+	Files       int64 `json:"files"`        // most entries (files, directories, links) its files may have; default 200,000
 }
 
 // DefaultLimits are the limits of a machine created without its own.
@@ -59,7 +59,7 @@ var DefaultLimits = Limits{
 	Processes:   256,
 	OpenFiles:   1024,
 	DiskBytes:   1 << 30,
-	TmpBytes:    256 << 20,
+	Files:       200_000,
 }
 
 func (l Limits) withDefaults(d Limits) Limits {
@@ -75,8 +75,8 @@ func (l Limits) withDefaults(d Limits) Limits {
 	if l.DiskBytes == 0 {
 		l.DiskBytes = d.DiskBytes
 	}
-	if l.TmpBytes == 0 {
-		l.TmpBytes = d.TmpBytes
+	if l.Files == 0 {
+		l.Files = d.Files
 	}
 	return l
 }
@@ -99,6 +99,16 @@ type Options struct {
 	// SandboxUID and SandboxGID are the host ids that sandboxes run as when
 	// the engine runs as root. Default 65534 (nobody).
 	SandboxUID, SandboxGID int
+	// ReserveBytes and ReserveInodes are what the engine keeps free on the
+	// state directory's filesystem: below them, machines' writers are
+	// stopped and uploads refused. Default: the smaller of 512 MiB (50,000
+	// inodes) and a twentieth of the filesystem.
+	ReserveBytes, ReserveInodes int64
+	// VMHostIDBase is the first of the 65536 host uids and gids that ids
+	// 0-65535 of VM machines map to (their root is root of its own user
+	// namespace only). Default 0x70000000; list the range in /etc/subuid
+	// and /etc/subgid to keep other tools from handing it out.
+	VMHostIDBase int
 }
 
 // DefaultStateDir is the state directory used when Options.StateDir is empty.
@@ -140,6 +150,9 @@ type MachineInfo struct {
 	Limits              Limits    `json:"limits"`
 	CreatedAt           time.Time `json:"created_at"`
 	FromSnapshot        string    `json:"from_snapshot,omitempty"`
+	// VMHostIDBase is the host id that a VM machine's root maps to; its
+	// files are owned by that range.
+	VMHostIDBase int `json:"vm_host_id_base,omitempty"`
 	// PythonUsed is set once the machine has run Python, so that the first
 	// call after a restart of the engine can say that the state was reset.
 	PythonUsed bool `json:"python_used,omitempty"`
@@ -166,6 +179,7 @@ type Engine struct {
 
 	bwrapHelpOnce sync.Once
 	bwrapHelp     string
+	monitor       *monitor
 
 	mu        sync.Mutex
 	machines  map[string]*Machine
@@ -188,6 +202,9 @@ func New(opts Options) (*Engine, error) {
 	}
 	if opts.SandboxGID == 0 {
 		opts.SandboxGID = 65534
+	}
+	if opts.VMHostIDBase == 0 {
+		opts.VMHostIDBase = defaultVMHostIDBase
 	}
 	opts.Limits = opts.Limits.withDefaults(DefaultLimits)
 	e := &Engine{
@@ -229,6 +246,7 @@ func New(opts Options) (*Engine, error) {
 		e.lock.Close()
 		return nil, err
 	}
+	e.startMonitor()
 	return e, nil
 }
 
@@ -294,6 +312,9 @@ func (e *Engine) Create(ctx context.Context, spec MachineSpec) (MachineInfo, err
 	if spec.Flavour == VM && e.opts.DangerouslyDisableSandbox {
 		return MachineInfo{}, errors.New("vm machines need the sandbox; it is disabled")
 	}
+	if spec.Flavour == VM && !e.asRoot {
+		return MachineInfo{}, errVMNeedsRoot
+	}
 	var snap SnapshotInfo
 	if spec.FromSnapshot != "" {
 		var err error
@@ -314,6 +335,15 @@ func (e *Engine) Create(ctx context.Context, spec MachineSpec) (MachineInfo, err
 		Limits:              spec.Limits.withDefaults(e.opts.Limits),
 		CreatedAt:           time.Now().UTC(),
 		FromSnapshot:        spec.FromSnapshot,
+	}
+	if info.Flavour == VM {
+		info.VMHostIDBase = e.opts.VMHostIDBase
+		if snap.ID != "" {
+			info.VMHostIDBase = snap.VMHostIDBase // its files' owners: moved at the first start
+		}
+	}
+	if err := e.checkReserve(); err != nil {
+		return MachineInfo{}, err
 	}
 	dir := filepath.Join(e.opts.StateDir, "machines", info.ID)
 	if err := e.prepareMachineDir(ctx, dir, info, snap); err != nil {
@@ -424,6 +454,7 @@ func (e *Engine) Close() error {
 		ms = append(ms, m)
 	}
 	e.mu.Unlock()
+	e.monitor.close()
 	for _, m := range ms {
 		m.Stop()
 		e.cgroups.remove(m.ID())

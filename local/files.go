@@ -17,8 +17,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/vmcp-dev/vmcp/internal/safefs"
 )
 
 // Workspace machines exchange files with the host directly in their
@@ -160,6 +158,9 @@ func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.
 	quota := m.Info().Limits.DiskBytes
 	if used >= quota {
 		return nil, m.quotaError(used)
+	}
+	if err := m.e.checkReserve(); err != nil {
+		return nil, err
 	}
 	counter.limit = quota - used
 	dir := path.Dir(rel)
@@ -481,6 +482,9 @@ func (m *Machine) CopyIn(ctx context.Context, dir string, r io.Reader) error {
 	if err != nil {
 		return err
 	}
+	if err := m.e.checkReserve(); err != nil {
+		return err
+	}
 	quota := m.Info().Limits.DiskBytes
 	if err := m.mkdirAll(root, rel); err != nil {
 		return rootError(dir, err)
@@ -527,12 +531,10 @@ func (m *Machine) CopyOut(ctx context.Context, p string, w io.Writer) error {
 	return writeTar(ctx, root, rel, w, false)
 }
 
-// diskUsage is the space the machine's files take on disk.
+// diskUsage is the space the machine's files take on disk: its data and
+// its scratch space.
 func (m *Machine) diskUsage() (int64, error) {
-	u, err := safefs.Measure(context.Background(), filepath.Join(m.dir, dataDirName(m.Info().Flavour)))
-	if err == nil {
-		m.usage.Store(u.Bytes)
-	}
+	u, err := m.measure()
 	return u.Bytes, err
 }
 

@@ -32,10 +32,14 @@ type Machine struct {
 	resetReason string // why the next interpreter starts without the old state
 
 	pyTurn chan struct{} // FIFO lock (channel waiters are served in order)
-	// usage is the disk usage last measured (-1: never), the baseline of
-	// the quota watcher: walking the files at the start of every call would
-	// cost more than a quick call itself.
+	// usage is the disk usage last measured (-1: never).
 	usage atomic.Int64
+	// oomKills counts processes the monitor killed for the machine's
+	// memory (without a memory cgroup).
+	oomKills atomic.Int64
+
+	quotaMu    sync.Mutex
+	quotaCalls map[*quotaWatch]bool // calls in progress, stopped when the files pass a limit
 }
 
 func newMachine(e *Engine, dir string, info MachineInfo) *Machine {
@@ -184,8 +188,9 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 	if err != nil {
 		return nil, err
 	}
-	quotaHit := m.watchQuota(c.done, func() { sb.send(request{Op: opKill, ID: c.id, Reason: "quota"}) })
-	defer quotaHit() // stops the checks on every return
+	quotaStopped := m.onQuota(func() { sb.send(request{Op: opKill, ID: c.id, Reason: "quota"}) })
+	defer quotaStopped()
+	oomBefore := m.oomKills.Load()
 	select {
 	case <-c.done:
 	case <-ctx.Done():
@@ -206,8 +211,8 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 	res.Runtime = time.Duration(final.RuntimeMS) * time.Millisecond
 	res.TimedOut, res.Interrupted, res.InterpreterDied = final.TimedOut, final.Interrupted, final.Died
 	res.Stdout, res.Stderr = out[0].String(), out[1].String()
-	if quotaHit() && res.Interrupted {
-		res.Error = "Stopped: " + m.quotaError(m.usageNow()).Error()
+	if reason := quotaStopped(); reason != "" && (res.Interrupted || res.InterpreterDied) {
+		res.Error = "Stopped: " + reason
 	}
 
 	m.mu.Lock()
@@ -221,7 +226,7 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 	}
 	if final.Died {
 		m.resetReason = "the interpreter ended during an earlier call"
-		if m.e.cgroups.oomKills(m.info.ID) > 0 && !final.TimedOut {
+		if (m.e.cgroups.oomKills(m.info.ID) > 0 || m.oomKills.Load() > oomBefore) && !final.TimedOut {
 			res.Error = fmt.Sprintf("The Python interpreter was killed because the machine ran out of memory (limit %d MiB); its state was lost. The next call starts a fresh interpreter.", m.info.Limits.MemoryBytes>>20)
 		}
 	}
@@ -380,8 +385,8 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 	if cmd.TTY != nil && cmd.TTY.Resize != nil {
 		go forwardResizes(sb, id, cmd.TTY.Resize, c.done)
 	}
-	quotaHit := m.watchQuota(c.done, func() { sb.send(request{Op: opKill, ID: id, Reason: "quota"}) })
-	defer quotaHit() // stops the checks on every return
+	quotaStopped := m.onQuota(func() { sb.send(request{Op: opKill, ID: id, Reason: "quota"}) })
+	defer quotaStopped()
 	select {
 	case <-c.done:
 	case <-ctx.Done():
@@ -403,9 +408,9 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 	}
 	res.ExitCode, res.Signal = final.ExitCode, final.Signal
 	res.TimedOut = final.Killed == "timeout"
-	if quotaHit() {
+	if reason := quotaStopped(); reason != "" {
 		res.QuotaExceeded = true
-		msg := "vmcp: killed: " + m.quotaError(m.usageNow()).Error() + "\n"
+		msg := "vmcp: killed: " + reason + "\n"
 		if cmd.Stderr != nil {
 			cmd.Stderr.Write([]byte(msg))
 			res.StderrBytes += int64(len(msg))
@@ -429,59 +434,6 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 		return res, ctx.Err()
 	}
 	return res, nil
-}
-
-// quotaCheckInterval is how often a running call checks the machine's disk
-// usage. RLIMIT_FSIZE stops any single file at the quota at once; this
-// catches many files that add up, within one interval.
-const quotaCheckInterval = 100 * time.Millisecond
-
-// watchQuota calls exceeded (once) if the machine's files grow past its disk
-// quota before done closes. The returned function reports whether it did,
-// and stops the checks; call it once done has closed.
-//
-// The checks run on a timer, not on a goroutine of their own: most calls
-// end before the first check, and then nothing else ever ran for them.
-func (m *Machine) watchQuota(done <-chan struct{}, exceeded func()) func() bool {
-	var hit atomic.Bool
-	quota := m.Info().Limits.DiskBytes
-	// The baseline is the last measurement (a quick call measures nothing);
-	// the files are walked at the first check only on a machine's first call.
-	start := m.usage.Load()
-	var mu sync.Mutex // orders the timer's creation before its resets
-	var t *time.Timer
-	check := func() {
-		select {
-		case <-done:
-			return
-		default:
-		}
-		if start < 0 {
-			start = m.usageNow()
-		}
-		if used := m.usageNow(); used > quota && used > start {
-			hit.Store(true)
-			exceeded()
-			return
-		}
-		mu.Lock()
-		t.Reset(quotaCheckInterval)
-		mu.Unlock()
-	}
-	mu.Lock()
-	t = time.AfterFunc(quotaCheckInterval, check)
-	mu.Unlock()
-	return func() bool {
-		mu.Lock()
-		t.Stop()
-		mu.Unlock()
-		return hit.Load()
-	}
-}
-
-func (m *Machine) usageNow() int64 {
-	used, _ := m.diskUsage()
-	return used
 }
 
 // stdinWindow is how many stdin chunks may be in flight to the agent.

@@ -29,7 +29,6 @@ import (
 const (
 	initArg      = "__vmcp_init"
 	sandboxUser  = 1000
-	agentPath    = "/run/vmcp/agent"
 	sandboxPath  = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	stderrKeep   = 8 << 10
 	maxMaskPaths = 4096
@@ -50,43 +49,33 @@ func RunHelperIfRequested() {
 	}
 }
 
-type overlayMount struct {
-	Lower, Upper, Work, Merged string
-}
-
-// runInit waits on fd 3 until the engine has put it into the machine's
-// cgroups, mounts VM overlays if asked, and becomes bubblewrap.
+// runInit waits on fd 3 (the gate) until the engine has put it into the
+// machine's cgroups, builds a VM's filesystem if asked (with the mount
+// trees the engine sends through the gate), and becomes bubblewrap.
 func runInit(args []string) int {
 	fs := flag.NewFlagSet("init", flag.ContinueOnError)
-	overlays := fs.String("overlays", "", "JSON list of overlay mounts")
+	vm := fs.String("vm", "", "JSON layout of a VM's filesystem")
+	keep := fs.String("keep-fds", "", "descriptors to pass on to bwrap, comma-separated")
 	stage := fs.String("stage", "", "JSON list of host paths to bind under "+stageDir+" as 0, 1, …")
 	uid := fs.Int("uid", -1, "host uid to become before starting bwrap")
 	gid := fs.Int("gid", -1, "host gid to become before starting bwrap")
 	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
-		fmt.Fprintln(os.Stderr, "vmcp init: usage: __vmcp_init [--overlays JSON] -- bwrap args")
+		fmt.Fprintln(os.Stderr, "vmcp init: usage: __vmcp_init [--vm JSON] [--stage JSON] -- bwrap args")
 		return 2
 	}
-	var b [1]byte
-	if n, _ := unix.Read(3, b[:]); n != 1 {
+	trees, ok := passGate()
+	if !ok {
 		return 1 // the engine gave up on this sandbox
 	}
-	unix.Close(3)
-	if *overlays != "" {
-		var mounts []overlayMount
-		if err := json.Unmarshal([]byte(*overlays), &mounts); err != nil {
-			fmt.Fprintln(os.Stderr, "vmcp init:", err)
-			return 2
+	if *vm != "" {
+		var l vmLayout
+		err := json.Unmarshal([]byte(*vm), &l)
+		if err == nil {
+			err = mountVM(l, trees)
 		}
-		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-			fmt.Fprintln(os.Stderr, "vmcp init: make mounts private:", err)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "vmcp init: build the VM's filesystem:", err)
 			return 1
-		}
-		for _, m := range mounts {
-			opts := "lowerdir=" + m.Lower + ",upperdir=" + m.Upper + ",workdir=" + m.Work + ",userxattr"
-			if err := unix.Mount("overlay", m.Merged, "overlay", 0, opts); err != nil {
-				fmt.Fprintf(os.Stderr, "vmcp init: mount overlay on %s: %v\n", m.Lower, err)
-				return 1
-			}
 		}
 	}
 	if *stage != "" {
@@ -109,11 +98,49 @@ func runInit(args []string) int {
 		}
 	}
 	closeInheritedFDs()
+	for _, f := range strings.Split(*keep, ",") {
+		if fd, err := strconv.Atoi(f); err == nil {
+			unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0)
+		}
+	}
 	argv := fs.Args()
 	err := syscall.Exec(argv[0], argv, os.Environ())
 	fmt.Fprintln(os.Stderr, "vmcp init: exec bwrap:", err)
 	return 1
 }
+
+// gateFD is the init wrapper's end of the socket the engine opens it with.
+const gateFD = 3
+
+// passGate waits for the engine's go-ahead on the gate and returns the
+// descriptors that came with it.
+func passGate() (fds []int, ok bool) {
+	var b [1]byte
+	oob := make([]byte, unix.CmsgSpace(16*4))
+	n, oobn, _, _, err := unix.Recvmsg(gateFD, b[:], oob, 0)
+	unix.Close(gateFD)
+	if err != nil || n != 1 {
+		return nil, false
+	}
+	msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+	for i := range msgs {
+		rights, err := unix.ParseUnixRights(&msgs[i])
+		if err == nil {
+			fds = append(fds, rights...)
+		}
+	}
+	return fds, true
+}
+
+// Descriptors the init wrapper is started with, after the gate. It keeps
+// them open for bwrap, which passes them to the sandbox's first process:
+// the agent runs from its descriptor (so no mount of the machine names the
+// binary's host path), and bwrap copies the identity files in.
+const (
+	exeFD    = gateFD + 1 // this binary (O_PATH)
+	passwdFD = gateFD + 2 // workspace machines: /etc/passwd and /etc/group
+	groupFD  = gateFD + 3
+)
 
 // stageDir is where a root engine's init wrapper, in its own mount
 // namespace, exposes the host paths bwrap binds into a workspace machine:
@@ -251,27 +278,21 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 		}
 		return nil, nil, err
 	}
-	// A root engine's workspace sandboxes run as the sandbox user, who may
-	// not reach these paths: the init wrapper stages them (see
-	// stageSources). Otherwise bwrap binds them directly.
-	staged := e.asRoot && info.Flavour == Workspace
-	var stage []string
-	addFD := func(path string) (string, error) {
-		if !staged {
-			return path, nil
+	open := func(p string, flag int) error {
+		f, err := os.OpenFile(p, flag|unix.O_CLOEXEC, 0)
+		if err == nil {
+			files = append(files, f)
 		}
-		stage = append(stage, path)
-		return stageDir + "/" + strconv.Itoa(len(stage)-1), nil
+		return err
 	}
-	helper, err := addFD(e.helper)
-	if err != nil {
+	if err := open(e.helper, unix.O_PATH); err != nil {
 		return fail(err)
 	}
 	home := "/workspace"
 	if info.Flavour == VM {
 		home = "/root"
 	}
-	agentArgs := []string{agentPath, agentArg,
+	agentArgs := []string{"/proc/self/fd/" + strconv.Itoa(exeFD), agentArg,
 		"--python", e.opts.Python,
 		"--home", home,
 		"--files", strconv.FormatInt(l.OpenFiles, 10),
@@ -283,23 +304,35 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 			"--procs", strconv.FormatInt(l.Processes+agentReserve, 10))
 	}
 
-	var args []string
+	var args, afterDev []string
+	keep := []string{strconv.Itoa(exeFD)}
 	var initFlags []string
 	cmd := exec.Command(e.helper)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	switch info.Flavour {
 	case Workspace:
-		passwd, err := addFD(filepath.Join(e.opts.StateDir, "etc", "passwd"))
+		for _, p := range []string{"passwd", "group"} {
+			if err := open(filepath.Join(e.opts.StateDir, "etc", p), os.O_RDONLY); err != nil {
+				return fail(err)
+			}
+		}
+		keep = append(keep, strconv.Itoa(passwdFD), strconv.Itoa(groupFD))
+		scratch, err := m.newScratch()
 		if err != nil {
 			return fail(err)
 		}
-		group, err := addFD(filepath.Join(e.opts.StateDir, "etc", "group"))
-		if err != nil {
-			return fail(err)
-		}
-		ws, err := addFD(filepath.Join(m.dir, "workspace"))
-		if err != nil {
-			return fail(err)
+		// A root engine's workspace sandboxes run as the sandbox user, who
+		// may not reach these paths: the init wrapper stages them (see
+		// stageSources). Otherwise bwrap binds them directly.
+		src := append([]string{filepath.Join(m.dir, "workspace")}, scratch...)
+		if e.asRoot {
+			b, _ := json.Marshal(src)
+			initFlags = append(initFlags, "--stage", string(b),
+				"--uid", strconv.Itoa(e.opts.SandboxUID), "--gid", strconv.Itoa(e.opts.SandboxGID))
+			cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNS
+			for i := range src {
+				src[i] = stageDir + "/" + strconv.Itoa(i)
+			}
 		}
 		args = append(args,
 			"--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
@@ -315,96 +348,79 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 		args = rootLinkArgs(args, "--ro-bind")
 		args = append(args,
 			"--ro-bind", "/etc", "/etc",
-			"--ro-bind", passwd, "/etc/passwd",
-			"--ro-bind", group, "/etc/group",
-			"--bind", ws, "/workspace",
-			"--size", strconv.FormatInt(l.TmpBytes, 10), "--tmpfs", "/tmp",
-			"--dir", "/var/tmp",
-		)
-		if staged {
-			cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNS
-			b, _ := json.Marshal(stage)
-			initFlags = append(initFlags, "--stage", string(b),
-				"--uid", strconv.Itoa(e.opts.SandboxUID), "--gid", strconv.Itoa(e.opts.SandboxGID))
-		}
+			"--ro-bind-data", strconv.Itoa(passwdFD), "/etc/passwd",
+			"--ro-bind-data", strconv.Itoa(groupFD), "/etc/group",
+			"--bind", src[0], "/workspace",
+			// Scratch space is on the machine's disk, in its quota, and
+			// emptied at each start: no tmpfs of a machine holds memory
+			// beyond its limit.
+			"--bind", src[1], "/tmp",
+			"--bind", src[2], "/var/tmp")
+		// Then its root (bwrap's tmpfs) is made read-only, once all is
+		// mounted on it.
+		afterDev = []string{"--bind", src[3], "/dev/shm", "--remount-ro", "/"}
 	case VM:
-		hostUID, hostGID := os.Getuid(), os.Getgid()
-		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS
-		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: hostUID, Size: 1}}
-		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: hostGID, Size: 1}}
-		root := filepath.Join(m.dir, "root")
-		// The root directory itself is the machine's own, so that new
-		// top-level directories (a Dockerfile's WORKDIR /app) persist and
-		// go into snapshots; the host's OS directories are mounted over it.
-		rootfs := filepath.Join(root, "upper", "rootfs")
-		if err := os.MkdirAll(rootfs, 0o755); err != nil {
+		lay, vmArgs, err := e.prepareVM(m, info)
+		if err != nil {
 			return fail(err)
 		}
-		// bwrap makes the usr-merge links (/bin → usr/bin) in it at each
-		// start and refuses to find them there already.
-		for _, l := range hostLinks {
-			p := filepath.Join(rootfs, l)
-			if fi, err := os.Lstat(p); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
-				os.Remove(p)
-			}
-		}
-		var mounts []overlayMount
-		args = append(args, "--bind", rootfs, "/",
-			"--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try")
-		for _, d := range vmLowerDirs {
-			if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
-				continue
-			}
-			name := strings.TrimPrefix(d, "/")
-			om := overlayMount{Lower: d,
-				Upper:  filepath.Join(root, "upper", name),
-				Work:   filepath.Join(root, "work", name),
-				Merged: filepath.Join(root, "merged", name)}
-			for _, p := range []string{om.Upper, om.Work, om.Merged} {
-				if err := os.MkdirAll(p, 0o755); err != nil {
-					return fail(err)
-				}
-			}
-			mounts = append(mounts, om)
-			args = append(args, "--bind", om.Merged, d)
-		}
-		args = rootLinkArgs(args, "--bind")
-		for _, d := range vmOwnDirs {
-			p := filepath.Join(root, "upper", strings.TrimPrefix(d, "/"))
-			if err := os.MkdirAll(p, 0o755); err != nil {
-				return fail(err)
-			}
-			if d == "/root" || d == "/tmp" {
-				os.Chmod(p, map[string]os.FileMode{"/root": 0o700, "/tmp": 0o1777 | os.ModeSticky}[d])
-			}
-			args = append(args, "--bind", p, d)
-		}
-		args = append(args, "--tmpfs", "/run")
-		for _, p := range hostSecrets() {
-			if p.dir {
-				args = append(args, "--tmpfs", p.path)
-			} else {
-				args = append(args, "--ro-bind", "/dev/null", p.path)
-			}
-		}
-		b, _ := json.Marshal(mounts)
-		initFlags = append(initFlags, "--overlays", string(b))
+		// The wrapper runs from its descriptor: the VM's root may not
+		// traverse the directories that hold this binary.
+		cmd.Path = "/proc/self/fd/" + strconv.Itoa(exeFD)
+		base := e.opts.VMHostIDBase
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS
+		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: base, Size: vmIDs}}
+		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: base, Size: vmIDs}}
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = true
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: 0, Gid: 0}
+		args = append(args, vmArgs...)
+		initFlags = append(initFlags, "--vm", vmFlag(lay))
+		afterDev = []string{"--size", strconv.FormatInt(vmShmBytes(l), 10), "--tmpfs", "/dev/shm"}
 	}
 	if !info.AllowNetwork {
 		args = append(args, "--unshare-net")
 	}
+	args = append(args, "--hostname", "vmcp", "--proc", "/proc", "--dev", "/dev")
+	args = append(args, afterDev...)
 	args = append(args,
-		"--hostname", "vmcp",
-		"--proc", "/proc", "--dev", "/dev",
-		"--ro-bind", helper, agentPath,
+		"--remount-ro", "/dev",
 		"--die-with-parent", "--new-session",
 		"--chdir", home,
 		"--")
 	args = append(args, agentArgs...)
 
+	initFlags = append(initFlags, "--keep-fds", strings.Join(keep, ","))
 	cmd.Args = append(append(append([]string{e.helper, initArg}, initFlags...), "--", e.bwrap), args...)
 	cmd.Env = sandboxEnv(info.Flavour)
 	return cmd, files, nil
+}
+
+// vmShmBytes sizes a VM's /dev/shm, a tmpfs, within its memory limit.
+func vmShmBytes(l Limits) int64 { return min(64<<20, l.MemoryBytes/4) }
+
+// newScratch empties and makes a workspace machine's scratch directories:
+// its /tmp, /var/tmp and /dev/shm, which live on its disk (counted in its
+// quota) and last until it stops.
+func (m *Machine) newScratch() ([]string, error) {
+	dir := filepath.Join(m.dir, "scratch")
+	if err := removeAll(dir); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, name := range []string{"tmp", "var-tmp", "shm"} {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			return nil, err
+		}
+		if err := m.e.chownToSandbox(p); err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(p, 0o777|os.ModeSticky); err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // unsandboxedCommand starts the agent as a plain host process.
@@ -499,7 +515,7 @@ type call struct {
 func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 	var cmd *exec.Cmd
 	var files []*os.File
-	var gateW *os.File
+	var gate *os.File // the engine's end of the init wrapper's gate
 	if e.opts.DangerouslyDisableSandbox {
 		cmd = e.unsandboxedCommand(m, info)
 	} else {
@@ -507,14 +523,16 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 		if cmd, files, err = e.sandboxCommand(m, info); err != nil {
 			return nil, err
 		}
-		gateR, w, err := os.Pipe()
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return nil, err
 		}
-		gateW = w
-		cmd.ExtraFiles = append([]*os.File{gateR}, files...)
-		files = append(files, gateR)
+		gate = os.NewFile(uintptr(fds[0]), "gate")
+		wrapperEnd := os.NewFile(uintptr(fds[1]), "gate")
+		cmd.ExtraFiles = append([]*os.File{wrapperEnd}, files...)
+		files = append(files, wrapperEnd)
 		if err := e.cgroups.create(info.ID, info.Limits); err != nil {
+			gate.Close()
 			return nil, err
 		}
 	}
@@ -536,25 +554,48 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 	sb := &sandbox{cmd: cmd, stdin: pipeio.WriteCloser(stdin), calls: map[uint64]*call{}, done: make(chan struct{}), stderr: &tailBuffer{max: stderrKeep}}
 	cmd.Stderr = sb.stderr
 	if err := cmd.Start(); err != nil {
-		if gateW != nil {
-			gateW.Close()
+		if gate != nil {
+			gate.Close()
 		}
 		return nil, fmt.Errorf("start the sandbox: %w", err)
 	}
-	if gateW != nil {
-		err := e.cgroups.add(info.ID, cmd.Process.Pid)
-		if err == nil {
-			_, err = gateW.Write([]byte{1})
-		}
-		gateW.Close()
+	if gate != nil {
+		err := e.openGate(gate, info, cmd.Process.Pid)
+		gate.Close()
 		if err != nil {
 			cmd.Process.Kill()
 			cmd.Wait()
-			return nil, fmt.Errorf("put the sandbox in its cgroup: %w", err)
+			return nil, fmt.Errorf("start the sandbox: %w", err)
 		}
 	}
 	go sb.read(pipeio.Reader(stdout))
 	return sb, nil
+}
+
+// openGate puts the init wrapper pid into the machine's cgroups and lets it
+// go on, with a VM's idmapped mount trees.
+func (e *Engine) openGate(gate *os.File, info MachineInfo, pid int) error {
+	if err := e.cgroups.add(info.ID, pid); err != nil {
+		return fmt.Errorf("put it in its cgroup: %w", err)
+	}
+	var rights []byte
+	if info.Flavour == VM {
+		var l vmLayout
+		for _, d := range vmDirs() {
+			l.Lower = append(l.Lower, strings.TrimPrefix(d, "/"))
+		}
+		fds, err := vmGateFDs(pid, filepath.Join(e.opts.StateDir, "machines", info.ID, "root"), l)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+		}()
+		rights = unix.UnixRights(fds...)
+	}
+	return unix.Sendmsg(int(gate.Fd()), []byte{1}, rights, nil, 0)
 }
 
 func (sb *sandbox) read(stdout io.Reader) {

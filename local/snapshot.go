@@ -21,6 +21,8 @@ type SnapshotInfo struct {
 	Flavour   Flavour   `json:"flavour"`
 	CreatedAt time.Time `json:"created_at"`
 	SizeBytes int64     `json:"size_bytes"`
+	// VMHostIDBase is the id range a VM snapshot's files are owned by.
+	VMHostIDBase int `json:"vm_host_id_base,omitempty"`
 }
 
 // Snapshot saves the machine's files under a new snapshot id. The machine
@@ -29,7 +31,10 @@ type SnapshotInfo struct {
 // file during the copy is left out (never followed).
 func (m *Machine) Snapshot(ctx context.Context, name string) (SnapshotInfo, error) {
 	info := m.Info()
-	s := SnapshotInfo{ID: newID("s"), Name: name, Machine: info.ID, Flavour: info.Flavour, CreatedAt: time.Now().UTC()}
+	s := SnapshotInfo{ID: newID("s"), Name: name, Machine: info.ID, Flavour: info.Flavour, CreatedAt: time.Now().UTC(), VMHostIDBase: info.VMHostIDBase}
+	if err := m.e.checkReserve(); err != nil {
+		return SnapshotInfo{}, err
+	}
 	dir := filepath.Join(m.e.opts.StateDir, "snapshots", s.ID)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return SnapshotInfo{}, err

@@ -176,3 +176,73 @@ func unlockDirs(fd, depth int) {
 		return nil
 	})
 }
+
+// ShiftOwners moves the owners and groups of the tree at dir that lie in
+// [from, from+size) to the same place in [to, to+size), through descriptors
+// like the other walks. Set-id bits, which a change of owner clears, are
+// put back.
+func ShiftOwners(ctx context.Context, dir string, from, to, size int) error {
+	fd, err := openDir(unix.AT_FDCWD, dir)
+	if err != nil {
+		return relError("open", ".", err)
+	}
+	defer unix.Close(fd)
+	s := shifter{ctx: ctx, from: uint32(from), to: uint32(to), size: uint32(size)}
+	if err := s.entry(unix.AT_FDCWD, dir, "."); err != nil {
+		return err
+	}
+	return s.dir(fd, ".", 1)
+}
+
+type shifter struct {
+	ctx            context.Context
+	from, to, size uint32
+}
+
+func (s *shifter) move(id uint32) uint32 {
+	if id-s.from < s.size { // unsigned: false below from too
+		return id - s.from + s.to
+	}
+	return id
+}
+
+func (s *shifter) entry(dirfd int, name, rel string) error {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return relError("stat", rel, err)
+	}
+	uid, gid := s.move(st.Uid), s.move(st.Gid)
+	if uid == st.Uid && gid == st.Gid {
+		return nil
+	}
+	if err := unix.Fchownat(dirfd, name, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return relError("chown", rel, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK && st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+		if err := unix.Fchmodat(dirfd, name, st.Mode&0o7777, 0); err != nil {
+			return relError("chmod", rel, err)
+		}
+	}
+	return nil
+}
+
+func (s *shifter) dir(fd int, rel string, depth int) error {
+	if depth > MaxDepth {
+		return ErrTooDeep
+	}
+	return eachEntry(fd, rel, func(name string) error {
+		if err := s.ctx.Err(); err != nil {
+			return err
+		}
+		r := path.Join(rel, name)
+		if err := s.entry(fd, name, r); err != nil {
+			return err
+		}
+		sub, err := openDir(fd, name)
+		if err != nil {
+			return nil // not a directory
+		}
+		defer unix.Close(sub)
+		return s.dir(sub, r, depth+1)
+	})
+}

@@ -1,0 +1,551 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmcp-dev/vmcp/internal/safefs"
+)
+
+// The monitor holds every running machine to its limits at all times, not
+// only while a call runs: a background writer left by a command, or a
+// thread left in the REPL, is stopped too.
+//
+//   - Disk: the machine's files (blocks and entries) against its quota, and
+//     the state filesystem's free space against the engine's reserve, so
+//     that no machine can fill the disk the server itself writes to. When a
+//     limit is passed, the calls in progress are stopped first; if the files
+//     still grow, every process of the machine but its agent is killed.
+//   - Memory, where the machine has no memory cgroup (rlimits bound each
+//     process only): the private and shared memory of all its processes
+//     together; above the limit the largest process is killed, as the
+//     kernel's OOM killer would in a cgroup.
+//
+// The files are measured with descriptor-relative walks, every quarter
+// second or less often if a walk takes long, and at once when the state
+// filesystem's free space drops suddenly. Within the engine's reserve, the
+// machines are frozen while they are measured (see brake): a walk cannot
+// keep up with a flood of entries, a frozen machine makes none.
+
+// monitorTick is how often the monitor reads the state filesystem's free
+// space (a statfs): a drop of burstBytes or burstInodes since the last
+// tick measures the running machines at once. Memory is looked at every
+// memoryEvery ticks.
+const (
+	monitorTick = 10 * time.Millisecond
+	memoryEvery = 10
+	burstBytes  = 4 << 20
+	burstInodes = 256
+	// measureEvery is how often a machine's files are measured without a
+	// burst; a walk may take at most a fifth of the time between two.
+	measureEvery = 250 * time.Millisecond
+)
+
+type monitor struct {
+	e        *Engine
+	stop     chan struct{}
+	stopped  chan struct{}
+	stopOnce sync.Once
+
+	space    spaceInfo
+	machines map[*Machine]*watch
+	ticks    int
+}
+
+// watch is what the monitor remembers of one running machine.
+type watch struct {
+	next         time.Time     // when to measure its files again
+	measured     time.Time     // when they were last measured
+	took         time.Duration // how long that took
+	last         safefs.Usage  // what they took then
+	callsStopped time.Time     // when calls in progress were last stopped for its files
+}
+
+// callGrace is how long calls stopped for a machine's files have to end
+// before the monitor kills the machine's other processes too (unless the
+// files run far past the limit meanwhile).
+const callGrace = 500 * time.Millisecond
+
+func (e *Engine) startMonitor() {
+	mon := &monitor{e: e, stop: make(chan struct{}), stopped: make(chan struct{}), machines: map[*Machine]*watch{}}
+	e.monitor = mon
+	go mon.run()
+}
+
+func (mon *monitor) close() {
+	mon.stopOnce.Do(func() { close(mon.stop) })
+	<-mon.stopped
+}
+
+func (mon *monitor) run() {
+	defer close(mon.stopped)
+	t := time.NewTicker(monitorTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-mon.stop:
+			return
+		case <-t.C:
+			mon.tick()
+		}
+	}
+}
+
+// tick looks at every running machine.
+func (mon *monitor) tick() {
+	mon.ticks++
+	var running []*Machine
+	for _, m := range mon.e.allMachines() {
+		if m.running() {
+			running = append(running, m)
+		}
+	}
+	for m := range mon.machines {
+		if !m.running() {
+			delete(mon.machines, m)
+		}
+	}
+	if len(running) == 0 {
+		return
+	}
+	watches := make([]*watch, len(running))
+	for i, m := range running {
+		if mon.machines[m] == nil {
+			mon.machines[m] = &watch{last: safefs.Usage{Bytes: -1}}
+		}
+		watches[i] = mon.machines[m]
+	}
+	space, err := mon.e.stateSpace()
+	burst, dropping := false, false
+	if err == nil {
+		burst = mon.space.freeBytes > space.freeBytes+burstBytes || mon.space.freeInodes > space.freeInodes+burstInodes
+		dropping = mon.space.freeBytes > space.freeBytes || mon.space.freeInodes > space.freeInodes
+		mon.space = space
+	}
+	if err == nil && space.near() && dropping {
+		mon.brake(running, watches, space)
+	} else {
+		for i, m := range running {
+			mon.checkDisk(m, watches[i], burst)
+		}
+	}
+	if !mon.e.cgroups.enabled() && mon.ticks%memoryEvery == 0 {
+		procs := readProcesses()
+		for _, m := range running {
+			mon.checkMemory(m, procs)
+		}
+	}
+}
+
+// brake runs when the state filesystem is within two reserves of full and
+// still filling: every running machine's processes are stopped (SIGSTOP)
+// while their files are measured, which may take longer than the
+// filesystem has left; within the reserve, the machines whose files grew
+// have their processes killed. The others go on.
+func (mon *monitor) brake(running []*Machine, watches []*watch, space spaceInfo) {
+	frozen := make([][]int, len(running))
+	roots := make([]int, len(running))
+	procs := readProcesses()
+	for i, m := range running {
+		roots[i], frozen[i] = m.userProcesses(procs)
+		for _, pid := range frozen[i] {
+			signalIn(roots[i], pid, unix.SIGSTOP)
+		}
+	}
+	reason := space.error().Error()
+	// What is left above the reserve: a machine that grew by half of it
+	// since it was last measured would have it gone by the next look.
+	marginBytes := int64(space.freeBytes) - int64(space.reserveBytes)
+	marginInodes := int64(space.freeInodes) - int64(space.reserveInodes)
+	for i, m := range running {
+		u, err := m.measure()
+		w := watches[i]
+		grew := err != nil || w.last.Bytes < 0 || u.Bytes > w.last.Bytes || u.Entries > w.last.Entries
+		fast := err != nil || w.last.Bytes < 0 || 2*(u.Bytes-w.last.Bytes) > marginBytes || 2*(u.Entries-w.last.Entries) > marginInodes
+		if monitorDebug != nil {
+			monitorDebug("brake %s: %+v grew=%v fast=%v", m.ID(), u, grew, fast)
+		}
+		if err == nil {
+			w.last, w.next = u, time.Now().Add(measureEvery)
+		}
+		if grew && (space.low() || fast || u.Bytes > m.Info().Limits.DiskBytes) {
+			m.stopCallsForQuota(reason)
+			m.killAllButAgent(reason)
+		}
+		for _, pid := range frozen[i] {
+			signalIn(roots[i], pid, unix.SIGCONT)
+		}
+	}
+}
+
+func (mon *monitor) checkDisk(m *Machine, w *watch, burst bool) {
+	now := time.Now()
+	if now.Before(w.next) && !(burst && now.Sub(w.measured) > 4*w.took) {
+		return
+	}
+	u, err := m.measure()
+	w.measured, w.took = now, time.Since(now)
+	w.next = now.Add(max(measureEvery, 5*w.took))
+	limits := m.Info().Limits
+	var reason string
+	switch {
+	case errors.Is(err, safefs.ErrTooDeep):
+		reason = "its files are " + safefs.ErrTooDeep.Error()
+	case err != nil:
+		return // it stopped meanwhile, or its files cannot be read now
+	case u.Bytes > limits.DiskBytes:
+		reason = m.quotaError(u.Bytes).Error()
+	case limits.Files > 0 && u.Entries > limits.Files:
+		reason = fmt.Sprintf("the machine's files are more than its limit of %d entries (files, directories and links): delete some to make room", limits.Files)
+	}
+	grew := u.Bytes > w.last.Bytes || u.Entries > w.last.Entries
+	if monitorDebug != nil {
+		monitorDebug("check %s: %+v grew=%v reason=%q burst=%v took %v", m.ID(), u, grew, reason, burst, w.took)
+	}
+	w.last = u
+	if reason == "" || !grew {
+		// Past a limit with nothing writing: new files are refused, and
+		// calls (to delete some) go on.
+		return
+	}
+	// The calls in progress are the writers, most likely: stop them first,
+	// and the rest only if the files still grow after the calls had time
+	// to end (or run far past the limit).
+	if m.stopCallsForQuota(reason) {
+		w.callsStopped = now
+		return
+	}
+	far := u.Bytes > limits.DiskBytes+max(64<<20, limits.DiskBytes/4)
+	if now.Sub(w.callsStopped) > callGrace || far {
+		m.killAllButAgent(reason)
+	}
+}
+
+// measure is what the machine's files take: its data and its scratch space.
+func (m *Machine) measure() (safefs.Usage, error) {
+	var total safefs.Usage
+	for _, d := range []string{dataDirName(m.Info().Flavour), "scratch"} {
+		u, err := safefs.Measure(context.Background(), filepath.Join(m.dir, d))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return total, err
+		}
+		total.Bytes += u.Bytes
+		total.Entries += u.Entries
+	}
+	m.usage.Store(total.Bytes)
+	return total, nil
+}
+
+// ---- calls told of a quota ----
+
+// quotaWatch is a call in progress that the monitor stops when the
+// machine's files pass a limit.
+type quotaWatch struct {
+	stop   func()
+	reason atomic.Pointer[string]
+}
+
+// onQuota registers a call in progress; stop kills its process or
+// interrupts its code. The returned function unregisters it and says why
+// it was stopped ("" if it was not).
+func (m *Machine) onQuota(stop func()) func() string {
+	q := &quotaWatch{stop: stop}
+	m.quotaMu.Lock()
+	if m.quotaCalls == nil {
+		m.quotaCalls = map[*quotaWatch]bool{}
+	}
+	m.quotaCalls[q] = true
+	m.quotaMu.Unlock()
+	return func() string {
+		m.quotaMu.Lock()
+		delete(m.quotaCalls, q)
+		m.quotaMu.Unlock()
+		if r := q.reason.Load(); r != nil {
+			return *r
+		}
+		return ""
+	}
+}
+
+// stopCallsForQuota stops the machine's calls in progress that were not
+// stopped yet; false if there were none.
+func (m *Machine) stopCallsForQuota(reason string) bool {
+	m.quotaMu.Lock()
+	defer m.quotaMu.Unlock()
+	stopped := false
+	for q := range m.quotaCalls {
+		if q.reason.CompareAndSwap(nil, &reason) {
+			q.stop()
+			stopped = true
+		}
+	}
+	return stopped
+}
+
+// ---- processes ----
+
+// processTable is what the monitor read of the host's processes: parent
+// and children of each.
+type processTable map[int]*process
+
+type process struct {
+	pid, ppid int
+	children  []int
+}
+
+func readProcesses() processTable {
+	t := processTable{}
+	for _, pid := range procPIDs() {
+		if pp := ppid(pid); pp > 0 {
+			t[pid] = &process{pid: pid, ppid: pp}
+		}
+	}
+	for _, p := range t {
+		if parent := t[p.ppid]; parent != nil {
+			parent.children = append(parent.children, p.pid)
+		}
+	}
+	return t
+}
+
+// below lists the processes under root (root excluded).
+func (t processTable) below(root int) []int {
+	var out []int
+	stack := []int{root}
+	for len(stack) > 0 && len(out) < 1<<16 {
+		p := t[stack[len(stack)-1]]
+		stack = stack[:len(stack)-1]
+		if p == nil {
+			continue
+		}
+		for _, c := range p.children {
+			out = append(out, c)
+			stack = append(stack, c)
+		}
+	}
+	return out
+}
+
+// userProcesses lists a running machine's processes but its own helpers:
+// the wrapper that became bwrap, bwrap's init in the machine's pid
+// namespace (its pid 1) and the agent (its pid 2).
+func (m *Machine) userProcesses(t processTable) (root int, pids []int) {
+	m.mu.Lock()
+	sb := m.sb
+	m.mu.Unlock()
+	if sb == nil || !sb.alive() {
+		return 0, nil
+	}
+	root = sb.cmd.Process.Pid
+	for _, pid := range t.below(root) {
+		if ns := innerPID(pid); ns > 2 {
+			pids = append(pids, pid)
+		}
+	}
+	return root, pids
+}
+
+// innerPID is a process's id in its innermost pid namespace, 0 if unknown.
+func innerPID(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			f := strings.Fields(v)
+			if len(f) == 0 {
+				return 0
+			}
+			n, _ := strconv.Atoi(f[len(f)-1])
+			return n
+		}
+	}
+	return 0
+}
+
+// killAllButAgent kills every process of the machine but its agent: its
+// REPL too, whose state the next call reports lost, with reason.
+func (m *Machine) killAllButAgent(reason string) {
+	m.mu.Lock()
+	if m.interp != "" {
+		m.resetReason = "the machine's processes were stopped because " + reason
+	}
+	m.mu.Unlock()
+	for i := 0; i < 50; i++ {
+		t := readProcesses()
+		root, pids := m.userProcesses(t)
+		if len(pids) == 0 {
+			return
+		}
+		for _, pid := range pids {
+			killIn(root, pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// killIn kills pid if it still is a process under root.
+func killIn(root, pid int) bool { return signalIn(root, pid, unix.SIGKILL) }
+
+// signalIn sends sig to pid if it still is a process under root: the pid
+// is pinned with a pidfd first, so that a pid reused by another process
+// since it was listed is never signalled.
+func signalIn(root, pid int, sig unix.Signal) bool {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	for p, n := pid, 0; n < 1024; p, n = ppid(p), n+1 {
+		if p == root {
+			return unix.PidfdSendSignal(fd, sig, nil, 0) == nil
+		}
+		if p <= 1 {
+			return false
+		}
+	}
+	return false
+}
+
+// ---- memory without cgroups ----
+
+func (mon *monitor) checkMemory(m *Machine, t processTable) {
+	root, pids := m.userProcesses(t)
+	if len(pids) == 0 {
+		return
+	}
+	var total int64
+	largest, largestPID := int64(-1), 0
+	for _, pid := range pids {
+		held := heldMemory(pid)
+		total += held
+		if held > largest {
+			largest, largestPID = held, pid
+		}
+	}
+	limit := m.Info().Limits.MemoryBytes
+	if total <= limit || largestPID == 0 {
+		return
+	}
+	if killIn(root, largestPID) {
+		m.oomKills.Add(1)
+		m.mu.Lock()
+		if m.interp != "" {
+			m.resetReason = fmt.Sprintf("a process was killed because the machine's processes held more than its memory limit (%d MiB)", limit>>20)
+		}
+		m.mu.Unlock()
+	}
+}
+
+// heldMemory is the memory a process holds that no file backs: anonymous
+// and shared (shm, tmpfs) pages, from /proc/pid/status, which anyone may
+// read. Shared pages mapped by several processes count in each: the sum
+// errs on the safe side.
+func heldMemory(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	var kb int64
+	for _, line := range strings.Split(string(b), "\n") {
+		for _, key := range []string{"RssAnon:", "RssShmem:"} {
+			if v, ok := strings.CutPrefix(line, key); ok {
+				f := strings.Fields(v)
+				if len(f) > 0 {
+					n, _ := strconv.ParseInt(f[0], 10, 64)
+					kb += n
+				}
+			}
+		}
+	}
+	return kb << 10
+}
+
+// ---- the state filesystem's reserve ----
+
+// spaceInfo is the free space of the state directory's filesystem, and the
+// reserve the engine keeps there.
+type spaceInfo struct {
+	freeBytes, freeInodes       uint64
+	reserveBytes, reserveInodes uint64
+}
+
+// near reports whether the filesystem is within two reserves of full.
+func (s spaceInfo) near() bool {
+	return s.freeBytes < 2*s.reserveBytes || (s.reserveInodes > 0 && s.freeInodes < 2*s.reserveInodes)
+}
+
+func (s spaceInfo) low() bool {
+	return s.freeBytes < s.reserveBytes || (s.reserveInodes > 0 && s.freeInodes < s.reserveInodes)
+}
+
+func (s spaceInfo) error() error {
+	return fmt.Errorf("the host's disk that holds vmcp's state is nearly full (%d MiB and %d inodes free; vmcp keeps %d MiB and %d inodes for itself): delete files, machines or snapshots",
+		s.freeBytes>>20, s.freeInodes, s.reserveBytes>>20, s.reserveInodes)
+}
+
+// stateSpace reads the state filesystem's free space. The reserve is
+// Options.ReserveBytes and ReserveInodes, or by default the smaller of
+// 512 MiB (50,000 inodes) and a twentieth of the filesystem.
+func (e *Engine) stateSpace() (spaceInfo, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(e.opts.StateDir, &st); err != nil {
+		return spaceInfo{}, err
+	}
+	s := spaceInfo{freeBytes: st.Bavail * uint64(st.Bsize), freeInodes: st.Ffree}
+	s.reserveBytes = uint64(e.opts.ReserveBytes)
+	if s.reserveBytes == 0 {
+		s.reserveBytes = min(512<<20, st.Blocks*uint64(st.Bsize)/20)
+	}
+	s.reserveInodes = uint64(e.opts.ReserveInodes)
+	if s.reserveInodes == 0 && st.Files > 0 {
+		s.reserveInodes = min(50000, st.Files/20)
+	}
+	return s, nil
+}
+
+// checkReserve refuses new files in machines while the state filesystem is
+// down to the engine's reserve.
+func (e *Engine) checkReserve() error {
+	s, err := e.stateSpace()
+	if err != nil || !s.low() {
+		return nil
+	}
+	return s.error()
+}
+
+// allMachines lists the engine's machines.
+func (e *Engine) allMachines() []*Machine {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]*Machine, 0, len(e.machines))
+	for _, m := range e.machines {
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].info.ID < out[j].info.ID })
+	return out
+}
+
+// running reports whether the machine's sandbox is up.
+func (m *Machine) running() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.sb != nil && m.sb.alive()
+}
+
+var monitorDebug func(format string, args ...any)
