@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -551,4 +552,73 @@ time.sleep(600)
 			t.Fatalf("the machine holds %d MiB under a %d MiB limit", total>>20, limit>>20)
 		}
 	})
+}
+
+// crashEngineEnv makes this test binary run an engine with one running
+// machine on the state directory it names, until it is killed.
+const crashEngineEnv = "VMCP_TEST_CRASH_ENGINE"
+
+func runEngineUntilKilled(dir string) {
+	e, err := New(Options{StateDir: dir})
+	if err == nil {
+		var info MachineInfo
+		if info, err = e.Create(context.Background(), MachineSpec{}); err == nil {
+			m, _ := e.Machine(info.ID)
+			_, err = m.Run(context.Background(), Command{Shell: "sleep 1000 & true"})
+		}
+	}
+	if err != nil {
+		os.Stderr.WriteString(err.Error() + "\n")
+		os.Exit(1)
+	}
+	os.Stdout.WriteString("ready\n")
+	select {}
+}
+
+// TestAttackCgroupsOutliveTheServer: the server is killed with kill -9
+// while its machines run. The next engine on the state directory removes
+// the cgroups they were in, and nothing of theirs still runs.
+func TestAttackCgroupsOutliveTheServer(t *testing.T) {
+	probe := newTestEngine(t, Options{})
+	if !probe.cgroups.enabled() {
+		t.Skip("this host does not let the engine create cgroups (it needs root)")
+	}
+	state := t.TempDir()
+	self, _ := os.Executable()
+	cmd := exec.Command(self, "-test.run", "^$")
+	cmd.Env = append(os.Environ(), crashEngineEnv+"="+state)
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line := make([]byte, 6)
+	if _, err := io.ReadFull(out, line); err != nil || string(line) != "ready\n" {
+		cmd.Process.Kill()
+		t.Fatalf("the engine did not start: %q %v", line, err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	left := newCgroupManager(true, state)
+	var dirs []string
+	for _, parent := range append(left.v1, left.v2) {
+		if parent == "" {
+			continue
+		}
+		entries, _ := os.ReadDir(parent)
+		for _, e := range entries {
+			if e.IsDir() {
+				dirs = append(dirs, filepath.Join(parent, e.Name()))
+			}
+		}
+	}
+	if len(dirs) == 0 {
+		t.Fatal("the killed engine left no cgroup: the test tests nothing")
+	}
+	newTestEngine(t, Options{StateDir: state})
+	for _, d := range dirs {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("cgroup %s is still there after the next start", d)
+		}
+	}
 }

@@ -1,11 +1,14 @@
 package local
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -28,15 +31,22 @@ const cgroupRoot = "/sys/fs/cgroup"
 // processes and threads (bwrap, the agent and its prewarmed threads).
 const agentReserve = agentThreads + 20
 
-func newCgroupManager(asRoot bool) *cgroupManager {
+// newCgroupManager sets up the engine's cgroups: vmcp/<state> in each
+// hierarchy, where <state> names the state directory, so that engines of
+// different state directories never touch each other's machines.
+func newCgroupManager(asRoot bool, stateDir string) *cgroupManager {
 	m := &cgroupManager{mode: "none"}
 	if !asRoot {
 		return m
 	}
+	sum := sha256.Sum256([]byte(stateDir))
+	own := "state-" + hex.EncodeToString(sum[:6])
 	if _, err := os.Stat(filepath.Join(cgroupRoot, "cgroup.controllers")); err == nil {
-		dir := filepath.Join(cgroupRoot, "vmcp")
+		top := filepath.Join(cgroupRoot, "vmcp")
+		dir := filepath.Join(top, own)
 		if os.WriteFile(filepath.Join(cgroupRoot, "cgroup.subtree_control"), []byte("+memory +pids"), 0) == nil &&
 			os.MkdirAll(dir, 0o755) == nil &&
+			os.WriteFile(filepath.Join(top, "cgroup.subtree_control"), []byte("+memory +pids"), 0) == nil &&
 			os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+memory +pids"), 0) == nil {
 			m.v2, m.mode = dir, "v2"
 		}
@@ -44,19 +54,64 @@ func newCgroupManager(asRoot bool) *cgroupManager {
 	}
 	var dirs []string
 	for _, c := range []string{"memory", "pids"} {
-		dir := filepath.Join(cgroupRoot, c, "vmcp")
+		top := filepath.Join(cgroupRoot, c, "vmcp")
+		if os.MkdirAll(top, 0o755) != nil {
+			return m
+		}
+		if c == "memory" {
+			// Children of a v1 memory cgroup inherit hierarchy accounting
+			// only when it is on; turn it on where the kernel still lets us.
+			os.WriteFile(filepath.Join(top, "memory.use_hierarchy"), []byte("1"), 0)
+		}
+		dir := filepath.Join(top, own)
 		if os.MkdirAll(dir, 0o755) != nil {
 			return m
 		}
 		dirs = append(dirs, dir)
 	}
-	if len(dirs) == 2 {
-		// Children of a v1 memory cgroup inherit hierarchy accounting only
-		// when it is on; turn it on where the kernel still lets us choose.
-		os.WriteFile(filepath.Join(dirs[0], "memory.use_hierarchy"), []byte("1"), 0)
-		m.v1, m.mode = dirs, "v1"
-	}
+	m.v1, m.mode = dirs, "v1"
 	return m
+}
+
+// reconcile removes the cgroups of machines that are not running: at start,
+// none is, and what an engine killed before it could clean up (kill -9)
+// is left. A process still in one is killed first.
+func (m *cgroupManager) reconcile(running func(id string) bool) {
+	var parents []string
+	switch m.mode {
+	case "v2":
+		parents = []string{m.v2}
+	case "v1":
+		parents = m.v1
+	}
+	for _, parent := range parents {
+		entries, _ := os.ReadDir(parent)
+		for _, e := range entries {
+			if !e.IsDir() || running(e.Name()) {
+				continue
+			}
+			dir := filepath.Join(parent, e.Name())
+			if b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs")); err == nil {
+				for _, f := range strings.Fields(string(b)) {
+					if pid, err := strconv.Atoi(f); err == nil {
+						syscall.Kill(pid, syscall.SIGKILL)
+					}
+				}
+			}
+			removeCgroup(dir)
+		}
+	}
+}
+
+// removeCgroup removes a cgroup directory once its processes are gone.
+func removeCgroup(dir string) {
+	for i := 0; i < 100; i++ {
+		err := os.Remove(dir)
+		if err == nil || errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // enabled reports whether machines get cgroup memory and pids limits.
@@ -135,12 +190,6 @@ func (m *cgroupManager) oomKills(id string) int {
 // remove deletes the machine's cgroups once its processes are gone.
 func (m *cgroupManager) remove(id string) {
 	for _, dir := range m.dirs(id) {
-		for i := 0; i < 50; i++ {
-			err := os.Remove(dir)
-			if err == nil || errors.Is(err, os.ErrNotExist) {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		removeCgroup(dir)
 	}
 }

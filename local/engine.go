@@ -194,6 +194,9 @@ func New(opts Options) (*Engine, error) {
 	if opts.StateDir == "" {
 		opts.StateDir = DefaultStateDir()
 	}
+	if abs, err := filepath.Abs(opts.StateDir); err == nil {
+		opts.StateDir = abs
+	}
 	if opts.Python == "" {
 		opts.Python = "/usr/bin/python3"
 	}
@@ -241,7 +244,8 @@ func New(opts Options) (*Engine, error) {
 		e.lock.Close()
 		return nil, err
 	}
-	e.cgroups = newCgroupManager(e.asRoot)
+	e.cgroups = newCgroupManager(e.asRoot && !opts.DangerouslyDisableSandbox, opts.StateDir)
+	e.cgroups.reconcile(func(string) bool { return false }) // nothing runs yet
 	if err := e.load(); err != nil {
 		e.lock.Close()
 		return nil, err

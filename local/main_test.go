@@ -9,6 +9,9 @@ import (
 
 func TestMain(m *testing.M) {
 	RunHelperIfRequested()
+	if dir := os.Getenv(crashEngineEnv); dir != "" {
+		runEngineUntilKilled(dir)
+	}
 	code := m.Run()
 	if unprivBin != "" {
 		os.RemoveAll(filepath.Dir(unprivBin))
