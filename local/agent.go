@@ -52,6 +52,7 @@ type agent struct {
 	// marks every process it starts (see agentCommand.kill); needs
 	// CAP_SYS_ADMIN in the sandbox's user namespace.
 	tagNS bool
+	spawn chan spawnRequest // to the spawner thread (see startSpawner)
 
 	outMu sync.Mutex
 	out   *bufio.Writer
@@ -81,7 +82,7 @@ func runAgent(args []string) int {
 	// Processes of the machine run as the same user as the agent; they must
 	// not reach into it through /proc/<agent>.
 	unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
-	tagNS := keepCapabilitiesToSelf()
+	spawn, tagNS := startSpawner()
 	prewarmThreads()
 	// Limits are set here, inside the sandbox's user namespace, so that the
 	// process count is charged to this machine alone. The file limits bind
@@ -118,6 +119,7 @@ func runAgent(args []string) int {
 		python:    *python,
 		home:      *home,
 		tagNS:     tagNS,
+		spawn:     spawn,
 		out:       bufio.NewWriterSize(os.Stdout, 64<<10),
 		commands:  map[uint64]*agentCommand{},
 		pyQueue:   make(chan struct{}, 1),
@@ -139,20 +141,52 @@ func runAgent(args []string) int {
 	}
 }
 
-// keepCapabilitiesToSelf drops the capabilities bwrap gave the agent (in
-// the sandbox's user namespace only) from what its children inherit: the
-// ambient and inheritable sets. It reports whether the agent itself can
-// create namespaces (CAP_SYS_ADMIN there).
-func keepCapabilitiesToSelf() bool {
-	unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return false
-	}
-	data[0].Inheritable, data[1].Inheritable = 0, 0
-	unix.Capset(&hdr, &data[0])
-	return data[0].Effective&(1<<unix.CAP_SYS_ADMIN) != 0
+// spawnRequest asks the spawner thread to start a process.
+type spawnRequest struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// startSpawner starts the thread that starts every child of the agent.
+//
+// bwrap gives the agent capabilities in the sandbox's user namespace
+// (CAP_SYS_ADMIN, CAP_SYS_PTRACE), as ambient ones, which children would
+// inherit. Capabilities belong to threads, and a child takes those of the
+// thread that forked it: the spawner thread drops them from its ambient and
+// inheritable sets (keeping them effective, to create a command's
+// namespace), so no child of the agent has any. It reports whether the
+// spawner can create namespaces.
+func startSpawner() (chan spawnRequest, bool) {
+	reqs := make(chan spawnRequest)
+	ready := make(chan bool)
+	go func() {
+		runtime.LockOSThread() // for good: this thread is the spawner's
+		if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+			panic("vmcp agent: clear ambient capabilities: " + err.Error())
+		}
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		canTag := false
+		if unix.Capget(&hdr, &data[0]) == nil {
+			data[0].Inheritable, data[1].Inheritable = 0, 0
+			if err := unix.Capset(&hdr, &data[0]); err != nil {
+				panic("vmcp agent: clear inheritable capabilities: " + err.Error())
+			}
+			canTag = data[0].Effective&(1<<unix.CAP_SYS_ADMIN) != 0
+		}
+		ready <- canTag
+		for r := range reqs {
+			r.done <- r.cmd.Start()
+		}
+	}()
+	return reqs, <-ready
+}
+
+// start starts cmd on the spawner thread.
+func (a *agent) start(cmd *exec.Cmd) error {
+	done := make(chan error, 1)
+	a.spawn <- spawnRequest{cmd, done}
+	return <-done
 }
 
 // agentThreads is how many OS threads the agent creates at start. The Go
@@ -236,6 +270,8 @@ func (a *agent) handle(req request) {
 		if c != nil && c.pty != nil {
 			pty.Setsize(c.pty, winsize(req))
 		}
+	case opHello:
+		a.send(event{Ev: evHello, ID: req.ID})
 	case opKill:
 		a.mu.Lock()
 		c := a.commands[req.ID]
@@ -314,7 +350,7 @@ func (a *agent) startInterpreter() (*interpreter, error) {
 	cmd.Stdout, cmd.Stderr = outW, errW
 	cmd.ExtraFiles = []*os.File{reqR, resW, chunkW} // fd 3, 4 and 5
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	err = cmd.Start()
+	err = a.start(cmd)
 	for _, f := range []*os.File{reqR, resW, outW, errW, chunkW} {
 		f.Close()
 	}
@@ -721,7 +757,7 @@ func (a *agent) startCommand(req request) {
 		defer stdinR.Close()
 		c.stdin = make(chan request, 16)
 	}
-	err = cmd.Start()
+	err = a.start(cmd)
 	outW.Close()
 	errW.Close()
 	if err != nil {
@@ -761,7 +797,7 @@ func (a *agent) startTTYCommand(req request, c *agentCommand) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	// A new session is also a new process group, which kill relies on.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0, Cloneflags: a.cloneFlags()}
-	err = cmd.Start()
+	err = a.start(cmd)
 	tty.Close()
 	if err != nil {
 		ptmx.Close()

@@ -273,8 +273,15 @@ func TestAttackTimeoutLeavesEscapedProcesses(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		// Nested user namespaces, the way out of the tracking namespace,
-		// are refused.
+		// Nothing a machine runs has a capability (the agent's are its
+		// own), and nested user namespaces, the way out of the tracking
+		// namespace, are refused.
+		if r := mustRun(t, m, Command{Shell: "grep -E '^Cap(Eff|Prm|Amb)' /proc/self/status"}); strings.Count(r.Stdout, "0000000000000000") != 3 {
+			t.Fatalf("a command has capabilities:\n%s", r.Stdout)
+		}
+		if r := mustExec(t, m, "[l for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapPrm', 'CapAmb'))]", ExecOptions{}); strings.Count(value(r), "0000000000000000") != 3 {
+			t.Fatalf("the REPL has capabilities: %s", value(r))
+		}
 		if r := mustRun(t, m, Command{Shell: "unshare -Ur true 2>&1; echo $?"}); strings.HasSuffix(r.Stdout, "\n0\n") || r.Stdout == "0\n" {
 			t.Fatalf("a machine created a user namespace: %q", r.Stdout)
 		}
@@ -621,4 +628,39 @@ func TestAttackCgroupsOutliveTheServer(t *testing.T) {
 			t.Errorf("cgroup %s is still there after the next start", d)
 		}
 	}
+}
+
+// TestAttackMountinfoShowsHostPaths: a machine reads its mount table, its
+// processes' maps and links, looking for host paths (the state directory,
+// this binary), and tries to create a user namespace of its own.
+func TestAttackMountinfoShowsHostPaths(t *testing.T) {
+	engineModes(t, func(t *testing.T) {
+		e := newTestEngine(t, Options{})
+		self, _ := os.Executable()
+		flavours := []Flavour{Workspace}
+		if os.Geteuid() == 0 {
+			flavours = append(flavours, VM)
+		}
+		for _, f := range flavours {
+			m := newTestMachine(t, e, MachineSpec{Flavour: f})
+			mustExec(t, m, "1", ExecOptions{})
+			look := "cat /proc/self/mountinfo /proc/*/mountinfo /proc/*/maps 2>/dev/null; ls -l /proc/*/exe /proc/*/cwd /proc/*/root /proc/*/fd/ 2>/dev/null; cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '"
+			if f == VM {
+				// Root of a VM may look into every process of it, the agent's
+				// binary included; its mounts name no host path.
+				look = "cat /proc/*/mountinfo"
+			}
+			res := mustRun(t, m, Command{Shell: look})
+			for _, host := range []string{e.StateDir(), self, filepath.Dir(self)} {
+				if strings.Contains(res.Stdout, host) {
+					t.Errorf("a %s machine sees the host path %s:\n%s", f, host, res.Stdout)
+				}
+			}
+			if f == Workspace {
+				if r := mustRun(t, m, Command{Shell: "unshare -Urm true && echo created"}); strings.Contains(r.Stdout, "created") {
+					t.Errorf("a workspace machine created a user namespace")
+				}
+			}
+		}
+	})
 }

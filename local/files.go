@@ -12,11 +12,14 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Workspace machines exchange files with the host directly in their
@@ -95,8 +98,18 @@ func vmPath(p string) (string, error) {
 	return path.Clean(p), nil
 }
 
+// root opens the workspace of a workspace machine. The machine runs for
+// it, and it is opened through the machine's own mount: the workspace is
+// an overlay there, whose cache would not see changes made under it.
 func (m *Machine) root() (*os.Root, error) {
-	return os.OpenRoot(filepath.Join(m.dir, "workspace"))
+	if m.e.opts.DangerouslyDisableSandbox {
+		return os.OpenRoot(filepath.Join(m.dir, "workspace"))
+	}
+	sb, err := m.sandbox()
+	if err != nil {
+		return nil, err
+	}
+	return sb.openRoot(WorkspaceDir)
 }
 
 // rootError explains an os.Root refusal in the machine's terms.
@@ -164,26 +177,28 @@ func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.
 	}
 	counter.limit = quota - used
 	dir := path.Dir(rel)
-	if err := m.mkdirAll(root, dir); err != nil {
-		return nil, rootError(p, err)
-	}
-	tmp := path.Join(dir, ".vmcp-upload-"+newID("t"))
-	f, err := root.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode.Perm())
+	err = m.asUser(func() error {
+		if err := m.mkdirAll(root, dir); err != nil {
+			return err
+		}
+		tmp := path.Join(dir, ".vmcp-upload-"+newID("t"))
+		f, err := root.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode.Perm())
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(f, counter)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = root.Rename(tmp, rel)
+		}
+		if err != nil {
+			root.Remove(tmp)
+		}
+		return err
+	})
 	if err != nil {
-		return nil, rootError(p, err)
-	}
-	_, err = io.Copy(f, counter)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = m.chown(root, tmp)
-	}
-	if err == nil {
-		err = root.Rename(tmp, rel)
-	}
-	if err != nil {
-		root.Remove(tmp)
 		if errors.Is(err, errQuota) {
 			return nil, m.quotaError(used + counter.n)
 		}
@@ -240,17 +255,35 @@ func (m *Machine) mkdirAll(root *os.Root, dir string) error {
 		}
 		return serr
 	}
-	if err != nil {
-		return err
-	}
-	return m.chown(root, dir)
+	return err
 }
 
-func (m *Machine) chown(root *os.Root, name string) error {
+// asUser runs f, which creates entries in the machine's files through its
+// own mount, as the machine's host user: they are the user's own, and the
+// overlay there refuses owners its user namespace cannot map. A root
+// engine runs f on a thread of its own whose filesystem ids are switched.
+func (m *Machine) asUser(f func() error) error {
 	if !m.e.asRoot || m.e.opts.DangerouslyDisableSandbox {
-		return nil
+		return f()
 	}
-	return root.Lchown(name, m.e.opts.SandboxUID, m.e.opts.SandboxGID)
+	uid, gid := m.e.sandboxHostIDs()
+	runtime.LockOSThread()
+	unix.Setfsgid(gid)
+	unix.Setfsuid(uid)
+	err := f()
+	unix.Setfsuid(0)
+	unix.Setfsgid(0)
+	if fsid(unix.SYS_SETFSUID) == 0 && fsid(unix.SYS_SETFSGID) == 0 {
+		runtime.UnlockOSThread()
+	} // else the thread ends with this goroutine, never to be reused
+	return err
+}
+
+// fsid is the thread's filesystem uid or gid (setfs*id(-1) changes nothing
+// and returns it).
+func fsid(call uintptr) int {
+	id, _, _ := unix.RawSyscall(call, ^uintptr(0), 0, 0)
+	return int(id)
 }
 
 // ReadFile streams a file of the machine to w and returns its size.
@@ -486,22 +519,23 @@ func (m *Machine) CopyIn(ctx context.Context, dir string, r io.Reader) error {
 		return err
 	}
 	quota := m.Info().Limits.DiskBytes
-	if err := m.mkdirAll(root, rel); err != nil {
-		return rootError(dir, err)
-	}
-	sub, err := root.OpenRoot(rel)
-	if err != nil {
-		return rootError(dir, err)
-	}
-	defer sub.Close()
-	return extractTar(sub, &countingReader{r: r, ctx: ctx}, extractOptions{
-		admit: func(name string, size int64) error {
-			if used += size; used > quota {
-				return m.quotaError(used)
-			}
-			return nil
-		},
-		created: func(name string) error { return m.chown(sub, name) },
+	return m.asUser(func() error {
+		if err := m.mkdirAll(root, rel); err != nil {
+			return rootError(dir, err)
+		}
+		sub, err := root.OpenRoot(rel)
+		if err != nil {
+			return rootError(dir, err)
+		}
+		defer sub.Close()
+		return extractTar(sub, &countingReader{r: r, ctx: ctx}, extractOptions{
+			admit: func(name string, size int64) error {
+				if used += size; used > quota {
+					return m.quotaError(used)
+				}
+				return nil
+			},
+		})
 	})
 }
 

@@ -23,6 +23,7 @@ const (
 	opStdinClose = "stdin_close" // end of a command's standard input
 	opKill       = "kill"        // kill a command's process tree, or interrupt Python
 	opResize     = "resize"      // new window size of a TTY command's terminal
+	opHello      = "hello"       // answered at once: the sandbox is set up
 )
 
 // Event kinds.
@@ -32,6 +33,7 @@ const (
 	evExit     = "exit"      // a command ended
 	evStdinAck = "stdin_ack" // a stdin chunk was written to the command
 	evError    = "error"     // the request failed before it could run
+	evHello    = "hello"     // the answer to opHello
 )
 
 type request struct {

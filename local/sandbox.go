@@ -4,7 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"flag"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -24,8 +25,9 @@ import (
 // A sandbox is a machine's running bubblewrap with the agent inside. The
 // engine starts it as:
 //
-//	this binary __vmcp_init (waits until placed in the machine's cgroup; for VM
-//	machines, mounts the overlays) → exec bwrap → agent
+//	this binary __vmcp_init (in the machine's user and mount namespaces: waits
+//	until placed in its cgroups, mounts its directories; see init.go)
+//	→ exec bwrap → agent
 const (
 	initArg      = "__vmcp_init"
 	sandboxUser  = 1000
@@ -33,192 +35,6 @@ const (
 	stderrKeep   = 8 << 10
 	maxMaskPaths = 4096
 )
-
-// RunHelperIfRequested runs this process as a sandbox helper (the init
-// wrapper or the agent) when the engine started it as one, and then exits.
-// Call it first thing in main, and in TestMain of tests that use the engine.
-func RunHelperIfRequested() {
-	if len(os.Args) < 2 {
-		return
-	}
-	switch os.Args[1] {
-	case agentArg:
-		os.Exit(runAgent(os.Args[2:]))
-	case initArg:
-		os.Exit(runInit(os.Args[2:]))
-	}
-}
-
-// runInit waits on fd 3 (the gate) until the engine has put it into the
-// machine's cgroups, builds a VM's filesystem if asked (with the mount
-// trees the engine sends through the gate), and becomes bubblewrap.
-func runInit(args []string) int {
-	fs := flag.NewFlagSet("init", flag.ContinueOnError)
-	vm := fs.String("vm", "", "JSON layout of a VM's filesystem")
-	keep := fs.String("keep-fds", "", "descriptors to pass on to bwrap, comma-separated")
-	stage := fs.String("stage", "", "JSON list of host paths to bind under "+stageDir+" as 0, 1, …")
-	uid := fs.Int("uid", -1, "host uid to become before starting bwrap")
-	gid := fs.Int("gid", -1, "host gid to become before starting bwrap")
-	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
-		fmt.Fprintln(os.Stderr, "vmcp init: usage: __vmcp_init [--vm JSON] [--stage JSON] -- bwrap args")
-		return 2
-	}
-	trees, ok := passGate()
-	if !ok {
-		return 1 // the engine gave up on this sandbox
-	}
-	if *vm != "" {
-		var l vmLayout
-		err := json.Unmarshal([]byte(*vm), &l)
-		if err == nil {
-			err = mountVM(l, trees)
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "vmcp init: build the VM's filesystem:", err)
-			return 1
-		}
-	}
-	if *stage != "" {
-		var paths []string
-		err := json.Unmarshal([]byte(*stage), &paths)
-		if err == nil {
-			err = stageSources(paths)
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "vmcp init: stage host paths:", err)
-			return 1
-		}
-	}
-	if *uid >= 0 {
-		// Dropped here rather than at fork: the engine's binary may not be
-		// executable by the sandbox user, bwrap is.
-		if err := dropPrivileges(*uid, *gid); err != nil {
-			fmt.Fprintln(os.Stderr, "vmcp init:", err)
-			return 1
-		}
-	}
-	closeInheritedFDs()
-	for _, f := range strings.Split(*keep, ",") {
-		if fd, err := strconv.Atoi(f); err == nil {
-			unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0)
-		}
-	}
-	argv := fs.Args()
-	err := syscall.Exec(argv[0], argv, os.Environ())
-	fmt.Fprintln(os.Stderr, "vmcp init: exec bwrap:", err)
-	return 1
-}
-
-// gateFD is the init wrapper's end of the socket the engine opens it with.
-const gateFD = 3
-
-// passGate waits for the engine's go-ahead on the gate and returns the
-// descriptors that came with it.
-func passGate() (fds []int, ok bool) {
-	var b [1]byte
-	oob := make([]byte, unix.CmsgSpace(16*4))
-	n, oobn, _, _, err := unix.Recvmsg(gateFD, b[:], oob, 0)
-	unix.Close(gateFD)
-	if err != nil || n != 1 {
-		return nil, false
-	}
-	msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
-	for i := range msgs {
-		rights, err := unix.ParseUnixRights(&msgs[i])
-		if err == nil {
-			fds = append(fds, rights...)
-		}
-	}
-	return fds, true
-}
-
-// Descriptors the init wrapper is started with, after the gate. It keeps
-// them open for bwrap, which passes them to the sandbox's first process:
-// the agent runs from its descriptor (so no mount of the machine names the
-// binary's host path), and bwrap copies the identity files in.
-const (
-	exeFD    = gateFD + 1 // this binary (O_PATH)
-	passwdFD = gateFD + 2 // workspace machines: /etc/passwd and /etc/group
-	groupFD  = gateFD + 3
-)
-
-// stageDir is where a root engine's init wrapper, in its own mount
-// namespace, exposes the host paths bwrap binds into a workspace machine:
-// bwrap runs as the unprivileged sandbox user, which cannot traverse the
-// engine's state directory (nor, say, /root) to reach them.
-const stageDir = "/run/vmcp-stage"
-
-func stageSources(paths []string) error {
-	// Opened before /run is covered, in case a path is under it.
-	fds := make([]int, len(paths))
-	for i, p := range paths {
-		fd, err := unix.Open(p, unix.O_PATH|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("open %s: %w", p, err)
-		}
-		fds[i] = fd
-	}
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("make mounts private: %w", err)
-	}
-	if err := unix.Mount("tmpfs", "/run", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=64k"); err != nil {
-		return fmt.Errorf("mount tmpfs on /run: %w", err)
-	}
-	if err := os.Mkdir(stageDir, 0o755); err != nil {
-		return err
-	}
-	for i, fd := range fds {
-		src := "/proc/self/fd/" + strconv.Itoa(fd)
-		dst := filepath.Join(stageDir, strconv.Itoa(i))
-		fi, err := os.Stat(src)
-		if err != nil {
-			return err
-		}
-		if fi.IsDir() {
-			err = os.Mkdir(dst, 0o755)
-		} else {
-			err = os.WriteFile(dst, nil, 0o644)
-		}
-		if err != nil {
-			return err
-		}
-		if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
-			return fmt.Errorf("bind %s: %w", paths[i], err)
-		}
-		unix.Close(fd)
-	}
-	return nil
-}
-
-// closeInheritedFDs marks every descriptor above stderr close-on-exec, so
-// that nothing the engine's own parent leaked to it (a pipe, a socket)
-// reaches the next program.
-func closeInheritedFDs() {
-	if unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC) == nil {
-		return
-	}
-	entries, _ := os.ReadDir("/proc/self/fd") // kernels before 5.11
-	for _, e := range entries {
-		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-			unix.CloseOnExec(fd)
-		}
-	}
-}
-
-func dropPrivileges(uid, gid int) error {
-	if err := syscall.Setgroups(nil); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
-	}
-	if err := syscall.Setresgid(gid, gid, gid); err != nil {
-		return fmt.Errorf("setresgid %d: %w", gid, err)
-	}
-	if err := syscall.Setresuid(uid, uid, uid); err != nil {
-		return fmt.Errorf("setresuid %d: %w", uid, err)
-	}
-	// Changing credentials clears the parent-death signal; bwrap's
-	// --die-with-parent sets its own, this covers the moment until then.
-	return unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0)
-}
 
 // sandboxEnv is the whole environment of a machine's processes: nothing of
 // the engine's own environment (and so none of its tokens) gets in.
@@ -268,15 +84,17 @@ var vmLowerDirs = []string{"/usr", "/etc", "/var", "/opt"}
 // vmOwnDirs are a VM machine's directories with no host content.
 var vmOwnDirs = []string{"/root", "/home", "/tmp", "/srv", "/mnt"}
 
-// sandboxCommand builds the init wrapper's command line for a machine.
-func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.File, error) {
+// sandboxCommand builds the init wrapper's command line for a machine, and
+// the layout of its directories.
+func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.File, layout, error) {
 	l := info.Limits
 	var files []*os.File
-	fail := func(err error) (*exec.Cmd, []*os.File, error) {
+	var lay layout
+	fail := func(err error) (*exec.Cmd, []*os.File, layout, error) {
 		for _, f := range files {
 			f.Close()
 		}
-		return nil, nil, err
+		return nil, nil, lay, err
 	}
 	open := func(p string, flag int) error {
 		f, err := os.OpenFile(p, flag|unix.O_CLOEXEC, 0)
@@ -303,12 +121,17 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 			"--memory", strconv.FormatInt(l.MemoryBytes, 10),
 			"--procs", strconv.FormatInt(l.Processes+agentReserve, 10))
 	}
+	merged := func(name string) string { return stageDir + "/merged/" + name }
 
+	// The wrapper starts in a user namespace whose root is the machine's
+	// host user, from its descriptor: that user may not traverse the
+	// directories that hold this binary.
+	cmd := exec.Command(e.helper)
+	cmd.Path = "/proc/self/fd/" + strconv.Itoa(exeFD)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true,
+		Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS}
 	var args, afterDev []string
 	keep := []string{strconv.Itoa(exeFD)}
-	var initFlags []string
-	cmd := exec.Command(e.helper)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	switch info.Flavour {
 	case Workspace:
 		for _, p := range []string{"passwd", "group"} {
@@ -317,30 +140,21 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 			}
 		}
 		keep = append(keep, strconv.Itoa(passwdFD), strconv.Itoa(groupFD))
-		scratch, err := m.newScratch()
-		if err != nil {
+		if err := m.prepareWorkspace(); err != nil {
 			return fail(err)
 		}
-		// A root engine's workspace sandboxes run as the sandbox user, who
-		// may not reach these paths: the init wrapper stages them (see
-		// stageSources). Otherwise bwrap binds them directly.
-		src := append([]string{filepath.Join(m.dir, "workspace")}, scratch...)
-		if e.asRoot {
-			b, _ := json.Marshal(src)
-			initFlags = append(initFlags, "--stage", string(b),
-				"--uid", strconv.Itoa(e.opts.SandboxUID), "--gid", strconv.Itoa(e.opts.SandboxGID))
-			cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNS
-			for i := range src {
-				src[i] = stageDir + "/" + strconv.Itoa(i)
-			}
-		}
+		lay = layout{Empty: workspaceDirs, BindIfNoOverlay: true}
+		uid, gid := e.sandboxHostIDs()
+		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: uid, Size: 1}}
+		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: gid, Size: 1}}
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
 		args = append(args,
 			"--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
 			"--uid", strconv.Itoa(sandboxUser), "--gid", strconv.Itoa(sandboxUser),
 			// The agent alone keeps these, in the sandbox's user namespace
 			// (it drops them from what its children inherit): it gives each
 			// command a namespace of its own, and finds its processes.
-			"--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SYS_PTRACE")
+			"--cap-drop", "ALL", "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SYS_PTRACE")
 		if !info.AllowUserNamespaces && e.bwrapHas("--disable-userns") {
 			args = append(args, "--disable-userns")
 		}
@@ -350,31 +164,27 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 			"--ro-bind", "/etc", "/etc",
 			"--ro-bind-data", strconv.Itoa(passwdFD), "/etc/passwd",
 			"--ro-bind-data", strconv.Itoa(groupFD), "/etc/group",
-			"--bind", src[0], "/workspace",
+			"--bind", merged("workspace"), "/workspace",
 			// Scratch space is on the machine's disk, in its quota, and
 			// emptied at each start: no tmpfs of a machine holds memory
 			// beyond its limit.
-			"--bind", src[1], "/tmp",
-			"--bind", src[2], "/var/tmp")
+			"--bind", merged("tmp"), "/tmp",
+			"--bind", merged("var-tmp"), "/var/tmp")
 		// Then its root (bwrap's tmpfs) is made read-only, once all is
 		// mounted on it.
-		afterDev = []string{"--bind", src[3], "/dev/shm", "--remount-ro", "/"}
+		afterDev = []string{"--bind", merged("shm"), "/dev/shm", "--remount-ro", "/"}
 	case VM:
-		lay, vmArgs, err := e.prepareVM(m, info)
-		if err != nil {
+		var vmArgs []string
+		var err error
+		if lay, vmArgs, err = e.prepareVM(m, info); err != nil {
 			return fail(err)
 		}
-		// The wrapper runs from its descriptor: the VM's root may not
-		// traverse the directories that hold this binary.
-		cmd.Path = "/proc/self/fd/" + strconv.Itoa(exeFD)
 		base := e.opts.VMHostIDBase
-		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS
 		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: base, Size: vmIDs}}
 		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: base, Size: vmIDs}}
 		cmd.SysProcAttr.GidMappingsEnableSetgroups = true
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: 0, Gid: 0}
 		args = append(args, vmArgs...)
-		initFlags = append(initFlags, "--vm", vmFlag(lay))
 		afterDev = []string{"--size", strconv.FormatInt(vmShmBytes(l), 10), "--tmpfs", "/dev/shm"}
 	}
 	if !info.AllowNetwork {
@@ -389,39 +199,79 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 		"--")
 	args = append(args, agentArgs...)
 
-	initFlags = append(initFlags, "--keep-fds", strings.Join(keep, ","))
+	b, _ := json.Marshal(lay)
+	initFlags := []string{"--layout", string(b), "--keep-fds", strings.Join(keep, ",")}
 	cmd.Args = append(append(append([]string{e.helper, initArg}, initFlags...), "--", e.bwrap), args...)
 	cmd.Env = sandboxEnv(info.Flavour)
-	return cmd, files, nil
+	return cmd, files, lay, nil
+}
+
+// sandboxHostIDs are the host ids a workspace machine's user is: the
+// engine's sandbox user when it runs as root, else the engine's own.
+func (e *Engine) sandboxHostIDs() (uid, gid int) {
+	if e.asRoot {
+		return e.opts.SandboxUID, e.opts.SandboxGID
+	}
+	return os.Getuid(), os.Getgid()
+}
+
+// workspaceDirs are a workspace machine's directories: its files, and its
+// scratch space.
+var workspaceDirs = []string{"workspace", "tmp", "var-tmp", "shm"}
+
+// upperDir and workDir are where a machine's directory name lives on the
+// host, and its overlay's work directory.
+func (m *Machine) upperDir(name string) string {
+	if m.info.Flavour == VM {
+		return filepath.Join(m.dir, "root", "upper", name)
+	}
+	if name == "workspace" {
+		return filepath.Join(m.dir, "workspace")
+	}
+	return filepath.Join(m.dir, "scratch", name)
+}
+
+func (m *Machine) workDir(name string) string {
+	if m.info.Flavour == VM {
+		return filepath.Join(m.dir, "root", "work", name)
+	}
+	return filepath.Join(m.dir, "overlay-work", name)
+}
+
+// prepareWorkspace empties and makes a workspace machine's scratch
+// directories (its /tmp, /var/tmp and /dev/shm, which live on its disk,
+// counted in its quota, until it stops) and its overlays' work
+// directories, owned by its user.
+func (m *Machine) prepareWorkspace() error {
+	for _, d := range []string{"scratch", "overlay-work"} {
+		if err := removeAll(filepath.Join(m.dir, d)); err != nil {
+			return err
+		}
+	}
+	for _, name := range workspaceDirs {
+		dirs := []string{m.workDir(name)}
+		if name != "workspace" {
+			dirs = append(dirs, m.upperDir(name))
+		}
+		for _, p := range dirs {
+			if err := os.MkdirAll(p, 0o700); err != nil {
+				return err
+			}
+			if err := m.e.chownToSandbox(p); err != nil {
+				return err
+			}
+		}
+		if name != "workspace" {
+			if err := os.Chmod(m.upperDir(name), 0o777|os.ModeSticky); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // vmShmBytes sizes a VM's /dev/shm, a tmpfs, within its memory limit.
 func vmShmBytes(l Limits) int64 { return min(64<<20, l.MemoryBytes/4) }
-
-// newScratch empties and makes a workspace machine's scratch directories:
-// its /tmp, /var/tmp and /dev/shm, which live on its disk (counted in its
-// quota) and last until it stops.
-func (m *Machine) newScratch() ([]string, error) {
-	dir := filepath.Join(m.dir, "scratch")
-	if err := removeAll(dir); err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, name := range []string{"tmp", "var-tmp", "shm"} {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(p, 0o700); err != nil {
-			return nil, err
-		}
-		if err := m.e.chownToSandbox(p); err != nil {
-			return nil, err
-		}
-		if err := os.Chmod(p, 0o777|os.ModeSticky); err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	return out, nil
-}
 
 // unsandboxedCommand starts the agent as a plain host process.
 func (e *Engine) unsandboxedCommand(m *Machine, info MachineInfo) *exec.Cmd {
@@ -501,6 +351,11 @@ type sandbox struct {
 
 	done   chan struct{}
 	stderr *tailBuffer
+
+	// init is the sandbox's first process (bwrap's, pid 1 in its pid
+	// namespace), pinned by a pidfd: /proc/<init>/root is the machine's
+	// own view of its files.
+	initPID, initFD int
 }
 
 // call is one request in flight; its handler runs on the reader goroutine,
@@ -515,12 +370,13 @@ type call struct {
 func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 	var cmd *exec.Cmd
 	var files []*os.File
+	var lay layout
 	var gate *os.File // the engine's end of the init wrapper's gate
 	if e.opts.DangerouslyDisableSandbox {
 		cmd = e.unsandboxedCommand(m, info)
 	} else {
 		var err error
-		if cmd, files, err = e.sandboxCommand(m, info); err != nil {
+		if cmd, files, lay, err = e.sandboxCommand(m, info); err != nil {
 			return nil, err
 		}
 		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
@@ -560,7 +416,7 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 		return nil, fmt.Errorf("start the sandbox: %w", err)
 	}
 	if gate != nil {
-		err := e.openGate(gate, info, cmd.Process.Pid)
+		err := e.openGate(gate, m, lay, cmd.Process.Pid)
 		gate.Close()
 		if err != nil {
 			cmd.Process.Kill()
@@ -568,34 +424,107 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 			return nil, fmt.Errorf("start the sandbox: %w", err)
 		}
 	}
+	sb.initFD = -1
 	go sb.read(pipeio.Reader(stdout))
+	if err := sb.hello(); err != nil {
+		sb.stop()
+		return nil, err
+	}
+	if gate != nil {
+		if err := sb.findInit(); err != nil {
+			sb.stop()
+			return nil, err
+		}
+	}
 	return sb, nil
 }
 
+// sandboxStartTimeout bounds how long a sandbox may take to set itself up.
+const sandboxStartTimeout = 30 * time.Second
+
+// hello waits until the agent answers: the sandbox is set up.
+func (sb *sandbox) hello() error {
+	c, err := sb.start(request{Op: opHello}, func(event) bool { return true })
+	if err != nil {
+		return err
+	}
+	select {
+	case <-c.done:
+	case <-time.After(sandboxStartTimeout):
+		return fmt.Errorf("the machine's sandbox did not start within %v", sandboxStartTimeout)
+	}
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return sb.dead
+}
+
+// findInit finds and pins the sandbox's first process: the only child of
+// bwrap (which the init wrapper became).
+func (sb *sandbox) findInit() error {
+	outer := sb.cmd.Process.Pid
+	for _, pid := range procPIDs() {
+		if ppid(pid) != outer {
+			continue
+		}
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			return fmt.Errorf("find the sandbox's first process: %w", err)
+		}
+		if ppid(pid) != outer { // it ended and its pid was taken meanwhile
+			unix.Close(fd)
+			break
+		}
+		sb.initPID, sb.initFD = pid, fd
+		return nil
+	}
+	return errors.New("the machine's sandbox has no first process: it stopped while starting")
+}
+
+// openRoot opens the directory dir of the machine as the machine itself
+// sees it (through its first process's root), as an os.Root.
+func (sb *sandbox) openRoot(dir string) (*os.Root, error) {
+	r, err := os.OpenRoot("/proc/" + strconv.Itoa(sb.initPID) + "/root" + dir)
+	if err != nil {
+		return nil, err
+	}
+	// The pid was pinned: if its process still runs, r is its view.
+	if unix.PidfdSendSignal(sb.initFD, 0, nil, 0) != nil {
+		r.Close()
+		return nil, errors.New("the machine's sandbox stopped")
+	}
+	return r, nil
+}
+
 // openGate puts the init wrapper pid into the machine's cgroups and lets it
-// go on, with a VM's idmapped mount trees.
-func (e *Engine) openGate(gate *os.File, info MachineInfo, pid int) error {
-	if err := e.cgroups.add(info.ID, pid); err != nil {
+// go on, with the machine's directories (see layout).
+func (e *Engine) openGate(gate *os.File, m *Machine, lay layout, pid int) error {
+	if err := e.cgroups.add(m.ID(), pid); err != nil {
 		return fmt.Errorf("put it in its cgroup: %w", err)
 	}
-	var rights []byte
-	if info.Flavour == VM {
-		var l vmLayout
-		for _, d := range vmDirs() {
-			l.Lower = append(l.Lower, strings.TrimPrefix(d, "/"))
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
 		}
-		fds, err := vmGateFDs(pid, filepath.Join(e.opts.StateDir, "machines", info.ID, "root"), l)
+	}()
+	// Through the wrapper's root: opened in its mount namespace.
+	for _, name := range append(append([]string(nil), lay.Lower...), lay.Empty...) {
+		for _, p := range []string{m.upperDir(name), m.workDir(name)} {
+			fd, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/root"+p, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("open the machine's %s directory: %w", name, err)
+			}
+			fds = append(fds, fd)
+		}
+	}
+	if len(lay.Lower) > 0 {
+		trees, err := idmappedTrees(pid, lay.Lower)
 		if err != nil {
 			return err
 		}
-		defer func() {
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
-		}()
-		rights = unix.UnixRights(fds...)
+		fds = append(fds, trees...)
 	}
-	return unix.Sendmsg(int(gate.Fd()), []byte{1}, rights, nil, 0)
+	return unix.Sendmsg(int(gate.Fd()), []byte{1}, unix.UnixRights(fds...), nil, 0)
 }
 
 func (sb *sandbox) read(stdout io.Reader) {
@@ -628,6 +557,14 @@ func (sb *sandbox) read(stdout io.Reader) {
 	werr := sb.cmd.Wait()
 	sb.mu.Lock()
 	sb.dead = sb.describeEnd(werr)
+	if sb.initFD >= 0 {
+		// bwrap's child dies with bwrap, and takes every process of the
+		// machine with it before it is gone: wait for that.
+		unix.PidfdSendSignal(sb.initFD, unix.SIGKILL, nil, 0)
+		unix.Poll([]unix.PollFd{{Fd: int32(sb.initFD), Events: unix.POLLIN}}, 10000)
+		unix.Close(sb.initFD)
+		sb.initFD = -1
+	}
 	calls := sb.calls
 	sb.calls = map[uint64]*call{}
 	sb.mu.Unlock()

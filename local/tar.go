@@ -145,7 +145,6 @@ func writeTar(ctx context.Context, root *os.Root, rel string, w io.Writer, conte
 
 type extractOptions struct {
 	admit        func(name string, size int64) error // may refuse a regular file of this size
-	created      func(name string) error             // runs on every entry made
 	stripTop     bool                                // names start with a directory standing for root
 	confineLinks bool                                // leave out links that point outside root
 	skipped      *[]string                           // the links left out
@@ -153,10 +152,6 @@ type extractOptions struct {
 
 // extractTar unpacks r into root.
 func extractTar(root *os.Root, r io.Reader, o extractOptions) error {
-	created := o.created
-	if created == nil {
-		created = func(string) error { return nil }
-	}
 	mkdirs := func(dir string) error {
 		parts := strings.Split(dir, "/")
 		for i := range parts {
@@ -176,9 +171,6 @@ func extractTar(root *os.Root, r io.Reader, o extractOptions) error {
 				continue
 			}
 			if err != nil {
-				return err
-			}
-			if err := created(d); err != nil {
 				return err
 			}
 		}
@@ -240,9 +232,6 @@ func extractTar(root *os.Root, r io.Reader, o extractOptions) error {
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
-			if err == nil {
-				err = created(name)
-			}
 			if err != nil {
 				return rootError(name, err)
 			}
@@ -255,9 +244,6 @@ func extractTar(root *os.Root, r io.Reader, o extractOptions) error {
 			root.Remove(name)
 			if err := root.Symlink(hdr.Linkname, name); err != nil {
 				return rootError(name, err)
-			}
-			if err := created(name); err != nil {
-				return err
 			}
 		default:
 			return &PathError{hdr.Name, fmt.Sprintf("tar entry type %q is not supported (only files, directories and symbolic links)", hdr.Typeflag)}

@@ -2,7 +2,6 @@ package local
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -38,15 +37,6 @@ const vmIDs = 65536
 // the ranges /etc/subuid usually hands out (100000 onwards).
 const defaultVMHostIDBase = 0x70000000
 
-// vmLayout tells the init wrapper how to build a VM's filesystem. The
-// engine sends, through the gate, the machine's data directory opened in
-// the wrapper's mount namespace (overlays take only mounts of the caller's
-// namespace), then the idmapped trees of Lower in that order.
-type vmLayout struct {
-	Lower []string `json:"lower"` // host directories
-	Own   []string `json:"own"`   // the VM's own directories, rootfs ("/") first
-}
-
 // vmDirs are the host OS directories a VM sees through an overlay: never
 // home directories or anything else holding host secrets; the top-level
 // links of merged-/usr systems when they are directories.
@@ -68,18 +58,18 @@ func vmDirs() []string {
 
 // prepareVM makes the directories of a VM's layers, owned by its root, and
 // returns the layout and the bwrap arguments that mount them.
-func (e *Engine) prepareVM(m *Machine, info MachineInfo) (vmLayout, []string, error) {
+func (e *Engine) prepareVM(m *Machine, info MachineInfo) (layout, []string, error) {
 	data := filepath.Join(m.dir, "root")
 	base := e.opts.VMHostIDBase
 	if err := e.shiftVMOwners(m, info); err != nil {
-		return vmLayout{}, nil, err
+		return layout{}, nil, err
 	}
-	l := vmLayout{Own: []string{"rootfs"}}
+	l := layout{Empty: []string{"rootfs"}}
 	for _, d := range vmDirs() {
 		l.Lower = append(l.Lower, strings.TrimPrefix(d, "/"))
 	}
 	for _, d := range vmOwnDirs {
-		l.Own = append(l.Own, strings.TrimPrefix(d, "/"))
+		l.Empty = append(l.Empty, strings.TrimPrefix(d, "/"))
 	}
 	mk := func(p string, mode os.FileMode) error {
 		if err := os.MkdirAll(p, 0o700); err != nil {
@@ -98,7 +88,7 @@ func (e *Engine) prepareVM(m *Machine, info MachineInfo) (vmLayout, []string, er
 			return l, nil, err
 		}
 	}
-	for _, name := range append(append([]string(nil), l.Lower...), l.Own...) {
+	for _, name := range append(append([]string(nil), l.Lower...), l.Empty...) {
 		mode := os.FileMode(0o755)
 		switch name {
 		case "root":
@@ -134,7 +124,7 @@ func (e *Engine) prepareVM(m *Machine, info MachineInfo) (vmLayout, []string, er
 			}
 		}
 	}
-	for _, name := range l.Own[1:] {
+	for _, name := range l.Empty[1:] {
 		args = append(args, "--bind", stage(name), "/"+name)
 	}
 	args = append(args, "--size", "1048576", "--tmpfs", "/run")
@@ -164,27 +154,11 @@ func (e *Engine) shiftVMOwners(m *Machine, info MachineInfo) error {
 	return writeJSON(filepath.Join(m.dir, "machine.json"), m.info)
 }
 
-// vmGateFDs are the descriptors a VM's init wrapper gets through the gate
-// (see vmLayout). The caller closes them.
-func vmGateFDs(pid int, dataDir string, l vmLayout) ([]int, error) {
-	// Through the wrapper's root: opened in its mount namespace.
-	data, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/root"+dataDir, unix.O_PATH|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	trees, err := idmappedTrees(pid, l)
-	if err != nil {
-		unix.Close(data)
-		return nil, err
-	}
-	return append([]int{data}, trees...), nil
-}
-
-// idmappedTrees makes, for each host directory of l, a detached read-only
-// copy of its mount tree whose owners are mapped through the user
-// namespace of process pid: what the host's root owns looks owned by the
-// VM's root. The caller closes the descriptors.
-func idmappedTrees(pid int, l vmLayout) ([]int, error) {
+// idmappedTrees makes, for each host directory /<name>, a detached
+// read-only copy of its mount tree whose owners are mapped through the
+// user namespace of process pid: what the host's root owns looks owned by
+// the VM's root. The caller closes the descriptors.
+func idmappedTrees(pid int, names []string) ([]int, error) {
 	userns, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/ns/user", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
@@ -197,7 +171,7 @@ func idmappedTrees(pid int, l vmLayout) ([]int, error) {
 		}
 		return nil, err
 	}
-	for _, name := range l.Lower {
+	for _, name := range names {
 		fd, err := idmappedTree("/"+name, userns, true)
 		if err != nil {
 			// A submount on a filesystem without idmapped mounts: the
@@ -227,64 +201,6 @@ func idmappedTree(dir string, userns int, recursive bool) (int, error) {
 		return -1, err
 	}
 	return fd, nil
-}
-
-// mountVM builds a VM's filesystem under stageDir, in the init wrapper's
-// mount namespace (inside the VM's user namespace): the idmapped trees as
-// lower layers of one overlay each, and an overlay over an empty layer for
-// each of the VM's own directories. bwrap then binds them into place.
-func mountVM(l vmLayout, fds []int) error {
-	if len(fds) != 1+len(l.Lower) {
-		return fmt.Errorf("got %d descriptors for %d directories", len(fds), len(l.Lower))
-	}
-	dataFD, trees := fds[0], fds[1:]
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("make mounts private: %w", err)
-	}
-	if err := unix.Mount("tmpfs", "/run", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=1m"); err != nil {
-		return fmt.Errorf("mount tmpfs on /run: %w", err)
-	}
-	empty := stageDir + "/empty"
-	if err := os.MkdirAll(empty, 0o755); err != nil {
-		return err
-	}
-	data := "/proc/self/fd/" + strconv.Itoa(dataFD)
-	overlay := func(name, lower string) error {
-		merged := stageDir + "/merged/" + name
-		if err := os.MkdirAll(merged, 0o755); err != nil {
-			return err
-		}
-		opts := "lowerdir=" + lower + ",upperdir=" + data + "/upper/" + name + ",workdir=" + data + "/work/" + name + ",userxattr"
-		if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
-			return fmt.Errorf("mount the overlay of /%s: %w", name, err)
-		}
-		return nil
-	}
-	for i, name := range l.Lower {
-		lower := stageDir + "/lower/" + name
-		if err := os.MkdirAll(lower, 0o755); err != nil {
-			return err
-		}
-		if err := unix.MoveMount(trees[i], "", unix.AT_FDCWD, lower, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-			return fmt.Errorf("attach /%s: %w", name, err)
-		}
-		unix.Close(trees[i])
-		if err := overlay(name, lower); err != nil {
-			return err
-		}
-	}
-	for _, name := range l.Own {
-		if err := overlay(name, empty); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// vmFlag is the init wrapper's argument that carries a VM's layout.
-func vmFlag(l vmLayout) string {
-	b, _ := json.Marshal(l)
-	return string(b)
 }
 
 // errVMNeedsRoot is the answer to a VM machine asked of an engine that is
