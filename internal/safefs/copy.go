@@ -3,6 +3,7 @@ package safefs
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path"
 	"unsafe"
@@ -48,6 +49,7 @@ func Copy(ctx context.Context, src, dst string) error {
 
 type copier struct {
 	ctx     context.Context
+	noClone bool // the filesystem shares no blocks: stop asking
 	owners  bool             // keep owners (root only)
 	dstRoot int              // the copy's top directory
 	links   map[inode]string // a hard-linked inode's first copy, relative to dstRoot
@@ -58,11 +60,19 @@ func (c *copier) dir(sfd, dfd int, rel string, depth int) error {
 	if depth > MaxDepth {
 		return ErrTooDeep
 	}
-	return eachEntry(sfd, rel, func(name string) error {
+	return eachEntry(sfd, rel, func(name string, typ fs.FileMode) error {
 		if err := c.ctx.Err(); err != nil {
 			return err
 		}
 		r := path.Join(rel, name)
+		// Directories and files are opened without following links and
+		// checked on the descriptor: the listing's type is enough to choose.
+		switch {
+		case typ == fs.ModeDir:
+			return c.subdir(sfd, dfd, name, r, depth)
+		case typ == 0:
+			return c.file(sfd, dfd, name, r, nil)
+		}
 		var st unix.Stat_t
 		if err := unix.Fstatat(sfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			if errors.Is(err, unix.ENOENT) {
@@ -146,15 +156,7 @@ func futimens(fd int, atime, mtime unix.Timespec) error {
 	return nil
 }
 
-func (c *copier) file(sfd, dfd int, name, rel string, lst *unix.Stat_t) error {
-	if lst.Nlink > 1 {
-		if first, ok := c.links[inode{lst.Dev, lst.Ino}]; ok {
-			if err := unix.Linkat(c.dstRoot, first, dfd, name, 0); err != nil {
-				return relError("link", rel, err)
-			}
-			return nil
-		}
-	}
+func (c *copier) file(sfd, dfd int, name, rel string, _ *unix.Stat_t) error {
 	in, err := unix.Openat(sfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if swapped(err) {
@@ -169,6 +171,14 @@ func (c *copier) file(sfd, dfd int, name, rel string, lst *unix.Stat_t) error {
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return nil // swapped for something else since it was listed
+	}
+	if st.Nlink > 1 {
+		if first, ok := c.links[inode{st.Dev, st.Ino}]; ok {
+			if err := unix.Linkat(c.dstRoot, first, dfd, name, 0); err != nil {
+				return relError("link", rel, err)
+			}
+			return nil
+		}
 	}
 	out, err := unix.Openat(dfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -193,12 +203,16 @@ func (c *copier) content(in, out int, size int64) error {
 	if size == 0 {
 		return nil
 	}
-	if unix.IoctlFileClone(out, in) == nil {
-		// A clone copies the whole file as it is now; keep to the size that
-		// was seen, as the other ways do.
-		return unix.Ftruncate(out, size)
+	if !c.noClone {
+		err := unix.IoctlFileClone(out, in)
+		if err == nil {
+			// A clone copies the whole file as it is now; keep to the size
+			// that was seen, as the other ways do.
+			return unix.Ftruncate(out, size)
+		}
+		c.noClone = errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EXDEV)
 	}
-	const chunk = 8 << 20
+	const chunk = 64 << 20
 	var done int64
 	for done < size {
 		if err := c.ctx.Err(); err != nil {

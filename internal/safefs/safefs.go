@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 
@@ -63,7 +64,7 @@ func (m *measurer) dir(fd int, rel string, depth int) error {
 	if depth > MaxDepth {
 		return ErrTooDeep
 	}
-	return eachEntry(fd, rel, func(name string) error {
+	return eachEntry(fd, rel, func(name string, _ fs.FileMode) error {
 		if err := m.ctx.Err(); err != nil {
 			return err
 		}
@@ -110,9 +111,11 @@ func openDir(dirfd int, name string) (int, error) {
 	return unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 }
 
-// eachEntry calls f with the name of every entry of the directory fd, in
-// batches so that a huge directory does not need its whole listing in memory.
-func eachEntry(fd int, rel string, f func(name string) error) error {
+// eachEntry calls f with the name and type (from the listing: only a hint,
+// never trusted for what is opened) of every entry of the directory fd, in
+// batches so that a huge directory does not need its whole listing in
+// memory.
+func eachEntry(fd int, rel string, f func(name string, typ fs.FileMode) error) error {
 	// A duplicate, so that closing the *os.File leaves fd to the caller.
 	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
@@ -121,9 +124,9 @@ func eachEntry(fd int, rel string, f func(name string) error) error {
 	dir := os.NewFile(uintptr(dup), rel)
 	defer dir.Close()
 	for {
-		names, err := dir.Readdirnames(1024)
-		for _, n := range names {
-			if ferr := f(n); ferr != nil {
+		entries, err := dir.ReadDir(1024)
+		for _, e := range entries {
+			if ferr := f(e.Name(), e.Type()); ferr != nil {
 				return ferr
 			}
 		}
@@ -168,7 +171,7 @@ func unlockDirs(fd, depth int) {
 	if depth > MaxDepth {
 		return
 	}
-	eachEntry(fd, ".", func(name string) error {
+	eachEntry(fd, ".", func(name string, _ fs.FileMode) error {
 		if sub, err := openDir(fd, name); err == nil {
 			unlockDirs(sub, depth+1)
 			unix.Close(sub)
@@ -230,7 +233,7 @@ func (s *shifter) dir(fd int, rel string, depth int) error {
 	if depth > MaxDepth {
 		return ErrTooDeep
 	}
-	return eachEntry(fd, rel, func(name string) error {
+	return eachEntry(fd, rel, func(name string, _ fs.FileMode) error {
 		if err := s.ctx.Err(); err != nil {
 			return err
 		}
