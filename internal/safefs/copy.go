@@ -49,7 +49,7 @@ func Copy(ctx context.Context, src, dst string) error {
 
 type copier struct {
 	ctx     context.Context
-	noClone bool // the filesystem shares no blocks: stop asking
+	noClone bool             // the filesystem shares no blocks: stop asking
 	owners  bool             // keep owners (root only)
 	dstRoot int              // the copy's top directory
 	links   map[inode]string // a hard-linked inode's first copy, relative to dstRoot
