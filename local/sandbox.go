@@ -168,11 +168,11 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 			// Scratch space is on the machine's disk, in its quota, and
 			// emptied at each start: no tmpfs of a machine holds memory
 			// beyond its limit.
-			"--bind", merged("tmp"), "/tmp",
-			"--bind", merged("var-tmp"), "/var/tmp")
+			"--bind", merged("scratch")+"/tmp", "/tmp",
+			"--bind", merged("scratch")+"/var-tmp", "/var/tmp")
 		// Then its root (bwrap's tmpfs) is made read-only, once all is
 		// mounted on it.
-		afterDev = []string{"--bind", merged("shm"), "/dev/shm", "--remount-ro", "/"}
+		afterDev = []string{"--bind", merged("scratch") + "/shm", "/dev/shm", "--remount-ro", "/"}
 	case VM:
 		var vmArgs []string
 		var err error
@@ -216,8 +216,11 @@ func (e *Engine) sandboxHostIDs() (uid, gid int) {
 }
 
 // workspaceDirs are a workspace machine's directories: its files, and its
-// scratch space.
-var workspaceDirs = []string{"workspace", "tmp", "var-tmp", "shm"}
+// scratch space (its /tmp, /var/tmp and /dev/shm).
+var workspaceDirs = []string{"workspace", "scratch"}
+
+// scratchDirs are the directories of a machine's scratch space.
+var scratchDirs = []string{"tmp", "var-tmp", "shm"}
 
 // upperDir and workDir are where a machine's directory name lives on the
 // host, and its overlay's work directory.
@@ -225,10 +228,7 @@ func (m *Machine) upperDir(name string) string {
 	if m.info.Flavour == VM {
 		return filepath.Join(m.dir, "root", "upper", name)
 	}
-	if name == "workspace" {
-		return filepath.Join(m.dir, "workspace")
-	}
-	return filepath.Join(m.dir, "scratch", name)
+	return filepath.Join(m.dir, name)
 }
 
 func (m *Machine) workDir(name string) string {
@@ -248,23 +248,21 @@ func (m *Machine) prepareWorkspace() error {
 			return err
 		}
 	}
-	for _, name := range workspaceDirs {
-		dirs := []string{m.workDir(name)}
-		if name != "workspace" {
-			dirs = append(dirs, m.upperDir(name))
+	dirs := []string{m.workDir("workspace"), m.workDir("scratch"), m.upperDir("scratch")}
+	for _, name := range scratchDirs {
+		dirs = append(dirs, filepath.Join(m.upperDir("scratch"), name))
+	}
+	for _, p := range dirs {
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			return err
 		}
-		for _, p := range dirs {
-			if err := os.MkdirAll(p, 0o700); err != nil {
-				return err
-			}
-			if err := m.e.chownToSandbox(p); err != nil {
-				return err
-			}
+		if err := m.e.chownToSandbox(p); err != nil {
+			return err
 		}
-		if name != "workspace" {
-			if err := os.Chmod(m.upperDir(name), 0o777|os.ModeSticky); err != nil {
-				return err
-			}
+	}
+	for _, name := range scratchDirs {
+		if err := os.Chmod(filepath.Join(m.upperDir("scratch"), name), 0o777|os.ModeSticky); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -462,7 +460,7 @@ func (sb *sandbox) hello() error {
 // bwrap (which the init wrapper became).
 func (sb *sandbox) findInit() error {
 	outer := sb.cmd.Process.Pid
-	for _, pid := range procPIDs() {
+	for _, pid := range childrenOf(outer) {
 		if ppid(pid) != outer {
 			continue
 		}
@@ -478,6 +476,36 @@ func (sb *sandbox) findInit() error {
 		return nil
 	}
 	return errors.New("the machine's sandbox has no first process: it stopped while starting")
+}
+
+// childrenOf lists the children of a process: from its threads' children
+// files where the kernel has them, else by scanning /proc.
+func childrenOf(pid int) []int {
+	var out []int
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err == nil {
+		for _, t := range tasks {
+			b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + t.Name() + "/children")
+			if err != nil {
+				out = nil
+				break
+			}
+			for _, f := range strings.Fields(string(b)) {
+				if c, err := strconv.Atoi(f); err == nil {
+					out = append(out, c)
+				}
+			}
+		}
+		if out != nil {
+			return out
+		}
+	}
+	for _, p := range procPIDs() {
+		if ppid(p) == pid {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // openRoot opens the directory dir of the machine as the machine itself
