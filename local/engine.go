@@ -18,7 +18,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -177,9 +176,7 @@ type Engine struct {
 	lock      *os.File
 	startedAt time.Time
 
-	bwrapHelpOnce sync.Once
-	bwrapHelp     string
-	monitor       *monitor
+	monitor *monitor
 
 	mu        sync.Mutex
 	machines  map[string]*Machine
@@ -252,16 +249,6 @@ func New(opts Options) (*Engine, error) {
 	}
 	e.startMonitor()
 	return e, nil
-}
-
-// bwrapHas reports whether the installed bubblewrap knows an option
-// (--disable-userns came with 0.8).
-func (e *Engine) bwrapHas(option string) bool {
-	e.bwrapHelpOnce.Do(func() {
-		out, _ := exec.Command(e.bwrap, "--help").CombinedOutput()
-		e.bwrapHelp = string(out)
-	})
-	return strings.Contains(e.bwrapHelp, option+" ")
 }
 
 // Sandboxed reports whether machines are isolated with bubblewrap.

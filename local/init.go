@@ -28,16 +28,6 @@ import (
 // gateFD is the init wrapper's end of the socket the engine opens it with.
 const gateFD = 3
 
-// Descriptors the init wrapper is started with, after the gate. It keeps
-// them open for bwrap, which passes them to the sandbox's first process:
-// the agent runs from its descriptor (so no mount of the machine names the
-// binary's host path), and bwrap copies the identity files in.
-const (
-	exeFD    = gateFD + 1 // this binary (O_PATH)
-	passwdFD = gateFD + 2 // workspace machines: /etc/passwd and /etc/group
-	groupFD  = gateFD + 3
-)
-
 // stageDir is where the init wrapper mounts the machine's directories, in
 // its own mount namespace, for bwrap to bind into place.
 const stageDir = "/run/vmcp-stage"

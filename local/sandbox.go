@@ -96,21 +96,31 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 		}
 		return nil, nil, lay, err
 	}
-	open := func(p string, flag int) error {
-		f, err := os.OpenFile(p, flag|unix.O_CLOEXEC, 0)
-		if err == nil {
-			files = append(files, f)
-		}
-		return err
+	// The wrapper gets files after its gate, in order; it keeps them open
+	// for bwrap, which passes them to the sandbox's first process.
+	var keep []string
+	pass := func(f *os.File) string {
+		files = append(files, f)
+		fd := strconv.Itoa(gateFD + len(files))
+		keep = append(keep, fd)
+		return fd
 	}
-	if err := open(e.helper, unix.O_PATH); err != nil {
+	open := func(p string, flag int) (string, error) {
+		f, err := os.OpenFile(p, flag|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return "", err
+		}
+		return pass(f), nil
+	}
+	exeFD, err := open(e.helper, unix.O_PATH)
+	if err != nil {
 		return fail(err)
 	}
 	home := "/workspace"
 	if info.Flavour == VM {
 		home = "/root"
 	}
-	agentArgs := []string{"/proc/self/fd/" + strconv.Itoa(exeFD), agentArg,
+	agentArgs := []string{"/proc/self/fd/" + exeFD, agentArg,
 		"--python", e.opts.Python,
 		"--home", home,
 		"--files", strconv.FormatInt(l.OpenFiles, 10),
@@ -127,19 +137,27 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 	// host user, from its descriptor: that user may not traverse the
 	// directories that hold this binary.
 	cmd := exec.Command(e.helper)
-	cmd.Path = "/proc/self/fd/" + strconv.Itoa(exeFD)
+	cmd.Path = "/proc/self/fd/" + exeFD
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true,
 		Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS}
 	var args, afterDev []string
-	keep := []string{strconv.Itoa(exeFD)}
+	if !info.AllowUserNamespaces {
+		f, err := seccompFile()
+		if err != nil {
+			return fail(err)
+		}
+		args = append(args, "--seccomp", pass(f))
+	}
 	switch info.Flavour {
 	case Workspace:
-		for _, p := range []string{"passwd", "group"} {
-			if err := open(filepath.Join(e.opts.StateDir, "etc", p), os.O_RDONLY); err != nil {
-				return fail(err)
-			}
+		passwdFD, err := open(filepath.Join(e.opts.StateDir, "etc", "passwd"), os.O_RDONLY)
+		if err != nil {
+			return fail(err)
 		}
-		keep = append(keep, strconv.Itoa(passwdFD), strconv.Itoa(groupFD))
+		groupFD, err := open(filepath.Join(e.opts.StateDir, "etc", "group"), os.O_RDONLY)
+		if err != nil {
+			return fail(err)
+		}
 		if err := m.prepareWorkspace(); err != nil {
 			return fail(err)
 		}
@@ -154,16 +172,13 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 			// The agent alone keeps these, in the sandbox's user namespace
 			// (it drops them from what its children inherit): it gives each
 			// command a namespace of its own, and finds its processes.
-			"--cap-drop", "ALL", "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SYS_PTRACE")
-		if !info.AllowUserNamespaces && e.bwrapHas("--disable-userns") {
-			args = append(args, "--disable-userns")
-		}
-		args = append(args, "--ro-bind", "/usr", "/usr")
+			"--cap-drop", "ALL", "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SYS_PTRACE",
+			"--ro-bind", "/usr", "/usr")
 		args = rootLinkArgs(args, "--ro-bind")
 		args = append(args,
 			"--ro-bind", "/etc", "/etc",
-			"--ro-bind-data", strconv.Itoa(passwdFD), "/etc/passwd",
-			"--ro-bind-data", strconv.Itoa(groupFD), "/etc/group",
+			"--ro-bind-data", passwdFD, "/etc/passwd",
+			"--ro-bind-data", groupFD, "/etc/group",
 			"--bind", merged("workspace"), "/workspace",
 			// Scratch space is on the machine's disk, in its quota, and
 			// emptied at each start: no tmpfs of a machine holds memory
@@ -175,7 +190,6 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 		afterDev = []string{"--bind", merged("scratch") + "/shm", "/dev/shm", "--remount-ro", "/"}
 	case VM:
 		var vmArgs []string
-		var err error
 		if lay, vmArgs, err = e.prepareVM(m, info); err != nil {
 			return fail(err)
 		}
