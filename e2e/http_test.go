@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -319,5 +320,53 @@ func TestPrincipalCredentials(t *testing.T) {
 	cmd := exec.Command(serverBin, "--transport", "http", "--tokens-file", tokens, "--principal-credentials", creds)
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "chmod 600") {
 		t.Errorf("a world-readable credentials file: %v\n%s", err, out)
+	}
+}
+
+// TestMetricsNeedAuthentication: /metrics is behind the endpoint's
+// authentication, or on a listener of its own with --metrics-listen.
+func TestMetricsNeedAuthentication(t *testing.T) {
+	t.Parallel()
+	tokens := tokensFile(t, map[string]string{"alice": "vmcp_alice-secret"})
+	get := func(url, token string) (int, string) {
+		req, _ := http.NewRequest("GET", url, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	s := startHTTPServer(t, t.TempDir(), []string{"--tokens-file", tokens, "--enable-local-backend"})
+	if code, _ := get(s.base+"/metrics", ""); code != http.StatusUnauthorized {
+		t.Errorf("/metrics without a token: %d", code)
+	}
+	if code, body := get(s.base+"/metrics", "vmcp_alice-secret"); code != 200 || !strings.Contains(body, "go_goroutines") {
+		t.Errorf("/metrics with a token: %d", code)
+	}
+	port := freePort(t)
+	s2 := startHTTPServer(t, t.TempDir(), []string{"--tokens-file", tokens, "--enable-local-backend", "--metrics-listen", fmt.Sprintf("127.0.0.1:%d", port)})
+	if code, _ := get(s2.base+"/metrics", "vmcp_alice-secret"); code != http.StatusNotFound {
+		t.Errorf("/metrics on the public listener with --metrics-listen: %d", code)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := 0, ""
+		if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port)); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			code, body = resp.StatusCode, string(b)
+		}
+		if code == 200 && strings.Contains(body, "go_goroutines") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the metrics listener: %d", code)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -140,6 +140,8 @@ func (s *Service) NewMCPServer(version string) *server.MCPServer {
 		// their schemas, and the end-to-end tests validate every result
 		// they receive against the announced output schema.
 		server.WithRecovery(),
+		// Hooks the transports may add to (the hosted endpoint does).
+		server.WithHooks(&server.Hooks{}),
 	)
 	s.Register(srv)
 	prompts.Register(srv)

@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/mark3labs/mcp-go/server"
@@ -34,11 +33,17 @@ type HTTPOptions struct {
 	AllowedOrigins []string
 	// MaxRequestBytes bounds a request body; default 16 MiB.
 	MaxRequestBytes int64
-	// MaxConcurrentPerPrincipal bounds one principal's requests in flight
-	// (0: no limit); past it, 429.
+	// MaxConcurrentPerPrincipal bounds one principal's requests in flight,
+	// legacy SSE tool calls included for as long as they run (0: no limit);
+	// past it, 429.
 	MaxConcurrentPerPrincipal int
+	// MaxStreamsPerPrincipal bounds one principal's open streams (GET /sse,
+	// GET /mcp) (0: no limit); past it, 429.
+	MaxStreamsPerPrincipal int
 	// Metrics, Metadata and Healthz are served at /metrics,
-	// /.well-known/oauth-protected-resource and /healthz when set.
+	// /.well-known/oauth-protected-resource and /healthz when set; /metrics
+	// behind authentication, as the MCP endpoints (serve it on a listener
+	// of its own, without, with ServeMetrics).
 	Metrics, Metadata, Healthz http.Handler
 	// ShutdownTimeout bounds the drain of calls in flight; default 30 s.
 	ShutdownTimeout time.Duration
@@ -60,6 +65,17 @@ func NewHTTPHandler(srv *server.MCPServer, opts HTTPOptions) (h http.Handler, sh
 	if opts.MaxRequestBytes <= 0 {
 		opts.MaxRequestBytes = 16 << 20
 	}
+	principalOf := opts.Principal
+	if principalOf == nil {
+		principalOf = func(context.Context) string { return "" }
+	}
+	ids := newBinder()
+	g := &guard{ids: ids, principal: principalOf,
+		calls:   newCounter(opts.MaxConcurrentPerPrincipal, "requests in flight"),
+		streams: newCounter(opts.MaxStreamsPerPrincipal, "open streams")}
+	if hooks := srv.GetHooks(); hooks != nil {
+		hooks.AddOnRequestInitialization(releaseSlotWhenDone)
+	}
 	principalCtx := func(ctx context.Context, r *http.Request) context.Context {
 		if opts.Principal != nil && opts.WithPrincipal != nil {
 			if p := opts.Principal(r.Context()); p != "" {
@@ -72,25 +88,27 @@ func NewHTTPHandler(srv *server.MCPServer, opts HTTPOptions) (h http.Handler, sh
 		server.WithEndpointPath(PathMCP),
 		server.WithHTTPContextFunc(principalCtx),
 		server.WithHeartbeatInterval(30*time.Second),
+		server.WithSessionIdManagerResolver(sessionIDs{b: ids, principal: principalOf}),
 	)
 	sse := server.NewSSEServer(srv,
 		server.WithSSEEndpoint(PathSSE),
 		server.WithMessageEndpoint(PathMessage),
 		server.WithSSEContextFunc(principalCtx),
 		server.WithKeepAlive(true),
+		server.WithSessionIDGenerator(func(_ context.Context, r *http.Request) (string, error) {
+			return ids.mint(principalOf(r.Context())), nil
+		}),
 	)
-	limiter := newPrincipalLimiter(opts.MaxConcurrentPerPrincipal)
 	protect := func(next http.Handler) http.Handler {
-		inner := limiter.wrap(next, opts.Principal)
 		if opts.Authenticate != nil {
-			inner = opts.Authenticate(inner)
+			next = opts.Authenticate(next)
 		}
-		return checkOrigin(opts.AllowedOrigins, http.MaxBytesHandler(inner, opts.MaxRequestBytes))
+		return checkOrigin(opts.AllowedOrigins, http.MaxBytesHandler(next, opts.MaxRequestBytes))
 	}
 	mux := http.NewServeMux()
-	mux.Handle(PathMCP, protect(withInputParams(streamable)))
-	mux.Handle(PathSSE, protect(withInputParams(sse.SSEHandler())))
-	mux.Handle(PathMessage, protect(withInputParams(sse.MessageHandler())))
+	mux.Handle(PathMCP, protect(g.streamable(withInputParams(streamable))))
+	mux.Handle(PathSSE, protect(g.stream(withInputParams(sse.SSEHandler()))))
+	mux.Handle(PathMessage, protect(g.message(withInputParams(sse.MessageHandler()))))
 	healthz := opts.Healthz
 	if healthz == nil {
 		healthz = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -100,7 +118,7 @@ func NewHTTPHandler(srv *server.MCPServer, opts HTTPOptions) (h http.Handler, sh
 	}
 	mux.Handle("GET /healthz", healthz)
 	if opts.Metrics != nil {
-		mux.Handle("GET /metrics", opts.Metrics)
+		mux.Handle("GET /metrics", protect(opts.Metrics))
 	}
 	if opts.Metadata != nil {
 		mux.Handle("GET /.well-known/oauth-protected-resource", opts.Metadata)
@@ -151,6 +169,30 @@ func ServeHTTP(ctx context.Context, srv *server.MCPServer, opts HTTPOptions, rea
 	return nil
 }
 
+// ServeMetrics serves metrics at /metrics on addr, without authentication,
+// until ctx ends: for a scraper on a private network, apart from the
+// public endpoint.
+func ServeMetrics(ctx context.Context, addr string, metrics http.Handler, ready func(net.Addr)) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s for metrics: %w", addr, err)
+	}
+	if ready != nil {
+		ready(ln.Addr())
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		hs.Close()
+	}()
+	if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
 // checkOrigin refuses browser requests from origins not allowed: a web page
 // must not drive a server the browser can reach (DNS rebinding included).
 // Allowed origins get CORS headers, and their preflight requests are
@@ -187,44 +229,3 @@ func sameOrigin(origin string, r *http.Request) bool {
 	return err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host)
 }
 
-// principalLimiter bounds each principal's requests in flight.
-type principalLimiter struct {
-	max      int
-	mu       sync.Mutex
-	inFlight map[string]int
-}
-
-func newPrincipalLimiter(max int) *principalLimiter {
-	return &principalLimiter{max: max, inFlight: map[string]int{}}
-}
-
-func (l *principalLimiter) wrap(next http.Handler, principal func(context.Context) string) http.Handler {
-	if l.max <= 0 || principal == nil {
-		return next
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// Long-lived SSE streams are not calls.
-		if r.Method == http.MethodGet {
-			next.ServeHTTP(w, r)
-			return
-		}
-		p := principal(r.Context())
-		l.mu.Lock()
-		if l.inFlight[p] >= l.max {
-			l.mu.Unlock()
-			w.Header().Set("Retry-After", "1")
-			http.Error(w, fmt.Sprintf("too many requests in flight for this principal (limit %d); retry when one ends", l.max), http.StatusTooManyRequests)
-			return
-		}
-		l.inFlight[p]++
-		l.mu.Unlock()
-		defer func() {
-			l.mu.Lock()
-			if l.inFlight[p]--; l.inFlight[p] <= 0 {
-				delete(l.inFlight, p)
-			}
-			l.mu.Unlock()
-		}()
-		next.ServeHTTP(w, r)
-	})
-}

@@ -32,7 +32,9 @@ type httpConfig struct {
 	listen         string
 	allowedOrigins []string
 	maxConcurrent  int
+	maxStreams     int
 	maxRequestMB   int
+	metricsListen  string
 	enableLocal    bool   // the local backend over http (off by default)
 	sessionStore   string // "" (bbolt in the state dir) or redis://...
 	insecureNoAuth bool
@@ -77,6 +79,8 @@ func httpFlags(fs *flag.FlagSet, envOr func(key, def string) string) *httpConfig
 	fs.StringVar(&hc.listen, "listen", envOr("VMCP_LISTEN", "127.0.0.1:8080"), "address of the http transport (env VMCP_LISTEN)")
 	origins := fs.String("allowed-origins", envOr("VMCP_ALLOWED_ORIGINS", ""), "comma-separated browser origins allowed to call over http; requests with another Origin get 403 (env VMCP_ALLOWED_ORIGINS)")
 	fs.IntVar(&hc.maxConcurrent, "max-concurrent-calls", atoiOr(envOr("VMCP_MAX_CONCURRENT_CALLS", ""), 16), "requests one principal may have in flight over http; 0: no limit (env VMCP_MAX_CONCURRENT_CALLS)")
+	fs.IntVar(&hc.maxStreams, "max-streams", atoiOr(envOr("VMCP_MAX_STREAMS", ""), 16), "open streams (GET /sse, GET /mcp) one principal may hold over http; 0: no limit (env VMCP_MAX_STREAMS)")
+	fs.StringVar(&hc.metricsListen, "metrics-listen", envOr("VMCP_METRICS_LISTEN", ""), "serve Prometheus /metrics on this address without authentication (e.g. a private 127.0.0.1:9090); without it, /metrics is on --listen behind the same authentication as /mcp (env VMCP_METRICS_LISTEN)")
 	fs.IntVar(&hc.maxRequestMB, "max-request-mb", atoiOr(envOr("VMCP_MAX_REQUEST_MB", ""), 16), "largest request body over http, in MiB (env VMCP_MAX_REQUEST_MB)")
 	fs.BoolVar(&hc.enableLocal, "enable-local-backend", envOr("VMCP_ENABLE_LOCAL_BACKEND", "") == "1", "over http, also run machines on this host (off by default: a hosted endpoint uses cloud backends) (env VMCP_ENABLE_LOCAL_BACKEND=1)")
 	fs.StringVar(&hc.sessionStore, "session-store", envOr("VMCP_SESSION_STORE", ""), "where conversations live: empty for a file in the state dir, or redis://[:password@]host:port/db to share them between replicas (env VMCP_SESSION_STORE)")
@@ -134,8 +138,8 @@ func (hc *httpConfig) check() error {
 		}
 		hc.credentials = creds
 	}
-	if hc.maxConcurrent < 0 || hc.maxRequestMB <= 0 {
-		return errors.New("--max-concurrent-calls takes a whole number (0: no limit) and --max-request-mb a positive one")
+	if hc.maxConcurrent < 0 || hc.maxStreams < 0 || hc.maxRequestMB <= 0 {
+		return errors.New("--max-concurrent-calls and --max-streams take a whole number (0: no limit), --max-request-mb a positive one")
 	}
 	hasAuth := hc.auth.TokensFile != "" || hc.auth.JWKSURL != ""
 	if !hasAuth && !hc.insecureNoAuth {
@@ -221,10 +225,23 @@ func serveHTTP(ctx context.Context, hc httpConfig, srv *server.MCPServer, x *met
 		AllowedOrigins:            hc.allowedOrigins,
 		MaxRequestBytes:           int64(hc.maxRequestMB) << 20,
 		MaxConcurrentPerPrincipal: hc.maxConcurrent,
-		Metrics:                   promhttp.HandlerFor(x.registry, promhttp.HandlerOpts{}),
+		MaxStreamsPerPrincipal:    hc.maxStreams,
 		Principal:                 auth.PrincipalFrom,
 		WithPrincipal:             tools.WithPrincipal,
 		Logger:                    log,
+	}
+	metricsHandler := promhttp.HandlerFor(x.registry, promhttp.HandlerOpts{})
+	if hc.metricsListen != "" {
+		go func() {
+			err := transport.ServeMetrics(ctx, hc.metricsListen, metricsHandler, func(addr net.Addr) {
+				log.Info().Str("url", "http://"+addr.String()+"/metrics").Msg("serving metrics without authentication")
+			})
+			if err != nil {
+				log.Error().Err(err).Msg("metrics listener")
+			}
+		}()
+	} else {
+		opts.Metrics = metricsHandler
 	}
 	if hc.insecureNoAuth {
 		log.Warn().Msg("serving http WITHOUT AUTHENTICATION (--insecure-no-auth): every caller is the same principal")

@@ -1,0 +1,298 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/mark3labs/mcp-go/server"
+)
+
+// The hosted endpoint serves many principals from one process; what one of
+// them opens, another may not touch, and what one may hold is bounded:
+//
+//   - MCP session ids (streamable HTTP's Mcp-Session-Id and legacy SSE's
+//     sessionId) are minted bound to the principal that opened the session,
+//     with an HMAC under a key of this process: a session id presented by
+//     another principal is "not found", before mcp-go ever sees it.
+//   - Long-lived streams (GET /sse, GET /mcp) count against the principal's
+//     stream limit.
+//   - A legacy SSE message (POST /message) is answered 202 at once and runs
+//     in the background; a tool call so started holds a slot of the
+//     principal's call limit until it ends, as a streamable HTTP call does
+//     for as long as its request is open.
+
+// sessionPrefix starts every session id the endpoint mints.
+const sessionPrefix = "mcp-session-"
+
+// binder mints session ids bound to a principal.
+type binder struct {
+	key [32]byte
+}
+
+func newBinder() *binder {
+	b := &binder{}
+	rand.Read(b.key[:])
+	return b
+}
+
+func (b *binder) mac(principal, nonce string) string {
+	m := hmac.New(sha256.New, b.key[:])
+	m.Write([]byte(principal))
+	m.Write([]byte{0})
+	m.Write([]byte(nonce))
+	return hex.EncodeToString(m.Sum(nil)[:16])
+}
+
+// mint makes a new session id of principal.
+func (b *binder) mint(principal string) string {
+	n := make([]byte, 16)
+	rand.Read(n)
+	nonce := hex.EncodeToString(n)
+	return sessionPrefix + nonce + "-" + b.mac(principal, nonce)
+}
+
+// owns reports whether id was minted for principal.
+func (b *binder) owns(id, principal string) bool {
+	rest, ok := strings.CutPrefix(id, sessionPrefix)
+	if !ok {
+		return false
+	}
+	nonce, mac, ok := strings.Cut(rest, "-")
+	return ok && len(nonce) == 32 && hmac.Equal([]byte(mac), []byte(b.mac(principal, nonce)))
+}
+
+// sessionIDs is the streamable HTTP server's session id manager: ids of the
+// principal of the request at hand.
+type sessionIDs struct {
+	b         *binder
+	principal func(context.Context) string
+}
+
+// ResolveSessionIdManager implements server.SessionIdManagerResolver.
+func (s sessionIDs) ResolveSessionIdManager(r *http.Request) server.SessionIdManager {
+	p := ""
+	if r != nil {
+		p = s.principal(r.Context())
+	}
+	return boundIDs{b: s.b, principal: p, sweeper: r == nil}
+}
+
+// boundIDs manages the session ids of one principal.
+type boundIDs struct {
+	b         *binder
+	principal string
+	sweeper   bool // no request: mcp-go's idle session sweeper
+}
+
+func (m boundIDs) Generate() string { return m.b.mint(m.principal) }
+
+func (m boundIDs) Validate(id string) (bool, error) {
+	if m.sweeper || m.b.owns(id, m.principal) {
+		return false, nil
+	}
+	return false, fmt.Errorf("session not found")
+}
+
+func (m boundIDs) Terminate(id string) (bool, error) {
+	_, err := m.Validate(id)
+	return false, err
+}
+
+// counter counts what each principal holds (calls in flight, open streams)
+// against a limit.
+type counter struct {
+	max  int
+	what string // for the refusal, e.g. "calls in flight"
+	mu   sync.Mutex
+	held map[string]int
+}
+
+func newCounter(max int, what string) *counter {
+	return &counter{max: max, what: what, held: map[string]int{}}
+}
+
+// acquire takes one for principal; release gives it back (once, whatever
+// calls it). ok is false at the limit.
+func (c *counter) acquire(principal string) (release func(), ok bool) {
+	if c.max <= 0 {
+		return func() {}, true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held[principal] >= c.max {
+		return nil, false
+	}
+	c.held[principal]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			c.mu.Lock()
+			if c.held[principal]--; c.held[principal] <= 0 {
+				delete(c.held, principal)
+			}
+			c.mu.Unlock()
+		})
+	}, true
+}
+
+// refuse answers a request past the limit.
+func (c *counter) refuse(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "1")
+	http.Error(w, fmt.Sprintf("too many %s for this principal (limit %d); retry when one ends", c.what, c.max), http.StatusTooManyRequests)
+}
+
+// slotKey holds, in a legacy SSE message's context, the release of the call
+// slot it holds.
+type slotKey struct{}
+
+// releaseSlotWhenDone is an OnRequestInitialization hook: the request's
+// context (the background one of a legacy SSE message) ends when its
+// handling does, and then the slot it holds is given back.
+func releaseSlotWhenDone(ctx context.Context, _ any, _ any) error {
+	if release, ok := ctx.Value(slotKey{}).(func()); ok {
+		context.AfterFunc(ctx, release)
+	}
+	return nil
+}
+
+// isToolCall reports whether body is a JSON-RPC request (not a notification
+// nor a response) to call a tool: what mcp-go hands to a tool's handler.
+func isToolCall(body []byte) bool {
+	var m struct {
+		JSONRPC string          `json:"jsonrpc"`
+		Method  string          `json:"method"`
+		ID      json.RawMessage `json:"id"`
+	}
+	if json.Unmarshal(body, &m) != nil {
+		return false
+	}
+	return m.JSONRPC == "2.0" && m.Method == "tools/call" && len(m.ID) > 0 && string(m.ID) != "null"
+}
+
+// readBody reads a request body (bounded by MaxBytesHandler upstream) and
+// puts it back for the next handler.
+func readBody(r *http.Request) ([]byte, error) {
+	b, err := io.ReadAll(r.Body)
+	r.Body.Close()
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	return b, err
+}
+
+// guard applies the per-principal rules to the endpoint's handlers; the
+// principal is in the request's context (authentication runs first).
+type guard struct {
+	ids            *binder
+	principal      func(context.Context) string
+	calls, streams *counter
+}
+
+// notFound answers a session id that is not the caller's, worded as one
+// that does not exist.
+func notFound(w http.ResponseWriter) {
+	http.Error(w, "session not found: start a new one (initialize)", http.StatusNotFound)
+}
+
+// streamable guards /mcp: the session must be the caller's; a GET is a
+// stream, anything else a request that holds a call slot while it is open.
+func (g *guard) streamable(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := g.principal(r.Context())
+		if id := r.Header.Get("Mcp-Session-Id"); id != "" && !g.ids.owns(id, p) {
+			notFound(w)
+			return
+		}
+		c := g.calls
+		if r.Method == http.MethodGet {
+			c = g.streams
+		}
+		release, ok := c.acquire(p)
+		if !ok {
+			c.refuse(w)
+			return
+		}
+		defer release()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// stream guards GET /sse: a stream.
+func (g *guard) stream(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		release, ok := g.streams.acquire(g.principal(r.Context()))
+		if !ok {
+			g.streams.refuse(w)
+			return
+		}
+		defer release()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// message guards POST /message: the session must be the caller's, and a
+// tool call holds a call slot until it ends (releaseSlotWhenDone), long
+// after the 202 that answers the request.
+func (g *guard) message(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := g.principal(r.Context())
+		if !g.ids.owns(r.URL.Query().Get("sessionId"), p) {
+			notFound(w)
+			return
+		}
+		body, err := readBody(r)
+		if err != nil {
+			http.Error(w, "read the request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if !isToolCall(body) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		release, ok := g.calls.acquire(p)
+		if !ok {
+			g.calls.refuse(w)
+			return
+		}
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), slotKey{}, release)))
+		if sw.status != http.StatusAccepted {
+			release() // refused before it ran: nothing will give the slot back
+		}
+	})
+}
+
+// statusWriter remembers the status a handler answered with.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Flush passes flushes on, for streams.
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
