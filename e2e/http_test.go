@@ -173,7 +173,14 @@ func TestHTTPConversation(t *testing.T) {
 // must lie under them.
 func TestHTTPClientRoots(t *testing.T) {
 	t.Parallel()
-	root, mine, other := rootDirs(t)
+	// On the hosted endpoint, alice's directory under the allowed root is
+	// hers: <root>/alice.
+	own, _, _ := rootDirs(t)
+	root := t.TempDir()
+	if err := os.Rename(own, filepath.Join(root, "alice")); err != nil {
+		t.Fatal(err)
+	}
+	mine, other := filepath.Join(root, "alice", "mine"), filepath.Join(root, "alice", "other")
 	tokens := tokensFile(t, map[string]string{"alice": "vmcp_alice-token-for-tests"})
 	s := startHTTPServer(t, t.TempDir(), []string{"--tokens-file", tokens, "--enable-local-backend", "--allowed-roots", root})
 	for _, sse := range []bool{false, true} {
@@ -183,7 +190,7 @@ func TestHTTPClientRoots(t *testing.T) {
 				Bytes int64 `json:"bytes"`
 			}
 			h.ok(t, "upload_file", map[string]any{"path": "a.txt", "local_path": filepath.Join(mine, "f.txt")}, &up)
-			if up.Bytes != int64(len("from "+mine)) {
+			if up.Bytes != int64(len("from "+filepath.Join(own, "mine"))) {
 				t.Errorf("uploaded %d bytes", up.Bytes)
 			}
 			h.fails(t, "upload_file", map[string]any{"path": "c.txt", "local_path": filepath.Join(other, "f.txt")}, "roots your MCP client allows ("+mine+")")
@@ -368,5 +375,34 @@ func TestMetricsNeedAuthentication(t *testing.T) {
 			t.Fatalf("the metrics listener: %d", code)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestHTTPHostPathsPerPrincipal: on the hosted endpoint, each principal's
+// local_path lives in its own directory under the allowed root: what alice
+// saves, bob can neither read nor overwrite.
+func TestHTTPHostPathsPerPrincipal(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	tokens := tokensFile(t, map[string]string{"alice": "vmcp_alice-secret", "bob": "vmcp_bob-secret"})
+	s := startHTTPServer(t, t.TempDir(), []string{"--tokens-file", tokens, "--enable-local-backend", "--allowed-roots", root})
+	alice := s.connect(t, false, "vmcp_alice-secret")
+	bob := s.connect(t, true, "vmcp_bob-secret")
+	alice.ok(t, "upload_file", map[string]any{"path": "secret.txt", "content": "alice's secret"}, nil)
+	alice.ok(t, "download_file", map[string]any{"path": "secret.txt", "local_path": "secret.txt"}, nil)
+	if b, err := os.ReadFile(filepath.Join(root, "alice", "secret.txt")); err != nil || string(b) != "alice's secret" {
+		t.Fatalf("alice's download: %q %v", b, err)
+	}
+	bob.fails(t, "upload_file", map[string]any{"path": "stolen.txt", "local_path": "secret.txt"}, "does not exist")
+	bob.fails(t, "upload_file", map[string]any{"path": "stolen.txt", "local_path": filepath.Join(root, "alice", "secret.txt")}, "outside the allowed roots")
+	bob.fails(t, "upload_file", map[string]any{"path": "stolen.txt", "local_path": "../alice/secret.txt"}, "outside the allowed roots")
+	bob.ok(t, "upload_file", map[string]any{"path": "mine.txt", "content": "bob's"}, nil)
+	bob.fails(t, "download_file", map[string]any{"path": "mine.txt", "local_path": filepath.Join(root, "alice", "planted.txt")}, "outside the allowed roots")
+	bob.ok(t, "download_file", map[string]any{"path": "mine.txt", "local_path": "secret.txt"}, nil)
+	if b, _ := os.ReadFile(filepath.Join(root, "alice", "secret.txt")); string(b) != "alice's secret" {
+		t.Fatalf("alice's file changed: %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(root, "alice", "planted.txt")); err == nil {
+		t.Fatal("bob wrote into alice's directory")
 	}
 }

@@ -2,6 +2,8 @@ package tools
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -315,9 +317,51 @@ func (a hostAccess) absHost(p string) (string, error) {
 // a path refused anyway costs no round trip.
 func (s *Service) hostAccess(ctx context.Context, req mcp.CallToolRequest, path string) (access hostAccess, ask *mcp.CallToolResult) {
 	access = hostAccess{allowed: s.allowedRoots}
+	if s.rootsPerPrincipal {
+		access.allowed = principalRoots(s.allowedRoots, conversationFrom(ctx).Principal)
+	}
 	if _, err := access.absHost(path); err != nil {
 		return access, nil
 	}
 	access.client, ask = clientRoots(ctx, req)
 	return access, ask
+}
+
+// principalRoots are a principal's own directories under each allowed root
+// (made on first use): on the hosted endpoint, what one principal saves
+// with local_path, another cannot read or overwrite.
+func principalRoots(roots []string, principal string) []string {
+	name := principalDir(principal)
+	var out []string
+	for _, r := range roots {
+		// Made through the root, so that a link named like the principal
+		// cannot send the directory elsewhere.
+		if root, err := os.OpenRoot(r); err == nil {
+			root.Mkdir(name, 0o700)
+			fi, err := root.Lstat(name)
+			root.Close()
+			if err != nil || !fi.IsDir() {
+				continue
+			}
+		}
+		out = append(out, filepath.Join(r, name))
+	}
+	return out
+}
+
+// principalDir names a principal's directory: the principal itself when it
+// is a plain name, else "~" and a hash of it ("~" is never in a plain name,
+// so the two kinds cannot meet).
+func principalDir(principal string) string {
+	plain := principal != "" && len(principal) <= 64 && principal != "." && principal != ".."
+	for _, r := range principal {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._@-", r)) {
+			plain = false
+		}
+	}
+	if plain {
+		return principal
+	}
+	sum := sha256.Sum256([]byte(principal))
+	return "~" + hex.EncodeToString(sum[:16])
 }

@@ -33,15 +33,18 @@ const Instructions = `vmcp gives you persistent sandboxed Linux machines with a 
 // Service holds what the tools share: the backends, the conversations, and
 // the host directories that local_path may use.
 type Service struct {
-	backends       []backend.Backend // in order of preference; the first is the default backend
-	backendsFor    func(principal string) []backend.Backend
-	sessions       *sessions.Manager
-	allowedRoots   []string // absolute, symbolic links resolved
-	instance       string   // this server's instance id, tagged on its machines
-	idle           map[string]time.Duration
-	ttl            time.Duration
-	localPrincipal string
-	log            zerolog.Logger
+	backends     []backend.Backend // in order of preference; the first is the default backend
+	backendsFor  func(principal string) []backend.Backend
+	sessions     *sessions.Manager
+	allowedRoots []string // absolute, symbolic links resolved
+	// rootsPerPrincipal: each principal's local_path lives in a directory
+	// of its own under each allowed root (the hosted endpoint).
+	rootsPerPrincipal bool
+	instance          string // this server's instance id, tagged on its machines
+	idle              map[string]time.Duration
+	ttl               time.Duration
+	localPrincipal    string
+	log               zerolog.Logger
 
 	// unparkMu guards relaunching parked machines and the maps below, so
 	// that the reaper never parks a machine a call is using.
@@ -65,6 +68,10 @@ type Config struct {
 	// AllowedRoots are the host directories that upload_file and
 	// download_file may read and write through local_path.
 	AllowedRoots []string
+	// RootsPerPrincipal gives each principal a directory of its own under
+	// each allowed root, named after it, for local_path: the hosted endpoint
+	// serves many principals from one host.
+	RootsPerPrincipal bool
 	// Instance names this server on the machines it creates.
 	Instance string
 	// Idle is each backend's idle timeout (absent or 0: machines stay).
@@ -90,7 +97,7 @@ func NewService(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{backends: cfg.Backends, backendsFor: cfg.BackendsFor, sessions: cfg.Sessions, allowedRoots: roots, instance: cfg.Instance,
+	return &Service{backends: cfg.Backends, backendsFor: cfg.BackendsFor, sessions: cfg.Sessions, allowedRoots: roots, rootsPerPrincipal: cfg.RootsPerPrincipal, instance: cfg.Instance,
 		idle: cfg.Idle, ttl: cfg.ConversationTTL, localPrincipal: localPrincipal(), log: cfg.Log,
 		onCall: cfg.OnCall, idled: map[string]int64{}, busy: map[string]int{}, parking: map[string]bool{}}, nil
 }

@@ -338,7 +338,7 @@ func run(args []string) error {
 	if cfg.http.transport == "http" { // the only one that serves /metrics
 		onCall = metrics.observe
 	}
-	svc, err := tools.NewService(tools.Config{Backends: bs, BackendsFor: principalBackends, Sessions: manager, AllowedRoots: cfg.allowedRoots, Instance: instance,
+	svc, err := tools.NewService(tools.Config{Backends: bs, BackendsFor: principalBackends, Sessions: manager, AllowedRoots: cfg.allowedRoots, RootsPerPrincipal: cfg.http.transport == "http", Instance: instance,
 		Idle: cfg.idle, ConversationTTL: cfg.ttl, OnCall: onCall, Log: log})
 	if err != nil {
 		return err
