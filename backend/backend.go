@@ -13,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -257,4 +258,24 @@ var describe = map[Capability]string{
 	Snapshots: "snapshots (snapshot_vm)",
 	Build:     "image builds (build_image)",
 	Firewall:  "firewall policies (set_firewall)",
+}
+
+// MaxPathDepth and MaxPathBytes bound the machine paths the file tools take,
+// on every backend: deeper or longer is not a path a person or a program
+// means, and each level costs a walk.
+const (
+	MaxPathDepth = 256
+	MaxPathBytes = 4096
+)
+
+// CheckPath refuses a machine path past MaxPathDepth or MaxPathBytes, with
+// an error that says so.
+func CheckPath(p string) error {
+	if len(p) > MaxPathBytes {
+		return fmt.Errorf("path %.64q… is %d bytes long; paths may have at most %d", p, len(p), MaxPathBytes)
+	}
+	if n := strings.Count(p, "/"); n > MaxPathDepth {
+		return fmt.Errorf("path %.64q… is %d directories deep; paths may be at most %d deep", p, n, MaxPathDepth)
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -142,4 +143,17 @@ func TestDirectoryDownloadPlantsNoLinkOutside(t *testing.T) {
 	}
 	// And a FIFO is refused at once.
 	h.fails(t, "download_file", map[string]any{"path": "out/pipe"}, "not a regular file (a FIFO)")
+}
+
+// TestDeepPathIsRefusedAtOnce: upload_file to a path 2000 directories deep
+// costs nothing: a clear refusal, at once.
+func TestDeepPathIsRefusedAtOnce(t *testing.T) {
+	t.Parallel()
+	h := start(t)
+	start := time.Now()
+	h.fails(t, "upload_file", map[string]any{"path": strings.Repeat("d/", 2000) + "f", "content": "x"}, "directories deep")
+	h.fails(t, "download_file", map[string]any{"path": strings.Repeat("d/", 2000) + "f"}, "directories deep")
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("the refusals took %v", d)
+	}
 }

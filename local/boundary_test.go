@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"io"
 	"io/fs"
 	"os"
@@ -663,4 +664,33 @@ func TestAttackMountinfoShowsHostPaths(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestDeepPathsAreLinearAndBounded: an upload to a path far too deep is
+// refused at once; one just within the bound is made in linear time; a
+// cancel stops it.
+func TestDeepPathsAreLinearAndBounded(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	ctx := context.Background()
+	start := time.Now()
+	_, err := m.WriteFile(ctx, strings.Repeat("d/", 2000)+"f", strings.NewReader("x"), 0)
+	if err == nil || !strings.Contains(err.Error(), "directories deep") {
+		t.Fatalf("a path 2000 deep: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("refusing a deep path took %v", d)
+	}
+	start = time.Now()
+	if _, err := m.WriteFile(ctx, strings.Repeat("d/", MaxPathDepth-1)+"f", strings.NewReader("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("a file %d directories deep written in %v", MaxPathDepth-1, time.Since(start))
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("writing %d deep took %v", MaxPathDepth-1, d)
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := m.WriteFile(cancelled, strings.Repeat("e/", 100)+"f", strings.NewReader("x"), 0); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled write: %v", err)
+	}
 }

@@ -57,6 +57,25 @@ type PathError struct {
 
 func (e *PathError) Error() string { return fmt.Sprintf("path %q: %s", e.Path, e.Reason) }
 
+// MaxPathDepth and MaxPathBytes bound the paths a file operation takes:
+// anything deeper is not a path a person or a program means, and each
+// level costs the walk through it.
+const (
+	MaxPathDepth = 256
+	MaxPathBytes = 4096
+)
+
+// checkPathSize refuses paths past MaxPathDepth or MaxPathBytes.
+func checkPathSize(p string) error {
+	if len(p) > MaxPathBytes {
+		return &PathError{p[:64] + "…", fmt.Sprintf("is %d bytes long; paths may have at most %d", len(p), MaxPathBytes)}
+	}
+	if n := strings.Count(p, "/"); n > MaxPathDepth {
+		return &PathError{p[:min(len(p), 64)] + "…", fmt.Sprintf("is %d directories deep; paths may be at most %d deep", n, MaxPathDepth)}
+	}
+	return nil
+}
+
 // workspacePath turns a machine path into one relative to the workspace.
 func workspacePath(p string) (string, error) {
 	if p == "" {
@@ -64,6 +83,9 @@ func workspacePath(p string) (string, error) {
 	}
 	if strings.ContainsRune(p, 0) {
 		return "", &PathError{p, "contains a NUL byte"}
+	}
+	if err := checkPathSize(p); err != nil {
+		return "", err
 	}
 	rel := p
 	if path.IsAbs(p) {
@@ -91,6 +113,9 @@ func vmPath(p string) (string, error) {
 	}
 	if strings.ContainsRune(p, 0) {
 		return "", &PathError{p, "contains a NUL byte"}
+	}
+	if err := checkPathSize(p); err != nil {
+		return "", err
 	}
 	if !path.IsAbs(p) {
 		p = "/root/" + p
@@ -176,13 +201,15 @@ func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.
 		return nil, err
 	}
 	counter.limit = quota - used
-	dir := path.Dir(rel)
 	err = m.asUser(func() error {
-		if err := m.mkdirAll(root, dir); err != nil {
+		dir, err := openDirs(ctx, root, path.Dir(rel))
+		if err != nil {
 			return err
 		}
-		tmp := path.Join(dir, ".vmcp-upload-"+newID("t"))
-		f, err := root.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode.Perm())
+		defer dir.Close()
+		base := path.Base(rel)
+		tmp := ".vmcp-upload-" + newID("t")
+		f, err := dir.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode.Perm())
 		if err != nil {
 			return err
 		}
@@ -191,10 +218,10 @@ func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.
 			err = cerr
 		}
 		if err == nil {
-			err = root.Rename(tmp, rel)
+			err = dir.Rename(tmp, base)
 		}
 		if err != nil {
-			root.Remove(tmp)
+			dir.Remove(tmp)
 		}
 		return err
 	})
@@ -240,22 +267,38 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (m *Machine) mkdirAll(root *os.Root, dir string) error {
+// openDirs opens the directory dir of root, making the missing ones on the
+// way: one level at a time, each relative to the one before, so that the
+// work is linear in the depth (and a cancel stops it).
+func openDirs(ctx context.Context, root *os.Root, dir string) (*os.Root, error) {
+	cur, err := root.OpenRoot(".")
+	if err != nil {
+		return nil, err
+	}
 	if dir == "." {
-		return nil
+		return cur, nil
 	}
-	if err := m.mkdirAll(root, path.Dir(dir)); err != nil {
-		return err
-	}
-	err := root.Mkdir(dir, 0o755)
-	if errors.Is(err, fs.ErrExist) {
-		fi, serr := root.Stat(dir)
-		if serr == nil && !fi.IsDir() {
-			return fmt.Errorf("%s is a file, not a directory", dir)
+	for _, name := range strings.Split(dir, "/") {
+		if err := ctx.Err(); err != nil {
+			cur.Close()
+			return nil, err
 		}
-		return serr
+		err := cur.Mkdir(name, 0o755)
+		if err != nil && !errors.Is(err, fs.ErrExist) {
+			cur.Close()
+			return nil, err
+		}
+		next, err := cur.OpenRoot(name)
+		cur.Close()
+		if err != nil {
+			if errors.Is(err, syscall.ENOTDIR) {
+				return nil, fmt.Errorf("%s is a file, not a directory", name)
+			}
+			return nil, err
+		}
+		cur = next
 	}
-	return err
+	return cur, nil
 }
 
 // asUser runs f, which creates entries in the machine's files through its
@@ -520,10 +563,7 @@ func (m *Machine) CopyIn(ctx context.Context, dir string, r io.Reader) error {
 	}
 	quota := m.Info().Limits.DiskBytes
 	return m.asUser(func() error {
-		if err := m.mkdirAll(root, rel); err != nil {
-			return rootError(dir, err)
-		}
-		sub, err := root.OpenRoot(rel)
+		sub, err := openDirs(ctx, root, rel)
 		if err != nil {
 			return rootError(dir, err)
 		}

@@ -187,6 +187,9 @@ func extractTar(root *os.Root, r io.Reader, o extractOptions) error {
 			return fmt.Errorf("read the tar stream: %w", err)
 		}
 		name := path.Clean(strings.TrimPrefix(hdr.Name, "/"))
+		if err := checkPathSize(name); err != nil {
+			return err
+		}
 		if name == ".." || strings.HasPrefix(name, "../") {
 			return &PathError{hdr.Name, "tar entry leaves the target directory; refused"}
 		}

@@ -102,6 +102,9 @@ func (s *Service) uploadFile(ctx context.Context, req mcp.CallToolRequest, in Up
 	if in.Path == "" {
 		return nil, errors.New("missing path")
 	}
+	if err := backend.CheckPath(in.Path); err != nil {
+		return nil, err
+	}
 	var src io.Reader
 	var host *hostSource
 	switch {
@@ -193,6 +196,9 @@ func dirDigest(dir *os.Root) (files int, size int64, digest string, err error) {
 func (s *Service) downloadFile(ctx context.Context, req mcp.CallToolRequest, in DownloadFileInput) (*mcp.CallToolResult, error) {
 	if in.Path == "" {
 		return nil, errors.New("missing path")
+	}
+	if err := backend.CheckPath(in.Path); err != nil {
+		return nil, err
 	}
 	var target *hostTarget
 	if in.LocalPath != "" {
