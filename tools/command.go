@@ -42,10 +42,13 @@ type ExecCommandOutput struct {
 // defaultCommandTimeout bounds commands that set no timeout.
 const defaultCommandTimeout = 60 * time.Second
 
+func (in ExecCommandInput) timeout() int { return in.TimeoutSeconds }
+
 func (s *Service) commandTools() []server.ServerTool {
 	return []server.ServerTool{newTool[ExecCommandInput, ExecCommandOutput](s, toolSpec{
-		name:  "exec_command",
-		title: "Run a command",
+		name:    "exec_command",
+		timeout: defaultCommandTimeout,
+		title:   "Run a command",
 		description: "Run a command in a machine: either a bash command line (command) or an argv without a shell. " +
 			"Returns the exit code, stdout and stderr; a non-zero exit is a normal result, a timeout is a tool error. " +
 			"With a progress token, output lines are streamed as progress notifications.",

@@ -16,6 +16,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 	"unicode/utf8"
 
 	"github.com/mark3labs/mcp-go/mcp"
@@ -32,6 +33,7 @@ type UploadFileInput struct {
 	ContentBase64 *string `json:"content_base64,omitempty" jsonschema:"description=Binary content of the file\\, base64-encoded."`
 	LocalPath     string  `json:"local_path,omitempty" jsonschema:"description=A file or directory on the host to copy in; it must be inside the server's allowed roots (relative paths start at the first root)."`
 	Machine       string  `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
+	CallTimeout
 	SessionArg
 }
 
@@ -51,6 +53,7 @@ type DownloadFileInput struct {
 	Machine   string `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
 	LocalPath string `json:"local_path,omitempty" jsonschema:"description=Save to this host path instead of returning the content. It must not exist yet and must be inside the server's allowed roots. Directories need it."`
 	MaxBytes  int64  `json:"max_bytes,omitempty" jsonschema:"description=Return at most this many bytes of content (default 1048576); the rest is cut and truncated is true.,minimum=0"`
+	CallTimeout
 	SessionArg
 }
 
@@ -72,18 +75,20 @@ const defaultMaxBytes = 1 << 20
 func (s *Service) fileTools() []server.ServerTool {
 	return []server.ServerTool{
 		newTool[UploadFileInput, UploadFileOutput](s, toolSpec{
-			name:  "upload_file",
-			title: "Upload a file",
+			name:    "upload_file",
+			timeout: 600 * time.Second,
+			title:   "Upload a file",
 			description: "Write a file into a machine from text (content), base64 (content_base64), or a host file or directory (local_path, only inside the server's allowed roots). " +
-				"Replaces an existing file. Returns the bytes written and their SHA-256.",
+				"Replaces an existing file. Returns the bytes written and their SHA-256. Gives up after timeout_seconds (default 600).",
 			destructive: true,
 			idempotent:  true,
 		}, s.uploadFile),
 		newTool[DownloadFileInput, DownloadFileOutput](s, toolSpec{
-			name:  "download_file",
-			title: "Download a file",
+			name:    "download_file",
+			timeout: 600 * time.Second,
+			title:   "Download a file",
 			description: "Read a file from a machine: UTF-8 text comes back as text, anything else as a base64 embedded blob, cut at max_bytes. " +
-				"With local_path, the file or directory is saved on the host instead (inside the allowed roots, never overwriting). Returns its size and SHA-256.",
+				"With local_path, the file or directory is saved on the host instead (inside the allowed roots, never overwriting). Returns its size and SHA-256. Gives up after timeout_seconds (default 600).",
 			idempotent: true,
 		}, s.downloadFile),
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
@@ -19,6 +20,7 @@ type BuildImageInput struct {
 	ContextLocalPath string `json:"context_local_path,omitempty" jsonschema:"description=A host directory sent as the build context for COPY; it must be inside the server's allowed roots."`
 	ImageRef         string `json:"image_ref,omitempty" jsonschema:"description=Base image when the Dockerfile has no FROM\\, e.g. python:3.13-slim."`
 	Name             string `json:"name,omitempty" jsonschema:"description=A name for the resulting snapshot."`
+	CallTimeout
 	SessionArg
 }
 
@@ -35,6 +37,7 @@ type SetFirewallInput struct {
 	Machine string         `json:"machine,omitempty" jsonschema:"description=Machine id; default: the conversation's default machine on a backend with a firewall."`
 	Mode    string         `json:"mode" jsonschema:"description=open lets all inbound traffic in; restricted only what ingress allows.,enum=open,enum=restricted"`
 	Ingress []IngressInput `json:"ingress,omitempty" jsonschema:"description=Inbound rules (for restricted mode)."`
+	CallTimeout
 	SessionArg
 }
 
@@ -58,17 +61,19 @@ type SetFirewallOutput struct {
 func (s *Service) imageTools() []server.ServerTool {
 	return []server.ServerTool{
 		newTool[BuildImageInput, BuildImageOutput](s, toolSpec{
-			name:  "build_image",
-			title: "Build an image",
+			name:    "build_image",
+			timeout: 1800 * time.Second,
+			title:   "Build an image",
 			description: "Build a Dockerfile into a machine image (a snapshot) on a backend that builds images (FastVM); " +
-				"launch_vm with its snapshot_id starts machines from it. Waits until the image is ready.",
+				"launch_vm with its snapshot_id starts machines from it. Waits until the image is ready. Gives up after timeout_seconds (default 1800).",
 			openWorld: true,
 		}, s.buildImage),
 		newTool[SetFirewallInput, SetFirewallOutput](s, toolSpec{
-			name:  "set_firewall",
-			title: "Set a machine's firewall",
+			name:    "set_firewall",
+			timeout: 60 * time.Second,
+			title:   "Set a machine's firewall",
 			description: "Replace the inbound traffic policy of a machine on a backend with a firewall (FastVM): " +
-				"open, or restricted to the given tcp/udp port ranges and IPv6 sources.",
+				"open, or restricted to the given tcp/udp port ranges and IPv6 sources. Gives up after timeout_seconds (default 60).",
 			idempotent: true,
 			openWorld:  true,
 		}, s.setFirewall),

@@ -21,6 +21,7 @@ type LaunchVMInput struct {
 	SnapshotID  string            `json:"snapshot_id,omitempty" jsonschema:"description=Start with the files of this snapshot (see list_machines)."`
 	Tags        map[string]string `json:"tags,omitempty" jsonschema:"description=Labels stored with the machine."`
 	MachineType string            `json:"machine_type,omitempty" jsonschema:"description=FastVM only: the machine's size\\, e.g. c1m2 (1 vCPU\\, 2 GiB) or c2m4. Default c1m2."`
+	CallTimeout
 	SessionArg
 }
 
@@ -35,6 +36,7 @@ type LaunchVMOutput struct {
 type SnapshotVMInput struct {
 	Machine string `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
 	Name    string `json:"name,omitempty" jsonschema:"description=A name for the snapshot."`
+	CallTimeout
 	SessionArg
 }
 
@@ -49,6 +51,7 @@ type SnapshotVMOutput struct {
 
 // ListMachinesInput is list_machines's arguments (none).
 type ListMachinesInput struct {
+	CallTimeout
 	SessionArg
 }
 
@@ -84,6 +87,7 @@ type ListMachinesOutput struct {
 // DeleteVMInput is delete_vm's arguments.
 type DeleteVMInput struct {
 	Machine string `json:"machine" jsonschema:"description=Id of the machine to delete\\, with all its files."`
+	CallTimeout
 	SessionArg
 }
 

@@ -33,10 +33,13 @@ type RunPythonOutput struct {
 	RuntimeMS  int64   `json:"runtime_ms" jsonschema:"description=How long the code ran\\, in milliseconds."`
 }
 
+func (in RunPythonInput) timeout() int { return in.TimeoutSeconds }
+
 func (s *Service) pythonTools() []server.ServerTool {
 	return []server.ServerTool{newTool[RunPythonInput, RunPythonOutput](s, toolSpec{
-		name:  "run_python",
-		title: "Run Python",
+		name:    "run_python",
+		timeout: 15 * time.Second,
+		title:   "Run Python",
 		description: "Run Python code in a machine's persistent interpreter (like a notebook cell: globals survive between calls). " +
 			"Returns the repr of the final expression as value, stdout and stderr, and each open matplotlib figure as a PNG image. " +
 			"A Python exception is a tool error with the traceback. With a progress token, output lines are streamed as progress notifications.",

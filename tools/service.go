@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -289,6 +290,17 @@ func (s *Service) backendsOf(principal string) []backend.Backend {
 	return s.backends
 }
 
+// onlyLocal reports whether the principal's machines all run on the local
+// engine.
+func (s *Service) onlyLocal(principal string) bool {
+	for _, b := range s.backendsOf(principal) {
+		if b.Name() != "local" {
+			return false
+		}
+	}
+	return true
+}
+
 // backend returns the principal's backend of that name, or nil.
 func (s *Service) backend(principal, name string) backend.Backend {
 	for _, b := range s.backendsOf(principal) {
@@ -462,7 +474,16 @@ type toolSpec struct {
 	name, title, description          string
 	readOnly, destructive, idempotent bool
 	openWorld                         bool
+	// timeout is how long a call may take when it sets no timeout_seconds;
+	// past it and callGrace, the call ends with an error whatever the
+	// machine's service does.
+	timeout time.Duration
 }
+
+// callGrace is how long past its timeout a call may take to end: to stop
+// what it started and answer (the answer then travels within the 5 s that
+// a call may take past its timeout).
+const callGrace = 4 * time.Second
 
 // newTool builds a tool definition with input and output schemas generated
 // from In and Out, and wraps a typed handler: arguments that do not decode
@@ -503,7 +524,13 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 		notes := &callNotes{}
 		ctx = context.WithValue(context.WithValue(ctx, conversationKey{}, c), notesKey{}, notes)
 		start := time.Now()
-		res, err := handle(ctx, req, in)
+		timeout := spec.timeout
+		if t, ok := any(in).(timedArg); ok && t.timeout() > 0 {
+			timeout = time.Duration(t.timeout()) * time.Second
+		}
+		res, err := s.runBounded(ctx, spec.name, timeout, notes, s.onlyLocal(c.Principal), func(ctx context.Context) (*mcp.CallToolResult, error) {
+			return handle(ctx, req, in)
+		})
 		outcome := "ok"
 		if err != nil {
 			res, outcome = mcp.NewToolResultError(errorText(err)), "error"
@@ -520,6 +547,91 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 		return res, nil
 	}
 	return server.ServerTool{Tool: tool, Handler: handler}
+}
+
+// runBounded runs a call's handler and returns by its deadline (timeout
+// plus callGrace) whatever the handler does: a remote service that stalls
+// or trickles cannot hold the call, nor the slot it takes on the endpoint.
+// A handler still running at the deadline goes on alone until the service
+// answers or its context ends it, and only then gives back what it holds
+// (notes.finish).
+//
+// With the local engine alone (which ends every operation when its context
+// does), the handler runs on the caller's goroutine: the hop to another
+// would add to every call of the stdio fast path.
+func (s *Service) runBounded(ctx context.Context, tool string, timeout time.Duration, notes *callNotes, inline bool, handle func(context.Context) (*mcp.CallToolResult, error)) (*mcp.CallToolResult, error) {
+	if timeout <= 0 {
+		res, err := handle(ctx)
+		notes.finish()
+		return res, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout+callGrace)
+	if inline {
+		defer cancel()
+		res, err := handle(ctx)
+		notes.finish()
+		if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, s.deadlineError(ctx, tool, timeout, notes.usedBackend())
+		}
+		return res, err
+	}
+	type outcome struct {
+		res *mcp.CallToolResult
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		defer cancel()
+		defer notes.finish()
+		defer func() {
+			if p := recover(); p != nil {
+				s.log.Error().Str("tool", tool).Interface("panic", p).Msg("a tool handler panicked")
+				done <- outcome{err: fmt.Errorf("internal error in %s; the server logged it", tool)}
+			}
+		}()
+		res, err := handle(ctx)
+		done <- outcome{res, err}
+	}()
+	select {
+	case o := <-done:
+		if o.err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, s.deadlineError(ctx, tool, timeout, notes.usedBackend())
+		}
+		return o.res, o.err
+	case <-ctx.Done():
+		start := time.Now()
+		go func() {
+			<-done
+			s.log.Info().Str("tool", tool).Dur("after", time.Since(start)).Msg("a call given up at its deadline ended")
+		}()
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			s.log.Warn().Str("tool", tool).Str("backend", notes.usedBackend()).Dur("timeout", timeout).Msg("a call passed its deadline and was given up")
+			return nil, s.deadlineError(ctx, tool, timeout, notes.usedBackend())
+		}
+		return nil, ctx.Err()
+	}
+}
+
+// deadlineError says that a call passed its deadline, and which service
+// kept it waiting: the backend of the machine it used, or else the cloud
+// services it may have asked.
+func (s *Service) deadlineError(ctx context.Context, tool string, timeout time.Duration, backend string) error {
+	names := map[string]string{"fastvm": "the FastVM API", "forevervm": "the ForeverVM API", "local": "the machine"}
+	service := names[backend]
+	if service == "" {
+		var cloud []string
+		for _, b := range s.backendsOf(conversationFrom(ctx).Principal) {
+			if b.Name() != "local" {
+				cloud = append(cloud, names[b.Name()])
+			}
+		}
+		service = "the machine's service"
+		if len(cloud) > 0 {
+			service = strings.Join(cloud, " or ")
+		}
+	}
+	return fmt.Errorf("%s did not finish within its timeout of %v (plus %v to wind down): %s did not answer in time (stalled or too slow). "+
+		"The call was given up; what it started may still finish. Try again, or give a larger timeout_seconds", tool, timeout, callGrace, service)
 }
 
 // errorText explains an error to the model.

@@ -35,6 +35,17 @@ type SessionResult struct {
 // sessionArg is implemented by every tool input (through SessionArg).
 type sessionArg interface{ session() string }
 
+// CallTimeout is the timeout argument of the tools that have no other: how
+// long the call may take before it gives up.
+type CallTimeout struct {
+	TimeoutSeconds int `json:"timeout_seconds,omitempty" jsonschema:"description=Give up after this many seconds (the tool's description gives its default).,minimum=0,maximum=86400"`
+}
+
+func (c CallTimeout) timeout() int { return c.TimeoutSeconds }
+
+// timedArg is implemented by tool inputs with a timeout argument.
+type timedArg interface{ timeout() int }
+
 type conversationKey struct{}
 
 // conversationFrom is the conversation of the call being served.
@@ -179,6 +190,7 @@ func (s *Service) own(ctx context.Context, c *sessions.Conversation, b backend.B
 
 // SessionInfoInput is session_info's arguments.
 type SessionInfoInput struct {
+	CallTimeout
 	SessionArg
 }
 
@@ -212,10 +224,11 @@ type SessionInfoOutput struct {
 
 func (s *Service) sessionTools() []server.ServerTool {
 	return []server.ServerTool{newTool[SessionInfoInput, SessionInfoOutput](s, toolSpec{
-		name:  "session_info",
-		title: "Conversation info",
+		name:    "session_info",
+		timeout: 60 * time.Second,
+		title:   "Conversation info",
 		description: "Show this conversation's handle, machines (default ones marked), snapshots, idle timeouts and limits. " +
-			"Pass the handle as session to continue the conversation later, even after the server restarts.",
+			"Pass the handle as session to continue the conversation later, even after the server restarts. Gives up after timeout_seconds (default 60).",
 		readOnly:   true,
 		idempotent: true,
 	}, s.sessionInfo)}
@@ -295,13 +308,29 @@ func addNote(ctx context.Context, note string) {
 	}
 }
 
-// end adds the notes to the call's result and runs the end functions.
+// finish runs the end functions, once: when the handler is done, which is
+// after the call's result when the call was given up at its deadline.
+func (n *callNotes) finish() {
+	n.mu.Lock()
+	ends := n.ends
+	n.ends = nil
+	n.mu.Unlock()
+	for _, f := range ends {
+		f()
+	}
+}
+
+// usedBackend is the backend of the machine the call used, "" if none yet.
+func (n *callNotes) usedBackend() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.backend
+}
+
+// end adds the notes to the call's result.
 func (n *callNotes) end(res *mcp.CallToolResult) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for _, f := range n.ends {
-		f()
-	}
 	if res == nil || res.ResultType == mcp.ResultTypeInputRequired {
 		return
 	}
