@@ -688,13 +688,18 @@ func describeExit(st *os.ProcessState) string {
 // ---- commands ----
 
 type agentCommand struct {
-	id     uint64
-	ns     string // the command's own UTS namespace, or "" (see agent.tagNS)
+	id  uint64
+	ns  string // the command's own UTS namespace, or "" (see agent.tagNS)
+	// nsHold keeps the namespace alive until the command has ended and no
+	// kill is under way: a namespace's number is reused once it is freed,
+	// and a kill that matched a later command's namespace would kill it.
+	nsHold *os.File
 	cmd    *exec.Cmd
 	pty    *os.File // the terminal's controlling side, for TTY commands
 	stdin  chan request
-	killMu sync.Mutex
+	killMu sync.Mutex // held through a kill
 	killed string
+	ended  bool // reported: nothing of it is killed any more
 	done   chan struct{}
 }
 
@@ -769,7 +774,7 @@ func (a *agent) startCommand(req request) {
 		fail(err)
 		return
 	}
-	c.ns = a.namespaceOf(cmd.Process.Pid)
+	c.ns, c.nsHold = a.namespaceOf(cmd.Process.Pid)
 	a.mu.Lock()
 	a.commands[req.ID] = c
 	a.mu.Unlock()
@@ -805,7 +810,7 @@ func (a *agent) startTTYCommand(req request, c *agentCommand) {
 		return
 	}
 	c.pty = ptmx
-	c.ns = a.namespaceOf(cmd.Process.Pid)
+	c.ns, c.nsHold = a.namespaceOf(cmd.Process.Pid)
 	if req.Stdin {
 		c.stdin = make(chan request, 16)
 	}
@@ -866,8 +871,12 @@ func (c *agentCommand) wait(a *agent, req request, readers *sync.WaitGroup, outp
 		a.mu.Lock()
 		delete(a.commands, req.ID)
 		a.mu.Unlock()
-		c.killMu.Lock()
+		c.killMu.Lock() // waits for a kill under way
 		killed := c.killed
+		c.ended = true
+		if c.nsHold != nil {
+			c.nsHold.Close()
+		}
 		c.killMu.Unlock()
 		ev := event{Ev: evExit, ID: req.ID, ExitCode: cmd.ProcessState.ExitCode(), Killed: killed}
 		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -939,16 +948,33 @@ func (a *agent) cloneFlags() uintptr {
 }
 
 // namespaceOf is the UTS namespace of a command the agent just started, if
-// it is one of its own: the tag of everything the command starts.
-func (a *agent) namespaceOf(pid int) string {
+// it is one of its own: the tag of everything the command starts; hold
+// keeps it from being freed (and its number reused) until closed.
+func (a *agent) namespaceOf(pid int) (ns string, hold *os.File) {
 	if !a.tagNS {
-		return ""
+		return "", nil
 	}
-	ns, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/uts")
-	if own, _ := os.Readlink("/proc/self/ns/uts"); err != nil || ns == own {
-		return ""
+	path := "/proc/" + strconv.Itoa(pid) + "/ns/uts"
+	hold, err := os.Open(path)
+	if err != nil {
+		return "", nil // it has ended already
 	}
-	return ns
+	ns, err = os.Readlink(path)
+	if own, _ := os.Readlink("/proc/self/ns/uts"); err != nil || ns == own || !sameFile(hold, ns) {
+		hold.Close()
+		return "", nil
+	}
+	return ns, hold
+}
+
+// sameFile reports whether the namespace f is the one named ns
+// ("uts:[INODE]"): the pid was not reused between the two looks.
+func sameFile(f *os.File, ns string) bool {
+	var st unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &st) != nil {
+		return false
+	}
+	return strings.HasSuffix(ns, "["+strconv.FormatUint(st.Ino, 10)+"]")
 }
 
 // kill ends the command and everything it started: its process group, any
@@ -957,10 +983,13 @@ func (a *agent) namespaceOf(pid int) string {
 // enter namespaces), repeated until none is left.
 func (c *agentCommand) kill(reason string) {
 	c.killMu.Lock()
+	defer c.killMu.Unlock()
+	if c.ended {
+		return
+	}
 	if c.killed == "" {
 		c.killed = reason
 	}
-	c.killMu.Unlock()
 	killTree(c.cmd.Process.Pid, []byte(commandMarker+"="+strconv.FormatUint(c.id, 10)+"\x00"), c.ns)
 }
 

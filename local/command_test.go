@@ -266,3 +266,22 @@ func TestCommandTTY(t *testing.T) {
 		t.Fatalf("tty session: exit %d, output %q", res.ExitCode, out)
 	}
 }
+
+// TestKillSparesLaterCommands: the kill of a timed-out command goes on
+// until its last process is gone, while the next commands start; it must
+// not take them too (a namespace's number is reused once it is freed).
+func TestKillSparesLaterCommands(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	for round := range 15 {
+		res := mustRun(t, m, Command{Shell: "for i in $(seq 40); do sleep 100 & done; sleep 100", Timeout: 300 * time.Millisecond})
+		if !res.TimedOut {
+			t.Fatalf("round %d: the command did not time out: %+v", round, res)
+		}
+		for i := range 6 {
+			if res := mustRun(t, m, Command{Shell: "true"}); res.ExitCode != 0 {
+				t.Fatalf("round %d: command %d after a timeout ended with %d %s", round, i, res.ExitCode, res.Signal)
+			}
+		}
+	}
+	noSleepLeft(t, m, "the timeouts")
+}
