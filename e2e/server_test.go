@@ -424,6 +424,12 @@ func TestBadInput(t *testing.T) {
 	h.fails(t, "run_python", map[string]any{"code": "1", "machine": "m-does-not-exist"}, "m-does-not-exist")
 	h.fails(t, "delete_vm", map[string]any{}, "machine")
 	h.fails(t, "upload_file", map[string]any{"path": "x", "content_base64": "!!!"}, "base64")
+	for tail, want := range map[string]string{"!!!!": `not valid base64 ('!' at byte 409600)`, "QQ": "padding missing", "QQ==QUJD": `('Q' at byte 409604)`} {
+		res := h.call(t, "upload_file", map[string]any{"path": "keep.txt", "content_base64": strings.Repeat("QUJD", 100<<10) + tail})
+		if !res.IsError || !strings.Contains(text(res), want) {
+			t.Errorf("400 KiB of base64 ending in %q: %.200s", tail, text(res))
+		}
+	}
 	h.fails(t, "upload_file", map[string]any{"path": "../../etc/passwd", "content": "x"}, "workspace")
 	h.fails(t, "upload_file", map[string]any{"path": "y", "local_path": "/etc/passwd"}, "allowed")
 	h.fails(t, "launch_vm", map[string]any{"snapshot_id": "s-does-not-exist"}, "s-does-not-exist")

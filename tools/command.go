@@ -19,7 +19,7 @@ type ExecCommandInput struct {
 	Argv           []string          `json:"argv,omitempty" jsonschema:"description=The program and its arguments\\, run without a shell. Give either command or argv."`
 	Machine        string            `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty" jsonschema:"description=Kill the command and everything it started after this many seconds (default 60).,minimum=0,maximum=86400"`
-	Stdin          string            `json:"stdin,omitempty" jsonschema:"description=Text fed to the command's standard input."`
+	Stdin          Text              `json:"stdin,omitempty" jsonschema:"description=Text fed to the command's standard input."`
 	Workdir        string            `json:"workdir,omitempty" jsonschema:"description=Working directory inside the machine; default its home (the workspace)."`
 	Env            map[string]string `json:"env,omitempty" jsonschema:"description=Environment variables to add or override."`
 	SessionArg
@@ -78,8 +78,8 @@ func (s *Service) execCommand(ctx context.Context, req mcp.CallToolRequest, in E
 		Workdir: in.Workdir,
 		Timeout: timeout,
 	}
-	if in.Stdin != "" {
-		cmd.Stdin = strings.NewReader(in.Stdin)
+	if !in.Stdin.Empty() {
+		cmd.Stdin = in.Stdin.Reader()
 	}
 	p := startProgress(ctx, req)
 	cmd.OnOutput = p.onOutput()

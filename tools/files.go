@@ -1,7 +1,6 @@
 package tools
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -28,11 +27,11 @@ import (
 
 // UploadFileInput is upload_file's arguments.
 type UploadFileInput struct {
-	Path          string  `json:"path" jsonschema:"description=Destination in the machine (relative paths start in the workspace). For a directory upload: the directory that receives its contents."`
-	Content       *string `json:"content,omitempty" jsonschema:"description=Text content of the file. Give exactly one of content / content_base64 / local_path."`
-	ContentBase64 *string `json:"content_base64,omitempty" jsonschema:"description=Binary content of the file\\, base64-encoded."`
-	LocalPath     string  `json:"local_path,omitempty" jsonschema:"description=A file or directory on the host to copy in; it must be inside the server's allowed roots (relative paths start at the first root)."`
-	Machine       string  `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
+	Path          string `json:"path" jsonschema:"description=Destination in the machine (relative paths start in the workspace). For a directory upload: the directory that receives its contents."`
+	Content       Text   `json:"content,omitempty" jsonschema:"description=Text content of the file. Give exactly one of content / content_base64 / local_path."`
+	ContentBase64 Text   `json:"content_base64,omitempty" jsonschema:"description=Binary content of the file\\, base64-encoded."`
+	LocalPath     string `json:"local_path,omitempty" jsonschema:"description=A file or directory on the host to copy in; it must be inside the server's allowed roots (relative paths start at the first root)."`
+	Machine       string `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
 	CallTimeout
 	SessionArg
 }
@@ -96,7 +95,7 @@ func (s *Service) fileTools() []server.ServerTool {
 
 func (s *Service) uploadFile(ctx context.Context, req mcp.CallToolRequest, in UploadFileInput) (*mcp.CallToolResult, error) {
 	given := 0
-	for _, set := range []bool{in.Content != nil, in.ContentBase64 != nil, in.LocalPath != ""} {
+	for _, set := range []bool{in.Content.Set(), in.ContentBase64.Set(), in.LocalPath != ""} {
 		if set {
 			given++
 		}
@@ -113,14 +112,15 @@ func (s *Service) uploadFile(ctx context.Context, req mcp.CallToolRequest, in Up
 	var src io.Reader
 	var host *hostSource
 	switch {
-	case in.Content != nil:
-		src = strings.NewReader(*in.Content)
-	case in.ContentBase64 != nil:
-		data, err := base64.StdEncoding.DecodeString(*in.ContentBase64)
-		if err != nil {
-			return nil, fmt.Errorf("content_base64 is not valid base64: %w", err)
+	case in.Content.Set():
+		src = in.Content.Reader()
+	case in.ContentBase64.Set():
+		// Decoded as it is written: never a second copy of the content. A
+		// first pass checks it, so that bad input writes nothing.
+		if err := checkBase64(in.ContentBase64.Reader()); err != nil {
+			return nil, err
 		}
-		src = bytes.NewReader(data)
+		src = base64Of(in.ContentBase64)
 	default:
 		access, ask := s.hostAccess(ctx, req, in.LocalPath)
 		if ask != nil {
@@ -162,6 +162,56 @@ func (s *Service) uploadDir(ctx context.Context, machine string, m backend.FileS
 	}
 	out := UploadFileOutput{Machine: machine, Path: dst, Bytes: size, SHA256: digest, Files: files}
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Copied %d files (%d bytes) into %s (manifest sha256 %s).", files, size, dst, digest))), nil
+}
+
+// checkBase64 reads standard, padded base64 (line breaks allowed, as the
+// decoder allows them) and says where it is not.
+func checkBase64(r io.Reader) error {
+	buf := make([]byte, 64<<10)
+	var at, chars, pad int64 // bytes read, base64 characters, '=' seen
+	for {
+		n, err := r.Read(buf)
+		for _, c := range buf[:n] {
+			switch {
+			case c == '\r' || c == '\n':
+			case c == '=':
+				pad++
+				chars++
+			case pad == 0 && ('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '/'):
+				chars++
+			default:
+				return fmt.Errorf("content_base64 is not valid base64 (%q at byte %d); nothing was written", c, at)
+			}
+			at++
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if chars%4 != 0 || pad > 2 {
+		return errors.New("content_base64 is not valid base64 (it ends in the middle of a 4-character group: padding missing?); nothing was written")
+	}
+	return nil
+}
+
+// base64Of decodes content_base64 as it is read.
+func base64Of(t Text) io.Reader {
+	return &base64Reader{r: base64.NewDecoder(base64.StdEncoding, t.Reader())}
+}
+
+// base64Reader says which argument a base64 error is about.
+type base64Reader struct{ r io.Reader }
+
+func (b *base64Reader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	var ce base64.CorruptInputError
+	if errors.As(err, &ce) || errors.Is(err, io.ErrUnexpectedEOF) {
+		err = errors.New("content_base64 is not valid base64")
+	}
+	return n, err
 }
 
 // dirDigest hashes a host directory's manifest: one "path NUL sha256 LF"

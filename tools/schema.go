@@ -64,6 +64,46 @@ func compileSchema(tool string, schema json.RawMessage) *validator.Schema {
 
 var printer = message.NewPrinter(language.English)
 
+// longString is the length past which shortStrings replaces a string.
+const longString = 4 << 10
+
+// shortStrings is the JSON text raw with every string longer than
+// longString bytes replaced by a short one, for the schema check: the
+// schemas say nothing of long strings but that they are strings, and
+// decoding them into values to check would copy every file's content.
+// raw must be valid JSON; what is not is returned as it is, for the
+// decoder to reject.
+func shortStrings(raw []byte) []byte {
+	if len(raw) <= longString {
+		return raw
+	}
+	out := make([]byte, 0, 1024)
+	for i := 0; i < len(raw); {
+		if raw[i] != '"' {
+			out = append(out, raw[i])
+			i++
+			continue
+		}
+		end := i + 1
+		for end < len(raw) && raw[end] != '"' {
+			if raw[end] == '\\' {
+				end++
+			}
+			end++
+		}
+		if end >= len(raw) {
+			return raw
+		}
+		if end-i > longString {
+			out = append(out, `"(long)"`...)
+		} else {
+			out = append(out, raw[i:end+1]...)
+		}
+		i = end + 1
+	}
+	return out
+}
+
 // checkArguments validates a call's arguments against the tool's compiled
 // input schema; the error lists every violation with where it is.
 func checkArguments(schema *validator.Schema, req mcp.CallToolRequest) error {
@@ -80,7 +120,7 @@ func checkArguments(schema *validator.Schema, req mcp.CallToolRequest) error {
 		if string(raw) == "null" {
 			break
 		}
-		v, err := validator.UnmarshalJSON(bytes.NewReader(raw))
+		v, err := validator.UnmarshalJSON(bytes.NewReader(shortStrings(raw)))
 		if err != nil {
 			return fmt.Errorf("the arguments are not valid JSON: %v", err)
 		}

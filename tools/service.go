@@ -508,6 +508,7 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 		},
 	}
 	inputSchema := compileSchema(spec.name, tool.RawInputSchema)
+	noteTextArguments[In](spec.name)
 	handler := func(ctx context.Context, req mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		if err := checkArguments(inputSchema, req); err != nil {
 			return mcp.NewToolResultError(fmt.Sprintf("invalid arguments for %s: %v", spec.name, err)), nil

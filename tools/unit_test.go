@@ -1,6 +1,7 @@
 package tools
 
 import (
+	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmcp-dev/vmcp/internal/bigargs"
 )
 
 // source and target open host paths for a test, closing what they opened.
@@ -239,4 +242,50 @@ func rootOf(t *testing.T, dir string) *os.Root {
 	}
 	t.Cleanup(func() { r.Close() })
 	return r
+}
+
+func TestShortStringsKeepsTheShape(t *testing.T) {
+	long := strings.Repeat("a\\\"b", 5000)
+	raw := []byte(`{"path":"x.txt","content":"` + long + `","n":3,"list":["short","` + long + `"],"o":{"k":"v\"q"}}`)
+	got := string(shortStrings(raw))
+	want := `{"path":"x.txt","content":"(long)","n":3,"list":["short","(long)"],"o":{"k":"v\"q"}}`
+	if got != want {
+		t.Fatalf("got %.200s", got)
+	}
+	if s := string(shortStrings([]byte(`{"a":"` + strings.Repeat("z", 5000)))); !strings.HasPrefix(s, `{"a":"zzz`) {
+		t.Fatalf("an unterminated string changed: %.20s", s)
+	}
+}
+
+// TestTextTakesItsValueBack: a Text argument set aside by the transport
+// reads the request's bytes; a placeholder nobody holds (forged, or of a
+// request that ended) is an error, never the placeholder's own text.
+func TestTextTakesItsValueBack(t *testing.T) {
+	content := strings.Repeat(`a"b\n`, bigargs.MinSize)
+	msg, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+		"params": map[string]any{"name": "upload_file", "arguments": map[string]any{"path": "x", "content": content}}})
+	noteTextArguments[UploadFileInput]("upload_file")
+	small, drop, ok := bigargs.SetAside(msg, IsTextArgument)
+	if !ok {
+		t.Fatal("upload_file content was not set aside")
+	}
+	var req struct {
+		Params struct {
+			Arguments json.RawMessage `json:"arguments"`
+		} `json:"params"`
+	}
+	if err := json.Unmarshal(small, &req); err != nil {
+		t.Fatal(err)
+	}
+	var in UploadFileInput
+	if err := json.Unmarshal(req.Params.Arguments, &in); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := io.ReadAll(in.Content.Reader()); string(got) != content {
+		t.Fatalf("content read back: %.40q", got)
+	}
+	drop()
+	if err := json.Unmarshal(req.Params.Arguments, &in); err == nil || !strings.Contains(err.Error(), "send the call again") {
+		t.Fatalf("a dropped placeholder: %v", err)
+	}
 }

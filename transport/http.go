@@ -40,6 +40,14 @@ type HTTPOptions struct {
 	// MaxStreamsPerPrincipal bounds one principal's open streams (GET /sse,
 	// GET /mcp) (0: no limit); past it, 429.
 	MaxStreamsPerPrincipal int
+	// MaxInFlightBytesPerPrincipal bounds the request bodies one
+	// principal's calls in flight hold (0: no limit); past it, 429.
+	MaxInFlightBytesPerPrincipal int64
+	// LargeArgument reports the arguments of a tool that the transport
+	// sets aside from the MCP library's decoding when they are large, for
+	// the tool to read from the request itself (package bigargs); nil:
+	// none.
+	LargeArgument func(tool, argument string) bool
 	// Metrics, Metadata and Healthz are served at /metrics,
 	// /.well-known/oauth-protected-resource and /healthz when set; /metrics
 	// behind authentication, as the MCP endpoints (serve it on a listener
@@ -57,6 +65,19 @@ const (
 	PathMessage = "/message" // legacy SSE messages
 )
 
+// limitBody refuses a request whose declared length is past max before
+// reading it, and bounds what is read of one whose length is not declared.
+func limitBody(next http.Handler, max int64) http.Handler {
+	limited := http.MaxBytesHandler(next, max)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > max {
+			http.Error(w, fmt.Sprintf("request body of %d MiB: at most %d MiB (--max-request-mb): split a large file into pieces (upload_file each, join them with exec_command cat)", r.ContentLength>>20, max>>20), http.StatusRequestEntityTooLarge)
+			return
+		}
+		limited.ServeHTTP(w, r)
+	})
+}
+
 // NewHTTPHandler serves srv over streamable HTTP at /mcp and legacy SSE at
 // /sse and /message, behind the origin check, the size limit,
 // authentication and the per-principal limit; plus /healthz, /metrics and
@@ -72,7 +93,9 @@ func NewHTTPHandler(srv *server.MCPServer, opts HTTPOptions) (h http.Handler, sh
 	ids := newBinder()
 	g := &guard{ids: ids, principal: principalOf,
 		calls:   newCounter(opts.MaxConcurrentPerPrincipal, "requests in flight"),
-		streams: newCounter(opts.MaxStreamsPerPrincipal, "open streams")}
+		streams: newCounter(opts.MaxStreamsPerPrincipal, "open streams"),
+		bodies:  newBudget(opts.MaxInFlightBytesPerPrincipal),
+		large:   opts.LargeArgument}
 	if hooks := srv.GetHooks(); hooks != nil {
 		hooks.AddOnRequestInitialization(releaseSlotWhenDone)
 	}
@@ -103,7 +126,7 @@ func NewHTTPHandler(srv *server.MCPServer, opts HTTPOptions) (h http.Handler, sh
 		if opts.Authenticate != nil {
 			next = opts.Authenticate(next)
 		}
-		return checkOrigin(opts.AllowedOrigins, http.MaxBytesHandler(next, opts.MaxRequestBytes))
+		return checkOrigin(opts.AllowedOrigins, limitBody(next, opts.MaxRequestBytes))
 	}
 	mux := http.NewServeMux()
 	mux.Handle(PathMCP, protect(g.streamable(withInputParams(streamable))))

@@ -15,6 +15,8 @@ import (
 	"sync"
 
 	"github.com/mark3labs/mcp-go/server"
+
+	"github.com/vmcp-dev/vmcp/internal/bigargs"
 )
 
 // The hosted endpoint serves many principals from one process; what one of
@@ -182,7 +184,16 @@ func isToolCall(body []byte) bool {
 // readBody reads a request body (bounded by MaxBytesHandler upstream) and
 // puts it back for the next handler.
 func readBody(r *http.Request) ([]byte, error) {
-	b, err := io.ReadAll(r.Body)
+	var b []byte
+	var err error
+	if n := r.ContentLength; n > 0 { // at most MaxRequestBytes (limitBody)
+		b = make([]byte, n) // one allocation, where ReadAll would grow by copying
+		var got int
+		got, err = io.ReadFull(r.Body, b)
+		b = b[:got]
+	} else {
+		b, err = io.ReadAll(r.Body)
+	}
 	r.Body.Close()
 	r.Body = io.NopCloser(bytes.NewReader(b))
 	return b, err
@@ -194,6 +205,110 @@ type guard struct {
 	ids            *binder
 	principal      func(context.Context) string
 	calls, streams *counter
+	bodies         *budget // bytes of request bodies in flight
+	// large reports the tool arguments to set aside from the MCP
+	// library's decoding (nil: none).
+	large func(tool, argument string) bool
+}
+
+// budget bounds the bytes each principal's requests in flight hold: a
+// request body is held (and copied, by the MCP library's decoding) until
+// its call ends.
+type budget struct {
+	max  int64
+	mu   sync.Mutex
+	held map[string]int64
+}
+
+func newBudget(max int64) *budget { return &budget{max: max, held: map[string]int64{}} }
+
+// take reserves n bytes for principal; release gives them back (once).
+func (b *budget) take(principal string, n int64) (release func(), ok bool) {
+	if b.max <= 0 {
+		return func() {}, true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.held[principal]+n > b.max && b.held[principal] > 0 {
+		return nil, false
+	}
+	b.held[principal] += n
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			b.mu.Lock()
+			if b.held[principal] -= n; b.held[principal] <= 0 {
+				delete(b.held, principal)
+			}
+			b.mu.Unlock()
+		})
+	}, true
+}
+
+func (b *budget) refuse(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "1")
+	http.Error(w, fmt.Sprintf("too much request data in flight for this principal (at most %d MiB at once, --max-inflight-request-mb); retry when a call ends", b.max>>20), http.StatusTooManyRequests)
+}
+
+// holdBody reads the request's body within the principal's budget and puts
+// it back for the next handler; release gives the bytes back.
+func (g *guard) holdBody(w http.ResponseWriter, r *http.Request, p string) (body []byte, release func(), ok bool) {
+	n := r.ContentLength
+	if n < 0 {
+		n = 0 // chunked: counted once read
+	}
+	release, ok = g.bodies.take(p, n)
+	if !ok {
+		g.bodies.refuse(w)
+		return nil, nil, false
+	}
+	body, err := readBody(r)
+	if err != nil {
+		release()
+		http.Error(w, "read the request: "+err.Error(), http.StatusBadRequest)
+		return nil, nil, false
+	}
+	if extra := int64(len(body)) - n; extra > 0 {
+		more, ok := g.bodies.take(p, extra)
+		if !ok {
+			release()
+			g.bodies.refuse(w)
+			return nil, nil, false
+		}
+		first := release
+		release = func() { first(); more() }
+	}
+	return body, release, true
+}
+
+// setAside hands the next handler the body with its large arguments set
+// aside (package bigargs); drop forgets them, once the call has ended.
+func (g *guard) setAside(r *http.Request, body []byte) (drop func()) {
+	if g.large == nil {
+		return func() {}
+	}
+	small, drop, ok := bigargs.SetAside(body, g.large)
+	if !ok {
+		return func() {}
+	}
+	r.Body = io.NopCloser(bytes.NewReader(small))
+	r.ContentLength = int64(len(small))
+	return drop
+}
+
+// meterBody takes the request's body from the principal's budget without
+// reading it, when its length is declared (the MCP library reads it); a
+// body of unknown length is read here, within the budget.
+func (g *guard) meterBody(w http.ResponseWriter, r *http.Request, p string) (release func(), ok bool) {
+	if r.ContentLength < 0 {
+		_, release, ok = g.holdBody(w, r, p)
+		return release, ok
+	}
+	release, ok = g.bodies.take(p, r.ContentLength)
+	if !ok {
+		g.bodies.refuse(w)
+	}
+	return release, ok
 }
 
 // notFound answers a session id that is not the caller's, worded as one
@@ -221,6 +336,23 @@ func (g *guard) streamable(next http.Handler) http.Handler {
 			return
 		}
 		defer release()
+		if r.Method == http.MethodPost {
+			if g.large != nil && (r.ContentLength < 0 || r.ContentLength >= bigargs.MinSize) {
+				body, releaseBody, ok := g.holdBody(w, r, p)
+				if !ok {
+					return
+				}
+				defer releaseBody()
+				// mcp-go handles a POST before ServeHTTP returns.
+				defer g.setAside(r, body)()
+			} else {
+				releaseBody, ok := g.meterBody(w, r, p)
+				if !ok {
+					return
+				}
+				defer releaseBody()
+			}
+		}
 		next.ServeHTTP(w, r)
 	})
 }
@@ -248,20 +380,24 @@ func (g *guard) message(next http.Handler) http.Handler {
 			notFound(w)
 			return
 		}
-		body, err := readBody(r)
-		if err != nil {
-			http.Error(w, "read the request: "+err.Error(), http.StatusBadRequest)
+		body, releaseBody, ok := g.holdBody(w, r, p)
+		if !ok {
 			return
 		}
 		if !isToolCall(body) {
+			defer releaseBody()
 			next.ServeHTTP(w, r)
 			return
 		}
-		release, ok := g.calls.acquire(p)
+		releaseCall, ok := g.calls.acquire(p)
 		if !ok {
+			releaseBody()
 			g.calls.refuse(w)
 			return
 		}
+		// The message is held until its call ends, in the background.
+		drop := g.setAside(r, body)
+		release := func() { releaseCall(); drop(); releaseBody() }
 		sw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), slotKey{}, release)))
 		if sw.status != http.StatusAccepted {

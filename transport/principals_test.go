@@ -224,3 +224,49 @@ func TestSessionsBelongToTheirPrincipal(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// TestBodyLimits: a body declared past --max-request-mb is refused before
+// it is read; the in-flight budget holds a principal's bodies and gives
+// them back once.
+func TestBodyLimits(t *testing.T) {
+	read := false
+	h := limitBody(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		read = true
+	}), 1<<20)
+	req := httptest.NewRequest("POST", "/mcp", strings.NewReader("x"))
+	req.ContentLength = 2 << 20
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusRequestEntityTooLarge || read || !strings.Contains(rec.Body.String(), "--max-request-mb") {
+		t.Fatalf("a body past the limit: %d %q (handler ran: %v)", rec.Code, rec.Body, read)
+	}
+
+	b := newBudget(10)
+	r1, ok := b.take("alice", 6)
+	if !ok {
+		t.Fatal("the first body was refused")
+	}
+	if _, ok := b.take("alice", 6); ok {
+		t.Fatal("alice went past her budget")
+	}
+	if r, ok := b.take("bob", 6); !ok {
+		t.Fatal("bob was refused for alice's bodies")
+	} else {
+		r()
+	}
+	r1()
+	r1() // a second release gives nothing more back
+	r2, ok := b.take("alice", 10)
+	if !ok {
+		t.Fatal("alice's budget did not come back")
+	}
+	if _, ok := b.take("alice", 1); ok {
+		t.Fatal("a double release gave alice more than her budget")
+	}
+	r2()
+	if r, ok := b.take("alice", 50); !ok {
+		t.Fatal("one body larger than the budget, with nothing else in flight, was refused")
+	} else {
+		r()
+	}
+}

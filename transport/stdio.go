@@ -158,7 +158,7 @@ type envelope struct {
 
 		// Of tools/call.
 		Name           string          `json:"name"`
-		Arguments      json.RawMessage `json:"arguments"`
+		Arguments      rawRef          `json:"arguments"`
 		Meta           json.RawMessage `json:"_meta"`
 		Task           json.RawMessage `json:"task"`
 		InputResponses json.RawMessage `json:"inputResponses"`
@@ -247,13 +247,27 @@ func (s *stdio) awaitLead() bool {
 	}
 }
 
+// rawRef is a JSON value kept where the message holds it: unlike
+// json.RawMessage, not copied (a file's content may be most of a message).
+// The message's line is never reused.
+type rawRef []byte
+
+// UnmarshalJSON keeps b, a slice of the line being decoded.
+func (r *rawRef) UnmarshalJSON(b []byte) error {
+	*r = b
+	return nil
+}
+
 // readLine reads one line without its newline, at most max bytes long; a
-// longer line is skipped whole and reported as errTooLong.
+// longer line is skipped whole and reported as errTooLong. A long line is
+// gathered in pieces and joined once, into memory of its exact size: no
+// more than twice its size is ever held for it.
 func readLine(r *bufio.Reader, max int) ([]byte, error) {
-	var line []byte
+	var pieces [][]byte
+	size := 0
 	for {
 		chunk, err := r.ReadSlice('\n')
-		if len(line)+len(chunk) > max+1 { // +1: the newline
+		if size+len(chunk) > max+1 { // +1: the newline
 			for errors.Is(err, bufio.ErrBufferFull) {
 				_, err = r.ReadSlice('\n')
 			}
@@ -262,18 +276,22 @@ func readLine(r *bufio.Reader, max int) ([]byte, error) {
 			}
 			return nil, errTooLong
 		}
-		if line == nil && err == nil {
+		if pieces == nil && err == nil {
 			return bytes.Clone(chunk[:len(chunk)-1]), nil // the common case: one slice
 		}
-		line = append(line, chunk...)
-		switch {
-		case err == nil:
-			return line[:len(line)-1], nil
-		case errors.Is(err, bufio.ErrBufferFull):
+		pieces = append(pieces, bytes.Clone(chunk))
+		size += len(chunk)
+		if errors.Is(err, bufio.ErrBufferFull) {
 			continue
-		default:
-			return line, err
 		}
+		line := make([]byte, 0, size)
+		for _, p := range pieces {
+			line = append(line, p...)
+		}
+		if err == nil {
+			return line[:len(line)-1], nil
+		}
+		return line, err
 	}
 }
 

@@ -88,8 +88,8 @@ func (s *stdio) callTool(ctx context.Context, env *envelope) bool {
 	req.Method = string(mcp.MethodToolsCall)
 	req.Params.Name = p.Name
 	if len(p.Arguments) > 0 {
-		req.Params.RawArguments = p.Arguments
-		req.Params.Arguments = p.Arguments
+		req.Params.RawArguments = json.RawMessage(p.Arguments)
+		req.Params.Arguments = json.RawMessage(p.Arguments)
 	}
 	req.Params.Meta = meta
 	res, err := s.runHandler(ctx, tool.Handler, req)

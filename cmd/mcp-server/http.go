@@ -34,6 +34,7 @@ type httpConfig struct {
 	maxConcurrent  int
 	maxStreams     int
 	maxRequestMB   int
+	maxInFlightMB  int
 	metricsListen  string
 	enableLocal    bool   // the local backend over http (off by default)
 	sessionStore   string // "" (bbolt in the state dir) or redis://...
@@ -81,6 +82,7 @@ func httpFlags(fs *flag.FlagSet, envOr func(key, def string) string) *httpConfig
 	fs.IntVar(&hc.maxConcurrent, "max-concurrent-calls", atoiOr(envOr("VMCP_MAX_CONCURRENT_CALLS", ""), 16), "requests one principal may have in flight over http; 0: no limit (env VMCP_MAX_CONCURRENT_CALLS)")
 	fs.IntVar(&hc.maxStreams, "max-streams", atoiOr(envOr("VMCP_MAX_STREAMS", ""), 16), "open streams (GET /sse, GET /mcp) one principal may hold over http; 0: no limit (env VMCP_MAX_STREAMS)")
 	fs.StringVar(&hc.metricsListen, "metrics-listen", envOr("VMCP_METRICS_LISTEN", ""), "serve Prometheus /metrics on this address without authentication (e.g. a private 127.0.0.1:9090); without it, /metrics is on --listen behind the same authentication as /mcp (env VMCP_METRICS_LISTEN)")
+	fs.IntVar(&hc.maxInFlightMB, "max-inflight-request-mb", atoiOr(envOr("VMCP_MAX_INFLIGHT_REQUEST_MB", ""), 64), "request data one principal's calls in flight may hold over http, in MiB; past it, 429; 0: no limit (env VMCP_MAX_INFLIGHT_REQUEST_MB)")
 	fs.IntVar(&hc.maxRequestMB, "max-request-mb", atoiOr(envOr("VMCP_MAX_REQUEST_MB", ""), 16), "largest request body over http, in MiB (env VMCP_MAX_REQUEST_MB)")
 	fs.BoolVar(&hc.enableLocal, "enable-local-backend", envOr("VMCP_ENABLE_LOCAL_BACKEND", "") == "1", "over http, also run machines on this host (off by default: a hosted endpoint uses cloud backends) (env VMCP_ENABLE_LOCAL_BACKEND=1)")
 	fs.StringVar(&hc.sessionStore, "session-store", envOr("VMCP_SESSION_STORE", ""), "where conversations live: empty for a file in the state dir, or redis://[:password@]host:port/db to share them between replicas (env VMCP_SESSION_STORE)")
@@ -138,8 +140,8 @@ func (hc *httpConfig) check() error {
 		}
 		hc.credentials = creds
 	}
-	if hc.maxConcurrent < 0 || hc.maxStreams < 0 || hc.maxRequestMB <= 0 {
-		return errors.New("--max-concurrent-calls and --max-streams take a whole number (0: no limit), --max-request-mb a positive one")
+	if hc.maxConcurrent < 0 || hc.maxStreams < 0 || hc.maxInFlightMB < 0 || hc.maxRequestMB <= 0 {
+		return errors.New("--max-concurrent-calls, --max-streams and --max-inflight-request-mb take a whole number (0: no limit), --max-request-mb a positive one")
 	}
 	hasAuth := hc.auth.TokensFile != "" || hc.auth.JWKSURL != ""
 	if !hasAuth && !hc.insecureNoAuth {
@@ -221,14 +223,16 @@ func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 // serveHTTP serves the hosted endpoint until ctx ends.
 func serveHTTP(ctx context.Context, hc httpConfig, srv *server.MCPServer, x *metrics, log zerolog.Logger) error {
 	opts := transport.HTTPOptions{
-		Addr:                      hc.listen,
-		AllowedOrigins:            hc.allowedOrigins,
-		MaxRequestBytes:           int64(hc.maxRequestMB) << 20,
-		MaxConcurrentPerPrincipal: hc.maxConcurrent,
-		MaxStreamsPerPrincipal:    hc.maxStreams,
-		Principal:                 auth.PrincipalFrom,
-		WithPrincipal:             tools.WithPrincipal,
-		Logger:                    log,
+		Addr:                         hc.listen,
+		AllowedOrigins:               hc.allowedOrigins,
+		MaxRequestBytes:              int64(hc.maxRequestMB) << 20,
+		MaxConcurrentPerPrincipal:    hc.maxConcurrent,
+		MaxStreamsPerPrincipal:       hc.maxStreams,
+		MaxInFlightBytesPerPrincipal: int64(hc.maxInFlightMB) << 20,
+		LargeArgument:                tools.IsTextArgument,
+		Principal:                    auth.PrincipalFrom,
+		WithPrincipal:                tools.WithPrincipal,
+		Logger:                       log,
 	}
 	metricsHandler := promhttp.HandlerFor(x.registry, promhttp.HandlerOpts{})
 	if hc.metricsListen != "" {
