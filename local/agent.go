@@ -688,8 +688,8 @@ func describeExit(st *os.ProcessState) string {
 // ---- commands ----
 
 type agentCommand struct {
-	id  uint64
-	ns  string // the command's own UTS namespace, or "" (see agent.tagNS)
+	id uint64
+	ns string // the command's own UTS namespace, or "" (see agent.tagNS)
 	// nsHold keeps the namespace alive until the command has ended and no
 	// kill is under way: a namespace's number is reused once it is freed,
 	// and a kill that matched a later command's namespace would kill it.
