@@ -154,10 +154,16 @@ func (mon *monitor) tick() {
 // filesystem has left; within the reserve, the machines whose files grew
 // have their processes killed. The others go on.
 func (mon *monitor) brake(running []*Machine, watches []*watch, space spaceInfo) {
+	// Not while a machine is being frozen or thawed; frozen machines stay
+	// as they are (see freezes).
+	defer holdFreezes()()
 	frozen := make([][]int, len(running))
 	roots := make([]int, len(running))
 	procs := readProcesses()
 	for i, m := range running {
+		if m.frozenLocked() {
+			continue
+		}
 		roots[i], frozen[i] = m.userProcesses(procs)
 		for _, pid := range frozen[i] {
 			signalIn(roots[i], pid, unix.SIGSTOP)

@@ -8,6 +8,13 @@
 // decodes the NDJSON output stream, and Build turns a Dockerfile and a context
 // directory into a snapshot.
 //
+// It also speaks the optional extensions of TS SDK 0.5–0.6: PauseVM and
+// ResumeVM (a paused VM keeps its memory and holds no quota), TTLs
+// (LaunchRequest.TTL, VMUpdate.TTL and ClearTTL, RefreshTTL), environment
+// variables, ListVMsWith's status filter and services (CreateService and
+// friends). A service without them answers those calls with a 404 (see
+// IsNotFound).
+//
 // # Getting started
 //
 //	c, err := fastvm.NewFromEnv() // FASTVM_API_KEY, optional FASTVM_BASE_URL
@@ -24,8 +31,8 @@
 // 5xx with exponential backoff from 0.5 s (capped at 8 s, up to 25 % jitter),
 // honouring the server's x-should-retry, retry-after-ms and retry-after
 // headers. Calls that create something or run something (launch, exec, file
-// presign and fetch, snapshot and build creation, build-context presign) are
-// never retried, so a retry can never launch a second VM or run a command
+// presign and fetch, snapshot, build and service creation, build-context
+// presign) are never retried, so a retry can never launch a second VM or run a command
 // twice. A non-2xx answer is an *APIError.
 //
 // The API key is sent only as the X-API-Key header of API requests: never to

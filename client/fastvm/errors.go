@@ -134,7 +134,7 @@ type ConnError struct {
 	Path     string
 	Attempts int
 	// Idempotent is false for calls that are never retried (launch, exec,
-	// file presign and fetch, snapshot and build creation): such a call may
+	// file presign and fetch, snapshot, build and service creation): such a call may
 	// or may not have taken effect.
 	Idempotent bool
 	Err        error
@@ -159,14 +159,19 @@ func (e *ConnError) Error() string {
 func (e *ConnError) Unwrap() error { return e.Err }
 
 // LaunchError is a VM that reached a terminal failure status (error, stopped
-// or deleting) while Launch or WaitReady waited for it to run.
+// or deleting) while Launch, WaitReady or ResumeVM waited for it to run (or,
+// for ResumeVM, went back to paused).
 type LaunchError struct {
 	VMID   string
 	Status string
+	Op     string // "" for a launch, "resume" for ResumeVM
 }
 
 // Error names the VM and the status it ended in.
 func (e *LaunchError) Error() string {
+	if e.Op == "resume" {
+		return fmt.Sprintf("fastvm: VM %s failed to resume (status %q): check its status, resume it again or delete it", e.VMID, e.Status)
+	}
 	return fmt.Sprintf("fastvm: VM %s failed to launch (status %q): delete it and launch another", e.VMID, e.Status)
 }
 

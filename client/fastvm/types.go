@@ -1,6 +1,11 @@
 package fastvm
 
-import "fmt"
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
 
 // VM statuses. The server may add values: treat any other as "in transition".
 const (
@@ -9,7 +14,20 @@ const (
 	StatusStopped      = "stopped" // terminal failure for a launch
 	StatusDeleting     = "deleting"
 	StatusError        = "error" // terminal failure
+	// Pausing, paused and resuming come with pause and resume (TS SDK 0.5+).
+	StatusPausing  = "pausing"
+	StatusPaused   = "paused" // memory kept, no quota held: ResumeVM
+	StatusResuming = "resuming"
 )
+
+// TTL actions: what a VM's TTL does when it runs out.
+const (
+	TTLPause  = "pause"  // pause the VM; the cycle starts again on resume
+	TTLDelete = "delete" // delete the VM
+)
+
+// MaxTTLSeconds is the longest TTL cycle the API accepts: a year.
+const MaxTTLSeconds = 31536000
 
 // Snapshot statuses. The server may add values: treat any other as "not yet".
 const (
@@ -51,6 +69,68 @@ type VM struct {
 	// PortMappings maps service names to guest TCP ports (in the reference
 	// schema only; no server is known to send it).
 	PortMappings map[string]int `json:"portMappings,omitempty"`
+
+	// The fields below come with TS SDK 0.5–0.6 servers; older ones leave
+	// them empty.
+
+	// EffectiveFirewall is Firewall plus an auto-rule per service (read only).
+	EffectiveFirewall *FirewallPolicy   `json:"effectiveFirewall,omitempty"`
+	EnvVars           map[string]string `json:"envVars,omitempty"`
+	TTL               *TTL              `json:"ttl,omitempty"`
+	// ExpiresAtMs is when the TTL fires (Unix milliseconds), while running.
+	ExpiresAtMs *int64 `json:"expiresAtMs,omitempty"`
+	// TTLRemainingMs is what is left of the TTL's cycle, while paused (the
+	// countdown stops).
+	TTLRemainingMs *int64  `json:"ttlRemainingMs,omitempty"`
+	PausedAt       *string `json:"pausedAt,omitempty"` // while paused, ISO 8601
+	// SnapshotRestoreWarnings is set in Launch's answer only, when a restore
+	// could not register the snapshot's services again: the VM runs, with
+	// none of them.
+	SnapshotRestoreWarnings *SnapshotRestoreWarnings `json:"snapshotRestoreWarnings,omitempty"`
+}
+
+// TTL is a VM's auto-action timer: after Seconds of running (the countdown
+// stops while paused) the VM is paused or deleted. RefreshTTL restarts it.
+type TTL struct {
+	Action  string `json:"action"`  // TTLPause or TTLDelete
+	Seconds int64  `json:"seconds"` // 1 to MaxTTLSeconds
+}
+
+// Service is an HTTPS reverse-proxy registration of a VM's TCP port,
+// published at ServiceURL(name, vm id, the stack's proxy domain).
+type Service struct {
+	Name string `json:"name"` // 1–29 characters; part of the public host name
+	Port int    `json:"port"` // ≥ 1024
+	// H2C makes the proxy speak HTTP/2 cleartext to the port (gRPC);
+	// otherwise HTTP/1.1 (SSE and WebSocket pass through).
+	H2C bool `json:"h2c,omitempty"`
+	// URL is the public URL, when the server sends it (the emulator does;
+	// the API's Service has no such field).
+	URL string `json:"url,omitempty"`
+}
+
+// ServiceURL is the public URL of a VM's service:
+// https://<name>--<vm id without hyphens>.<proxyDomain>, where proxyDomain
+// is the stack's, e.g. "proxy.fastvm.org".
+func ServiceURL(name, vmID, proxyDomain string) string {
+	return "https://" + name + "--" + strings.ReplaceAll(vmID, "-", "") + "." + strings.Trim(proxyDomain, ".")
+}
+
+// SnapshotRestoreWarnings reports that a restore registered none of the
+// snapshot's services (all or none): register them again one by one.
+type SnapshotRestoreWarnings struct {
+	ServicesRegistrationFailed bool      `json:"servicesRegistrationFailed"`
+	Reason                     string    `json:"reason,omitempty"`
+	UnregisteredServices       []Service `json:"unregisteredServices,omitempty"`
+}
+
+// ListOptions filter ListVMsWith.
+type ListOptions struct {
+	// Metadata keeps the VMs whose metadata has every key and value.
+	Metadata map[string]string
+	// Status keeps the VMs in this status (e.g. StatusPaused); an unknown
+	// status lists nothing. Servers before TS SDK 0.5 ignore it.
+	Status string
 }
 
 // FirewallPolicy filters inbound traffic to the VM's public IPv6 address.
@@ -86,14 +166,44 @@ type LaunchRequest struct {
 	DiskGiB     int               `json:"diskGiB,omitempty"` // grow-only: ≥ 10 or the snapshot's disk
 	Firewall    *FirewallPolicy   `json:"firewall,omitempty"`
 	Metadata    map[string]string `json:"metadata,omitempty"`
+	// EnvVars are in the environment of the VM's commands. Keys are shell
+	// variable names; values have no newline, carriage return or NUL.
+	EnvVars map[string]string `json:"envVars,omitempty"`
+	TTL     *TTL              `json:"ttl,omitempty"`
 }
 
 // VMUpdate is the body of PATCH /v1/vms/{id}; at least one field must be set.
-// An empty Name keeps the name; nil Metadata keeps it, an empty non-nil map
-// clears it (omitzero sends {} but omits nil), any other map replaces it whole.
+// An empty Name keeps the name. For Metadata and EnvVars, nil keeps the map,
+// an empty non-nil one clears it (omitzero sends {} but omits nil), any
+// other replaces it whole. TTL sets the timer and restarts its countdown;
+// ClearTTL removes it (sends "ttl": null); neither leaves it unchanged.
 type VMUpdate struct {
 	Name     string            `json:"name,omitempty"`
 	Metadata map[string]string `json:"metadata,omitzero"`
+	EnvVars  map[string]string `json:"envVars,omitzero"`
+	TTL      *TTL              `json:"-"`
+	ClearTTL bool              `json:"-"`
+}
+
+// MarshalJSON sends ttl as the object, as null (ClearTTL) or not at all.
+func (u VMUpdate) MarshalJSON() ([]byte, error) {
+	type fields VMUpdate // without this method
+	var ttl json.RawMessage
+	switch {
+	case u.ClearTTL && u.TTL != nil:
+		return nil, errors.New("fastvm: VMUpdate sets both TTL and ClearTTL: set one")
+	case u.ClearTTL:
+		ttl = json.RawMessage("null")
+	case u.TTL != nil:
+		var err error
+		if ttl, err = json.Marshal(u.TTL); err != nil {
+			return nil, err
+		}
+	}
+	return json.Marshal(struct {
+		fields
+		TTL json.RawMessage `json:"ttl,omitempty"`
+	}{fields(u), ttl})
 }
 
 // DeleteResponse confirms a deletion.
@@ -154,6 +264,10 @@ type Snapshot struct {
 	CreatedAt string            `json:"createdAt"`
 	Firewall  *FirewallPolicy   `json:"firewall,omitempty"`
 	Metadata  map[string]string `json:"metadata,omitempty"`
+	// EnvVars and Services are the VM's when it was taken (TS SDK 0.5+); a
+	// restore gets them.
+	EnvVars  map[string]string `json:"envVars,omitempty"`
+	Services []Service         `json:"services,omitempty"`
 }
 
 // BuildRequest is the body of POST /v1/builds; ImageRef or DockerfileContent

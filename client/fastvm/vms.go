@@ -46,6 +46,12 @@ func (c *Client) LaunchNoWait(ctx context.Context, req LaunchRequest) (*VM, erro
 // after the wait timeout, and with the API error if a GET fails (e.g. 404).
 // Unknown statuses count as "still starting".
 func (c *Client) WaitReady(ctx context.Context, vmID string) (*VM, error) {
+	return c.waitRunning(ctx, vmID, "")
+}
+
+// waitRunning is WaitReady for a launch (op "") or a resume (op "resume",
+// for which paused is a failure too: the resume did not take).
+func (c *Client) waitRunning(ctx context.Context, vmID, op string) (*VM, error) {
 	var vm *VM
 	err := c.poll(ctx, c.waitTimeout, func() string { return fmt.Sprintf("VM %s to run (last status %q)", vmID, vm.Status) },
 		func() (done bool, err error) {
@@ -56,7 +62,11 @@ func (c *Client) WaitReady(ctx context.Context, vmID string) (*VM, error) {
 			case StatusRunning:
 				return true, nil
 			case StatusError, StatusStopped, StatusDeleting:
-				return false, &LaunchError{VMID: vmID, Status: vm.Status}
+				return false, &LaunchError{VMID: vmID, Status: vm.Status, Op: op}
+			case StatusPaused:
+				if op == "resume" {
+					return false, &LaunchError{VMID: vmID, Status: vm.Status, Op: op}
+				}
 			}
 			return false, nil
 		})
@@ -105,9 +115,17 @@ func (c *Client) GetVM(ctx context.Context, vmID string) (*VM, error) {
 // ListVMs returns the organisation's VMs (not deleted ones). A non-empty
 // metadata keeps only the VMs whose metadata has every given key and value.
 func (c *Client) ListVMs(ctx context.Context, metadata map[string]string) ([]VM, error) {
+	return c.ListVMsWith(ctx, ListOptions{Metadata: metadata})
+}
+
+// ListVMsWith returns the organisation's VMs that pass the filters of opts.
+func (c *Client) ListVMsWith(ctx context.Context, opts ListOptions) ([]VM, error) {
 	q := url.Values{}
-	for k, v := range metadata {
+	for k, v := range opts.Metadata {
 		q.Set("metadata."+k, v)
+	}
+	if opts.Status != "" {
+		q.Set("status", opts.Status)
 	}
 	vms, err := callJSON[[]VM](ctx, c, call{method: http.MethodGet, path: "/v1/vms", query: q, retry: true})
 	if err != nil {
@@ -116,7 +134,44 @@ func (c *Client) ListVMs(ctx context.Context, metadata map[string]string) ([]VM,
 	return *vms, nil
 }
 
-// UpdateVM renames a VM and/or replaces its metadata (see VMUpdate).
+// PauseVM pauses a running VM: its state, memory included, is kept, and it
+// holds no quota until ResumeVM. Pausing a paused VM answers it as it is.
+// Servers before TS SDK 0.5 answer 404 (see IsNotFound).
+func (c *Client) PauseVM(ctx context.Context, vmID string) (*VM, error) {
+	return callJSON[VM](ctx, c, call{method: http.MethodPost, path: "/v1/vms/" + pathID(vmID) + "/pause", retry: true})
+}
+
+// ResumeVM resumes a paused VM and waits until it runs: the server answers
+// 200 when it resumed at once, 202 when the resume is queued, and then
+// ResumeVM polls like WaitReady (a VM that ends paused again, in error,
+// stopped or deleting is a *LaunchError). Resuming a running VM answers it
+// as it is. A resume over the organisation's quota is a 429 *APIError.
+func (c *Client) ResumeVM(ctx context.Context, vmID string) (*VM, error) {
+	vm, err := c.ResumeVMNoWait(ctx, vmID)
+	if err != nil {
+		return nil, err
+	}
+	if vm.Status == StatusRunning {
+		return vm, nil
+	}
+	return c.waitRunning(ctx, vmID, "resume")
+}
+
+// ResumeVMNoWait resumes a paused VM and returns the server's first answer,
+// running (200) or resuming (202), without polling.
+func (c *Client) ResumeVMNoWait(ctx context.Context, vmID string) (*VM, error) {
+	return callJSON[VM](ctx, c, call{method: http.MethodPost, path: "/v1/vms/" + pathID(vmID) + "/resume", retry: true})
+}
+
+// RefreshTTL restarts a VM's TTL cycle: a running VM's TTL fires Seconds
+// from now, a paused one gets the whole cycle back for when it resumes. A
+// VM without a TTL is a 409 *APIError.
+func (c *Client) RefreshTTL(ctx context.Context, vmID string) (*VM, error) {
+	return callJSON[VM](ctx, c, call{method: http.MethodPost, path: "/v1/vms/" + pathID(vmID) + "/ttl/refresh", retry: true})
+}
+
+// UpdateVM renames a VM and/or replaces its metadata, environment variables
+// or TTL (see VMUpdate).
 func (c *Client) UpdateVM(ctx context.Context, vmID string, u VMUpdate) (*VM, error) {
 	return callJSON[VM](ctx, c, call{method: http.MethodPatch, path: "/v1/vms/" + pathID(vmID), body: u, retry: true})
 }

@@ -47,8 +47,13 @@ type config struct {
 	forevervmToken  string
 	fastvmListen    string
 	fastvmAPIKey    string
-	stateDir        string
-	logLevel        zerolog.Level
+	// fastvmProxyDomain is the domain of FastVM services' URLs;
+	// fastvmNoExtensions serves FastVM without pause, resume, TTL refresh
+	// and services (a service before TS SDK 0.5).
+	fastvmProxyDomain  string
+	fastvmNoExtensions bool
+	stateDir           string
+	logLevel           zerolog.Level
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -65,6 +70,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&cfg.forevervmToken, "forevervm-token", envOr("FOREVERVM_TOKEN", ""), "the token the ForeverVM emulator accepts, shaped ID.SECRET (env FOREVERVM_TOKEN)")
 	fs.StringVar(&cfg.fastvmListen, "fastvm-listen", envOr("FASTVM_EMULATOR_LISTEN", ""), "address of the FastVM emulator, e.g. 127.0.0.1:8081 (env FASTVM_EMULATOR_LISTEN)")
 	fs.StringVar(&cfg.fastvmAPIKey, "fastvm-api-key", envOr("FASTVM_API_KEY", ""), "the API key the FastVM emulator accepts (env FASTVM_API_KEY)")
+	fs.StringVar(&cfg.fastvmProxyDomain, "fastvm-proxy-domain", envOr("FASTVM_EMULATOR_PROXY_DOMAIN", fastvm.DefaultProxyDomain), "domain of FastVM services' public URLs, https://<name>--<vm>.<domain> (env FASTVM_EMULATOR_PROXY_DOMAIN)")
+	fs.BoolVar(&cfg.fastvmNoExtensions, "fastvm-no-extensions", envOr("FASTVM_EMULATOR_NO_EXTENSIONS", "") == "1", "serve FastVM without pause, resume, TTL refresh and services, which then answer 404 as on a service that predates them (env FASTVM_EMULATOR_NO_EXTENSIONS=1)")
 	fs.StringVar(&cfg.stateDir, "state-dir", envOr("VMCP_EMULATOR_STATE_DIR", defaultStateDir()), "directory for the emulated machines (env VMCP_EMULATOR_STATE_DIR)")
 	level := fs.String("log-level", envOr("VMCP_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error (env VMCP_LOG_LEVEL); logs go to stderr")
 	if err := fs.Parse(args); err != nil {
@@ -127,7 +134,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		services = append(services, service{name: "forevervm", addr: cfg.forevervmListen, handler: fvm, close: fvm.Close})
 	}
 	if cfg.fastvmListen != "" {
-		fast, err := fastvm.New(fastvm.Options{Engine: engine, APIKey: cfg.fastvmAPIKey, Logger: log})
+		fast, err := fastvm.New(fastvm.Options{Engine: engine, APIKey: cfg.fastvmAPIKey, Logger: log,
+			ProxyDomain: cfg.fastvmProxyDomain, NoExtensions: cfg.fastvmNoExtensions})
 		if err != nil {
 			return err
 		}

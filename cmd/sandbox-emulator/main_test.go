@@ -18,6 +18,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vmcp-dev/vmcp/emulator/fastvm"
 	"github.com/vmcp-dev/vmcp/local"
 )
 
@@ -145,9 +146,19 @@ func TestParseConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.forevervmListen != "127.0.0.1:1" || cfg.forevervmToken != "env.token" || cfg.stateDir != "/env/state" || cfg.logLevel != zerolog.InfoLevel {
+	if cfg.forevervmListen != "127.0.0.1:1" || cfg.forevervmToken != "env.token" || cfg.stateDir != "/env/state" || cfg.logLevel != zerolog.InfoLevel ||
+		cfg.fastvmProxyDomain != fastvm.DefaultProxyDomain || cfg.fastvmNoExtensions {
 		t.Fatalf("from the environment: %+v", cfg)
 	}
+	env["FASTVM_EMULATOR_PROXY_DOMAIN"], env["FASTVM_EMULATOR_NO_EXTENSIONS"] = "proxy.env.test", "1"
+	if cfg, err = parseConfig(nil, getenv, io.Discard); err != nil || cfg.fastvmProxyDomain != "proxy.env.test" || !cfg.fastvmNoExtensions {
+		t.Fatalf("FastVM settings from the environment: %+v, %v", cfg, err)
+	}
+	if cfg, err = parseConfig([]string{"--fastvm-proxy-domain", "p.flag.test", "--fastvm-no-extensions=false"}, getenv, io.Discard); err != nil || cfg.fastvmProxyDomain != "p.flag.test" || cfg.fastvmNoExtensions {
+		t.Fatalf("FastVM settings from flags: %+v, %v", cfg, err)
+	}
+	delete(env, "FASTVM_EMULATOR_PROXY_DOMAIN")
+	delete(env, "FASTVM_EMULATOR_NO_EXTENSIONS")
 	cfg, err = parseConfig([]string{"--forevervm-listen", "127.0.0.1:2", "--forevervm-token", "flag.token", "--state-dir", "/flag/state", "--log-level", "warn"}, getenv, io.Discard)
 	if err != nil {
 		t.Fatal(err)

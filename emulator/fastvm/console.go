@@ -81,10 +81,15 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, fmt.Sprintf("invalid, used or expired console session: mint a token with POST /v1/vms/%s/console-token and connect within %d s", vmID, int(consoleTokenTTL/time.Second)))
 		return
 	}
-	_, m, ok := s.runningMachine(w, r)
+	v, m, ok := s.runningMachine(w, r)
 	if !ok {
 		return
 	}
+	env := s.envOf(v)
+	if env == nil {
+		env = map[string]string{}
+	}
+	env["TERM"] = "xterm-256color"
 	// The session token is the capability, so any origin may connect.
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
@@ -118,7 +123,7 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 		TTY:     &local.TTY{Size: local.WindowSize{Rows: 24, Cols: 80}, Resize: sizes},
 		Stdin:   input,
 		Stdout:  out,
-		Env:     map[string]string{"TERM": "xterm-256color"},
+		Env:     env,
 		Workdir: "/root",
 	})
 	input.Close()

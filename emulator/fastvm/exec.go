@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"mime"
 	"net/http"
@@ -77,16 +78,18 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	_, m, ok := s.runningMachine(w, r)
+	v, m, ok := s.runningMachine(w, r)
 	if !ok {
 		return
 	}
 	// argv runs as given; through `exec "$@"` a missing program is what it
-	// is on a VM, exit 127 with the shell's message, not an API error.
+	// is on a VM, exit 127 with the shell's message, not an API error. The
+	// VM's envVars (§9) are in its environment.
 	cmd := local.Command{
 		Argv:    append([]string{"/bin/sh", "-c", `exec "$@"`, "sh"}, req.Command...),
 		Workdir: "/root",
 		Timeout: timeout,
+		Env:     s.envOf(v),
 	}
 	if req.Stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin) // written whole, then closed
@@ -107,6 +110,13 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	// Invalid UTF-8 in the output becomes U+FFFD (Spec §13 #7), as Go's JSON
 	// encoder does.
 	writeJSON(w, http.StatusOK, aggregate(res))
+}
+
+// envOf is a copy of the VM's envVars, for a command's environment.
+func (s *Server) envOf(v *vmRecord) map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(v.EnvVars)
 }
 
 func aggregate(res *local.CommandResult) execResult {

@@ -43,10 +43,24 @@ type Options struct {
 	ProvisioningDelay time.Duration
 	Quotas            Quotas // org quotas; zero fields take generous defaults
 	Logger            zerolog.Logger
+	// ProxyDomain is the domain of services' public URLs,
+	// https://<name>--<vm id without hyphens>.<ProxyDomain> (§9; the real
+	// stack domain is unknown). Default DefaultProxyDomain.
+	ProxyDomain string
+	// NoExtensions serves the target generation's endpoints only: pause,
+	// resume, TTL refresh and services (§9) answer 404, as on a service
+	// without them, for tests of clients that must do without. Their
+	// request fields (envVars, ttl, ?status=) are still accepted.
+	NoExtensions bool
 }
 
+// DefaultProxyDomain is the domain of services' URLs unless
+// Options.ProxyDomain says otherwise.
+const DefaultProxyDomain = "proxy.fastvm.localhost"
+
 // Quotas are the organisation's limits. A VM counts against them from launch
-// until it is deleted (or failed); snapshots count until deleted.
+// until it is deleted (or failed), except while paused (§9: pause frees all
+// quota, resume takes it again); snapshots count until deleted.
 type Quotas struct {
 	VMs           int // live VMs at once; default 100
 	VCPU          int // vCPUs of live VMs; default 512
@@ -92,6 +106,9 @@ type Server struct {
 	// maxUploadOverride, when positive, replaces every maxUploadBytes (tests
 	// cannot upload 10 GiB to see the limit work).
 	maxUploadOverride int64
+	failReplay        bool // the next restore's service replay fails
+	proxyDomain       string
+	extensions        bool
 
 	mu sync.Mutex // guards the fields above from baseURL on, and the store's records
 }
@@ -139,9 +156,16 @@ func New(opts Options) (*Server, error) {
 		cancel:  cancel,
 		baseURL: strings.TrimRight(opts.BaseURL, "/"),
 		tokens:  map[string]consoleToken{},
+
+		proxyDomain: strings.Trim(opts.ProxyDomain, "."),
+		extensions:  !opts.NoExtensions,
+	}
+	if s.proxyDomain == "" {
+		s.proxyDomain = DefaultProxyDomain
 	}
 	s.recover()
 	s.routes()
+	s.goBackground(s.runTTLs)
 	return s, nil
 }
 
@@ -158,6 +182,15 @@ func (s *Server) SetBaseURL(u string) {
 func (s *Server) FailNextLaunch() {
 	s.mu.Lock()
 	s.failNext = true
+	s.mu.Unlock()
+}
+
+// FailNextServiceReplay makes the next launch from a snapshot fail to
+// register the snapshot's services again, as the service reports in
+// snapshotRestoreWarnings (for tests of a client's handling of it).
+func (s *Server) FailNextServiceReplay() {
+	s.mu.Lock()
+	s.failReplay = true
 	s.mu.Unlock()
 }
 
@@ -243,6 +276,15 @@ func (s *Server) routes() {
 	h("POST /v1/builds", s.createBuild)
 	h("GET /v1/builds/{id}", s.getBuild)
 	h("GET /v1/org/quotas", s.getQuotas)
+	if s.extensions {
+		h("POST /v1/vms/{id}/pause", s.pauseVM)
+		h("POST /v1/vms/{id}/resume", s.resumeVM)
+		h("POST /v1/vms/{id}/ttl/refresh", s.refreshTTL)
+		h("POST /v1/vms/{id}/services", s.createService)
+		h("GET /v1/vms/{id}/services", s.listServices)
+		h("PUT /v1/vms/{id}/services/{name}", s.putService)
+		h("DELETE /v1/vms/{id}/services/{name}", s.deleteService)
+	}
 	h("PUT "+objectsPath+"{oid}", s.putObject)
 	h("GET "+objectsPath+"{oid}", s.getObject)
 	h("HEAD "+objectsPath+"{oid}", s.getObject)

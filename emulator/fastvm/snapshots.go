@@ -18,16 +18,21 @@ type snapshotJSON struct {
 	VMID      string            `json:"vmId"`
 	Firewall  *firewallPolicy   `json:"firewall,omitempty"`
 	Metadata  map[string]string `json:"metadata,omitempty"`
+	EnvVars   map[string]string `json:"envVars,omitempty"`
+	Services  []service         `json:"services,omitempty"`
 }
 
 func (s *Server) snapshotJSON(sn *snapshotRecord) snapshotJSON {
 	return snapshotJSON{ID: sn.ID, CreatedAt: timestamp(sn.CreatedAt), Name: sn.Name, OrgID: s.orgID,
-		Status: sn.Status, VMID: sn.VMID, Firewall: sn.Firewall, Metadata: sn.Metadata}
+		Status: sn.Status, VMID: sn.VMID, Firewall: sn.Firewall, Metadata: sn.Metadata,
+		EnvVars: sn.EnvVars, Services: sn.Services}
 }
 
 // createSnapshot answers 201 creating at once and copies the VM's files in
 // the background; later reads say ready (Spec §13 #10: UUID ids, initial
-// status creating).
+// status creating). A running or a paused VM can be snapshotted (§9); a
+// paused one's files are still, and a second request in the same pause
+// answers the first's snapshot again, unchanged.
 func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		VMID string  `json:"vmId"`
@@ -47,10 +52,16 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("VM %s not found", req.VMID))
 		return
 	}
-	if v.Status != statusRunning {
+	if v.Status != statusRunning && v.Status != statusPaused {
 		s.mu.Unlock()
 		// Spec §13 #6: 409 with x-should-retry: false.
-		writeError(w, http.StatusConflict, fmt.Sprintf("VM %s is %s; only a running VM can be snapshotted", v.ID, v.Status))
+		writeError(w, http.StatusConflict, fmt.Sprintf("VM %s is %s; only a running or paused VM can be snapshotted", v.ID, v.Status))
+		return
+	}
+	if prev, ok := s.store.snapshots[v.PauseSnapshot]; ok && v.Status == statusPaused {
+		out := s.snapshotJSON(prev)
+		s.mu.Unlock()
+		writeJSON(w, http.StatusCreated, out)
 		return
 	}
 	if err := s.checkSnapshotQuota(); err != nil {
@@ -59,7 +70,8 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sn := &snapshotRecord{ID: newUUID(), VMID: v.ID, Status: snapCreating, CreatedAt: time.Now().UTC(),
-		Firewall: v.Firewall, Metadata: v.Metadata, MachineName: v.MachineName, DiskGiB: v.DiskGiB}
+		Firewall: v.Firewall, Metadata: v.Metadata, MachineName: v.MachineName, DiskGiB: v.DiskGiB,
+		EnvVars: v.EnvVars, Services: v.Services}
 	if sn.Name = normalizeName(deref(req.Name)); sn.Name == "" {
 		sn.Name = "snapshot-" + v.ID[:8]
 	}
@@ -67,6 +79,12 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 	err := s.store.saveSnap(sn)
 	if err == nil {
 		s.store.snapshots[sn.ID] = sn
+		if v.Status == statusPaused {
+			v.PauseSnapshot = sn.ID
+			if err := s.store.saveVM(v); err != nil {
+				s.log.Warn().Str("vm", v.ID).Err(err).Msg("fastvm emulator: store the VM's pause snapshot")
+			}
+		}
 	}
 	out := s.snapshotJSON(sn)
 	s.mu.Unlock()

@@ -30,10 +30,14 @@ const (
 	tagBuild     = "fastvm-emulator.build" // on a build VM's machine: the build id
 )
 
-// VM statuses (§6). Spec §13 #14: queued and pending are never emitted.
+// VM statuses (§6, and §9's pausing, paused, resuming). Spec §13 #14: queued
+// and pending are never emitted.
 const (
 	statusProvisioning = "provisioning"
 	statusRunning      = "running"
+	statusPausing      = "pausing"
+	statusPaused       = "paused"
+	statusResuming     = "resuming"
 	statusDeleting     = "deleting"
 	statusError        = "error"
 )
@@ -67,6 +71,32 @@ type vmRecord struct {
 	Firewall    *firewallPolicy   `json:"firewall,omitempty"`
 	Metadata    map[string]string `json:"metadata,omitempty"`
 	Problem     string            `json:"problem,omitempty"` // why it is in status error (not on the wire)
+	// The extensions of §9.
+	EnvVars map[string]string `json:"envVars,omitempty"`
+	TTL     *vmTTL            `json:"ttl,omitempty"`
+	// ExpiresAt is when the TTL fires, while running; TTLRemaining is what
+	// is left of its cycle, while paused (the countdown stops).
+	ExpiresAt    time.Time     `json:"expiresAt,omitzero"`
+	TTLRemaining time.Duration `json:"ttlRemaining,omitempty"`
+	PausedAt     time.Time     `json:"pausedAt,omitzero"`
+	Services     []service     `json:"services,omitempty"` // sorted by name
+	// PauseSnapshot is the snapshot taken during the current pause, which
+	// a repeated POST /v1/snapshots answers again (§9).
+	PauseSnapshot string `json:"pauseSnapshot,omitempty"`
+}
+
+// vmTTL is a VM's auto-action timer (§9).
+type vmTTL struct {
+	Action  string `json:"action"` // ttlPause or ttlDelete
+	Seconds int64  `json:"seconds"`
+}
+
+// service is an HTTPS reverse-proxy registration (§9); h2c is optional in
+// a snapshot's list.
+type service struct {
+	Name string `json:"name"`
+	Port int    `json:"port"`
+	H2C  bool   `json:"h2c,omitempty"`
 }
 
 type snapshotRecord struct {
@@ -80,6 +110,8 @@ type snapshotRecord struct {
 	Metadata    map[string]string `json:"metadata,omitempty"`
 	MachineName string            `json:"machineName"` // what a restore inherits
 	DiskGiB     int               `json:"diskGiB"`
+	EnvVars     map[string]string `json:"envVars,omitempty"`
+	Services    []service         `json:"services,omitempty"`
 }
 
 type buildRecord struct {
@@ -228,6 +260,24 @@ func (s *Server) recover() {
 			st.saveVM(v)
 		case v.Status == statusProvisioning:
 			v.Status = statusRunning
+			if v.TTL != nil {
+				v.ExpiresAt = time.Now().Add(time.Duration(v.TTL.Seconds) * time.Second)
+			}
+			st.saveVM(v)
+		case v.Status == statusResuming:
+			// The processes of a paused VM did not survive the restart (no
+			// emulated VM's do): resuming ends on a fresh start, files kept.
+			v.Status, v.PausedAt, v.PauseSnapshot = statusRunning, time.Time{}, ""
+			if v.TTL != nil {
+				v.ExpiresAt, v.TTLRemaining = time.Now().Add(v.TTLRemaining), 0
+			}
+			st.saveVM(v)
+		case v.Status == statusPausing:
+			// It was running, with its countdown going.
+			v.Status, v.PausedAt = statusPaused, time.Now().UTC()
+			if v.TTL != nil {
+				v.TTLRemaining, v.ExpiresAt = max(time.Until(v.ExpiresAt), 0), time.Time{}
+			}
 			st.saveVM(v)
 		}
 	}

@@ -31,26 +31,63 @@ type firewallRule struct {
 	Description string   `json:"description,omitempty"`
 }
 
-// vmJSON is the wire Vm (§3.2). Spec §13 #15: portMappings is omitted.
+// vmJSON is the wire Vm (§3.2, with §9's fields). Spec §13 #15:
+// portMappings is omitted.
 type vmJSON struct {
-	ID          string            `json:"id"`
-	CPU         int               `json:"cpu"`
-	CreatedAt   string            `json:"createdAt"`
-	DiskGiB     int               `json:"diskGiB"`
-	MemoryMiB   int               `json:"memoryMiB"`
-	Name        string            `json:"name"`
-	OrgID       string            `json:"orgId"`
-	Status      string            `json:"status"`
-	MachineName string            `json:"machineName,omitempty"`
-	SourceName  string            `json:"sourceName,omitempty"`
-	Firewall    *firewallPolicy   `json:"firewall,omitempty"`
-	Metadata    map[string]string `json:"metadata,omitempty"`
+	ID                string            `json:"id"`
+	CPU               int               `json:"cpu"`
+	CreatedAt         string            `json:"createdAt"`
+	DiskGiB           int               `json:"diskGiB"`
+	MemoryMiB         int               `json:"memoryMiB"`
+	Name              string            `json:"name"`
+	OrgID             string            `json:"orgId"`
+	Status            string            `json:"status"`
+	MachineName       string            `json:"machineName,omitempty"`
+	SourceName        string            `json:"sourceName,omitempty"`
+	Firewall          *firewallPolicy   `json:"firewall,omitempty"`
+	EffectiveFirewall *firewallPolicy   `json:"effectiveFirewall,omitempty"`
+	Metadata          map[string]string `json:"metadata,omitempty"`
+	EnvVars           map[string]string `json:"envVars,omitempty"`
+	TTL               *vmTTL            `json:"ttl,omitempty"`
+	ExpiresAtMs       *int64            `json:"expiresAtMs,omitempty"`    // only while running
+	TTLRemainingMs    *int64            `json:"ttlRemainingMs,omitempty"` // only while paused
+	PausedAt          string            `json:"pausedAt,omitempty"`       // only while paused
 }
 
+// vmJSON is v's wire view; the caller holds s.mu.
 func (s *Server) vmJSON(v *vmRecord) vmJSON {
-	return vmJSON{ID: v.ID, CPU: v.CPU, CreatedAt: timestamp(v.CreatedAt), DiskGiB: v.DiskGiB, MemoryMiB: v.MemoryMiB,
+	out := vmJSON{ID: v.ID, CPU: v.CPU, CreatedAt: timestamp(v.CreatedAt), DiskGiB: v.DiskGiB, MemoryMiB: v.MemoryMiB,
 		Name: v.Name, OrgID: s.orgID, Status: v.Status, MachineName: v.MachineName, SourceName: v.SourceName,
-		Firewall: v.Firewall, Metadata: v.Metadata}
+		Firewall: v.Firewall, EffectiveFirewall: effectiveFirewall(v), Metadata: v.Metadata, EnvVars: v.EnvVars}
+	if v.TTL != nil {
+		ttl := *v.TTL
+		out.TTL = &ttl
+	}
+	switch {
+	case v.Status == statusRunning && v.TTL != nil && !v.ExpiresAt.IsZero():
+		ms := v.ExpiresAt.UnixMilli()
+		out.ExpiresAtMs = &ms
+	case v.Status == statusPaused:
+		out.PausedAt = timestamp(v.PausedAt)
+		if v.TTL != nil {
+			ms := v.TTLRemaining.Milliseconds()
+			out.TTLRemainingMs = &ms
+		}
+	}
+	return out
+}
+
+// launchJSON is the wire VmLaunchResponse (§9): a Vm, with warnings when a
+// restore could not register the snapshot's services again.
+type launchJSON struct {
+	vmJSON
+	SnapshotRestoreWarnings *restoreWarnings `json:"snapshotRestoreWarnings,omitempty"`
+}
+
+type restoreWarnings struct {
+	ServicesRegistrationFailed bool      `json:"servicesRegistrationFailed"`
+	Reason                     string    `json:"reason,omitempty"`
+	UnregisteredServices       []service `json:"unregisteredServices,omitempty"`
 }
 
 // machineTypes are the earliest spec's enumeration; INFERRED: cNmM is N vCPUs
@@ -129,10 +166,20 @@ func decodeFirewall(raw json.RawMessage) (*firewallPolicy, error) {
 	return &p, nil
 }
 
+// holdsQuota: a VM holds quota while it has (or is getting) a worker; a
+// paused one does not (§9).
+func holdsQuota(status string) bool {
+	switch status {
+	case statusProvisioning, statusRunning, statusPausing, statusResuming:
+		return true
+	}
+	return false
+}
+
 // quotaUsage sums what live VMs and snapshots use; the caller holds s.mu.
 func (s *Server) quotaUsage() (vms int, usage quotaValues) {
 	for _, v := range s.store.vms {
-		if v.Status == statusProvisioning || v.Status == statusRunning {
+		if holdsQuota(v.Status) {
 			vms++
 			usage.VCPU += v.CPU
 			usage.MemoryMiB += v.MemoryMiB
@@ -194,6 +241,8 @@ type launchRequest struct {
 	DiskGiB     *int              `json:"diskGiB"`
 	Firewall    json.RawMessage   `json:"firewall"`
 	Metadata    map[string]string `json:"metadata"`
+	EnvVars     map[string]string `json:"envVars"`
+	TTL         json.RawMessage   `json:"ttl"`
 }
 
 func (s *Server) launchVM(w http.ResponseWriter, r *http.Request) {
@@ -212,6 +261,18 @@ func (s *Server) launchVM(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	if err := checkEnvVars(req.EnvVars); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	ttl, err := parseTTL(req.TTL)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	envVars := req.EnvVars
+	var services []service
+	var warnings *restoreWarnings
 	// Default firewall when omitted: restricted with no rules (§3.2).
 	firewall := &firewallPolicy{Mode: "restricted"}
 	if len(req.Firewall) > 0 && string(req.Firewall) != "null" {
@@ -242,6 +303,10 @@ func (s *Server) launchVM(w http.ResponseWriter, r *http.Request) {
 		if len(req.Firewall) == 0 && snap.Firewall != nil {
 			firewall = snap.Firewall
 		}
+		if envVars == nil {
+			envVars = snap.EnvVars
+		}
+		services, warnings = s.replayServices(snap.Services)
 	}
 	s.mu.Unlock()
 	mt, ok := machineTypes[machineType]
@@ -260,6 +325,7 @@ func (s *Server) launchVM(w http.ResponseWriter, r *http.Request) {
 	v := &vmRecord{
 		ID: newUUID(), MachineName: machineType, SourceName: sourceName, CPU: mt.cpu, MemoryMiB: mt.memoryMiB,
 		DiskGiB: disk, Status: statusProvisioning, CreatedAt: time.Now().UTC(), Firewall: firewall, Metadata: req.Metadata,
+		EnvVars: envVars, TTL: ttl, Services: services,
 	}
 	v.Name = normalizeName(deref(req.Name))
 	if v.Name == "" {
@@ -274,7 +340,6 @@ func (s *Server) launchVM(w http.ResponseWriter, r *http.Request) {
 	fail := s.failNext
 	s.failNext = false
 	async := fail || s.delay > 0
-	var err error
 	if err = s.store.saveVM(v); err == nil {
 		s.store.vms[v.ID] = v
 	}
@@ -295,13 +360,13 @@ func (s *Server) launchVM(w http.ResponseWriter, r *http.Request) {
 		}
 		s.finishProvisioning(v, nil)
 		s.mu.Lock()
-		out := s.vmJSON(v)
+		out := launchJSON{s.vmJSON(v), warnings}
 		s.mu.Unlock()
 		writeJSON(w, http.StatusCreated, out)
 		return
 	}
 	s.mu.Lock()
-	out := s.vmJSON(v)
+	out := launchJSON{s.vmJSON(v), warnings}
 	s.mu.Unlock()
 	started := s.goBackground(func(ctx context.Context) {
 		deadline := time.Now().Add(s.delay)
@@ -381,6 +446,9 @@ func (s *Server) finishProvisioning(v *vmRecord, err error) {
 			s.log.Warn().Str("vm", v.ID).Err(err).Msg("fastvm emulator: VM provisioning failed")
 		} else {
 			v.Status = statusRunning
+			if v.TTL != nil { // the countdown starts with the VM
+				v.ExpiresAt = time.Now().Add(time.Duration(v.TTL.Seconds) * time.Second)
+			}
 		}
 		s.store.saveVM(v)
 	}
@@ -438,7 +506,12 @@ func (s *Server) runningMachine(w http.ResponseWriter, r *http.Request) (*vmReco
 	s.mu.Lock()
 	status, machineID := v.Status, v.MachineID
 	s.mu.Unlock()
-	if status != statusRunning {
+	switch status {
+	case statusRunning:
+	case statusPaused, statusPausing:
+		writeError(w, http.StatusConflict, fmt.Sprintf("VM %s is %s, not running: resume it first (POST /v1/vms/%s/resume)", v.ID, status, v.ID))
+		return nil, nil, false
+	default:
 		writeError(w, http.StatusConflict, fmt.Sprintf("VM %s is %s, not running", v.ID, status))
 		return nil, nil, false
 	}
@@ -462,18 +535,27 @@ func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
 }
 
 // listVMs answers a bare array, filtered by every metadata.<key>=<value>
-// query parameter (AND).
+// query parameter (AND) and by status=<value> (§9: an unknown status
+// matches nothing, so the list is empty).
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	filters := map[string][]string{}
+	statuses := map[string]bool{}
 	for k, vals := range r.URL.Query() {
 		if key, ok := strings.CutPrefix(k, "metadata."); ok {
 			filters[key] = vals
+		}
+		if k == "status" {
+			for _, st := range vals {
+				if st != "" { // an empty status=, as a form might send, filters nothing
+					statuses[st] = true
+				}
+			}
 		}
 	}
 	s.mu.Lock()
 	out := []vmJSON{}
 	for _, v := range s.store.sortedVMs() {
-		if matchesMetadata(v.Metadata, filters) {
+		if matchesMetadata(v.Metadata, filters) && (len(statuses) == 0 || statuses[v.Status]) {
 			out = append(out, s.vmJSON(v))
 		}
 	}
@@ -496,21 +578,27 @@ func matchesMetadata(md map[string]string, filters map[string][]string) bool {
 	return true
 }
 
+// updateVM: name, metadata and envVars replace what they name (an omitted
+// or null map is unchanged, {} clears it); ttl sets the timer and restarts
+// its countdown, null removes it (§9).
 func (s *Server) updateVM(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Name     *string         `json:"name"`
 		Metadata json.RawMessage `json:"metadata"`
+		EnvVars  json.RawMessage `json:"envVars"`
+		TTL      json.RawMessage `json:"ttl"`
 	}
 	if !decodeBody(w, r, maxJSONBody, &req) {
 		return
 	}
-	hasMD := len(req.Metadata) > 0 && string(req.Metadata) != "null"
-	if req.Name == nil && !hasMD {
+	present := func(raw json.RawMessage) bool { return len(raw) > 0 && string(raw) != "null" }
+	hasMD, hasEnv, hasTTL := present(req.Metadata), present(req.EnvVars), len(req.TTL) > 0
+	if req.Name == nil && !hasMD && !hasEnv && !hasTTL {
 		// Spec §13 #3: PATCH with no fields is a 400.
-		writeError(w, http.StatusBadRequest, "give name, metadata or both")
+		writeError(w, http.StatusBadRequest, "give at least one of name, metadata, envVars and ttl")
 		return
 	}
-	var md map[string]string
+	var md, env map[string]string
 	if hasMD {
 		if err := json.Unmarshal(req.Metadata, &md); err != nil {
 			writeError(w, http.StatusBadRequest, "metadata must be an object of strings: "+err.Error())
@@ -520,6 +608,21 @@ func (s *Server) updateVM(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		}
+	}
+	if hasEnv {
+		if err := json.Unmarshal(req.EnvVars, &env); err != nil {
+			writeError(w, http.StatusBadRequest, "envVars must be an object of strings: "+err.Error())
+			return
+		}
+		if err := checkEnvVars(env); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+	}
+	ttl, err := parseTTL(req.TTL)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
 	}
 	v, ok := s.lookupVM(w, r)
 	if !ok {
@@ -539,6 +642,12 @@ func (s *Server) updateVM(w http.ResponseWriter, r *http.Request) {
 	}
 	if hasMD {
 		next.Metadata = md // replaces the whole map; {} clears it
+	}
+	if hasEnv {
+		next.EnvVars = env
+	}
+	if hasTTL {
+		next.setTTL(ttl, time.Now())
 	}
 	s.commitVM(w, v, &next)
 }
@@ -567,14 +676,23 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if err := s.startDelete(v); err != nil {
+		writeError(w, http.StatusInternalServerError, "store the VM record: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": v.ID, "deleted": true})
+}
+
+// startDelete marks a VM deleting and removes its machine and record in the
+// background. A pause or resume under way finds it deleting and leaves it.
+func (s *Server) startDelete(v *vmRecord) error {
 	s.mu.Lock()
 	prev := v.Status
 	v.Status = statusDeleting
 	err := s.store.saveVM(v)
 	s.mu.Unlock()
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "store the VM record: "+err.Error())
-		return
+		return err
 	}
 	// A VM still provisioning is removed when its provisioning ends.
 	if prev != statusDeleting && prev != statusProvisioning {
@@ -592,7 +710,7 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 			s.mu.Unlock()
 		})
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"id": v.ID, "deleted": true})
+	return nil
 }
 
 func (s *Server) setFirewall(w http.ResponseWriter, r *http.Request) {
