@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -47,6 +48,10 @@ const (
 	memoryEvery = 10
 	burstBytes  = 4 << 20
 	burstInodes = 256
+	// brakeAhead is how many ticks ahead the monitor looks: it brakes as
+	// soon as the state filesystem, at the rate it fills, would be within
+	// two reserves of full by then.
+	brakeAhead = 8
 	// measureEvery is how often a machine's files are measured without a
 	// burst; a walk may take at most a fifth of the time between two.
 	measureEvery = 250 * time.Millisecond
@@ -88,18 +93,32 @@ func (mon *monitor) close() {
 	<-mon.stopped
 }
 
+// run looks every monitorTick, on a thread of its own that sleeps in the
+// kernel: machines that keep the host's processors busy must not delay the
+// look that stops them. Where the engine may (as root), the thread runs
+// ahead of other processes.
 func (mon *monitor) run() {
 	defer close(mon.stopped)
-	t := time.NewTicker(monitorTick)
-	defer t.Stop()
+	runtime.LockOSThread() // never unlocked: the thread ends with the monitor, priority and all
+	_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), -10)
 	for {
+		ts := unix.NsecToTimespec(int64(monitorTick))
+		_ = unix.Nanosleep(&ts, nil)
 		select {
 		case <-mon.stop:
 			return
-		case <-t.C:
+		default:
 			mon.tick()
 		}
 	}
+}
+
+// decrease is how far a value went down from was to now, or 0.
+func decrease(was, now uint64) uint64 {
+	if was > now {
+		return was - now
+	}
+	return 0
 }
 
 // tick looks at every running machine.
@@ -127,13 +146,23 @@ func (mon *monitor) tick() {
 		watches[i] = mon.machines[m]
 	}
 	space, err := mon.e.stateSpace()
-	burst, dropping := false, false
+	burst, filling := false, false
 	if err == nil {
-		burst = mon.space.freeBytes > space.freeBytes+burstBytes || mon.space.freeInodes > space.freeInodes+burstInodes
-		dropping = mon.space.freeBytes > space.freeBytes || mon.space.freeInodes > space.freeInodes
+		dropBytes, dropInodes := decrease(mon.space.freeBytes, space.freeBytes), decrease(mon.space.freeInodes, space.freeInodes)
+		burst = dropBytes > burstBytes || dropInodes > burstInodes
+		// Within two reserves, or filling so fast that it would be there
+		// in a few looks: a walk of a machine's files while it floods
+		// them may take longer than that.
+		ahead := space
+		ahead.freeBytes -= min(ahead.freeBytes, brakeAhead*dropBytes)
+		ahead.freeInodes -= min(ahead.freeInodes, brakeAhead*dropInodes)
+		filling = (dropBytes > 0 || dropInodes > 0) && ahead.near()
 		mon.space = space
+		if monitorDebug != nil && (dropBytes > 0 || dropInodes > 0) {
+			monitorDebug("space: %d MiB, %d inodes free, burst=%v filling=%v", space.freeBytes>>20, space.freeInodes, burst, filling)
+		}
 	}
-	if err == nil && space.near() && dropping {
+	if filling {
 		mon.brake(running, watches, space)
 	} else {
 		for i, m := range running {
