@@ -99,8 +99,17 @@ func (mon *monitor) close() {
 // ahead of other processes.
 func (mon *monitor) run() {
 	defer close(mon.stopped)
-	runtime.LockOSThread() // never unlocked: the thread ends with the monitor, priority and all
-	_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), -10)
+	runtime.LockOSThread()
+	tid := unix.Gettid()
+	raised := unix.Setpriority(unix.PRIO_PROCESS, tid, -10) == nil
+	defer func() {
+		// The thread goes back to the pool as it was. It must not end with
+		// the monitor: sandboxes started from it earlier would get their
+		// parent-death signal.
+		if !raised || unix.Setpriority(unix.PRIO_PROCESS, tid, 0) == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
 	for {
 		ts := unix.NsecToTimespec(int64(monitorTick))
 		_ = unix.Nanosleep(&ts, nil)
