@@ -29,6 +29,7 @@ import (
 
 	"github.com/vmcp-dev/vmcp/backend"
 	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
+	"github.com/vmcp-dev/vmcp/internal/vmrepl"
 )
 
 // Name is the backend's name.
@@ -100,6 +101,8 @@ type Backend struct {
 	// paused are VMs known to be paused (by Idle, or seen so): the next
 	// call on one resumes it first.
 	paused map[string]bool
+	// repls are the VMs' Python REPLs (see RunPython).
+	repls map[string]*vmrepl.REPL
 }
 
 // New returns the backend of c's VMs.
@@ -117,16 +120,16 @@ func New(c *fvc.Client, opts Options) *Backend {
 		opts.IdleAction = IdleAuto
 	}
 	return &Backend{c: c, marks: opts.Marks, machineType: opts.MachineType, idleAction: opts.IdleAction, log: opts.Logger,
-		known: map[string]bool{}, paused: map[string]bool{}}
+		known: map[string]bool{}, paused: map[string]bool{}, repls: map[string]*vmrepl.REPL{}}
 }
 
 // Name is "fastvm".
 func (b *Backend) Name() string { return Name }
 
-// Has reports the capabilities: everything but a stateful Python REPL.
+// Has reports the capabilities: all of them, Python built on exec.
 func (b *Backend) Has(c backend.Capability) bool {
 	switch c {
-	case backend.Shell, backend.Files, backend.Snapshots, backend.Build, backend.Firewall:
+	case backend.Python, backend.Shell, backend.Files, backend.Snapshots, backend.Build, backend.Firewall:
 		return true
 	}
 	return false
@@ -256,6 +259,7 @@ func (b *Backend) Machines(ctx context.Context) ([]backend.MachineInfo, error) {
 // Delete deletes a VM.
 func (b *Backend) Delete(ctx context.Context, id string) error {
 	b.remember(id, false)
+	b.forgetREPL(id)
 	if _, err := b.c.DeleteVM(ctx, id); err != nil {
 		if fvc.IsNotFound(err) {
 			return backend.ErrNotFound

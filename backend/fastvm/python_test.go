@@ -1,0 +1,99 @@
+package fastvm
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmcp-dev/vmcp/backend"
+	emu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+)
+
+func mustPython(t testing.TB, m *Machine, code string, timeout time.Duration) *backend.PythonResult {
+	t.Helper()
+	res, err := m.RunPython(context.Background(), code, backend.PythonOptions{Timeout: timeout})
+	if err != nil {
+		t.Fatalf("%q: %v", code, err)
+	}
+	return res
+}
+
+func value(r *backend.PythonResult) string {
+	if r.Value == nil {
+		return "<nil>"
+	}
+	return *r.Value
+}
+
+// TestPythonOnFastVM: run_python on a FastVM VM keeps its state between
+// calls, interrupts a timed-out call and keeps the state, keeps it across a
+// pause, and says that it was reset once the VM comes back from a snapshot
+// (its files kept).
+func TestPythonOnFastVM(t *testing.T) {
+	env := newTestEnv(t, emu.Options{}, Options{})
+	ctx := context.Background()
+	m := env.machine(t)
+	if r := mustPython(t, m, "x = 41", 0); r.Value != nil || r.Error != "" || r.StateReset != "" {
+		t.Fatalf("x = 41: %+v", r)
+	}
+	if r := mustPython(t, m, "x + 1", 0); value(r) != "42" {
+		t.Fatalf("x + 1: %+v", r)
+	}
+	var lines []string
+	r, err := m.RunPython(ctx, "import sys\nprint('out')\nprint('err', file=sys.stderr)\n1/0", backend.PythonOptions{
+		OnOutput: func(stream, line string) { lines = append(lines, stream+":"+line) }})
+	if err != nil || !strings.Contains(r.Error, "ZeroDivisionError") || r.Stdout != "out" || r.Stderr != "err" {
+		t.Fatalf("output and traceback: %+v, %v", r, err)
+	}
+	if strings.Join(lines, ",") != "stdout:out,stderr:err" {
+		t.Errorf("live output: %q", lines)
+	}
+	if r := mustPython(t, m, "while True: pass", time.Second); !r.TimedOut || r.StateReset != "" {
+		t.Fatalf("timeout: %+v", r)
+	}
+	if r := mustPython(t, m, "x", 0); value(r) != "41" {
+		t.Fatalf("x after a timeout: %+v", r)
+	}
+	// A figure comes back as a PNG.
+	r = mustPython(t, m, "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()", 30*time.Second)
+	if len(r.Images) != 1 || !strings.HasPrefix(string(r.Images[0]), "\x89PNG") {
+		t.Fatalf("figure: %d images, error %q", len(r.Images), r.Error)
+	}
+
+	// Paused while idle and resumed by the next call: the state is there.
+	if snap, err := env.b.Idle(ctx, m.ID()); err != nil || snap != "" {
+		t.Fatalf("Idle: %q, %v", snap, err)
+	}
+	if r := mustPython(t, m, "x + 1", 0); value(r) != "42" || r.StateReset != "" {
+		t.Fatalf("after a pause: %+v", r)
+	}
+
+	// Parked as a snapshot and relaunched: files kept, state reset, and
+	// the result says so.
+	mustRun(t, m, "echo kept > /root/f")
+	parking := New(env.c, Options{IdleAction: IdleSnapshot})
+	snap, err := parking.Idle(ctx, m.ID())
+	if err != nil || snap == "" {
+		t.Fatalf("parking: %q, %v", snap, err)
+	}
+	info, err := env.b.Create(ctx, backend.MachineSpec{FromSnapshot: snap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.b.Delete(ctx, m.ID()); err != nil {
+		t.Fatal(err)
+	}
+	bm, err := env.b.Machine(ctx, info.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored := bm.(*Machine)
+	r = mustPython(t, restored, "open('/root/f').read()", 0)
+	if value(r) != `'kept\n'` || r.StateReset == "" {
+		t.Fatalf("after a restore: %+v", r)
+	}
+	if r := mustPython(t, restored, "'x' in globals()", 0); value(r) != "False" || r.StateReset != "" {
+		t.Fatalf("the next call after a restore: %+v", r)
+	}
+}

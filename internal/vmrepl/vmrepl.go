@@ -1,0 +1,555 @@
+// Package vmrepl gives a machine that vmcp reaches only through exec (run an
+// argv, with optional stdin, stream its output: FastVM) a stateful Python
+// REPL with the local engine's semantics: the value's repr, stdout and
+// stderr streamed live line by line, the traceback of an exception, open
+// matplotlib figures as PNGs, a timeout that interrupts the code and keeps
+// the state (or kills the interpreter if it does not stop, and says so), and
+// StateReset when the code ran in an interpreter that lost earlier state.
+//
+// Inside the machine a small host process (host.py, started detached on
+// first use) keeps the interpreter: the local engine's driver.py, with the
+// same protocol. Each call is one exec of `sh -c` with shell builtins only,
+// no Python process per call (starting one costs more than the call): what
+// it costs over an exec of `true` is the shell's start and the hand-offs to
+// the host and the interpreter and back. The client writes the call's
+// token and its pid to the host's request pipe; the host reads the request
+// from the client's argv and writes the call's events straight into the
+// client's stdout pipe (no process copies them), then signals it to exit.
+// host.py describes the protocol in the machine.
+//
+// Everything that comes back is untrusted (code in the machine runs as the
+// host's user and can replace it): lines, sizes and counts are bounded, the
+// result must carry the call's token, and every wait is bounded by the
+// call's context and timeout.
+package vmrepl
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/local"
+)
+
+//go:embed host.py
+var hostSource string
+
+// Execer runs one command in the machine: argv, with stdin when it is not
+// nil. It calls onLine for every complete line of the command's stdout
+// ("stdout") and stderr ("stderr"), without its newline, as it arrives (the
+// REPL streams output through it, so it must not wait for the end), and
+// returns the command's exit code. Lines up to MaxLine bytes must arrive
+// whole. An error means the command's outcome is unknown (transport, ctx).
+type Execer interface {
+	Exec(ctx context.Context, argv []string, stdin io.Reader, onLine func(stream string, line []byte)) (exitCode int, err error)
+}
+
+// MaxLine is the longest line the host in the machine writes (a tag byte
+// and at most 32 KiB of payload): an Execer may cut longer lines, and the
+// REPL drops them.
+const MaxLine = 64 << 10
+
+// Options tune a REPL. Zero fields take the defaults.
+type Options struct {
+	// Python is the interpreter in the machine: default "python3".
+	Python string
+	// Dir is the machine's directory for the REPL's files (the host's
+	// program, its log, a marker that Python has run): default
+	// ~/.vmcp/repl, or /var/tmp/vmcp-repl-UID without a writable home. It
+	// must be on a disk that keeps files across restarts, for StateReset.
+	Dir string
+	// DefaultTimeout interrupts code run with no timeout: default 15 s.
+	DefaultTimeout time.Duration
+	// MaxOutput is how much of each of stdout and stderr a call returns and
+	// streams: the first MaxOutput bytes, then a marker and the last 64 KiB
+	// at the end. Default 1 MiB, the local engine's cap.
+	MaxOutput int
+
+	relay bool // tests: the fallback for execs whose stdout is not a pipe
+}
+
+const (
+	defaultTimeout   = 15 * time.Second
+	defaultMaxOutput = 1 << 20
+	// interruptGrace is the host's: how long interrupted code may take to
+	// stop before the interpreter is killed. The host adds up to 2 s for
+	// the interpreter's last output.
+	interruptGrace = 3 * time.Second
+	// callSlack bounds a call past its timeout: the grace, the output, and
+	// the execs of a slow machine.
+	callSlack = interruptGrace + 12*time.Second
+	// ensureTimeout bounds the exec that starts the host (a Python start on
+	// a slow machine, twice).
+	ensureTimeout = 60 * time.Second
+	// maxArg is the largest request passed in argv: Linux takes at most
+	// 128 KiB in one argument; larger ones go through stdin.
+	maxArg = 100 << 10
+	// MaxCode is the most code one call takes (FastVM's stdin limit).
+	MaxCode = 8 << 20
+
+	maxText      = 4<<20 + 4<<10 // a value or an error: the host keeps 1 Mi characters
+	maxImages    = 64
+	maxImageData = 40 << 20 // all PNGs of a call, decoded
+	tailBytes    = 64 << 10
+)
+
+// Exit codes of the client script (see directScript).
+const (
+	exitHostGone  = 112 // the host was not there: the request was not sent
+	exitHostDied  = 113 // the host ended while it had the request
+	exitNoRequest = 114 // the request could not be written to the machine's disk
+	exitRelay     = 115 // the host could not write to the exec's stdout
+	exitShell     = 2   // sh could not open the host's pipes: it ended just then
+	exitNoPython  = 127
+)
+
+// REPL is the Python REPL of one machine. It is safe for concurrent use:
+// calls take turns, as they share one interpreter.
+type REPL struct {
+	x       Execer
+	opts    Options
+	version string
+	turn    chan struct{}
+	host    *hostInfo // nil: check (and start) the host before the next call; guarded by turn
+}
+
+// hostInfo is how calls reach the host, from its ensure.
+type hostInfo struct {
+	dir, life, req string
+	relay          bool
+}
+
+// New returns the REPL of the machine that x runs commands in. Nothing runs
+// in the machine before the first call.
+func New(x Execer, opts Options) *REPL {
+	if opts.Python == "" {
+		opts.Python = "python3"
+	}
+	if opts.DefaultTimeout <= 0 {
+		opts.DefaultTimeout = defaultTimeout
+	}
+	if opts.MaxOutput <= 0 {
+		opts.MaxOutput = defaultMaxOutput
+	}
+	sum := sha256.Sum256([]byte(hostSource + "\x00" + local.DriverSource()))
+	return &REPL{x: x, opts: opts, version: hex.EncodeToString(sum[:8]), turn: make(chan struct{}, 1)}
+}
+
+// errUnreached: the request did not reach the host, so the code did not
+// run and the call can be made again.
+var errUnreached = errors.New("the Python REPL process of the machine could not be reached")
+
+// wireRequest is a call's request, in the client's argv or stdin.
+type wireRequest struct {
+	Code      string `json:"code"`
+	TimeoutMS int64  `json:"timeout_ms"`
+	MaxOutput int    `json:"max_output"`
+}
+
+// RunPython runs code in the machine's interpreter; globals persist between
+// calls. A Python exception is a result with Error set. When ctx ends, the
+// code is interrupted (the state survives) and the result is returned with
+// ctx's error.
+func (r *REPL) RunPython(ctx context.Context, code string, opts backend.PythonOptions) (*backend.PythonResult, error) {
+	if len(code) > MaxCode {
+		return nil, fmt.Errorf("the code is %d MiB; run_python takes at most %d MiB on this machine: upload it as a file and run it with exec(open(path).read())", len(code)>>20, MaxCode>>20)
+	}
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = r.opts.DefaultTimeout
+	}
+	req, err := json.Marshal(wireRequest{Code: code, TimeoutMS: timeout.Milliseconds(), MaxOutput: r.opts.MaxOutput})
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case r.turn <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-r.turn }()
+	for attempt := 0; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if r.host == nil {
+			if err := r.ensure(ctx); err != nil {
+				return nil, err
+			}
+		}
+		res, err := r.call(ctx, req, timeout, opts.OnOutput)
+		if errors.Is(err, errUnreached) && attempt == 0 {
+			continue // the code did not run: once more, after a new ensure
+		}
+		return res, err
+	}
+}
+
+// The client of one call: shell builtins only (cat only for a large request).
+// $1 dir, $2 the host's life pipe, $3 its request pipe, $4 the call's token,
+// $5 the request, or "-" for stdin. The host writes the events to this
+// shell's stdout, through fd 3 (during printf's redirection fd 1 is the
+// request pipe), and sends SIGUSR1 when it is done; if it dies, the life
+// pipe ends and read returns.
+const directScript = `umask 077
+trap 'exit 0' USR1
+trap 'exit 115' USR2
+[ -p "$2" ] && [ -p "$3" ] || exit 112
+if [ "$5" = - ]; then cat >"$1/q.$4" || exit 114; fi
+exec 3>&1 4<"$2" 5>>"$3"
+printf '%s %s d 3\n' "$4" "$$" >&5
+exec 5>&-
+read -r x <&4
+exit 113`
+
+// relayScript is the client when the exec's stdout is not a pipe the host
+// can open: the host writes the events into a FIFO, which cat copies.
+const relayScript = `umask 077
+[ -p "$2" ] && [ -p "$3" ] || exit 112
+if [ "$5" = - ]; then cat >"$1/q.$4" || exit 114; else printf '%s' "$5" >"$1/q.$4" || exit 114; fi
+mkfifo "$1/o.$4" || exit 114
+exec 5>>"$3"
+printf '%s %s r 0\n' "$4" "$$" >&5
+exec 5>&-
+exec cat "$1/o.$4"`
+
+// interruptScript asks the host to interrupt call $2 ($1: request pipe).
+const interruptScript = `[ -p "$1" ] || exit 112
+exec 5>>"$1"
+printf 'int %s\n' "$2" >&5`
+
+// ensureScript runs the host's ensure mode, or exits 127 without Python.
+const ensureScript = `command -v "$1" >/dev/null 2>&1 || exit 127
+exec "$@"`
+
+// bootstrap runs host.py from argv, for the ensure mode.
+const bootstrap = `import sys; exec(compile(sys.argv[1], "vmrepl-host.py", "exec"))`
+
+func (r *REPL) call(ctx context.Context, req []byte, timeout time.Duration, onOutput func(stream, line string)) (*backend.PythonResult, error) {
+	h := r.host
+	tok := newToken()
+	arg, stdin := string(req), io.Reader(nil)
+	if len(req) > maxArg {
+		arg, stdin = "-", bytes.NewReader(req)
+	}
+	script := directScript
+	if h.relay {
+		script = relayScript
+	}
+	argv := []string{"/bin/sh", "-c", script, "sh", h.dir, h.life, h.req, tok, arg}
+	// The exec outlives a cancelled ctx: the host interrupts the code and
+	// answers, and the state survives. The call's timeout bounds it.
+	execCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout+callSlack)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		ictx, icancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer icancel()
+		r.x.Exec(ictx, []string{"/bin/sh", "-c", interruptScript, "sh", h.req, tok}, nil, func(string, []byte) {})
+		time.AfterFunc(interruptGrace+3*time.Second, cancel)
+	})
+	defer stop()
+	p := newParser(tok, r.opts.MaxOutput, onOutput, cancel)
+	start := time.Now()
+	code, err := r.x.Exec(execCtx, argv, stdin, p.line)
+	w := p.result
+	switch {
+	case p.overflow:
+		r.host = nil
+		return nil, fmt.Errorf("the Python REPL process of the machine sent more than %d MiB for one call, which is more than any call returns; the call was stopped and the process will be checked at the next call", p.budget>>20)
+	case w != nil:
+		res := p.pythonResult()
+		if ctx.Err() != nil && !res.TimedOut {
+			return res, ctx.Err()
+		}
+		return res, nil
+	case err != nil:
+		r.host = nil
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("the Python code was interrupted, but the machine did not answer: %w", ctx.Err())
+		}
+		if execCtx.Err() != nil {
+			return nil, fmt.Errorf("the Python REPL process of the machine did not answer within %s (the call's timeout and a grace); it will be checked, and restarted if needed, at the next call", (timeout + callSlack).Round(time.Second))
+		}
+		return nil, fmt.Errorf("run Python in the machine: %w", err)
+	case code == exitRelay && !h.relay:
+		h.relay = true // the exec's stdout is not a pipe: the host refused before running anything
+		return nil, errUnreached
+	case code == exitHostGone || code == exitShell || (!p.started && (code == exitHostDied || (code == 0 && h.relay))):
+		// The host was gone, or ended before it started the code: nothing ran.
+		r.host = nil
+		return nil, errUnreached
+	case code == exitHostDied || (code == 0 && h.relay):
+		r.host = nil
+		return &backend.PythonResult{
+			Error: "The Python REPL process of the machine ended while running this code (it was killed, or the machine " +
+				"stopped); the interpreter state (variables, imports) was lost. The next call starts a fresh one.",
+			Stdout: p.out[0].String(), Stderr: p.out[1].String(), Runtime: time.Since(start),
+		}, nil
+	case code == exitNoRequest:
+		return nil, fmt.Errorf("could not write the Python code to the machine's disk (directory %s)%s; free some space in the machine and try again", h.dir, p.stderrNote())
+	default:
+		r.host = nil
+		return nil, fmt.Errorf("the Python REPL process of the machine gave no result (exit status %d%s); it will be checked, and restarted if needed, at the next call", code, p.stderrNote())
+	}
+}
+
+// ensureStatus is the line ensure prints.
+type ensureStatus struct {
+	OK      bool   `json:"ok"`
+	Error   string `json:"error"`
+	Dir     string `json:"dir"`
+	PID     int    `json:"pid"`
+	Life    int    `json:"life"`
+	Req     int    `json:"req"`
+	Mode    string `json:"mode"`
+	Version string `json:"version"`
+}
+
+// ensure makes sure that the host runs in the machine and answers (starting
+// it if needed), and learns how to reach it.
+func (r *REPL) ensure(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, ensureTimeout)
+	defer cancel()
+	argv := []string{"/bin/sh", "-c", ensureScript, "sh", r.opts.Python, "-I", "-c", bootstrap, hostSource,
+		"ensure", r.opts.Dir, r.version, local.DriverSource(), newToken(), "ping"}
+	var status []byte
+	var stderr tail
+	code, err := r.x.Exec(ctx, argv, nil, func(stream string, line []byte) {
+		switch {
+		case stream != "stdout":
+			stderr.add(line)
+		case len(line) > 1 && len(line) < 16<<10 && line[0] == 'E':
+			status = bytes.Clone(line[1:])
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("start the Python REPL in the machine: %w", err)
+	}
+	if code == exitNoPython {
+		return fmt.Errorf("this machine has no %s: install it with exec_command (apt-get install -y python3) or launch a machine from an image with Python", r.opts.Python)
+	}
+	var st ensureStatus
+	if status == nil || json.Unmarshal(status, &st) != nil {
+		return fmt.Errorf("could not start the Python REPL in the machine (exit status %d%s)", code, stderr.note())
+	}
+	if !st.OK {
+		return fmt.Errorf("could not start the Python REPL in the machine: %s", clipText(st.Error, 2000))
+	}
+	if st.Version != r.version || st.PID <= 1 || st.PID >= 1<<30 || st.Life < 0 || st.Life >= 1<<20 || st.Req < 0 || st.Req >= 1<<20 ||
+		(st.Mode != "direct" && st.Mode != "relay") || !path.IsAbs(st.Dir) || len(st.Dir) > 4096 || strings.ContainsAny(st.Dir, "\x00\n") {
+		return fmt.Errorf("the Python REPL in the machine answered with an invalid status %.200q; remove %s in the machine to reset it", status, clipText(st.Dir, 200))
+	}
+	r.host = &hostInfo{
+		dir:   st.Dir,
+		life:  fmt.Sprintf("/proc/%d/fd/%d", st.PID, st.Life),
+		req:   fmt.Sprintf("/proc/%d/fd/%d", st.PID, st.Req),
+		relay: st.Mode == "relay" || r.opts.relay,
+	}
+	return nil
+}
+
+// wireResult is the host's "r" line.
+type wireResult struct {
+	Call        string `json:"call"`
+	Value       bool   `json:"value"` // the value came in "v" lines
+	Error       bool   `json:"error"` // the error came in "x" lines
+	RuntimeMS   int64  `json:"runtime_ms"`
+	TimedOut    bool   `json:"timed_out"`
+	Interrupted bool   `json:"interrupted"`
+	Died        bool   `json:"died"`
+	Reset       string `json:"reset"`
+}
+
+// parser reads one call's events, within bounds.
+type parser struct {
+	tok       string
+	onOutput  func(stream, line string)
+	out       [2]lineBuffer
+	value     []byte
+	errText   []byte
+	images    [][]byte
+	imagesLen int    // bytes of images
+	image     []byte // the figure being received
+	imageBad  bool
+	started   bool // the host started the code ("s")
+	result    *wireResult
+	total     int64
+	budget    int64
+	overflow  bool
+	cancel    func()
+	stderr    tail
+}
+
+func newParser(tok string, maxOutput int, onOutput func(stream, line string), cancel func()) *parser {
+	keep := maxOutput + tailBytes + 4<<10 // what the host sends at most, with its marker
+	return &parser{
+		tok: tok, onOutput: onOutput, cancel: cancel,
+		out:    [2]lineBuffer{{max: keep}, {max: keep}},
+		budget: int64(2*keep) + 2*(maxText*4/3) + maxImageData*4/3 + 4<<20,
+	}
+}
+
+func (p *parser) line(stream string, line []byte) {
+	if stream != "stdout" {
+		p.stderr.add(line)
+		return
+	}
+	if p.overflow || p.result != nil || len(line) == 0 {
+		return
+	}
+	if p.total += int64(len(line)) + 1; p.total > p.budget {
+		p.overflow = true
+		p.cancel()
+		return
+	}
+	if len(line) > MaxLine {
+		return
+	}
+	payload := line[1:]
+	switch line[0] {
+	case 'o', 'e':
+		i, name := 0, "stdout"
+		if line[0] == 'e' {
+			i, name = 1, "stderr"
+		}
+		if p.out[i].add(payload) && p.onOutput != nil {
+			p.onOutput(name, string(payload))
+		}
+	case 's':
+		p.started = true
+	case 'v':
+		p.value = appendBase64(p.value, payload, maxText)
+	case 'x':
+		p.errText = appendBase64(p.errText, payload, maxText)
+	case 'p':
+		if !p.imageBad {
+			before := len(p.image)
+			p.image = appendBase64(p.image, payload, maxImageData-p.imagesLen)
+			p.imageBad = len(p.image) == before // over the bound, or invalid: the figure is dropped
+		}
+	case 'P':
+		if !p.imageBad && len(p.images) < maxImages && bytes.HasPrefix(p.image, []byte("\x89PNG\r\n\x1a\n")) {
+			p.images = append(p.images, p.image)
+			p.imagesLen += len(p.image)
+		}
+		p.image, p.imageBad = nil, false
+	case 'r':
+		var w wireResult
+		if json.Unmarshal(payload, &w) == nil && w.Call == p.tok {
+			if len(w.Reset) > 1000 {
+				w.Reset = clipText(w.Reset, 1000)
+			}
+			p.result = &w
+		}
+	}
+}
+
+func (p *parser) pythonResult() *backend.PythonResult {
+	w := p.result
+	res := &backend.PythonResult{
+		Stdout:     p.out[0].String(),
+		Stderr:     p.out[1].String(),
+		Images:     p.images,
+		Runtime:    time.Duration(max(w.RuntimeMS, 0)) * time.Millisecond,
+		TimedOut:   w.TimedOut,
+		StateReset: w.Reset,
+	}
+	switch {
+	case w.Error:
+		res.Error = string(p.errText)
+		if res.Error == "" {
+			res.Error = "Error"
+		}
+	case w.Value:
+		v := string(p.value)
+		res.Value = &v
+	}
+	return res
+}
+
+func (p *parser) stderrNote() string { return p.stderr.note() }
+
+// appendBase64 decodes one piece onto b, if b stays within max bytes; an
+// invalid piece is dropped.
+func appendBase64(b, piece []byte, max int) []byte {
+	n := base64.StdEncoding.DecodedLen(len(piece))
+	if len(b)+n > max {
+		return b
+	}
+	if b == nil {
+		b = []byte{}
+	}
+	out := make([]byte, n)
+	m, err := base64.StdEncoding.Decode(out, piece)
+	if err != nil {
+		return b
+	}
+	return append(b, out[:m]...)
+}
+
+// lineBuffer keeps a stream's lines, joined with "\n" as the local engine
+// does, up to max bytes.
+type lineBuffer struct {
+	max   int
+	buf   []byte
+	lines int
+}
+
+// add appends a line; false when the stream is over its bound.
+func (b *lineBuffer) add(line []byte) bool {
+	if len(b.buf)+len(line)+1 > b.max {
+		return false
+	}
+	if b.lines > 0 {
+		b.buf = append(b.buf, '\n')
+	}
+	b.lines++
+	b.buf = append(b.buf, line...)
+	return true
+}
+
+func (b *lineBuffer) String() string { return string(b.buf) }
+
+// tail keeps the last bytes of a command's stderr, for error messages.
+type tail struct{ b []byte }
+
+func (t *tail) add(line []byte) {
+	t.b = append(t.b, line...)
+	t.b = append(t.b, '\n')
+	if len(t.b) > 4<<10 {
+		t.b = t.b[len(t.b)-2<<10:]
+	}
+}
+
+func (t *tail) note() string {
+	s := strings.TrimSpace(strings.ToValidUTF8(string(t.b), "?"))
+	if s == "" {
+		return ""
+	}
+	return ": " + clipText(s, 1000)
+}
+
+func clipText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+func newToken() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
