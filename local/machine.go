@@ -143,6 +143,9 @@ type ExecResult struct {
 	StateReset string
 	// InterpreterDied: the interpreter ended while running this code.
 	InterpreterDied bool
+	// QuotaExceeded: the code was stopped because the machine's files
+	// passed its disk quota (Error says so).
+	QuotaExceeded bool
 }
 
 // maxInlineOutput caps the stdout and stderr kept in results.
@@ -212,7 +215,7 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 	res.TimedOut, res.Interrupted, res.InterpreterDied = final.TimedOut, final.Interrupted, final.Died
 	res.Stdout, res.Stderr = out[0].String(), out[1].String()
 	if reason := quotaStopped(); reason != "" && (res.Interrupted || res.InterpreterDied) {
-		res.Error = "Stopped: " + reason
+		res.Error, res.QuotaExceeded = "Stopped: "+reason, true
 	}
 
 	m.mu.Lock()

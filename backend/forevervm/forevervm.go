@@ -2,6 +2,11 @@
 // cloud that live forever. It adapts the backend interfaces to the ForeverVM
 // client (package github.com/vmcp-dev/vmcp/client/forevervm), keeping one
 // long-lived REPL WebSocket per machine rather than a socket per call.
+//
+// The service offers nothing but the REPL, so files (FileStore) and commands
+// (CommandRunner) are built on it: a helper module installed in the
+// machine's interpreter (helper.py, outside the user's globals) does the
+// work, one instruction per step.
 package forevervm
 
 import (
@@ -63,8 +68,15 @@ func New(c *fvm.Client, opts Options) *Backend {
 // Name is "forevervm".
 func (b *Backend) Name() string { return Name }
 
-// Has reports the capabilities: ForeverVM machines run Python only.
-func (b *Backend) Has(c backend.Capability) bool { return c == backend.Python }
+// Has reports the capabilities: Python natively; files and commands
+// through the REPL.
+func (b *Backend) Has(c backend.Capability) bool {
+	switch c {
+	case backend.Python, backend.Files, backend.Shell:
+		return true
+	}
+	return false
+}
 
 var nameShape = regexp.MustCompile(`^[A-Za-z0-9]{16}$`)
 
@@ -189,13 +201,18 @@ func (b *Backend) forget(name string, r *fvm.REPL) {
 	r.Close()
 }
 
-// Machine is a ForeverVM machine: a Python REPL.
+// Machine is a ForeverVM machine: a Python REPL, with files and commands
+// built on it.
 type Machine struct {
 	b    *Backend
 	name string
 }
 
-var _ backend.PythonRunner = (*Machine)(nil)
+var (
+	_ backend.PythonRunner  = (*Machine)(nil)
+	_ backend.FileStore     = (*Machine)(nil)
+	_ backend.CommandRunner = (*Machine)(nil)
+)
 
 // ID is the machine's name.
 func (m *Machine) ID() string { return m.name }

@@ -305,6 +305,9 @@ func (m *machine) run() {
 
 		result := m.execute(ctx, inst)
 		cancel()
+		// Nothing reads the code again, and the last 1000 instructions are
+		// kept: large ones (vmcp's file chunks) would pile up.
+		inst.code = ""
 
 		// Dequeue and publish under one lock, so that a client that has seen
 		// the result finds the machine free for its next instruction.
@@ -348,6 +351,11 @@ func (m *machine) execute(ctx context.Context, inst *instruction) json.RawMessag
 		// text; that detail goes to the log.
 		log.Str("engine_error", res.Error).Msg("timed out")
 		return errorResult("Timed out", ms)
+	case res.Interrupted && res.QuotaExceeded:
+		// The engine's disk quota is a watcher that stops the code; on a
+		// real machine the disk fills and the write raises.
+		log.Str("engine_error", res.Error).Msg("stopped at the disk quota")
+		return errorResult("OSError: [Errno 28] No space left on device ("+strings.TrimPrefix(res.Error, "Stopped: ")+")", ms)
 	case res.Interrupted:
 		log.Str("engine_error", res.Error).Msg("interrupted")
 		return errorResult("Interrupted", ms) // Spec §8 #6
