@@ -13,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"strings"
 	"time"
 )
@@ -268,14 +269,18 @@ const (
 	MaxPathBytes = 4096
 )
 
-// CheckPath refuses a machine path past MaxPathDepth or MaxPathBytes, with
-// an error that says so.
+// CheckPath refuses a machine path past MaxPathDepth or MaxPathBytes, or a
+// relative one that climbs out of the machine's home, with an error that
+// says so.
 func CheckPath(p string) error {
 	if len(p) > MaxPathBytes {
 		return fmt.Errorf("path %.64q… is %d bytes long; paths may have at most %d", p, len(p), MaxPathBytes)
 	}
 	if n := strings.Count(p, "/"); n > MaxPathDepth {
 		return fmt.Errorf("path %.64q… is %d directories deep; paths may be at most %d deep", p, n, MaxPathDepth)
+	}
+	if c := path.Clean(p); !path.IsAbs(c) && (c == ".." || strings.HasPrefix(c, "../")) {
+		return fmt.Errorf("path %q leads outside the machine's home (relative paths start in it); give a path inside it", p)
 	}
 	return nil
 }

@@ -146,14 +146,21 @@ func TestFastVMTools(t *testing.T) {
 	}
 	h.fails(t, "set_firewall", map[string]any{"mode": "restricted", "ingress": []map[string]any{{"protocol": "tcp", "port_start": 22, "source_cidrs": []string{"10.0.0.0/8"}}}}, "IPv4")
 
-	// Python has no home on FastVM: it runs on a local machine, and a FastVM
-	// machine asked for it says so.
+	// Python runs on the conversation's FastVM machine too, with its state
+	// between calls, and sees its files.
 	var py tools.RunPythonOutput
-	h.ok(t, "run_python", map[string]any{"code": "1+1"}, &py)
-	if uuid.MatchString(py.Machine) {
-		t.Errorf("run_python ran on FastVM machine %s", py.Machine)
+	h.ok(t, "run_python", map[string]any{"code": "x = 41"}, &py)
+	if py.Machine != launched.Machine {
+		t.Errorf("run_python ran on %s, not the conversation's machine %s", py.Machine, launched.Machine)
 	}
-	h.fails(t, "run_python", map[string]any{"code": "1", "machine": vm}, "fastvm machines cannot do stateful Python")
+	h.ok(t, "run_python", map[string]any{"code": "x + 1"}, &py)
+	if py.Value == nil || *py.Value != "42" {
+		t.Errorf("x + 1: %+v", py)
+	}
+	h.ok(t, "run_python", map[string]any{"code": "import os\nsorted(os.listdir('/root'))", "machine": vm}, &py)
+	if py.Machine != vm || py.Value == nil || !strings.Contains(*py.Value, "notes") {
+		t.Errorf("run_python on machine %s: %+v", vm, py)
+	}
 
 	// Delete every FastVM machine: the account has none left.
 	var list tools.ListMachinesOutput

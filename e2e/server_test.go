@@ -22,7 +22,7 @@ import (
 func TestToolsListAndPrompts(t *testing.T) {
 	t.Parallel()
 	h := start(t)
-	if got := h.cs.InitializeResult().Instructions; !strings.Contains(got, "snapshot") || !strings.Contains(got, "default machine") {
+	if got := h.cs.InitializeResult().Instructions; !strings.Contains(got, "snapshot") || !strings.Contains(got, "one machine") {
 		t.Errorf("instructions: %q", got)
 	}
 	res, err := h.cs.ListTools(context.Background(), nil)
@@ -117,7 +117,7 @@ func pythonConversation(t *testing.T, h *harness) {
 	}
 
 	start := time.Now()
-	res = h.fails(t, "run_python", map[string]any{"code": "import time\ntime.sleep(10)", "timeout_seconds": 1}, "Timed out")
+	h.fails(t, "run_python", map[string]any{"code": "import time\ntime.sleep(10)", "timeout_seconds": 1}, "Timed out")
 	if d := time.Since(start); d > 8*time.Second {
 		t.Errorf("timeout took %s", d)
 	}
@@ -255,8 +255,12 @@ func TestFiles(t *testing.T) {
 	if down.SHA256 != up.SHA256 || down.Encoding != "utf-8" || down.Truncated || down.Machine != up.Machine {
 		t.Errorf("download text: %+v", down)
 	}
-	if tc, ok := res.Content[0].(*mcp.TextContent); !ok || tc.Text != textBody {
-		t.Errorf("text content: %#v", res.Content[0])
+	// The first item names the machine; the second is the file.
+	if tc, ok := res.Content[0].(*mcp.TextContent); !ok || tc.Text != "[machine "+up.Machine+" (local)]" {
+		t.Errorf("first item: %#v", res.Content[0])
+	}
+	if tc, ok := res.Content[1].(*mcp.TextContent); !ok || tc.Text != textBody {
+		t.Errorf("text content: %#v", res.Content[1])
 	}
 	h.ok(t, "download_file", map[string]any{"path": "notes/a.txt", "max_bytes": 2}, &down)
 	if !down.Truncated || down.Bytes != int64(len(textBody)) || down.SHA256 != up.SHA256 {
@@ -273,8 +277,8 @@ func TestFiles(t *testing.T) {
 	if down.Encoding != "base64" || down.SHA256 != sha(bin) {
 		t.Errorf("download binary: %+v", down)
 	}
-	if er, ok := res.Content[0].(*mcp.EmbeddedResource); !ok || !bytes.Equal(er.Resource.Blob, bin) {
-		t.Errorf("blob content: %#v", res.Content[0])
+	if er, ok := res.Content[1].(*mcp.EmbeddedResource); !ok || !bytes.Equal(er.Resource.Blob, bin) {
+		t.Errorf("blob content: %#v", res.Content[1])
 	}
 
 	// A file and a directory through local_path.
@@ -317,7 +321,7 @@ func TestFiles(t *testing.T) {
 		t.Error("download_file wrote outside the allowed roots")
 	}
 	h.fails(t, "upload_file", map[string]any{"path": "x", "content": "a", "content_base64": "YQ=="}, "exactly one")
-	h.fails(t, "download_file", map[string]any{"path": "../../etc/passwd"}, "refused")
+	h.fails(t, "download_file", map[string]any{"path": "../../etc/passwd"}, "outside the machine's home")
 	h.fails(t, "download_file", map[string]any{"path": "missing.txt"}, "missing.txt")
 }
 
@@ -430,7 +434,7 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("400 KiB of base64 ending in %q: %.200s", tail, text(res))
 		}
 	}
-	h.fails(t, "upload_file", map[string]any{"path": "../../etc/passwd", "content": "x"}, "workspace")
+	h.fails(t, "upload_file", map[string]any{"path": "../../etc/passwd", "content": "x"}, "outside the machine's home")
 	h.fails(t, "upload_file", map[string]any{"path": "y", "local_path": "/etc/passwd"}, "allowed")
 	h.fails(t, "launch_vm", map[string]any{"snapshot_id": "s-does-not-exist"}, "s-does-not-exist")
 	if after := tree(t, state, h.root); after != before {

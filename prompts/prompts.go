@@ -11,8 +11,16 @@ import (
 	"github.com/mark3labs/mcp-go/server"
 )
 
+// Options tell the prompts what the server's machines can do.
+type Options struct {
+	// Snapshots reports whether the machine a prompt's flow launches can
+	// take snapshots (nil: it can); the flows keep the original files
+	// another way when it cannot.
+	Snapshots func(ctx context.Context) bool
+}
+
 // All are every prompt with its handler.
-func All() []server.ServerPrompt {
+func All(opts Options) []server.ServerPrompt {
 	return []server.ServerPrompt{
 		{
 			Prompt: mcp.NewPrompt("analyse_data_file",
@@ -31,13 +39,15 @@ func All() []server.ServerPrompt {
 				mcp.WithArgument("command", mcp.ArgumentDescription("The command that fails, e.g. 'python3 main.py'; default: run the script with python3.")),
 				mcp.WithArgument("error", mcp.ArgumentDescription("The error message or symptom seen, if known.")),
 			),
-			Handler: fixFailingScript,
+			Handler: func(ctx context.Context, req mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
+				return fixFailingScript(req, opts.Snapshots == nil || opts.Snapshots(ctx))
+			},
 		},
 	}
 }
 
 // Register adds every prompt to srv.
-func Register(srv *server.MCPServer) { srv.AddPrompts(All()...) }
+func Register(srv *server.MCPServer, opts Options) { srv.AddPrompts(All(opts)...) }
 
 func required(req mcp.GetPromptRequest, name string) (string, error) {
 	v := strings.TrimSpace(req.Params.Arguments[name])
@@ -79,7 +89,7 @@ If a step fails, read the traceback in the tool result and fix the code rather t
 		[]mcp.PromptMessage{mcp.NewPromptMessage(mcp.RoleUser, mcp.NewTextContent(text))}), nil
 }
 
-func fixFailingScript(_ context.Context, req mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
+func fixFailingScript(req mcp.GetPromptRequest, snapshots bool) (*mcp.GetPromptResult, error) {
 	path, err := required(req, "local_path")
 	if err != nil {
 		return nil, err
@@ -93,6 +103,10 @@ func fixFailingScript(_ context.Context, req mcp.GetPromptRequest) (*mcp.GetProm
 	if symptom == "" {
 		symptom = "(not given: find it by running the command)"
 	}
+	keep := "Snapshot the machine with snapshot_vm before you change anything, so that you can start over with launch_vm snapshot_id."
+	if !snapshots {
+		keep = fmt.Sprintf("Keep a copy of the original before you change anything (exec_command: cp -a %[1]s %[1]s.orig), so that you can start over.", shellQuote(name))
+	}
 	text := fmt.Sprintf(`Reproduce and fix a failing script in a vmcp sandbox.
 
 Script: %[1]s
@@ -101,10 +115,13 @@ Reported error: %[3]s
 
 1. Call launch_vm to get a clean machine, then upload_file with local_path=%[1]q and path=%[4]q.
 2. Run the command with exec_command (workdir: the uploaded directory if it is one) and confirm the failure; quote the exact error.
-3. Snapshot the machine with snapshot_vm before you change anything, so that you can start over with launch_vm snapshot_id.
+3. %[5]s
 4. Find the root cause: read the code (download_file or exec_command cat), add prints or run small experiments with run_python.
 5. Fix it in the sandbox with upload_file and rerun the command until it passes; check that nothing else broke.
-6. Report the cause, the minimal diff, and the output of the passing run. Do not change files on the host.`, path, command, symptom, name)
+6. Report the cause, the minimal diff, and the output of the passing run. Do not change files on the host.`, path, command, symptom, name, keep)
 	return mcp.NewGetPromptResult("Fix "+name,
 		[]mcp.PromptMessage{mcp.NewPromptMessage(mcp.RoleUser, mcp.NewTextContent(text))}), nil
 }
+
+// shellQuote quotes s for a POSIX shell.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }

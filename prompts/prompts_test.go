@@ -11,7 +11,7 @@ import (
 
 func get(t *testing.T, name string, args map[string]string) (*mcp.GetPromptResult, error) {
 	t.Helper()
-	for _, p := range All() {
+	for _, p := range All(Options{}) {
 		if p.Prompt.Name == name {
 			var req mcp.GetPromptRequest
 			req.Params.Name = name
@@ -66,6 +66,20 @@ func TestFixFailingScript(t *testing.T) {
 			t.Errorf("prompt lacks %q:\n%s", want, s)
 		}
 	}
+	// On a backend without snapshots, the flow keeps a copy instead.
+	for _, p := range All(Options{Snapshots: func(context.Context) bool { return false }}) {
+		if p.Prompt.Name == "fix_failing_script" {
+			var req mcp.GetPromptRequest
+			req.Params.Arguments = map[string]string{"local_path": "/src/it's.py"}
+			res, err := p.Handler(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s := text(t, res); strings.Contains(s, "snapshot_vm") || !strings.Contains(s, `cp -a 'it'\''s.py' 'it'\''s.py'.orig`) {
+				t.Errorf("without snapshots:\n%s", s)
+			}
+		}
+	}
 	res, err = get(t, "fix_failing_script", map[string]string{"local_path": "/src/job.py"})
 	if err != nil || !strings.Contains(text(t, res), "Command: python3 job.py") {
 		t.Errorf("default command: %v", err)
@@ -77,7 +91,7 @@ func TestFixFailingScript(t *testing.T) {
 
 func TestRegister(t *testing.T) {
 	srv := server.NewMCPServer("t", "1")
-	Register(srv)
+	Register(srv, Options{})
 	got := srv.ListPrompts()
 	if len(got) != 2 || got["analyse_data_file"] == nil || got["fix_failing_script"] == nil {
 		t.Fatalf("registered prompts: %v", got)

@@ -120,8 +120,8 @@ func (m *Manager) Update(ctx context.Context, c *Conversation, fn func(*Conversa
 	return m.store.Update(ctx, c.Principal, c.Handle, fn)
 }
 
-// AddMachine records a machine the conversation created, as its default on
-// that backend when asDefault. It fails, and records nothing, when the
+// AddMachine records a machine the conversation created, as its default
+// machine when asDefault. It fails, and records nothing, when the
 // conversation is at its machine limit.
 func (m *Manager) AddMachine(ctx context.Context, c *Conversation, backend, id string, asDefault bool) (*Conversation, error) {
 	return m.Update(ctx, c, func(c *Conversation) error {

@@ -284,7 +284,7 @@ func TestRedisUpdateRetriesAreBounded(t *testing.T) {
 		t.Fatalf("update under constant conflict: %v after %d runs", err, runs)
 	}
 	got, err := s.Load(ctx, "alice", c.Handle)
-	if err != nil || len(got.Snapshots) != 3 || got.Defaults["local"] != "" {
+	if err != nil || len(got.Snapshots) != 3 || got.Default != nil {
 		t.Errorf("after the conflicts: %+v, %v; want the 3 snapshots of the other writer and no default", got, err)
 	}
 }

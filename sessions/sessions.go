@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"maps"
 	"regexp"
 	"slices"
 	"time"
@@ -26,7 +27,12 @@ type Conversation struct {
 	Principal string    `json:"principal"`
 	CreatedAt time.Time `json:"created_at"`
 	LastUsed  time.Time `json:"last_used"`
-	// Defaults are the conversation's default machine per backend.
+	// Default is the conversation's machine: every call that names no
+	// machine acts on it, whatever the tool.
+	Default *MachineRef `json:"default,omitempty"`
+	// Defaults are the default machines per backend that versions before
+	// one machine per conversation stored; MigrateDefault turns them into
+	// Default, and nothing writes them any more.
 	Defaults  map[string]string `json:"defaults,omitempty"`
 	Machines  []Machine         `json:"machines,omitempty"`
 	Snapshots []Snapshot        `json:"snapshots,omitempty"`
@@ -34,6 +40,12 @@ type Conversation struct {
 	// its time to live: its machines are gone, its snapshots stay its
 	// principal's.
 	Closed *time.Time `json:"closed,omitempty"`
+}
+
+// MachineRef names a machine: its backend and id.
+type MachineRef struct {
+	Backend string `json:"backend"`
+	ID      string `json:"id"`
 }
 
 // Machine is a machine a conversation owns.
@@ -83,20 +95,48 @@ func (c *Conversation) AddMachine(backend, id string, now time.Time) {
 	}
 }
 
-// RemoveMachine forgets a machine (deleted) and unsets it as a default.
+// RemoveMachine forgets a machine (deleted); the conversation has no
+// default machine any more if it was that one.
 func (c *Conversation) RemoveMachine(backend, id string) {
 	c.Machines = slices.DeleteFunc(c.Machines, func(m Machine) bool { return m.Backend == backend && m.ID == id })
-	if c.Defaults[backend] == id {
-		delete(c.Defaults, backend)
+	if c.IsDefault(backend, id) {
+		c.Default = nil
 	}
 }
 
-// SetDefault makes a machine the conversation's default on its backend.
+// SetDefault makes a machine the conversation's default machine.
 func (c *Conversation) SetDefault(backend, id string) {
-	if c.Defaults == nil {
-		c.Defaults = map[string]string{}
+	c.Default = &MachineRef{Backend: backend, ID: id}
+	c.Defaults = nil
+}
+
+// IsDefault reports whether the machine is the conversation's default.
+func (c *Conversation) IsDefault(backend, id string) bool {
+	return c.Default != nil && c.Default.Backend == backend && c.Default.ID == id
+}
+
+// MigrateDefault turns the per-backend defaults of a conversation stored
+// by an older version into its one default machine: the one on the first
+// backend of preferred that has one (else on the first backend by name),
+// so that calls go on where they went before. The others stay the
+// conversation's machines, reachable by id. It reports whether it changed
+// c.
+func (c *Conversation) MigrateDefault(preferred []string) bool {
+	if len(c.Defaults) == 0 {
+		return false
 	}
-	c.Defaults[backend] = id
+	if c.Default == nil {
+		names := slices.Sorted(maps.Keys(c.Defaults))
+		names = append(slices.Clone(preferred), names...)
+		for _, b := range names {
+			if id := c.Defaults[b]; id != "" && c.Machine(b, id) != nil {
+				c.Default = &MachineRef{Backend: b, ID: c.Machine(b, id).ID}
+				break
+			}
+		}
+	}
+	c.Defaults = nil
+	return true
 }
 
 // Snapshot returns the conversation's record of a snapshot, or nil.

@@ -2,6 +2,7 @@ package sessions
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -107,7 +108,7 @@ func testBindingsSurviveReopen(t *testing.T, open func() Store) {
 	if err != nil || created || c2.Handle != c.Handle {
 		t.Fatalf("after reopening: %+v, %v, %v", c2, created, err)
 	}
-	if c2.Defaults["local"] != "m-1" || c2.Machine("local", "m-1") == nil || c2.Snapshot("s-1") == nil {
+	if !c2.IsDefault("local", "m-1") || c2.Machine("local", "m-1") == nil || c2.Snapshot("s-1") == nil {
 		t.Fatalf("bindings lost: %+v", c2)
 	}
 	if owner, err := m2.OwnerOf(ctx, "alice", "local", "m-1"); err != nil || owner.Handle != c.Handle {
@@ -187,7 +188,7 @@ func testPrincipalsIsolated(t *testing.T, open func() Store) {
 		t.Errorf("bob deletes alice's conversation: %v", err)
 	}
 	got, err := s.Load(ctx, "alice", c.Handle)
-	if err != nil || got.Principal != "alice" || got.Defaults["local"] != "" {
+	if err != nil || got.Principal != "alice" || got.Default != nil {
 		t.Fatalf("alice's conversation after bob's attempts: %+v, %v", got, err)
 	}
 
@@ -258,4 +259,42 @@ func TestDefaultConversationRace(t *testing.T) {
 			t.Errorf("%d conversations left, want 1", len(all))
 		}
 	})
+}
+
+// TestMigrateDefault: a conversation stored by a version with one default
+// machine per backend gets one default machine: the one on the preferred
+// backend that has one, and keeps every machine.
+func TestMigrateDefault(t *testing.T) {
+	old := []byte(`{"handle":"c-00000000000000000000000000000001","principal":"alice",
+		"defaults":{"local":"m-local","forevervm":"AbCdEfGhIjKlMnOp"},
+		"machines":[{"backend":"local","id":"m-local"},{"backend":"forevervm","id":"AbCdEfGhIjKlMnOp"}]}`)
+	for _, tc := range []struct {
+		preferred []string
+		want      MachineRef
+	}{
+		{[]string{"forevervm", "local"}, MachineRef{"forevervm", "AbCdEfGhIjKlMnOp"}},
+		{[]string{"local", "forevervm"}, MachineRef{"local", "m-local"}},
+		{[]string{"fastvm", "local"}, MachineRef{"local", "m-local"}},
+		{nil, MachineRef{"forevervm", "AbCdEfGhIjKlMnOp"}}, // by name
+	} {
+		var c Conversation
+		if err := json.Unmarshal(old, &c); err != nil {
+			t.Fatal(err)
+		}
+		if !c.MigrateDefault(tc.preferred) || c.Default == nil || *c.Default != tc.want || c.Defaults != nil || len(c.Machines) != 2 {
+			t.Errorf("preferring %v: default %+v, defaults %v, %d machines; want %+v", tc.preferred, c.Default, c.Defaults, len(c.Machines), tc.want)
+		}
+		if c.MigrateDefault(tc.preferred) {
+			t.Error("a second migration changed something")
+		}
+		b, _ := json.Marshal(&c)
+		if strings.Contains(string(b), `"defaults"`) {
+			t.Errorf("the migrated record still writes defaults: %s", b)
+		}
+	}
+	// A default whose machine the conversation no longer has is dropped.
+	c := Conversation{Defaults: map[string]string{"local": "m-gone"}}
+	if !c.MigrateDefault([]string{"local"}) || c.Default != nil {
+		t.Errorf("a default of a forgotten machine: %+v", c.Default)
+	}
 }

@@ -85,7 +85,7 @@ func (s *Service) buildImage(ctx context.Context, req mcp.CallToolRequest, in Bu
 		return nil, errors.New("give dockerfile (the Dockerfile's text), context_local_path (a directory with a Dockerfile), or both")
 	}
 	c := conversationFrom(ctx)
-	b := s.backendFor(c.Principal, backend.Build)
+	b := s.broker.BackendFor(c.Principal, backend.Build)
 	if b == nil {
 		return nil, fmt.Errorf("no configured backend builds images; FastVM does (set FASTVM_API_KEY)")
 	}

@@ -133,23 +133,17 @@ func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in Launch
 	if err != nil {
 		return nil, err
 	}
-	if err := s.sessions.CheckMachineLimit(c); err != nil {
-		return nil, err
-	}
 	if in.MachineType != "" && b.Name() != "fastvm" {
 		return nil, fmt.Errorf("machine_type is a FastVM option; %s machines have no types", b.Name())
 	}
-	info, err := b.Create(ctx, backend.MachineSpec{Name: in.Name, Tags: s.machineTags(c, in.Tags), FromSnapshot: in.SnapshotID, MachineType: in.MachineType})
+	info, err := s.broker.Launch(ctx, c, b, backend.MachineSpec{Name: in.Name, Tags: in.Tags, FromSnapshot: in.SnapshotID, MachineType: in.MachineType})
 	if err != nil {
 		if errors.Is(err, backend.ErrNotFound) && in.SnapshotID != "" {
 			return nil, fmt.Errorf("snapshot %q not found; list_machines shows the snapshots", in.SnapshotID)
 		}
 		return nil, err
 	}
-	if _, err := s.own(ctx, c, b, info.ID, true); err != nil {
-		return nil, err
-	}
-	s.log.Info().Str("backend", b.Name()).Str("machine", info.ID).Str("snapshot", in.SnapshotID).Msg("launched a machine")
+	noteMachine(ctx, b.Name(), info.ID)
 	status := info.Status
 	if status == "" {
 		status = "stopped"
@@ -159,7 +153,7 @@ func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in Launch
 	if in.SnapshotID != "" {
 		text += " from snapshot " + in.SnapshotID
 	}
-	return structured(out, false, mcp.NewTextContent(text+"; it is now the default machine.")), nil
+	return structured(out, false, mcp.NewTextContent(text+"; it is now the conversation's machine: every tool call without machine acts on it.")), nil
 }
 
 // launchBackend picks where launch_vm creates the machine: the backend asked
@@ -182,24 +176,16 @@ func (s *Service) launchBackend(ctx context.Context, c *sessions.Conversation, i
 		name = snapBackend
 	}
 	if name == "" {
-		return s.backendsOf(c.Principal)[0], nil
+		return s.broker.Backends(c.Principal)[0], nil
 	}
-	b := s.backend(c.Principal, name)
+	b := s.broker.Backend(c.Principal, name)
 	if b == nil {
-		return nil, fmt.Errorf("backend %q is not configured on this server; configured: %s", name, strings.Join(s.backendNames(c.Principal), ", "))
+		return nil, fmt.Errorf("backend %q is not configured on this server; configured: %s", name, strings.Join(s.broker.BackendNames(c.Principal), ", "))
 	}
 	if snapBackend != "" && snapBackend != name {
 		return nil, fmt.Errorf("snapshot %s is a %s snapshot; launch it on %s (leave backend out)", in.SnapshotID, snapBackend, snapBackend)
 	}
 	return b, nil
-}
-
-func (s *Service) backendNames(principal string) []string {
-	var names []string
-	for _, b := range s.backendsOf(principal) {
-		names = append(names, b.Name())
-	}
-	return names
 }
 
 func (s *Service) snapshotVM(ctx context.Context, _ mcp.CallToolRequest, in SnapshotVMInput) (*mcp.CallToolResult, error) {
@@ -243,14 +229,18 @@ func (s *Service) listMachines(ctx context.Context, _ mcp.CallToolRequest, _ Lis
 	var b strings.Builder
 	b.WriteString("Machines:\n")
 	var snaps []backend.SnapshotInfo
-	for _, be := range s.backendsOf(c.Principal) {
-		infos, err := s.ownedMachines(ctx, c.Principal, be)
+	def, c, err := s.broker.Default(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	for _, be := range s.broker.Backends(c.Principal) {
+		infos, err := s.broker.OwnedMachines(ctx, c.Principal, be)
 		if err != nil {
 			return nil, err
 		}
 		for _, info := range infos {
 			e := MachineEntry{ID: info.ID, Backend: info.Backend, Name: info.Name, Tags: info.Tags, Status: info.Status,
-				Default: c.Defaults[info.Backend] == info.ID, CreatedAt: info.CreatedAt, FromSnapshot: info.FromSnapshot}
+				Default: def != nil && def.Backend == info.Backend && def.ID == info.ID, CreatedAt: info.CreatedAt, FromSnapshot: info.FromSnapshot}
 			if e.Status == "" {
 				e.Status = "stopped"
 			}
@@ -285,25 +275,10 @@ func (s *Service) deleteVM(ctx context.Context, _ mcp.CallToolRequest, in Delete
 	if in.Machine == "" {
 		return nil, errors.New("missing machine: give the id of the machine to delete")
 	}
-	c := conversationFrom(ctx)
-	m, err := s.find(ctx, c, in.Machine)
+	m, err := s.broker.Delete(ctx, conversationFrom(ctx), in.Machine)
 	if err != nil {
 		return nil, err
 	}
-	owner, err := s.sessions.OwnerOf(ctx, c.Principal, m.Backend(), m.ID())
-	if err != nil {
-		return nil, errMachineNotFound(in.Machine)
-	}
-	if err := s.backend(c.Principal, m.Backend()).Delete(ctx, m.ID()); err != nil {
-		return nil, err
-	}
-	if _, err := s.sessions.Update(ctx, owner, func(c *sessions.Conversation) error {
-		c.RemoveMachine(m.Backend(), m.ID())
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("the machine was deleted but forgetting it failed: %w", err)
-	}
-	s.log.Info().Str("backend", m.Backend()).Str("machine", m.ID()).Msg("deleted a machine")
 	out := DeleteVMOutput{Machine: m.ID(), Status: "deleted"}
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Deleted machine %s.", m.ID()))), nil
 }

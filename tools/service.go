@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/mark3labs/mcp-go/mcp"
@@ -17,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/broker"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/prompts"
 	"github.com/vmcp-dev/vmcp/sessions"
@@ -25,41 +25,30 @@ import (
 // Instructions is the server's instructions for the model.
 const Instructions = `vmcp gives you persistent sandboxed Linux machines with a stateful Python interpreter.
 - Your calls belong to a conversation that owns its machines. Without "session" you use this client's conversation; session "new" starts another, and every result names its session: pass it back to continue that conversation (also after a server restart). session_info shows what it owns.
-- Every tool takes an optional "machine" id. Without it, tools use the conversation's default machine, created on first use; launch_vm creates a new machine and makes it the default.
+- The conversation has one machine: every tool without "machine" acts on it (created on first use), so files, Python and commands all see the same files. launch_vm creates a new machine and makes it the conversation's machine for every tool. Every result's first line names the machine and backend it ran on.
 - run_python keeps globals between calls (like a notebook); matplotlib figures come back as images. exec_command runs bash or an argv in the same machine and its files.
 - Files live in the machine (relative paths start in its home); move them with upload_file and download_file.
 - snapshot_vm saves a machine's files (not its Python state) under a snapshot id; launch_vm with snapshot_id starts a new machine from it. list_machines shows both; delete_vm removes a machine.
 - Machines have no network access unless the server grants it. An idle machine may be stopped or parked and is restored on next use, with its files.`
 
-// Service holds what the tools share: the backends, the conversations, and
-// the host directories that local_path may use.
+// Service holds what the tools share: the machine broker, the
+// conversations, and the host directories that local_path may use.
 type Service struct {
-	backends     []backend.Backend // in order of preference; the first is the default backend
-	backendsFor  func(principal string) []backend.Backend
+	broker       *broker.Broker
 	sessions     *sessions.Manager
 	allowedRoots []string // absolute, symbolic links resolved
 	// rootsPerPrincipal: each principal's local_path lives in a directory
 	// of its own under each allowed root (the hosted endpoint).
 	rootsPerPrincipal bool
-	instance          string // this server's instance id, tagged on its machines
-	idle              map[string]time.Duration
-	ttl               time.Duration
 	localPrincipal    string
 	log               zerolog.Logger
-
-	// unparkMu guards relaunching parked machines and the maps below, so
-	// that the reaper never parks a machine a call is using.
-	unparkMu sync.Mutex
-	onCall   func(tool, backend, outcome string, d time.Duration)
-	idled    map[string]int64 // machine key → use stamp when it was stopped
-	busy     map[string]int   // machine key → calls using it
-	parking  map[string]bool  // machine key → being parked now
+	onCall            func(tool, backend, outcome string, d time.Duration)
 }
 
 // Config configures a Service.
 type Config struct {
-	// Backends in order of preference: a call without a machine uses the
-	// default machine of the first backend that can do what the tool needs.
+	// Backends in order of preference: a conversation's machine is created
+	// on the first.
 	Backends []backend.Backend
 	// BackendsFor, if set, gives the backends of a principal that brought
 	// its own credentials (nil: the server's Backends).
@@ -88,20 +77,22 @@ type Config struct {
 
 // NewService makes the tools' shared state.
 func NewService(cfg Config) (*Service, error) {
-	if len(cfg.Backends) == 0 {
-		return nil, errors.New("no backend configured")
-	}
-	if cfg.Sessions == nil {
-		return nil, errors.New("no session store configured")
-	}
 	roots, err := resolveRoots(cfg.AllowedRoots)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{backends: cfg.Backends, backendsFor: cfg.BackendsFor, sessions: cfg.Sessions, allowedRoots: roots, rootsPerPrincipal: cfg.RootsPerPrincipal, instance: cfg.Instance,
-		idle: cfg.Idle, ttl: cfg.ConversationTTL, localPrincipal: localPrincipal(), log: cfg.Log,
-		onCall: cfg.OnCall, idled: map[string]int64{}, busy: map[string]int{}, parking: map[string]bool{}}, nil
+	b, err := broker.New(broker.Config{Backends: cfg.Backends, BackendsFor: cfg.BackendsFor, Sessions: cfg.Sessions, Instance: cfg.Instance,
+		Idle: cfg.Idle, ConversationTTL: cfg.ConversationTTL, LocalPrincipal: localPrincipal(), Log: cfg.Log})
+	if err != nil {
+		return nil, err
+	}
+	return &Service{broker: b, sessions: cfg.Sessions, allowedRoots: roots, rootsPerPrincipal: cfg.RootsPerPrincipal,
+		localPrincipal: localPrincipal(), log: cfg.Log, onCall: cfg.OnCall}, nil
 }
+
+// Broker is the service's machine broker (for the reaper and the
+// reconciler).
+func (s *Service) Broker() *broker.Broker { return s.broker }
 
 // Tools are every tool with its handler.
 func (s *Service) Tools() []server.ServerTool {
@@ -152,35 +143,30 @@ func (s *Service) NewMCPServer(version string) *server.MCPServer {
 		server.WithHooks(&server.Hooks{}),
 	)
 	s.Register(srv)
-	prompts.Register(srv)
+	prompts.Register(srv, prompts.Options{Snapshots: func(ctx context.Context) bool {
+		return s.broker.Backends(s.principal(ctx))[0].Has(backend.Snapshots)
+	}})
 	return srv
 }
 
-// machine returns the machine named by id — which the caller must own and
-// which must have capability need — or, without an id, the conversation's
-// default machine on the first backend that has the capability, created on
-// first use.
+// machine returns the machine a call acts on (see broker.Acquire), held
+// until the call ends; what happened to it on the way goes into the call's
+// notes.
 func (s *Service) machine(ctx context.Context, id string, need backend.Capability) (backend.Machine, error) {
-	c := conversationFrom(ctx)
-	if id == "" {
-		b := s.backendFor(c.Principal, need)
-		if b == nil {
-			return nil, fmt.Errorf("no configured backend can do %s", need)
-		}
-		return s.defaultMachine(ctx, c, b)
-	}
-	m, err := s.find(ctx, c, id)
+	l, err := s.broker.Acquire(ctx, conversationFrom(ctx), id, need)
 	if err != nil {
 		return nil, err
 	}
-	if b := s.backend(c.Principal, m.Backend()); b != nil && !b.Has(need) {
-		e := &backend.UnsupportedError{Backend: m.Backend(), Capability: need}
-		if other := s.backendFor(c.Principal, need); other != nil {
-			e.Hint = fmt.Sprintf("leave machine out to use the default %s machine, or launch_vm with backend %q", other.Name(), other.Name())
-		}
-		return nil, e
+	if n, ok := ctx.Value(notesKey{}).(*callNotes); ok {
+		n.onEnd(l.Release)
+	} else {
+		l.Release() // no call to hold it for (a test)
 	}
-	return m, nil
+	noteMachine(ctx, l.Machine.Backend(), l.Machine.ID())
+	for _, note := range l.Notes {
+		addNote(ctx, note)
+	}
+	return l.Machine, nil
 }
 
 // machineAs is s.machine with the machine's capability interface T.
@@ -195,278 +181,6 @@ func machineAs[T any](ctx context.Context, s *Service, id string, need backend.C
 		return nil, zero, &backend.UnsupportedError{Backend: m.Backend(), Capability: need}
 	}
 	return m, t, nil
-}
-
-// errMachineNotFound is the answer for a machine that does not exist or is
-// not the caller's: the two are never told apart.
-func errMachineNotFound(id string) error {
-	return fmt.Errorf("machine %q not found; list_machines shows your machines", id)
-}
-
-// find looks up a machine the caller's principal owns, by id or by the name
-// it was launched with.
-func (s *Service) find(ctx context.Context, c *sessions.Conversation, id string) (backend.Machine, error) {
-	principal := c.Principal
-	for _, b := range s.backendsOf(principal) {
-		if !b.Recognizes(id) {
-			continue
-		}
-		owner, err := s.sessions.OwnerOf(ctx, principal, b.Name(), id)
-		if errors.Is(err, sessions.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		m, err := s.open(ctx, owner, b, id)
-		if errors.Is(err, backend.ErrNotFound) {
-			continue
-		}
-		return m, err
-	}
-	// By name, among the caller's machines.
-	var match []backend.MachineInfo
-	for _, b := range s.backendsOf(principal) {
-		infos, err := s.ownedMachines(ctx, principal, b)
-		if err != nil {
-			return nil, err
-		}
-		for _, info := range infos {
-			if info.Name == id {
-				match = append(match, info)
-			}
-		}
-	}
-	if len(match) == 1 {
-		return s.backend(principal, match[0].Backend).Machine(ctx, match[0].ID)
-	}
-	if len(match) > 1 {
-		return nil, fmt.Errorf("%d of your machines are named %q; pass the machine id instead (list_machines shows them)", len(match), id)
-	}
-	return nil, errMachineNotFound(id)
-}
-
-// ownedMachines lists b's machines that the principal owns.
-func (s *Service) ownedMachines(ctx context.Context, principal string, b backend.Backend) ([]backend.MachineInfo, error) {
-	all, err := s.sessions.Store().All(ctx)
-	if err != nil {
-		return nil, err
-	}
-	owned := map[string]bool{}
-	for _, c := range all {
-		if c.Principal != principal {
-			continue
-		}
-		for _, m := range c.Machines {
-			if m.Backend == b.Name() {
-				owned[m.ID] = true
-			}
-		}
-	}
-	if len(owned) == 0 {
-		return nil, nil
-	}
-	infos, err := b.Machines(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list %s machines: %w", b.Name(), err)
-	}
-	var out []backend.MachineInfo
-	for _, info := range infos {
-		if owned[info.ID] {
-			out = append(out, info)
-		}
-	}
-	return out, nil
-}
-
-// backendsOf are the backends of a principal's calls: its own (with its
-// own credentials) when it brought any, else the server's.
-func (s *Service) backendsOf(principal string) []backend.Backend {
-	if s.backendsFor != nil {
-		if bs := s.backendsFor(principal); bs != nil {
-			return bs
-		}
-	}
-	return s.backends
-}
-
-// onlyLocal reports whether the principal's machines all run on the local
-// engine.
-func (s *Service) onlyLocal(principal string) bool {
-	for _, b := range s.backendsOf(principal) {
-		if b.Name() != "local" {
-			return false
-		}
-	}
-	return true
-}
-
-// backend returns the principal's backend of that name, or nil.
-func (s *Service) backend(principal, name string) backend.Backend {
-	for _, b := range s.backendsOf(principal) {
-		if b.Name() == name {
-			return b
-		}
-	}
-	return nil
-}
-
-// backendFor is the principal's first backend with capability c, or nil.
-func (s *Service) backendFor(principal string, c backend.Capability) backend.Backend {
-	for _, b := range s.backendsOf(principal) {
-		if b.Has(c) {
-			return b
-		}
-	}
-	return nil
-}
-
-// defaultMachine is the conversation's default machine on b, created (and
-// recorded) on first use.
-func (s *Service) defaultMachine(ctx context.Context, c *sessions.Conversation, b backend.Backend) (backend.Machine, error) {
-	if id := c.Defaults[b.Name()]; id != "" {
-		m, err := s.open(ctx, c, b, id)
-		if err == nil {
-			return m, nil
-		}
-		if !errors.Is(err, backend.ErrNotFound) {
-			return nil, err
-		}
-		// Gone behind our back (deleted outside the server): forget it and
-		// start a fresh default below.
-		s.log.Warn().Str("backend", b.Name()).Str("machine", id).Msg("the default machine of a conversation no longer exists; creating a new one")
-		if _, err := s.sessions.Update(ctx, c, func(c *sessions.Conversation) error { c.RemoveMachine(b.Name(), id); return nil }); err != nil {
-			return nil, err
-		}
-	}
-	if err := s.sessions.CheckMachineLimit(c); err != nil {
-		return nil, err
-	}
-	info, err := b.Create(ctx, backend.MachineSpec{Name: "default", Tags: s.machineTags(c, nil)})
-	if err != nil {
-		return nil, fmt.Errorf("create the default %s machine: %w", b.Name(), err)
-	}
-	if _, err := s.own(ctx, c, b, info.ID, true); err != nil {
-		return nil, err
-	}
-	s.log.Info().Str("backend", b.Name()).Str("machine", info.ID).Msg("created a conversation's default machine")
-	return s.open(ctx, c, b, info.ID)
-}
-
-// open returns a machine of conversation c (named by its id or an earlier
-// one), relaunching it first if it was parked while idle, and notes its use.
-// The machine is held busy until the call ends, so that the reaper does not
-// park it under the call.
-func (s *Service) open(ctx context.Context, c *sessions.Conversation, b backend.Backend, id string) (backend.Machine, error) {
-	if latest, err := s.sessions.Store().Load(ctx, c.Principal, c.Handle); err == nil {
-		c = latest
-	}
-	if rec := c.Machine(b.Name(), id); rec != nil {
-		id = rec.ID
-	}
-	if err := s.hold(ctx, c.Handle+"/"+b.Name()+"/"+id); err != nil {
-		return nil, err
-	}
-	if latest, err := s.sessions.Store().Load(ctx, c.Principal, c.Handle); err == nil {
-		c = latest // the reaper may have parked it before we held it
-	}
-	if rec := c.Machine(b.Name(), id); rec != nil && rec.Parked != nil {
-		var err error
-		if id, err = s.unpark(ctx, c, b, rec.ID); err != nil {
-			return nil, err
-		}
-	}
-	m, err := b.Machine(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	s.sessions.TouchMachine(c.Handle, b.Name(), id)
-	if n, ok := ctx.Value(notesKey{}).(*callNotes); ok {
-		n.setBackend(b.Name())
-	}
-	return m, nil
-}
-
-// hold marks a machine busy until the call ends, waiting first while the
-// reaper parks it.
-func (s *Service) hold(ctx context.Context, key string) error {
-	n, ok := ctx.Value(notesKey{}).(*callNotes)
-	if !ok {
-		return nil
-	}
-	for {
-		s.unparkMu.Lock()
-		if !s.parking[key] {
-			s.busy[key]++
-			s.unparkMu.Unlock()
-			break
-		}
-		s.unparkMu.Unlock()
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	n.onEnd(func() {
-		s.unparkMu.Lock()
-		if s.busy[key]--; s.busy[key] <= 0 {
-			delete(s.busy, key)
-		}
-		s.unparkMu.Unlock()
-	})
-	return nil
-}
-
-// unpark relaunches a machine that was parked while idle, from its
-// snapshot, and records its new id (the old one keeps working). One at a
-// time: two calls on a parked machine must not relaunch it twice.
-func (s *Service) unpark(ctx context.Context, c *sessions.Conversation, b backend.Backend, id string) (string, error) {
-	s.unparkMu.Lock()
-	defer s.unparkMu.Unlock()
-	c, err := s.sessions.Store().Load(ctx, c.Principal, c.Handle) // the latest record
-	if err != nil {
-		return "", err
-	}
-	rec := c.Machine(b.Name(), id)
-	if rec == nil {
-		return "", backend.ErrNotFound
-	}
-	if rec.Parked == nil { // relaunched meanwhile
-		return rec.ID, nil
-	}
-	snap := rec.Parked.Snapshot
-	info, err := b.Create(ctx, backend.MachineSpec{Name: "restored", FromSnapshot: snap, Tags: s.machineTags(c, nil)})
-	if err != nil {
-		return "", fmt.Errorf("machine %s was idle and parked as snapshot %s; relaunching it failed: %w", id, snap, err)
-	}
-	_, err = s.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
-		rec := c.Machine(b.Name(), id)
-		if rec == nil {
-			return sessions.ErrNotFound
-		}
-		if c.Defaults[b.Name()] == rec.ID {
-			c.Defaults[b.Name()] = info.ID
-		}
-		rec.Previous = append(rec.Previous, rec.ID)
-		rec.ID, rec.Parked, rec.LastUsed = info.ID, nil, time.Now().UTC()
-		return nil
-	})
-	if err != nil {
-		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		b.Delete(cleanup, info.ID)
-		return "", fmt.Errorf("record the relaunched machine: %w", err)
-	}
-	s.log.Info().Str("backend", b.Name()).Str("machine", id).Str("now", info.ID).Str("snapshot", snap).Msg("relaunched a parked machine")
-	// The parking snapshot served its purpose: it would only cost storage.
-	if d, ok := b.(backend.SnapshotDeleter); ok {
-		if err := d.DeleteSnapshot(ctx, snap); err != nil && !errors.Is(err, backend.ErrNotFound) {
-			s.log.Warn().Err(err).Str("snapshot", snap).Msg("could not delete the snapshot of a restored machine")
-		}
-	}
-	addNote(ctx, fmt.Sprintf("Machine %s had been idle, so it was saved as snapshot %s and stopped; it was restored from that snapshot as machine %s (files kept; running processes and memory were not).", id, snap, info.ID))
-	return info.ID, nil
 }
 
 // toolSpec is the static part of a tool's definition.
@@ -529,7 +243,7 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 		if t, ok := any(in).(timedArg); ok && t.timeout() > 0 {
 			timeout = time.Duration(t.timeout()) * time.Second
 		}
-		res, err := s.runBounded(ctx, spec.name, timeout, notes, s.onlyLocal(c.Principal), func(ctx context.Context) (*mcp.CallToolResult, error) {
+		res, err := s.runBounded(ctx, spec.name, timeout, notes, s.broker.OnlyLocal(c.Principal), func(ctx context.Context) (*mcp.CallToolResult, error) {
 			return handle(ctx, req, in)
 		})
 		outcome := "ok"
@@ -621,7 +335,7 @@ func (s *Service) deadlineError(ctx context.Context, tool string, timeout time.D
 	service := names[backend]
 	if service == "" {
 		var cloud []string
-		for _, b := range s.backendsOf(conversationFrom(ctx).Principal) {
+		for _, b := range s.broker.Backends(conversationFrom(ctx).Principal) {
 			if b.Name() != "local" {
 				cloud = append(cloud, names[b.Name()])
 			}

@@ -2,8 +2,6 @@ package tools
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os/user"
@@ -16,7 +14,6 @@ import (
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
 
-	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/sessions"
 )
 
@@ -147,47 +144,6 @@ func sessionField(t reflect.Type) []int {
 	return i
 }
 
-// conversationTag names a conversation on the machines it creates: a hash
-// of the handle, since the handle itself is a secret and tags are visible to
-// whoever can list the account's machines.
-func conversationTag(handle string) string {
-	sum := sha256.Sum256([]byte(handle))
-	return hex.EncodeToString(sum[:8])
-}
-
-// Tags put on every machine the server creates.
-const (
-	tagServer       = "vmcp.server"       // the server instance
-	tagConversation = "vmcp.conversation" // conversationTag of the owner
-)
-
-// machineTags are the tags of a machine created for conversation c.
-func (s *Service) machineTags(c *sessions.Conversation, extra map[string]string) map[string]string {
-	tags := map[string]string{}
-	for k, v := range extra {
-		tags[k] = v
-	}
-	tags[tagServer] = s.instance
-	tags[tagConversation] = conversationTag(c.Handle)
-	return tags
-}
-
-// own records a machine created for the conversation, durably, before any
-// result announces it. If the store fails, the machine is deleted again so
-// that nothing runs that no conversation owns.
-func (s *Service) own(ctx context.Context, c *sessions.Conversation, b backend.Backend, id string, asDefault bool) (*sessions.Conversation, error) {
-	updated, err := s.sessions.AddMachine(ctx, c, b.Name(), id, asDefault)
-	if err != nil {
-		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		if derr := b.Delete(cleanup, id); derr != nil {
-			s.log.Error().Err(derr).Str("machine", id).Msg("could not delete a machine whose binding failed to save")
-		}
-		return nil, fmt.Errorf("record the new machine: %w", err)
-	}
-	return updated, nil
-}
-
 // SessionInfoInput is session_info's arguments.
 type SessionInfoInput struct {
 	CallTimeout
@@ -236,23 +192,25 @@ func (s *Service) sessionTools() []server.ServerTool {
 
 func (s *Service) sessionInfo(ctx context.Context, _ mcp.CallToolRequest, _ SessionInfoInput) (*mcp.CallToolResult, error) {
 	c := conversationFrom(ctx)
+	_, c, err := s.broker.Default(ctx, c)
+	if err != nil {
+		return nil, err
+	}
 	lim := s.sessions.Limits()
 	out := SessionInfoOutput{CreatedAt: c.CreatedAt, Machines: []SessionMachine{}, Snapshots: []SessionSnapshot{},
-		Backends: s.backendNames(c.Principal), MaxMachines: lim.MaxMachines, MaxSnapshots: lim.MaxSnapshots}
+		Backends: s.broker.BackendNames(c.Principal), MaxMachines: lim.MaxMachines, MaxSnapshots: lim.MaxSnapshots}
 	for _, m := range c.Machines {
-		out.Machines = append(out.Machines, SessionMachine{ID: m.ID, Backend: m.Backend, Default: c.Defaults[m.Backend] == m.ID,
+		out.Machines = append(out.Machines, SessionMachine{ID: m.ID, Backend: m.Backend, Default: c.IsDefault(m.Backend, m.ID),
 			LastUsed: m.LastUsed, Parked: m.Parked != nil})
 	}
 	for _, sn := range c.Snapshots {
 		out.Snapshots = append(out.Snapshots, SessionSnapshot{ID: sn.ID, Backend: sn.Backend, Machine: sn.Machine})
 	}
-	for b, d := range s.idle {
-		if d > 0 && s.backend(c.Principal, b) != nil {
-			if out.IdleTimeouts == nil {
-				out.IdleTimeouts = map[string]string{}
-			}
-			out.IdleTimeouts[b] = d.String()
+	for b, d := range s.broker.IdleTimeouts(c.Principal) {
+		if out.IdleTimeouts == nil {
+			out.IdleTimeouts = map[string]string{}
 		}
+		out.IdleTimeouts[b] = d.String()
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "Conversation %s (since %s)\nMachines:", c.Handle, c.CreatedAt.Format(time.RFC3339))
@@ -284,12 +242,17 @@ type callNotes struct {
 	lines   []string
 	ends    []func() // run when the call ends
 	backend string   // of the machine the call used
+	machine string   // the machine the call used
 }
 
-func (n *callNotes) setBackend(b string) {
-	n.mu.Lock()
-	n.backend = b
-	n.mu.Unlock()
+// noteMachine records the machine the call acts on, which its result
+// names.
+func noteMachine(ctx context.Context, backend, id string) {
+	if n, ok := ctx.Value(notesKey{}).(*callNotes); ok {
+		n.mu.Lock()
+		n.backend, n.machine = backend, id
+		n.mu.Unlock()
+	}
 }
 
 // onEnd runs f when the call ends.
@@ -337,4 +300,12 @@ func (n *callNotes) end(res *mcp.CallToolResult) {
 	for _, l := range n.lines {
 		res.Content = append(res.Content, mcp.NewTextContent(l))
 	}
+	if n.machine != "" {
+		// The model reads the text: it must see where the call ran. An item
+		// of its own, so that a file's content stays the file's.
+		res.Content = append([]mcp.Content{mcp.NewTextContent(machineTag(n.machine, n.backend))}, res.Content...)
+	}
 }
+
+// machineTag is the first line of a result's text: the machine it ran on.
+func machineTag(id, backend string) string { return "[machine " + id + " (" + backend + ")]" }

@@ -81,11 +81,12 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	roots := fs.String("allowed-roots", envOr("VMCP_ALLOWED_ROOTS", ""), "host directories that upload_file/download_file local_path may use, separated by "+string(filepath.ListSeparator)+" (env VMCP_ALLOWED_ROOTS); default: the working directory on stdio, none over http")
 	hc := httpFlags(fs, envOr)
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	backend := fs.String("backend", envOr("VMCP_BACKEND", "auto"), "preferred backend: local, forevervm, fastvm, or auto (the configured cloud backends first, then local); tools without a machine use the preferred backend that can do what they need (env VMCP_BACKEND)")
+	backend := fs.String("backend", envOr("VMCP_BACKEND", "auto"), "where a conversation's machine runs: local, forevervm, fastvm, or auto (FastVM if configured, else ForeverVM, else local); every tool call without machine acts on the conversation's one machine (env VMCP_BACKEND)")
 	maxMachines := fs.Int("max-machines", intEnv(getenv, "VMCP_MAX_MACHINES", 0), "most machines one conversation may own; 0: no limit (env VMCP_MAX_MACHINES)")
 	maxSnapshots := fs.Int("max-snapshots", intEnv(getenv, "VMCP_MAX_SNAPSHOTS", 0), "most snapshots one conversation may own; 0: no limit (env VMCP_MAX_SNAPSHOTS)")
 	idleLocal := fs.Duration("idle-local", durEnv(getenv, "VMCP_IDLE_LOCAL", 30*time.Minute), "stop a local machine's processes after this long unused (files stay; 0: never) (env VMCP_IDLE_LOCAL)")
-	idleFast := fs.Duration("idle-fastvm", durEnv(getenv, "VMCP_IDLE_FASTVM", 15*time.Minute), "park a FastVM machine unused this long: snapshot it, delete it, relaunch it on next use (0: never) (env VMCP_IDLE_FASTVM)")
+	idleFast := fs.Duration("idle-fastvm", durEnv(getenv, "VMCP_IDLE_FASTVM", 15*time.Minute), "pause a FastVM machine unused this long (memory and files kept, no quota held; the next use resumes it), or with --fastvm-idle-action snapshot park it as a snapshot (0: never) (env VMCP_IDLE_FASTVM)")
+	fastIdleAction := fs.String("fastvm-idle-action", envOr("VMCP_FASTVM_IDLE_ACTION", "auto"), "what to do with an idle FastVM machine: pause, snapshot (snapshot it, delete it, relaunch it on next use), or auto (pause where the service can, else snapshot) (env VMCP_FASTVM_IDLE_ACTION)")
 	ttl := fs.Duration("conversation-ttl", durEnv(getenv, "VMCP_CONVERSATION_TTL", 7*24*time.Hour), "close conversations unused this long: delete their machines, keep their snapshots (0: never) (env VMCP_CONVERSATION_TTL)")
 	fastURL := fs.String("fastvm-url", envOr("FASTVM_BASE_URL", fvc.DefaultBaseURL), "FastVM API base URL (env FASTVM_BASE_URL)")
 	fastKeyFile := fs.String("fastvm-api-key-file", envOr("FASTVM_API_KEY_FILE", ""), "file holding the FastVM API key; the FASTVM_API_KEY environment variable works too")
@@ -138,6 +139,13 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		return config{}, errors.New("--max-machines and --max-snapshots (VMCP_MAX_MACHINES, VMCP_MAX_SNAPSHOTS) take a whole number, 0 for no limit")
 	}
 	fastCfg := fastvmConfig{url: *fastURL, key: getenv("FASTVM_API_KEY"), machineType: *fastType}
+	switch *fastIdleAction {
+	case "auto":
+	case fastbackend.IdlePause, fastbackend.IdleSnapshot:
+		fastCfg.idleAction = *fastIdleAction
+	default:
+		return config{}, fmt.Errorf("--fastvm-idle-action %q: want pause, snapshot or auto", *fastIdleAction)
+	}
 	if *fastKeyFile != "" {
 		b, err := os.ReadFile(*fastKeyFile)
 		if err != nil {
@@ -209,6 +217,7 @@ func intEnv(getenv func(string) string, key string, def int) int {
 // fastvmConfig says how to reach FastVM; the backend is on when a key is set.
 type fastvmConfig struct {
 	url, key, machineType string
+	idleAction            string // fastbackend.Idle*
 }
 
 // forevervmConfig says how to reach ForeverVM; the backend is on when a
@@ -228,6 +237,11 @@ func backends(cfg config, engine *local.Engine, log zerolog.Logger) (server []ba
 	var closers []func() error
 	build := func(c credentials) []backend.Backend {
 		var all []backend.Backend
+		// auto: FastVM (full machines) first, then ForeverVM, then local.
+		if c.FastVMAPIKey != "" {
+			cl := fvc.New(c.FastVMAPIKey, fvc.WithBaseURL(cfg.fastvm.url), fvc.WithLogger(log.With().Str("backend", "fastvm").Logger()))
+			all = append(all, fastbackend.New(cl, fastbackend.Options{MachineType: cfg.fastvm.machineType, IdleAction: cfg.fastvm.idleAction, Logger: log}))
+		}
 		if c.ForeverVMToken != "" {
 			cl := fvm.New(c.ForeverVMToken, fvm.WithBaseURL(cfg.forevervm.url), fvm.WithLogger(log.With().Str("backend", "forevervm").Logger()))
 			b := fvmbackend.New(cl, fvmbackend.Options{Logger: log})
@@ -235,10 +249,6 @@ func backends(cfg config, engine *local.Engine, log zerolog.Logger) (server []ba
 			mu.Lock()
 			closers = append(closers, b.Close)
 			mu.Unlock()
-		}
-		if c.FastVMAPIKey != "" {
-			cl := fvc.New(c.FastVMAPIKey, fvc.WithBaseURL(cfg.fastvm.url), fvc.WithLogger(log.With().Str("backend", "fastvm").Logger()))
-			all = append(all, fastbackend.New(cl, fastbackend.Options{MachineType: cfg.fastvm.machineType, Logger: log}))
 		}
 		if shared != nil {
 			all = append(all, shared)
@@ -344,7 +354,7 @@ func run(args []string) error {
 		return err
 	}
 	reconcileCtx, cancelReconcile := context.WithTimeout(context.Background(), 2*time.Minute)
-	if _, err := svc.Reconcile(reconcileCtx); err != nil {
+	if _, err := svc.Broker().Reconcile(reconcileCtx); err != nil {
 		log.Warn().Err(err).Msg("reconciling machines with conversations failed in part")
 	}
 	cancelReconcile()
@@ -425,7 +435,7 @@ func reap(ctx context.Context, svc *tools.Service, every time.Duration, log zero
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			r, err := svc.Reap(ctx)
+			r, err := svc.Broker().Reap(ctx)
 			if err != nil && ctx.Err() == nil {
 				log.Warn().Err(err).Msg("reaping idle machines failed in part")
 			}

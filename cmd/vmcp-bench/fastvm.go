@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"path/filepath"
+	"text/tabwriter"
 	"time"
 
 	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
@@ -72,4 +75,44 @@ func openFastVM(emu *emulator, key string) ([]*path, error) {
 		return d, check(exit.ExitCode, exit.TimedOut)
 	}}
 	return []*path{direct, streamed}, nil
+}
+
+// benchFastVMPython times run_python 1+1 and exec_command true on the same
+// FastVM VM of an emulator, through the server (lean client), interleaved:
+// FastVM has no REPL on the wire, so each run_python is one exec that
+// reaches the interpreter the backend keeps in the VM, and its cost over a
+// plain exec is what the REPL adds.
+func benchFastVMPython(cfg config, server serverSpec, dir string) ([]*operation, error) {
+	const key = "bench-fastvm-key"
+	emu, err := startEmulator("fastvm", key, filepath.Join(dir, "emulator"))
+	if err != nil {
+		return nil, err
+	}
+	defer emu.stop()
+	spec := server
+	spec.args = append(append([]string(nil), spec.args...), "--fastvm-url", emu.url, "--backend", "fastvm")
+	spec.env = append(append([]string(nil), spec.env...), "FASTVM_API_KEY="+key)
+	ops := []*operation{
+		{name: "run_python 1+1", tool: "run_python", args: map[string]any{"code": "1+1"}, check: checkPython},
+		{name: "exec_command true", tool: "exec_command", args: map[string]any{"argv": []string{"true"}}, check: checkTrue},
+	}
+	err = measureWith(cfg, ops, func() ([]*path, error) {
+		return one(openLean(spec, filepath.Join(dir, "lean")))
+	})
+	return ops, err
+}
+
+// printPair prints two operations' p50 and p99 on the lean path and the
+// first's p50 over the second's.
+func printPair(w io.Writer, a, b *operation) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "operation\tp50\tp99")
+	for _, op := range []*operation{a, b} {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", op.name, ms(percentile(op.samples["lean"], 0.50)), ms(percentile(op.samples["lean"], 0.99)))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%s / %s (p50): %.2fx\n", a.name, b.name, float64(percentile(a.samples["lean"], 0.50))/float64(percentile(b.samples["lean"], 0.50)))
+	if a.steal >= 0 {
+		fmt.Fprintf(w, "CPU time taken by the host (steal) during these calls: %.0f%% of the machine's CPU time\n", 100*a.steal)
+	}
 }

@@ -152,6 +152,12 @@ func run(args []string, stdout io.Writer) error {
 	if err := printTable(stdout, []*operation{fast}, "direct", "streamed"); err != nil {
 		return err
 	}
+	pair, err := benchFastVMPython(cfg, spec, filepath.Join(dir, "fastvm-python"))
+	if err != nil {
+		return fmt.Errorf("fastvm python: %w", err)
+	}
+	fmt.Fprintln(stdout, "\nFastVM: run_python (built on exec) and exec_command on the same VM of the emulator, through the MCP server (ms)")
+	printPair(stdout, pair[0], pair[1])
 	if cfg.loadClients > 0 {
 		r, err := benchLoad(server, filepath.Join(dir, "load"), cfg.loadClients, cfg.loadCalls)
 		if err != nil {

@@ -36,14 +36,14 @@ func TestRun(t *testing.T) {
 	}
 	t.Logf("\n%s", out.String())
 	// Three tables: the local backend's two operations, then ForeverVM's
-	// and FastVM's one each.
+	// and FastVM's one each; then run_python over exec_command on FastVM.
 	var rows []string
 	for _, l := range strings.Split(out.String(), "\n") {
 		if strings.HasSuffix(l, "x") {
 			rows = append(rows, l)
 		}
 	}
-	want := []string{"run_python 1+1", "exec_command true", "run_python 1+1", "exec_command true"}
+	want := []string{"run_python 1+1", "exec_command true", "run_python 1+1", "exec_command true", "run_python 1+1 / exec_command true (p50): "}
 	if len(rows) != len(want) {
 		t.Fatalf("table:\n%s", out.String())
 	}
@@ -55,7 +55,7 @@ func TestRun(t *testing.T) {
 	if !strings.Contains(out.String(), "new socket p50") {
 		t.Errorf("no new-socket column:\n%s", out.String())
 	}
-	for _, sub := range []string{"sdk", "lean", "engine", "forevervm", "fastvm"} {
+	for _, sub := range []string{"sdk", "lean", "engine", "forevervm", "fastvm", "fastvm-python"} {
 		if _, err := os.Stat(filepath.Join(state, sub)); err != nil {
 			t.Errorf("state dir: %v", err)
 		}

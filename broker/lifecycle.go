@@ -1,4 +1,4 @@
-package tools
+package broker
 
 import (
 	"context"
@@ -28,9 +28,9 @@ type ReapResult struct {
 
 // Reap stops or parks the machines idle past their backend's idle timeout
 // and closes the conversations idle past the time to live.
-func (s *Service) Reap(ctx context.Context) (ReapResult, error) {
+func (b *Broker) Reap(ctx context.Context) (ReapResult, error) {
 	var r ReapResult
-	all, err := s.sessions.Store().All(ctx)
+	all, err := b.sessions.Store().All(ctx)
 	if err != nil {
 		return r, err
 	}
@@ -40,8 +40,8 @@ func (s *Service) Reap(ctx context.Context) (ReapResult, error) {
 		if c.Closed != nil {
 			continue
 		}
-		if s.ttl > 0 && now.Sub(s.sessions.LastUsed(c)) > s.ttl {
-			if err := s.closeConversation(ctx, c); err != nil {
+		if b.ttl > 0 && now.Sub(b.sessions.LastUsed(c)) > b.ttl {
+			if err := b.closeConversation(ctx, c); err != nil {
 				errs = append(errs, err)
 			} else {
 				r.Closed++
@@ -50,11 +50,11 @@ func (s *Service) Reap(ctx context.Context) (ReapResult, error) {
 		}
 		for i := range c.Machines {
 			m := c.Machines[i]
-			limit := s.idle[m.Backend]
-			if limit <= 0 || m.Parked != nil || now.Sub(s.sessions.MachineLastUsed(c, &m)) < limit {
+			limit := b.idle[m.Backend]
+			if limit <= 0 || m.Parked != nil || now.Sub(b.sessions.MachineLastUsed(c, &m)) < limit {
 				continue
 			}
-			parked, err := s.idleMachine(ctx, c, m)
+			parked, err := b.idleMachine(ctx, c, m)
 			switch {
 			case err != nil:
 				errs = append(errs, err)
@@ -69,46 +69,46 @@ func (s *Service) Reap(ctx context.Context) (ReapResult, error) {
 }
 
 // idleMachine stops or parks one idle machine, unless a call is using it.
-func (s *Service) idleMachine(ctx context.Context, c *sessions.Conversation, m sessions.Machine) (parked bool, err error) {
-	b := s.backend(c.Principal, m.Backend)
-	idler, ok := b.(backend.Idler)
+func (b *Broker) idleMachine(ctx context.Context, c *sessions.Conversation, m sessions.Machine) (parked bool, err error) {
+	be := b.Backend(c.Principal, m.Backend)
+	idler, ok := be.(backend.Idler)
 	if !ok {
 		return false, nil
 	}
 	key := sessionsKey(c, m)
-	stamp := s.sessions.MachineLastUsed(c, &m).UnixNano()
-	s.unparkMu.Lock()
-	if s.idled[key] == stamp || s.busy[key] > 0 {
-		s.unparkMu.Unlock()
+	stamp := b.sessions.MachineLastUsed(c, &m).UnixNano()
+	b.mu.Lock()
+	if b.idled[key] == stamp || b.busy[key] > 0 {
+		b.mu.Unlock()
 		return false, nil // stopped already and unused since, or in use
 	}
-	s.parking[key] = true
-	s.unparkMu.Unlock()
+	b.parking[key] = true
+	b.mu.Unlock()
 	defer func() {
-		s.unparkMu.Lock()
-		delete(s.parking, key)
-		s.unparkMu.Unlock()
+		b.mu.Lock()
+		delete(b.parking, key)
+		b.mu.Unlock()
 	}()
 	snap, err := idler.Idle(ctx, m.ID)
 	if errors.Is(err, backend.ErrNotFound) {
 		// Gone behind our back: forget it.
-		_, err = s.sessions.Update(ctx, c, func(c *sessions.Conversation) error { c.RemoveMachine(m.Backend, m.ID); return nil })
+		_, err = b.sessions.Update(ctx, c, func(c *sessions.Conversation) error { c.RemoveMachine(m.Backend, m.ID); return nil })
 		return false, err
 	}
 	if err != nil {
 		return false, fmt.Errorf("idle %s machine %s: %w", m.Backend, m.ID, err)
 	}
 	if snap == "" {
-		s.unparkMu.Lock()
-		s.idled[key] = stamp
-		s.unparkMu.Unlock()
-		s.log.Info().Str("backend", m.Backend).Str("machine", m.ID).Msg("stopped an idle machine")
+		b.mu.Lock()
+		b.idled[key] = stamp
+		b.mu.Unlock()
+		b.log.Info().Str("backend", m.Backend).Str("machine", m.ID).Msg("stopped an idle machine")
 		return false, nil
 	}
 	// Record the snapshot before the machine goes: a crash in between
 	// leaves a machine that the next start's reconciler deletes, never a
 	// conversation without its files.
-	if _, err := s.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
+	if _, err := b.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
 		if rec := c.Machine(m.Backend, m.ID); rec != nil {
 			rec.Parked = &sessions.Parked{Snapshot: snap, At: time.Now().UTC()}
 		}
@@ -116,10 +116,10 @@ func (s *Service) idleMachine(ctx context.Context, c *sessions.Conversation, m s
 	}); err != nil {
 		return false, fmt.Errorf("record parked machine %s: %w", m.ID, err)
 	}
-	if err := b.Delete(ctx, m.ID); err != nil && !errors.Is(err, backend.ErrNotFound) {
+	if err := be.Delete(ctx, m.ID); err != nil && !errors.Is(err, backend.ErrNotFound) {
 		return false, fmt.Errorf("delete parked machine %s: %w", m.ID, err)
 	}
-	s.log.Info().Str("backend", m.Backend).Str("machine", m.ID).Str("snapshot", snap).Msg("parked an idle machine")
+	b.log.Info().Str("backend", m.Backend).Str("machine", m.ID).Str("snapshot", snap).Msg("parked an idle machine")
 	return true, nil
 }
 
@@ -130,21 +130,21 @@ func sessionsKey(c *sessions.Conversation, m sessions.Machine) string {
 // closeConversation deletes the machines of a conversation idle past its
 // time to live (ForeverVM's cannot be deleted and stay) and marks it
 // closed; its snapshots stay its principal's.
-func (s *Service) closeConversation(ctx context.Context, c *sessions.Conversation) error {
+func (b *Broker) closeConversation(ctx context.Context, c *sessions.Conversation) error {
 	var errs []error
 	for _, m := range c.Machines {
 		if m.Parked != nil {
 			continue // nothing runs; the snapshot is kept
 		}
-		b := s.backend(c.Principal, m.Backend)
-		if b == nil {
+		be := b.Backend(c.Principal, m.Backend)
+		if be == nil {
 			continue
 		}
-		if err := b.Delete(ctx, m.ID); err != nil && !errors.Is(err, backend.ErrNotFound) {
-			s.log.Warn().Err(err).Str("backend", m.Backend).Str("machine", m.ID).Msg("kept a machine of a closed conversation")
+		if err := be.Delete(ctx, m.ID); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			b.log.Warn().Err(err).Str("backend", m.Backend).Str("machine", m.ID).Msg("kept a machine of a closed conversation")
 		}
 	}
-	_, err := s.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
+	_, err := b.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
 		now := time.Now().UTC()
 		c.Closed = &now
 		for _, m := range c.Machines {
@@ -152,13 +152,13 @@ func (s *Service) closeConversation(ctx context.Context, c *sessions.Conversatio
 				c.Snapshots = append(c.Snapshots, sessions.Snapshot{Backend: m.Backend, ID: m.Parked.Snapshot, Machine: m.ID, CreatedAt: m.Parked.At})
 			}
 		}
-		c.Machines, c.Defaults = nil, nil
+		c.Machines, c.Default, c.Defaults = nil, nil, nil
 		return nil
 	})
 	if err != nil {
 		errs = append(errs, err)
 	}
-	s.log.Info().Str("conversation", conversationTag(c.Handle)).Msg("closed an idle conversation")
+	b.log.Info().Str("conversation", ConversationTag(c.Handle)).Msg("closed an idle conversation")
 	return errors.Join(errs...)
 }
 
@@ -172,9 +172,9 @@ type ReconcileResult struct {
 // creating and recording them) are deleted where the backend allows it;
 // the default machine of a server from before conversations joins the
 // local user's default conversation.
-func (s *Service) Reconcile(ctx context.Context) (ReconcileResult, error) {
+func (b *Broker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	var r ReconcileResult
-	all, err := s.sessions.Store().All(ctx)
+	all, err := b.sessions.Store().All(ctx)
 	if err != nil {
 		return r, err
 	}
@@ -186,41 +186,41 @@ func (s *Service) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	}
 	// The server's backends, and those of principals with credentials of
 	// their own (each account once).
-	sets := [][]backend.Backend{s.backends}
+	sets := [][]backend.Backend{b.backends}
 	for _, c := range all {
-		sets = append(sets, s.backendsOf(c.Principal))
+		sets = append(sets, b.Backends(c.Principal))
 	}
 	seen := map[backend.Backend]bool{}
 	var bs []backend.Backend
 	for _, set := range sets {
-		for _, b := range set {
-			if !seen[b] {
-				seen[b] = true
-				bs = append(bs, b)
+		for _, be := range set {
+			if !seen[be] {
+				seen[be] = true
+				bs = append(bs, be)
 			}
 		}
 	}
 	var errs []error
-	for _, b := range bs {
-		infos, err := b.Machines(ctx)
+	for _, be := range bs {
+		infos, err := be.Machines(ctx)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("list %s machines: %w", b.Name(), err))
+			errs = append(errs, fmt.Errorf("list %s machines: %w", be.Name(), err))
 			continue
 		}
 		for _, info := range infos {
-			if owned[b.Name()+"/"+info.ID] {
+			if owned[be.Name()+"/"+info.ID] {
 				continue
 			}
 			switch {
-			case info.Tags[tagServer] == s.instance && info.Tags[tagConversation] != "":
+			case info.Tags[TagServer] == b.instance && info.Tags[TagConversation] != "":
 				r.Orphans++
-				if err := b.Delete(ctx, info.ID); err != nil {
-					s.log.Warn().Err(err).Str("backend", b.Name()).Str("machine", info.ID).Msg("could not delete an orphaned machine")
+				if err := be.Delete(ctx, info.ID); err != nil {
+					b.log.Warn().Err(err).Str("backend", be.Name()).Str("machine", info.ID).Msg("could not delete an orphaned machine")
 					continue
 				}
 				r.Deleted++
-			case info.Tags[legacyDefaultTag] == "default" && info.Tags[tagConversation] == "":
-				if err := s.adopt(ctx, b, info.ID); err != nil {
+			case info.Tags[legacyDefaultTag] == "default" && info.Tags[TagConversation] == "":
+				if err := b.adopt(ctx, be, info.ID); err != nil {
 					errs = append(errs, err)
 					continue
 				}
@@ -228,21 +228,22 @@ func (s *Service) Reconcile(ctx context.Context) (ReconcileResult, error) {
 			}
 		}
 	}
-	s.log.Info().Int("orphans", r.Orphans).Int("deleted", r.Deleted).Int("adopted", r.Adopted).Msg("reconciled machines with conversations")
+	b.log.Info().Int("orphans", r.Orphans).Int("deleted", r.Deleted).Int("adopted", r.Adopted).Msg("reconciled machines with conversations")
 	return r, errors.Join(errs...)
 }
 
 // adopt makes a legacy default machine the local user's default
-// conversation's, as its default on that backend unless it has one.
-func (s *Service) adopt(ctx context.Context, b backend.Backend, id string) error {
-	c, _, err := s.sessions.Resolve(ctx, s.localPrincipal, "", "")
+// conversation's, as its default machine unless it has one.
+func (b *Broker) adopt(ctx context.Context, be backend.Backend, id string) error {
+	c, _, err := b.sessions.Resolve(ctx, b.localPrincipal, "", "")
 	if err != nil {
 		return err
 	}
-	_, err = s.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
-		c.AddMachine(b.Name(), id, time.Now().UTC())
-		if c.Defaults[b.Name()] == "" {
-			c.SetDefault(b.Name(), id)
+	_, err = b.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
+		c.AddMachine(be.Name(), id, time.Now().UTC())
+		c.MigrateDefault(b.BackendNames(c.Principal))
+		if c.Default == nil {
+			c.SetDefault(be.Name(), id)
 		}
 		return nil
 	})
