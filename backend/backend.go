@@ -104,6 +104,10 @@ type PythonRunner interface {
 type PythonOptions struct {
 	Timeout  time.Duration // zero: the backend's default
 	OnOutput func(stream, line string)
+	// Stdout and Stderr, when set, receive every byte the code writes to
+	// the streams, in order, however long its lines; the result's Stdout
+	// and Stderr are then empty.
+	Stdout, Stderr io.Writer
 }
 
 // PythonResult is the outcome of a Python instruction. A Python exception is
@@ -134,6 +138,9 @@ type Command struct {
 	Timeout   time.Duration
 	OnOutput  func(stream, line string)
 	MaxOutput int // bytes of each stream kept; 0 = the backend's default
+	// Stdout and Stderr, when set, receive every byte of the streams, in
+	// order; the result's Stdout and Stderr are then empty.
+	Stdout, Stderr io.Writer
 }
 
 // CommandResult is how a command ended. A non-zero exit is a result.

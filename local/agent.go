@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,8 +34,10 @@ import (
 var driverSource string
 
 const (
-	agentArg      = "__vmcp_agent"
-	outputChunk   = 32 << 10
+	agentArg    = "__vmcp_agent"
+	outputChunk = 32 << 10
+	// maxPythonLine is the most the agent reads of a record of the driver
+	// at once, and the longest piece of a line the engine's OnOutput gets.
 	maxPythonLine = 64 << 10
 	// interruptGrace is how long an interrupted interpreter may take to stop
 	// before it is killed (and its state lost).
@@ -313,10 +316,10 @@ type interpreter struct {
 	results  *bufio.Reader
 
 	mu        sync.Mutex
-	current   uint64 // id of the instruction running now, 0 between instructions
-	call      []byte // the random token of the instruction running now (see driver.py)
-	reason    string // why it was interrupted, if it was
-	markers   chan struct{}
+	current   uint64        // id of the instruction running now, 0 between instructions
+	call      []byte        // the random token of the instruction running now (see driver.py)
+	reason    string        // why it was interrupted, if it was
+	outs      [3]*pyOutput  // fd 1, 2 and 5 as their readers go through them
 	exited    chan struct{} // closed when the process is gone
 	lines     chan []byte   // result lines; nil after the results pipe ends
 	exitState *os.ProcessState
@@ -368,7 +371,7 @@ func (a *agent) startInterpreter() (*interpreter, error) {
 		cmd:      cmd,
 		requests: reqW,
 		results:  bufio.NewReaderSize(resR, 64<<10),
-		markers:  make(chan struct{}, 3),
+		outs:     [3]*pyOutput{newPyOutput(), newPyOutput(), newPyOutput()},
 		exited:   make(chan struct{}),
 		lines:    make(chan []byte, 1),
 	}
@@ -383,9 +386,9 @@ func (a *agent) startInterpreter() (*interpreter, error) {
 		}
 	}()
 	py.readers.Add(3)
-	go py.readLines(a, outR, "stdout")
-	go py.readLines(a, errR, "stderr")
-	go py.readLines(a, chunkR, "")
+	go py.readRaw(a, outR, py.outs[0], "stdout")
+	go py.readRaw(a, errR, py.outs[1], "stderr")
+	go py.readRecords(a, chunkR, py.outs[2])
 	go func() {
 		cmd.Wait()
 		// A background process of the user's may hold fd 1 or 2 open.
@@ -407,43 +410,251 @@ func (a *agent) startInterpreter() (*interpreter, error) {
 	return py, nil
 }
 
-// readLines forwards the interpreter's output one line per event, trailing
-// newline removed, to the instruction running now. With stream "" the lines
-// are the driver's tagged ones: "1" stdout, "2" stderr.
-func (py *interpreter) readLines(a *agent, r *os.File, stream string) {
+// pyOutput is one of the interpreter's outputs, as its reader goes
+// through it.
+type pyOutput struct {
+	marked chan struct{} // gets a value when the running instruction's end marker is read
+	done   chan struct{} // closed when the reader returns
+	busy   atomic.Bool   // the reader holds bytes it has not passed on yet
+	last   atomic.Int64  // when it was last busy (UnixNano)
+	passed atomic.Int64  // bytes passed on
+}
+
+func newPyOutput() *pyOutput {
+	return &pyOutput{marked: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+func (o *pyOutput) mark() {
+	select {
+	case o.marked <- struct{}{}:
+	default:
+	}
+}
+
+func (o *pyOutput) idle() {
+	o.last.Store(time.Now().UnixNano())
+	o.busy.Store(false)
+}
+
+// markerWait is how long an output that is neither busy nor read from may
+// go without its end marker once the result is in: user code closed fd 1
+// or 2, and no marker will come. An output still passing bytes on (to a
+// slow engine) is waited for, so that none is lost; but not past
+// floodAfterResult bytes: what the code wrote before its result is in the
+// pipes and buffers, far less than that, and more is a process of the
+// code's that writes on without a marker.
+const (
+	markerWait       = 2 * time.Second
+	floodAfterResult = 4 << 20
+)
+
+// awaitMarker waits for the end marker of the instruction whose result
+// came at since, within markerWait of the output's last activity.
+func (o *pyOutput) awaitMarker(since time.Time) {
+	passed := o.passed.Load()
+	for {
+		if o.passed.Load()-passed > floodAfterResult {
+			return
+		}
+		wait := markerWait
+		if !o.busy.Load() {
+			last := time.Unix(0, o.last.Load())
+			if last.Before(since) {
+				last = since
+			}
+			if wait = markerWait - time.Since(last); wait <= 0 {
+				return
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-o.marked:
+			t.Stop()
+			return
+		case <-o.done:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// now is the instruction running now (id 0 between instructions) and its
+// call token.
+func (py *interpreter) now() (uint64, []byte) {
+	py.mu.Lock()
+	defer py.mu.Unlock()
+	return py.current, py.call
+}
+
+// emit passes output of the instruction id on; output between
+// instructions belongs to no one.
+func (py *interpreter) emit(a *agent, o *pyOutput, id uint64, stream string, data []byte) {
+	if id != 0 && len(data) > 0 {
+		a.send(event{Ev: evOutput, ID: id, Stream: stream, Data: data})
+		o.passed.Add(int64(len(data)))
+	}
+}
+
+// markerLen is the length of a whole end marker: endMarker, the call token
+// (32 hex digits, see newCallToken) and a newline.
+const markerLen = len("\x00vmcp-end-") + 32 + 1
+
+// Whether bytes start an end marker: markerAt's answers.
+const (
+	markerNo    = iota
+	markerMaybe // they are the start of one: more bytes will tell
+	markerYes
+)
+
+// markerAt tells whether b starts with an end marker.
+func markerAt(b []byte) int {
+	for k := 0; k < len(b) && k < markerLen; k++ {
+		c := b[k]
+		switch {
+		case k < len(endMarker):
+			if c != endMarker[k] {
+				return markerNo
+			}
+		case k < markerLen-1:
+			if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+				return markerNo
+			}
+		case c != '\n':
+			return markerNo
+		}
+	}
+	if len(b) < markerLen {
+		return markerMaybe
+	}
+	return markerYes
+}
+
+// readRaw passes fd 1 or 2 of the interpreter on byte for byte, in chunks
+// as they come, less the end markers the driver writes there: the running
+// instruction's ends its output; any other (late, or forged by user code)
+// is dropped. Bytes that may begin a marker wait for the next read (the
+// marker that follows every instruction settles them).
+func (py *interpreter) readRaw(a *agent, r *os.File, o *pyOutput, stream string) {
 	defer py.readers.Done()
+	defer close(o.done)
+	defer r.Close()
+	buf := make([]byte, outputChunk+markerLen)
+	held := 0
+	for {
+		n, err := r.Read(buf[held:])
+		if n > 0 {
+			o.busy.Store(true)
+		}
+		data := buf[:held+n]
+		held = py.passRaw(a, o, stream, data, err != nil)
+		copy(buf, data[len(data)-held:])
+		o.idle()
+		if err != nil {
+			return
+		}
+	}
+}
+
+// passRaw passes data on, less end markers; it returns how many bytes at
+// its end may begin a marker and were kept back (none when final).
+func (py *interpreter) passRaw(a *agent, o *pyOutput, stream string, data []byte, final bool) int {
+	id, call := py.now()
+	start := 0
+	for i := 0; ; {
+		j := bytes.IndexByte(data[i:], 0)
+		if j < 0 {
+			break
+		}
+		j += i
+		switch markerAt(data[j:]) {
+		case markerNo:
+			i = j + 1
+		case markerMaybe:
+			if final {
+				i = j + 1
+				continue
+			}
+			py.emit(a, o, id, stream, data[start:j])
+			return len(data) - j
+		case markerYes:
+			py.emit(a, o, id, stream, data[start:j])
+			if id != 0 && bytes.Equal(data[j+len(endMarker):j+markerLen-1], call) {
+				o.mark()
+			}
+			i = j + markerLen
+			start = i
+		}
+	}
+	py.emit(a, o, id, stream, data[start:])
+	return 0
+}
+
+// readRecords passes on the records the driver writes to fd 5 (see
+// driver.py): their data, byte for byte, in events of up to outputChunk
+// bytes (consecutive records of a stream are gathered), and the running
+// instruction's end marker. A record longer than the buffer (user code
+// writes to fd 5 too) goes on in pieces; one with an unknown tag is dropped.
+func (py *interpreter) readRecords(a *agent, r *os.File, o *pyOutput) {
+	defer py.readers.Done()
+	defer close(o.done)
 	defer r.Close()
 	br := bufio.NewReaderSize(r, maxPythonLine)
+	var (
+		tag      byte // of the record being read
+		inRecord bool // its start was read, its newline not yet
+		out      []byte
+		outID    uint64
+		outName  string
+	)
+	flush := func() {
+		py.emit(a, o, outID, outName, out)
+		out = out[:0]
+	}
 	for {
 		line, err := br.ReadSlice('\n')
 		if len(line) > 0 {
-			text := bytes.TrimSuffix(line, []byte("\n"))
-			py.mu.Lock()
-			id, call := py.current, py.call
-			py.mu.Unlock()
-			// The end marker of the instruction running now ends its output;
-			// any other (late, or forged by user code) is dropped.
-			end, marked := false, false
-			if i := bytes.Index(text, endMarker); i >= 0 {
-				end, marked = id != 0 && bytes.Equal(text[i+len(endMarker):], call), true
-				text = text[:i]
+			o.busy.Store(true)
+			whole := err == nil // the slice ends the record
+			if !inRecord {
+				tag, line = line[0], line[1:]
 			}
-			s := stream
-			if s == "" && len(text) > 0 {
-				s = map[byte]string{'1': "stdout", '2': "stderr"}[text[0]]
-				text = text[1:]
-			}
-			// A partial line before the marker (print(x, end="")) is flushed as
-			// its own chunk; output between instructions belongs to no one.
-			if id != 0 && s != "" && (len(text) > 0 || !marked) {
-				a.send(event{Ev: evOutput, ID: id, Stream: s, Data: bytes.Clone(text)})
-			}
-			if end {
-				py.markers <- struct{}{}
+			inRecord = !whole
+			id, call := py.now()
+			switch tag {
+			case '1', '2', '3', '4':
+				name := "stdout"
+				if tag == '2' || tag == '4' {
+					name = "stderr"
+				}
+				if whole && (tag == '3' || tag == '4') {
+					line = line[:len(line)-1] // the newline only ends the record
+				}
+				if len(out) > 0 && (id != outID || name != outName) {
+					flush()
+				}
+				outID, outName = id, name
+				out = append(out, line...)
+				if len(out) >= outputChunk {
+					flush()
+				}
+			case 0:
+				if whole && len(line) == markerLen-1 && bytes.Equal(line[:len(endMarker)-1], endMarker[1:]) {
+					flush()
+					if id != 0 && bytes.Equal(line[len(endMarker)-1:len(line)-1], call) {
+						o.mark()
+					}
+				}
 			}
 		}
 		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			flush()
 			return
+		}
+		// Gather what is already there; pass it on before the read waits.
+		if next, _ := br.Peek(br.Buffered()); bytes.IndexByte(next, '\n') < 0 {
+			flush()
+			o.idle()
 		}
 	}
 }
@@ -570,8 +781,11 @@ func (a *agent) runPython(req request) {
 		a.send(ev)
 		return
 	}
-	for len(py.markers) > 0 { // left over from an instruction whose output was cut short
-		<-py.markers
+	for _, o := range py.outs { // left over from an instruction whose output was cut short
+		select {
+		case <-o.marked:
+		default:
+		}
 	}
 	defer func() {
 		py.mu.Lock()
@@ -613,22 +827,9 @@ func (a *agent) runPython(req request) {
 		timer.Stop()
 	}
 	// All output was written before the result: wait for the end markers.
-	var giveUp <-chan time.Time
-	for i := 0; i < 3; i++ {
-		select {
-		case <-py.markers:
-			continue
-		default:
-		}
-		if giveUp == nil {
-			t := time.NewTimer(2 * time.Second) // user code closed fd 1 or 2
-			defer t.Stop()
-			giveUp = t.C
-		}
-		select {
-		case <-py.markers:
-		case <-giveUp:
-		}
+	resultAt := time.Now()
+	for _, o := range py.outs {
+		o.awaitMarker(resultAt)
 	}
 	py.mu.Lock()
 	reason := py.reason

@@ -1,11 +1,21 @@
 # vmcp Python REPL driver. The agent starts it inside the sandbox as
 #   python3 -I -c <this file>
 # and talks to it over fd 3 (requests in) and fd 4 (results out), one JSON
-# object per line. sys.stdout and sys.stderr write whole lines, tagged "1" or
-# "2", to fd 5, so the two streams keep their order. Output that bypasses them
-# (subprocesses, C code) goes to fd 1 and 2, which the agent reads too. After
-# each instruction the driver writes an end marker to all three, so the agent
-# knows that all output came before the result.
+# object per line. sys.stdout and sys.stderr send what the code writes to fd
+# 5 as records, so the two streams keep their order; output that bypasses
+# them (subprocesses, C code) goes to fd 1 and 2, which the agent reads too,
+# byte for byte. After each instruction the driver writes an end marker to
+# all three, so the agent knows that all output came before the result.
+#
+# A record on fd 5 is a tag byte, data without a newline, and a newline:
+#   "1" / "2"  stdout / stderr bytes that end a line: the newline is theirs;
+#   "3" / "4"  stdout / stderr bytes that do not: the newline only ends the
+#              record (a piece of a long line, or a partial line flushed);
+#   "\x00"     the end marker, "\x00vmcp-end-<call>".
+# Every byte the code writes arrives, in order: a line is cut into records
+# of at most PIECE bytes, and bytes written to sys.stdout.buffer are sent as
+# they are. A record always ends with its newline, so garbage that user
+# code writes to fd 5 spoils at most its own records.
 #
 # User code runs in this process and can write to fd 4 or forge a marker; it
 # cannot make a result or an end land on another instruction: every request
@@ -13,12 +23,14 @@
 # agent ignores whatever does not carry the current one. Fds 3-5 are closed
 # to the processes user code starts, and the interpreter is not dumpable, so
 # no other process of the machine can reach them through /proc.
+import _thread
 import ast
 import base64
 import io
 import json
 import linecache
 import os
+import select
 import signal
 import sys
 import time
@@ -26,7 +38,7 @@ import traceback
 import warnings
 
 DRIVER_FILENAME = sys._getframe().f_code.co_filename  # "<string>" under -c
-MARKER = "\x00vmcp-end-%s\n"
+MARKER = "\x00vmcp-end-%s\n"  # also a record of fd 5: its tag is the NUL
 
 for fd in (3, 4, 5):
     os.set_inheritable(fd, False)
@@ -41,18 +53,96 @@ except Exception:  # noqa: BLE001 - a libc without prctl: the fds stay unreachab
 requests = os.fdopen(3, "r", encoding="utf-8", newline="\n")
 results = os.fdopen(4, "w", encoding="utf-8")
 CHUNKS = 5
-MAX_LINE = 64 * 1024
+PIECE = 32 * 1024  # most data bytes in one record
+PUSH = 256 * 1024  # records gathered in one write before they go out
+MAIN = _thread.get_ident()
+os.set_blocking(CHUNKS, False)
+running = False
+
+
+class Channel:
+    """The records to the agent on fd 5, shared by stdout and stderr.
+
+    Writes come from any thread, and from signal handlers that run in the
+    middle of a write: one lock orders them, and a handler's write waits for
+    the one it interrupted. The fd is non-blocking so that the wait for room
+    in the pipe is the only place where SIGINT raises KeyboardInterrupt in
+    a write: anywhere else it would cut a record or lose the count of bytes
+    written, so it is deferred to the end of the write."""
+
+    def __init__(self):
+        self.lock = _thread.RLock()
+        self.pending = bytearray()  # records not yet written
+        self.owner = None  # the thread inside a write
+        self.waiting = False  # the owner waits for room in the pipe
+        self.deferred = False  # a SIGINT came while the main thread wrote
+        self.nested = []  # writes of signal handlers, to do after the current one
+        self.poller = select.poll()
+        self.poller.register(CHUNKS, select.POLLOUT)
+
+    def write(self, fn, *args):
+        """Runs fn(*args), which adds records to pending, and sends them."""
+        me = _thread.get_ident()
+        with self.lock:  # an interrupt in the wait for it changes nothing
+            if self.owner == me:
+                self.nested.append((fn, args))
+                return
+            self.owner = me
+            try:
+                fn(*args)
+                while self.nested:
+                    nested_fn, nested_args = self.nested.pop(0)
+                    nested_fn(*nested_args)
+                self.push()
+            finally:
+                self.waiting = False
+                self.owner = None
+        if self.deferred and me == MAIN:
+            self.deferred = False
+            if running:
+                raise KeyboardInterrupt
+
+    def push(self):
+        """Writes the pending records out (the owner only)."""
+        while self.pending:
+            try:
+                n = os.write(CHUNKS, self.pending)
+            except BlockingIOError:
+                n = 0
+            del self.pending[:n]
+            if n == 0:
+                self.waiting = True
+                self.poller.poll()
+                self.waiting = False
+
+    def add_record(self, record):
+        self.pending += record
+
+    def after_fork(self):
+        # A child forked by user code starts with a free channel; what was
+        # pending, and the partial lines, are the parent's to send.
+        self.lock = _thread.RLock()
+        self.pending = bytearray()
+        self.owner, self.waiting, self.deferred, self.nested = None, False, False, []
+        for w in (STDOUT, STDERR):
+            w.partial = bytearray()
+
+
+channel = Channel()
+os.register_at_fork(after_in_child=channel.after_fork)
 
 
 class LineWriter(io.TextIOBase):
-    """A text stream that sends each complete line to the agent at once."""
+    """sys.stdout or sys.stderr: what is written goes to the agent, as
+    records, each complete line at once."""
 
     encoding = "utf-8"
     errors = "backslashreplace"
 
-    def __init__(self, tag, fd):
-        self.tag, self.fd, self.partial = tag, fd, ""
-        self.buffer = BinaryLineWriter(self)
+    def __init__(self, fd, line_tag, piece_tag):
+        self.fd, self.line_tag, self.piece_tag = fd, line_tag, piece_tag
+        self.partial = bytearray()  # the start of a line, sent with its end
+        self.buffer = BinaryWriter(self)
 
     def writable(self):
         return True
@@ -66,26 +156,45 @@ class LineWriter(io.TextIOBase):
     def write(self, s):
         if not isinstance(s, str):
             raise TypeError("write() argument must be str, not %s" % type(s).__name__)
-        *lines, self.partial = (self.partial + s).split("\n")
-        for line in lines:
-            self.emit(line)
-        if len(self.partial) >= MAX_LINE:
-            self.emit(self.partial)
-            self.partial = ""
+        channel.write(self._add, s.encode("utf-8", "backslashreplace"))
         return len(s)
 
-    def finish(self):
-        # A partial line (print(x, end="")) goes out when the instruction ends.
+    def write_bytes(self, b):
+        channel.write(self._add, b)
+
+    def flush(self):
+        # A partial line goes out now (print(x, end="", flush=True)).
+        channel.write(self._flush)
+
+    def _flush(self):
         if self.partial:
-            self.emit(self.partial)
-            self.partial = ""
+            channel.pending += self.piece_tag + self.partial + b"\n"
+            self.partial.clear()
 
-    def emit(self, line):
-        os.write(CHUNKS, (self.tag + line + "\n").encode("utf-8", "backslashreplace"))
+    def _add(self, b):
+        # Every step handles at most PIECE bytes: a long line costs no more
+        # than short ones, and no record is longer.
+        pending, partial = channel.pending, self.partial
+        n, pos = len(b), 0
+        while pos < n:
+            end = min(n, pos + PIECE - len(partial))
+            i = b.find(b"\n", pos, end)
+            if i >= 0:
+                pending += self.line_tag + partial + b[pos:i] + b"\n"
+                partial.clear()
+                pos = i + 1
+            else:
+                partial += b[pos:end]
+                pos = end
+                if len(partial) >= PIECE:
+                    pending += self.piece_tag + partial + b"\n"
+                    partial.clear()
+            if len(pending) >= PUSH:
+                channel.push()
 
 
-class BinaryLineWriter(io.RawIOBase):
-    """sys.stdout.buffer: bytes written are decoded and sent as text."""
+class BinaryWriter(io.RawIOBase):
+    """sys.stdout.buffer: bytes go out as they are."""
 
     def __init__(self, text):
         self.text = text
@@ -93,28 +202,61 @@ class BinaryLineWriter(io.RawIOBase):
     def writable(self):
         return True
 
+    def isatty(self):
+        return False
+
+    def fileno(self):
+        return self.text.fd
+
     def write(self, b):
-        self.text.write(bytes(b).decode("utf-8", "backslashreplace"))
-        return len(b)
+        data = b if isinstance(b, bytes) else memoryview(b).tobytes()
+        self.text.write_bytes(data)
+        return len(data)
+
+    def flush(self):
+        self.text.flush()
 
 
+def write_fd(fd, data):
+    """Writes data to fd 1 or 2, which user code may have closed or made
+    non-blocking: then the agent waits for the marker a short while."""
+    deadline = time.monotonic() + 5
+    while data:
+        try:
+            data = data[os.write(fd, data):]
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return
+            select.select([], [fd], [], 1)
+        except OSError:
+            return
+
+
+STDOUT = LineWriter(1, b"1", b"3")
+STDERR = LineWriter(2, b"2", b"4")
 sys.stdin = open(os.devnull)
-sys.stdout = sys.__stdout__ = LineWriter("1", 1)
-sys.stderr = sys.__stderr__ = LineWriter("2", 2)
+sys.stdout = sys.__stdout__ = STDOUT
+sys.stderr = sys.__stderr__ = STDERR
 sys.argv = [""]
 sys.path.insert(0, "")
 
 # Plots are collected after each instruction; show() has nothing to show.
 warnings.filterwarnings("ignore", message=".*non-GUI backend.*")
 
-running = False
-
 
 def on_sigint(signum, frame):
     # The agent sends SIGINT to interrupt or time out an instruction; between
-    # instructions it must not break the driver loop.
-    if running:
-        raise KeyboardInterrupt
+    # instructions it must not break the driver loop. It repeats it until the
+    # instruction ends, so a deferred one is not lost.
+    if not running:
+        return
+    if channel.owner == _thread.get_ident():
+        if not channel.waiting:
+            channel.deferred = True
+            return
+        channel.waiting = False
+    channel.deferred = False
+    raise KeyboardInterrupt
 
 
 signal.signal(signal.SIGINT, on_sigint)
@@ -138,8 +280,19 @@ def run(code):
         value = eval(compile(last, filename, "eval"), user_globals)
         if value is not None:
             user_globals["_"] = value
-            return repr(value)
+            return clip(repr(value))
     return None
+
+
+# MAX_TEXT bounds a value or an error: it crosses to the host whole.
+MAX_TEXT = 16 << 20
+
+
+def clip(s):
+    if len(s) <= MAX_TEXT:
+        return s
+    half = MAX_TEXT // 2
+    return "%s\n[... %d characters omitted ...]\n%s" % (s[:half], len(s) - 2 * half, s[-half:])
 
 
 def format_error(exc):
@@ -149,7 +302,7 @@ def format_error(exc):
         tb = tb.tb_next
     if isinstance(exc, SyntaxError):
         tb = None
-    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip("\n")
+    return clip("".join(traceback.format_exception(type(exc), exc, tb)).rstrip("\n"))
 
 
 def figures():
@@ -171,6 +324,7 @@ for line in requests:
     request = json.loads(line)
     result = {"call": request["call"]}
     start = time.monotonic()
+    channel.deferred = False
     running = True
     try:
         value = run(request["code"])
@@ -195,15 +349,19 @@ for line in requests:
     if images:
         result["png"] = images
     result["runtime_ms"] = int((time.monotonic() - start) * 1000)
-    for stream in (sys.stdout, sys.stderr):
+    # Streams the code put in their place (wrappers of ours, perhaps) first,
+    # then ours: a partial line goes out before the marker.
+    for stream in (sys.stdout, sys.stderr, STDOUT, STDERR):
         try:
             stream.flush()
-            if isinstance(stream, LineWriter):
-                stream.finish()
         except Exception:
             pass
     marker = (MARKER % request["call"]).encode()
-    for fd in (1, 2, CHUNKS):
-        os.write(fd, marker)
+    write_fd(1, marker)
+    write_fd(2, marker)
+    try:
+        channel.write(channel.add_record, marker)
+    except OSError:  # user code closed fd 5
+        pass
     results.write(json.dumps(result) + "\n")
     results.flush()

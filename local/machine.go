@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 )
@@ -116,9 +117,19 @@ type ExecOptions struct {
 	// Zero means DefaultExecTimeout.
 	Timeout time.Duration
 	// OnOutput receives stdout and stderr one line at a time (without the
-	// newline) while the code runs. It runs on the machine's reader: keep it
-	// quick, and do not call the machine from it.
+	// newline) while the code runs; a line longer than 64 KiB comes in
+	// pieces of at most that. Bytes that are not UTF-8 arrive as U+FFFD. It
+	// runs on the machine's reader: keep it quick, and do not call the
+	// machine from it.
 	OnOutput func(stream, line string)
+	// Stdout, if set, receives every byte the code writes to stdout (through
+	// sys.stdout, its buffer, or fd 1), in order and exactly, however long
+	// its lines, instead of the result's Stdout. It runs on the machine's
+	// reader too: a slow writer slows the code's output down, and nothing
+	// is dropped.
+	Stdout io.Writer
+	// Stderr, if set, does the same for stderr.
+	Stderr io.Writer
 }
 
 // DefaultExecTimeout is ForeverVM's default instruction timeout.
@@ -130,9 +141,16 @@ type ExecResult struct {
 	Value *string
 	// Error is the exception with its traceback, "Timed out", or why the
 	// interpreter died; empty on success.
-	Error  string
-	Stdout string // all stdout lines, joined with "\n" (capped at 1 MiB)
+	Error string
+	// Stdout is what the code wrote to stdout, less one final newline (its
+	// lines joined with "\n"), with bytes that are not UTF-8 as U+FFFD;
+	// the first 1 MiB of it, and StdoutTruncated says whether there was
+	// more. Empty when ExecOptions.Stdout is set.
+	Stdout string
+	// Stderr is the same for stderr.
 	Stderr string
+	// StdoutTruncated and StderrTruncated: the stream had more than 1 MiB.
+	StdoutTruncated, StderrTruncated bool
 	// Images are the PNGs of the matplotlib figures the code left open.
 	Images      [][]byte
 	Runtime     time.Duration
@@ -170,6 +188,13 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 	}
 	res := &ExecResult{}
 	var out [2]cappedBuffer
+	var lines [2]lineSplitter
+	writers := [2]io.Writer{opts.Stdout, opts.Stderr}
+	names := [2]string{"stdout", "stderr"}
+	var writeErr error
+	onLine := func(i int) func([]byte) {
+		return func(l []byte) { opts.OnOutput(names[i], validUTF8(l)) }
+	}
 	var final event
 	c, err := sb.start(request{Op: opPython, Code: code, TimeoutMS: opts.Timeout.Milliseconds()}, func(ev event) bool {
 		switch ev.Ev {
@@ -178,9 +203,15 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 			if ev.Stream == "stderr" {
 				i = 1
 			}
-			out[i].writeLine(ev.Data)
+			if w := writers[i]; w != nil {
+				if writeErr == nil {
+					_, writeErr = w.Write(ev.Data)
+				}
+			} else {
+				out[i].write(ev.Data)
+			}
 			if opts.OnOutput != nil {
-				opts.OnOutput(ev.Stream, string(ev.Data))
+				lines[i].split(ev.Data, onLine(i))
 			}
 			return false
 		default:
@@ -213,7 +244,13 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 	res.Value, res.Error, res.Images = final.Value, final.Error, final.PNG
 	res.Runtime = time.Duration(final.RuntimeMS) * time.Millisecond
 	res.TimedOut, res.Interrupted, res.InterpreterDied = final.TimedOut, final.Interrupted, final.Died
-	res.Stdout, res.Stderr = out[0].String(), out[1].String()
+	if opts.OnOutput != nil {
+		for i := range lines {
+			lines[i].flush(onLine(i))
+		}
+	}
+	res.Stdout, res.StdoutTruncated = out[0].text(), out[0].truncated
+	res.Stderr, res.StderrTruncated = out[1].text(), out[1].truncated
 	if reason := quotaStopped(); reason != "" && (res.Interrupted || res.InterpreterDied) {
 		res.Error, res.QuotaExceeded = "Stopped: "+reason, true
 	}
@@ -241,6 +278,9 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 		if err := writeJSON(filepath.Join(m.dir, "machine.json"), info); err != nil {
 			return nil, err
 		}
+	}
+	if writeErr != nil {
+		return res, fmt.Errorf("write the Python code's output: %w", writeErr)
 	}
 	if ctx.Err() != nil && !res.TimedOut {
 		return res, ctx.Err()
@@ -567,7 +607,6 @@ type cappedBuffer struct {
 	buf       []byte
 	total     int64
 	truncated bool
-	lines     int
 }
 
 func (b *cappedBuffer) write(p []byte) {
@@ -586,41 +625,69 @@ func (b *cappedBuffer) write(p []byte) {
 	b.buf = append(b.buf, p...)
 }
 
-// writeLine appends a line, separating it from the previous one with "\n".
-func (b *cappedBuffer) writeLine(p []byte) {
-	if b.lines > 0 {
-		b.write([]byte{'\n'})
-	}
-	b.lines++
-	b.write(p)
-}
-
 func (b *cappedBuffer) String() string { return string(b.buf) }
 
+// text is a Python stream as ExecResult holds it: without its last newline
+// (lines joined with "\n", as they always were), in valid UTF-8.
+func (b *cappedBuffer) text() string {
+	p := b.buf
+	if !b.truncated {
+		p = bytes.TrimSuffix(p, []byte{'\n'})
+	}
+	return validUTF8(p)
+}
+
+// validUTF8 is p as a string, its invalid bytes as U+FFFD.
+func validUTF8(p []byte) string {
+	if utf8.Valid(p) {
+		return string(p)
+	}
+	return strings.ToValidUTF8(string(p), "\uFFFD")
+}
+
 // lineSplitter cuts a byte stream into lines for OnOutput callbacks; a line
-// longer than maxPythonLine is passed on in pieces.
+// longer than maxPythonLine is passed on in pieces of at most that, each
+// ending at the end of a UTF-8 character (if it is valid UTF-8).
 type lineSplitter struct{ partial []byte }
 
 func (s *lineSplitter) split(p []byte, emit func([]byte)) {
 	for len(p) > 0 {
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			s.partial = append(s.partial, p...)
-			if len(s.partial) >= maxPythonLine {
-				emit(s.partial)
-				s.partial = s.partial[:0]
+		room := maxPythonLine - len(s.partial)
+		if i := bytes.IndexByte(p[:min(len(p), room+1)], '\n'); i >= 0 {
+			l := p[:i]
+			if len(s.partial) > 0 {
+				s.partial = append(s.partial, l...)
+				l = s.partial
 			}
+			emit(l)
+			s.partial = s.partial[:0]
+			p = p[i+1:]
+			continue
+		}
+		if len(p) < room {
+			s.partial = append(s.partial, p...)
 			return
 		}
-		if len(s.partial) > 0 {
-			s.partial = append(s.partial, p[:i]...)
-			emit(s.partial)
-			s.partial = s.partial[:0]
-		} else {
-			emit(p[:i])
-		}
-		p = p[i+1:]
+		s.partial = append(s.partial, p[:room]...)
+		p = p[room:]
+		cut := runeCut(s.partial)
+		emit(s.partial[:cut])
+		s.partial = append(s.partial[:0], s.partial[cut:]...)
 	}
+}
+
+// runeCut is where b is best cut: its length, or the start of a UTF-8
+// character that b holds only the start of.
+func runeCut(b []byte) int {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if i > 0 && !utf8.FullRune(b[i:]) {
+				return i
+			}
+			break
+		}
+	}
+	return len(b)
 }
 
 func (s *lineSplitter) flush(emit func([]byte)) {

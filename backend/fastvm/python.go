@@ -21,12 +21,32 @@ var _ backend.PythonRunner = (*Machine)(nil)
 // RunPython runs code in the VM's persistent interpreter, resuming the VM
 // first if it was paused (the interpreter's state survives a pause; a VM
 // relaunched from a snapshot starts a fresh one, and the result says so).
+//
+// opts.Stdout and Stderr receive the code's output byte for byte, however
+// long, as the VM's exec streams it.
 func (m *Machine) RunPython(ctx context.Context, code string, opts backend.PythonOptions) (*backend.PythonResult, error) {
 	r := m.b.repl(m.id)
 	var res *backend.PythonResult
+	var counted []*countingWriter
+	for _, w := range []*io.Writer{&opts.Stdout, &opts.Stderr} {
+		if *w != nil {
+			c := &countingWriter{w: *w}
+			counted = append(counted, c)
+			*w = c
+		}
+	}
+	unwritten := func() bool {
+		for _, c := range counted {
+			if c.n > 0 {
+				return false
+			}
+		}
+		return true
+	}
 	// A 409 means the exec was refused (the VM was paused behind our back)
-	// before anything ran: the call can be made again once it is resumed.
-	err := m.resumed(ctx, repeatable, func() error {
+	// before anything ran: the call can be made again once it is resumed,
+	// unless output reached the caller's writers (it cannot be taken back).
+	err := m.resumed(ctx, unwritten, func() error {
 		var err error
 		res, err = r.RunPython(ctx, code, opts)
 		return err

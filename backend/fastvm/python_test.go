@@ -1,7 +1,11 @@
 package fastvm
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"hash"
 	"strings"
 	"testing"
 	"time"
@@ -95,5 +99,59 @@ func TestPythonOnFastVM(t *testing.T) {
 	}
 	if r := mustPython(t, restored, "'x' in globals()", 0); value(r) != "False" || r.StateReset != "" {
 		t.Fatalf("the next call after a restore: %+v", r)
+	}
+}
+
+// hashWriter counts and hashes what it is given.
+type hashWriter struct {
+	h    hash.Hash
+	n    int64
+	head []byte
+}
+
+func newHashWriter() *hashWriter { return &hashWriter{h: sha256.New()} }
+
+func (w *hashWriter) Write(p []byte) (int, error) {
+	w.h.Write(p)
+	w.n += int64(len(p))
+	if len(w.head) < 64 {
+		w.head = append(w.head, p[:min(len(p), 64-len(w.head))]...)
+	}
+	return len(p), nil
+}
+
+func wantStream(t *testing.T, what string, w *hashWriter, want ...[]byte) {
+	t.Helper()
+	h := sha256.New()
+	var n int64
+	for _, p := range want {
+		h.Write(p)
+		n += int64(len(p))
+	}
+	if sum := hex.EncodeToString(h.Sum(nil)); hex.EncodeToString(w.h.Sum(nil)) != sum || w.n != n {
+		t.Fatalf("%s: got %d bytes (head %q), want %d bytes with sha256 %s", what, w.n, w.head, n, sum)
+	}
+}
+
+// TestPythonOutputOnFastVM: run_python's output comes through the VM's
+// exec byte for byte to PythonOptions.Stdout and Stderr, a 10 MB line
+// whole and bytes that are not UTF-8 as they are; without writers the
+// result holds it as the local engine's does, with no line added.
+func TestPythonOutputOnFastVM(t *testing.T) {
+	env := newTestEnv(t, emu.Options{}, Options{})
+	ctx := context.Background()
+	m := env.machine(t)
+	out, errw := newHashWriter(), newHashWriter()
+	r, err := m.RunPython(ctx, "import sys\nprint('x'*10_000_000); print('tail')\nsys.stdout.buffer.write(b'\\xff\\xfeab\\n')\nsys.stderr.buffer.write(b'\\x00\\xff')",
+		backend.PythonOptions{Timeout: time.Minute, Stdout: out, Stderr: errw})
+	if err != nil || r.Error != "" || r.Stdout != "" || r.Stderr != "" {
+		t.Fatalf("%+v, %v", r, err)
+	}
+	wantStream(t, "stdout", out, bytes.Repeat([]byte("x"), 10_000_000), []byte("\ntail\n\xff\xfeab\n"))
+	wantStream(t, "stderr", errw, []byte("\x00\xff"))
+
+	r = mustPython(t, m, "print('y' * 900_000); print('tail')", 0)
+	if r.Stdout != strings.Repeat("y", 900_000)+"\ntail" {
+		t.Fatalf("a 900 kB line in the result: %d bytes, tail %q", len(r.Stdout), r.Stdout[max(0, len(r.Stdout)-20):])
 	}
 }

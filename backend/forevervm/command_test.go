@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -209,4 +210,24 @@ func TestCommandOutput(t *testing.T) {
 		t.Errorf("1.5 MB of output: %d bytes kept, truncated %v, %v", len(res.Stdout), res.StdoutTruncated, err)
 	}
 	user.check(t, m)
+}
+
+// TestOutputOfAnEndedCommandIsRelayed: output a command wrote just before
+// it ended is relayed even when the helper looks at the pipes only after
+// its grace period (a loaded machine); here the grace is made zero.
+func TestOutputOfAnEndedCommandIsRelayed(t *testing.T) {
+	t.Parallel()
+	e := startEmulator(t, emulatorOptions{})
+	m := e.machine(t)
+	run(t, m, "true") // the helper, installed
+	python(t, m, "__import__('sys').modules['"+helperModule+"'].GRACE = 0")
+	var want strings.Builder
+	for i := 1; i <= 2000; i++ {
+		fmt.Fprintf(&want, "%d\n", i)
+	}
+	for i := range 20 {
+		if got := run(t, m, "seq 1 2000"); got != want.String() {
+			t.Fatalf("run %d: %d bytes of output; want %d", i, len(got), want.Len())
+		}
+	}
 }

@@ -237,7 +237,7 @@ func (m *Machine) exec(ctx context.Context, code string, s step, out any) error 
 				}
 				k, derr := base64.StdEncoding.Decode(dec[:n], []byte(b64))
 				if derr != nil {
-					lineErr = fmt.Errorf("a data line from the helper is not base64: %w", derr)
+					lineErr = fmt.Errorf("a data line from the helper is not base64: %w (%d bytes, ends %q)", derr, len(b64), b64[max(len(b64)-30, 0):])
 					return
 				}
 				lineErr = s.onData(stream, off, dec[:k])

@@ -1069,7 +1069,9 @@ class _Command(_Op):
             rc = self.poll()
             now = time.monotonic()
             if rc is not None and (not self.fds or now - self.ended >= GRACE):
-                return True
+                # What the pipes hold is the command's too: a loaded
+                # machine may not have run this loop within GRACE.
+                return self._drain(out, budget, sent0)
             if until() or now >= limit or out.sent - sent0 >= budget:
                 return False
             if self.stdin >= 0:
@@ -1100,6 +1102,30 @@ class _Command(_Op):
                     b = b[: max(self.keep - off, 0)]
                 if b:
                     out.data("o %d" % s, off, b)
+
+    def _drain(self, out, budget, sent0):
+        """Relays what the pipes hold now, once the process has ended;
+        False when the budget ran out first (the next step goes on)."""
+        for fd in list(self.fds):
+            s = self.fds[fd]
+            while True:
+                if out.sent - sent0 >= budget:
+                    return False
+                try:
+                    b = os.read(fd, LINE)
+                except BlockingIOError:
+                    break
+                if not b:
+                    del self.fds[fd]
+                    os.close(fd)
+                    break
+                off = self.offsets[s]
+                self.offsets[s] = off + len(b)
+                if self.keep >= 0:
+                    b = b[: max(self.keep - off, 0)]
+                if b:
+                    out.data("o %d" % s, off, b)
+        return True
 
     close_stdin = False
 

@@ -136,18 +136,20 @@ func (m *Machine) Backend() string { return Name }
 
 // RunPython runs code in the machine's interpreter.
 func (m *Machine) RunPython(ctx context.Context, code string, opts backend.PythonOptions) (*backend.PythonResult, error) {
-	r, err := m.m.Exec(ctx, code, engine.ExecOptions{Timeout: opts.Timeout, OnOutput: opts.OnOutput})
-	if err != nil {
+	r, err := m.m.Exec(ctx, code, engine.ExecOptions{Timeout: opts.Timeout, OnOutput: opts.OnOutput, Stdout: opts.Stdout, Stderr: opts.Stderr})
+	if r == nil {
 		return nil, err
 	}
+	// A result comes with an error when ctx ended or a writer failed: both
+	// are the caller's to see.
 	return &backend.PythonResult{Value: r.Value, Error: r.Error, Stdout: r.Stdout, Stderr: r.Stderr, Images: r.Images,
-		Runtime: r.Runtime, TimedOut: r.TimedOut, StateReset: r.StateReset}, nil
+		Runtime: r.Runtime, TimedOut: r.TimedOut, StateReset: r.StateReset}, err
 }
 
 // Run runs a command.
 func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandResult, error) {
 	r, err := m.m.Run(ctx, engine.Command{Argv: c.Argv, Shell: c.Shell, Stdin: c.Stdin, Env: c.Env, Workdir: c.Workdir,
-		Timeout: c.Timeout, OnOutput: c.OnOutput, MaxOutput: c.MaxOutput})
+		Timeout: c.Timeout, OnOutput: c.OnOutput, MaxOutput: c.MaxOutput, Stdout: c.Stdout, Stderr: c.Stderr})
 	if err != nil {
 		return nil, err
 	}

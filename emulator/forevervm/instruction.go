@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // instruction is one submitted piece of code, with the output it produced so
@@ -33,7 +34,8 @@ type instruction struct {
 }
 
 // chunk is one line of output (spec §3.4: one chunk per line, newline
-// stripped; seq counts from 0 within the instruction).
+// stripped; seq counts from 0 within the instruction). Its data is the
+// line's bytes; bytes that are not UTF-8 go out as U+FFFD.
 type chunk struct {
 	Stream string `json:"stream"`
 	Data   string `json:"data"`
@@ -64,16 +66,114 @@ func (in *instruction) addOutput(stream, line string) {
 	if in.result != nil || in.truncated {
 		return
 	}
-	if in.maxBytes >= 0 && in.outBytes+int64(len(line)) > in.maxBytes {
-		// Options.MaxOutputBytes bounds the memory one instruction can take;
-		// say so in the output rather than drop lines silently.
-		in.truncated = true
-		line = fmt.Sprintf("[forevervm emulator: output beyond %d bytes dropped (Options.MaxOutputBytes)]", in.maxBytes)
-		stream = "stderr"
+	if in.over(int64(len(line))) {
+		return
 	}
 	in.outBytes += int64(len(line))
 	in.outputs = append(in.outputs, chunk{Stream: stream, Data: line, Seq: int64(len(in.outputs))})
 	in.wake()
+}
+
+// fits reports whether n more bytes of output are kept; when they are
+// not, the output ends here, and says so.
+func (in *instruction) fits(n int64) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.result == nil && !in.truncated && !in.over(n)
+}
+
+// over cuts the output if n more bytes would pass the cap; in.mu held.
+func (in *instruction) over(n int64) bool {
+	if in.maxBytes < 0 || in.outBytes+n <= in.maxBytes {
+		return false
+	}
+	// Options.MaxOutputBytes bounds the memory one instruction can take;
+	// say so in the output rather than drop lines silently.
+	in.truncated = true
+	line := fmt.Sprintf("[forevervm emulator: output beyond %d bytes dropped (Options.MaxOutputBytes)]", in.maxBytes)
+	in.outBytes += int64(len(line))
+	in.outputs = append(in.outputs, chunk{Stream: "stderr", Data: line, Seq: int64(len(in.outputs))})
+	in.wake()
+	return true
+}
+
+// lineWriter cuts one stream of an instruction's output, which the local
+// machine passes on byte for byte, into chunks (spec §3.4): one per line,
+// newline removed, a partial line gathered until its newline or the end of
+// the instruction (flush), within the instruction's output cap.
+type lineWriter struct {
+	in      *instruction
+	stream  string
+	partial []byte
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		seg := p
+		if i >= 0 {
+			seg = p[:i]
+		}
+		if !w.in.fits(int64(len(w.partial) + len(seg))) {
+			w.partial = nil
+			break // dropped, and said so; the code runs on
+		}
+		w.partial = append(w.partial, seg...)
+		if i < 0 {
+			break
+		}
+		w.flush()
+		p = p[i+1:]
+	}
+	return n, nil
+}
+
+// flush sends the line gathered so far, if any.
+func (w *lineWriter) flush() {
+	if len(w.partial) == 0 {
+		return
+	}
+	for _, piece := range framePieces(string(w.partial)) {
+		w.in.addOutput(w.stream, piece)
+	}
+	w.partial = w.partial[:0]
+}
+
+// maxChunkJSON bounds a chunk's data as JSON, below the 64 MiB that
+// clients take in one message (client/forevervm's default). A longer line
+// is the only one sent in pieces: the spec (§3.4) leaves long lines open,
+// and a message a client refuses would lose the whole line.
+const maxChunkJSON = 48 << 20
+
+// framePieces cuts line into pieces whose JSON fits maxChunkJSON: one
+// piece, unless it is huge and full of characters JSON escapes.
+func framePieces(line string) []string {
+	var out []string
+	for len(line) > maxChunkJSON/6 { // 6: the longest escape of one byte (\u001f, \ufffd)
+		size, i := 0, 0
+		for i < len(line) {
+			r, n := utf8.DecodeRuneInString(line[i:])
+			c := n
+			switch {
+			case r == utf8.RuneError && n == 1, r < 0x20, r == '\u2028', r == '\u2029':
+				c = 6
+			case r == '"', r == '\\':
+				c = 2
+			}
+			if size+c > maxChunkJSON {
+				break
+			}
+			size += c
+			i += n
+		}
+		if i == len(line) {
+			break
+		}
+		out = append(out, line[:i])
+		line = line[i:]
+	}
+	return append(out, line)
 }
 
 // finish records the result; no output is accepted after it.

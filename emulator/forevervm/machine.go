@@ -325,10 +325,12 @@ func (m *machine) execute(ctx context.Context, inst *instruction) json.RawMessag
 		// Spec §8 #6: an interrupted instruction's result is the error "Interrupted".
 		return errorResult("Interrupted", 0)
 	}
-	res, err := m.lm.Exec(ctx, inst.code, local.ExecOptions{
-		Timeout:  inst.timeout,
-		OnOutput: inst.addOutput,
-	})
+	// The engine passes the output on byte for byte, long lines whole; the
+	// writers cut it into the chunks of the wire.
+	stdout, stderr := &lineWriter{in: inst, stream: "stdout"}, &lineWriter{in: inst, stream: "stderr"}
+	res, err := m.lm.Exec(ctx, inst.code, local.ExecOptions{Timeout: inst.timeout, Stdout: stdout, Stderr: stderr})
+	stdout.flush() // spec §3.4: a partial line is a final chunk
+	stderr.flush()
 	log := m.s.log.Debug().Str("machine", m.name).Int64("seq", inst.seq)
 	if res != nil && res.StateReset != "" {
 		// The real service keeps memory forever; the local engine loses it when

@@ -29,9 +29,9 @@ import (
 // Defaults of Options.
 const (
 	DefaultAccount           = "emulator"
-	DefaultMaxTimeoutSeconds = 1200    // Spec §8 #11: clamp timeout_seconds to 1200
-	DefaultMaxBodyBytes      = 4 << 20 // requests and WebSocket messages
-	DefaultMaxOutputBytes    = 8 << 20 // buffered output of one instruction
+	DefaultMaxTimeoutSeconds = 1200     // Spec §8 #11: clamp timeout_seconds to 1200
+	DefaultMaxBodyBytes      = 4 << 20  // requests and WebSocket messages
+	DefaultMaxOutputBytes    = 64 << 20 // buffered output of one instruction
 )
 
 // Options configure a Server.
@@ -55,8 +55,9 @@ type Options struct {
 	// 413 PayloadTooLarge. Default 4 MiB.
 	MaxBodyBytes int64
 	// MaxOutputBytes caps the output kept for one instruction (kept so that
-	// stream-result can replay it); past it, later lines are dropped and one
-	// stderr line says so. Default 8 MiB; negative means no cap.
+	// stream-result can replay it), a line being gathered included; past it,
+	// later output is dropped and one stderr line says so. Default 64 MiB;
+	// negative means no cap.
 	MaxOutputBytes int64
 	// MaxMachines caps the machines an emulator will create (those it finds
 	// on disk count); past it, machine/new answers 403 MachineLimitReached.

@@ -11,10 +11,14 @@
 #       The host itself, started by ensure with its stdio on DIR/host.log.
 #
 # The host keeps one interpreter: the local engine's driver.py, with its fd
-# protocol (3 requests, 4 results, 5 tagged output lines, 1 and 2 raw output,
+# protocol (3 requests, 4 results, 5 output records, 1 and 2 raw output,
 # call tokens, end markers). It does what the local agent (local/agent.go)
-# does for it: relays output, enforces timeouts (SIGINT, repeated, then
-# SIGKILL after a grace), notices its death and starts a new one.
+# does for it: relays output byte for byte, enforces timeouts (SIGINT,
+# repeated, then SIGKILL after a grace), notices its death and starts a new
+# one. A call's output is capped at its max_output (the head, then the
+# tail at the end), except the streams its request asks "whole", which go
+# out entire: then the interpreter's output waits while the client has more
+# than HIGH_WATER bytes to take, so that the host's memory stays bounded.
 #
 # A call is one exec of `sh -c` running shell builtins only (no Python
 # process per call: starting one costs more than the whole call):
@@ -46,7 +50,9 @@
 # whether the machine restarted (or was restored from a snapshot) meanwhile.
 #
 # Events, one per line, a tag byte then the payload:
-#   o LINE / e LINE  a stdout / stderr line (raw bytes, at most PIECE long)
+#   o DATA / e DATA  stdout / stderr bytes (at most PIECE), then a newline
+#   O DATA / E DATA  stdout / stderr bytes (at most PIECE), no newline: a
+#                    piece of a long line, or a line not ended yet
 #   v B64 / x B64    a piece of the value's repr / of the error text (UTF-8)
 #   s                the code starts (written before it goes to the interpreter)
 #   p B64, then P    pieces of a PNG figure, then its end
@@ -70,18 +76,22 @@ INTERRUPT_RETRY = 0.05  # the driver ignores SIGINT outside user code: repeat it
 INTERRUPT_GRACE = 3.0  # then the interpreter is killed, and its state lost
 PIPE_GRACE = 0.25  # output still read after the interpreter died
 MARKER_WAIT = 2.0  # user code may have closed fd 1 or 2: no end marker comes
+FLOOD_AFTER_RESULT = 4 << 20  # bytes of an output after the result that end the wait for its marker
 CLIENT_STALL = 10.0  # a client that takes no output for this long is dropped
 RELAY_OPEN_WAIT = 10.0
 PIECE = 32 * 1024  # most payload bytes in one event line
-MAX_LINE = 64 * 1024  # a longer output line is passed on in pieces, like the agent
 TAIL_BYTES = 64 * 1024  # output kept after the cap, shown at the end
-MAX_TEXT = 1 << 20  # characters kept of a value or an error (head and tail)
+HIGH_WATER = 1 << 20  # a client's unsent bytes past which the interpreter's output waits
+MAX_TEXT = 16 << 20  # characters kept of a value or an error (head and tail), as the driver
 MAX_IMAGES = 64
 MAX_IMAGE_CHARS = 48 << 20  # base64 characters of all figures of one call
 MAX_REQUEST = 64 << 20
 MAX_RESULT_LINE = 256 << 20
 MAX_QUEUE = 16
 END = b"\x00vmcp-end-"
+MARKER = re.compile(rb"\x00vmcp-end-([0-9a-f]{32})\n")  # END, the driver's call token, a newline
+MARKER_LEN = len(END) + 33
+HEX = frozenset(b"0123456789abcdef")
 TOKEN = re.compile(rb"[0-9a-f]{16,64}\Z")
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_MAX_OUTPUT = 1 << 20
@@ -131,12 +141,6 @@ def read_small(path, limit):
 
 def set_nonblocking(fd):
     os.set_blocking(fd, False)
-
-
-def pieces(b, size=PIECE):
-    if not b:
-        return [b""]
-    return [b[i:i + size] for i in range(0, len(b), size)]
 
 
 def b64_events(tag, data):
@@ -194,8 +198,13 @@ class Driver:
         self.exited_at = None
         self.retired = False
         self.pending = bytearray()  # request bytes not yet written
-        self.partial = {}  # fd -> bytearray: an output line not yet complete
-        self.cont = {}  # fd -> the tag of a tagged line passed on in pieces
+        self.held = {}  # fd 1 or 2 -> bytes that may begin an end marker
+        self.record = bytearray()  # fd 5: the start of an end marker record
+        self.tag = None  # fd 5: the tag of the record being read (-1: skipped)
+        self.last_read = {}  # fd -> when it was last read from
+        self.read_bytes = {}  # fd -> bytes read from it
+        self.paused = False  # its outputs are not read: the client is behind
+        self.resumed_at = 0.0
         self.results = bytearray()
         self.skipping = False  # discarding an overlong result line
         req_r, self.req = os.pipe()
@@ -215,7 +224,6 @@ class Driver:
         for fd in [self.req, self.res] + list(self.outputs):
             set_nonblocking(fd)
         for fd, stream in self.outputs.items():
-            self.partial[fd] = bytearray()
             host.sel.register(fd, selectors.EVENT_READ, (self.on_output, fd, stream))
         host.sel.register(self.res, selectors.EVENT_READ, (self.on_results,))
 
@@ -308,50 +316,110 @@ class Driver:
             return False
         except OSError:
             data = b""
-        buf = self.partial[fd]
         if not data:
-            if buf:
-                self.line(fd, stream, bytes(buf), True)
+            if stream:
+                self.raw(fd, stream, b"", True)
             self.close_output(fd)
             return False
-        buf += data
-        lines = buf.split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            self.line(fd, stream, line, True)
-        while len(rest) >= MAX_LINE:
-            self.line(fd, stream, rest[:MAX_LINE], False)
-            rest = rest[MAX_LINE:]
-        self.partial[fd] = bytearray(rest)
+        self.last_read[fd] = now()
+        self.read_bytes[fd] = self.read_bytes.get(fd, 0) + len(data)
+        if stream:
+            self.raw(fd, stream, data, False)
+        else:
+            self.records(fd, data)
         return True
 
-    def line(self, fd, stream, line, complete):
-        """Passes on a line, or a piece of a long one. The pieces of a line
-        on the tagged stream all carry its tag (the agent drops all but the
-        first)."""
-        tag = self.cont.pop(fd, b"")
-        if tag and complete and not line:
-            return  # the end of a line passed on in pieces
-        line = tag + line
-        limit = MAX_LINE + (stream == "")  # the tag does not count
-        while len(line) > limit:
-            self.host.on_line(self, line[:limit], stream)
-            line = line[:1] + line[limit:] if stream == "" else line[limit:]
-        self.host.on_line(self, line, stream)
-        if not complete and stream == "":
-            self.cont[fd] = line[:1]
+    def raw(self, fd, stream, data, final):
+        """Passes fd 1 or 2 on byte for byte, less the end markers (the
+        current call's ends its output; others, late or forged, are
+        dropped). Bytes that may begin a marker wait for the next read."""
+        buf = self.held.pop(fd, b"") + data
+        i = start = 0
+        while True:
+            j = buf.find(END, i)
+            if j < 0:
+                break
+            m = MARKER.match(buf, j)
+            if m:
+                self.host.on_data(self, stream, buf[start:j])
+                self.host.on_marker(self, fd, m.group(1))
+                i = start = m.end()
+            elif not final and len(buf) - j < MARKER_LEN and all(c in HEX for c in buf[j + len(END):]):
+                self.host.on_data(self, stream, buf[start:j])
+                self.held[fd] = buf[j:]
+                return
+            else:
+                i = j + 1
+        if not final:
+            for j in range(max(i, len(buf) - len(END) + 1), len(buf)):
+                if buf[j] == 0 and END.startswith(buf[j:]):
+                    self.host.on_data(self, stream, buf[start:j])
+                    self.held[fd] = buf[j:]
+                    return
+        self.host.on_data(self, stream, buf[start:])
+
+    def records(self, fd, data):
+        """Passes on the driver's records (see driver.py): the data of
+        stdout and stderr records byte for byte as it comes, the current
+        call's end marker; a record with another tag is dropped."""
+        buf = self.record + data if self.record else data
+        self.record = bytearray()
+        n, pos = len(buf), 0
+        while pos < n:
+            if self.tag is None:
+                self.tag = buf[pos]
+                pos += 1
+                continue
+            i = buf.find(b"\n", pos)
+            tag = self.tag
+            if tag in (49, 50, 51, 52):  # "1" to "4"
+                stream = "o" if tag in (49, 51) else "e"
+                if i < 0:
+                    self.host.on_data(self, stream, buf[pos:])
+                    return
+                self.host.on_data(self, stream, buf[pos:i + 1 if tag < 51 else i])
+            elif tag == 0:
+                if i < 0:
+                    if n - pos < MARKER_LEN:
+                        self.record = bytearray(buf[pos:])
+                    else:
+                        self.tag = -1
+                    return
+                m = MARKER.match(b"\x00" + buf[pos:i + 1])
+                if m:
+                    self.host.on_marker(self, fd, m.group(1))
+            elif i < 0:
+                return
+            self.tag = None
+            pos = i + 1
 
     def drain(self):
-        """Reads what the interpreter wrote so far, on every output."""
+        """Reads what the interpreter wrote so far, on every output, while
+        the client keeps up."""
         for fd in list(self.outputs):
             for _ in range(64):
-                if fd not in self.outputs or not self.on_output(None, fd, self.outputs[fd]):
+                if self.paused or fd not in self.outputs or not self.on_output(None, fd, self.outputs[fd]):
                     break
+                self.host.throttle()
+
+    def pause(self, paused):
+        """Stops (or starts again) reading the outputs."""
+        if paused == self.paused:
+            return
+        self.paused = paused
+        for fd, stream in self.outputs.items():
+            if paused:
+                self.host.sel.unregister(fd)
+            else:
+                self.host.sel.register(fd, selectors.EVENT_READ, (self.on_output, fd, stream))
+        if not paused:
+            self.resumed_at = now()
 
     def close_output(self, fd):
         if fd in self.outputs:
             del self.outputs[fd]
-            self.host.sel.unregister(fd)
+            if not self.paused:
+                self.host.sel.unregister(fd)
             os.close(fd)
 
     def retire(self):
@@ -400,14 +468,17 @@ class Call:
         self.next_signal = None
         self.kill_at = None
         self.result = None
-        self.markers = 0
+        self.marked = set()  # the outputs whose end marker came
+        self.read_at_result = {}  # the driver's read_bytes when the result came
         self.marker_deadline = None
         self.reset = None
+        self.whole = (False, False)  # streams sent entire, not capped
+        self.max_output = DEFAULT_MAX_OUTPUT
         self.sent = [0, 0]
-        self.tail = [collections.deque(), collections.deque()]
-        self.tail_bytes = [0, 0]
+        self.tail = [bytearray(), bytearray()]
         self.dropped = [0, 0]
         self.capped = [False, False]
+        self.ended_line = [True, True]  # the last byte sent of the stream was a newline
 
     # -- reaching the client --
 
@@ -508,6 +579,8 @@ class Call:
 
     def write(self, data):
         if not self.dead:
+            if not self.buf:
+                self.progress = now()  # the client is behind from now on, if it is
             self.buf += data
             self.host.dirty.add(self)
 
@@ -566,38 +639,67 @@ class Call:
         self.host.closing.discard(self)
         self.host.dirty.discard(self)
 
-    # -- the call's output, capped: the first max_output bytes of each
-    # stream go out as they come, then a tail is kept for the end --
+    # -- the call's output: the streams asked whole go out entire; of the
+    # others the first max_output bytes go out as they come, then a tail
+    # is kept for the end --
 
-    def emit(self, i, text):
-        n = len(text) + 1
-        if not self.capped[i] and self.sent[i] + n <= self.max_output:
-            self.sent[i] += n
-            tag = b"oe"[i:i + 1]
-            for piece in pieces(text):
-                self.write(tag + piece + b"\n")
+    def emit(self, i, data):
+        if not data:
             return
+        if not self.whole[i]:
+            room = self.max_output - self.sent[i]
+            if self.capped[i] or room <= 0:
+                self.keep_tail(i, data)
+                return
+            if len(data) > room:
+                self.keep_tail(i, data[room:])
+                data = data[:room]
+            self.sent[i] += len(data)
+        for event in self.events(i, data):
+            self.write(event)
+        self.ended_line[i] = data[-1:] == b"\n"
+
+    def keep_tail(self, i, data):
         self.capped[i] = True
         tail = self.tail[i]
-        kept = bytes(text[:TAIL_BYTES])
-        tail.append(kept)
-        self.dropped[i] += len(text) - len(kept)
-        self.tail_bytes[i] += len(kept) + 1
-        while self.tail_bytes[i] > TAIL_BYTES and len(tail) > 1:
-            old = tail.popleft()
-            self.tail_bytes[i] -= len(old) + 1
-            self.dropped[i] += len(old) + 1
+        tail += data
+        if len(tail) > 2 * TAIL_BYTES:
+            cut = len(tail) - TAIL_BYTES
+            del tail[:cut]
+            self.dropped[i] += cut
+
+    @staticmethod
+    def events(i, data):
+        """The events that carry data: a line event for each newline, piece
+        events for the bytes between that do not fit in one."""
+        line_tag, piece_tag = (b"o", b"O") if i == 0 else (b"e", b"E")
+        out, n, pos = [], len(data), 0
+        while pos < n:
+            j = data.find(b"\n", pos, min(n, pos + PIECE + 1))
+            if j >= 0:
+                out.append(line_tag + data[pos:j] + b"\n")
+                pos = j + 1
+            else:
+                end = min(n, pos + PIECE)
+                out.append(piece_tag + data[pos:end] + b"\n")
+                pos = end
+        return out
 
     def tail_lines(self):
         lines = []
         for i, name in enumerate(("stdout", "stderr")):
-            tag = b"oe"[i:i + 1]
+            tail = self.tail[i]
+            if len(tail) > TAIL_BYTES:
+                self.dropped[i] += len(tail) - TAIL_BYTES
+                del tail[:len(tail) - TAIL_BYTES]
             if self.dropped[i]:
+                tag = b"oe"[i:i + 1]
+                if not self.ended_line[i]:
+                    lines.append(tag + b"\n")
                 note = "[vmcp: %d bytes of %s left out here; shown are the first %d and the last %d]" % (
-                    self.dropped[i], name, self.sent[i], self.tail_bytes[i])
+                    self.dropped[i], name, self.sent[i], len(tail))
                 lines.append(tag + note.encode() + b"\n")
-            for text in self.tail[i]:
-                lines.extend(tag + p + b"\n" for p in pieces(text))
+            lines += self.events(i, bytes(tail))
         return lines
 
 
@@ -710,6 +812,7 @@ class Host:
             for c in list(self.dirty):
                 c.flush()
             self.dirty.clear()
+            self.throttle()
 
     def wait(self):
         t = now()
@@ -720,11 +823,13 @@ class Host:
                 if c.reason is None:
                     times.append(c.deadline)
                 times += [x for x in (c.next_signal, c.kill_at) if x is not None]
-            else:
-                times.append(c.marker_deadline)
+            elif self.marker_expiry(c) != float("inf"):
+                times.append(self.marker_expiry(c))
+            if c.buf and not c.dead:
+                times.append(c.progress + CLIENT_STALL)
         d = self.driver
-        if d is not None and d.exited and not d.retired:
-            times.append(d.exited_at + PIPE_GRACE)
+        if d is not None and d.exited and not d.retired and not d.paused:
+            times.append(max(d.exited_at, d.resumed_at) + PIPE_GRACE)
         for call in self.closing:
             times.append(t + INTERRUPT_RETRY if call.relay_path is not None else call.progress + CLIENT_STALL)
         if not times:
@@ -743,14 +848,18 @@ class Host:
             if c.kill_at is not None and t >= c.kill_at:
                 c.kill_at = None
                 c.driver.kill()
-        if c is not None and c.result is not None and (c.markers >= 3 or t >= c.marker_deadline):
+        if c is not None and c.buf and not c.dead and t - c.progress > CLIENT_STALL:
+            c.dead = True  # it takes no output: drop it, and let the interpreter go on
+            c.flush()
+            self.throttle()
+        if c is not None and c.result is not None and self.markers_in(c, t):
             self.finish(c)
-        elif c is not None and c.result is None and c.driver.exited:
-            if not c.driver.outputs or t >= c.driver.exited_at + PIPE_GRACE:
+        elif c is not None and c.result is None and c.driver.exited and not c.driver.paused:
+            if not c.driver.outputs or t >= max(c.driver.exited_at, c.driver.resumed_at) + PIPE_GRACE:
                 c.driver.retire()
                 self.finish_died(c)
-        if d is not None and d.exited and self.current is None and not d.retired:
-            if not d.outputs or t >= d.exited_at + PIPE_GRACE:
+        if d is not None and d.exited and self.current is None and not d.retired and not d.paused:
+            if not d.outputs or t >= max(d.exited_at, d.resumed_at) + PIPE_GRACE:
                 d.retire()
         if d is not None and d.retired and self.current is None:
             if d.used and self.pending_reset is None:
@@ -838,6 +947,8 @@ class Host:
                 raise ValueError("code is not a string")
             c.timeout = float(req.get("timeout_ms") or DEFAULT_TIMEOUT * 1000) / 1000
             c.max_output = int(req.get("max_output") or DEFAULT_MAX_OUTPUT)
+            whole = req.get("whole") or []
+            c.whole = (len(whole) > 0 and whole[0] is True, len(whole) > 1 and whole[1] is True)
         except (OSError, ValueError, KeyError, TypeError) as e:
             c.finish(self.result_lines(c, {"error": "vmcp could not read this request: %s" % e}))
             return
@@ -911,25 +1022,47 @@ class Host:
         except OSError:
             pass
 
-    def on_line(self, d, text, stream):
-        # As the agent's readLines: the end marker of the instruction running
-        # now ends its output; any other (late, or forged by user code) is
-        # dropped with the rest of its line.
+    def on_data(self, d, stream, data):
+        # Output between calls, or of an interpreter that is not the
+        # current call's, belongs to no one.
         c = self.current
-        active = c is not None and c.driver is d
-        end = marked = False
-        i = text.find(END)
-        if i >= 0:
-            marked = True
-            end = active and text[i + len(END):] == c.driver_call.encode()
-            text = text[:i]
-        if stream == "" and text:
-            stream = {49: "o", 50: "e"}.get(text[0], "")
-            text = text[1:]
-        if active and stream and (text or not marked):
-            c.emit(0 if stream == "o" else 1, text)
-        if end:
-            c.markers += 1
+        if data and c is not None and c.driver is d:
+            c.emit(0 if stream == "o" else 1, data)
+
+    def on_marker(self, d, fd, token):
+        c = self.current
+        if c is not None and c.driver is d and token == c.driver_call.encode():
+            c.marked.add(fd)
+
+    def markers_in(self, c, t):
+        """Whether the call's output is all in: every open output gave its
+        end marker, or has been idle for MARKER_WAIT since the result (user
+        code may have closed fd 1 or 2). Never while the output waits for
+        the client."""
+        return self.marker_expiry(c) <= t
+
+    def marker_expiry(self, c):
+        """When the wait for the missing end markers ends: MARKER_WAIT after
+        the result, and after the last read of each output that lacks its
+        marker, unless FLOOD_AFTER_RESULT bytes came from it since the
+        result (what the code wrote before is far less: more is a process
+        of its that writes on)."""
+        d = c.driver
+        if d.paused:
+            return float("inf")
+        expiry = 0.0
+        for fd in d.outputs:
+            if fd not in c.marked and d.read_bytes.get(fd, 0) - c.read_at_result.get(fd, 0) <= FLOOD_AFTER_RESULT:
+                expiry = max(expiry, c.marker_deadline, d.last_read.get(fd, 0) + MARKER_WAIT, d.resumed_at + MARKER_WAIT)
+        return expiry
+
+    def throttle(self):
+        """Stops reading the interpreter's output while the current call's
+        client is more than HIGH_WATER bytes behind."""
+        c, d = self.current, self.driver
+        if d is None:
+            return
+        d.pause(c is not None and c.driver is d and not c.dead and len(c.buf) > HIGH_WATER)
 
     def on_result(self, d, line):
         c = self.current
@@ -944,6 +1077,7 @@ class Host:
         c.result = res
         c.next_signal = c.kill_at = None
         c.marker_deadline = now() + MARKER_WAIT
+        c.read_at_result = dict(d.read_bytes)
         d.drain()  # the markers were written before the result
 
     def finish(self, c):

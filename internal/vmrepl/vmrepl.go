@@ -1,10 +1,11 @@
 // Package vmrepl gives a machine that vmcp reaches only through exec (run an
 // argv, with optional stdin, stream its output: FastVM) a stateful Python
 // REPL with the local engine's semantics: the value's repr, stdout and
-// stderr streamed live line by line, the traceback of an exception, open
-// matplotlib figures as PNGs, a timeout that interrupts the code and keeps
-// the state (or kills the interpreter if it does not stop, and says so), and
-// StateReset when the code ran in an interpreter that lost earlier state.
+// stderr streamed live line by line (and byte for byte to writers), the
+// traceback of an exception, open matplotlib figures as PNGs, a timeout
+// that interrupts the code and keeps the state (or kills the interpreter
+// if it does not stop, and says so), and StateReset when the code ran in
+// an interpreter that lost earlier state.
 //
 // Inside the machine a small host process (host.py, started detached on
 // first use) keeps the interpreter: the local engine's driver.py, with the
@@ -38,6 +39,7 @@ import (
 	"path"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/local"
@@ -74,7 +76,9 @@ type Options struct {
 	DefaultTimeout time.Duration
 	// MaxOutput is how much of each of stdout and stderr a call returns and
 	// streams: the first MaxOutput bytes, then a marker and the last 64 KiB
-	// at the end. Default 1 MiB, the local engine's cap.
+	// at the end. Default 1 MiB, the local engine's cap. A stream given a
+	// writer (PythonOptions.Stdout, Stderr) is not capped: all of it goes
+	// there, byte for byte.
 	MaxOutput int
 
 	relay bool // tests: the fallback for execs whose stdout is not a pipe
@@ -156,6 +160,9 @@ type wireRequest struct {
 	Code      string `json:"code"`
 	TimeoutMS int64  `json:"timeout_ms"`
 	MaxOutput int    `json:"max_output"`
+	// Whole asks for stdout and stderr entire, not capped at MaxOutput:
+	// for PythonOptions.Stdout and Stderr.
+	Whole [2]bool `json:"whole"`
 }
 
 // RunPython runs code in the machine's interpreter; globals persist between
@@ -170,7 +177,8 @@ func (r *REPL) RunPython(ctx context.Context, code string, opts backend.PythonOp
 	if timeout <= 0 {
 		timeout = r.opts.DefaultTimeout
 	}
-	req, err := json.Marshal(wireRequest{Code: code, TimeoutMS: timeout.Milliseconds(), MaxOutput: r.opts.MaxOutput})
+	req, err := json.Marshal(wireRequest{Code: code, TimeoutMS: timeout.Milliseconds(), MaxOutput: r.opts.MaxOutput,
+		Whole: [2]bool{opts.Stdout != nil, opts.Stderr != nil}})
 	if err != nil {
 		return nil, err
 	}
@@ -189,7 +197,7 @@ func (r *REPL) RunPython(ctx context.Context, code string, opts backend.PythonOp
 				return nil, err
 			}
 		}
-		res, err := r.call(ctx, req, timeout, opts.OnOutput)
+		res, err := r.call(ctx, req, timeout, opts)
 		if errors.Is(err, errUnreached) && attempt == 0 {
 			continue // the code did not run: once more, after a new ensure
 		}
@@ -237,7 +245,7 @@ exec "$@"`
 // bootstrap runs host.py from argv, for the ensure mode.
 const bootstrap = `import sys; exec(compile(sys.argv[1], "vmrepl-host.py", "exec"))`
 
-func (r *REPL) call(ctx context.Context, req []byte, timeout time.Duration, onOutput func(stream, line string)) (*backend.PythonResult, error) {
+func (r *REPL) call(ctx context.Context, req []byte, timeout time.Duration, opts backend.PythonOptions) (*backend.PythonResult, error) {
 	h := r.host
 	tok := newToken()
 	arg, stdin := string(req), io.Reader(nil)
@@ -260,9 +268,10 @@ func (r *REPL) call(ctx context.Context, req []byte, timeout time.Duration, onOu
 		time.AfterFunc(interruptGrace+3*time.Second, cancel)
 	})
 	defer stop()
-	p := newParser(tok, r.opts.MaxOutput, onOutput, cancel)
+	p := newParser(tok, r.opts.MaxOutput, opts, cancel)
 	start := time.Now()
 	code, err := r.x.Exec(execCtx, argv, stdin, p.line)
+	p.end()
 	w := p.result
 	switch {
 	case p.overflow:
@@ -270,6 +279,9 @@ func (r *REPL) call(ctx context.Context, req []byte, timeout time.Duration, onOu
 		return nil, fmt.Errorf("the Python REPL process of the machine sent more than %d MiB for one call, which is more than any call returns; the call was stopped and the process will be checked at the next call", p.budget>>20)
 	case w != nil:
 		res := p.pythonResult()
+		if p.writeErr != nil {
+			return res, fmt.Errorf("write the Python code's output: %w", p.writeErr)
+		}
 		if ctx.Err() != nil && !res.TimedOut {
 			return res, ctx.Err()
 		}
@@ -295,7 +307,7 @@ func (r *REPL) call(ctx context.Context, req []byte, timeout time.Duration, onOu
 		return &backend.PythonResult{
 			Error: "The Python REPL process of the machine ended while running this code (it was killed, or the machine " +
 				"stopped); the interpreter state (variables, imports) was lost. The next call starts a fresh one.",
-			Stdout: p.out[0].String(), Stderr: p.out[1].String(), Runtime: time.Since(start),
+			Stdout: p.out[0].text(), Stderr: p.out[1].text(), Runtime: time.Since(start),
 		}, nil
 	case code == exitNoRequest:
 		return nil, fmt.Errorf("could not write the Python code to the machine's disk (directory %s)%s; free some space in the machine and try again", h.dir, p.stderrNote())
@@ -376,7 +388,11 @@ type wireResult struct {
 type parser struct {
 	tok       string
 	onOutput  func(stream, line string)
-	out       [2]lineBuffer
+	writers   [2]io.Writer // the streams asked whole go there
+	writeErr  error
+	out       [2]streamBuffer
+	lines     [2]lineSplitter // for onOutput
+	scratch   []byte
 	value     []byte
 	errText   []byte
 	images    [][]byte
@@ -392,11 +408,13 @@ type parser struct {
 	stderr    tail
 }
 
-func newParser(tok string, maxOutput int, onOutput func(stream, line string), cancel func()) *parser {
+func newParser(tok string, maxOutput int, opts backend.PythonOptions, cancel func()) *parser {
 	keep := maxOutput + tailBytes + 4<<10 // what the host sends at most, with its marker
 	return &parser{
-		tok: tok, onOutput: onOutput, cancel: cancel,
-		out:    [2]lineBuffer{{max: keep}, {max: keep}},
+		tok: tok, onOutput: opts.OnOutput, cancel: cancel,
+		writers: [2]io.Writer{opts.Stdout, opts.Stderr},
+		out:     [2]streamBuffer{{max: keep}, {max: keep}},
+		// The streams asked whole are not counted: they go to the writers.
 		budget: int64(2*keep) + 2*(maxText*4/3) + maxImageData*4/3 + 4<<20,
 	}
 }
@@ -409,24 +427,25 @@ func (p *parser) line(stream string, line []byte) {
 	if p.overflow || p.result != nil || len(line) == 0 {
 		return
 	}
-	if p.total += int64(len(line)) + 1; p.total > p.budget {
-		p.overflow = true
-		p.cancel()
-		return
+	tag, payload := line[0], line[1:]
+	i := strings.IndexByte("oeOE", tag) // output: the stream is i%2; "o" and "e" end a line
+	if i < 0 || p.writers[i%2] == nil {
+		if p.total += int64(len(line)) + 1; p.total > p.budget {
+			p.overflow = true
+			p.cancel()
+			return
+		}
 	}
 	if len(line) > MaxLine {
 		return
 	}
-	payload := line[1:]
-	switch line[0] {
-	case 'o', 'e':
-		i, name := 0, "stdout"
-		if line[0] == 'e' {
-			i, name = 1, "stderr"
+	switch tag {
+	case 'o', 'e', 'O', 'E':
+		if i < 2 { // the Execer took the newline off
+			p.scratch = append(append(p.scratch[:0], payload...), '\n')
+			payload = p.scratch
 		}
-		if p.out[i].add(payload) && p.onOutput != nil {
-			p.onOutput(name, string(payload))
-		}
+		p.output(i%2, payload)
 	case 's':
 		p.started = true
 	case 'v':
@@ -456,11 +475,37 @@ func (p *parser) line(stream string, line []byte) {
 	}
 }
 
+var streamNames = [2]string{"stdout", "stderr"}
+
+// output takes bytes of stream i (0 stdout, 1 stderr).
+func (p *parser) output(i int, data []byte) {
+	if w := p.writers[i]; w != nil {
+		if p.writeErr == nil {
+			_, p.writeErr = w.Write(data)
+		}
+	} else if !p.out[i].add(data) {
+		return // over the bound: the host sent more than it may
+	}
+	if p.onOutput != nil {
+		p.lines[i].split(data, func(l []byte) { p.onOutput(streamNames[i], validUTF8(l)) })
+	}
+}
+
+// end passes the streams' partial lines to onOutput.
+func (p *parser) end() {
+	if p.onOutput == nil {
+		return
+	}
+	for i := range p.lines {
+		p.lines[i].flush(func(l []byte) { p.onOutput(streamNames[i], validUTF8(l)) })
+	}
+}
+
 func (p *parser) pythonResult() *backend.PythonResult {
 	w := p.result
 	res := &backend.PythonResult{
-		Stdout:     p.out[0].String(),
-		Stderr:     p.out[1].String(),
+		Stdout:     p.out[0].text(),
+		Stderr:     p.out[1].text(),
 		Images:     p.images,
 		Runtime:    time.Duration(max(w.RuntimeMS, 0)) * time.Millisecond,
 		TimedOut:   w.TimedOut,
@@ -499,28 +544,90 @@ func appendBase64(b, piece []byte, max int) []byte {
 	return append(b, out[:m]...)
 }
 
-// lineBuffer keeps a stream's lines, joined with "\n" as the local engine
-// does, up to max bytes.
-type lineBuffer struct {
-	max   int
-	buf   []byte
-	lines int
+// streamBuffer keeps a stream's bytes, up to max.
+type streamBuffer struct {
+	max int
+	buf []byte
 }
 
-// add appends a line; false when the stream is over its bound.
-func (b *lineBuffer) add(line []byte) bool {
-	if len(b.buf)+len(line)+1 > b.max {
+// add appends p; false when the stream is over its bound.
+func (b *streamBuffer) add(p []byte) bool {
+	if len(b.buf)+len(p) > b.max {
 		return false
 	}
-	if b.lines > 0 {
-		b.buf = append(b.buf, '\n')
-	}
-	b.lines++
-	b.buf = append(b.buf, line...)
+	b.buf = append(b.buf, p...)
 	return true
 }
 
-func (b *lineBuffer) String() string { return string(b.buf) }
+// text is the stream as PythonResult holds it, as the local engine does:
+// without its last newline (its lines joined with "\n"), in valid UTF-8.
+func (b *streamBuffer) text() string {
+	return validUTF8(bytes.TrimSuffix(b.buf, []byte{'\n'}))
+}
+
+// validUTF8 is p as a string, its invalid bytes as U+FFFD.
+func validUTF8(p []byte) string {
+	if utf8.Valid(p) {
+		return string(p)
+	}
+	return strings.ToValidUTF8(string(p), "\uFFFD")
+}
+
+// maxPiece is the longest piece of a line OnOutput gets, as from the local
+// engine.
+const maxPiece = 64 << 10
+
+// lineSplitter cuts a stream into lines for OnOutput; a line longer than
+// maxPiece is passed on in pieces of at most that, each ending at the end
+// of a UTF-8 character (if it is valid UTF-8).
+type lineSplitter struct{ partial []byte }
+
+func (s *lineSplitter) split(p []byte, emit func([]byte)) {
+	for len(p) > 0 {
+		room := maxPiece - len(s.partial)
+		if i := bytes.IndexByte(p[:min(len(p), room+1)], '\n'); i >= 0 {
+			l := p[:i]
+			if len(s.partial) > 0 {
+				s.partial = append(s.partial, l...)
+				l = s.partial
+			}
+			emit(l)
+			s.partial = s.partial[:0]
+			p = p[i+1:]
+			continue
+		}
+		if len(p) < room {
+			s.partial = append(s.partial, p...)
+			return
+		}
+		s.partial = append(s.partial, p[:room]...)
+		p = p[room:]
+		cut := runeCut(s.partial)
+		emit(s.partial[:cut])
+		s.partial = append(s.partial[:0], s.partial[cut:]...)
+	}
+}
+
+func (s *lineSplitter) flush(emit func([]byte)) {
+	if len(s.partial) > 0 {
+		emit(s.partial)
+		s.partial = nil
+	}
+}
+
+// runeCut is where b is best cut: its length, or the start of a UTF-8
+// character that b holds only the start of.
+func runeCut(b []byte) int {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if i > 0 && !utf8.FullRune(b[i:]) {
+				return i
+			}
+			break
+		}
+	}
+	return len(b)
+}
 
 // tail keeps the last bytes of a command's stderr, for error messages.
 type tail struct{ b []byte }

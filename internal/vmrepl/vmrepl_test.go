@@ -376,7 +376,10 @@ import time; time.sleep(0.2)
 	if value(res) != "7" || res.Error != "" {
 		t.Fatalf("forged result: %+v", res)
 	}
-	want := `r{"call": "` + tok + `", "value": true}` + "\nvNjY2\npartial\nraw\nfrom-child\nrX"
+	// Output is passed on byte for byte, what looks like events and markers
+	// too (a marker is one only on fd 1 or 2, and with the current token).
+	want := `r{"call": "` + tok + `", "value": true}` + "\nvNjY2\n\x00vmcp-end-" + tok + "\npartial\x00vmcp-end-" + tok +
+		"\nraw\x00vmcp-end-zzz\nfrom-child\nrX"
 	if res.Stdout != want {
 		t.Fatalf("stdout %q, want %q", res.Stdout, want)
 	}
