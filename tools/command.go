@@ -22,21 +22,29 @@ type ExecCommandInput struct {
 	Stdin          Text              `json:"stdin,omitempty" jsonschema:"description=Text fed to the command's standard input."`
 	Workdir        string            `json:"workdir,omitempty" jsonschema:"description=Working directory inside the machine; default its home (the workspace)."`
 	Env            map[string]string `json:"env,omitempty" jsonschema:"description=Environment variables to add or override."`
+	OutputArg
 	SessionArg
 }
 
 // ExecCommandOutput is exec_command's result.
 type ExecCommandOutput struct {
 	SessionResult
-	Machine         string `json:"machine" jsonschema:"description=The machine the command ran in."`
-	ExitCode        int    `json:"exit_code" jsonschema:"description=The exit status; non-zero is a normal result."`
-	Signal          string `json:"signal,omitempty" jsonschema:"description=The signal that ended the command\\, if any."`
-	Stdout          string `json:"stdout" jsonschema:"description=What the command wrote to standard output (the first 1 MiB)."`
-	Stderr          string `json:"stderr" jsonschema:"description=What the command wrote to standard error (the first 1 MiB)."`
-	StdoutTruncated bool   `json:"stdout_truncated" jsonschema:"description=stdout was longer than the 1 MiB kept."`
-	StderrTruncated bool   `json:"stderr_truncated" jsonschema:"description=stderr was longer than the 1 MiB kept."`
-	TimedOut        bool   `json:"timed_out" jsonschema:"description=The command was killed at its timeout."`
-	DurationMS      int64  `json:"duration_ms" jsonschema:"description=How long the command ran\\, in milliseconds."`
+	Machine          string `json:"machine" jsonschema:"description=The machine the command ran in."`
+	ExitCode         int    `json:"exit_code" jsonschema:"description=The exit status; non-zero is a normal result."`
+	Signal           string `json:"signal,omitempty" jsonschema:"description=The signal that ended the command\\, if any."`
+	Stdout           string `json:"stdout" jsonschema:"description=What the command wrote to standard output: all of it\\, or its head and tail with a marker line where the rest was left out (see stdout_truncated)."`
+	Stderr           string `json:"stderr" jsonschema:"description=What the command wrote to standard error\\, likewise."`
+	StdoutTruncated  bool   `json:"stdout_truncated" jsonschema:"description=stdout did not fit the result's budget (max_output_chars): only its head and tail are here; the whole of it is in full_output_path."`
+	StderrTruncated  bool   `json:"stderr_truncated" jsonschema:"description=stderr did not fit the result's budget\\, likewise."`
+	StdoutTotalBytes int64  `json:"stdout_total_bytes" jsonschema:"description=How many bytes the command wrote to stdout in all."`
+	StderrTotalBytes int64  `json:"stderr_total_bytes" jsonschema:"description=How many bytes the command wrote to stderr in all."`
+	StdoutLines      int64  `json:"stdout_lines" jsonschema:"description=How many lines the command wrote to stdout in all."`
+	StderrLines      int64  `json:"stderr_lines" jsonschema:"description=How many lines the command wrote to stderr in all."`
+	StdoutNotUTF8    bool   `json:"stdout_not_utf8,omitempty" jsonschema:"description=stdout had bytes that are not UTF-8: they show as U+FFFD here; the saved file has them as written."`
+	StderrNotUTF8    bool   `json:"stderr_not_utf8,omitempty" jsonschema:"description=stderr had bytes that are not UTF-8\\, likewise."`
+	FullOutputPath   string `json:"full_output_path,omitempty" jsonschema:"description=When output was cut: the directory in the machine that holds the whole of it (files stdout and stderr)\\, for download_file (offset\\, length) or a command. Older calls' saved output is deleted as newer is saved."`
+	TimedOut         bool   `json:"timed_out" jsonschema:"description=The command was killed at its timeout."`
+	DurationMS       int64  `json:"duration_ms" jsonschema:"description=How long the command ran\\, in milliseconds."`
 }
 
 // defaultCommandTimeout bounds commands that set no timeout.
@@ -63,6 +71,10 @@ func (s *Service) execCommand(ctx context.Context, req mcp.CallToolRequest, in E
 	case in.Command == "" && len(in.Argv) == 0:
 		return nil, errors.New("missing command: give command (a bash command line) or argv (a program and its arguments)")
 	}
+	budget, err := s.outputBudget(in.MaxOutputChars)
+	if err != nil {
+		return nil, err
+	}
 	m, sh, err := machineAs[backend.CommandRunner](ctx, s, in.Machine, backend.Shell)
 	if err != nil {
 		return nil, err
@@ -71,12 +83,16 @@ func (s *Service) execCommand(ctx context.Context, req mcp.CallToolRequest, in E
 	if in.TimeoutSeconds > 0 {
 		timeout = time.Duration(in.TimeoutSeconds) * time.Second
 	}
+	output := s.newCallOutput(budget, "stdout", "stderr")
+	defer output.close()
 	cmd := backend.Command{
 		Argv:    in.Argv,
 		Shell:   in.Command,
 		Env:     in.Env,
 		Workdir: in.Workdir,
 		Timeout: timeout,
+		Stdout:  output.stream("stdout"),
+		Stderr:  output.stream("stderr"),
 	}
 	if !in.Stdin.Empty() {
 		cmd.Stdin = in.Stdin.Reader()
@@ -89,16 +105,21 @@ func (s *Service) execCommand(ctx context.Context, req mcp.CallToolRequest, in E
 		return nil, err
 	}
 	out := ExecCommandOutput{
-		Machine:         m.ID(),
-		ExitCode:        res.ExitCode,
-		Signal:          res.Signal,
-		Stdout:          res.Stdout,
-		Stderr:          res.Stderr,
-		StdoutTruncated: res.StdoutTruncated,
-		StderrTruncated: res.StderrTruncated,
-		TimedOut:        res.TimedOut,
-		DurationMS:      ms(res.Duration),
+		Machine:    m.ID(),
+		ExitCode:   res.ExitCode,
+		Signal:     res.Signal,
+		TimedOut:   res.TimedOut,
+		DurationMS: ms(res.Duration),
 	}
+	// The streams share what the rest of the text leaves of the budget.
+	text := output.finish(ctx, m, budget-len(commandText(out, timeout))-40, func(err error) {
+		s.log.Warn().Err(err).Str("machine", m.ID()).Msg("the whole output of a command could not be kept")
+	})
+	out.Stdout, out.Stderr = text["stdout"], text["stderr"]
+	so, se := output.facts("stdout"), output.facts("stderr")
+	out.StdoutTruncated, out.StdoutTotalBytes, out.StdoutLines, out.StdoutNotUTF8 = so.cut, so.total, so.lines, so.notUTF8
+	out.StderrTruncated, out.StderrTotalBytes, out.StderrLines, out.StderrNotUTF8 = se.cut, se.total, se.lines, se.notUTF8
+	out.FullOutputPath = output.dir
 	return structured(out, res.TimedOut, mcp.NewTextContent(commandText(out, timeout))), nil
 }
 
@@ -113,15 +134,9 @@ func commandText(o ExecCommandOutput, timeout time.Duration) string {
 	}
 	if o.Stdout != "" {
 		b.WriteString("\nstdout:\n" + strings.TrimRight(o.Stdout, "\n"))
-		if o.StdoutTruncated {
-			b.WriteString("\n[stdout truncated]")
-		}
 	}
 	if o.Stderr != "" {
 		b.WriteString("\nstderr:\n" + strings.TrimRight(o.Stderr, "\n"))
-		if o.StderrTruncated {
-			b.WriteString("\n[stderr truncated]")
-		}
 	}
 	return b.String()
 }

@@ -1,6 +1,7 @@
 package tools
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -13,6 +14,7 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
+	"path"
 	"strings"
 	"syscall"
 	"time"
@@ -48,10 +50,13 @@ type UploadFileOutput struct {
 
 // DownloadFileInput is download_file's arguments.
 type DownloadFileInput struct {
-	Path      string `json:"path" jsonschema:"description=File (or\\, with local_path\\, directory) in the machine."`
-	Machine   string `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
-	LocalPath string `json:"local_path,omitempty" jsonschema:"description=Save to this host path instead of returning the content. It must not exist yet and must be inside the server's allowed roots. Directories need it."`
-	MaxBytes  int64  `json:"max_bytes,omitempty" jsonschema:"description=Return at most this many bytes of content (default 1048576); the rest is cut and truncated is true.,minimum=0"`
+	Path           string `json:"path" jsonschema:"description=File (or\\, with local_path\\, directory) in the machine."`
+	Machine        string `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
+	LocalPath      string `json:"local_path,omitempty" jsonschema:"description=Save to this host path instead of returning the content. It must not exist yet and must be inside the server's allowed roots. Directories need it."`
+	Offset         int64  `json:"offset,omitempty" jsonschema:"description=Byte offset in the file where the content returned starts (default 0). A result that does not reach the end of the file gives next_offset to continue from.,minimum=0"`
+	Length         int64  `json:"length,omitempty" jsonschema:"description=Bytes to return from offset (default: what fits the result's budget). Text is never returned past the budget: the result says where it stopped (next_offset). Binary content that does not fit comes back as a resource_link to read with resources/read.,minimum=1"`
+	MaxBytes       int64  `json:"max_bytes,omitempty" jsonschema:"description=Deprecated alias of length (0: not given).,minimum=0"`
+	MaxOutputChars *int   `json:"max_output_chars,omitempty" jsonschema:"description=Most characters of text this result may carry (default: the server's\\, normally 30000). A text file's window is cut to fit; binary content is embedded only when its base64 fits (and is at most 256 KiB)\\, else linked."`
 	CallTimeout
 	SessionArg
 }
@@ -59,17 +64,29 @@ type DownloadFileInput struct {
 // DownloadFileOutput is download_file's result.
 type DownloadFileOutput struct {
 	SessionResult
-	Machine   string `json:"machine" jsonschema:"description=The machine the file came from."`
-	Path      string `json:"path" jsonschema:"description=The path read."`
-	Bytes     int64  `json:"bytes" jsonschema:"description=Size of the whole file (for a directory: of all its files)."`
-	SHA256    string `json:"sha256" jsonschema:"description=Hex SHA-256 of the whole file; for a directory\\, of its manifest as upload_file computes it."`
-	Truncated bool   `json:"truncated" jsonschema:"description=The content returned was cut at max_bytes."`
-	Encoding  string `json:"encoding,omitempty" jsonschema:"description=How the content item carries the file: utf-8 (text) or base64 (an embedded blob).,enum=utf-8,enum=base64"`
-	LocalPath string `json:"local_path,omitempty" jsonschema:"description=Where the file or directory was saved on the host."`
-	Files     int    `json:"files,omitempty" jsonschema:"description=For a directory: how many files were saved."`
+	Machine     string `json:"machine" jsonschema:"description=The machine the file came from."`
+	Path        string `json:"path" jsonschema:"description=The path read."`
+	Bytes       int64  `json:"bytes" jsonschema:"description=Size of the whole file (for a directory: of all its files)."`
+	SHA256      string `json:"sha256" jsonschema:"description=Hex SHA-256 of the whole file; for a directory\\, of its manifest as upload_file computes it."`
+	Offset      int64  `json:"offset" jsonschema:"description=Byte offset in the file of the first byte returned."`
+	Length      int64  `json:"length" jsonschema:"description=Bytes of the file returned in the content (saved\\, with local_path; 0 for a resource_link)."`
+	NextOffset  int64  `json:"next_offset,omitempty" jsonschema:"description=Where the next part of the file starts: pass it as offset to read on. Absent when the content reaches the end of the file."`
+	Truncated   bool   `json:"truncated" jsonschema:"description=The content is only part of the file (a window from offset); false when it is the whole file or a resource_link to it."`
+	Encoding    string `json:"encoding,omitempty" jsonschema:"description=How the content item carries the file: utf-8 (text)\\, base64 (an embedded blob) or resource_link (a link to read with resources/read).,enum=utf-8,enum=base64,enum=resource_link"`
+	ResourceURI string `json:"resource_uri,omitempty" jsonschema:"description=The resource_link's URI: resources/read returns the file's bytes\\, at most 8 MiB per read; add ?offset=N&length=M for a range."`
+	LocalPath   string `json:"local_path,omitempty" jsonschema:"description=Where the file or directory was saved on the host."`
+	Files       int    `json:"files,omitempty" jsonschema:"description=For a directory: how many files were saved."`
 }
 
-const defaultMaxBytes = 1 << 20
+const (
+	// maxBlobChars is the most base64 a result embeds (within the
+	// result's budget too); larger binary content is linked.
+	maxBlobChars = 256 << 10
+	// windowReserve is the part of the budget a text window leaves for the
+	// marker, the summary and the notes (plus some per byte of the path,
+	// which they name).
+	windowReserve = 640
+)
 
 func (s *Service) fileTools() []server.ServerTool {
 	return []server.ServerTool{
@@ -86,8 +103,9 @@ func (s *Service) fileTools() []server.ServerTool {
 			name:    "download_file",
 			timeout: 600 * time.Second,
 			title:   "Download a file",
-			description: "Read a file from a machine: UTF-8 text comes back as text, anything else as a base64 embedded blob, cut at max_bytes. " +
-				"With local_path, the file or directory is saved on the host instead (inside the allowed roots, never overwriting). Returns its size and SHA-256. Gives up after timeout_seconds (default 600).",
+			description: "Read a file from a machine. UTF-8 text comes back as text: past the result's budget (max_output_chars), a window of it with a marker line saying what was left out; offset and length choose the window, next_offset continues. " +
+				"Anything else comes back as a base64 embedded blob when it fits, else as a resource_link to read with resources/read (at most 8 MiB per read; ?offset=N&length=M for a range). " +
+				"With local_path, the file or directory is saved on the host instead (inside the allowed roots, never overwriting). Returns the file's size and SHA-256. Gives up after timeout_seconds (default 600).",
 			idempotent: true,
 		}, s.downloadFile),
 	}
@@ -255,8 +273,22 @@ func (s *Service) downloadFile(ctx context.Context, req mcp.CallToolRequest, in 
 	if err := backend.CheckPath(in.Path); err != nil {
 		return nil, err
 	}
+	length, err := in.window()
+	if err != nil {
+		return nil, err
+	}
+	budget, err := s.outputBudget(in.MaxOutputChars)
+	if err != nil {
+		return nil, err
+	}
+	if budget <= 0 { // a Service made without NewService (a test)
+		budget = DefaultMaxOutputChars
+	}
 	var target *hostTarget
 	if in.LocalPath != "" {
+		if in.Offset != 0 || in.Length != 0 {
+			return nil, errors.New("offset and length choose the part of the file returned in the result; with local_path the whole file is saved: leave them out, or leave out local_path")
+		}
 		access, ask := s.hostAccess(ctx, req, in.LocalPath)
 		if ask != nil {
 			return ask, nil
@@ -288,37 +320,282 @@ func (s *Service) downloadFile(ctx context.Context, req mcp.CallToolRequest, in 
 	if target != nil {
 		return s.downloadToHost(ctx, m.ID(), files, in.Path, target)
 	}
-	max := in.MaxBytes
-	if max <= 0 {
-		max = defaultMaxBytes
+	if err := checkOffset(in.Offset, fi.Size, fi.Path); err != nil {
+		return nil, err
 	}
-	w := &headWriter{max: max, hash: sha256.New()}
+	plan := planWindow(budget, len(fi.Path))
+	w := &fileWindow{from: in.Offset, keep: plan.keep(length), hash: sha256.New()}
 	n, err := files.ReadFile(ctx, in.Path, w)
 	if err != nil {
 		return nil, err
 	}
-	out := DownloadFileOutput{Machine: m.ID(), Path: fi.Path, Bytes: n, SHA256: hex.EncodeToString(w.hash.Sum(nil)), Truncated: n > int64(len(w.head))}
-	data := w.head
-	if out.Truncated {
-		data = trimPartialRune(data)
+	if err := checkOffset(in.Offset, n, fi.Path); err != nil {
+		return nil, fmt.Errorf("%w (it shrank while it was read)", err)
 	}
-	var item mcp.Content
-	if utf8.Valid(data) {
-		out.Encoding = "utf-8"
-		item = mcp.NewTextContent(string(data))
-	} else {
-		out.Encoding = "base64"
-		item = mcp.NewEmbeddedResource(mcp.BlobResourceContents{
-			URI:      "file://" + fi.Path,
-			MIMEType: http.DetectContentType(data),
-			Blob:     base64.StdEncoding.EncodeToString(w.head),
-		})
-	}
+	out := DownloadFileOutput{Machine: m.ID(), Path: fi.Path, Bytes: n, SHA256: hex.EncodeToString(w.hash.Sum(nil)), Offset: in.Offset}
 	summary := fmt.Sprintf("%s: %d bytes, sha256 %s", out.Path, out.Bytes, out.SHA256)
+	if win, ok := textWindow(w.buf, in.Offset, n, length, plan.room); ok {
+		out.Encoding = "utf-8"
+		out.Offset, out.Length = win.start, int64(len(win.text))
+		end := win.start + out.Length
+		out.Truncated = win.start > 0 || end < n
+		if end < n {
+			out.NextOffset = end
+		}
+		items := []mcp.Content{mcp.NewTextContent(string(win.text))}
+		if out.Truncated {
+			first := w.linesBefore + 1
+			items = append(items, mcp.NewTextContent(windowMarker(out.Path, win.start, end, n, first, lastLine(first, win.text), w.lines())))
+		}
+		return structured(out, false, append(items, mcp.NewTextContent(summary))...), nil
+	}
+	// Binary: embedded when the part asked for fits, else linked.
+	want := n - in.Offset
+	if length > 0 {
+		want = min(want, length)
+	}
+	if want > plan.blobBytes {
+		out.Encoding = "resource_link"
+		var rangeLength int64
+		if length > 0 && in.Offset+length < n {
+			rangeLength = length
+		}
+		out.ResourceURI = fileURI(m.ID(), fi.Path, in.Offset, rangeLength)
+		mime := "application/octet-stream"
+		if in.Offset == 0 {
+			mime = http.DetectContentType(w.buf)
+		}
+		link := mcp.NewResourceLink(out.ResourceURI, path.Base(fi.Path),
+			fmt.Sprintf("%s in machine %s (%d bytes); read it with resources/read, at most %d bytes per read: add ?offset=N&length=M to the URI for a range", fi.Path, m.ID(), n, maxResourceRead), mime)
+		link.Size = &want
+		summary += fmt.Sprintf(". The %s bytes asked for are binary and too large to embed in the result (at most %s bytes fit): they are linked as %s. Read them with resources/read (at most %s bytes per read; ?offset=N&length=M for a range), save the file on the host with local_path, or ask for a smaller part with offset and length.",
+			commas(want), commas(plan.blobBytes), out.ResourceURI, commas(maxResourceRead))
+		return structured(out, false, link, mcp.NewTextContent(summary)), nil
+	}
+	data := w.buf[:min(want, int64(len(w.buf)))] // shorter if it shrank
+	want = int64(len(data))
+	out.Encoding = "base64"
+	out.Length = want
+	end := in.Offset + want
+	out.Truncated = in.Offset > 0 || end < n
+	if end < n {
+		out.NextOffset = end
+	}
+	mime := "application/octet-stream"
+	if in.Offset == 0 {
+		mime = http.DetectContentType(data)
+	}
+	item := mcp.NewEmbeddedResource(mcp.BlobResourceContents{
+		URI:      "file://" + fi.Path,
+		MIMEType: mime,
+		Blob:     base64.StdEncoding.EncodeToString(data),
+	})
 	if out.Truncated {
-		summary += fmt.Sprintf(" (only the first %d bytes are returned)", len(w.head))
+		summary += fmt.Sprintf(" (bytes %d to %d are returned", in.Offset, end)
+		if end < n {
+			summary += fmt.Sprintf("; continue with offset=%d", end)
+		}
+		summary += ")"
 	}
 	return structured(out, false, item, mcp.NewTextContent(summary)), nil
+}
+
+// window is the length asked for (0: what fits), from length or its
+// deprecated alias max_bytes.
+func (in DownloadFileInput) window() (int64, error) {
+	switch {
+	case in.Offset < 0:
+		return 0, fmt.Errorf("offset is %d; give a byte offset from 0 to the file's size", in.Offset)
+	case in.Length < 0:
+		return 0, fmt.Errorf("length is %d; give a positive number of bytes, or leave it out for what fits the result", in.Length)
+	case in.MaxBytes < 0:
+		return 0, fmt.Errorf("max_bytes is %d; give a positive number of bytes, or leave it out", in.MaxBytes)
+	case in.Length > 0 && in.MaxBytes > 0 && in.Length != in.MaxBytes:
+		return 0, fmt.Errorf("length is %d and max_bytes is %d; give only length (max_bytes is its old name)", in.Length, in.MaxBytes)
+	case in.Length > 0:
+		return in.Length, nil
+	}
+	return in.MaxBytes, nil
+}
+
+// checkOffset refuses an offset past the end of a file of size bytes.
+func checkOffset(offset, size int64, p string) error {
+	if offset > size {
+		return fmt.Errorf("offset %d is past the end of %s, which has %d bytes; give an offset from 0 to %d", offset, p, size, size)
+	}
+	return nil
+}
+
+// windowPlan is how much of a file a result can carry.
+type windowPlan struct {
+	room      int   // characters of a text window
+	blobBytes int64 // bytes of an embedded blob
+}
+
+// planWindow divides a budget of characters: a text window gets what the
+// marker, summary and notes leave (those name the path, of pathLen bytes);
+// a blob's base64 gets the budget, up to maxBlobChars.
+func planWindow(budget, pathLen int) windowPlan {
+	room := budget - windowReserve - 4*pathLen
+	room = max(room, budget/4, 1)
+	return windowPlan{room: room, blobBytes: int64(min(budget, maxBlobChars) / 4 * 3)}
+}
+
+// keep is how many bytes the result may need of length bytes (0: the
+// rest of the file): a text window of room characters (up to 4 bytes each,
+// and 3 more to find a character's start; an escaped character costs more
+// than its bytes) or a blob.
+func (p windowPlan) keep(length int64) int64 {
+	k := max(4*int64(p.room)+utf8.UTFMax, p.blobBytes+1)
+	if length > 0 {
+		k = min(k, length+utf8.UTFMax-1)
+	}
+	return k
+}
+
+// fileWindow takes a whole file as it is read: it hashes it (when hash is
+// set), counts its lines and those before from, and keeps the bytes
+// [from, from+keep). With stop, it ends the read once it has them.
+type fileWindow struct {
+	from, keep  int64
+	stop        bool
+	hash        hash.Hash
+	at          int64 // bytes seen
+	buf         []byte
+	newlines    int64 // in the file
+	linesBefore int64 // newlines before from
+	last        byte  // the last byte seen
+}
+
+// errWindowDone ends a read that has all it needs.
+var errWindowDone = errors.New("the range was read")
+
+func (w *fileWindow) Write(p []byte) (int, error) {
+	if w.hash != nil {
+		w.hash.Write(p)
+	}
+	n := int64(len(p))
+	if n == 0 {
+		return 0, nil
+	}
+	nl := int64(bytes.Count(p, []byte{'\n'}))
+	w.newlines += nl
+	w.last = p[n-1]
+	switch {
+	case w.at+n <= w.from:
+		w.linesBefore += nl
+	case w.at < w.from:
+		w.linesBefore += int64(bytes.Count(p[:w.from-w.at], []byte{'\n'}))
+	}
+	if lo, hi := max(w.from-w.at, 0), min(w.from+w.keep-w.at, n); lo < hi {
+		w.buf = append(w.buf, p[lo:hi]...)
+	}
+	w.at += n
+	if w.stop && w.full() {
+		return len(p), errWindowDone
+	}
+	return len(p), nil
+}
+
+// lines is how many lines the file has: its newlines, and a last line
+// without one.
+func (w *fileWindow) lines() int64 {
+	if w.at > 0 && w.last != '\n' {
+		return w.newlines + 1
+	}
+	return w.newlines
+}
+
+// full reports whether the window holds all keep bytes.
+func (w *fileWindow) full() bool { return int64(len(w.buf)) >= w.keep }
+
+// window is a part of a text file.
+type window struct {
+	start int64 // byte offset in the file of text
+	text  []byte
+}
+
+// textWindow is the text that buf (the file's bytes from offset on, of a
+// file of size bytes) gives: length bytes from offset (0: as many as fit),
+// within room characters (as cost counts them: an escaped character counts
+// for its escape), starting and ending on UTF-8 character boundaries (cut
+// after a newline near the end when it is cut to fit).
+// ok is false when buf is not UTF-8 text, or holds a NUL byte (as binary
+// files do: a region of zeros reads as valid UTF-8).
+func textWindow(buf []byte, offset, size, length int64, room int) (window, bool) {
+	b := buf
+	skip := 0
+	if offset > 0 { // the window may start in the middle of a character
+		for skip < len(b) && skip < utf8.UTFMax-1 && !utf8.RuneStart(b[skip]) {
+			skip++
+		}
+		b = b[skip:]
+	}
+	if length > 0 {
+		b = b[:max(min(int64(len(b)), length-int64(skip)), 0)]
+	}
+	if offset+int64(skip)+int64(len(b)) < size {
+		b = trimPartialRune(b) // cut by the window, not by the end of the file
+	}
+	if !utf8.Valid(b) || bytes.IndexByte(b, 0) >= 0 {
+		return window{}, false
+	}
+	if cost(b) > room {
+		cut := firstChars(b, room)
+		if len(cut) == 0 && len(b) > 0 { // one character, whatever it costs: never stuck
+			_, size := utf8.DecodeRune(b)
+			cut = b[:size]
+		}
+		b = cut
+	}
+	return window{start: offset + int64(skip), text: b}, true
+}
+
+// lastLine is the number of the line that text (which starts on line
+// first) ends on.
+func lastLine(first int64, text []byte) int64 {
+	if len(text) == 0 {
+		return first
+	}
+	l := first + int64(bytes.Count(text, []byte{'\n'}))
+	if text[len(text)-1] == '\n' {
+		l--
+	}
+	return l
+}
+
+// windowMarker is the one line that follows a window of a text file: what
+// was left out before and after it, and how to read the rest.
+func windowMarker(p string, start, end, size, first, last, lines int64) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[… %s has %s bytes (%s lines); this is bytes %s to %s", p, commas(size), commas(lines), commas(start), commas(end))
+	if end > start {
+		fmt.Fprintf(&b, " (lines %s to %s)", commas(first), commas(last))
+	}
+	fmt.Fprintf(&b, ": %s bytes before it and %s bytes after it were left out.", commas(start), commas(size-end))
+	q := shellQuote(p)
+	if end < size {
+		fmt.Fprintf(&b, " Read on with download_file offset=%d, or with exec_command: sed -n '%d,%dp' %s, tail -c +%d %s | head -c 10000", end, last+1, last+200, q, end+1, q)
+	} else {
+		fmt.Fprintf(&b, " Read the start with download_file offset=0, or with exec_command: head -c %d %s", start, q)
+	}
+	b.WriteString(" …]")
+	return b.String()
+}
+
+// shellQuote quotes p for a shell command when it needs it.
+func shellQuote(p string) string {
+	safe := p != ""
+	for _, r := range p {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-+:@%,", r)) {
+			safe = false
+			break
+		}
+	}
+	if safe {
+		return p
+	}
+	return "'" + strings.ReplaceAll(p, "'", `'\''`) + "'"
 }
 
 func (s *Service) downloadToHost(ctx context.Context, machine string, m backend.FileStore, p string, target *hostTarget) (*mcp.CallToolResult, error) {
@@ -344,7 +621,7 @@ func (s *Service) downloadToHost(ctx context.Context, machine string, m backend.
 		}
 		return nil, fmt.Errorf("save %s: %w", target.path, err)
 	}
-	out := DownloadFileOutput{Machine: machine, Path: p, Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil)), LocalPath: target.path}
+	out := DownloadFileOutput{Machine: machine, Path: p, Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil)), Length: n, LocalPath: target.path}
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Saved %s (%d bytes, sha256 %s) to %s.", p, n, out.SHA256, target.path))), nil
 }
 
@@ -376,7 +653,7 @@ func (s *Service) savedDir(machine, p, hostPath string, dir *os.Root, skipped []
 	if err != nil {
 		return nil, err
 	}
-	out := DownloadFileOutput{Machine: machine, Path: p, Bytes: size, SHA256: digest, LocalPath: hostPath, Files: files}
+	out := DownloadFileOutput{Machine: machine, Path: p, Bytes: size, SHA256: digest, Length: size, LocalPath: hostPath, Files: files}
 	msg := fmt.Sprintf("Saved directory %s (%d files, %d bytes, manifest sha256 %s) to %s.", p, files, size, digest, hostPath)
 	if len(skipped) > 0 {
 		msg += fmt.Sprintf(" Left out %d symbolic links that point outside the directory (%s).", len(skipped), strings.Join(firstN(skipped, 5), ", "))
@@ -410,24 +687,6 @@ func describeMode(m fs.FileMode) string {
 		return "a device"
 	}
 	return m.String()
-}
-
-// headWriter keeps the first max bytes written and hashes everything.
-type headWriter struct {
-	max  int64
-	head []byte
-	hash hash.Hash
-}
-
-func (w *headWriter) Write(p []byte) (int, error) {
-	w.hash.Write(p)
-	if room := w.max - int64(len(w.head)); room > 0 {
-		if int64(len(p)) < room {
-			room = int64(len(p))
-		}
-		w.head = append(w.head, p[:room]...)
-	}
-	return len(p), nil
 }
 
 // trimPartialRune drops an incomplete UTF-8 sequence that a cut left at

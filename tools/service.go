@@ -43,6 +43,9 @@ type Service struct {
 	localPrincipal    string
 	log               zerolog.Logger
 	onCall            func(tool, backend, outcome string, d time.Duration)
+	// The budget of a result's text, and the most a call may ask for.
+	maxOutputChars, maxOutputCharsLimit int
+	spoolDir                            string
 }
 
 // Config configures a Service.
@@ -72,7 +75,16 @@ type Config struct {
 	// backend of the machine it used ("" if none), "ok", "tool_error" or
 	// "error", and how long it took (for metrics).
 	OnCall func(tool, backend, outcome string, d time.Duration)
-	Log    zerolog.Logger
+	// MaxOutputChars is the budget of a result's text (0:
+	// DefaultMaxOutputChars); MaxOutputCharsLimit the most a call may ask
+	// for with max_output_chars (0: DefaultMaxOutputCharsLimit, and never
+	// less than MaxOutputChars).
+	MaxOutputChars, MaxOutputCharsLimit int
+	// SpoolDir holds, for the length of a call, the output of a command or
+	// code that outgrew the result, on its way to the machine (default:
+	// the system's temporary directory).
+	SpoolDir string
+	Log      zerolog.Logger
 }
 
 // NewService makes the tools' shared state.
@@ -86,8 +98,16 @@ func NewService(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.MaxOutputChars <= 0 {
+		cfg.MaxOutputChars = DefaultMaxOutputChars
+	}
+	if cfg.MaxOutputCharsLimit <= 0 {
+		cfg.MaxOutputCharsLimit = DefaultMaxOutputCharsLimit
+	}
+	cfg.MaxOutputCharsLimit = max(cfg.MaxOutputCharsLimit, cfg.MaxOutputChars)
 	return &Service{broker: b, sessions: cfg.Sessions, allowedRoots: roots, rootsPerPrincipal: cfg.RootsPerPrincipal,
-		localPrincipal: localPrincipal(), log: cfg.Log, onCall: cfg.OnCall}, nil
+		localPrincipal: localPrincipal(), log: cfg.Log, onCall: cfg.OnCall,
+		maxOutputChars: cfg.MaxOutputChars, maxOutputCharsLimit: cfg.MaxOutputCharsLimit, spoolDir: cfg.SpoolDir}, nil
 }
 
 // Broker is the service's machine broker (for the reaper and the
@@ -133,7 +153,7 @@ func (s *Service) NewMCPServer(version string) *server.MCPServer {
 		server.WithInstructions(Instructions),
 		server.WithToolCapabilities(false),
 		server.WithPromptCapabilities(false),
-		server.WithResourceCapabilities(false, false), // none yet; clients may still ask
+		server.WithResourceCapabilities(false, false), // the machines' files (resources.go)
 		server.WithLogging(),
 		// No output validation: results are typed Go values made to match
 		// their schemas, and the end-to-end tests validate every result
@@ -143,6 +163,7 @@ func (s *Service) NewMCPServer(version string) *server.MCPServer {
 		server.WithHooks(&server.Hooks{}),
 	)
 	s.Register(srv)
+	s.registerResources(srv)
 	prompts.Register(srv, prompts.Options{Snapshots: func(ctx context.Context) bool {
 		return s.broker.Backends(s.principal(ctx))[0].Has(backend.Snapshots)
 	}})

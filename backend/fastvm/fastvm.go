@@ -6,6 +6,7 @@ package fastvm
 
 import (
 	"archive/tar"
+	"bytes"
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
@@ -453,9 +454,10 @@ func (m *Machine) exec(ctx context.Context, req fvc.ExecRequest, c backend.Comma
 	if max <= 0 {
 		max = defaultMaxOutput
 	}
-	if c.OnOutput == nil {
-		// Nobody watches the output as it comes: the JSON exec is quicker
-		// than the stream (one response instead of an event per chunk).
+	if c.OnOutput == nil && c.Stdout == nil && c.Stderr == nil {
+		// Nobody watches the output as it comes, and the service's cut of
+		// it will do: the JSON exec is quicker than the stream (one
+		// response instead of an event per chunk).
 		r, err := m.b.c.Exec(ctx, m.id, req)
 		if err != nil {
 			return nil, fmt.Errorf("run on FastVM machine %s: %w", m.id, err)
@@ -466,7 +468,7 @@ func (m *Machine) exec(ctx context.Context, req fvc.ExecRequest, c backend.Comma
 		capOutput(&res.Stderr, &res.StderrTruncated, max)
 		return res, nil
 	}
-	out := [2]*stream{{max: max, name: "stdout", on: c.OnOutput}, {max: max, name: "stderr", on: c.OnOutput}}
+	out := [2]*stream{{max: max, name: "stdout", on: c.OnOutput, w: c.Stdout}, {max: max, name: "stderr", on: c.OnOutput, w: c.Stderr}}
 	start := time.Now()
 	exit, err := m.b.c.ExecStreamFunc(ctx, m.id, req, func(ev fvc.ExecEvent) error {
 		switch ev.Type {
@@ -507,19 +509,22 @@ func orHome(dir string) string {
 	return dir
 }
 
-// stream collects one output stream: kept up to max bytes, and handed out
-// line by line as it arrives.
+// stream collects one output stream: kept up to max bytes (or all of it
+// passed to w), and handed out line by line as it arrives.
 type stream struct {
 	name      string
 	max       int
 	on        func(stream, line string)
+	w         io.Writer
 	buf       strings.Builder
 	truncated bool
 	partial   []byte
 }
 
 func (s *stream) write(b []byte) {
-	if room := s.max - s.buf.Len(); room < len(b) {
+	if s.w != nil {
+		s.w.Write(b)
+	} else if room := s.max - s.buf.Len(); room < len(b) {
 		s.buf.Write(b[:max(room, 0)])
 		s.truncated = true
 	} else {
@@ -530,7 +535,7 @@ func (s *stream) write(b []byte) {
 	}
 	s.partial = append(s.partial, b...)
 	for {
-		i := strings.IndexByte(string(s.partial), '\n')
+		i := bytes.IndexByte(s.partial, '\n')
 		if i < 0 {
 			break
 		}

@@ -78,11 +78,11 @@ func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandR
 	if maxOut <= 0 {
 		maxOut = defaultMaxOutput
 	}
-	relay := int64(-1) // everything, for OnOutput
-	if c.OnOutput == nil {
+	relay := int64(-1) // everything, for OnOutput or the writers
+	if c.OnOutput == nil && c.Stdout == nil && c.Stderr == nil {
 		relay = int64(maxOut) // only what the result keeps
 	}
-	out := &cmdOutput{max: maxOut, onOutput: c.OnOutput}
+	out := &cmdOutput{max: maxOut, onOutput: c.OnOutput, w: [2]io.Writer{c.Stdout, c.Stderr}}
 	op := newOpID()
 	var deadline time.Time
 	if c.Timeout > 0 {
@@ -156,10 +156,12 @@ func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandR
 	}
 }
 
-// cmdOutput collects a command's output as the helper relays it.
+// cmdOutput collects a command's output as the helper relays it: up to
+// max bytes of each stream, or all of it passed to its writer.
 type cmdOutput struct {
 	max      int
 	onOutput func(stream, line string)
+	w        [2]io.Writer
 	got      [2]int64
 	buf      [2]bytes.Buffer
 	partial  [2][]byte
@@ -176,7 +178,11 @@ func (o *cmdOutput) onData(stream int, off int64, p []byte) error {
 		return fmt.Errorf("%s bytes %d… of the command were lost on the way (got bytes from %d)", streamNames[i], o.got[i], off)
 	}
 	o.got[i] += int64(len(p))
-	if room := o.max - o.buf[i].Len(); room > 0 {
+	if o.w[i] != nil {
+		if _, err := o.w[i].Write(p); err != nil {
+			return err
+		}
+	} else if room := o.max - o.buf[i].Len(); room > 0 {
 		o.buf[i].Write(p[:min(room, len(p))])
 	}
 	if o.onOutput != nil {
@@ -223,8 +229,8 @@ func (o *cmdOutput) result(r *cmdResult) *backend.CommandResult {
 		Signal:          r.Signal,
 		Stdout:          o.buf[0].String(),
 		Stderr:          o.buf[1].String(),
-		StdoutTruncated: r.StdoutBytes > int64(o.max),
-		StderrTruncated: r.StderrBytes > int64(o.max),
+		StdoutTruncated: o.w[0] == nil && r.StdoutBytes > int64(o.max),
+		StderrTruncated: o.w[1] == nil && r.StderrBytes > int64(o.max),
 		TimedOut:        r.TimedOut,
 		Duration:        time.Duration(r.DurationMS) * time.Millisecond,
 	}

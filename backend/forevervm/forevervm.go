@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"regexp"
 	"strings"
@@ -220,6 +221,10 @@ func (m *Machine) ID() string { return m.name }
 // Backend is "forevervm".
 func (m *Machine) Backend() string { return Name }
 
+// maxPythonOutput is how much of each stream a result keeps when the
+// caller gives no writer for it.
+const maxPythonOutput = 1 << 20
+
 // RunPython runs code on the machine's REPL. When ctx ends first, the
 // instruction is interrupted on the machine (its state survives).
 func (m *Machine) RunPython(ctx context.Context, code string, opts backend.PythonOptions) (*backend.PythonResult, error) {
@@ -227,16 +232,21 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts backend.Pytho
 	if err != nil {
 		return nil, err
 	}
+	// The wire carries output a line at a time, without its newline.
 	var stdout, stderr strings.Builder
 	res, err := r.Exec(ctx, code, fvm.ExecOptions{
 		Timeout: opts.Timeout,
 		OnOutput: func(ch fvm.OutputChunk) {
-			out := &stdout
+			out, w := &stdout, opts.Stdout
 			if ch.Stream == "stderr" {
-				out = &stderr
+				out, w = &stderr, opts.Stderr
 			}
-			out.WriteString(ch.Data)
-			out.WriteByte('\n')
+			if w != nil {
+				io.WriteString(w, ch.Data+"\n")
+			} else if out.Len() < maxPythonOutput {
+				out.WriteString(ch.Data[:min(len(ch.Data), maxPythonOutput-out.Len())])
+				out.WriteByte('\n')
+			}
 			if opts.OnOutput != nil {
 				opts.OnOutput(ch.Stream, ch.Data)
 			}

@@ -59,11 +59,13 @@ type config struct {
 	fastvm       fastvmConfig
 	maxMachines  int
 	maxSnapshots int
-	idle         map[string]time.Duration // backend → idle timeout
-	ttl          time.Duration            // conversations idle this long are closed
-	http         httpConfig               // the hosted endpoint, when transport is http
-	limits       local.Limits
-	noSandbox    bool
+	// The budget of a result's text, and the most a call may ask for.
+	maxOutputChars, maxOutputCharsLimit int
+	idle                                map[string]time.Duration // backend → idle timeout
+	ttl                                 time.Duration            // conversations idle this long are closed
+	http                                httpConfig               // the hosted endpoint, when transport is http
+	limits                              local.Limits
+	noSandbox                           bool
 }
 
 // parseConfig reads the flags; each falls back to its environment variable
@@ -84,6 +86,8 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	backend := fs.String("backend", envOr("VMCP_BACKEND", "auto"), "where a conversation's machine runs: local, forevervm, fastvm, or auto (FastVM if configured, else ForeverVM, else local); every tool call without machine acts on the conversation's one machine (env VMCP_BACKEND)")
 	maxMachines := fs.Int("max-machines", intEnv(getenv, "VMCP_MAX_MACHINES", 0), "most machines one conversation may own; 0: no limit (env VMCP_MAX_MACHINES)")
 	maxSnapshots := fs.Int("max-snapshots", intEnv(getenv, "VMCP_MAX_SNAPSHOTS", 0), "most snapshots one conversation may own; 0: no limit (env VMCP_MAX_SNAPSHOTS)")
+	maxOutputChars := fs.Int("max-output-chars", intEnv(getenv, "VMCP_MAX_OUTPUT_CHARS", tools.DefaultMaxOutputChars), "characters of text a result carries at most; longer output keeps head and tail, the whole saved in the machine (env VMCP_MAX_OUTPUT_CHARS)")
+	maxOutputCharsLimit := fs.Int("max-output-chars-limit", intEnv(getenv, "VMCP_MAX_OUTPUT_CHARS_LIMIT", tools.DefaultMaxOutputCharsLimit), "the most a call may ask for with max_output_chars (env VMCP_MAX_OUTPUT_CHARS_LIMIT)")
 	idleLocal := fs.Duration("idle-local", durEnv(getenv, "VMCP_IDLE_LOCAL", 30*time.Minute), "stop a local machine's processes after this long unused (files stay; 0: never) (env VMCP_IDLE_LOCAL)")
 	idleFast := fs.Duration("idle-fastvm", durEnv(getenv, "VMCP_IDLE_FASTVM", 15*time.Minute), "pause a FastVM machine unused this long (memory and files kept, no quota held; the next use resumes it), or with --fastvm-idle-action snapshot park it as a snapshot (0: never) (env VMCP_IDLE_FASTVM)")
 	fastIdleAction := fs.String("fastvm-idle-action", envOr("VMCP_FASTVM_IDLE_ACTION", "auto"), "what to do with an idle FastVM machine: pause, snapshot (snapshot it, delete it, relaunch it on next use), or auto (pause where the service can, else snapshot) (env VMCP_FASTVM_IDLE_ACTION)")
@@ -135,6 +139,9 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	if *idleLocal < 0 || *idleFast < 0 || *ttl < 0 {
 		return config{}, errors.New("--idle-local, --idle-fastvm and --conversation-ttl take a duration such as 30m or 168h (VMCP_IDLE_LOCAL, VMCP_IDLE_FASTVM, VMCP_CONVERSATION_TTL), 0 for never")
 	}
+	if *maxOutputChars < 1000 || *maxOutputCharsLimit < *maxOutputChars {
+		return config{}, fmt.Errorf("--max-output-chars %d, --max-output-chars-limit %d: give a budget of at least 1000 characters and a limit no smaller", *maxOutputChars, *maxOutputCharsLimit)
+	}
 	if *maxMachines < 0 || *maxSnapshots < 0 {
 		return config{}, errors.New("--max-machines and --max-snapshots (VMCP_MAX_MACHINES, VMCP_MAX_SNAPSHOTS) take a whole number, 0 for no limit")
 	}
@@ -183,6 +190,7 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	}
 	return config{http: *hc, stateDir: *stateDir, logLevel: level, allowedRoots: filepath.SplitList(*roots), version: *showVersion,
 		backend: *backend, forevervm: fvmCfg, fastvm: fastCfg, limits: limits, noSandbox: *noSandbox, maxMachines: *maxMachines, maxSnapshots: *maxSnapshots,
+		maxOutputChars: *maxOutputChars, maxOutputCharsLimit: *maxOutputCharsLimit,
 		idle: map[string]time.Duration{"local": *idleLocal, "fastvm": *idleFast}, ttl: *ttl}, nil
 }
 
@@ -348,8 +356,14 @@ func run(args []string) error {
 	if cfg.http.transport == "http" { // the only one that serves /metrics
 		onCall = metrics.observe
 	}
+	// Output on its way to a machine waits here, not in a tmpfs /tmp.
+	spoolDir := filepath.Join(cfg.stateDir, "spool")
+	if err := os.MkdirAll(spoolDir, 0o700); err != nil {
+		return err
+	}
 	svc, err := tools.NewService(tools.Config{Backends: bs, BackendsFor: principalBackends, Sessions: manager, AllowedRoots: cfg.allowedRoots, RootsPerPrincipal: cfg.http.transport == "http", Instance: instance,
-		Idle: cfg.idle, ConversationTTL: cfg.ttl, OnCall: onCall, Log: log})
+		Idle: cfg.idle, ConversationTTL: cfg.ttl, OnCall: onCall, Log: log,
+		MaxOutputChars: cfg.maxOutputChars, MaxOutputCharsLimit: cfg.maxOutputCharsLimit, SpoolDir: spoolDir})
 	if err != nil {
 		return err
 	}

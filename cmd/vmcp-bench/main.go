@@ -62,6 +62,8 @@ type config struct {
 	stateDir    string
 	loadClients int // concurrent HTTP clients of the load test; 0 skips it
 	loadCalls   int
+	// outputRounds are the rounds of the 200 MB output benchmark; 0 skips it.
+	outputRounds int
 }
 
 func parseConfig(args []string) (config, error) {
@@ -71,6 +73,7 @@ func parseConfig(args []string) (config, error) {
 	rounds := fs.Int("rounds", 10, "the calls of each path are made in this many rounds, the paths taking turns, so that a slow spell of the machine affects them alike")
 	loadClients := fs.Int("load-clients", 0, "also run the load test: this many concurrent MCP clients over streamable HTTP (0: skip)")
 	loadCalls := fs.Int("load-calls", 20, "run_python calls of each load-test client")
+	outputRounds := fs.Int("output-rounds", 5, "rounds of the benchmark of a command printing 200 MB (0: skip it)")
 	stateDir := fs.String("state-dir", "", "directory for the servers' (<dir>/sdk, <dir>/lean) and the engine's (<dir>/engine) state; default a fresh temporary directory, removed at the end")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -87,10 +90,13 @@ func parseConfig(args []string) (config, error) {
 	if *rounds < 1 {
 		return config{}, fmt.Errorf("--rounds %d: want at least 1", *rounds)
 	}
+	if *outputRounds < 0 {
+		return config{}, fmt.Errorf("--output-rounds %d: want 0 or more", *outputRounds)
+	}
 	if *loadClients < 0 || *loadCalls < 1 {
 		return config{}, fmt.Errorf("--load-clients takes 0 or more, --load-calls 1 or more")
 	}
-	return config{server: *server, n: *n, rounds: *rounds, stateDir: *stateDir, loadClients: *loadClients, loadCalls: *loadCalls}, nil
+	return config{server: *server, n: *n, rounds: *rounds, stateDir: *stateDir, loadClients: *loadClients, loadCalls: *loadCalls, outputRounds: *outputRounds}, nil
 }
 
 func run(args []string, stdout io.Writer) error {
@@ -151,6 +157,11 @@ func run(args []string, stdout io.Writer) error {
 	fmt.Fprintln(stdout, "\nFastVM backend against the emulator (a process of its own) on loopback: through the MCP server, with the Go client's\nJSON exec as the backend uses it without a progress token (direct), and its streamed exec (ms)")
 	if err := printTable(stdout, []*operation{fast}, "direct", "streamed"); err != nil {
 		return err
+	}
+	if cfg.outputRounds > 0 {
+		if err := benchOutput(stdout, spec, filepath.Join(dir, "output"), cfg.outputRounds); err != nil {
+			return fmt.Errorf("output: %w", err)
+		}
 	}
 	pair, err := benchFastVMPython(cfg, spec, filepath.Join(dir, "fastvm-python"))
 	if err != nil {
@@ -223,6 +234,7 @@ type path struct {
 	call   func(op *operation) (time.Duration, error)
 	close  func()
 	stderr *syncBuffer // of the server or emulator behind it, if any
+	pid    int         // of the server behind it, if any
 }
 
 // openPaths calls the openers in order; if one fails, the paths opened are
@@ -384,6 +396,7 @@ type piped struct {
 	stdout io.Reader
 	stderr *syncBuffer
 	stop   func() // closes stdin, then waits (at most 10 s) for the process to exit
+	pid    int
 }
 
 // startPiped starts c with pipes to its stdin and stdout.
@@ -401,7 +414,7 @@ func startPiped(c *exec.Cmd) (*piped, error) {
 	if err := c.Start(); err != nil {
 		return nil, err
 	}
-	return &piped{stdin: stdin, stdout: stdout, stderr: stderr, stop: func() {
+	return &piped{stdin: stdin, stdout: stdout, stderr: stderr, pid: c.Process.Pid, stop: func() {
 		stdin.Close()
 		done := make(chan error, 1)
 		go func() { done <- c.Wait() }()
@@ -532,7 +545,7 @@ func openLean(server serverSpec, stateDir string) (p *path, err error) {
 	if _, err := stdin.Write([]byte(`{"jsonrpc":"2.0","method":"notifications/initialized"}` + "\n")); err != nil {
 		return nil, err
 	}
-	return &path{name: "lean", stderr: stderr, close: stop, call: func(op *operation) (time.Duration, error) {
+	return &path{name: "lean", stderr: stderr, close: stop, pid: proc.pid, call: func(op *operation) (time.Duration, error) {
 		d, r, err := rpc("tools/call", map[string]any{"name": op.tool, "arguments": op.args})
 		if err != nil {
 			return d, err

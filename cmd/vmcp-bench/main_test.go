@@ -31,7 +31,7 @@ func TestRun(t *testing.T) {
 
 	state := t.TempDir()
 	var out bytes.Buffer
-	if err := run([]string{"--server", bin, "--n", "20", "--state-dir", state}, &out); err != nil {
+	if err := run([]string{"--server", bin, "--n", "20", "--output-rounds", "1", "--state-dir", state}, &out); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", out.String())
@@ -55,7 +55,7 @@ func TestRun(t *testing.T) {
 	if !strings.Contains(out.String(), "new socket p50") {
 		t.Errorf("no new-socket column:\n%s", out.String())
 	}
-	for _, sub := range []string{"sdk", "lean", "engine", "forevervm", "fastvm", "fastvm-python"} {
+	for _, sub := range []string{"sdk", "lean", "engine", "forevervm", "fastvm", "fastvm-python", "output"} {
 		if _, err := os.Stat(filepath.Join(state, sub)); err != nil {
 			t.Errorf("state dir: %v", err)
 		}
