@@ -141,6 +141,24 @@ type Command struct {
 	// Stdout and Stderr, when set, receive every byte of the streams, in
 	// order; the result's Stdout and Stderr are then empty.
 	Stdout, Stderr io.Writer
+	// SaveOutput asks a backend that can to keep each stream that outgrows
+	// Keep bytes whole in the machine itself, in a file named after it in
+	// that directory (relative to the home; at most SaveMax bytes): Stdout
+	// and Stderr then receive only the first Keep bytes, and the result's
+	// Saved tells the rest. A backend that cannot ignores it (Saved nil).
+	SaveOutput string
+	Keep       int
+	SaveMax    int64
+}
+
+// SavedStream is what a backend that kept a stream in the machine (see
+// Command.SaveOutput) tells of it.
+type SavedStream struct {
+	Total, Lines int64
+	Tail         []byte // the last Keep bytes, when the stream outgrew Keep
+	Path         string // the file in the machine; empty when the stream fitted in Keep
+	Partial      bool   // the file stops at SaveMax, or where writing failed (Err)
+	Err          string
 }
 
 // CommandResult is how a command ended. A non-zero exit is a result.
@@ -153,6 +171,9 @@ type CommandResult struct {
 	TimedOut        bool
 	QuotaExceeded   bool
 	Duration        time.Duration
+	// Saved tells of stdout and stderr when the backend kept them in the
+	// machine (Command.SaveOutput); nil when it did not.
+	Saved *[2]SavedStream
 }
 
 // FileStore moves files in and out of a machine as streams.

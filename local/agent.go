@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -984,8 +985,17 @@ func (a *agent) startCommand(req request) {
 	}
 	var readers sync.WaitGroup
 	readers.Add(2)
-	go c.forward(a, &readers, outR, "stdout")
-	go c.forward(a, &readers, errR, "stderr")
+	if req.SaveDir != "" && req.Keep > 0 {
+		dir := req.SaveDir
+		if !filepath.IsAbs(dir) {
+			dir = filepath.Join(a.home, dir)
+		}
+		go c.forwardSaving(a, &readers, outR, "stdout", dir, req)
+		go c.forwardSaving(a, &readers, errR, "stderr", dir, req)
+	} else {
+		go c.forward(a, &readers, outR, "stdout")
+		go c.forward(a, &readers, errR, "stderr")
+	}
 	c.wait(a, req, &readers, outR, errR)
 }
 
@@ -1100,6 +1110,106 @@ func (c *agentCommand) forward(a *agent, wg *sync.WaitGroup, r *os.File, stream 
 			return
 		}
 	}
+}
+
+// liveEvery is how often a command whose output is saved sends a chunk
+// past its head, for the caller's progress.
+const liveEvery = 100 * time.Millisecond
+
+// forwardSaving is forward for a command whose output the machine keeps
+// (request.SaveDir): the first Keep bytes go to the engine; a stream that
+// outgrows them is written whole (up to SaveMax) to a file of dir, here in
+// the machine, so that what the command prints costs no transfer; the
+// last Keep bytes and the counts go in the stream's evSaved.
+func (c *agentCommand) forwardSaving(a *agent, wg *sync.WaitGroup, r *os.File, stream, dir string, req request) {
+	defer wg.Done()
+	keep := req.Keep
+	// Large reads from a large pipe: fewer wake-ups for a command that
+	// prints a lot (the size is a hint; a smaller pipe works too).
+	_, _ = unix.FcntlInt(r.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+	buf := make([]byte, 1<<20)
+	head := make([]byte, 0, keep)
+	tail := make([]byte, keep) // a ring, from tailAt once full
+	tailAt, tailFull := 0, false
+	var total, lines int64
+	var f *os.File
+	var written int64
+	var saveErr string
+	var lastLive time.Time
+	path := filepath.Join(dir, stream)
+	for {
+		n, err := r.Read(buf)
+		p := buf[:n]
+		if n > 0 {
+			total += int64(n)
+			lines += int64(bytes.Count(p, []byte{'\n'}))
+			if len(head) < keep {
+				k := min(keep-len(head), n)
+				head = append(head, p[:k]...)
+				a.send(event{Ev: evOutput, ID: c.id, Stream: stream, Data: p[:k]})
+			} else if now := time.Now(); now.Sub(lastLive) >= liveEvery {
+				lastLive = now
+				a.send(event{Ev: evOutput, ID: c.id, Stream: stream, Data: p, Live: true})
+			}
+			for q := p; len(q) > 0; {
+				k := copy(tail[tailAt:], q)
+				q = q[k:]
+				tailAt += k
+				if tailAt == keep {
+					tailAt, tailFull = 0, true
+				}
+			}
+			if total > int64(keep) && saveErr == "" && written < req.SaveMax {
+				if f == nil {
+					if err := os.MkdirAll(dir, 0o700); err != nil {
+						saveErr = err.Error()
+					} else if f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600); err != nil {
+						saveErr, f = err.Error(), nil
+					} else {
+						// What came before this chunk is all in head.
+						before := total - int64(n)
+						k, err := f.Write(head[:before])
+						written += int64(k)
+						if err != nil {
+							saveErr = err.Error()
+						}
+					}
+				}
+				if f != nil && saveErr == "" {
+					k, err := f.Write(p[:min(int64(n), req.SaveMax-written)])
+					written += int64(k)
+					if err != nil {
+						saveErr = err.Error()
+					}
+				}
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	ev := event{Ev: evSaved, ID: c.id, Stream: stream, Total: total, Lines: lines}
+	if f != nil {
+		if err := f.Close(); err != nil && saveErr == "" {
+			saveErr = err.Error()
+		}
+		rel, err := filepath.Rel(a.home, path)
+		if err != nil || strings.HasPrefix(rel, "..") {
+			rel = path
+		}
+		ev.Path, ev.Partial = rel, written < total
+	}
+	if saveErr != "" {
+		ev.Error = saveErr
+	}
+	if total > int64(keep) {
+		if tailFull {
+			ev.Data = append(append([]byte(nil), tail[tailAt:]...), tail[:tailAt]...)
+		} else {
+			ev.Data = tail[:tailAt]
+		}
+	}
+	a.send(ev)
 }
 
 // feedStdin writes the engine's stdin chunks to the command, acknowledging

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -317,6 +318,31 @@ type Command struct {
 	TTY *TTY
 	// MaxOutput caps the bytes of each stream kept in the result; default 1 MiB.
 	MaxOutput int
+	// SaveOutput, if set, is a directory of the machine (relative to its
+	// home) where each stream that outgrows Keep bytes is kept whole, in a
+	// file named after it, by the agent inside the machine (up to SaveMax
+	// bytes; default no limit): only the first Keep bytes cross to the host
+	// (to Stdout, Stderr or the result), and the result's Saved tells the
+	// rest. What a command prints then costs no transfer. OnOutput still
+	// sees lines past the head, now and then. Not with TTY.
+	SaveOutput string
+	Keep       int
+	SaveMax    int64
+}
+
+// SavedStream is what the result of a command run with SaveOutput tells of
+// one of its streams.
+type SavedStream struct {
+	Total, Lines int64
+	// Tail is the stream's last Keep bytes, when it outgrew Keep.
+	Tail []byte
+	// Path is the file that holds the stream, relative to the home; empty
+	// when it fitted in Keep and nothing was saved.
+	Path string
+	// Partial: the file stops at SaveMax bytes, or where writing it failed
+	// (Err).
+	Partial bool
+	Err     string
 }
 
 // TTY is the pseudo-terminal of a command run with Command.TTY.
@@ -332,8 +358,20 @@ type WindowSize struct {
 	Rows, Cols uint16
 }
 
+// checkSavePath refuses a SaveOutput that is not a plain relative path
+// inside the home: the agent writes there.
+func checkSavePath(p string) error {
+	if p != filepath.Clean(p) || filepath.IsAbs(p) || p == "." || strings.HasPrefix(p, "..") {
+		return fmt.Errorf("SaveOutput %q: give a clean path relative to the machine's home", p)
+	}
+	return nil
+}
+
 // CommandResult is how a command ended.
 type CommandResult struct {
+	// Saved tells of each stream (stdout, stderr) of a command run with
+	// SaveOutput; nil otherwise.
+	Saved           *[2]SavedStream
 	ExitCode        int
 	Signal          string // set when a signal ended it
 	Stdout, Stderr  string
@@ -381,12 +419,29 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 	var writeErr error
 	acks := make(chan struct{}, 64)
 	writers := [2]io.Writer{cmd.Stdout, cmd.Stderr}
+	var saved [2]SavedStream
 	handle := func(ev event) bool {
 		switch ev.Ev {
+		case evSaved:
+			i := 0
+			if ev.Stream == "stderr" {
+				i = 1
+			}
+			saved[i] = SavedStream{Total: ev.Total, Lines: ev.Lines, Tail: ev.Data, Path: ev.Path, Partial: ev.Partial, Err: ev.Error}
+			return false
 		case evOutput:
 			i := 0
 			if ev.Stream == "stderr" {
 				i = 1
+			}
+			if ev.Live {
+				if cmd.OnOutput != nil {
+					// A piece of the stream past its head: its first and
+					// last lines are likely cut.
+					var l lineSplitter
+					l.split(ev.Data, func(b []byte) { cmd.OnOutput(ev.Stream, string(b)) })
+				}
+				return false
 			}
 			if w := writers[i]; w != nil {
 				if i == 0 {
@@ -413,6 +468,15 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 		}
 	}
 	req := request{Op: opRun, Argv: argv, Env: cmd.Env, Dir: cmd.Workdir, Stdin: cmd.Stdin != nil, TimeoutMS: cmd.Timeout.Milliseconds()}
+	if cmd.SaveOutput != "" && cmd.Keep > 0 && cmd.TTY == nil {
+		if err := checkSavePath(cmd.SaveOutput); err != nil {
+			return nil, err
+		}
+		req.SaveDir, req.Keep, req.SaveMax = cmd.SaveOutput, cmd.Keep, cmd.SaveMax
+		if req.SaveMax <= 0 {
+			req.SaveMax = math.MaxInt64
+		}
+	}
 	if cmd.TTY != nil {
 		req.TTY = true
 		req.Rows, req.Cols = cmd.TTY.Size.Rows, cmd.TTY.Size.Cols
@@ -462,6 +526,9 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 		}
 	}
 	res.Duration = time.Since(start)
+	if req.SaveDir != "" {
+		res.Saved = &saved
+	}
 	res.Stdout, res.StdoutTruncated = out[0].String(), out[0].truncated
 	res.Stderr, res.StderrTruncated = out[1].String(), out[1].truncated
 	if cmd.Stdout == nil {

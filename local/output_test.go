@@ -2,6 +2,7 @@ package local
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -267,5 +268,53 @@ func TestHugeValueIsBounded(t *testing.T) {
 	res = mustExec(t, m, "raise ValueError('b' * (40 << 20))", ExecOptions{Timeout: time.Minute})
 	if len(res.Error) > 16<<20+100 || !strings.Contains(res.Error, "characters omitted") {
 		t.Fatalf("a 40 MiB error came back with %d bytes", len(res.Error))
+	}
+}
+
+// TestCommandOutputKeptInTheMachine: with SaveOutput, a long stream is kept
+// whole in a file of the machine by the agent, and only its head and tail
+// cross to the host.
+func TestCommandOutputKeptInTheMachine(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	var whole bytes.Buffer
+	for i := 1; i <= 1000000; i++ {
+		fmt.Fprintf(&whole, "%d\n", i)
+	}
+	var head bytes.Buffer
+	res, err := m.Run(context.Background(), Command{Shell: "seq 1 1000000; echo oops >&2", Stdout: &head, Stderr: io.Discard,
+		SaveOutput: ".vmcp/output/t1", Keep: 1000, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := res.Saved[0]
+	if head.String() != whole.String()[:1000] || s.Total != int64(whole.Len()) || s.Lines != 1000000 ||
+		string(s.Tail) != whole.String()[whole.Len()-1000:] || s.Path != ".vmcp/output/t1/stdout" || s.Partial || s.Err != "" {
+		t.Fatalf("head %d bytes, saved %+v", head.Len(), struct {
+			Total, Lines int64
+			Path         string
+			Partial      bool
+			Err          string
+		}{s.Total, s.Lines, s.Path, s.Partial, s.Err})
+	}
+	var file bytes.Buffer
+	if _, err := m.ReadFile(context.Background(), s.Path, &file); err != nil || !bytes.Equal(file.Bytes(), whole.Bytes()) {
+		t.Fatalf("the file in the machine: %d bytes, %v", file.Len(), err)
+	}
+	if e := res.Saved[1]; e.Total != 5 || e.Path != "" || string(e.Tail) != "" {
+		t.Fatalf("a short stderr: %+v", e)
+	}
+
+	// Past SaveMax the file stops, and says so.
+	res, err = m.Run(context.Background(), Command{Shell: "seq 1 1000000", Stdout: io.Discard, SaveOutput: ".vmcp/output/t2", Keep: 1000, SaveMax: 10000})
+	if err != nil || !res.Saved[0].Partial || res.Saved[0].Total != int64(whole.Len()) {
+		t.Fatalf("SaveMax: %+v, %v", res.Saved, err)
+	}
+	if fi, err := m.Stat(context.Background(), ".vmcp/output/t2/stdout"); err != nil || fi.Size != 10000 {
+		t.Fatalf("the file past SaveMax: %+v, %v", fi, err)
+	}
+	for _, bad := range []string{"../x", "/tmp/x", "a/../../x", "."} {
+		if _, err := m.Run(context.Background(), Command{Shell: "true", SaveOutput: bad, Keep: 10}); err == nil {
+			t.Errorf("SaveOutput %q: no error", bad)
+		}
 	}
 }

@@ -31,6 +31,7 @@ const (
 	evOutput   = "out"       // a chunk of stdout or stderr
 	evPython   = "py_result" // the result of an opPython request
 	evExit     = "exit"      // a command ended
+	evSaved    = "saved"     // a stream of a command that saves its output ended (see request.SaveDir)
 	evStdinAck = "stdin_ack" // a stdin chunk was written to the command
 	evError    = "error"     // the request failed before it could run
 	evHello    = "hello"     // the answer to opHello
@@ -54,6 +55,14 @@ type request struct {
 	Cols uint16 `json:"cols,omitempty"`
 	// Reason says why an opKill was sent: "timeout" or "interrupt".
 	Reason string `json:"reason,omitempty"`
+	// SaveDir, for an opRun, has the agent keep each output stream that
+	// outgrows Keep bytes whole in a file of that directory (relative to
+	// the home), at most SaveMax bytes of it: only the first Keep bytes
+	// travel as output events, then, now and then, a live one for progress,
+	// and the last Keep bytes in the stream's evSaved.
+	SaveDir string `json:"save_dir,omitempty"`
+	Keep    int    `json:"keep,omitempty"`
+	SaveMax int64  `json:"save_max,omitempty"`
 }
 
 type event struct {
@@ -71,6 +80,17 @@ type event struct {
 	TimedOut    bool     `json:"timed_out,omitempty"`
 	Interrupted bool     `json:"interrupted,omitempty"`
 	Died        bool     `json:"died,omitempty"` // the interpreter exited while running the code
+
+	// Live marks an output event sent only to show progress: its bytes are
+	// in the saved file, not the stream's head.
+	Live bool `json:"live,omitempty"`
+	// Of an evSaved: the stream's bytes and lines, the file that holds it
+	// (relative to the home; empty when the stream fitted in Keep), whether
+	// the file stops at SaveMax, and Error when it could not be written.
+	Total   int64  `json:"total,omitempty"`
+	Lines   int64  `json:"lines,omitempty"`
+	Path    string `json:"path,omitempty"`
+	Partial bool   `json:"partial,omitempty"`
 
 	// Command exits.
 	ExitCode int    `json:"exit_code,omitempty"`

@@ -84,6 +84,31 @@ type spool struct {
 	saved   int64 // bytes in file
 	fileErr error
 	cut     bool // the result shows only head and tail
+	// ext is what the backend tells of a stream it kept in the machine
+	// itself: head holds its first bytes, ext the rest (see setSaved).
+	ext *backend.SavedStream
+}
+
+// setSaved takes what the backend tells of a stream it kept in the
+// machine; the spool then holds only its head.
+func (s *spool) setSaved(ss backend.SavedStream) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ss.Total < int64(len(s.head)) || (ss.Total > int64(len(s.head)) && len(ss.Tail) == 0) {
+		return // not a whole account of the stream: go by what came
+	}
+	s.ext = &ss
+	s.total, s.lines = ss.Total, ss.Lines
+	if len(ss.Tail) > 0 {
+		s.last = ss.Tail[len(ss.Tail)-1]
+		t := ss.Tail
+		for len(t) > 0 && !utf8.RuneStart(t[0]) {
+			t = t[1:] // a character cut by the start of the tail
+		}
+		if !utf8.Valid(t) {
+			s.invalid = true
+		}
+	}
 }
 
 func newSpool(name, dir string, keep int) *spool {
@@ -201,6 +226,9 @@ func (s *spool) toFile(p []byte) {
 
 // tailBytes is the last keep bytes (or fewer) in order.
 func (s *spool) tailBytes() []byte {
+	if s.ext != nil {
+		return s.ext.Tail
+	}
 	if len(s.tail) < s.keep {
 		return s.tail
 	}
@@ -446,18 +474,33 @@ done`, outputDir, keepOutputs, keepOutputBytes>>10)
 // call's budget.
 type callOutput struct {
 	budget  int
+	keep    int // bytes of each stream's head and tail kept on the host
 	streams []*spool
 	dir     string // in the machine, when the output was saved
+	// saveDir is where the backend was asked to keep the streams itself
+	// (backend.Command.SaveOutput).
+	saveDir string
+}
+
+// savedBy takes what the backend tells of the streams it kept in the
+// machine (nil: it kept none).
+func (o *callOutput) savedBy(saved *[2]backend.SavedStream, names ...string) {
+	if saved == nil {
+		return
+	}
+	for i, n := range names {
+		o.stream(n).setSaved(saved[i])
+	}
 }
 
 // newCallOutput makes spools of the given names for a call with budget
 // characters of text.
 func (s *Service) newCallOutput(budget int, names ...string) *callOutput {
-	o := &callOutput{budget: budget}
+	// Four bytes a character at most: the head and tail kept in memory
+	// always hold the characters the result shows.
+	o := &callOutput{budget: budget, keep: 4*budget + 1024, saveDir: newOutputDir()}
 	for _, n := range names {
-		// Four bytes a character at most: the head and tail kept in memory
-		// always hold the characters the result shows.
-		o.streams = append(o.streams, newSpool(n, s.spoolDir, 4*budget+1024))
+		o.streams = append(o.streams, newSpool(n, s.spoolDir, o.keep))
 	}
 	return o
 }
@@ -495,12 +538,30 @@ func (o *callOutput) finish(ctx context.Context, m backend.Machine, chars int, l
 	}
 	where := map[string]string{}
 	if cut {
-		dir := newOutputDir()
+		dir := o.saveDir
 		for _, sp := range o.streams {
 			sp.mu.Lock()
 			empty, r, fileErr, partial := sp.total == 0, sp.reader(), sp.fileErr, sp.saved < sp.total && !sp.whole()
+			ext, whole := sp.ext, sp.whole()
 			sp.mu.Unlock()
 			if empty {
+				continue
+			}
+			if ext != nil && ext.Path != "" {
+				// Kept in the machine by the backend already.
+				p := ext.Path
+				if ext.Partial {
+					p += fmt.Sprintf(" (its first %s bytes", commas(maxSaved))
+					if ext.Err != "" {
+						p += "; " + ext.Err
+					}
+					p += ")"
+				}
+				where[sp.name], o.dir = p, dir
+				continue
+			}
+			if ext != nil && !whole {
+				log(fmt.Errorf("the machine could not keep the %s of a call: %s", sp.name, ext.Err))
 				continue
 			}
 			if fileErr != nil {

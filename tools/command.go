@@ -93,6 +93,11 @@ func (s *Service) execCommand(ctx context.Context, req mcp.CallToolRequest, in E
 		Timeout: timeout,
 		Stdout:  output.stream("stdout"),
 		Stderr:  output.stream("stderr"),
+		// Where the backend can, the machine keeps a long output itself:
+		// only head and tail cross to this server.
+		SaveOutput: output.saveDir,
+		Keep:       output.keep,
+		SaveMax:    maxSaved,
 	}
 	if !in.Stdin.Empty() {
 		cmd.Stdin = in.Stdin.Reader()
@@ -104,6 +109,7 @@ func (s *Service) execCommand(ctx context.Context, req mcp.CallToolRequest, in E
 	if err != nil {
 		return nil, err
 	}
+	output.savedBy(res.Saved, "stdout", "stderr")
 	out := ExecCommandOutput{
 		Machine:    m.ID(),
 		ExitCode:   res.ExitCode,

@@ -149,13 +149,14 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts backend.Pytho
 // Run runs a command.
 func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandResult, error) {
 	r, err := m.m.Run(ctx, engine.Command{Argv: c.Argv, Shell: c.Shell, Stdin: c.Stdin, Env: c.Env, Workdir: c.Workdir,
-		Timeout: c.Timeout, OnOutput: c.OnOutput, MaxOutput: c.MaxOutput, Stdout: c.Stdout, Stderr: c.Stderr})
+		Timeout: c.Timeout, OnOutput: c.OnOutput, MaxOutput: c.MaxOutput, Stdout: c.Stdout, Stderr: c.Stderr,
+		SaveOutput: c.SaveOutput, Keep: c.Keep, SaveMax: c.SaveMax})
 	if err != nil {
 		return nil, err
 	}
 	return &backend.CommandResult{ExitCode: r.ExitCode, Signal: r.Signal, Stdout: r.Stdout, Stderr: r.Stderr,
 		StdoutTruncated: r.StdoutTruncated, StderrTruncated: r.StderrTruncated, TimedOut: r.TimedOut,
-		QuotaExceeded: r.QuotaExceeded, Duration: r.Duration}, nil
+		QuotaExceeded: r.QuotaExceeded, Duration: r.Duration, Saved: savedStreams(r.Saved)}, nil
 }
 
 // WriteFile creates or replaces a file of the workspace.
@@ -195,4 +196,15 @@ func (m *Machine) CopyOut(ctx context.Context, p string, w io.Writer) error {
 func (m *Machine) Snapshot(ctx context.Context, name string) (backend.SnapshotInfo, error) {
 	s, err := m.m.Snapshot(ctx, name)
 	return snapshotInfo(s), err
+}
+
+func savedStreams(s *[2]engine.SavedStream) *[2]backend.SavedStream {
+	if s == nil {
+		return nil
+	}
+	var out [2]backend.SavedStream
+	for i, x := range s {
+		out[i] = backend.SavedStream{Total: x.Total, Lines: x.Lines, Tail: x.Tail, Path: x.Path, Partial: x.Partial, Err: x.Err}
+	}
+	return &out
 }

@@ -93,7 +93,9 @@ func benchFastVMPython(cfg config, server serverSpec, dir string) ([]*operation,
 	spec.args = append(append([]string(nil), spec.args...), "--fastvm-url", emu.url, "--backend", "fastvm")
 	spec.env = append(append([]string(nil), spec.env...), "FASTVM_API_KEY="+key)
 	ops := []*operation{
-		{name: "run_python 1+1", tool: "run_python", args: map[string]any{"code": "1+1"}, check: checkPython},
+		// The first call starts the REPL in the VM: on a loaded machine it
+		// may take longer than run_python's default timeout.
+		{name: "run_python 1+1", tool: "run_python", args: map[string]any{"code": "1+1", "timeout_seconds": 120}, check: checkPython},
 		{name: "exec_command true", tool: "exec_command", args: map[string]any{"argv": []string{"true"}}, check: checkTrue},
 	}
 	err = measureWith(cfg, ops, func() ([]*path, error) {

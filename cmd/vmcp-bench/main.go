@@ -497,6 +497,9 @@ func openLean(server serverSpec, stateDir string) (p *path, err error) {
 		Result struct {
 			IsError           bool            `json:"isError"`
 			StructuredContent json.RawMessage `json:"structuredContent"`
+			Content           []struct {
+				Text string `json:"text"`
+			} `json:"content"`
 		} `json:"result"`
 		Error *struct {
 			Message string `json:"message"`
@@ -551,7 +554,11 @@ func openLean(server serverSpec, stateDir string) (p *path, err error) {
 			return d, err
 		}
 		if r.Result.IsError {
-			return d, fmt.Errorf("tool error: %s", r.Result.StructuredContent)
+			var text string
+			if len(r.Result.Content) > 0 {
+				text = r.Result.Content[0].Text
+			}
+			return d, fmt.Errorf("tool error: %s %s", text, r.Result.StructuredContent)
 		}
 		return d, op.check(r.Result.StructuredContent)
 	}}, nil

@@ -36,14 +36,15 @@ func TestRun(t *testing.T) {
 	}
 	t.Logf("\n%s", out.String())
 	// Three tables: the local backend's two operations, then ForeverVM's
-	// and FastVM's one each; then run_python over exec_command on FastVM.
+	// and FastVM's one each; then the 200 MB output's ratio, and run_python
+	// over exec_command on FastVM.
 	var rows []string
 	for _, l := range strings.Split(out.String(), "\n") {
 		if strings.HasSuffix(l, "x") {
 			rows = append(rows, l)
 		}
 	}
-	want := []string{"run_python 1+1", "exec_command true", "run_python 1+1", "exec_command true", "run_python 1+1 / exec_command true (p50): "}
+	want := []string{"run_python 1+1", "exec_command true", "run_python 1+1", "exec_command true", "to the result / to /dev/null: ", "run_python 1+1 / exec_command true (p50): "}
 	if len(rows) != len(want) {
 		t.Fatalf("table:\n%s", out.String())
 	}

@@ -103,7 +103,7 @@ const (
 	// MaxCode is the most code one call takes (FastVM's stdin limit).
 	MaxCode = 8 << 20
 
-	maxText      = 4<<20 + 4<<10 // a value or an error: the host keeps 1 Mi characters
+	maxText      = 16<<20 + 4<<10 // a value or an error: the machine sends at most 16 Mi characters, and the host keeps 16 MiB of them
 	maxImages    = 64
 	maxImageData = 40 << 20 // all PNGs of a call, decoded
 	tailBytes    = 64 << 10

@@ -310,10 +310,15 @@ func TestLargeCodeAndOutput(t *testing.T) {
 		!strings.Contains(res.Stdout, "bytes of stdout left out here") || len(res.Stdout) > 1<<20+70<<10 {
 		t.Fatalf("3 MiB of output: %d bytes kept, head %.100q", len(res.Stdout), res.Stdout)
 	}
-	// A large value: the head and the tail.
+	// A large value: whole up to 16 Mi characters, past them the head and
+	// the tail.
 	res = run(t, r, "'x' * (3 << 20)", backend.PythonOptions{})
-	if v := value(res); len(v) > 1<<20+100 || !strings.Contains(v, "characters omitted") {
+	if v := value(res); len(v) != 3<<20+2 {
 		t.Fatalf("a 3 MiB value: %d bytes", len(v))
+	}
+	res = run(t, r, "'x' * (20 << 20)", backend.PythonOptions{Timeout: time.Minute})
+	if v := value(res); len(v) > 16<<20+100 || !strings.Contains(v, "characters omitted") {
+		t.Fatalf("a 20 MiB value: %d bytes", len(v))
 	}
 }
 
