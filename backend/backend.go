@@ -33,6 +33,7 @@ const (
 	Snapshots Capability = "snapshots" // snapshots and launching from them (Snapshotter)
 	Build     Capability = "build"     // images built from Dockerfiles (the Backend is an ImageBuilder)
 	Firewall  Capability = "firewall"  // inbound traffic policies (FirewallSetter)
+	Reset     Capability = "reset"     // stopping a machine's processes from outside it (Resetter)
 )
 
 // Backend is one kind of machine.
@@ -287,6 +288,28 @@ var describe = map[Capability]string{
 	Snapshots: "snapshots (snapshot_vm)",
 	Build:     "image builds (build_image)",
 	Firewall:  "firewall policies (set_firewall)",
+	Reset:     "a reset of their processes (reset_machine)",
+}
+
+// Resetter stops a machine's processes from outside them, keeping its
+// files: what a fork bomb or a runaway background job leaves needs no
+// process of the machine to be stopped.
+type Resetter interface {
+	// Reset stops every process of the machine but its Python interpreter
+	// when keepPython is set (its variables stay), and returns how many it
+	// stopped.
+	Reset(ctx context.Context, keepPython bool) (int, error)
+	// Processes lists the machine's processes: those its commands left
+	// running, and its Python interpreter; the most CPU first.
+	Processes(ctx context.Context) ([]ProcessInfo, error)
+}
+
+// ProcessInfo is a process of a machine (see Resetter).
+type ProcessInfo struct {
+	PID         int
+	Command     string
+	CPU         time.Duration
+	Interpreter bool
 }
 
 // MaxPathDepth and MaxPathBytes bound the machine paths the file tools take,

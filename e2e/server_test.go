@@ -33,7 +33,7 @@ func TestToolsListAndPrompts(t *testing.T) {
 	for _, tool := range res.Tools {
 		byName[tool.Name] = tool
 	}
-	for _, name := range []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm", "build_image", "set_firewall", "session_info"} {
+	for _, name := range []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm", "reset_machine", "build_image", "set_firewall", "session_info"} {
 		tool := byName[name]
 		if tool == nil {
 			t.Errorf("tools/list lacks %s", name)

@@ -775,7 +775,7 @@ func (a *agent) runPython(req request) {
 	}
 	a.mu.Unlock()
 	if stopped != "" {
-		ev := event{Ev: evPython, ID: req.ID, Interpreter: py.number, Error: "Interrupted", Interrupted: true}
+		ev := event{Ev: evPython, ID: req.ID, Interpreter: py.number, PID: py.cmd.Process.Pid, Error: "Interrupted", Interrupted: true}
 		if stopped == "timeout" {
 			ev.Error, ev.Interrupted, ev.TimedOut = "Timed out", false, true
 		}
@@ -794,7 +794,7 @@ func (a *agent) runPython(req request) {
 		py.mu.Unlock()
 	}()
 	b, _ := json.Marshal(map[string]string{"code": req.Code, "call": string(call)})
-	ev := event{Ev: evPython, ID: req.ID, Interpreter: py.number}
+	ev := event{Ev: evPython, ID: req.ID, Interpreter: py.number, PID: py.cmd.Process.Pid}
 	if _, err := py.requests.Write(append(b, '\n')); err != nil {
 		<-py.exited
 		a.send(a.diedResult(ev, py, start))

@@ -31,6 +31,7 @@ type Machine struct {
 	sb          *sandbox
 	deleted     bool
 	interp      string // the agent interpreter that ran the last instruction
+	interpPID   int    // its process id in the sandbox
 	resetReason string // why the next interpreter starts without the old state
 
 	pyTurn chan struct{} // FIFO lock (channel waiters are served in order)
@@ -265,6 +266,7 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 		res.StateReset = m.resetReason
 		m.interp, m.resetReason = key, ""
 	}
+	m.interpPID = final.PID
 	if final.Died {
 		m.resetReason = "the interpreter ended during an earlier call"
 		if (m.e.cgroups.oomKills(m.info.ID) > 0 || m.oomKills.Load() > oomBefore) && !final.TimedOut {
@@ -506,7 +508,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 		}
 	}
 	if final.Ev == evError {
-		return nil, errors.New(final.Error)
+		return nil, m.startError(final.Error)
 	}
 	if cmd.OnOutput != nil {
 		for i, name := range []string{"stdout", "stderr"} {

@@ -77,6 +77,7 @@ type event struct {
 	PNG         [][]byte `json:"png,omitempty"`
 	RuntimeMS   int64    `json:"runtime_ms,omitempty"`
 	Interpreter int      `json:"interpreter,omitempty"` // which interpreter (1, 2, …) of this agent ran the code
+	PID         int      `json:"pid,omitempty"`         // the interpreter's process id in the sandbox
 	TimedOut    bool     `json:"timed_out,omitempty"`
 	Interrupted bool     `json:"interrupted,omitempty"`
 	Died        bool     `json:"died,omitempty"` // the interpreter exited while running the code

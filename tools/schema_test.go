@@ -56,7 +56,7 @@ func TestToolDefinitionSnapshots(t *testing.T) {
 
 // TestToolDefinitions checks what every tool must have.
 func TestToolDefinitions(t *testing.T) {
-	want := []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm", "build_image", "set_firewall", "session_info"}
+	want := []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm", "reset_machine", "build_image", "set_firewall", "session_info"}
 	defs := Definitions()
 	if len(defs) != len(want) {
 		t.Fatalf("%d tools, want %d", len(defs), len(want))

@@ -121,6 +121,7 @@ func (s *Service) Tools() []server.ServerTool {
 	all = append(all, s.commandTools()...)
 	all = append(all, s.fileTools()...)
 	all = append(all, s.machineTools()...)
+	all = append(all, s.resetTools()...)
 	all = append(all, s.imageTools()...)
 	all = append(all, s.sessionTools()...)
 	return all

@@ -14,6 +14,7 @@ import (
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
 
+	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/sessions"
 )
 
@@ -157,6 +158,16 @@ type SessionMachine struct {
 	Default  bool      `json:"default" jsonschema:"description=It is the conversation's default machine on its backend."`
 	LastUsed time.Time `json:"last_used" jsonschema:"description=When a tool last used it (RFC 3339)."`
 	Parked   bool      `json:"parked" jsonschema:"description=It was idle: saved as a snapshot and deleted; the next call relaunches it with its files."`
+	// Of a machine whose backend can list them (local).
+	Processes    int              `json:"processes,omitempty" jsonschema:"description=How many processes its commands left running (background jobs\\, servers)\\, besides the Python interpreter; reset_machine stops them."`
+	TopProcesses []SessionProcess `json:"top_processes,omitempty" jsonschema:"description=The busiest of them\\, the most CPU first (at most 5)."`
+}
+
+// SessionProcess is a process a machine's commands left running.
+type SessionProcess struct {
+	PID        int     `json:"pid" jsonschema:"description=Its id in the machine."`
+	Command    string  `json:"command" jsonschema:"description=Its command line."`
+	CPUSeconds float64 `json:"cpu_seconds" jsonschema:"description=CPU time it has used\\, in seconds."`
 }
 
 // SessionSnapshot is a snapshot of the conversation.
@@ -199,9 +210,29 @@ func (s *Service) sessionInfo(ctx context.Context, _ mcp.CallToolRequest, _ Sess
 	lim := s.sessions.Limits()
 	out := SessionInfoOutput{CreatedAt: c.CreatedAt, Machines: []SessionMachine{}, Snapshots: []SessionSnapshot{},
 		Backends: s.broker.BackendNames(c.Principal), MaxMachines: lim.MaxMachines, MaxSnapshots: lim.MaxSnapshots}
+	summaries := map[string]string{}
 	for _, m := range c.Machines {
-		out.Machines = append(out.Machines, SessionMachine{ID: m.ID, Backend: m.Backend, Default: c.IsDefault(m.Backend, m.ID),
-			LastUsed: m.LastUsed, Parked: m.Parked != nil})
+		sm := SessionMachine{ID: m.ID, Backend: m.Backend, Default: c.IsDefault(m.Backend, m.ID),
+			LastUsed: m.LastUsed, Parked: m.Parked != nil}
+		if be := s.broker.Backend(c.Principal, m.Backend); m.Parked == nil && be != nil && be.Has(backend.Reset) {
+			if bm, err := s.broker.Find(ctx, c, m.ID); err == nil {
+				if r, ok := bm.(backend.Resetter); ok {
+					if ps, err := r.Processes(ctx); err == nil {
+						for _, p := range ps {
+							if p.Interpreter {
+								continue
+							}
+							sm.Processes++
+							if len(sm.TopProcesses) < 5 {
+								sm.TopProcesses = append(sm.TopProcesses, SessionProcess{PID: p.PID, Command: p.Command, CPUSeconds: p.CPU.Seconds()})
+							}
+						}
+						summaries[m.ID] = processSummary(ps)
+					}
+				}
+			}
+		}
+		out.Machines = append(out.Machines, sm)
 	}
 	for _, sn := range c.Snapshots {
 		out.Snapshots = append(out.Snapshots, SessionSnapshot{ID: sn.ID, Backend: sn.Backend, Machine: sn.Machine})
@@ -224,6 +255,9 @@ func (s *Service) sessionInfo(ctx context.Context, _ mcp.CallToolRequest, _ Sess
 		}
 		if m.Parked {
 			b.WriteString(" parked")
+		}
+		if sum := summaries[m.ID]; sum != "" {
+			b.WriteString(": " + sum)
 		}
 	}
 	b.WriteString("\nSnapshots:")

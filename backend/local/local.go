@@ -34,7 +34,7 @@ func (b *Backend) Name() string { return Name }
 // Has reports the capabilities: local machines have them all.
 func (b *Backend) Has(c backend.Capability) bool {
 	switch c {
-	case backend.Python, backend.Shell, backend.Files, backend.Snapshots:
+	case backend.Python, backend.Shell, backend.Files, backend.Snapshots, backend.Reset:
 		return true
 	}
 	return false
@@ -157,6 +157,20 @@ func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandR
 	return &backend.CommandResult{ExitCode: r.ExitCode, Signal: r.Signal, Stdout: r.Stdout, Stderr: r.Stderr,
 		StdoutTruncated: r.StdoutTruncated, StderrTruncated: r.StderrTruncated, TimedOut: r.TimedOut,
 		QuotaExceeded: r.QuotaExceeded, Duration: r.Duration, Saved: savedStreams(r.Saved)}, nil
+}
+
+// Reset stops the machine's processes from outside them.
+func (m *Machine) Reset(ctx context.Context, keepPython bool) (int, error) {
+	return m.m.Reset(ctx, keepPython)
+}
+
+// Processes lists the machine's processes.
+func (m *Machine) Processes(ctx context.Context) ([]backend.ProcessInfo, error) {
+	var out []backend.ProcessInfo
+	for _, p := range m.m.Processes() {
+		out = append(out, backend.ProcessInfo{PID: p.PID, Command: p.Command, CPU: p.CPU, Interpreter: p.Interpreter})
+	}
+	return out, nil
 }
 
 // WriteFile creates or replaces a file of the workspace.

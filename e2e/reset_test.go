@@ -1,0 +1,78 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestResetMachineAfterAForkBomb: a fork bomb left running by a command
+// holds the machine at its process limit, and a command says so; after
+// reset_machine, a command runs within 2 s, with the files and the Python
+// variables still there.
+func TestResetMachineAfterAForkBomb(t *testing.T) {
+	t.Parallel()
+	h := startWith(t, t.TempDir(), t.TempDir(), clientOptions{serverArgs: []string{"--max-processes", "64"}})
+	h.ok(t, "run_python", map[string]any{"code": "x = 41"}, nil)
+	h.ok(t, "upload_file", map[string]any{"path": "notes.txt", "content": "kept\n"}, nil)
+	h.ok(t, "exec_command", map[string]any{"command": ":(){ :|:& };: ; sleep 2; echo survived", "timeout_seconds": 30}, nil)
+	atLimit := false
+	for i := 0; i < 20 && !atLimit; i++ {
+		res := h.call(t, "exec_command", map[string]any{"command": "echo hi", "timeout_seconds": 10})
+		atLimit = res.IsError && strings.Contains(text(res), "the machine is at its process limit (64 processes): stop them with reset_machine (keep_python: true keeps your Python variables), or delete the machine")
+	}
+	if !atLimit {
+		t.Error("no command said the machine is at its process limit")
+	}
+	var reset struct {
+		Stopped    int  `json:"stopped"`
+		KeptPython bool `json:"kept_python"`
+	}
+	h.ok(t, "reset_machine", map[string]any{}, &reset)
+	if reset.Stopped < 10 || !reset.KeptPython {
+		t.Errorf("reset_machine: %+v", reset)
+	}
+	start := time.Now()
+	var out struct {
+		Stdout string `json:"stdout"`
+	}
+	h.ok(t, "exec_command", map[string]any{"command": "echo ok; cat notes.txt"}, &out)
+	if out.Stdout != "ok\nkept\n" || time.Since(start) > 2*time.Second {
+		t.Errorf("after reset_machine: %q in %v", out.Stdout, time.Since(start))
+	}
+	var py struct {
+		Value *string `json:"value"`
+	}
+	h.ok(t, "run_python", map[string]any{"code": "x + 1"}, &py)
+	if py.Value == nil || *py.Value != "42" {
+		t.Errorf("Python after reset_machine: %v", py.Value)
+	}
+}
+
+// TestBackgroundProcessesInSessionInfo: a process a command left running
+// is listed by session_info, and gone after reset_machine.
+func TestBackgroundProcessesInSessionInfo(t *testing.T) {
+	t.Parallel()
+	h := start(t)
+	h.ok(t, "exec_command", map[string]any{"command": "sleep 1000 >/dev/null 2>&1 &"}, nil)
+	type info struct {
+		Machines []struct {
+			Processes    int `json:"processes"`
+			TopProcesses []struct {
+				Command string `json:"command"`
+			} `json:"top_processes"`
+		} `json:"machines"`
+	}
+	var before info
+	res := h.ok(t, "session_info", map[string]any{}, &before)
+	if len(before.Machines) != 1 || before.Machines[0].Processes != 1 || !strings.HasPrefix(before.Machines[0].TopProcesses[0].Command, "sleep 1000") ||
+		!strings.Contains(text(res), "sleep 1000") {
+		t.Fatalf("session_info: %+v\n%s", before, text(res))
+	}
+	h.ok(t, "reset_machine", map[string]any{"keep_python": false}, nil)
+	var after info
+	h.ok(t, "session_info", map[string]any{}, &after)
+	if after.Machines[0].Processes != 0 {
+		t.Errorf("after reset_machine: %+v", after)
+	}
+}

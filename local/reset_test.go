@@ -1,0 +1,74 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestResetStopsAForkBomb: a fork bomb left running by a command holds the
+// machine at its process limit; a command then says so, word for word;
+// Reset stops it from outside, and the machine works again at once, with
+// its files and (keepPython) its Python variables.
+func TestResetStopsAForkBomb(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{Limits: Limits{Processes: 64}})
+	mustExec(t, m, "x = 41", ExecOptions{})
+	mustRun(t, m, Command{Shell: "echo kept > f.txt"})
+	res := mustRun(t, m, Command{Shell: ":(){ :|:& };: ; sleep 2; echo survived", Timeout: 30 * time.Second})
+	if !strings.Contains(res.Stdout, "survived") {
+		t.Logf("the bomb's command: %+v", res)
+	}
+	var limitErr *ErrProcessLimit
+	for i := 0; i < 20 && limitErr == nil; i++ {
+		_, err := m.Run(context.Background(), Command{Shell: "echo hi", Timeout: 10 * time.Second})
+		errors.As(err, &limitErr)
+	}
+	if limitErr == nil {
+		t.Fatal("no command said the machine is at its process limit")
+	}
+	const want = "the machine is at its process limit (64 processes): stop them with reset_machine (keep_python: true keeps your Python variables), or delete the machine"
+	if limitErr.Error() != want {
+		t.Errorf("the message:\n%s\nwant\n%s", limitErr.Error(), want)
+	}
+
+	n, err := m.Reset(context.Background(), true)
+	if err != nil || n < 10 {
+		t.Fatalf("reset: %d processes stopped, %v", n, err)
+	}
+	start := time.Now()
+	res = mustRun(t, m, Command{Shell: "echo ok; cat f.txt", Timeout: 10 * time.Second})
+	if res.Stdout != "ok\nkept\n" || time.Since(start) > 2*time.Second {
+		t.Fatalf("after the reset: %q in %v", res.Stdout, time.Since(start))
+	}
+	if r := mustExec(t, m, "x + 1", ExecOptions{}); r.Value == nil || *r.Value != "42" || r.StateReset != "" {
+		t.Fatalf("Python after a reset that keeps it: %+v", r)
+	}
+}
+
+// TestResetListsAndStopsBackgroundProcesses: a process a command left
+// running is listed, and gone after a reset that stops Python too.
+func TestResetListsAndStopsBackgroundProcesses(t *testing.T) {
+	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	mustExec(t, m, "y = 1", ExecOptions{})
+	mustRun(t, m, Command{Shell: "sleep 1000 >/dev/null 2>&1 &"})
+	var sleeping, interp bool
+	for _, p := range m.Processes() {
+		sleeping = sleeping || strings.HasPrefix(p.Command, "sleep 1000")
+		interp = interp || p.Interpreter
+	}
+	if !sleeping || !interp {
+		t.Fatalf("processes: %+v", m.Processes())
+	}
+	if _, err := m.Reset(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	if ps := m.Processes(); len(ps) != 0 {
+		t.Fatalf("after a reset: %+v", ps)
+	}
+	r := mustExec(t, m, "'y' in globals()", ExecOptions{})
+	if r.Value == nil || *r.Value != "False" || !strings.Contains(r.StateReset, "reset") {
+		t.Fatalf("Python after a full reset: %+v", r)
+	}
+}
