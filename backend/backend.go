@@ -175,6 +175,10 @@ type CommandResult struct {
 	// Saved tells of stdout and stderr when the backend kept them in the
 	// machine (Command.SaveOutput); nil when it did not.
 	Saved *[2]SavedStream
+	// LeftRunning is how many processes of the machine were still running
+	// when the command ended, besides the Python interpreter (0: none or
+	// unknown).
+	LeftRunning int
 }
 
 // FileStore moves files in and out of a machine as streams.

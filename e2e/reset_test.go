@@ -54,6 +54,19 @@ func TestResetMachineAfterAForkBomb(t *testing.T) {
 func TestBackgroundProcessesInSessionInfo(t *testing.T) {
 	t.Parallel()
 	h := start(t)
+	res := h.ok(t, "exec_command", map[string]any{"command": "sleep 1000 >/dev/null 2>&1 &"}, nil)
+	if strings.Contains(text(res), "still running") {
+		t.Errorf("one background process was noted: %s", text(res))
+	}
+	// More than five left running: the result says so.
+	var many struct {
+		ProcessesRunning int `json:"processes_running"`
+	}
+	res = h.ok(t, "exec_command", map[string]any{"command": "for i in 1 2 3 4 5 6; do sleep 1000 >/dev/null 2>&1 & done"}, &many)
+	if many.ProcessesRunning != 7 || !strings.Contains(text(res), "Note: 7 processes started by this or earlier commands are still running in the machine; session_info lists them, reset_machine stops them.") {
+		t.Errorf("seven left running: %d, %s", many.ProcessesRunning, text(res))
+	}
+	h.ok(t, "reset_machine", map[string]any{}, nil)
 	h.ok(t, "exec_command", map[string]any{"command": "sleep 1000 >/dev/null 2>&1 &"}, nil)
 	type info struct {
 		Machines []struct {
@@ -64,7 +77,7 @@ func TestBackgroundProcessesInSessionInfo(t *testing.T) {
 		} `json:"machines"`
 	}
 	var before info
-	res := h.ok(t, "session_info", map[string]any{}, &before)
+	res = h.ok(t, "session_info", map[string]any{}, &before)
 	if len(before.Machines) != 1 || before.Machines[0].Processes != 1 || !strings.HasPrefix(before.Machines[0].TopProcesses[0].Command, "sleep 1000") ||
 		!strings.Contains(text(res), "sleep 1000") {
 		t.Fatalf("session_info: %+v\n%s", before, text(res))

@@ -1089,7 +1089,7 @@ func (c *agentCommand) wait(a *agent, req request, readers *sync.WaitGroup, outp
 			c.nsHold.Close()
 		}
 		c.killMu.Unlock()
-		ev := event{Ev: evExit, ID: req.ID, ExitCode: cmd.ProcessState.ExitCode(), Killed: killed}
+		ev := event{Ev: evExit, ID: req.ID, ExitCode: cmd.ProcessState.ExitCode(), Killed: killed, Left: a.leftRunning()}
 		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			ev.Signal = unix.SignalName(ws.Signal())
 			ev.ExitCode = 128 + int(ws.Signal())
@@ -1349,6 +1349,29 @@ func inNamespace(ns string) []int {
 		}
 	}
 	return out
+}
+
+// leftRunning counts the machine's processes but bubblewrap's init, the
+// agent and the Python interpreter: what commands left running. It is -1
+// where the agent does not have a process namespace of its own (so /proc
+// shows more than the machine).
+func (a *agent) leftRunning() int {
+	if os.Getpid() != 2 {
+		return -1
+	}
+	interp := 0
+	a.mu.Lock()
+	if a.py != nil && a.py.cmd.Process != nil {
+		interp = a.py.cmd.Process.Pid
+	}
+	a.mu.Unlock()
+	n := 0
+	for _, p := range procPIDs() {
+		if p > 2 && p != interp && !zombie(p) {
+			n++
+		}
+	}
+	return n
 }
 
 func procPIDs() []int {

@@ -371,6 +371,10 @@ func checkSavePath(p string) error {
 
 // CommandResult is how a command ended.
 type CommandResult struct {
+	// LeftRunning is how many processes of the machine were still running
+	// when the command ended, besides its agent and Python interpreter: what
+	// this and earlier commands left in the background (-1: unknown).
+	LeftRunning int
 	// Saved tells of each stream (stdout, stderr) of a command run with
 	// SaveOutput; nil otherwise.
 	Saved           *[2]SavedStream
@@ -515,7 +519,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 			lines[i].flush(func(l []byte) { cmd.OnOutput(name, string(l)) })
 		}
 	}
-	res.ExitCode, res.Signal = final.ExitCode, final.Signal
+	res.ExitCode, res.Signal, res.LeftRunning = final.ExitCode, final.Signal, final.Left
 	res.TimedOut = final.Killed == "timeout"
 	if reason := quotaStopped(); reason != "" {
 		res.QuotaExceeded = true

@@ -94,6 +94,10 @@ type event struct {
 	Partial bool   `json:"partial,omitempty"`
 
 	// Command exits.
+	// Left is how many processes of the machine were still running when
+	// the command ended, besides the agent and the Python interpreter (-1:
+	// unknown).
+	Left     int    `json:"left,omitempty"`
 	ExitCode int    `json:"exit_code,omitempty"`
 	Signal   string `json:"signal,omitempty"`
 	Killed   string `json:"killed,omitempty"` // why the agent killed the command: "timeout" or "kill"

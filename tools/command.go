@@ -44,8 +44,13 @@ type ExecCommandOutput struct {
 	StderrNotUTF8    bool   `json:"stderr_not_utf8,omitempty" jsonschema:"description=stderr had bytes that are not UTF-8\\, likewise."`
 	FullOutputPath   string `json:"full_output_path,omitempty" jsonschema:"description=When output was cut: the directory in the machine that holds the whole of it (files stdout and stderr)\\, for download_file (offset\\, length) or a command. Older calls' saved output is deleted as newer is saved."`
 	TimedOut         bool   `json:"timed_out" jsonschema:"description=The command was killed at its timeout."`
+	ProcessesRunning int    `json:"processes_running,omitempty" jsonschema:"description=Set when more than 5 processes that commands started are still running in the machine: how many (session_info lists them\\, reset_machine stops them)."`
 	DurationMS       int64  `json:"duration_ms" jsonschema:"description=How long the command ran\\, in milliseconds."`
 }
+
+// leftRunningNote is how many processes left running in a machine a
+// command's result passes over in silence.
+const leftRunningNote = 5
 
 // defaultCommandTimeout bounds commands that set no timeout.
 const defaultCommandTimeout = 60 * time.Second
@@ -126,7 +131,12 @@ func (s *Service) execCommand(ctx context.Context, req mcp.CallToolRequest, in E
 	out.StdoutTruncated, out.StdoutTotalBytes, out.StdoutLines, out.StdoutNotUTF8 = so.cut, so.total, so.lines, so.notUTF8
 	out.StderrTruncated, out.StderrTotalBytes, out.StderrLines, out.StderrNotUTF8 = se.cut, se.total, se.lines, se.notUTF8
 	out.FullOutputPath = output.dir
-	return structured(out, res.TimedOut, mcp.NewTextContent(commandText(out, timeout))), nil
+	body := commandText(out, timeout)
+	if res.LeftRunning > leftRunningNote {
+		out.ProcessesRunning = res.LeftRunning
+		body += fmt.Sprintf("\nNote: %d processes started by this or earlier commands are still running in the machine; session_info lists them, reset_machine stops them.", res.LeftRunning)
+	}
+	return structured(out, res.TimedOut, mcp.NewTextContent(body)), nil
 }
 
 func commandText(o ExecCommandOutput, timeout time.Duration) string {

@@ -156,7 +156,8 @@ func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandR
 	}
 	return &backend.CommandResult{ExitCode: r.ExitCode, Signal: r.Signal, Stdout: r.Stdout, Stderr: r.Stderr,
 		StdoutTruncated: r.StdoutTruncated, StderrTruncated: r.StderrTruncated, TimedOut: r.TimedOut,
-		QuotaExceeded: r.QuotaExceeded, Duration: r.Duration, Saved: savedStreams(r.Saved)}, nil
+		QuotaExceeded: r.QuotaExceeded, Duration: r.Duration, Saved: savedStreams(r.Saved),
+		LeftRunning: max(r.LeftRunning, 0)}, nil
 }
 
 // Reset stops the machine's processes from outside them.
