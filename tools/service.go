@@ -46,6 +46,7 @@ type Service struct {
 	// The budget of a result's text, and the most a call may ask for.
 	maxOutputChars, maxOutputCharsLimit int
 	spoolDir                            string
+	project                             string
 }
 
 // Config configures a Service.
@@ -84,7 +85,11 @@ type Config struct {
 	// code that outgrew the result, on its way to the machine (default:
 	// the system's temporary directory).
 	SpoolDir string
-	Log      zerolog.Logger
+	// Project is what a stdio server serves: its working directory. A call
+	// without a session joins the conversation of the project and the
+	// client (by its name); empty: the principal's one conversation.
+	Project string
+	Log     zerolog.Logger
 }
 
 // NewService makes the tools' shared state.
@@ -107,7 +112,7 @@ func NewService(cfg Config) (*Service, error) {
 	cfg.MaxOutputCharsLimit = max(cfg.MaxOutputCharsLimit, cfg.MaxOutputChars)
 	return &Service{broker: b, sessions: cfg.Sessions, allowedRoots: roots, rootsPerPrincipal: cfg.RootsPerPrincipal,
 		localPrincipal: localPrincipal(), log: cfg.Log, onCall: cfg.OnCall,
-		maxOutputChars: cfg.MaxOutputChars, maxOutputCharsLimit: cfg.MaxOutputCharsLimit, spoolDir: cfg.SpoolDir}, nil
+		maxOutputChars: cfg.MaxOutputChars, maxOutputCharsLimit: cfg.MaxOutputCharsLimit, spoolDir: cfg.SpoolDir, project: cfg.Project}, nil
 }
 
 // Broker is the service's machine broker (for the reaper and the

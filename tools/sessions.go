@@ -2,6 +2,8 @@ package tools
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os/user"
@@ -79,23 +81,32 @@ func localPrincipal() string {
 }
 
 // scope is the conversation a call without a session argument joins: that
-// of its client's MCP session on the legacy HTTP transports, else the
+// of its client's MCP session on the legacy HTTP transports; on stdio, the
+// project's for this client (Config.Project and the client's name), so that
+// two agents in two projects do not share a machine or Python globals, and
+// a project finds its conversation again after a restart; else the
 // principal's default conversation. Requests of protocol 2026-07-28 have no
-// sessions (mcp-go gives each a throwaway one), and stdio has one client.
-func scope(ctx context.Context) string {
-	if server.IsModernRequest(ctx) {
-		return ""
-	}
-	if cs := server.ClientSessionFromContext(ctx); cs != nil && cs.SessionID() != "stdio" {
+// sessions (mcp-go gives each a throwaway one).
+func (s *Service) scope(ctx context.Context) string {
+	cs := server.ClientSessionFromContext(ctx)
+	if !server.IsModernRequest(ctx) && cs != nil && cs.SessionID() != "stdio" {
 		return "mcp-session:" + cs.SessionID()
 	}
-	return ""
+	if s.project == "" {
+		return ""
+	}
+	client := ""
+	if ci, ok := cs.(server.SessionWithClientInfo); ok && !server.IsModernRequest(ctx) {
+		client = ci.GetClientInfo().Name
+	}
+	sum := sha256.Sum256([]byte(s.project + "\x00" + client))
+	return "project:" + hex.EncodeToString(sum[:16])
 }
 
 // resolveConversation finds the call's conversation; created reports that
 // it started with this call.
 func (s *Service) resolveConversation(ctx context.Context, handle string) (*sessions.Conversation, bool, error) {
-	c, created, err := s.sessions.Resolve(ctx, s.principal(ctx), handle, scope(ctx))
+	c, created, err := s.sessions.Resolve(ctx, s.principal(ctx), handle, s.scope(ctx))
 	if err != nil {
 		if errors.Is(err, sessions.ErrNotFound) || errors.Is(err, sessions.ErrClosed) {
 			return nil, false, fmt.Errorf("%w; leave session out to use this client's conversation, or pass \"new\"", err)

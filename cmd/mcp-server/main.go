@@ -43,6 +43,9 @@ func main() {
 		if errors.Is(err, flag.ErrHelp) {
 			return
 		}
+		if errors.Is(err, errReported) {
+			os.Exit(1)
+		}
 		fmt.Fprintln(os.Stderr, "mcp-server:", err)
 		os.Exit(1)
 	}
@@ -61,11 +64,14 @@ type config struct {
 	maxSnapshots int
 	// The budget of a result's text, and the most a call may ask for.
 	maxOutputChars, maxOutputCharsLimit int
-	idle                                map[string]time.Duration // backend → idle timeout
-	ttl                                 time.Duration            // conversations idle this long are closed
-	http                                httpConfig               // the hosted endpoint, when transport is http
-	limits                              local.Limits
-	noSandbox                           bool
+	// project is what a stdio server serves (its working directory): its
+	// client's default conversation is the project's.
+	project   string
+	idle      map[string]time.Duration // backend → idle timeout
+	ttl       time.Duration            // conversations idle this long are closed
+	http      httpConfig               // the hosted endpoint, when transport is http
+	limits    local.Limits
+	noSandbox bool
 }
 
 // parseConfig reads the flags; each falls back to its environment variable
@@ -318,6 +324,9 @@ func run(args []string) error {
 		fmt.Println(version)
 		return nil
 	}
+	if cfg.http.transport != "http" {
+		cfg.project = cwd
+	}
 	if cfg.http.transport == "stdio" && os.Getenv("GOMAXPROCS") == "" {
 		// One client, whose calls mostly wait on sandboxes: with more Ps,
 		// every goroutine made ready woke another thread to look for work,
@@ -334,13 +343,13 @@ func run(args []string) error {
 	}
 	engine, err := local.New(local.Options{StateDir: cfg.stateDir, Limits: cfg.limits, DangerouslyDisableSandbox: cfg.noSandbox})
 	if err != nil {
-		return err
+		return startupFailure(cfg, explainStateDir(cfg.stateDir, err), log)
 	}
 	defer engine.Close()
 
 	store, err := openStore(cfg.http.sessionStore, engine.StateDir())
 	if err != nil {
-		return err
+		return startupFailure(cfg, explainStateDir(cfg.stateDir, err), log)
 	}
 	defer store.Close()
 	manager := sessions.NewManager(store, sessions.Limits{MaxMachines: cfg.maxMachines, MaxSnapshots: cfg.maxSnapshots})
@@ -363,7 +372,8 @@ func run(args []string) error {
 	}
 	svc, err := tools.NewService(tools.Config{Backends: bs, BackendsFor: principalBackends, Sessions: manager, AllowedRoots: cfg.allowedRoots, RootsPerPrincipal: cfg.http.transport == "http", Instance: instance,
 		Idle: cfg.idle, ConversationTTL: cfg.ttl, OnCall: onCall, Log: log,
-		MaxOutputChars: cfg.maxOutputChars, MaxOutputCharsLimit: cfg.maxOutputCharsLimit, SpoolDir: spoolDir})
+		MaxOutputChars: cfg.maxOutputChars, MaxOutputCharsLimit: cfg.maxOutputCharsLimit, SpoolDir: spoolDir,
+		Project: cfg.project})
 	if err != nil {
 		return err
 	}
