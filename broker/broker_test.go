@@ -227,10 +227,16 @@ func TestReaperSparesHeldMachines(t *testing.T) {
 	l.Release()
 	l.Release() // twice is harmless
 	time.Sleep(time.Millisecond)
-	if _, err := b.Reap(context.Background()); err != nil {
+	r, err := b.Reap(context.Background())
+	if err != nil {
 		t.Fatal(err)
 	}
-	if len(be.idled) != 1 || be.idled[0] != l.Machine.ID() {
-		t.Fatalf("the idle machine was not idled: %v", be.idled)
+	if len(be.idled) != 1 || be.idled[0] != l.Machine.ID() || r.Stopped != 1 {
+		t.Fatalf("the idle machine was not idled: %v, %+v", be.idled, r)
+	}
+	// Stopped already and unused since: the next look does nothing, and
+	// says so (the server logs only what a look did).
+	if r, err = b.Reap(context.Background()); err != nil || r.Stopped+r.Parked+r.Closed != 0 || len(be.idled) != 1 {
+		t.Fatalf("a second look at a stopped machine: %+v, %v, idled %v", r, err, be.idled)
 	}
 }

@@ -54,13 +54,13 @@ func (b *Broker) Reap(ctx context.Context) (ReapResult, error) {
 			if limit <= 0 || m.Parked != nil || now.Sub(b.sessions.MachineLastUsed(c, &m)) < limit {
 				continue
 			}
-			parked, err := b.idleMachine(ctx, c, m)
+			outcome, err := b.idleMachine(ctx, c, m)
 			switch {
 			case err != nil:
 				errs = append(errs, err)
-			case parked:
+			case outcome == idleParked:
 				r.Parked++
-			default:
+			case outcome == idleStopped:
 				r.Stopped++
 			}
 		}
@@ -68,19 +68,28 @@ func (b *Broker) Reap(ctx context.Context) (ReapResult, error) {
 	return r, errors.Join(errs...)
 }
 
+// idleOutcome is what idleMachine did.
+type idleOutcome int
+
+const (
+	idleNothing idleOutcome = iota // stopped already, in use, or not a backend that idles
+	idleStopped
+	idleParked
+)
+
 // idleMachine stops or parks one idle machine, unless a call is using it.
-func (b *Broker) idleMachine(ctx context.Context, c *sessions.Conversation, m sessions.Machine) (parked bool, err error) {
+func (b *Broker) idleMachine(ctx context.Context, c *sessions.Conversation, m sessions.Machine) (outcome idleOutcome, err error) {
 	be := b.Backend(c.Principal, m.Backend)
 	idler, ok := be.(backend.Idler)
 	if !ok {
-		return false, nil
+		return idleNothing, nil
 	}
 	key := sessionsKey(c, m)
 	stamp := b.sessions.MachineLastUsed(c, &m).UnixNano()
 	b.mu.Lock()
 	if b.idled[key] == stamp || b.busy[key] > 0 {
 		b.mu.Unlock()
-		return false, nil // stopped already and unused since, or in use
+		return idleNothing, nil // stopped already and unused since, or in use
 	}
 	b.parking[key] = true
 	b.mu.Unlock()
@@ -93,17 +102,17 @@ func (b *Broker) idleMachine(ctx context.Context, c *sessions.Conversation, m se
 	if errors.Is(err, backend.ErrNotFound) {
 		// Gone behind our back: forget it.
 		_, err = b.sessions.Update(ctx, c, func(c *sessions.Conversation) error { c.RemoveMachine(m.Backend, m.ID); return nil })
-		return false, err
+		return idleNothing, err
 	}
 	if err != nil {
-		return false, fmt.Errorf("idle %s machine %s: %w", m.Backend, m.ID, err)
+		return idleNothing, fmt.Errorf("idle %s machine %s: %w", m.Backend, m.ID, err)
 	}
 	if snap == "" {
 		b.mu.Lock()
 		b.idled[key] = stamp
 		b.mu.Unlock()
 		b.log.Info().Str("backend", m.Backend).Str("machine", m.ID).Msg("stopped an idle machine")
-		return false, nil
+		return idleStopped, nil
 	}
 	// Record the snapshot before the machine goes: a crash in between
 	// leaves a machine that the next start's reconciler deletes, never a
@@ -114,13 +123,13 @@ func (b *Broker) idleMachine(ctx context.Context, c *sessions.Conversation, m se
 		}
 		return nil
 	}); err != nil {
-		return false, fmt.Errorf("record parked machine %s: %w", m.ID, err)
+		return idleNothing, fmt.Errorf("record parked machine %s: %w", m.ID, err)
 	}
 	if err := be.Delete(ctx, m.ID); err != nil && !errors.Is(err, backend.ErrNotFound) {
-		return false, fmt.Errorf("delete parked machine %s: %w", m.ID, err)
+		return idleNothing, fmt.Errorf("delete parked machine %s: %w", m.ID, err)
 	}
 	b.log.Info().Str("backend", m.Backend).Str("machine", m.ID).Str("snapshot", snap).Msg("parked an idle machine")
-	return true, nil
+	return idleParked, nil
 }
 
 func sessionsKey(c *sessions.Conversation, m sessions.Machine) string {

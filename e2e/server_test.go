@@ -117,7 +117,7 @@ func pythonConversation(t *testing.T, h *harness) {
 	}
 
 	start := time.Now()
-	h.fails(t, "run_python", map[string]any{"code": "import time\ntime.sleep(10)", "timeout_seconds": 1}, "Timed out")
+	h.fails(t, "run_python", map[string]any{"code": "import time\ntime.sleep(10)", "timeout_seconds": 1}, "Timed out after 1s; the interpreter was interrupted and your variables are kept")
 	if d := time.Since(start); d > 8*time.Second {
 		t.Errorf("timeout took %s", d)
 	}

@@ -928,6 +928,18 @@ func (a *agent) startCommand(req request) {
 	cmd.Dir = req.Dir
 	if cmd.Dir == "" {
 		cmd.Dir = a.home
+	} else if fi, err := os.Stat(cmd.Dir); err != nil || !fi.IsDir() {
+		// Said plainly: exec would blame the program ("fork/exec
+		// /bin/bash: no such file or directory").
+		switch {
+		case err == nil:
+			fail(fmt.Errorf("workdir %s is not a directory: give a directory, or leave workdir out to run in the home", req.Dir))
+		case os.IsNotExist(err):
+			fail(fmt.Errorf("workdir %s does not exist in the machine: create it first (mkdir -p %s), or leave workdir out to run in the home", req.Dir, req.Dir))
+		default:
+			fail(fmt.Errorf("workdir %s: %v", req.Dir, err))
+		}
+		return
 	}
 	cmd.Env = os.Environ()
 	for k, v := range req.Env {

@@ -208,6 +208,10 @@ func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.
 		}
 		defer dir.Close()
 		base := path.Base(rel)
+		isDir := &PathError{p, "is a directory; give a file path (a directory is uploaded from the host with local_path)"}
+		if fi, err := dir.Lstat(base); err == nil && fi.IsDir() {
+			return isDir
+		}
 		tmp := ".vmcp-upload-" + newID("t")
 		f, err := dir.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode.Perm())
 		if err != nil {
@@ -219,6 +223,9 @@ func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.
 		}
 		if err == nil {
 			err = dir.Rename(tmp, base)
+			if errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.EISDIR) || errors.Is(err, syscall.ENOTEMPTY) {
+				err = isDir // a directory made there meanwhile
+			}
 		}
 		if err != nil {
 			dir.Remove(tmp)

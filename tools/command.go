@@ -48,6 +48,18 @@ type ExecCommandOutput struct {
 	DurationMS       int64  `json:"duration_ms" jsonschema:"description=How long the command ran\\, in milliseconds."`
 }
 
+// homePath reads a machine path as a shell would: "~" and "~/…" are the
+// machine's home (relative paths start there), not a directory named "~".
+func homePath(p string) string {
+	switch {
+	case p == "~" || p == "~/":
+		return "."
+	case strings.HasPrefix(p, "~/"):
+		return strings.TrimLeft(p[2:], "/")
+	}
+	return p
+}
+
 // leftRunningNote is how many processes left running in a machine a
 // command's result passes over in silence.
 const leftRunningNote = 5
@@ -94,7 +106,7 @@ func (s *Service) execCommand(ctx context.Context, req mcp.CallToolRequest, in E
 		Argv:    in.Argv,
 		Shell:   in.Command,
 		Env:     in.Env,
-		Workdir: in.Workdir,
+		Workdir: homePath(in.Workdir),
 		Timeout: timeout,
 		Stdout:  output.stream("stdout"),
 		Stderr:  output.stream("stderr"),

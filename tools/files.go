@@ -124,6 +124,7 @@ func (s *Service) uploadFile(ctx context.Context, req mcp.CallToolRequest, in Up
 	if in.Path == "" {
 		return nil, errors.New("missing path")
 	}
+	in.Path = homePath(in.Path)
 	if err := backend.CheckPath(in.Path); err != nil {
 		return nil, err
 	}
@@ -270,6 +271,7 @@ func (s *Service) downloadFile(ctx context.Context, req mcp.CallToolRequest, in 
 	if in.Path == "" {
 		return nil, errors.New("missing path")
 	}
+	in.Path = homePath(in.Path)
 	if err := backend.CheckPath(in.Path); err != nil {
 		return nil, err
 	}

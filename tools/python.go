@@ -94,6 +94,13 @@ func (s *Service) runPython(ctx context.Context, req mcp.CallToolRequest, in Run
 	if res.Value != nil {
 		output.stream("value").Write([]byte(*res.Value))
 	}
+	if res.TimedOut && res.Error == "Timed out" {
+		timeout := 15 * time.Second
+		if in.TimeoutSeconds > 0 {
+			timeout = time.Duration(in.TimeoutSeconds) * time.Second
+		}
+		res.Error = fmt.Sprintf("Timed out after %s; the interpreter was interrupted and your variables are kept (give a larger timeout_seconds for longer work)", timeout)
+	}
 	output.stream("error").Write([]byte(res.Error))
 	out := RunPythonOutput{
 		Machine:    m.ID(),

@@ -94,10 +94,10 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	maxSnapshots := fs.Int("max-snapshots", intEnv(getenv, "VMCP_MAX_SNAPSHOTS", 0), "most snapshots one conversation may own; 0: no limit (env VMCP_MAX_SNAPSHOTS)")
 	maxOutputChars := fs.Int("max-output-chars", intEnv(getenv, "VMCP_MAX_OUTPUT_CHARS", tools.DefaultMaxOutputChars), "characters of text a result carries at most; longer output keeps head and tail, the whole saved in the machine (env VMCP_MAX_OUTPUT_CHARS)")
 	maxOutputCharsLimit := fs.Int("max-output-chars-limit", intEnv(getenv, "VMCP_MAX_OUTPUT_CHARS_LIMIT", tools.DefaultMaxOutputCharsLimit), "the most a call may ask for with max_output_chars (env VMCP_MAX_OUTPUT_CHARS_LIMIT)")
-	idleLocal := fs.Duration("idle-local", durEnv(getenv, "VMCP_IDLE_LOCAL", 30*time.Minute), "stop a local machine's processes after this long unused (files stay; 0: never) (env VMCP_IDLE_LOCAL)")
-	idleFast := fs.Duration("idle-fastvm", durEnv(getenv, "VMCP_IDLE_FASTVM", 15*time.Minute), "pause a FastVM machine unused this long (memory and files kept, no quota held; the next use resumes it), or with --fastvm-idle-action snapshot park it as a snapshot (0: never) (env VMCP_IDLE_FASTVM)")
+	idleLocal := durationFlag(fs, "idle-local", durEnv(getenv, "VMCP_IDLE_LOCAL", 30*time.Minute), "stop a local machine's processes after this long unused (files stay; 0: never) (env VMCP_IDLE_LOCAL)")
+	idleFast := durationFlag(fs, "idle-fastvm", durEnv(getenv, "VMCP_IDLE_FASTVM", 15*time.Minute), "pause a FastVM machine unused this long (memory and files kept, no quota held; the next use resumes it), or with --fastvm-idle-action snapshot park it as a snapshot (0: never) (env VMCP_IDLE_FASTVM)")
 	fastIdleAction := fs.String("fastvm-idle-action", envOr("VMCP_FASTVM_IDLE_ACTION", "auto"), "what to do with an idle FastVM machine: pause, snapshot (snapshot it, delete it, relaunch it on next use), or auto (pause where the service can, else snapshot) (env VMCP_FASTVM_IDLE_ACTION)")
-	ttl := fs.Duration("conversation-ttl", durEnv(getenv, "VMCP_CONVERSATION_TTL", 7*24*time.Hour), "close conversations unused this long: delete their machines, keep their snapshots (0: never) (env VMCP_CONVERSATION_TTL)")
+	ttl := durationFlag(fs, "conversation-ttl", durEnv(getenv, "VMCP_CONVERSATION_TTL", 7*24*time.Hour), "close conversations unused this long: delete their machines, keep their snapshots (0: never) (env VMCP_CONVERSATION_TTL)")
 	fastURL := fs.String("fastvm-url", envOr("FASTVM_BASE_URL", fvc.DefaultBaseURL), "FastVM API base URL (env FASTVM_BASE_URL)")
 	fastKeyFile := fs.String("fastvm-api-key-file", envOr("FASTVM_API_KEY_FILE", ""), "file holding the FastVM API key; the FASTVM_API_KEY environment variable works too")
 	fastType := fs.String("fastvm-machine-type", envOr("VMCP_FASTVM_MACHINE_TYPE", fastbackend.DefaultMachineType), "size of FastVM machines launched without machine_type (env VMCP_FASTVM_MACHINE_TYPE)")
@@ -198,6 +198,36 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		backend: *backend, forevervm: fvmCfg, fastvm: fastCfg, limits: limits, noSandbox: *noSandbox, maxMachines: *maxMachines, maxSnapshots: *maxSnapshots,
 		maxOutputChars: *maxOutputChars, maxOutputCharsLimit: *maxOutputCharsLimit,
 		idle: map[string]time.Duration{"local": *idleLocal, "fastvm": *idleFast}, ttl: *ttl}, nil
+}
+
+// durationValue is a duration flag whose errors say what a duration looks
+// like ("5" alone has no unit).
+type durationValue struct{ d *time.Duration }
+
+func (v durationValue) String() string {
+	if v.d == nil {
+		return ""
+	}
+	return v.d.String()
+}
+
+func (v durationValue) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		if _, nerr := strconv.ParseFloat(s, 64); nerr == nil {
+			return fmt.Errorf("%s has no unit: give one, such as %sm, %ss or %sh (0 for never)", s, s, s, s)
+		}
+		return fmt.Errorf("%q is not a duration: give a number with a unit, such as 30m, 90s or 2h (0 for never)", s)
+	}
+	*v.d = d
+	return nil
+}
+
+// durationFlag defines a duration flag with durationValue's errors.
+func durationFlag(fs *flag.FlagSet, name string, def time.Duration, usage string) *time.Duration {
+	d := def
+	fs.Var(durationValue{&d}, name, usage)
+	return &d
 }
 
 // durEnv reads a duration from the environment; anything else gives -1,

@@ -121,3 +121,16 @@ func TestParseHTTPConfig(t *testing.T) {
 		t.Errorf("stdio keeps the working directory as its root: %v", cfg.allowedRoots)
 	}
 }
+
+// TestDurationWithoutUnit: a duration flag given a bare number says it
+// needs a unit, with examples.
+func TestDurationWithoutUnit(t *testing.T) {
+	_, err := parseConfig([]string{"--idle-local", "5"}, func(string) string { return "" }, t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "5 has no unit: give one, such as 5m, 5s or 5h (0 for never)") {
+		t.Errorf("--idle-local 5: %v", err)
+	}
+	_, err = parseConfig([]string{"--conversation-ttl", "soon"}, func(string) string { return "" }, t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), `"soon" is not a duration`) {
+		t.Errorf("--conversation-ttl soon: %v", err)
+	}
+}
