@@ -4,6 +4,7 @@ import (
 	"net/http/httptest"
 	"regexp"
 	"strings"
+	"path/filepath"
 	"testing"
 
 	fvmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
@@ -35,7 +36,9 @@ func forevervmEmulator(t *testing.T) (url, token string) {
 
 // startForeverVM runs the server with the forevervm backend pointed at url.
 func startForeverVM(t *testing.T, state, url, token string) *harness {
-	return startWith(t, state, t.TempDir(), clientOptions{
+	// The project is the state directory's parent: a restart on the same
+	// state is the same project, whose conversation it continues.
+	return startWith(t, state, filepath.Dir(state), clientOptions{
 		serverArgs: []string{"--forevervm-url", url},
 		serverEnv:  []string{"FOREVERVM_TOKEN=" + token},
 	})

@@ -47,8 +47,8 @@ func TestToolsListAndPrompts(t *testing.T) {
 			t.Errorf("%s: annotations lack hints: %+v", name, tool.Annotations)
 		}
 	}
-	if len(res.Tools) != 11 {
-		t.Errorf("%d tools, want 11", len(res.Tools))
+	if len(res.Tools) != 12 {
+		t.Errorf("%d tools, want 12", len(res.Tools))
 	}
 	if a := byName["list_machines"].Annotations; a == nil || !a.ReadOnlyHint || *a.DestructiveHint {
 		t.Errorf("list_machines annotations: %+v", a)

@@ -85,6 +85,11 @@ func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.
 			// itself when it reported a failure).
 			m.undo(false, u.op, p)
 		}
+		if errors.As(err, &he) && he.Kind == "lost" {
+			// The interpreter was stopped under the upload: what stops it
+			// mid-write is mostly a full disk or the memory limit.
+			return nil, fmt.Errorf("upload %s to ForeverVM machine %s stopped: the machine's Python restarted during it, as when a write fills its disk or its memory: the old file is unchanged; free some space (df -h) and try again (%w)", p, m.name, err)
+		}
 		return nil, fmt.Errorf("upload %s to ForeverVM machine %s: %w", p, m.name, err)
 	}
 	return res, nil

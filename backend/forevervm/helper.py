@@ -1115,9 +1115,14 @@ class _Command(_Op):
                     b = os.read(fd, LINE)
                 except BlockingIOError:
                     break
+                except OSError:
+                    b = b""  # closed under us (the command was undone): its end
                 if not b:
-                    del self.fds[fd]
-                    os.close(fd)
+                    if self.fds.pop(fd, None) is not None:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
                     break
                 off = self.offsets[s]
                 self.offsets[s] = off + len(b)
