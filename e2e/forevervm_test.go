@@ -2,9 +2,9 @@ package e2e
 
 import (
 	"net/http/httptest"
+	"path/filepath"
 	"regexp"
 	"strings"
-	"path/filepath"
 	"testing"
 
 	fvmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
