@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -35,5 +37,31 @@ func TestWhatANewUserTripsOver(t *testing.T) {
 	res = h.fails(t, "upload_file", map[string]any{"path": "somedir", "content": "x"}, "is a directory; give a file path")
 	if strings.Contains(text(res), ".vmcp-upload") {
 		t.Errorf("the error leaks an internal name: %s", text(res))
+	}
+}
+
+// TestWording: counts agree with their nouns, empty lists say so, and an
+// unknown session says what to do once.
+func TestWording(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	h := startIn(t, t.TempDir(), root)
+	res := h.ok(t, "session_info", map[string]any{}, nil)
+	if !strings.Contains(text(res), "Snapshots: none") {
+		t.Errorf("session_info without snapshots: %s", text(res))
+	}
+	if err := os.MkdirAll(filepath.Join(root, "one"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "one", "only.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res = h.ok(t, "upload_file", map[string]any{"local_path": "one", "path": "one"}, nil)
+	if !strings.Contains(text(res), "Copied 1 file (") {
+		t.Errorf("a directory of one file: %s", text(res))
+	}
+	res = h.call(t, "run_python", map[string]any{"code": "1", "session": "c-0123"})
+	if !res.IsError || strings.Count(text(res), `"new"`) != 1 {
+		t.Errorf("a malformed session handle: %s", text(res))
 	}
 }

@@ -54,7 +54,7 @@ func (m *Manager) Resolve(ctx context.Context, principal, handle, scope string) 
 		return c, err == nil, err
 	case handle != "":
 		if !ValidHandle(handle) {
-			return nil, false, fmt.Errorf("session %q: %w (handles look like c- followed by 32 hex digits; pass \"new\" to start a conversation)", handle, ErrNotFound)
+			return nil, false, fmt.Errorf("session %q: %w (handles look like c- followed by 32 hex digits)", handle, ErrNotFound)
 		}
 		c, err = m.store.Load(ctx, principal, handle)
 		if err != nil {

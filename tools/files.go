@@ -180,7 +180,7 @@ func (s *Service) uploadDir(ctx context.Context, machine string, m backend.FileS
 		return nil, err
 	}
 	out := UploadFileOutput{Machine: machine, Path: dst, Bytes: size, SHA256: digest, Files: files}
-	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Copied %d files (%d bytes) into %s (manifest sha256 %s).", files, size, dst, digest))), nil
+	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Copied %d %s (%d bytes) into %s (manifest sha256 %s).", files, plural(files, "file", "files"), size, dst, digest))), nil
 }
 
 // checkBase64 reads standard, padded base64 (line breaks allowed, as the
@@ -656,7 +656,7 @@ func (s *Service) savedDir(machine, p, hostPath string, dir *os.Root, skipped []
 		return nil, err
 	}
 	out := DownloadFileOutput{Machine: machine, Path: p, Bytes: size, SHA256: digest, Length: size, LocalPath: hostPath, Files: files}
-	msg := fmt.Sprintf("Saved directory %s (%d files, %d bytes, manifest sha256 %s) to %s.", p, files, size, digest, hostPath)
+	msg := fmt.Sprintf("Saved directory %s (%d %s, %d bytes, manifest sha256 %s) to %s.", p, files, plural(files, "file", "files"), size, digest, hostPath)
 	if len(skipped) > 0 {
 		msg += fmt.Sprintf(" Left out %d symbolic links that point outside the directory (%s).", len(skipped), strings.Join(firstN(skipped, 5), ", "))
 	}

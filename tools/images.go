@@ -142,5 +142,5 @@ func (s *Service) setFirewall(ctx context.Context, _ mcp.CallToolRequest, in Set
 		return nil, err
 	}
 	out := SetFirewallOutput{Machine: m.ID(), Mode: in.Mode, Rules: len(in.Ingress)}
-	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Firewall of %s set to %s with %d ingress rules.", m.ID(), in.Mode, len(in.Ingress)))), nil
+	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Firewall of %s set to %s with %d ingress %s.", m.ID(), in.Mode, len(in.Ingress), plural(len(in.Ingress), "rule", "rules")))), nil
 }

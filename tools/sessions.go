@@ -271,7 +271,13 @@ func (s *Service) sessionInfo(ctx context.Context, _ mcp.CallToolRequest, _ Sess
 			b.WriteString(": " + sum)
 		}
 	}
+	if len(out.Machines) == 0 {
+		b.WriteString(" none yet (the first tool call creates one)")
+	}
 	b.WriteString("\nSnapshots:")
+	if len(out.Snapshots) == 0 {
+		b.WriteString(" none")
+	}
 	for _, sn := range out.Snapshots {
 		fmt.Fprintf(&b, "\n- %s (%s) of %s", sn.ID, sn.Backend, sn.Machine)
 	}
