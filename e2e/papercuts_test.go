@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestWhatANewUserTripsOver: messages and paths as a new user meets them
@@ -63,5 +66,17 @@ func TestWording(t *testing.T) {
 	res = h.call(t, "run_python", map[string]any{"code": "1", "session": "c-0123"})
 	if !res.IsError || strings.Count(text(res), `"new"`) != 1 {
 		t.Errorf("a malformed session handle: %s", text(res))
+	}
+}
+
+// TestHTTPWithoutBackendSaysWhichFlags: a hosted server with nowhere to run
+// machines names the settings that would give it one.
+func TestHTTPWithoutBackendSaysWhichFlags(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, serverBin, "--transport", "http", "--listen", "127.0.0.1:0", "--insecure-no-auth", "--state-dir", t.TempDir()).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "set FASTVM_API_KEY (or --fastvm-api-key-file) for FastVM, or FOREVERVM_TOKEN (or --forevervm-token-file) for ForeverVM; over --transport http, --enable-local-backend") {
+		t.Errorf("a hosted server without backends: %v\n%s", err, out)
 	}
 }

@@ -61,5 +61,9 @@ func startupFailure(cfg config, cause error, log zerolog.Logger) error {
 	return errReported
 }
 
+// errNoBackend is the start of a server with nowhere to run machines.
+var errNoBackend = errors.New("no backend is configured, so there is nowhere to run machines: set FASTVM_API_KEY (or --fastvm-api-key-file) for FastVM, " +
+	"or FOREVERVM_TOKEN (or --forevervm-token-file) for ForeverVM; over --transport http, --enable-local-backend (VMCP_ENABLE_LOCAL_BACKEND=1) runs machines on this host")
+
 // errReported ends the process with a failure already logged.
 var errReported = errors.New("the error was reported")

@@ -390,6 +390,9 @@ func run(args []string) error {
 
 	bs, principalBackends, closeBackends := backends(cfg, engine, log)
 	defer closeBackends()
+	if len(bs) == 0 {
+		return errNoBackend
+	}
 	metrics := newMetrics(manager)
 	var onCall func(tool, backend, outcome string, d time.Duration)
 	if cfg.http.transport == "http" { // the only one that serves /metrics
