@@ -82,7 +82,7 @@ func TestBackgroundProcessesInSessionInfo(t *testing.T) {
 	}
 	var before info
 	res = h.ok(t, "session_info", map[string]any{}, &before)
-	if len(before.Machines) != 1 || before.Machines[0].Processes != 1 || !strings.HasPrefix(before.Machines[0].TopProcesses[0].Command, "sleep 1000") ||
+	if len(before.Machines) != 1 || before.Machines[0].Processes != 1 || !strings.Contains(before.Machines[0].TopProcesses[0].Command, "sleep 1000") /* "bash -c …" until it has exec'd */ ||
 		!strings.Contains(text(res), "sleep 1000") {
 		t.Fatalf("session_info: %+v\n%s", before, text(res))
 	}

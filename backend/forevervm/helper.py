@@ -1001,7 +1001,13 @@ class _Command(_Op):
         )
         self.ended = None  # when the process was seen to exit
         self.rc = None
-        self.fds = {self.p.stdout.fileno(): 1, self.p.stderr.fileno(): 2}
+        # The pipes' descriptors are ours alone: the Popen's file objects
+        # would close the same numbers again when collected, by then
+        # another command's.
+        out, err = os.dup(self.p.stdout.fileno()), os.dup(self.p.stderr.fileno())
+        self.p.stdout.close()
+        self.p.stderr.close()
+        self.fds = {out: 1, err: 2}
         for fd in self.fds:
             os.set_blocking(fd, False)
         self.stdin = self.p.stdin.fileno() if self.p.stdin else -1
