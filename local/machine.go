@@ -17,6 +17,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/vmcp-dev/vmcp/internal/linesplit"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -190,7 +192,7 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 	}
 	res := &ExecResult{}
 	var out [2]cappedBuffer
-	var lines [2]lineSplitter
+	var lines [2]linesplit.Splitter
 	writers := [2]io.Writer{opts.Stdout, opts.Stderr}
 	names := [2]string{"stdout", "stderr"}
 	var writeErr error
@@ -213,7 +215,7 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 				out[i].write(ev.Data)
 			}
 			if opts.OnOutput != nil {
-				lines[i].split(ev.Data, onLine(i))
+				lines[i].Split(ev.Data, onLine(i))
 			}
 			return false
 		default:
@@ -248,7 +250,7 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 	res.TimedOut, res.Interrupted, res.InterpreterDied = final.TimedOut, final.Interrupted, final.Died
 	if opts.OnOutput != nil {
 		for i := range lines {
-			lines[i].flush(onLine(i))
+			lines[i].Flush(onLine(i))
 		}
 	}
 	res.Stdout, res.StdoutTruncated = out[0].text(), out[0].truncated
@@ -420,7 +422,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 	start := time.Now()
 	res := &CommandResult{}
 	out := [2]cappedBuffer{{max: max}, {max: max}}
-	lines := [2]lineSplitter{}
+	lines := [2]linesplit.Splitter{}
 	var final event
 	var writeErr error
 	acks := make(chan struct{}, 64)
@@ -444,8 +446,8 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 				if cmd.OnOutput != nil {
 					// A piece of the stream past its head: its first and
 					// last lines are likely cut.
-					var l lineSplitter
-					l.split(ev.Data, func(b []byte) { cmd.OnOutput(ev.Stream, string(b)) })
+					var l linesplit.Splitter
+					l.Split(ev.Data, func(b []byte) { cmd.OnOutput(ev.Stream, string(b)) })
 				}
 				return false
 			}
@@ -462,7 +464,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 				out[i].write(ev.Data)
 			}
 			if cmd.OnOutput != nil {
-				lines[i].split(ev.Data, func(l []byte) { cmd.OnOutput(ev.Stream, string(l)) })
+				lines[i].Split(ev.Data, func(l []byte) { cmd.OnOutput(ev.Stream, string(l)) })
 			}
 			return false
 		case evStdinAck:
@@ -516,7 +518,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 	}
 	if cmd.OnOutput != nil {
 		for i, name := range []string{"stdout", "stderr"} {
-			lines[i].flush(func(l []byte) { cmd.OnOutput(name, string(l)) })
+			lines[i].Flush(func(l []byte) { cmd.OnOutput(name, string(l)) })
 		}
 	}
 	res.ExitCode, res.Signal, res.LeftRunning = final.ExitCode, final.Signal, final.Left
@@ -716,56 +718,4 @@ func validUTF8(p []byte) string {
 		return string(p)
 	}
 	return strings.ToValidUTF8(string(p), "\uFFFD")
-}
-
-// lineSplitter cuts a byte stream into lines for OnOutput callbacks; a line
-// longer than maxPythonLine is passed on in pieces of at most that, each
-// ending at the end of a UTF-8 character (if it is valid UTF-8).
-type lineSplitter struct{ partial []byte }
-
-func (s *lineSplitter) split(p []byte, emit func([]byte)) {
-	for len(p) > 0 {
-		room := maxPythonLine - len(s.partial)
-		if i := bytes.IndexByte(p[:min(len(p), room+1)], '\n'); i >= 0 {
-			l := p[:i]
-			if len(s.partial) > 0 {
-				s.partial = append(s.partial, l...)
-				l = s.partial
-			}
-			emit(l)
-			s.partial = s.partial[:0]
-			p = p[i+1:]
-			continue
-		}
-		if len(p) < room {
-			s.partial = append(s.partial, p...)
-			return
-		}
-		s.partial = append(s.partial, p[:room]...)
-		p = p[room:]
-		cut := runeCut(s.partial)
-		emit(s.partial[:cut])
-		s.partial = append(s.partial[:0], s.partial[cut:]...)
-	}
-}
-
-// runeCut is where b is best cut: its length, or the start of a UTF-8
-// character that b holds only the start of.
-func runeCut(b []byte) int {
-	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
-		if utf8.RuneStart(b[i]) {
-			if i > 0 && !utf8.FullRune(b[i:]) {
-				return i
-			}
-			break
-		}
-	}
-	return len(b)
-}
-
-func (s *lineSplitter) flush(emit func([]byte)) {
-	if len(s.partial) > 0 {
-		emit(s.partial)
-		s.partial = nil
-	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/internal/linesplit"
 )
 
 // hashWriter counts and hashes what it is given; stall, if set, runs
@@ -129,7 +130,7 @@ func TestOutputInResult(t *testing.T) {
 	}
 	joined := 0
 	for i, p := range pieces[:len(pieces)-1] {
-		if len(p) > maxPiece || strings.Trim(p, "y") != "" {
+		if len(p) > linesplit.MaxPiece || strings.Trim(p, "y") != "" {
 			t.Fatalf("piece %d of %d: %d bytes", i, len(pieces), len(p))
 		}
 		joined += len(p)

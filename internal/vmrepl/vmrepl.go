@@ -41,6 +41,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/vmcp-dev/vmcp/internal/linesplit"
+
 	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/local"
 )
@@ -391,7 +393,7 @@ type parser struct {
 	writers   [2]io.Writer // the streams asked whole go there
 	writeErr  error
 	out       [2]streamBuffer
-	lines     [2]lineSplitter // for onOutput
+	lines     [2]linesplit.Splitter // for onOutput
 	scratch   []byte
 	value     []byte
 	errText   []byte
@@ -487,7 +489,7 @@ func (p *parser) output(i int, data []byte) {
 		return // over the bound: the host sent more than it may
 	}
 	if p.onOutput != nil {
-		p.lines[i].split(data, func(l []byte) { p.onOutput(streamNames[i], validUTF8(l)) })
+		p.lines[i].Split(data, func(l []byte) { p.onOutput(streamNames[i], validUTF8(l)) })
 	}
 }
 
@@ -497,7 +499,7 @@ func (p *parser) end() {
 		return
 	}
 	for i := range p.lines {
-		p.lines[i].flush(func(l []byte) { p.onOutput(streamNames[i], validUTF8(l)) })
+		p.lines[i].Flush(func(l []byte) { p.onOutput(streamNames[i], validUTF8(l)) })
 	}
 }
 
@@ -571,62 +573,6 @@ func validUTF8(p []byte) string {
 		return string(p)
 	}
 	return strings.ToValidUTF8(string(p), "\uFFFD")
-}
-
-// maxPiece is the longest piece of a line OnOutput gets, as from the local
-// engine.
-const maxPiece = 64 << 10
-
-// lineSplitter cuts a stream into lines for OnOutput; a line longer than
-// maxPiece is passed on in pieces of at most that, each ending at the end
-// of a UTF-8 character (if it is valid UTF-8).
-type lineSplitter struct{ partial []byte }
-
-func (s *lineSplitter) split(p []byte, emit func([]byte)) {
-	for len(p) > 0 {
-		room := maxPiece - len(s.partial)
-		if i := bytes.IndexByte(p[:min(len(p), room+1)], '\n'); i >= 0 {
-			l := p[:i]
-			if len(s.partial) > 0 {
-				s.partial = append(s.partial, l...)
-				l = s.partial
-			}
-			emit(l)
-			s.partial = s.partial[:0]
-			p = p[i+1:]
-			continue
-		}
-		if len(p) < room {
-			s.partial = append(s.partial, p...)
-			return
-		}
-		s.partial = append(s.partial, p[:room]...)
-		p = p[room:]
-		cut := runeCut(s.partial)
-		emit(s.partial[:cut])
-		s.partial = append(s.partial[:0], s.partial[cut:]...)
-	}
-}
-
-func (s *lineSplitter) flush(emit func([]byte)) {
-	if len(s.partial) > 0 {
-		emit(s.partial)
-		s.partial = nil
-	}
-}
-
-// runeCut is where b is best cut: its length, or the start of a UTF-8
-// character that b holds only the start of.
-func runeCut(b []byte) int {
-	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
-		if utf8.RuneStart(b[i]) {
-			if i > 0 && !utf8.FullRune(b[i:]) {
-				return i
-			}
-			break
-		}
-	}
-	return len(b)
 }
 
 // tail keeps the last bytes of a command's stderr, for error messages.
