@@ -1128,6 +1128,10 @@ func (c *agentCommand) forward(a *agent, wg *sync.WaitGroup, r *os.File, stream 
 // past its head, for the caller's progress.
 const liveEvery = 100 * time.Millisecond
 
+// liveBytes is how much of the latest chunk such a command sends: enough
+// for its last lines, which are all progress shows.
+const liveBytes = 4 << 10
+
 // forwardSaving is forward for a command whose output the machine keeps
 // (request.SaveDir): the first Keep bytes go to the engine; a stream that
 // outgrows them is written whole (up to SaveMax) to a file of dir, here in
@@ -1161,9 +1165,13 @@ func (c *agentCommand) forwardSaving(a *agent, wg *sync.WaitGroup, r *os.File, s
 				a.send(event{Ev: evOutput, ID: c.id, Stream: stream, Data: p[:k]})
 			} else if now := time.Now(); now.Sub(lastLive) >= liveEvery {
 				lastLive = now
-				a.send(event{Ev: evOutput, ID: c.id, Stream: stream, Data: p, Live: true})
+				a.send(event{Ev: evOutput, ID: c.id, Stream: stream, Data: p[max(0, len(p)-liveBytes):], Live: true})
 			}
-			for q := p; len(q) > 0; {
+			q := p
+			if len(q) > keep { // only the chunk's last Keep bytes can end up in the tail
+				q = q[len(q)-keep:]
+			}
+			for len(q) > 0 {
 				k := copy(tail[tailAt:], q)
 				q = q[k:]
 				tailAt += k

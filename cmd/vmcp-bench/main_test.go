@@ -44,7 +44,7 @@ func TestRun(t *testing.T) {
 			rows = append(rows, l)
 		}
 	}
-	want := []string{"run_python 1+1", "exec_command true", "run_python 1+1", "exec_command true", "to the result / to /dev/null: ", "run_python 1+1 / exec_command true (p50): "}
+	want := []string{"run_python 1+1", "exec_command true", "run_python 1+1", "exec_command true", "yes | head: to the result / to /dev/null: ", "python print: to the result / to /dev/null: ", "run_python 1+1 / exec_command true (p50): "}
 	if len(rows) != len(want) {
 		t.Fatalf("table:\n%s", out.String())
 	}
