@@ -105,6 +105,30 @@ type clientOptions struct {
 // startWith is startIn with a client set up by opts.
 func startWith(t *testing.T, state, root string, opts clientOptions) *harness {
 	t.Helper()
+	h, err := launch(state, root, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.cleanup(t)
+	return h
+}
+
+// cleanup closes h's client when t ends and reports a data race the
+// server found; it logs the server's stderr when t failed.
+func (h *harness) cleanup(t *testing.T) {
+	t.Cleanup(func() {
+		h.cs.Close()
+		if strings.Contains(h.log.String(), "DATA RACE") {
+			t.Error("the server reported a data race")
+		}
+		if t.Failed() {
+			t.Logf("server stderr:\n%s", h.log)
+		}
+	})
+}
+
+// launch starts a server and connects its client, for any goroutine.
+func launch(state, root string, opts clientOptions) (*harness, error) {
 	h := &harness{root: root}
 	cmd := exec.Command(serverBin, append([]string{"--state-dir", state, "--allowed-roots", h.root, "--log-level", "debug"}, opts.serverArgs...)...)
 	cmd.Dir = h.root
@@ -126,20 +150,11 @@ func startWith(t *testing.T, state, root string, opts clientOptions) *harness {
 	defer cancel()
 	cs, err := client.Connect(ctx, &mcp.CommandTransport{Command: cmd}, &mcp.ClientSessionOptions{ProtocolVersion: opts.protocolVersion})
 	if err != nil {
-		t.Fatalf("connect: %v\nserver stderr:\n%s", err, stderr)
+		return nil, fmt.Errorf("connect: %v\nserver stderr:\n%s", err, stderr)
 	}
 	h.cs = cs
 	h.cmd = cmd
-	t.Cleanup(func() {
-		cs.Close()
-		if strings.Contains(stderr.String(), "DATA RACE") {
-			t.Error("the server reported a data race")
-		}
-		if t.Failed() {
-			t.Logf("server stderr:\n%s", stderr)
-		}
-	})
-	return h
+	return h, nil
 }
 
 // stderr is what the server has logged so far.

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -47,16 +48,24 @@ func TestDefaultConversationPerProject(t *testing.T) {
 
 // TestStateDirectoryThatCannotBeUsed: a server that cannot use its state
 // directory tells its client why, as a tool error, and its log says so in
-// one line: another server using it, or a read-only filesystem.
+// one line: a process that holds the directory and does not answer on its
+// socket, or a read-only filesystem.
 func TestStateDirectoryThatCannotBeUsed(t *testing.T) {
 	t.Parallel()
 	state := t.TempDir()
-	first := startWith(t, state, t.TempDir(), clientOptions{})
-	first.ok(t, "exec_command", map[string]any{"command": "true"}, nil)
+	lock, err := os.OpenFile(filepath.Join(state, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
 	second := startWith(t, state, t.TempDir(), clientOptions{})
 	res := second.call(t, "exec_command", map[string]any{"command": "true"})
-	if !res.IsError || !strings.Contains(text(res), "vmcp could not start") || !strings.Contains(text(res), "in use by another vmcp process") {
-		t.Errorf("a second server on a state directory in use: %s", text(res))
+	if !res.IsError || !strings.Contains(text(res), "vmcp could not start") || !strings.Contains(text(res), "in use by another vmcp process") ||
+		!strings.Contains(text(res), "has not answered") {
+		t.Errorf("a state directory held by a process that does not answer: %s", text(res))
 	}
 	if !strings.Contains(second.stderr(), "in use by another vmcp process") {
 		t.Errorf("its log: %s", second.stderr())

@@ -165,6 +165,10 @@ var ErrNotFound = errors.New("not found")
 // ErrClosed is returned for calls on an engine that was closed.
 var ErrClosed = errors.New("the sandbox engine is closed")
 
+// ErrStateDirInUse is New's error when another engine holds the state
+// directory.
+var ErrStateDirInUse = errors.New("is in use by another vmcp process")
+
 // Engine owns the machines and snapshots under one state directory. Only
 // one Engine may use a state directory at a time.
 type Engine struct {

@@ -668,7 +668,7 @@ func (e *Engine) lockStateDir() error {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return fmt.Errorf("state directory %s is in use by another vmcp process: stop it, or give this one its own --state-dir", e.opts.StateDir)
+			return fmt.Errorf("state directory %s %w: stop it, or give this one its own --state-dir", e.opts.StateDir, ErrStateDirInUse)
 		}
 		return err
 	}

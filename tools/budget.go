@@ -426,12 +426,6 @@ func share(budget int, sizes []int) []int {
 	return out
 }
 
-// savedOutput saves the whole of a call's cut output in the machine.
-type savedOutput struct {
-	dir   string // in the machine, under outputDir
-	files map[string]string
-}
-
 // newOutputDir names the directory of a call's saved output: by time, so
 // that they sort oldest first, and unique.
 func newOutputDir() string {

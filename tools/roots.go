@@ -317,7 +317,9 @@ func (a hostAccess) absHost(p string) (string, error) {
 // a path refused anyway costs no round trip.
 func (s *Service) hostAccess(ctx context.Context, req mcp.CallToolRequest, path string) (access hostAccess, ask *mcp.CallToolResult) {
 	access = hostAccess{allowed: s.allowedRoots}
-	if s.rootsPerPrincipal {
+	if c, ok := ctx.Value(clientKey{}).(*client); ok {
+		access.allowed = c.allowedRoots // a stdio client's: its user's own
+	} else if s.rootsPerPrincipal {
 		access.allowed = principalRoots(s.allowedRoots, conversationFrom(ctx).Principal)
 	}
 	if _, err := access.absHost(path); err != nil {

@@ -63,6 +63,27 @@ func WithPrincipal(ctx context.Context, principal string) context.Context {
 	return context.WithValue(ctx, principalKey{}, principal)
 }
 
+type clientKey struct{}
+
+// client is what WithClient sets.
+type client struct {
+	project      string
+	allowedRoots []string
+}
+
+// WithClient returns a context whose calls come from a stdio client of a
+// project other than Config.Project, with local_path bounded by its own
+// allowed roots: a server that serves the stdio clients of several
+// projects sets it for each connection. It fails when a root cannot be
+// resolved.
+func (s *Service) WithClient(ctx context.Context, project string, allowedRoots []string) (context.Context, error) {
+	roots, err := resolveRoots(allowedRoots)
+	if err != nil {
+		return nil, err
+	}
+	return context.WithValue(ctx, clientKey{}, &client{project: project, allowedRoots: roots}), nil
+}
+
 // principal is who is calling: the authenticated principal in hosted mode,
 // else the local user running the server.
 func (s *Service) principal(ctx context.Context) string {
@@ -71,6 +92,10 @@ func (s *Service) principal(ctx context.Context) string {
 	}
 	return s.localPrincipal
 }
+
+// LocalPrincipal names the user running the server, whom its stdio
+// clients act as; no principal of the hosted endpoint has this name.
+func LocalPrincipal() string { return localPrincipal() }
 
 // localPrincipal names the user running a stdio server.
 func localPrincipal() string {
@@ -89,17 +114,21 @@ func localPrincipal() string {
 // sessions (mcp-go gives each a throwaway one).
 func (s *Service) scope(ctx context.Context) string {
 	cs := server.ClientSessionFromContext(ctx)
-	if !server.IsModernRequest(ctx) && cs != nil && cs.SessionID() != "stdio" {
+	if !server.IsModernRequest(ctx) && cs != nil && !strings.HasPrefix(cs.SessionID(), "stdio") {
 		return "mcp-session:" + cs.SessionID()
 	}
-	if s.project == "" {
+	project := s.project
+	if c, ok := ctx.Value(clientKey{}).(*client); ok {
+		project = c.project
+	}
+	if project == "" {
 		return ""
 	}
 	client := ""
 	if ci, ok := cs.(server.SessionWithClientInfo); ok && !server.IsModernRequest(ctx) {
 		client = ci.GetClientInfo().Name
 	}
-	sum := sha256.Sum256([]byte(s.project + "\x00" + client))
+	sum := sha256.Sum256([]byte(project + "\x00" + client))
 	return "project:" + hex.EncodeToString(sum[:16])
 }
 

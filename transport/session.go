@@ -28,6 +28,7 @@ type session struct {
 	clientCaps    atomic.Value // mcp.ClientCapabilities
 	version       atomic.Value // string
 
+	id      string
 	send    func([]byte) bool
 	nextID  atomic.Int64
 	mu      sync.Mutex
@@ -41,14 +42,19 @@ var (
 	_ server.SessionWithProtocolVersion = (*session)(nil)
 )
 
-func newSession(send func([]byte) bool) *session {
+func newSession(id string, send func([]byte) bool) *session {
 	// The channel is large because mcp-go drops a notification rather than
 	// block when it is full; progress is rate-limited, so it never fills.
-	return &session{notifications: make(chan mcp.JSONRPCNotification, 1024), send: send, pending: map[int64]chan envelope{}}
+	return &session{id: id, notifications: make(chan mcp.JSONRPCNotification, 1024), send: send, pending: map[int64]chan envelope{}}
 }
 
-// SessionID names the session; a stdio connection has exactly one.
-func (s *session) SessionID() string { return "stdio" }
+// StdioSessionPrefix begins the id of every stdio session: a connection
+// has exactly one session, named "stdio" or, among several connections
+// of one server, "stdio-" and a number.
+const StdioSessionPrefix = "stdio"
+
+// SessionID names the session.
+func (s *session) SessionID() string { return s.id }
 
 // NotificationChannel is where mcp-go queues notifications to the client.
 func (s *session) NotificationChannel() chan<- mcp.JSONRPCNotification { return s.notifications }

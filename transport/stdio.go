@@ -44,6 +44,10 @@ type StdioOptions struct {
 	// results to 2026-07-28 requests carry; without it those requests take
 	// mcp-go's full path (see callTool).
 	ServerInfo *mcp.Implementation
+	// SessionID names the connection's session: one that begins with
+	// StdioSessionPrefix, unique among the server's sessions. Default
+	// "stdio".
+	SessionID string
 }
 
 // ServeStdio serves srv to one client speaking newline-delimited JSON-RPC on
@@ -66,7 +70,10 @@ func ServeStdio(ctx context.Context, srv *server.MCPServer, in io.Reader, out io
 		quit:       make(chan struct{}),
 		readDone:   make(chan error, 1),
 	}
-	s.session = newSession(s.write)
+	if opts.SessionID == "" {
+		opts.SessionID = StdioSessionPrefix
+	}
+	s.session = newSession(opts.SessionID, s.write)
 	if err := srv.RegisterSession(ctx, s.session); err != nil {
 		return fmt.Errorf("register the stdio session: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -42,6 +43,17 @@ func startupFailure(cfg config, cause error, log zerolog.Logger) error {
 	if cfg.http.transport == "http" {
 		return cause
 	}
+	in, out, restore, err := pipeio.Stdio(os.Stdin, os.Stdout)
+	if err != nil {
+		return cause
+	}
+	defer restore()
+	return serveFailure(cause, log, in, out)
+}
+
+// serveFailure serves a client, on in and out, a server whose every tool
+// answers cause; it returns errReported when the client leaves.
+func serveFailure(cause error, log zerolog.Logger, in io.Reader, out io.Writer) error {
 	msg := "vmcp could not start, so no tool works: " + cause.Error()
 	info := tools.ServerInfo(version)
 	srv := server.NewMCPServer(info.Name, info.Version, server.WithInstructions(msg), server.WithToolCapabilities(false))
@@ -52,11 +64,6 @@ func startupFailure(cfg config, cause error, log zerolog.Logger) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	in, out, restore, err := pipeio.Stdio(os.Stdin, os.Stdout)
-	if err != nil {
-		return cause
-	}
-	defer restore()
 	_ = transport.ServeStdio(ctx, srv, in, out, transport.StdioOptions{Logger: log, ServerInfo: &info})
 	return errReported
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -273,9 +274,13 @@ type forevervmConfig struct {
 // backends builds the configured backends, the preferred one first, and
 // the backends of each principal that brought credentials of its own.
 func backends(cfg config, engine *local.Engine, log zerolog.Logger) (server []backend.Backend, perPrincipal func(string) []backend.Backend, closeAll func()) {
+	// Stdio clients (the user running the server, front ends of an http
+	// server's state directory included) always have the local backend;
+	// the hosted endpoint's principals only when enabled.
+	localBackend := localbackend.New(engine)
 	var shared backend.Backend
 	if cfg.http.transport != "http" || cfg.http.enableLocal {
-		shared = localbackend.New(engine)
+		shared = localBackend
 	}
 	var mu sync.Mutex
 	var closers []func() error
@@ -307,8 +312,15 @@ func backends(cfg config, engine *local.Engine, log zerolog.Logger) (server []ba
 		return all
 	}
 	server = build(credentials{ForeverVMToken: cfg.forevervm.token, FastVMAPIKey: cfg.fastvm.key})
+	user := server
+	if shared == nil {
+		user = append(append([]backend.Backend(nil), server...), localBackend)
+	}
 	sets := map[string][]backend.Backend{}
 	perPrincipal = func(principal string) []backend.Backend {
+		if principal == tools.LocalPrincipal() {
+			return user
+		}
 		c, ok := cfg.http.credentials[principal]
 		if !ok {
 			return nil
@@ -371,7 +383,31 @@ func run(args []string) error {
 	if cfg.noSandbox {
 		log.Warn().Msg("THE SANDBOX IS DISABLED (--dangerously-disable-sandbox): machines run as plain host processes with your user's full access")
 	}
-	engine, err := local.New(local.Options{StateDir: cfg.stateDir, Limits: cfg.limits, DangerouslyDisableSandbox: cfg.noSandbox})
+	// A stdio server on a state directory that another server owns is
+	// that server's front end, and takes the directory over if it goes.
+	var clientIn io.Reader
+	var clientOut io.Writer
+	opts := local.Options{StateDir: cfg.stateDir, Limits: cfg.limits, DangerouslyDisableSandbox: cfg.noSandbox}
+	engine, err := local.New(opts)
+	if errors.Is(err, local.ErrStateDirInUse) && cfg.http.transport == "stdio" {
+		var fe *frontEnd
+		var restore func()
+		if engine, fe, restore, err = frontEndUntilOwner(cfg, opts, log); restore != nil {
+			defer restore()
+		}
+		if err == nil && engine == nil {
+			return nil // the client left
+		}
+		if fe != nil && err != nil {
+			err = explainStateDir(cfg.stateDir, err)
+			log.Error().Msg(err.Error())
+			return serveFailure(err, log, &chanReader{lines: fe.lines}, &swallowWriter{f: fe})
+		}
+		if fe != nil {
+			clientIn, clientOut = fe.takeOver()
+			log.Info().Msg("took over the state directory from the vmcp server that owned it")
+		}
+	}
 	if err != nil {
 		return startupFailure(cfg, explainStateDir(cfg.stateDir, err), log)
 	}
@@ -428,18 +464,38 @@ func run(args []string) error {
 	go flushUses(ctx, manager, log)
 	go reap(ctx, svc, reapInterval(cfg), log)
 	defer manager.Flush(context.Background())
+	info := tools.ServerInfo(version)
+
+	// Other stdio servers of this user on this state directory reach the
+	// machines through this one.
+	var shared *owner
+	if ln, err := listenShared(socketPath(engine.StateDir())); err != nil {
+		log.Warn().Err(err).Msg("other vmcp servers cannot share this state directory: its socket failed")
+	} else {
+		shared = newOwner(ln, srv, svc, info, log)
+		go shared.accept(ctx)
+		defer func() {
+			shared.waitIdle(ctx)
+			shared.wg.Wait()
+		}()
+	}
 	if cfg.http.transport == "http" {
 		return serveHTTP(ctx, cfg.http, srv, metrics, log)
 	}
-	info := tools.ServerInfo(version)
-	in, out, restore, err := pipeio.Stdio(os.Stdin, os.Stdout)
-	if err != nil {
-		return err
+	if clientIn == nil {
+		in, out, restore, err := pipeio.Stdio(os.Stdin, os.Stdout)
+		if err != nil {
+			return err
+		}
+		defer restore()
+		clientIn, clientOut = in, out
 	}
-	defer restore()
-	err = transport.ServeStdio(ctx, srv, in, out, transport.StdioOptions{Logger: log, ServerInfo: &info})
+	err = transport.ServeStdio(ctx, srv, clientIn, clientOut, transport.StdioOptions{Logger: log, ServerInfo: &info})
 	if err != nil && ctx.Err() == nil {
 		return err
+	}
+	if shared != nil && ctx.Err() == nil {
+		log.Info().Msg("the client left; serving the other vmcp servers on this state directory until they leave")
 	}
 	log.Info().Msg("shutting down")
 	return nil

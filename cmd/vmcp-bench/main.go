@@ -141,6 +141,10 @@ func run(args []string, stdout io.Writer) error {
 		return err
 	}
 
+	if err := benchShared(stdout, cfg, spec, filepath.Join(dir, "shared")); err != nil {
+		return fmt.Errorf("shared state directory: %w", err)
+	}
+
 	fv, err := benchForeverVM(cfg, spec, filepath.Join(dir, "forevervm"))
 	if err != nil {
 		return fmt.Errorf("forevervm: %w", err)

@@ -1,0 +1,627 @@
+package main
+
+// Several servers of one user on one state directory. The first to start
+// owns it: it runs the engine and the store, serves its own client in
+// process, and listens on a unix socket of the state directory. Every
+// later stdio server is a front end: it sends its client's messages to the
+// owner over that socket, with its project and allowed roots, and writes
+// back the answers. When the owner goes, a front end answers the calls
+// that were in flight with an error that says so, and either takes the
+// state directory over (the first to lock it) or connects to the one that
+// did, replaying its client's initialize.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/mark3labs/mcp-go/mcp"
+	"github.com/mark3labs/mcp-go/server"
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"github.com/vmcp-dev/vmcp/internal/pipeio"
+	"github.com/vmcp-dev/vmcp/local"
+	"github.com/vmcp-dev/vmcp/tools"
+	"github.com/vmcp-dev/vmcp/transport"
+)
+
+// socketPath is where the owner of stateDir (absolute) listens: in a
+// directory of its own there, or, when that path is too long for a unix
+// socket, in a directory of this user's under the temporary directory.
+func socketPath(stateDir string) string {
+	p := filepath.Join(stateDir, "run", "server.sock")
+	if len(p) < 100 {
+		return p
+	}
+	sum := sha256.Sum256([]byte(stateDir))
+	return filepath.Join(os.TempDir(), fmt.Sprintf("vmcp-%d", os.Getuid()), fmt.Sprintf("%x.sock", sum[:8]))
+}
+
+// hello is a front end's first line to the owner.
+type hello struct {
+	Project      string   `json:"project"`
+	AllowedRoots []string `json:"allowed_roots"`
+	PID          int      `json:"pid"`
+}
+
+// welcome is the owner's answer: its pid, or why it will not serve.
+type welcome struct {
+	PID   int    `json:"pid,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// helloTimeout bounds the exchange of hello and welcome.
+const helloTimeout = 10 * time.Second
+
+// maxHello bounds a hello line.
+const maxHello = 1 << 20
+
+// checkPeer refuses a connection whose other end runs as another user: the
+// socket's directory already keeps them out, and this holds where it does
+// not (the fallback under the temporary directory).
+func checkPeer(c *net.UnixConn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return err
+	}
+	if credErr != nil {
+		return credErr
+	}
+	if int(cred.Uid) != os.Getuid() {
+		return fmt.Errorf("the process at the other end of %s (pid %d) runs as user %d, not %d", c.LocalAddr(), cred.Pid, cred.Uid, os.Getuid())
+	}
+	return nil
+}
+
+// owner serves the front ends of a state directory.
+type owner struct {
+	ln   *net.UnixListener
+	srv  *server.MCPServer
+	svc  *tools.Service
+	info mcp.Implementation
+	log  zerolog.Logger
+
+	mu      sync.Mutex
+	conns   int
+	next    int
+	closing bool
+	idle    chan struct{} // receives when conns drops to 0
+	wg      sync.WaitGroup
+}
+
+// listenShared makes the owner's socket. The caller holds the state
+// directory's lock, so a socket already there is a dead owner's.
+func listenShared(path string) (*net.UnixListener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	// The directory must be this user's alone: the fallback directory is
+	// in a place where anyone may have made it first; os.MkdirAll leaves
+	// an existing directory's mode as it is.
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return nil, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s must be a directory of user %d that only it may use (mode 0700)", dir, os.Getuid())
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(true)
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+func newOwner(ln *net.UnixListener, srv *server.MCPServer, svc *tools.Service, info mcp.Implementation, log zerolog.Logger) *owner {
+	return &owner{ln: ln, srv: srv, svc: svc, info: info, log: log, idle: make(chan struct{}, 1)}
+}
+
+// accept serves front ends until the listener is closed.
+func (o *owner) accept(ctx context.Context) {
+	for {
+		c, err := o.ln.AcceptUnix()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				o.log.Warn().Err(err).Msg("accepting a front end failed")
+			}
+			return
+		}
+		o.mu.Lock()
+		if o.closing {
+			o.mu.Unlock()
+			c.Close() // it will connect to the next owner
+			continue
+		}
+		o.conns++
+		o.next++
+		n := o.next
+		o.wg.Add(1)
+		o.mu.Unlock()
+		go func() {
+			defer o.wg.Done()
+			o.serve(ctx, c, n)
+			o.mu.Lock()
+			o.conns--
+			if o.conns == 0 {
+				select {
+				case o.idle <- struct{}{}:
+				default:
+				}
+			}
+			o.mu.Unlock()
+		}()
+	}
+}
+
+// serve is one front end's connection.
+func (o *owner) serve(ctx context.Context, c *net.UnixConn, n int) {
+	defer c.Close()
+	if err := checkPeer(c); err != nil {
+		o.log.Warn().Err(err).Msg("refused a connection to the state directory's socket")
+		return
+	}
+	r := bufio.NewReaderSize(c, 64<<10)
+	c.SetDeadline(time.Now().Add(helloTimeout))
+	line, err := readBounded(r, maxHello)
+	if err != nil {
+		o.log.Warn().Err(err).Msg("a front end did not say hello")
+		return
+	}
+	var h hello
+	var cctx context.Context
+	if err = json.Unmarshal(line, &h); err == nil {
+		cctx, err = o.svc.WithClient(ctx, h.Project, h.AllowedRoots)
+	}
+	w := welcome{PID: os.Getpid()}
+	if err != nil {
+		w = welcome{Error: fmt.Sprintf("the vmcp server of pid %d that owns the state directory cannot serve this one: %v", os.Getpid(), err)}
+	}
+	b, _ := json.Marshal(w)
+	if _, werr := c.Write(append(b, '\n')); werr != nil || err != nil {
+		return
+	}
+	c.SetDeadline(time.Time{})
+	log := o.log.With().Int("front_end_pid", h.PID).Logger()
+	log.Info().Str("project", h.Project).Msg("serving a front end")
+	err = transport.ServeStdio(cctx, o.srv, r, c, transport.StdioOptions{Logger: log, ServerInfo: &o.info, SessionID: fmt.Sprintf("%s-%d", transport.StdioSessionPrefix, n)})
+	if err != nil && ctx.Err() == nil {
+		log.Debug().Err(err).Msg("front end gone")
+	}
+}
+
+// waitIdle returns once no front end is connected, or ctx ends; it then
+// stops accepting, so that a front end arriving now finds the next owner.
+func (o *owner) waitIdle(ctx context.Context) {
+	for {
+		o.mu.Lock()
+		if o.conns == 0 {
+			o.closing = true
+			o.mu.Unlock()
+			break
+		}
+		o.mu.Unlock()
+		select {
+		case <-o.idle:
+		case <-ctx.Done():
+			o.mu.Lock()
+			o.closing = true
+			o.mu.Unlock()
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	o.ln.Close()
+}
+
+// errLineTooLong is readBounded's error for a line over its bound.
+var errLineTooLong = errors.New("a line longer than the bound")
+
+// readBounded reads a line of at most max bytes, without its newline.
+func readBounded(r *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for {
+		chunk, err := r.ReadSlice('\n')
+		line = append(line, chunk...)
+		if len(line) > max {
+			return nil, fmt.Errorf("%w (%d bytes)", errLineTooLong, max)
+		}
+		if err == nil {
+			return bytes.TrimSuffix(line, []byte{'\n'}), nil
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return nil, err
+		}
+	}
+}
+
+// frontEnd carries one stdio client to the owner of the state directory.
+type frontEnd struct {
+	socket string
+	hello  []byte // with its newline
+	log    zerolog.Logger
+
+	lines   chan []byte // the client's messages, each with its newline
+	readErr error       // why lines closed: nil at the end of input; read once lines is closed
+	pending []byte      // a message not yet delivered to an owner
+
+	out *bufio.Writer // stdout, written under outMu
+	wmu sync.Mutex
+
+	// The client's initialize and initialized, replayed to a new owner.
+	initialize, initialized []byte
+
+	mu       sync.Mutex
+	inFlight map[string]string // request id (raw JSON) → method
+	replays  atomic.Int64
+}
+
+// replayPrefix begins the id of a replayed initialize; its answer is the
+// front end's, not the client's.
+const replayPrefix = `"vmcp-replay-`
+
+func newFrontEnd(socket string, h hello, in io.Reader, out io.Writer, log zerolog.Logger) *frontEnd {
+	hb, _ := json.Marshal(h)
+	f := &frontEnd{socket: socket, hello: append(hb, '\n'), log: log, lines: make(chan []byte, 16),
+		out: bufio.NewWriterSize(out, 64<<10), inFlight: map[string]string{}}
+	go f.readClient(in)
+	return f
+}
+
+// readClient reads the client's messages into lines, until its input ends.
+func (f *frontEnd) readClient(in io.Reader) {
+	defer close(f.lines)
+	r := bufio.NewReaderSize(in, 64<<10)
+	for {
+		line, err := readBounded(r, transport.MaxMessageBytes)
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil && !errors.Is(err, errLineTooLong) {
+			f.readErr = err
+			return
+		}
+		if err != nil { // the rest of the line is dropped, and the client told
+			for {
+				if _, err := r.ReadSlice('\n'); !errors.Is(err, bufio.ErrBufferFull) {
+					break
+				}
+			}
+			f.writeClient([]byte(fmt.Sprintf(`{"jsonrpc":"2.0","id":null,"error":{"code":%d,"message":"the message is longer than the %d bytes the server accepts; send large files with local_path or in several parts"}}`, mcp.INVALID_REQUEST, transport.MaxMessageBytes) + "\n"))
+			continue
+		}
+		f.lines <- append(line, '\n')
+	}
+}
+
+// writeClient writes one message to the client.
+func (f *frontEnd) writeClient(msg []byte) error {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	if _, err := f.out.Write(msg); err != nil {
+		return err
+	}
+	return f.out.Flush()
+}
+
+// route is what the front end reads of a message.
+type route struct {
+	ID     json.RawMessage `json:"id"`
+	Method string          `json:"method"`
+}
+
+func (r route) hasID() bool { return len(r.ID) > 0 && string(r.ID) != "null" }
+
+// errOwnerGone ends a connection whose owner went away.
+var errOwnerGone = errors.New("the vmcp server that owns the state directory stopped")
+
+// dial connects to the owner and says hello; it returns the owner's pid.
+func (f *frontEnd) dial() (*net.UnixConn, *bufio.Reader, int, error) {
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: f.socket, Net: "unix"})
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	if err := checkPeer(c); err != nil {
+		c.Close()
+		return nil, nil, 0, err
+	}
+	c.SetDeadline(time.Now().Add(helloTimeout))
+	r := bufio.NewReaderSize(c, 64<<10)
+	var w welcome
+	line, err := []byte(nil), error(nil)
+	if _, err = c.Write(f.hello); err == nil {
+		if line, err = readBounded(r, maxHello); err == nil {
+			err = json.Unmarshal(line, &w)
+		}
+	}
+	if err != nil {
+		c.Close()
+		return nil, nil, 0, fmt.Errorf("%w: %v", errOwnerGone, err)
+	}
+	if w.Error != "" {
+		c.Close()
+		return nil, nil, 0, errors.New(w.Error)
+	}
+	c.SetDeadline(time.Time{})
+	return c, r, w.PID, nil
+}
+
+// proxy carries messages both ways over c until the client leaves (nil)
+// or the owner goes (errOwnerGone). A new owner first gets the client's
+// initialize again.
+func (f *frontEnd) proxy(c *net.UnixConn, r *bufio.Reader) error {
+	defer c.Close()
+	var replayID []byte
+	if f.initialize != nil {
+		id := fmt.Sprintf(`%s%d"`, replayPrefix, f.replays.Add(1))
+		msg, err := withID(f.initialize, id)
+		if err != nil {
+			return err
+		}
+		replayID = []byte(id)
+		if _, err := c.Write(append(msg, f.initialized...)); err != nil {
+			return errOwnerGone
+		}
+	}
+	ownerDone := make(chan error, 1)
+	go func() { ownerDone <- f.fromOwner(r, replayID) }()
+	for {
+		msg := f.pending
+		if msg == nil {
+			var ok bool
+			select {
+			case msg, ok = <-f.lines:
+				if !ok { // the client left: let the owner finish, then go
+					c.CloseWrite()
+					select {
+					case <-ownerDone:
+					case <-time.After(2 * drainGrace):
+					}
+					return nil
+				}
+			case err := <-ownerDone:
+				return f.ownerGone(err)
+			}
+			f.note(msg)
+			f.pending = msg
+		}
+		if _, err := c.Write(msg); err != nil {
+			c.Close()
+			return f.ownerGone(<-ownerDone)
+		}
+		f.pending = nil
+	}
+}
+
+// drainGrace is how long a leaving client's calls get to end.
+const drainGrace = 10 * time.Second
+
+// note records what the owner must know again after a restart, and the
+// requests that await an answer.
+func (f *frontEnd) note(msg []byte) {
+	var rt route
+	if json.Unmarshal(msg, &rt) != nil {
+		return
+	}
+	switch rt.Method {
+	case "initialize":
+		f.initialize = msg
+	case "notifications/initialized":
+		f.initialized = msg
+	}
+	if rt.Method != "" && rt.hasID() {
+		f.mu.Lock()
+		f.inFlight[string(rt.ID)] = rt.Method
+		f.mu.Unlock()
+	}
+}
+
+// fromOwner writes the owner's messages to the client, until the owner
+// ends the connection.
+func (f *frontEnd) fromOwner(r *bufio.Reader, replayID []byte) error {
+	for {
+		line, err := readBounded(r, transport.MaxMessageBytes*2)
+		if err != nil {
+			return err
+		}
+		var rt route
+		if json.Unmarshal(line, &rt) == nil && rt.Method == "" && rt.hasID() {
+			if replayID != nil && bytes.Equal(rt.ID, replayID) {
+				continue
+			}
+			f.mu.Lock()
+			delete(f.inFlight, string(rt.ID))
+			f.mu.Unlock()
+		}
+		if err := f.writeClient(append(line, '\n')); err != nil {
+			return err
+		}
+	}
+}
+
+// ownerGone answers the requests the owner took and did not answer.
+func (f *frontEnd) ownerGone(cause error) error {
+	f.mu.Lock()
+	lost := f.inFlight
+	f.inFlight = map[string]string{}
+	f.mu.Unlock()
+	msg := "the vmcp server that ran this call stopped before it ended, and vmcp restarted it: run the call again " +
+		"(files and conversations are kept; Python variables of local machines are lost)"
+	for id, method := range lost {
+		var b []byte
+		if method == "tools/call" {
+			b, _ = json.Marshal(map[string]any{"jsonrpc": "2.0", "id": json.RawMessage(id), "result": mcp.NewToolResultError(msg)})
+		} else {
+			b, _ = json.Marshal(map[string]any{"jsonrpc": "2.0", "id": json.RawMessage(id), "error": map[string]any{"code": mcp.INTERNAL_ERROR, "message": msg}})
+		}
+		f.writeClient(append(b, '\n'))
+	}
+	f.log.Warn().AnErr("cause", cause).Int("calls_failed", len(lost)).Msg("the vmcp server that owns the state directory stopped; connecting to the next")
+	return errOwnerGone
+}
+
+// withID is msg with its id replaced.
+func withID(msg []byte, id string) ([]byte, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(msg, &m); err != nil {
+		return nil, err
+	}
+	m["id"] = json.RawMessage(id)
+	b, err := json.Marshal(m)
+	return append(b, '\n'), err
+}
+
+// takeOver is the input and output of a front end that became the owner:
+// its client's messages, after the replayed initialize; and its output,
+// without the answer to that initialize.
+func (f *frontEnd) takeOver() (io.Reader, io.Writer) {
+	var replay []byte
+	replayID := ""
+	if f.initialize != nil {
+		replayID = fmt.Sprintf(`%s%d"`, replayPrefix, f.replays.Add(1))
+		if msg, err := withID(f.initialize, replayID); err == nil {
+			replay = append(msg, f.initialized...)
+		}
+	}
+	if f.pending != nil {
+		replay = append(replay, f.pending...)
+		f.pending = nil
+	}
+	in := io.MultiReader(bytes.NewReader(replay), &chanReader{lines: f.lines})
+	return in, &swallowWriter{f: f, id: []byte(replayID)}
+}
+
+// chanReader reads the front end's queue of client messages.
+type chanReader struct {
+	lines <-chan []byte
+	cur   []byte
+}
+
+func (r *chanReader) Read(p []byte) (int, error) {
+	if len(r.cur) == 0 {
+		line, ok := <-r.lines
+		if !ok {
+			return 0, io.EOF
+		}
+		r.cur = line
+	}
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	return n, nil
+}
+
+// swallowWriter writes to the client all but the answer whose id is id.
+type swallowWriter struct {
+	f    *frontEnd
+	id   []byte
+	done bool
+	buf  []byte
+}
+
+func (w *swallowWriter) Write(p []byte) (int, error) {
+	if w.done || len(w.id) == 0 {
+		return len(p), w.f.writeClient(p)
+	}
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		line := w.buf[:i+1]
+		w.buf = w.buf[i+1:]
+		var rt route
+		if json.Unmarshal(line, &rt) == nil && rt.Method == "" && bytes.Equal(rt.ID, w.id) {
+			w.done = true
+			rest := w.buf
+			w.buf = nil
+			if len(rest) > 0 {
+				return len(p), w.f.writeClient(rest)
+			}
+			return len(p), nil
+		}
+		if err := w.f.writeClient(line); err != nil {
+			return len(p), err
+		}
+	}
+}
+
+// takeOverWait bounds how long a front end waits for an owner that holds
+// the state directory and does not answer on its socket (one starting).
+const takeOverWait = 20 * time.Second
+
+// frontEndUntilOwner serves this process's stdio client as a front end of
+// the owner of the state directory. It returns a nil engine when the
+// client has left, or the engine of the state directory once this process
+// took it over; fe is the front end, nil when none started.
+func frontEndUntilOwner(cfg config, opts local.Options, log zerolog.Logger) (engine *local.Engine, fe *frontEnd, restore func(), err error) {
+	stateDir, err := filepath.Abs(cfg.stateDir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	in, out, restore, err := pipeio.Stdio(os.Stdin, os.Stdout)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	fe = newFrontEnd(socketPath(stateDir), hello{Project: cfg.project, AllowedRoots: cfg.allowedRoots, PID: os.Getpid()}, in, out, log)
+	waitingSince := time.Now()
+	for {
+		c, r, pid, err := fe.dial()
+		if err == nil {
+			log.Info().Int("owner_pid", pid).Str("state_dir", stateDir).Msg("serving through the vmcp server that owns the state directory")
+			if err := fe.proxy(c, r); err == nil {
+				return nil, fe, restore, nil
+			}
+			waitingSince = time.Now()
+		} else if !isDialFailure(err) {
+			return nil, fe, restore, err
+		}
+		engine, err := local.New(opts)
+		if err == nil {
+			return engine, fe, restore, nil
+		}
+		if !errors.Is(err, local.ErrStateDirInUse) {
+			return nil, fe, restore, err
+		}
+		if time.Since(waitingSince) > takeOverWait {
+			return nil, fe, restore, fmt.Errorf("%w, and it has not answered on %s for %s: stop it, or give this server its own --state-dir", err, fe.socket, takeOverWait)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// isDialFailure tells an owner not there (yet, or any more) from one that
+// answered and refused.
+func isDialFailure(err error) bool {
+	return errors.Is(err, errOwnerGone) || errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.ENOENT)
+}
