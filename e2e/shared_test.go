@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -444,4 +445,108 @@ except (ConnectionResetError, BrokenPipeError):
 		t.Errorf("the owner's log does not say it refused the connection:\n%s", h.stderr())
 	}
 	h.ok(t, "exec_command", map[string]any{"command": "true"}, nil)
+}
+
+// TestHTTPBesideAStdioOwner: an http server started on a state directory
+// that a stdio server owns has the owner serve its endpoint, with its own
+// authentication and backends, both serving at once; when the owner dies,
+// the http server takes the directory over and serves on; when the http
+// server stops, the owner stops serving its endpoint.
+func TestHTTPBesideAStdioOwner(t *testing.T) {
+	t.Parallel()
+	state := t.TempDir()
+	stdio := startIn(t, state, t.TempDir())
+	stdio.ok(t, "run_python", map[string]any{"code": "mine = 'stdio'"}, nil)
+	tokens := tokensFile(t, map[string]string{"alice": "vmcp_alice-token-for-tests"})
+	s := startHTTPServer(t, state, []string{"--tokens-file", tokens, "--enable-local-backend"})
+	if !strings.Contains(s.log.String(), "the vmcp server that owns the state directory serves this endpoint") {
+		t.Fatalf("the http server did not go through the owner:\n%s", s.log)
+	}
+	web := s.connect(t, false, "vmcp_alice-token-for-tests")
+	var wg sync.WaitGroup
+	for _, h := range []*harness{web, stdio} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20; i++ {
+				res, err := h.callErr("run_python", map[string]any{"code": fmt.Sprintf("%d * 3", i)}, nil)
+				if err != nil || res.IsError || !strings.Contains(textOf(res), strconv.Itoa(i*3)) {
+					t.Errorf("call %d: %v %s", i, err, textOf(res))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// The endpoint keeps its authentication, and alice is not the local user.
+	resp, err := http.Post(s.base+"/mcp", "application/json", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"ping"}`))
+	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a request without a token: %v %v", resp.Status, err)
+	}
+	res := web.call(t, "run_python", map[string]any{"code": "mine"})
+	if !res.IsError || !strings.Contains(text(res), "NameError") {
+		t.Errorf("alice sees the local user's Python globals: %s", text(res))
+	}
+
+	stdio.cmd.Process.Signal(syscall.SIGKILL)
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(s.log.String(), "took over the state directory") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(s.log.String(), "took over the state directory") {
+		t.Fatalf("the http server did not take the state directory over:\n%s", s.log)
+	}
+	again := s.connect(t, false, "vmcp_alice-token-for-tests")
+	var py tools.RunPythonOutput
+	again.ok(t, "run_python", map[string]any{"code": "6 * 7"}, &py)
+	if py.Value == nil || *py.Value != "42" {
+		t.Errorf("after the owner died: %+v", py)
+	}
+}
+
+// TestHTTPBesideStopsWithItsServer: when the http server beside an owner
+// stops, its endpoint stops: nothing answers on its port.
+func TestHTTPBesideStopsWithItsServer(t *testing.T) {
+	t.Parallel()
+	state := t.TempDir()
+	stdio := startIn(t, state, t.TempDir())
+	stdio.ok(t, "exec_command", map[string]any{"command": "true"}, nil)
+	cmdArgs := []string{"--transport", "http", "--state-dir", state, "--insecure-no-auth", "--enable-local-backend"}
+	port := freePort(t)
+	cmd := exec.Command(serverBin, append(cmdArgs, "--listen", fmt.Sprintf("127.0.0.1:%d", port))...)
+	log := &syncBuffer{}
+	cmd.Stderr = log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(base + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the http server does not answer: %v\n%s", err, log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("the http server's exit: %v\n%s", err, log)
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(base + "/healthz")
+		if err != nil {
+			break
+		}
+		resp.Body.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("the owner still serves the stopped http server's endpoint")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stdio.ok(t, "exec_command", map[string]any{"command": "true"}, nil)
 }

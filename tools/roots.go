@@ -319,6 +319,8 @@ func (s *Service) hostAccess(ctx context.Context, req mcp.CallToolRequest, path 
 	access = hostAccess{allowed: s.allowedRoots}
 	if c, ok := ctx.Value(clientKey{}).(*client); ok {
 		access.allowed = c.allowedRoots // a stdio client's: its user's own
+	} else if ep, ok := ctx.Value(endpointKey{}).(*endpoint); ok {
+		access.allowed = principalRoots(ep.allowedRoots, conversationFrom(ctx).Principal)
 	} else if s.rootsPerPrincipal {
 		access.allowed = principalRoots(s.allowedRoots, conversationFrom(ctx).Principal)
 	}

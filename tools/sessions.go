@@ -84,6 +84,26 @@ func (s *Service) WithClient(ctx context.Context, project string, allowedRoots [
 	return context.WithValue(ctx, clientKey{}, &client{project: project, allowedRoots: roots}), nil
 }
 
+type endpointKey struct{}
+
+// endpoint is what HostedEndpoint sets.
+type endpoint struct{ allowedRoots []string }
+
+// HostedEndpoint returns what marks the context of a call to a hosted
+// endpoint that this server serves beside its own configuration: local_path
+// is bounded by allowedRoots, each principal in its own directory under
+// them, and calls without a session of clients without MCP sessions join
+// the principal's default conversation, not a project's. It fails when a
+// root cannot be resolved.
+func (s *Service) HostedEndpoint(allowedRoots []string) (func(context.Context) context.Context, error) {
+	roots, err := resolveRoots(allowedRoots)
+	if err != nil {
+		return nil, err
+	}
+	ep := &endpoint{allowedRoots: roots}
+	return func(ctx context.Context) context.Context { return context.WithValue(ctx, endpointKey{}, ep) }, nil
+}
+
 // principal is who is calling: the authenticated principal in hosted mode,
 // else the local user running the server.
 func (s *Service) principal(ctx context.Context) string {
@@ -120,6 +140,8 @@ func (s *Service) scope(ctx context.Context) string {
 	project := s.project
 	if c, ok := ctx.Value(clientKey{}).(*client); ok {
 		project = c.project
+	} else if _, ok := ctx.Value(endpointKey{}).(*endpoint); ok {
+		project = ""
 	}
 	if project == "" {
 		return ""

@@ -17,6 +17,9 @@ import (
 
 // HTTPOptions configure the hosted endpoint.
 type HTTPOptions struct {
+	// Listener, if set, is where to serve, instead of listening on Addr;
+	// ServeHTTP closes it.
+	Listener net.Listener
 	// Addr is the listen address, e.g. 127.0.0.1:8080.
 	Addr string
 	// Authenticate, if set, wraps every MCP request: it answers 401 itself
@@ -153,7 +156,7 @@ func NewHTTPHandler(srv *server.MCPServer, opts HTTPOptions) (h http.Handler, sh
 	return mux, shutdown
 }
 
-// ServeHTTP listens on opts.Addr and serves srv until ctx ends, then drains
+// ServeHTTP listens on opts.Addr (or takes opts.Listener) and serves srv until ctx ends, then drains
 // the requests in flight (up to opts.ShutdownTimeout). ready, if set,
 // learns the address once it listens.
 func ServeHTTP(ctx context.Context, srv *server.MCPServer, opts HTTPOptions, ready func(addr net.Addr)) error {
@@ -161,9 +164,12 @@ func ServeHTTP(ctx context.Context, srv *server.MCPServer, opts HTTPOptions, rea
 		opts.ShutdownTimeout = 30 * time.Second
 	}
 	handler, shutdownMCP := NewHTTPHandler(srv, opts)
-	ln, err := net.Listen("tcp", opts.Addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", opts.Addr, err)
+	ln := opts.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", opts.Addr); err != nil {
+			return fmt.Errorf("listen on %s: %w", opts.Addr, err)
+		}
 	}
 	if ready != nil {
 		ready(ln.Addr())

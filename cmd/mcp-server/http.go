@@ -220,9 +220,16 @@ type collectorFunc struct {
 func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
-// serveHTTP serves the hosted endpoint until ctx ends.
-func serveHTTP(ctx context.Context, hc httpConfig, srv *server.MCPServer, x *metrics, log zerolog.Logger) error {
+// serveHTTP serves the hosted endpoint until ctx ends: on ln, if not nil
+// (else it listens on hc.listen); mark, if not nil, marks each call's
+// context (see tools.Service.HostedEndpoint).
+func serveHTTP(ctx context.Context, hc httpConfig, srv *server.MCPServer, x *metrics, log zerolog.Logger, ln net.Listener, mark func(context.Context) context.Context) error {
+	withPrincipal := tools.WithPrincipal
+	if mark != nil {
+		withPrincipal = func(ctx context.Context, p string) context.Context { return mark(tools.WithPrincipal(ctx, p)) }
+	}
 	opts := transport.HTTPOptions{
+		Listener:                     ln,
 		Addr:                         hc.listen,
 		AllowedOrigins:               hc.allowedOrigins,
 		MaxRequestBytes:              int64(hc.maxRequestMB) << 20,
@@ -231,7 +238,7 @@ func serveHTTP(ctx context.Context, hc httpConfig, srv *server.MCPServer, x *met
 		MaxInFlightBytesPerPrincipal: int64(hc.maxInFlightMB) << 20,
 		LargeArgument:                tools.IsTextArgument,
 		Principal:                    auth.PrincipalFrom,
-		WithPrincipal:                tools.WithPrincipal,
+		WithPrincipal:                withPrincipal,
 		Logger:                       log,
 	}
 	metricsHandler := promhttp.HandlerFor(x.registry, promhttp.HandlerOpts{})

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -129,6 +131,24 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		"run machines as plain host processes with NO isolation, for hosts where bubblewrap cannot run and trusted code only (env VMCP_DANGEROUSLY_DISABLE_SANDBOX=1)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
+	}
+	// Paths are the caller's, relative to cwd: a server that serves an
+	// http server's configuration beside its own reads them from another
+	// working directory.
+	at := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(cwd, *p)
+		}
+	}
+	for _, p := range []*string{stateDir, fastKeyFile, fvmTokenFile, hc.credsFile, &hc.auth.TokensFile} {
+		at(p)
+	}
+	if *roots != "" {
+		list := filepath.SplitList(*roots)
+		for i := range list {
+			at(&list[i])
+		}
+		*roots = strings.Join(list, string(filepath.ListSeparator))
 	}
 	for name, v := range map[string]int64{"VMCP_MEMORY_MB": limits.MemoryBytes, "VMCP_DISK_MB": limits.DiskBytes, "VMCP_MAX_PROCESSES": limits.Processes} {
 		if v <= 0 {
@@ -408,6 +428,18 @@ func run(args []string) error {
 			log.Info().Msg("took over the state directory from the vmcp server that owned it")
 		}
 	}
+	var httpLn net.Listener // the listener of an http server that took the state directory over
+	if errors.Is(err, local.ErrStateDirInUse) && cfg.http.transport == "http" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		engine, httpLn, err = serveHTTPBeside(ctx, cfg, args, opts, log)
+		stop()
+		if err == nil && engine == nil {
+			return nil
+		}
+		if err == nil {
+			log.Info().Msg("took over the state directory from the vmcp server that owned it")
+		}
+	}
 	if err != nil {
 		return startupFailure(cfg, explainStateDir(cfg.stateDir, err), log)
 	}
@@ -424,10 +456,19 @@ func run(args []string) error {
 		return err
 	}
 
-	bs, principalBackends, closeBackends := backends(cfg, engine, log)
+	bs, ownBackends, closeBackends := backends(cfg, engine, log)
 	defer closeBackends()
 	if len(bs) == 0 {
 		return errNoBackend
+	}
+	// The principals of an http server's endpoint served beside this one
+	// (see owner.endpoint) get its backends.
+	var hosted atomic.Pointer[func(string) []backend.Backend]
+	principalBackends := func(principal string) []backend.Backend {
+		if f := hosted.Load(); f != nil && principal != tools.LocalPrincipal() {
+			return (*f)(principal)
+		}
+		return ownBackends(principal)
 	}
 	metrics := newMetrics(manager)
 	var onCall func(tool, backend, outcome string, d time.Duration)
@@ -473,6 +514,11 @@ func run(args []string) error {
 		log.Warn().Err(err).Msg("other vmcp servers cannot share this state directory: its socket failed")
 	} else {
 		shared = newOwner(ln, srv, svc, info, log)
+		if cfg.http.transport != "http" {
+			shared.endpoint = func(h *httpBeside) (func(context.Context, net.Listener) error, error) {
+				return besideEndpoint(h, cfg, engine, svc, srv, manager, &hosted, log)
+			}
+		}
 		go shared.accept(ctx)
 		defer func() {
 			shared.waitIdle(ctx)
@@ -480,7 +526,7 @@ func run(args []string) error {
 		}()
 	}
 	if cfg.http.transport == "http" {
-		return serveHTTP(ctx, cfg.http, srv, metrics, log)
+		return serveHTTP(ctx, cfg.http, srv, metrics, log, httpLn, nil)
 	}
 	if clientIn == nil {
 		in, out, restore, err := pipeio.Stdio(os.Stdin, os.Stdout)

@@ -22,6 +22,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -32,8 +33,10 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/internal/pipeio"
 	"github.com/vmcp-dev/vmcp/local"
+	"github.com/vmcp-dev/vmcp/sessions"
 	"github.com/vmcp-dev/vmcp/tools"
 	"github.com/vmcp-dev/vmcp/transport"
 )
@@ -55,6 +58,18 @@ type hello struct {
 	Project      string   `json:"project"`
 	AllowedRoots []string `json:"allowed_roots"`
 	PID          int      `json:"pid"`
+
+	// An http server beside the owner sends its listening socket with
+	// this line, and its command line, environment and working directory,
+	// for the owner to serve its endpoint as it would.
+	HTTP *httpBeside `json:"http,omitempty"`
+}
+
+// httpBeside is how an http server asks the owner to serve its endpoint.
+type httpBeside struct {
+	Args []string `json:"args"`
+	Env  []string `json:"env"` // VMCP_*, FASTVM_* and FOREVERVM_* variables
+	Cwd  string   `json:"cwd"`
 }
 
 // welcome is the owner's answer: its pid, or why it will not serve.
@@ -100,6 +115,9 @@ type owner struct {
 	svc  *tools.Service
 	info mcp.Implementation
 	log  zerolog.Logger
+	// endpoint readies an http server's endpoint, to serve on a listener
+	// until ctx ends; nil where the owner cannot.
+	endpoint func(h *httpBeside) (serve func(ctx context.Context, ln net.Listener) error, err error)
 
 	mu      sync.Mutex
 	conns   int
@@ -190,8 +208,20 @@ func (o *owner) serve(ctx context.Context, c *net.UnixConn, n int) {
 		o.log.Warn().Err(err).Msg("refused a connection to the state directory's socket")
 		return
 	}
-	r := bufio.NewReaderSize(c, 64<<10)
 	c.SetDeadline(time.Now().Add(helloTimeout))
+	// The first read may bring an http server's listening socket.
+	first := make([]byte, 64<<10)
+	oob := make([]byte, unix.CmsgSpace(4))
+	size, oobn, _, _, err := c.ReadMsgUnix(first, oob)
+	if err != nil {
+		o.log.Warn().Err(err).Msg("a front end did not say hello")
+		return
+	}
+	listener := receivedFile(oob[:oobn])
+	if listener != nil {
+		defer listener.Close()
+	}
+	r := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(first[:size]), c), 64<<10)
 	line, err := readBounded(r, maxHello)
 	if err != nil {
 		o.log.Warn().Err(err).Msg("a front end did not say hello")
@@ -199,7 +229,11 @@ func (o *owner) serve(ctx context.Context, c *net.UnixConn, n int) {
 	}
 	var h hello
 	var cctx context.Context
-	if err = json.Unmarshal(line, &h); err == nil {
+	if err = json.Unmarshal(line, &h); err == nil && h.HTTP != nil {
+		o.serveEndpoint(ctx, c, r, &h, listener)
+		return
+	}
+	if err == nil {
 		cctx, err = o.svc.WithClient(ctx, h.Project, h.AllowedRoots)
 	}
 	w := welcome{PID: os.Getpid()}
@@ -217,6 +251,75 @@ func (o *owner) serve(ctx context.Context, c *net.UnixConn, n int) {
 	if err != nil && ctx.Err() == nil {
 		log.Debug().Err(err).Msg("front end gone")
 	}
+}
+
+// serveEndpoint serves an http server's endpoint on its listener until
+// that server goes (its connection ends) or ctx ends.
+func (o *owner) serveEndpoint(ctx context.Context, c *net.UnixConn, r *bufio.Reader, h *hello, listener *os.File) {
+	log := o.log.With().Int("http_server_pid", h.PID).Logger()
+	answer := func(w welcome) bool {
+		b, _ := json.Marshal(w)
+		_, err := c.Write(append(b, '\n'))
+		return err == nil
+	}
+	var ln net.Listener
+	var serve func(context.Context, net.Listener) error
+	err := errors.New("no listening socket came with the request")
+	if listener != nil {
+		ln, err = net.FileListener(listener)
+	}
+	if err == nil && o.endpoint == nil {
+		err = errors.New("it cannot serve an http endpoint")
+	}
+	if err == nil {
+		serve, err = o.endpoint(h.HTTP)
+	}
+	if err != nil {
+		if ln != nil {
+			ln.Close()
+		}
+		answer(welcome{Error: fmt.Sprintf("the vmcp server of pid %d that owns the state directory cannot serve this http server: %v", os.Getpid(), err)})
+		return
+	}
+	if !answer(welcome{PID: os.Getpid()}) {
+		ln.Close()
+		return
+	}
+	ectx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- serve(ectx, ln) }()
+	c.SetDeadline(time.Time{})
+	log.Info().Msg("serving the endpoint of an http server beside this one")
+	go func() { io.Copy(io.Discard, r); cancel() }() // until the http server goes
+	if err := <-served; err != nil && ectx.Err() == nil {
+		log.Warn().Err(err).Msg("serving the http server's endpoint failed")
+	}
+	log.Info().Msg("stopped serving the endpoint of the http server beside this one")
+}
+
+// receivedFile is the file an SCM_RIGHTS message carried, if any; the
+// others are closed.
+func receivedFile(oob []byte) *os.File {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var f *os.File
+	for _, m := range msgs {
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			if f == nil {
+				f = os.NewFile(uintptr(fd), "listener")
+			} else {
+				unix.Close(fd)
+			}
+		}
+	}
+	return f
 }
 
 // waitIdle returns once no front end is connected, or ctx ends; it then
@@ -595,12 +698,23 @@ func frontEndUntilOwner(cfg config, opts local.Options, log zerolog.Logger) (eng
 	}
 	fe = newFrontEnd(socketPath(stateDir), hello{Project: cfg.project, AllowedRoots: cfg.allowedRoots, PID: os.Getpid()}, in, out, log)
 	waitingSince := time.Now()
+	lastPID, drops := 0, 0 // an owner alive that keeps dropping the connection
 	for {
 		c, r, pid, err := fe.dial()
 		if err == nil {
 			log.Info().Int("owner_pid", pid).Str("state_dir", stateDir).Msg("serving through the vmcp server that owns the state directory")
+			connected := time.Now()
 			if err := fe.proxy(c, r); err == nil {
 				return nil, fe, restore, nil
+			}
+			if time.Since(connected) < time.Second && pid == lastPID {
+				drops++
+			} else {
+				drops = 0
+			}
+			lastPID = pid
+			if drops >= 5 && unix.Kill(pid, 0) == nil {
+				return nil, fe, restore, fmt.Errorf("the vmcp server of pid %d that owns state directory %s keeps closing this server's connection: see its log, or give this server its own --state-dir", pid, stateDir)
 			}
 			waitingSince = time.Now()
 		} else if !isDialFailure(err) {
@@ -624,4 +738,165 @@ func frontEndUntilOwner(cfg config, opts local.Options, log zerolog.Logger) (eng
 // answered and refused.
 func isDialFailure(err error) bool {
 	return errors.Is(err, errOwnerGone) || errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.ENOENT)
+}
+
+// serveHTTPBeside is an http server on a state directory that another
+// server owns: it listens, and has the owner serve its endpoint on that
+// socket, passed over the owner's unix socket, until ctx ends (a nil
+// engine). If the owner goes, it takes the state directory over and
+// returns its engine with the listener, to serve the endpoint itself.
+func serveHTTPBeside(ctx context.Context, cfg config, args []string, opts local.Options, log zerolog.Logger) (*local.Engine, net.Listener, error) {
+	stateDir, err := filepath.Abs(cfg.stateDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.http.listen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen on %s: %w", cfg.http.listen, err)
+	}
+	tcp := ln.(*net.TCPListener)
+	file, err := tcp.File()
+	if err != nil {
+		ln.Close()
+		return nil, nil, err
+	}
+	defer file.Close()
+	var env []string
+	for _, kv := range os.Environ() {
+		for _, prefix := range []string{"VMCP_", "FASTVM_", "FOREVERVM_"} {
+			if strings.HasPrefix(kv, prefix) {
+				env = append(env, kv)
+			}
+		}
+	}
+	h, _ := json.Marshal(hello{PID: os.Getpid(), HTTP: &httpBeside{Args: args, Env: env, Cwd: cwd}})
+	h = append(h, '\n')
+	socket := socketPath(stateDir)
+	waitingSince := time.Now()
+	for {
+		pid, c, err := askOwner(socket, h, file)
+		if err == nil {
+			log.Info().Int("owner_pid", pid).Str("url", "http://"+ln.Addr().String()+transport.PathMCP).
+				Msg("listening; the vmcp server that owns the state directory serves this endpoint")
+			gone := make(chan struct{})
+			go func() { io.Copy(io.Discard, c); close(gone) }()
+			select {
+			case <-ctx.Done():
+				c.Close()
+				ln.Close()
+				return nil, nil, nil
+			case <-gone:
+				c.Close()
+				log.Warn().Msg("the vmcp server that owns the state directory stopped; taking it over")
+				waitingSince = time.Now()
+			}
+		} else if !isDialFailure(err) {
+			ln.Close()
+			return nil, nil, err
+		}
+		engine, err := local.New(opts)
+		if err == nil {
+			return engine, ln, nil
+		}
+		if !errors.Is(err, local.ErrStateDirInUse) || time.Since(waitingSince) > takeOverWait {
+			ln.Close()
+			if errors.Is(err, local.ErrStateDirInUse) {
+				err = fmt.Errorf("%w, and it has not answered on %s for %s: stop it, or give this server its own --state-dir", err, socket, takeOverWait)
+			}
+			return nil, nil, err
+		}
+		select {
+		case <-ctx.Done():
+			ln.Close()
+			return nil, nil, nil
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// askOwner sends hello with the listening socket to the owner at socket,
+// and returns the owner's pid and the connection that lasts as long as
+// the owner serves the endpoint.
+func askOwner(socket string, hello []byte, listener *os.File) (int, *net.UnixConn, error) {
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: socket, Net: "unix"})
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := checkPeer(c); err != nil {
+		c.Close()
+		return 0, nil, err
+	}
+	c.SetDeadline(time.Now().Add(helloTimeout))
+	var w welcome
+	if _, _, err = c.WriteMsgUnix(hello, unix.UnixRights(int(listener.Fd())), nil); err == nil {
+		var line []byte
+		if line, err = readBounded(bufio.NewReader(c), maxHello); err == nil {
+			err = json.Unmarshal(line, &w)
+		}
+	}
+	if err != nil {
+		c.Close()
+		return 0, nil, fmt.Errorf("%w: %v", errOwnerGone, err)
+	}
+	if w.Error != "" {
+		c.Close()
+		return 0, nil, errors.New(w.Error)
+	}
+	c.SetDeadline(time.Time{})
+	return w.PID, c, nil
+}
+
+// besideEndpoint readies the endpoint of an http server beside this one
+// (the owner, configured by cfg), as that server's command line and
+// environment configure it: its backends for its principals (through
+// hosted), its roots, its authentication.
+func besideEndpoint(h *httpBeside, cfg config, engine *local.Engine, svc *tools.Service, srv *server.MCPServer, manager *sessions.Manager,
+	hosted *atomic.Pointer[func(string) []backend.Backend], log zerolog.Logger) (func(context.Context, net.Listener) error, error) {
+	env := map[string]string{}
+	for _, kv := range h.Env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
+	hc, err := parseConfig(h.Args, func(k string) string { return env[k] }, h.Cwd)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case hc.http.transport != "http":
+		return nil, errors.New("it is not an http server")
+	case hc.stateDir != engine.StateDir():
+		return nil, fmt.Errorf("it names state directory %s, not %s", hc.stateDir, engine.StateDir())
+	case hc.http.sessionStore != cfg.http.sessionStore:
+		return nil, errors.New("its --session-store is not this server's: give it a state directory of its own")
+	}
+	bs, perPrincipal, closeBackends := backends(hc, engine, log)
+	if len(bs) == 0 && len(hc.http.credentials) == 0 {
+		closeBackends()
+		return nil, errNoBackend
+	}
+	mark, err := svc.HostedEndpoint(hc.allowedRoots)
+	if err != nil {
+		closeBackends()
+		return nil, err
+	}
+	of := func(principal string) []backend.Backend {
+		if set := perPrincipal(principal); set != nil {
+			return set
+		}
+		return append([]backend.Backend{}, bs...) // never nil: not the owner's
+	}
+	if !hosted.CompareAndSwap(nil, &of) {
+		closeBackends()
+		return nil, errors.New("it already serves the endpoint of another http server")
+	}
+	return func(ctx context.Context, ln net.Listener) error {
+		defer closeBackends()
+		defer hosted.Store(nil)
+		return serveHTTP(ctx, hc.http, srv, newMetrics(manager), log, ln, mark)
+	}, nil
 }

@@ -35,7 +35,8 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", out.String())
-	// Three tables: the local backend's two operations, then ForeverVM's
+	// Tables: the local backend's two operations, four servers on one
+	// state directory by path, then ForeverVM's
 	// and FastVM's one each; then the 200 MB output's ratio, and run_python
 	// over exec_command on FastVM.
 	var rows []string
@@ -44,7 +45,7 @@ func TestRun(t *testing.T) {
 			rows = append(rows, l)
 		}
 	}
-	want := []string{"run_python 1+1", "exec_command true", "run_python 1+1", "exec_command true", "yes | head: to the result / to /dev/null: ", "python print: to the result / to /dev/null: ", "run_python 1+1 / exec_command true (p50): "}
+	want := []string{"run_python 1+1", "exec_command true", "owner ", "front end ", "alone ", "engine ", "run_python 1+1", "exec_command true", "yes | head: to the result / to /dev/null: ", "python print: to the result / to /dev/null: ", "run_python 1+1 / exec_command true (p50): "}
 	if len(rows) != len(want) {
 		t.Fatalf("table:\n%s", out.String())
 	}
@@ -56,7 +57,7 @@ func TestRun(t *testing.T) {
 	if !strings.Contains(out.String(), "new socket p50") {
 		t.Errorf("no new-socket column:\n%s", out.String())
 	}
-	for _, sub := range []string{"sdk", "lean", "engine", "forevervm", "fastvm", "fastvm-python", "output"} {
+	for _, sub := range []string{"sdk", "lean", "engine", "shared", "forevervm", "fastvm", "fastvm-python", "output"} {
 		if _, err := os.Stat(filepath.Join(state, sub)); err != nil {
 			t.Errorf("state dir: %v", err)
 		}
