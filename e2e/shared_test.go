@@ -352,21 +352,7 @@ func TestHTTPAndStdioShareAStateDirectory(t *testing.T) {
 	s := startHTTPServer(t, state, []string{"--insecure-no-auth", "--enable-local-backend"})
 	web := s.connect(t, false, "")
 	stdio := startIn(t, state, t.TempDir())
-	var wg sync.WaitGroup
-	for _, h := range []*harness{web, stdio} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 20; i++ {
-				res, err := h.callErr("run_python", map[string]any{"code": fmt.Sprintf("%d * 3", i)}, nil)
-				if err != nil || res.IsError || !strings.Contains(textOf(res), strconv.Itoa(i*3)) {
-					t.Errorf("call %d: %v %s", i, err, textOf(res))
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	pythonTogether(t, 20, web, stdio)
 	if !strings.Contains(stdio.stderr(), "serving through the vmcp server") {
 		t.Errorf("the stdio server did not go through the http server:\n%s", stdio.stderr())
 	}
@@ -463,21 +449,7 @@ func TestHTTPBesideAStdioOwner(t *testing.T) {
 		t.Fatalf("the http server did not go through the owner:\n%s", s.log)
 	}
 	web := s.connect(t, false, "vmcp_alice-token-for-tests")
-	var wg sync.WaitGroup
-	for _, h := range []*harness{web, stdio} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 20; i++ {
-				res, err := h.callErr("run_python", map[string]any{"code": fmt.Sprintf("%d * 3", i)}, nil)
-				if err != nil || res.IsError || !strings.Contains(textOf(res), strconv.Itoa(i*3)) {
-					t.Errorf("call %d: %v %s", i, err, textOf(res))
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	pythonTogether(t, 20, web, stdio)
 	// The endpoint keeps its authentication, and alice is not the local user.
 	resp, err := http.Post(s.base+"/mcp", "application/json", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"ping"}`))
 	if err != nil || resp.StatusCode != http.StatusUnauthorized {
@@ -549,4 +521,23 @@ func TestHTTPBesideStopsWithItsServer(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	stdio.ok(t, "exec_command", map[string]any{"command": "true"}, nil)
+}
+
+// pythonTogether makes n run_python calls through each of hs at once.
+func pythonTogether(t *testing.T, n int, hs ...*harness) {
+	var wg sync.WaitGroup
+	for _, h := range hs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < n; i++ {
+				res, err := h.callErr("run_python", map[string]any{"code": fmt.Sprintf("%d * 3", i)}, nil)
+				if err != nil || res.IsError || !strings.Contains(textOf(res), strconv.Itoa(i*3)) {
+					t.Errorf("call %d: %v %s", i, err, textOf(res))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
