@@ -64,6 +64,40 @@ type MachineSpec struct {
 	Tags         map[string]string // labels stored with the machine
 	FromSnapshot string            // start from this snapshot
 	MachineType  string            // backend-specific size (FastVM); "" = the default
+	// Network is the machine's network policy; nil: the backend's default.
+	// Only the local backend takes one.
+	Network *Network
+}
+
+// Network is a machine's network policy: none (the zero value), the
+// host's network (Open), or an allow-list of domains (exact, or *.suffix)
+// that it reaches over HTTP and HTTPS through the server's proxy.
+type Network struct {
+	Open  bool
+	Allow []string
+}
+
+// String is how results show the policy: none, open, or "allowlist: "
+// and the domains.
+func (n Network) String() string {
+	switch {
+	case n.Open:
+		return "open"
+	case len(n.Allow) > 0:
+		return "allowlist: " + strings.Join(n.Allow, ", ")
+	}
+	return "none"
+}
+
+// ErrNetworkPolicy is a Create error of a backend whose machines' network
+// is the service's own.
+func ErrNetworkPolicy(backendName, hint string) error {
+	return fmt.Errorf("%s machines take no network policy from vmcp: %s", backendName, hint)
+}
+
+// NetworkReporter is a machine that knows its network policy (local).
+type NetworkReporter interface {
+	Network() Network
 }
 
 // MachineInfo describes a machine.
@@ -75,6 +109,9 @@ type MachineInfo struct {
 	Tags         map[string]string
 	CreatedAt    time.Time
 	FromSnapshot string
+	// Network is the policy's description (Network.String), where vmcp
+	// sets it; "" where the service decides (FastVM's firewall).
+	Network string
 }
 
 // SnapshotInfo describes a snapshot.

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -79,8 +80,17 @@ func runAgent(args []string) int {
 	procs := fs.Int64("procs", 0, "RLIMIT_NPROC")
 	files := fs.Int64("files", 0, "RLIMIT_NOFILE")
 	fsize := fs.Int64("fsize", 0, "RLIMIT_FSIZE bytes")
+	egressFD := fs.Int("egress-fd", -1, "socket on which to hand the engine each connection to the machine's proxy port")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *egressFD >= 0 {
+		// Before closeInheritedFDs: it marks the socket close-on-exec,
+		// which is what we want for the machine's programs.
+		if err := forwardEgress(*egressFD); err != nil {
+			fmt.Fprintln(os.Stderr, "vmcp agent:", err)
+			return 1
+		}
 	}
 	closeInheritedFDs() // for the unsandboxed mode; the init wrapper did it otherwise
 	// Processes of the machine run as the same user as the agent; they must
@@ -1434,4 +1444,56 @@ func descendants(pid int) []int {
 		}
 	}
 	return out
+}
+
+// forwardEgress listens on the machine's loopback at EgressPort and hands
+// each connection to the engine's proxy over ctl: a socket pair per
+// connection, one end sent with SCM_RIGHTS, the other spliced to it.
+func forwardEgress(ctl int) error {
+	unix.CloseOnExec(ctl)
+	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(EgressPort))
+	if err != nil {
+		return fmt.Errorf("the machine's proxy port: %w", err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			err = unix.Sendmsg(ctl, []byte{0}, unix.UnixRights(pair[1]), nil, 0)
+			unix.Close(pair[1])
+			if err != nil {
+				unix.Close(pair[0])
+				c.Close()
+				continue
+			}
+			f := os.NewFile(uintptr(pair[0]), "egress")
+			up, err := net.FileConn(f)
+			f.Close()
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() {
+				defer c.Close()
+				defer up.Close()
+				done := make(chan struct{})
+				go func() {
+					io.Copy(up, c)
+					up.(*net.UnixConn).CloseWrite()
+					close(done)
+				}()
+				io.Copy(c, up)
+				c.(*net.TCPConn).CloseWrite()
+				<-done
+			}()
+		}
+	}()
+	return nil
 }

@@ -38,6 +38,26 @@ import traceback
 import warnings
 
 DRIVER_FILENAME = sys._getframe().f_code.co_filename  # "<string>" under -c
+
+
+def _user_site():
+    # -I leaves out the user's site directory, where pip installs in a
+    # machine (the system's is read-only): put it back where site would,
+    # before the system's packages, made now so that what pip installs
+    # later is found without a restart.
+    import site
+    try:
+        path = site.getusersitepackages()
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return
+    if path not in sys.path:
+        at = next((i for i, p in enumerate(sys.path) if p.endswith(("dist-packages", "site-packages"))), len(sys.path))
+        sys.path.insert(at, path)
+    site.addsitedir(path)  # its .pth files
+
+
+_user_site()
 MARKER = "\x00vmcp-end-%s\n"  # also a record of fd 5: its tag is the NUL
 
 for fd in (3, 4, 5):

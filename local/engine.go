@@ -108,6 +108,8 @@ type Options struct {
 	// namespace only). Default 0x70000000; list the range in /etc/subuid
 	// and /etc/subgid to keep other tools from handing it out.
 	VMHostIDBase int
+	// Egress tunes the proxy of machines with an allow-list.
+	Egress EgressOptions
 }
 
 // DefaultStateDir is the state directory used when Options.StateDir is empty.
@@ -128,6 +130,10 @@ type MachineSpec struct {
 	Tags         map[string]string // optional labels, stored with the machine
 	Flavour      Flavour           // default Workspace
 	AllowNetwork bool              // share the host's network; off by default
+	// NetworkAllow, if set, is the machine's allow-list: it reaches these
+	// domains (exact, or *.suffix) over HTTP(S) through the engine's proxy,
+	// and nothing else (see EgressOptions).
+	NetworkAllow []string
 	// AllowUserNamespaces lets code in a workspace machine create user
 	// namespaces of its own (e.g. to run a sandbox inside the sandbox). Off
 	// by default: they widen the kernel's attack surface, and with them a
@@ -144,6 +150,7 @@ type MachineInfo struct {
 	Tags         map[string]string `json:"tags,omitempty"`
 	Flavour      Flavour           `json:"flavour"`
 	AllowNetwork bool              `json:"allow_network"`
+	NetworkAllow []string          `json:"network_allow,omitempty"`
 	// AllowUserNamespaces: see MachineSpec.
 	AllowUserNamespaces bool      `json:"allow_user_namespaces,omitempty"`
 	Limits              Limits    `json:"limits"`
@@ -310,6 +317,15 @@ func (e *Engine) Create(ctx context.Context, spec MachineSpec) (MachineInfo, err
 	if spec.Flavour == VM && !e.asRoot {
 		return MachineInfo{}, errVMNeedsRoot
 	}
+	if err := ValidateDomains(spec.NetworkAllow); err != nil {
+		return MachineInfo{}, err
+	}
+	if spec.AllowNetwork && len(spec.NetworkAllow) > 0 {
+		return MachineInfo{}, errors.New("a machine has the host's network or an allow-list, not both")
+	}
+	if len(spec.NetworkAllow) > 0 && e.opts.DangerouslyDisableSandbox {
+		return MachineInfo{}, errors.New("an allow-list needs the sandbox (without it, machines have the host's network); it is disabled")
+	}
 	var snap SnapshotInfo
 	if spec.FromSnapshot != "" {
 		var err error
@@ -326,6 +342,7 @@ func (e *Engine) Create(ctx context.Context, spec MachineSpec) (MachineInfo, err
 		Tags:                spec.Tags,
 		Flavour:             spec.Flavour,
 		AllowNetwork:        spec.AllowNetwork,
+		NetworkAllow:        spec.NetworkAllow,
 		AllowUserNamespaces: spec.AllowUserNamespaces,
 		Limits:              spec.Limits.withDefaults(e.opts.Limits),
 		CreatedAt:           time.Now().UTC(),

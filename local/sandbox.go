@@ -38,23 +38,41 @@ const (
 
 // sandboxEnv is the whole environment of a machine's processes: nothing of
 // the engine's own environment (and so none of its tokens) gets in.
-func sandboxEnv(f Flavour) []string {
+func sandboxEnv(f Flavour, egress bool) []string {
 	home, user := "/workspace", "sandbox"
 	if f == VM {
 		home, user = "/root", "root"
 	}
-	return []string{
-		"PATH=" + sandboxPath,
-		"HOME=" + home,
-		"USER=" + user,
-		"LOGNAME=" + user,
+	env := networkEnv(egress)
+	return append(env,
+		"PATH="+sandboxPath,
+		"HOME="+home,
+		"USER="+user,
+		"LOGNAME="+user,
 		"SHELL=/bin/bash",
 		"LANG=C.UTF-8",
 		"TERM=dumb",
 		"TMPDIR=/tmp",
 		"MPLBACKEND=Agg",
 		"MPLCONFIGDIR=/tmp/.matplotlib",
+	)
+}
+
+// networkEnv is what programs in a machine need to know of its network:
+// the proxy, for a machine with an allow-list; else that there is none, so
+// that pip fails at once instead of retrying. pip installs into the machine
+// (the user's site under its home, or a virtual environment), never the
+// host: the system's site is read-only there, and PEP 668's marker is moot.
+func networkEnv(egress bool) []string {
+	env := []string{"PIP_BREAK_SYSTEM_PACKAGES=1", "PIP_DISABLE_PIP_VERSION_CHECK=1"}
+	if !egress {
+		return append(env, "PIP_RETRIES=0", "PIP_TIMEOUT=5")
 	}
+	proxy := "http://127.0.0.1:" + strconv.Itoa(EgressPort)
+	for _, k := range []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "npm_config_proxy", "npm_config_https_proxy"} {
+		env = append(env, k+"="+proxy)
+	}
+	return append(env, "NO_PROXY=localhost,127.0.0.1,::1", "no_proxy=localhost,127.0.0.1,::1")
 }
 
 // hostLinks are the top-level directories that are symlinks into /usr on
@@ -86,7 +104,8 @@ var vmOwnDirs = []string{"/root", "/home", "/tmp", "/srv", "/mnt"}
 
 // sandboxCommand builds the init wrapper's command line for a machine, and
 // the layout of its directories.
-func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.File, layout, error) {
+// egress, if set, is the machine's end of its proxy's socket pair.
+func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, egress *os.File) (*exec.Cmd, []*os.File, layout, error) {
 	l := info.Limits
 	var files []*os.File
 	var lay layout
@@ -125,6 +144,9 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 		"--home", home,
 		"--files", strconv.FormatInt(l.OpenFiles, 10),
 		"--fsize", strconv.FormatInt(l.DiskBytes, 10),
+	}
+	if egress != nil {
+		agentArgs = append(agentArgs, "--egress-fd", pass(egress))
 	}
 	if !e.cgroups.enabled() {
 		agentArgs = append(agentArgs,
@@ -216,7 +238,7 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo) (*exec.Cmd, []*os.
 	b, _ := json.Marshal(lay)
 	initFlags := []string{"--layout", string(b), "--keep-fds", strings.Join(keep, ",")}
 	cmd.Args = append(append(append([]string{e.helper, initArg}, initFlags...), "--", e.bwrap), args...)
-	cmd.Env = sandboxEnv(info.Flavour)
+	cmd.Env = sandboxEnv(info.Flavour, egress != nil)
 	return cmd, files, lay, nil
 }
 
@@ -293,7 +315,7 @@ func (e *Engine) unsandboxedCommand(m *Machine, info MachineInfo) *exec.Cmd {
 		"--files", strconv.FormatInt(info.Limits.OpenFiles, 10),
 		"--fsize", strconv.FormatInt(info.Limits.DiskBytes, 10),
 		"--memory", strconv.FormatInt(info.Limits.MemoryBytes, 10))
-	env := sandboxEnv(Workspace)
+	env := sandboxEnv(Workspace, false)
 	for i, kv := range env {
 		if strings.HasPrefix(kv, "HOME=") {
 			env[i] = "HOME=" + ws
@@ -383,12 +405,30 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 	var cmd *exec.Cmd
 	var files []*os.File
 	var lay layout
-	var gate *os.File // the engine's end of the init wrapper's gate
+	var gate *os.File       // the engine's end of the init wrapper's gate
+	var egressHost *os.File // the engine's end of the machine's proxy socket pair
+	defer func() {
+		if egressHost != nil {
+			egressHost.Close()
+		}
+	}()
 	if e.opts.DangerouslyDisableSandbox {
 		cmd = e.unsandboxedCommand(m, info)
 	} else {
 		var err error
-		if cmd, files, lay, err = e.sandboxCommand(m, info); err != nil {
+		var machineEnd *os.File
+		if len(info.NetworkAllow) > 0 && !info.AllowNetwork {
+			pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return nil, err
+			}
+			egressHost, machineEnd = os.NewFile(uintptr(pair[0]), "egress"), os.NewFile(uintptr(pair[1]), "egress")
+		}
+		if cmd, files, lay, err = e.sandboxCommand(m, info, machineEnd); err != nil {
+			if egressHost != nil {
+				egressHost.Close()
+				machineEnd.Close()
+			}
 			return nil, err
 		}
 		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
@@ -437,6 +477,10 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 		}
 	}
 	sb.initFD = -1
+	if egressHost != nil {
+		go e.serveEgress(egressHost, info, filepath.Join(m.dir, "network.log"))
+		egressHost = nil
+	}
 	go sb.read(pipeio.Reader(stdout))
 	if err := sb.hello(); err != nil {
 		sb.stop()

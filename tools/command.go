@@ -148,6 +148,11 @@ func (s *Service) execCommand(ctx context.Context, req mcp.CallToolRequest, in E
 		out.ProcessesRunning = res.LeftRunning
 		body += fmt.Sprintf("\nNote: %d processes started by this or earlier commands are still running in the machine; session_info lists them, reset_machine stops them.", res.LeftRunning)
 	}
+	if res.ExitCode != 0 {
+		if n := noNetworkNote(m, out.Stdout, out.Stderr); n != "" {
+			body += "\n" + n
+		}
+	}
 	return structured(out, res.TimedOut, mcp.NewTextContent(body)), nil
 }
 

@@ -21,6 +21,7 @@ type LaunchVMInput struct {
 	SnapshotID  string            `json:"snapshot_id,omitempty" jsonschema:"description=Start with the files of this snapshot (see list_machines)."`
 	Tags        map[string]string `json:"tags,omitempty" jsonschema:"description=Labels stored with the machine."`
 	MachineType string            `json:"machine_type,omitempty" jsonschema:"description=FastVM only: the machine's size\\, e.g. c1m2 (1 vCPU\\, 2 GiB) or c2m4. Default c1m2."`
+	Network     *NetworkArg       `json:"network,omitempty" jsonschema:"description=What the machine may reach (local machines only): 'none' (the default unless session_info says otherwise); a list of domains (exact or *.suffix) within those session_info lists as allowed\\, reached over HTTP and HTTPS through vmcp's proxy (pip\\, git\\, npm and curl use it by themselves); or 'open' (the host's network) where the server enables it."`
 	CallTimeout
 	SessionArg
 }
@@ -30,6 +31,7 @@ type LaunchVMOutput struct {
 	SessionResult
 	Machine string `json:"machine" jsonschema:"description=The new machine's id; it is now the default machine."`
 	Status  string `json:"status" jsonschema:"description=The machine's status: local machines start on first use (stopped until then); cloud machines are running once launched.,enum=running,enum=stopped,enum=provisioning"`
+	Network string `json:"network,omitempty" jsonschema:"description=What the machine may reach: none\\, open (the host's network)\\, or 'allowlist: ' and its domains. Absent where the service decides (FastVM's firewall\\, ForeverVM)."`
 }
 
 // SnapshotVMInput is snapshot_vm's arguments.
@@ -65,6 +67,7 @@ type MachineEntry struct {
 	Default      bool              `json:"default" jsonschema:"description=This is this conversation's default machine on its backend."`
 	CreatedAt    time.Time         `json:"created_at" jsonschema:"description=When it was launched (RFC 3339)."`
 	FromSnapshot string            `json:"from_snapshot,omitempty" jsonschema:"description=The snapshot it was launched from."`
+	Network      string            `json:"network,omitempty" jsonschema:"description=What it may reach: none\\, open\\, or 'allowlist: ' and its domains (local machines)."`
 }
 
 // SnapshotEntry describes one snapshot.
@@ -136,7 +139,11 @@ func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in Launch
 	if in.MachineType != "" && b.Name() != "fastvm" {
 		return nil, fmt.Errorf("machine_type is a FastVM option; %s machines have no types", b.Name())
 	}
-	info, err := s.broker.Launch(ctx, c, b, backend.MachineSpec{Name: in.Name, Tags: in.Tags, FromSnapshot: in.SnapshotID, MachineType: in.MachineType})
+	policy, err := s.networkPolicy(in.Network)
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.broker.Launch(ctx, c, b, backend.MachineSpec{Name: in.Name, Tags: in.Tags, FromSnapshot: in.SnapshotID, MachineType: in.MachineType, Network: policy})
 	if err != nil {
 		if errors.Is(err, backend.ErrNotFound) && in.SnapshotID != "" {
 			return nil, fmt.Errorf("snapshot %q not found; list_machines shows the snapshots", in.SnapshotID)
@@ -148,8 +155,11 @@ func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in Launch
 	if status == "" {
 		status = "stopped"
 	}
-	out := LaunchVMOutput{Machine: info.ID, Status: status}
+	out := LaunchVMOutput{Machine: info.ID, Status: status, Network: info.Network}
 	text := fmt.Sprintf("Launched %s machine %s", b.Name(), info.ID)
+	if info.Network != "" {
+		text += " (network: " + info.Network + ")"
+	}
 	if in.SnapshotID != "" {
 		text += " from snapshot " + in.SnapshotID
 	}
@@ -240,7 +250,7 @@ func (s *Service) listMachines(ctx context.Context, _ mcp.CallToolRequest, _ Lis
 		}
 		for _, info := range infos {
 			e := MachineEntry{ID: info.ID, Backend: info.Backend, Name: info.Name, Tags: info.Tags, Status: info.Status,
-				Default: def != nil && def.Backend == info.Backend && def.ID == info.ID, CreatedAt: info.CreatedAt, FromSnapshot: info.FromSnapshot}
+				Default: def != nil && def.Backend == info.Backend && def.ID == info.ID, CreatedAt: info.CreatedAt, FromSnapshot: info.FromSnapshot, Network: info.Network}
 			if e.Status == "" {
 				e.Status = "stopped"
 			}

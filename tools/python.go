@@ -159,6 +159,11 @@ func (s *Service) runPython(ctx context.Context, req mcp.CallToolRequest, in Run
 	if note != "" {
 		t += "\n" + note
 	}
+	if out.Error != "" {
+		if n := noNetworkNote(m, out.Error, out.Stderr); n != "" {
+			t += "\n" + n
+		}
+	}
 	content := append([]mcp.Content{mcp.NewTextContent(t)}, images...)
 	return structured(out, res.Error != "", content...), nil
 }

@@ -29,7 +29,8 @@ const Instructions = `vmcp gives you persistent sandboxed Linux machines with a 
 - run_python keeps globals between calls (like a notebook); matplotlib figures come back as images. exec_command runs bash or an argv in the same machine and its files.
 - Files live in the machine (relative paths start in its home); move them with upload_file and download_file.
 - snapshot_vm saves a machine's files (not its Python state) under a snapshot id; launch_vm with snapshot_id starts a new machine from it. list_machines shows both; delete_vm removes a machine.
-- Machines have no network access unless the server grants it. An idle machine may be stopped or parked and is restored on next use, with its files.`
+- Machines have no network by default. session_info says which domains the server lets a machine reach; launch_vm with network set to those it needs (e.g. ["pypi.org", "*.pythonhosted.org"]) gives a machine that reaches them over HTTP(S): pip install, git clone and curl then work there. pytest, requests, numpy, pandas, scipy and matplotlib are installed.
+- An idle machine may be stopped or parked and is restored on next use, with its files.`
 
 // Service holds what the tools share: the machine broker, the
 // conversations, and the host directories that local_path may use.
@@ -47,6 +48,7 @@ type Service struct {
 	maxOutputChars, maxOutputCharsLimit int
 	spoolDir                            string
 	project                             string
+	network                             NetworkConfig
 }
 
 // Config configures a Service.
@@ -89,6 +91,8 @@ type Config struct {
 	// without a session joins the conversation of the project and the
 	// client (by its name); empty: the principal's one conversation.
 	Project string
+	// Network is what the operator lets machines reach.
+	Network NetworkConfig
 	Log     zerolog.Logger
 }
 
@@ -96,6 +100,9 @@ type Config struct {
 func NewService(cfg Config) (*Service, error) {
 	roots, err := resolveRoots(cfg.AllowedRoots)
 	if err != nil {
+		return nil, err
+	}
+	if err := cfg.Network.Check(); err != nil {
 		return nil, err
 	}
 	b, err := broker.New(broker.Config{Backends: cfg.Backends, BackendsFor: cfg.BackendsFor, Sessions: cfg.Sessions, Instance: cfg.Instance,
@@ -112,7 +119,7 @@ func NewService(cfg Config) (*Service, error) {
 	cfg.MaxOutputCharsLimit = max(cfg.MaxOutputCharsLimit, cfg.MaxOutputChars)
 	return &Service{broker: b, sessions: cfg.Sessions, allowedRoots: roots, rootsPerPrincipal: cfg.RootsPerPrincipal,
 		localPrincipal: localPrincipal(), log: cfg.Log, onCall: cfg.OnCall,
-		maxOutputChars: cfg.MaxOutputChars, maxOutputCharsLimit: cfg.MaxOutputCharsLimit, spoolDir: cfg.SpoolDir, project: cfg.Project}, nil
+		maxOutputChars: cfg.MaxOutputChars, maxOutputCharsLimit: cfg.MaxOutputCharsLimit, spoolDir: cfg.SpoolDir, project: cfg.Project, network: cfg.Network}, nil
 }
 
 // Broker is the service's machine broker (for the reaper and the

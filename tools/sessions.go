@@ -220,6 +220,7 @@ type SessionMachine struct {
 	Default  bool      `json:"default" jsonschema:"description=It is the conversation's default machine on its backend."`
 	LastUsed time.Time `json:"last_used" jsonschema:"description=When a tool last used it (RFC 3339)."`
 	Parked   bool      `json:"parked" jsonschema:"description=It was idle: saved as a snapshot and deleted; the next call relaunches it with its files."`
+	Network  string    `json:"network,omitempty" jsonschema:"description=What it may reach: none\\, open\\, or 'allowlist: ' and its domains (local machines)."`
 	// Of a machine whose backend can list them (local).
 	Processes    int              `json:"processes,omitempty" jsonschema:"description=How many processes its commands left running (background jobs\\, servers)\\, besides the Python interpreter; reset_machine stops them."`
 	TopProcesses []SessionProcess `json:"top_processes,omitempty" jsonschema:"description=The busiest of them\\, the most CPU first (at most 5)."`
@@ -249,6 +250,14 @@ type SessionInfoOutput struct {
 	MaxMachines  int               `json:"max_machines" jsonschema:"description=Most machines the conversation may have (0: no limit)."`
 	MaxSnapshots int               `json:"max_snapshots" jsonschema:"description=Most snapshots the conversation may have (0: no limit)."`
 	IdleTimeouts map[string]string `json:"idle_timeouts,omitempty" jsonschema:"description=Per backend\\, how long a machine may stay idle before it is stopped or parked."`
+	Network      SessionNetwork    `json:"network" jsonschema:"description=What local machines may reach: the default policy\\, and what launch_vm's network may ask for."`
+}
+
+// SessionNetwork is what the operator lets local machines reach.
+type SessionNetwork struct {
+	Default string   `json:"default" jsonschema:"description=The policy of machines launched without network: none\\, open\\, or 'allowlist: ' and its domains."`
+	Allowed []string `json:"allowed" jsonschema:"description=Domains (exact or *.suffix) launch_vm's network may list; empty: none."`
+	Open    bool     `json:"open" jsonschema:"description=launch_vm may ask for the host's network (network: open)."`
 }
 
 func (s *Service) sessionTools() []server.ServerTool {
@@ -271,13 +280,17 @@ func (s *Service) sessionInfo(ctx context.Context, _ mcp.CallToolRequest, _ Sess
 	}
 	lim := s.sessions.Limits()
 	out := SessionInfoOutput{CreatedAt: c.CreatedAt, Machines: []SessionMachine{}, Snapshots: []SessionSnapshot{},
-		Backends: s.broker.BackendNames(c.Principal), MaxMachines: lim.MaxMachines, MaxSnapshots: lim.MaxSnapshots}
+		Backends: s.broker.BackendNames(c.Principal), MaxMachines: lim.MaxMachines, MaxSnapshots: lim.MaxSnapshots,
+		Network: SessionNetwork{Default: s.network.Default.String(), Allowed: append([]string{}, s.network.Allow...), Open: s.network.Open}}
 	summaries := map[string]string{}
 	for _, m := range c.Machines {
 		sm := SessionMachine{ID: m.ID, Backend: m.Backend, Default: c.IsDefault(m.Backend, m.ID),
 			LastUsed: m.LastUsed, Parked: m.Parked != nil}
 		if be := s.broker.Backend(c.Principal, m.Backend); m.Parked == nil && be != nil && be.Has(backend.Reset) {
 			if bm, err := s.broker.Find(ctx, c, m.ID); err == nil {
+				if r, ok := bm.(backend.NetworkReporter); ok {
+					sm.Network = r.Network().String()
+				}
 				if r, ok := bm.(backend.Resetter); ok {
 					if ps, err := r.Processes(ctx); err == nil {
 						for _, p := range ps {

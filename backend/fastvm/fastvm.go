@@ -143,6 +143,9 @@ func (b *Backend) Recognizes(id string) bool { return uuidShape.MatchString(id) 
 
 // Create launches a VM and waits until it runs.
 func (b *Backend) Create(ctx context.Context, spec backend.MachineSpec) (backend.MachineInfo, error) {
+	if spec.Network != nil {
+		return backend.MachineInfo{}, backend.ErrNetworkPolicy(Name, "a FastVM machine's network is FastVM's firewall: leave network out, and set its rules with set_firewall")
+	}
 	meta := maps.Clone(spec.Tags)
 	if meta == nil {
 		meta = map[string]string{}

@@ -87,6 +87,9 @@ func (b *Backend) Recognizes(id string) bool { return nameShape.MatchString(id) 
 
 // Create makes a machine tagged with the backend's marks.
 func (b *Backend) Create(ctx context.Context, spec backend.MachineSpec) (backend.MachineInfo, error) {
+	if spec.Network != nil {
+		return backend.MachineInfo{}, backend.ErrNetworkPolicy(Name, "ForeverVM decides what its machines reach: leave network out")
+	}
 	if spec.FromSnapshot != "" {
 		return backend.MachineInfo{}, &backend.UnsupportedError{Backend: Name, Capability: backend.Snapshots,
 			Hint: "ForeverVM keeps each machine's memory and files forever instead"}

@@ -20,6 +20,8 @@ const Name = "local"
 // Backend serves machines of an engine.
 type Backend struct {
 	e *engine.Engine
+	// DefaultNetwork is the policy of machines created without one.
+	DefaultNetwork backend.Network
 }
 
 // New returns the backend of e's machines.
@@ -47,7 +49,12 @@ func (b *Backend) Recognizes(id string) bool { return idShape.MatchString(id) }
 
 // Create makes a machine; it starts on first use.
 func (b *Backend) Create(ctx context.Context, spec backend.MachineSpec) (backend.MachineInfo, error) {
-	info, err := b.e.Create(ctx, engine.MachineSpec{Name: spec.Name, Tags: spec.Tags, FromSnapshot: spec.FromSnapshot})
+	policy := b.DefaultNetwork
+	if spec.Network != nil {
+		policy = *spec.Network
+	}
+	info, err := b.e.Create(ctx, engine.MachineSpec{Name: spec.Name, Tags: spec.Tags, FromSnapshot: spec.FromSnapshot,
+		AllowNetwork: policy.Open, NetworkAllow: policy.Allow})
 	if errors.Is(err, engine.ErrNotFound) {
 		err = backend.ErrNotFound
 	}
@@ -108,8 +115,16 @@ func (b *Backend) Idle(_ context.Context, id string) (string, error) {
 }
 
 func machineInfo(i engine.MachineInfo) backend.MachineInfo {
-	return backend.MachineInfo{ID: i.ID, Name: i.Name, Backend: Name, Status: i.Status, Tags: i.Tags, CreatedAt: i.CreatedAt, FromSnapshot: i.FromSnapshot}
+	return backend.MachineInfo{ID: i.ID, Name: i.Name, Backend: Name, Status: i.Status, Tags: i.Tags, CreatedAt: i.CreatedAt, FromSnapshot: i.FromSnapshot,
+		Network: networkOf(i).String()}
 }
+
+func networkOf(i engine.MachineInfo) backend.Network {
+	return backend.Network{Open: i.AllowNetwork, Allow: i.NetworkAllow}
+}
+
+// Network is the machine's network policy.
+func (m *Machine) Network() backend.Network { return networkOf(m.m.Info()) }
 
 func snapshotInfo(s engine.SnapshotInfo) backend.SnapshotInfo {
 	return backend.SnapshotInfo{ID: s.ID, Name: s.Name, Backend: Name, Machine: s.Machine, Status: "ready", CreatedAt: s.CreatedAt, SizeBytes: s.SizeBytes}
@@ -121,11 +136,12 @@ type Machine struct {
 }
 
 var (
-	_ backend.Idler         = (*Backend)(nil)
-	_ backend.PythonRunner  = (*Machine)(nil)
-	_ backend.CommandRunner = (*Machine)(nil)
-	_ backend.FileStore     = (*Machine)(nil)
-	_ backend.Snapshotter   = (*Machine)(nil)
+	_ backend.Idler           = (*Backend)(nil)
+	_ backend.PythonRunner    = (*Machine)(nil)
+	_ backend.NetworkReporter = (*Machine)(nil)
+	_ backend.CommandRunner   = (*Machine)(nil)
+	_ backend.FileStore       = (*Machine)(nil)
+	_ backend.Snapshotter     = (*Machine)(nil)
 )
 
 // ID is the machine's id.

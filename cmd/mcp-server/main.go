@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -75,6 +76,8 @@ type config struct {
 	http      httpConfig               // the hosted endpoint, when transport is http
 	limits    local.Limits
 	noSandbox bool
+	network   tools.NetworkConfig // what machines may reach
+	egress    local.EgressOptions
 }
 
 // parseConfig reads the flags; each falls back to its environment variable
@@ -92,7 +95,7 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	roots := fs.String("allowed-roots", envOr("VMCP_ALLOWED_ROOTS", ""), "host directories that upload_file/download_file local_path may use, separated by "+string(filepath.ListSeparator)+" (env VMCP_ALLOWED_ROOTS); default: the working directory on stdio, none over http")
 	hc := httpFlags(fs, envOr)
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	backend := fs.String("backend", envOr("VMCP_BACKEND", "auto"), "where a conversation's machine runs: local, forevervm, fastvm, or auto (FastVM if configured, else ForeverVM, else local); every tool call without machine acts on the conversation's one machine (env VMCP_BACKEND)")
+	backendName := fs.String("backend", envOr("VMCP_BACKEND", "auto"), "where a conversation's machine runs: local, forevervm, fastvm, or auto (FastVM if configured, else ForeverVM, else local); every tool call without machine acts on the conversation's one machine (env VMCP_BACKEND)")
 	maxMachines := fs.Int("max-machines", intEnv(getenv, "VMCP_MAX_MACHINES", 0), "most machines one conversation may own; 0: no limit (env VMCP_MAX_MACHINES)")
 	maxSnapshots := fs.Int("max-snapshots", intEnv(getenv, "VMCP_MAX_SNAPSHOTS", 0), "most snapshots one conversation may own; 0: no limit (env VMCP_MAX_SNAPSHOTS)")
 	maxOutputChars := fs.Int("max-output-chars", intEnv(getenv, "VMCP_MAX_OUTPUT_CHARS", tools.DefaultMaxOutputChars), "characters of text a result carries at most; longer output keeps head and tail, the whole saved in the machine (env VMCP_MAX_OUTPUT_CHARS)")
@@ -127,6 +130,10 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	mib("memory-mb", "VMCP_MEMORY_MB", d.MemoryBytes>>20, &limits.MemoryBytes, "memory limit of each machine, in MiB")
 	mib("disk-mb", "VMCP_DISK_MB", d.DiskBytes>>20, &limits.DiskBytes, "disk quota of each machine's files, in MiB")
 	mib("max-processes", "VMCP_MAX_PROCESSES", d.Processes, &limits.Processes, "process limit of each machine")
+	netAllow := fs.String("network-allow", envOr("VMCP_NETWORK_ALLOW", ""), "comma-separated domains (exact, or *.suffix) that local machines may be given with launch_vm's network; they reach them over HTTP(S) through vmcp's proxy (env VMCP_NETWORK_ALLOW)")
+	netDefault := fs.String("network-default", envOr("VMCP_NETWORK_DEFAULT", "none"), "network of local machines launched without one (every conversation's first machine too): none, allowlist (all of --network-allow), or open (needs --network-open) (env VMCP_NETWORK_DEFAULT)")
+	netOpen := fs.Bool("network-open", envOr("VMCP_NETWORK_OPEN", "") == "1", "let launch_vm give local machines the host's network (network: open): for local use only (env VMCP_NETWORK_OPEN=1)")
+	netPrivate := fs.String("network-allow-private", envOr("VMCP_NETWORK_ALLOW_PRIVATE", ""), "comma-separated domains that may resolve to loopback, link-local or private addresses (an internal package mirror); others that do are refused (env VMCP_NETWORK_ALLOW_PRIVATE)")
 	noSandbox := fs.Bool("dangerously-disable-sandbox", envOr("VMCP_DANGEROUSLY_DISABLE_SANDBOX", "") == "1",
 		"run machines as plain host processes with NO isolation, for hosts where bubblewrap cannot run and trusted code only (env VMCP_DANGEROUSLY_DISABLE_SANDBOX=1)")
 	if err := fs.Parse(args); err != nil {
@@ -187,7 +194,7 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		}
 		fastCfg.key = strings.TrimSpace(string(b))
 	}
-	switch *backend {
+	switch *backendName {
 	case "auto", "local":
 	case "forevervm":
 		if fvmCfg.token == "" {
@@ -198,7 +205,27 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 			return config{}, errors.New("--backend fastvm needs a FastVM API key: set FASTVM_API_KEY or --fastvm-api-key-file")
 		}
 	default:
-		return config{}, fmt.Errorf("--backend %q: want local, forevervm, fastvm or auto", *backend)
+		return config{}, fmt.Errorf("--backend %q: want local, forevervm, fastvm or auto", *backendName)
+	}
+	network := tools.NetworkConfig{Allow: splitList(*netAllow), Open: *netOpen}
+	switch *netDefault {
+	case "none":
+	case "allowlist":
+		if len(network.Allow) == 0 {
+			return config{}, errors.New("--network-default allowlist needs domains in --network-allow")
+		}
+		network.Default = backend.Network{Allow: network.Allow}
+	case "open":
+		network.Default = backend.Network{Open: true}
+	default:
+		return config{}, fmt.Errorf("--network-default %q: want none, allowlist or open", *netDefault)
+	}
+	if err := network.Check(); err != nil {
+		return config{}, err
+	}
+	private := splitList(*netPrivate)
+	if err := local.ValidateDomains(private); err != nil {
+		return config{}, fmt.Errorf("--network-allow-private: %w", err)
 	}
 	limits.MemoryBytes <<= 20
 	limits.DiskBytes <<= 20
@@ -216,9 +243,10 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		*roots = cwd // over http, host paths stay off unless named
 	}
 	return config{http: *hc, stateDir: *stateDir, logLevel: level, allowedRoots: filepath.SplitList(*roots), version: *showVersion,
-		backend: *backend, forevervm: fvmCfg, fastvm: fastCfg, limits: limits, noSandbox: *noSandbox, maxMachines: *maxMachines, maxSnapshots: *maxSnapshots,
+		backend: *backendName, forevervm: fvmCfg, fastvm: fastCfg, limits: limits, noSandbox: *noSandbox, maxMachines: *maxMachines, maxSnapshots: *maxSnapshots,
 		maxOutputChars: *maxOutputChars, maxOutputCharsLimit: *maxOutputCharsLimit,
-		idle: map[string]time.Duration{"local": *idleLocal, "fastvm": *idleFast}, ttl: *ttl}, nil
+		idle: map[string]time.Duration{"local": *idleLocal, "fastvm": *idleFast}, ttl: *ttl,
+		network: network, egress: local.EgressOptions{PrivateAllowed: private, Resolve: testResolver(getenv("VMCP_TEST_RESOLVE_LOOPBACK"))}}, nil
 }
 
 // durationValue is a duration flag whose errors say what a duration looks
@@ -298,6 +326,7 @@ func backends(cfg config, engine *local.Engine, log zerolog.Logger) (server []ba
 	// server's state directory included) always have the local backend;
 	// the hosted endpoint's principals only when enabled.
 	localBackend := localbackend.New(engine)
+	localBackend.DefaultNetwork = cfg.network.Default
 	var shared backend.Backend
 	if cfg.http.transport != "http" || cfg.http.enableLocal {
 		shared = localBackend
@@ -407,7 +436,7 @@ func run(args []string) error {
 	// that server's front end, and takes the directory over if it goes.
 	var clientIn io.Reader
 	var clientOut io.Writer
-	opts := local.Options{StateDir: cfg.stateDir, Limits: cfg.limits, DangerouslyDisableSandbox: cfg.noSandbox}
+	opts := local.Options{StateDir: cfg.stateDir, Limits: cfg.limits, DangerouslyDisableSandbox: cfg.noSandbox, Egress: cfg.egress}
 	engine, err := local.New(opts)
 	if errors.Is(err, local.ErrStateDirInUse) && cfg.http.transport == "stdio" {
 		var fe *frontEnd
@@ -483,7 +512,7 @@ func run(args []string) error {
 	svc, err := tools.NewService(tools.Config{Backends: bs, BackendsFor: principalBackends, Sessions: manager, AllowedRoots: cfg.allowedRoots, RootsPerPrincipal: cfg.http.transport == "http", Instance: instance,
 		Idle: cfg.idle, ConversationTTL: cfg.ttl, OnCall: onCall, Log: log,
 		MaxOutputChars: cfg.maxOutputChars, MaxOutputCharsLimit: cfg.maxOutputCharsLimit, SpoolDir: spoolDir,
-		Project: cfg.project})
+		Project: cfg.project, Network: cfg.network})
 	if err != nil {
 		return err
 	}
@@ -619,4 +648,24 @@ func instanceID(stateDir string) (string, error) {
 		return "", fmt.Errorf("write the server's instance id: %w", err)
 	}
 	return id, nil
+}
+
+// testResolver is the proxy's resolver for tests, which have no names of
+// their own: VMCP_TEST_RESOLVE_LOOPBACK lists names (comma-separated) that
+// resolve to 127.0.0.1; nil (the system's resolver) when unset. A name so
+// resolved is still refused unless --network-allow-private lists it.
+func testResolver(names string) func(context.Context, string) ([]netip.Addr, error) {
+	if names == "" {
+		return nil
+	}
+	set := map[string]bool{}
+	for _, n := range splitList(names) {
+		set[n] = true
+	}
+	return func(ctx context.Context, host string) ([]netip.Addr, error) {
+		if set[host] {
+			return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+		}
+		return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	}
 }

@@ -73,7 +73,7 @@ func parseConfig(args []string) (config, error) {
 	rounds := fs.Int("rounds", 10, "the calls of each path are made in this many rounds, the paths taking turns, so that a slow spell of the machine affects them alike")
 	loadClients := fs.Int("load-clients", 0, "also run the load test: this many concurrent MCP clients over streamable HTTP (0: skip)")
 	loadCalls := fs.Int("load-calls", 20, "run_python calls of each load-test client")
-	outputRounds := fs.Int("output-rounds", 5, "rounds of the benchmark of a command printing 200 MB (0: skip it)")
+	outputRounds := fs.Int("output-rounds", 5, "rounds of the benchmarks of a command printing 200 MB and of a 100 MiB download through a machine's proxy (0: skip them)")
 	stateDir := fs.String("state-dir", "", "directory for the servers' (<dir>/sdk, <dir>/lean) and the engine's (<dir>/engine) state; default a fresh temporary directory, removed at the end")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -165,6 +165,11 @@ func run(args []string, stdout io.Writer) error {
 	if cfg.outputRounds > 0 {
 		if err := benchOutput(stdout, spec, filepath.Join(dir, "output"), cfg.outputRounds); err != nil {
 			return fmt.Errorf("output: %w", err)
+		}
+	}
+	if cfg.outputRounds > 0 {
+		if err := benchEgress(stdout, spec, filepath.Join(dir, "egress"), cfg.outputRounds); err != nil {
+			return fmt.Errorf("egress: %w", err)
 		}
 	}
 	pair, err := benchFastVMPython(cfg, spec, filepath.Join(dir, "fastvm-python"))

@@ -45,7 +45,7 @@ func TestRun(t *testing.T) {
 			rows = append(rows, l)
 		}
 	}
-	want := []string{"run_python 1+1", "exec_command true", "owner ", "front end ", "alone ", "engine ", "run_python 1+1", "exec_command true", "yes | head: to the result / to /dev/null: ", "python print: to the result / to /dev/null: ", "run_python 1+1 / exec_command true (p50): "}
+	want := []string{"run_python 1+1", "exec_command true", "owner ", "front end ", "alone ", "engine ", "run_python 1+1", "exec_command true", "yes | head: to the result / to /dev/null: ", "python print: to the result / to /dev/null: ", "through the proxy / directly (throughput): ", "run_python 1+1 / exec_command true (p50): "}
 	if len(rows) != len(want) {
 		t.Fatalf("table:\n%s", out.String())
 	}
@@ -57,7 +57,7 @@ func TestRun(t *testing.T) {
 	if !strings.Contains(out.String(), "new socket p50") {
 		t.Errorf("no new-socket column:\n%s", out.String())
 	}
-	for _, sub := range []string{"sdk", "lean", "engine", "shared", "forevervm", "fastvm", "fastvm-python", "output"} {
+	for _, sub := range []string{"sdk", "lean", "engine", "shared", "egress", "forevervm", "fastvm", "fastvm-python", "output"} {
 		if _, err := os.Stat(filepath.Join(state, sub)); err != nil {
 			t.Errorf("state dir: %v", err)
 		}
