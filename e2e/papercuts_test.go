@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmcp-dev/vmcp/tools"
 )
 
 // TestWhatANewUserTripsOver: messages and paths as a new user meets them
@@ -79,4 +81,68 @@ func TestHTTPWithoutBackendSaysWhichFlags(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "set FASTVM_API_KEY (or --fastvm-api-key-file) for FastVM, or FOREVERVM_TOKEN (or --forevervm-token-file) for ForeverVM; over --transport http, --enable-local-backend") {
 		t.Errorf("a hosted server without backends: %v\n%s", err, out)
 	}
+}
+
+// TestCallsAreLogged: at debug, one line per tool call with its tool,
+// machine, backend, duration and outcome, never its code or output; a call
+// that fails logs a warning with the error.
+func TestCallsAreLogged(t *testing.T) {
+	t.Parallel()
+	h := start(t) // --log-level debug
+	var out tools.ExecCommandOutput
+	h.ok(t, "exec_command", map[string]any{"command": "echo sekrit-value-4711"}, &out)
+	h.fails(t, "exec_command", map[string]any{"command": "true", "machine": "m-00000000000000000000"}, "not found")
+	want := []string{"DBG tool call", "tool=exec_command", "outcome=ok", "machine=" + out.Machine, "backend=local", "WRN tool call", "outcome=error"}
+	if !logSays(h.stderr, "outcome=error") {
+		t.Fatalf("no failed call in the log:\n%s", h.stderr())
+	}
+	log := h.stderr()
+	for _, w := range want {
+		if !strings.Contains(log, w) {
+			t.Errorf("the log lacks %q:\n%s", w, log)
+		}
+	}
+	if strings.Contains(log, "sekrit-value-4711") {
+		t.Errorf("the log holds a command's code or output:\n%s", log)
+	}
+}
+
+// TestDeleteSnapshot: snapshots can be deleted, which frees the room the
+// snapshot limit counts (its error names the tool); delete_vm given a
+// snapshot id says what to use; another principal's snapshot is "not
+// found" and stays.
+func TestDeleteSnapshot(t *testing.T) {
+	t.Parallel()
+	h := startWith(t, t.TempDir(), t.TempDir(), clientOptions{serverArgs: []string{"--max-snapshots", "1"}})
+	h.ok(t, "exec_command", map[string]any{"command": "echo kept > f.txt"}, nil)
+	var snap tools.SnapshotVMOutput
+	h.ok(t, "snapshot_vm", nil, &snap)
+	h.fails(t, "snapshot_vm", nil, "delete one with delete_snapshot")
+	h.fails(t, "delete_vm", map[string]any{"machine": snap.SnapshotID}, "is a snapshot id, not a machine's: delete it with delete_snapshot")
+	var list tools.ListMachinesOutput
+	h.ok(t, "list_machines", nil, &list)
+	if len(list.Snapshots) != 1 || list.Snapshots[0].SizeBytes <= 0 {
+		t.Fatalf("list_machines: %+v", list.Snapshots)
+	}
+	var del tools.DeleteSnapshotOutput
+	h.ok(t, "delete_snapshot", map[string]any{"snapshot_id": snap.SnapshotID}, &del)
+	if del.Status != "deleted" || del.SnapshotID != snap.SnapshotID {
+		t.Errorf("delete_snapshot: %+v", del)
+	}
+	h.ok(t, "list_machines", nil, &list)
+	if len(list.Snapshots) != 0 {
+		t.Errorf("after delete_snapshot: %+v", list.Snapshots)
+	}
+	h.fails(t, "launch_vm", map[string]any{"snapshot_id": snap.SnapshotID}, "not found")
+	h.fails(t, "delete_snapshot", map[string]any{"snapshot_id": snap.SnapshotID}, "not found")
+	h.ok(t, "snapshot_vm", nil, &snap) // the limit's room is back
+
+	// Over http, bob cannot delete alice's snapshot.
+	tokens := tokensFile(t, map[string]string{"alice": "vmcp_alice-token-for-tests", "bob": "vmcp_bob-token-for-tests"})
+	s := startHTTPServer(t, t.TempDir(), []string{"--tokens-file", tokens, "--enable-local-backend"})
+	alice, bob := s.connect(t, false, "vmcp_alice-token-for-tests"), s.connect(t, false, "vmcp_bob-token-for-tests")
+	var hers tools.SnapshotVMOutput
+	alice.ok(t, "snapshot_vm", nil, &hers)
+	bob.fails(t, "delete_snapshot", map[string]any{"snapshot_id": hers.SnapshotID}, "not found")
+	alice.ok(t, "launch_vm", map[string]any{"snapshot_id": hers.SnapshotID}, nil)
 }

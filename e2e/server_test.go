@@ -33,7 +33,7 @@ func TestToolsListAndPrompts(t *testing.T) {
 	for _, tool := range res.Tools {
 		byName[tool.Name] = tool
 	}
-	for _, name := range []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm", "reset_machine", "build_image", "set_firewall", "session_info"} {
+	for _, name := range []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm", "delete_snapshot", "reset_machine", "build_image", "set_firewall", "session_info"} {
 		tool := byName[name]
 		if tool == nil {
 			t.Errorf("tools/list lacks %s", name)
@@ -47,8 +47,11 @@ func TestToolsListAndPrompts(t *testing.T) {
 			t.Errorf("%s: annotations lack hints: %+v", name, tool.Annotations)
 		}
 	}
-	if len(res.Tools) != 12 {
-		t.Errorf("%d tools, want 12", len(res.Tools))
+	if len(res.Tools) != 13 {
+		t.Errorf("%d tools, want 13", len(res.Tools))
+	}
+	if a := byName["delete_snapshot"].Annotations; a == nil || a.ReadOnlyHint || !*a.DestructiveHint || !a.IdempotentHint {
+		t.Errorf("delete_snapshot annotations: %+v", a)
 	}
 	if a := byName["list_machines"].Annotations; a == nil || !a.ReadOnlyHint || *a.DestructiveHint {
 		t.Errorf("list_machines annotations: %+v", a)
@@ -423,6 +426,10 @@ func TestBadInput(t *testing.T) {
 	h.fails(t, "run_python", map[string]any{"code": 5}, "code")
 	h.fails(t, "run_python", map[string]any{"code": "1", "timeout_seconds": "soon"}, "timeout_seconds")
 	h.fails(t, "run_python", map[string]any{"code": "1", "bogus": true}, "bogus")
+	// timeout_seconds 0 is not "the default" in disguise: it is refused.
+	h.fails(t, "run_python", map[string]any{"code": "1", "timeout_seconds": 0}, "timeout_seconds")
+	h.fails(t, "exec_command", map[string]any{"command": "true", "timeout_seconds": 0}, "timeout_seconds")
+	h.fails(t, "list_machines", map[string]any{"timeout_seconds": 0}, "timeout_seconds")
 	h.fails(t, "exec_command", map[string]any{"command": "ls", "argv": []string{"ls"}}, "not both")
 	h.fails(t, "exec_command", map[string]any{}, "missing command")
 	h.fails(t, "run_python", map[string]any{"code": "1", "machine": "m-does-not-exist"}, "m-does-not-exist")

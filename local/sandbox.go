@@ -55,6 +55,10 @@ func sandboxEnv(f Flavour, egress bool) []string {
 		"TMPDIR=/tmp",
 		"MPLBACKEND=Agg",
 		"MPLCONFIGDIR=/tmp/.matplotlib",
+		// Files change fast in a machine (an upload, then a run, within the
+		// second): a cached .pyc with the old file's mtime and size would be
+		// taken for the new one.
+		"PYTHONDONTWRITEBYTECODE=1",
 	)
 }
 

@@ -144,7 +144,7 @@ func (m *Manager) CheckMachineLimit(c *Conversation) error {
 // CheckSnapshotLimit says whether the conversation may take another snapshot.
 func (m *Manager) CheckSnapshotLimit(c *Conversation) error {
 	if m.limits.MaxSnapshots > 0 && len(c.Snapshots) >= m.limits.MaxSnapshots {
-		return fmt.Errorf("this conversation has %d snapshots, its limit", len(c.Snapshots))
+		return fmt.Errorf("this conversation has %d snapshots, its limit: delete one with delete_snapshot (list_machines lists them)", len(c.Snapshots))
 	}
 	return nil
 }

@@ -18,7 +18,7 @@ type ExecCommandInput struct {
 	Command        string            `json:"command,omitempty" jsonschema:"description=A bash command line (run as bash -c). Give either command or argv."`
 	Argv           []string          `json:"argv,omitempty" jsonschema:"description=The program and its arguments\\, run without a shell. Give either command or argv."`
 	Machine        string            `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
-	TimeoutSeconds int               `json:"timeout_seconds,omitempty" jsonschema:"description=Kill the command and everything it started after this many seconds (default 60).,minimum=0,maximum=86400"`
+	TimeoutSeconds int               `json:"timeout_seconds,omitempty" jsonschema:"description=Kill the command and everything it started after this many seconds (default 60; leave it out for that).,minimum=1,maximum=86400"`
 	Stdin          Text              `json:"stdin,omitempty" jsonschema:"description=Text fed to the command's standard input."`
 	Workdir        string            `json:"workdir,omitempty" jsonschema:"description=Working directory inside the machine; default its home (the workspace)."`
 	Env            map[string]string `json:"env,omitempty" jsonschema:"description=Environment variables to add or override."`

@@ -94,6 +94,20 @@ type DeleteVMInput struct {
 	SessionArg
 }
 
+// DeleteSnapshotInput is delete_snapshot's arguments.
+type DeleteSnapshotInput struct {
+	SnapshotID string `json:"snapshot_id" jsonschema:"description=Id of the snapshot to delete (see list_machines)."`
+	CallTimeout
+	SessionArg
+}
+
+// DeleteSnapshotOutput is delete_snapshot's result.
+type DeleteSnapshotOutput struct {
+	SessionResult
+	SnapshotID string `json:"snapshot_id" jsonschema:"description=The deleted snapshot's id."`
+	Status     string `json:"status" jsonschema:"description=Always 'deleted'.,enum=deleted"`
+}
+
 // DeleteVMOutput is delete_vm's result.
 type DeleteVMOutput struct {
 	SessionResult
@@ -127,6 +141,13 @@ func (s *Service) machineTools() []server.ServerTool {
 			destructive: true,
 			idempotent:  true,
 		}, s.deleteVM),
+		newTool[DeleteSnapshotInput, DeleteSnapshotOutput](s, toolSpec{
+			name:        "delete_snapshot",
+			title:       "Delete a snapshot",
+			description: "Delete a snapshot of this conversation's (list_machines lists them, with their sizes) and free its disk space. Machines launched from it keep their files.",
+			destructive: true,
+			idempotent:  true,
+		}, s.deleteSnapshot),
 	}
 }
 
@@ -287,8 +308,51 @@ func (s *Service) deleteVM(ctx context.Context, _ mcp.CallToolRequest, in Delete
 	}
 	m, err := s.broker.Delete(ctx, conversationFrom(ctx), in.Machine)
 	if err != nil {
+		if strings.HasPrefix(in.Machine, "s-") && strings.Contains(err.Error(), "not found") {
+			return nil, fmt.Errorf("%s is a snapshot id, not a machine's: delete it with delete_snapshot", in.Machine)
+		}
 		return nil, err
 	}
 	out := DeleteVMOutput{Machine: m.ID(), Status: "deleted"}
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Deleted machine %s.", m.ID()))), nil
+}
+
+// deleteSnapshot deletes one of the principal's snapshots: first on its
+// backend (a snapshot already gone counts as deleted), then from the
+// conversation that owns it, so that a failure in between leaves a record
+// that the next delete_snapshot clears, never a snapshot no one can see.
+func (s *Service) deleteSnapshot(ctx context.Context, _ mcp.CallToolRequest, in DeleteSnapshotInput) (*mcp.CallToolResult, error) {
+	if in.SnapshotID == "" {
+		return nil, errors.New("missing snapshot_id: give the id of the snapshot to delete (list_machines lists them)")
+	}
+	c := conversationFrom(ctx)
+	owner, snap, err := s.sessions.SnapshotOwner(ctx, c.Principal, in.SnapshotID)
+	if errors.Is(err, sessions.ErrNotFound) {
+		return nil, fmt.Errorf("snapshot %q not found; list_machines shows your snapshots", in.SnapshotID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	be := s.broker.Backend(c.Principal, snap.Backend)
+	d, ok := be.(backend.SnapshotDeleter)
+	if be == nil || !ok {
+		return nil, fmt.Errorf("snapshot %s is on backend %s, which this server cannot delete snapshots on", in.SnapshotID, snap.Backend)
+	}
+	if err := d.DeleteSnapshot(ctx, in.SnapshotID); err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return nil, err
+	}
+	if _, err := s.sessions.Update(ctx, owner, func(c *sessions.Conversation) error {
+		kept := c.Snapshots[:0]
+		for _, sn := range c.Snapshots {
+			if sn.ID != in.SnapshotID {
+				kept = append(kept, sn)
+			}
+		}
+		c.Snapshots = kept
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("snapshot %s is deleted, but the conversation's record of it could not be updated (%w): run delete_snapshot again", in.SnapshotID, err)
+	}
+	out := DeleteSnapshotOutput{SnapshotID: in.SnapshotID, Status: "deleted"}
+	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Deleted snapshot %s.", in.SnapshotID))), nil
 }

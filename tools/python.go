@@ -18,7 +18,7 @@ import (
 type RunPythonInput struct {
 	Code           string `json:"code" jsonschema:"description=Python code to run. Globals persist between calls; the value of a final expression is returned."`
 	Machine        string `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
-	TimeoutSeconds int    `json:"timeout_seconds,omitempty" jsonschema:"description=Interrupt the code after this many seconds (default 15); the interpreter state survives.,minimum=0,maximum=3600"`
+	TimeoutSeconds int    `json:"timeout_seconds,omitempty" jsonschema:"description=Interrupt the code after this many seconds (default 15; leave it out for that); the interpreter state survives.,minimum=1,maximum=3600"`
 	OutputArg
 	SessionArg
 }

@@ -56,7 +56,7 @@ func TestToolDefinitionSnapshots(t *testing.T) {
 
 // TestToolDefinitions checks what every tool must have.
 func TestToolDefinitions(t *testing.T) {
-	want := []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm", "reset_machine", "build_image", "set_firewall", "session_info"}
+	want := []string{"run_python", "exec_command", "upload_file", "download_file", "launch_vm", "snapshot_vm", "list_machines", "delete_vm", "delete_snapshot", "reset_machine", "build_image", "set_firewall", "session_info"}
 	defs := Definitions()
 	if len(defs) != len(want) {
 		t.Fatalf("%d tools, want %d", len(defs), len(want))
@@ -95,7 +95,7 @@ func TestToolDefinitions(t *testing.T) {
 		}
 		// Every tool takes a session and names it in its result; every tool
 		// about one machine names it in and out.
-		machineless := tool.Name == "list_machines" || tool.Name == "session_info" || tool.Name == "build_image"
+		machineless := tool.Name == "list_machines" || tool.Name == "session_info" || tool.Name == "build_image" || tool.Name == "delete_snapshot"
 		var in, out struct {
 			Properties map[string]map[string]any `json:"properties"`
 		}

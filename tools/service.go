@@ -5,6 +5,8 @@ package tools
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -290,12 +292,38 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 		if s.onCall != nil {
 			s.onCall(spec.name, notes.backend, outcome, time.Since(start))
 		}
+		s.logCall(spec.name, c.Handle, notes, outcome, err, time.Since(start))
 		if res.ResultType != mcp.ResultTypeInputRequired {
 			withSession(res, c.Handle, created)
 		}
 		return res, nil
 	}
 	return server.ServerTool{Tool: tool, Handler: handler}
+}
+
+// logCall logs a call: at debug, one line per call; a call that failed
+// (not a tool error, which is the model's to read) at warn with its
+// error. Never arguments, output or results: they may hold code, data or
+// secrets. The conversation is named by a hash of its handle, which grants
+// access.
+func (s *Service) logCall(tool, handle string, notes *callNotes, outcome string, err error, d time.Duration) {
+	level := zerolog.DebugLevel
+	if err != nil {
+		level = zerolog.WarnLevel
+	}
+	if s.log.GetLevel() > level {
+		return
+	}
+	sum := sha256.Sum256([]byte(handle))
+	notes.mu.Lock()
+	backendName, machine := notes.backend, notes.machine
+	notes.mu.Unlock()
+	ev := s.log.WithLevel(level).Str("tool", tool).Str("conversation", hex.EncodeToString(sum[:6])).
+		Str("backend", backendName).Str("machine", machine).Dur("duration", d).Str("outcome", outcome)
+	if err != nil {
+		ev = ev.Str("error", errorText(err))
+	}
+	ev.Msg("tool call")
 }
 
 // runBounded runs a call's handler and returns by its deadline (timeout

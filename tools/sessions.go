@@ -38,7 +38,7 @@ type sessionArg interface{ session() string }
 // CallTimeout is the timeout argument of the tools that have no other: how
 // long the call may take before it gives up.
 type CallTimeout struct {
-	TimeoutSeconds int `json:"timeout_seconds,omitempty" jsonschema:"description=Give up after this many seconds (the tool's description gives its default).,minimum=0,maximum=86400"`
+	TimeoutSeconds int `json:"timeout_seconds,omitempty" jsonschema:"description=Give up after this many seconds (the tool's description gives its default; leave it out for that).,minimum=1,maximum=86400"`
 }
 
 func (c CallTimeout) timeout() int { return c.TimeoutSeconds }

@@ -339,6 +339,12 @@ func (s *stdio) dispatch(ctx context.Context, line []byte) (call func()) {
 				s.handle(ctx, line)
 			}
 		}
+	case env.Method == string(mcp.MethodPromptsGet):
+		if msg := missingPromptArgument(s.srv, line); msg != "" {
+			s.reply(errorMessage(env.ID, mcp.INVALID_PARAMS, msg))
+			return nil
+		}
+		s.handle(ctx, line)
 	default:
 		s.handle(ctx, line)
 	}
@@ -487,4 +493,29 @@ func withInputRequestParams(b []byte) []byte {
 		return b
 	}
 	return out
+}
+
+// missingPromptArgument says which required argument a prompts/get request
+// lacks, if any: an invalid request (-32602), which mcp-go would report as
+// its handler's internal error (-32603).
+func missingPromptArgument(srv *server.MCPServer, line []byte) string {
+	var req struct {
+		Params struct {
+			Name      string         `json:"name"`
+			Arguments map[string]any `json:"arguments"`
+		} `json:"params"`
+	}
+	if json.Unmarshal(line, &req) != nil {
+		return ""
+	}
+	p, ok := srv.ListPrompts()[req.Params.Name]
+	if !ok {
+		return ""
+	}
+	for _, a := range p.Prompt.Arguments {
+		if v, given := req.Params.Arguments[a.Name]; a.Required && (!given || v == nil || v == "") {
+			return fmt.Sprintf("prompt %s needs the argument %q", req.Params.Name, a.Name)
+		}
+	}
+	return ""
 }

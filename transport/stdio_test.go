@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
 	"github.com/rs/zerolog"
 
@@ -281,4 +282,29 @@ func BenchmarkToolCall(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestPromptWithoutItsArgumentIsInvalidParams: prompts/get without a
+// required argument is the caller's mistake (-32602) naming the argument,
+// not an internal error; with it, the prompt comes back.
+func TestPromptWithoutItsArgumentIsInvalidParams(t *testing.T) {
+	srv := server.NewMCPServer("t", "1", server.WithPromptCapabilities(false))
+	srv.AddPrompt(mcp.NewPrompt("greet", mcp.WithArgument("who", mcp.RequiredArgument())),
+		func(_ context.Context, req mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
+			return mcp.NewGetPromptResult("greeting", []mcp.PromptMessage{mcp.NewPromptMessage(mcp.RoleUser, mcp.NewTextContent("hello "+req.Params.Arguments["who"]))}), nil
+		})
+	c := startRaw(t, srv, StdioOptions{})
+	c.initialize(t, `{}`)
+	for i, params := range []string{`{"name":"greet"}`, `{"name":"greet","arguments":{}}`, `{"name":"greet","arguments":{"who":""}}`} {
+		c.send(t, `{"jsonrpc":"2.0","id":%d,"method":"prompts/get","params":%s}`, i+1, params)
+		r := c.recv(t)
+		e, _ := r["error"].(map[string]any)
+		if e["code"] != float64(mcp.INVALID_PARAMS) || !strings.Contains(errorOf(r), `prompt greet needs the argument "who"`) {
+			t.Errorf("%s: %v", params, r)
+		}
+	}
+	c.send(t, `{"jsonrpc":"2.0","id":9,"method":"prompts/get","params":{"name":"greet","arguments":{"who":"you"}}}`)
+	if r := c.recv(t); r["result"] == nil {
+		t.Errorf("with the argument: %v", r)
+	}
 }

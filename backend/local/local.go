@@ -239,3 +239,12 @@ func savedStreams(s *[2]engine.SavedStream) *[2]backend.SavedStream {
 	}
 	return &out
 }
+
+// DeleteSnapshot removes a snapshot and its files.
+func (b *Backend) DeleteSnapshot(_ context.Context, id string) error {
+	err := b.e.DeleteSnapshot(id)
+	if errors.Is(err, engine.ErrNotFound) {
+		err = backend.ErrNotFound
+	}
+	return err
+}
