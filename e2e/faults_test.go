@@ -150,7 +150,7 @@ func TestCloudFaultsEndCallsByTheirDeadline(t *testing.T) {
 			deadline := time.Now().Add(30 * time.Second)
 			for {
 				log := h.stderr()
-				given, ended := strings.Count(log, "was given up"), strings.Count(log, "given up at its deadline ended")
+				given, ended := strings.Count(log, "passed its deadline and was given up"), strings.Count(log, "given up at its deadline ended")
 				if given > 0 && given == ended {
 					break
 				}

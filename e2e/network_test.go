@@ -73,7 +73,8 @@ func packageIndex(t *testing.T) (port string) {
 // run_python; a machine without network says why pip failed; bad policies
 // create no machine; the host's Python is untouched.
 func TestNetworkPolicy(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its servers would load the machine under the tests
+	// that time their calls.
 	port := packageIndex(t)
 	web := startHTTPServer(t, t.TempDir(), []string{"--insecure-no-auth", "--enable-local-backend"})
 	webPort := web.base[strings.LastIndexByte(web.base, ':')+1:]

@@ -81,8 +81,15 @@ func TestBackgroundProcessesInSessionInfo(t *testing.T) {
 		} `json:"machines"`
 	}
 	var before info
-	// The command line may still be "bash -c …" if the child has not exec'd.
-	res = h.ok(t, "session_info", map[string]any{}, &before)
+	// The command line may still be "bash -c …", or empty, while the child
+	// has not exec'd: look again for a while.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		res = h.ok(t, "session_info", map[string]any{}, &before)
+		if len(before.Machines) != 1 || len(before.Machines[0].TopProcesses) == 0 ||
+			strings.Contains(before.Machines[0].TopProcesses[0].Command, "sleep 1000") || time.Now().After(deadline) {
+			break
+		}
+	}
 	if len(before.Machines) != 1 || before.Machines[0].Processes != 1 || !strings.Contains(before.Machines[0].TopProcesses[0].Command, "sleep 1000") ||
 		!strings.Contains(text(res), "sleep 1000") {
 		t.Fatalf("session_info: %+v\n%s", before, text(res))

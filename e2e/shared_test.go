@@ -82,7 +82,8 @@ func ownerOf(t *testing.T, hs []*harness) (owner *harness, others []*harness) {
 // conversation started through one continues through another with its
 // Python variables.
 func TestServersShareAStateDirectory(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its servers would load the machine under the tests
+	// that time their calls.
 	hs := launchTogether(t, t.TempDir(), 4)
 	ownerOf(t, hs)
 
@@ -228,7 +229,8 @@ func alive(pids []int) []int {
 // other server succeed, through whichever took the directory over; files
 // written before are there; no process of the dead owner is left.
 func TestOwnerKilledMidCall(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its servers would load the machine under the tests
+	// that time their calls.
 	hs := launchTogether(t, t.TempDir(), 3)
 	owner, others := ownerOf(t, hs)
 	b, c := others[0], others[1]
@@ -292,7 +294,8 @@ func TestOwnerKilledMidCall(t *testing.T) {
 // TestFrontEndKilledMidCall: kill -9 of a front end during its call ends
 // what the call started in the machine, and the others carry on.
 func TestFrontEndKilledMidCall(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its servers would load the machine under the tests
+	// that time their calls.
 	hs := launchTogether(t, t.TempDir(), 3)
 	owner, others := ownerOf(t, hs)
 	victim, other := others[0], others[1]
@@ -449,7 +452,8 @@ except (ConnectionResetError, BrokenPipeError):
 // the http server takes the directory over and serves on; when the http
 // server stops, the owner stops serving its endpoint.
 func TestHTTPBesideAStdioOwner(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its servers would load the machine under the tests
+	// that time their calls.
 	state := t.TempDir()
 	stdio := startIn(t, state, t.TempDir())
 	stdio.ok(t, "run_python", map[string]any{"code": "mine = 'stdio'"}, nil)
