@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -145,4 +146,24 @@ func TestDeleteSnapshot(t *testing.T) {
 	alice.ok(t, "snapshot_vm", nil, &hers)
 	bob.fails(t, "delete_snapshot", map[string]any{"snapshot_id": hers.SnapshotID}, "not found")
 	alice.ok(t, "launch_vm", map[string]any{"snapshot_id": hers.SnapshotID}, nil)
+}
+
+// TestDownloadTheWholeHome: the machine's home, as ".", "./", "~" or its
+// absolute path, downloads whole to a host directory.
+func TestDownloadTheWholeHome(t *testing.T) {
+	t.Parallel()
+	h := start(t)
+	h.ok(t, "upload_file", map[string]any{"path": "a.txt", "content": "A"}, nil)
+	h.ok(t, "upload_file", map[string]any{"path": "sub/b.txt", "content": "B"}, nil)
+	var home tools.ExecCommandOutput
+	h.ok(t, "exec_command", map[string]any{"command": "pwd"}, &home)
+	for i, p := range []string{".", "./", "~", strings.TrimSpace(home.Stdout), strings.TrimSpace(home.Stdout) + "/"} {
+		dest := filepath.Join(h.root, fmt.Sprintf("home-%d", i))
+		h.ok(t, "download_file", map[string]any{"path": p, "local_path": dest}, nil)
+		for name, want := range map[string]string{"a.txt": "A", "sub/b.txt": "B"} {
+			if b, err := os.ReadFile(filepath.Join(dest, name)); err != nil || string(b) != want {
+				t.Errorf("download_file %q: %s is %q (%v)", p, name, b, err)
+			}
+		}
+	}
 }

@@ -96,6 +96,8 @@ func writeTar(ctx context.Context, root *os.Root, rel string, w io.Writer, conte
 				return nil // the directory itself: its contents follow
 			}
 			arcName = path.Base(WorkspaceDir)
+		} else if rel == "." && !contents {
+			arcName = path.Base(WorkspaceDir) + "/" + arcName // inside the home, named as it
 		}
 		var link string
 		switch mode := fi.Mode(); {
