@@ -346,7 +346,8 @@ func (b *Broker) defaultMachine(ctx context.Context, c *sessions.Conversation, l
 		return nil, err
 	}
 	be := b.Backends(c.Principal)[0]
-	info, err := be.Create(ctx, backend.MachineSpec{Name: "default", Tags: b.MachineTags(c, nil)})
+	// Named after its conversation, so that lists of several tell them apart.
+	info, err := be.Create(ctx, backend.MachineSpec{Name: "default-" + ConversationTag(c.Handle)[:6], Tags: b.MachineTags(c, nil)})
 	if err != nil {
 		return nil, fmt.Errorf("create the conversation's %s machine: %w", be.Name(), err)
 	}

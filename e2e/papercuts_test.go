@@ -167,3 +167,22 @@ func TestDownloadTheWholeHome(t *testing.T) {
 		}
 	}
 }
+
+// TestDefaultMachinesHaveDistinctNames: the machines conversations get by
+// themselves are named apart, so that a list of them tells which is which.
+func TestDefaultMachinesHaveDistinctNames(t *testing.T) {
+	t.Parallel()
+	h := start(t)
+	h.ok(t, "exec_command", map[string]any{"command": "true"}, nil)
+	h.ok(t, "exec_command", map[string]any{"command": "true", "session": "new"}, nil)
+	var list tools.ListMachinesOutput
+	h.ok(t, "list_machines", nil, &list)
+	if len(list.Machines) != 2 || list.Machines[0].Name == list.Machines[1].Name {
+		t.Fatalf("machines: %+v", list.Machines)
+	}
+	for _, m := range list.Machines {
+		if !strings.HasPrefix(m.Name, "default-") {
+			t.Errorf("machine %s is named %q", m.ID, m.Name)
+		}
+	}
+}
