@@ -67,6 +67,8 @@ type MachineSpec struct {
 	// Network is the machine's network policy; nil: the backend's default.
 	// Only the local backend takes one.
 	Network *Network
+	// MemoryMiB and DiskMiB size the machine (local); 0: the default.
+	MemoryMiB, DiskMiB int64
 }
 
 // Network is a machine's network policy: none (the zero value), the
@@ -112,6 +114,8 @@ type MachineInfo struct {
 	// Network is the policy's description (Network.String), where vmcp
 	// sets it; "" where the service decides (FastVM's firewall).
 	Network string
+	// MemoryMiB and DiskMiB are the machine's limits, where known.
+	MemoryMiB, DiskMiB int64
 }
 
 // SnapshotInfo describes a snapshot.

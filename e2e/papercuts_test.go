@@ -186,3 +186,36 @@ func TestDefaultMachinesHaveDistinctNames(t *testing.T) {
 		}
 	}
 }
+
+// TestLaunchWithMemoryAndDisk: launch_vm sizes a local machine within the
+// operator's maxima, and says what it got; above them, or on a backend
+// that sizes its machines itself, it refuses and creates nothing.
+func TestLaunchWithMemoryAndDisk(t *testing.T) {
+	t.Parallel()
+	h := startWith(t, t.TempDir(), t.TempDir(), clientOptions{serverArgs: []string{"--max-memory-mb", "4096", "--max-disk-mb", "2048"}})
+	var l tools.LaunchVMOutput
+	res := h.ok(t, "launch_vm", map[string]any{"memory_mb": 512, "disk_mb": 256}, &l)
+	if l.MemoryMB != 512 || l.DiskMB != 256 || !strings.Contains(text(res), "512 MiB of memory, 256 MiB of disk") {
+		t.Errorf("launch_vm: %+v %s", l, text(res))
+	}
+	var out tools.ExecCommandOutput
+	h.ok(t, "exec_command", map[string]any{"command": "head -c 300000000 /dev/zero > big"}, &out)
+	if out.ExitCode == 0 {
+		t.Errorf("300 MB written under a 256 MiB quota: %+v", out)
+	}
+	var info tools.SessionInfoOutput
+	h.ok(t, "session_info", nil, &info)
+	if info.MaxMemoryMB != 4096 || info.MaxDiskMB != 2048 {
+		t.Errorf("session_info maxima: %d %d", info.MaxMemoryMB, info.MaxDiskMB)
+	}
+	var before tools.ListMachinesOutput
+	h.ok(t, "list_machines", nil, &before)
+	h.fails(t, "launch_vm", map[string]any{"memory_mb": 8192}, "above the 4096 MiB this server allows (--max-memory-mb)")
+	h.fails(t, "launch_vm", map[string]any{"disk_mb": 4096}, "above the 2048 MiB this server allows (--max-disk-mb)")
+	h.fails(t, "launch_vm", map[string]any{"memory_mb": 10}, "memory_mb")
+	var after tools.ListMachinesOutput
+	h.ok(t, "list_machines", nil, &after)
+	if len(after.Machines) != len(before.Machines) {
+		t.Errorf("a refused launch created a machine")
+	}
+}

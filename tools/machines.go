@@ -21,6 +21,8 @@ type LaunchVMInput struct {
 	SnapshotID  string            `json:"snapshot_id,omitempty" jsonschema:"description=Start with the files of this snapshot (see list_machines)."`
 	Tags        map[string]string `json:"tags,omitempty" jsonschema:"description=Labels stored with the machine."`
 	MachineType string            `json:"machine_type,omitempty" jsonschema:"description=FastVM only: the machine's size\\, e.g. c1m2 (1 vCPU\\, 2 GiB) or c2m4. Default c1m2."`
+	MemoryMB    int64             `json:"memory_mb,omitempty" jsonschema:"description=Local machines: memory limit in MiB (default: the server's; session_info gives the most it allows).,minimum=128"`
+	DiskMB      int64             `json:"disk_mb,omitempty" jsonschema:"description=Local machines: disk quota of its files in MiB (default: the server's; session_info gives the most it allows).,minimum=16"`
 	Network     *NetworkArg       `json:"network,omitempty" jsonschema:"description=What the machine may reach (local machines only): 'none' (the default unless session_info says otherwise); a list of domains (exact or *.suffix) within those session_info lists as allowed\\, reached over HTTP and HTTPS through vmcp's proxy (pip\\, git\\, npm and curl use it by themselves); or 'open' (the host's network) where the server enables it."`
 	CallTimeout
 	SessionArg
@@ -29,9 +31,11 @@ type LaunchVMInput struct {
 // LaunchVMOutput is launch_vm's result.
 type LaunchVMOutput struct {
 	SessionResult
-	Machine string `json:"machine" jsonschema:"description=The new machine's id; it is now the default machine."`
-	Status  string `json:"status" jsonschema:"description=The machine's status: local machines start on first use (stopped until then); cloud machines are running once launched.,enum=running,enum=stopped,enum=provisioning"`
-	Network string `json:"network,omitempty" jsonschema:"description=What the machine may reach: none\\, open (the host's network)\\, or 'allowlist: ' and its domains. Absent where the service decides (FastVM's firewall\\, ForeverVM)."`
+	Machine  string `json:"machine" jsonschema:"description=The new machine's id; it is now the default machine."`
+	Status   string `json:"status" jsonschema:"description=The machine's status: local machines start on first use (stopped until then); cloud machines are running once launched.,enum=running,enum=stopped,enum=provisioning"`
+	Network  string `json:"network,omitempty" jsonschema:"description=What the machine may reach: none\\, open (the host's network)\\, or 'allowlist: ' and its domains. Absent where the service decides (FastVM's firewall\\, ForeverVM)."`
+	MemoryMB int64  `json:"memory_mb,omitempty" jsonschema:"description=Its memory limit in MiB (local machines)."`
+	DiskMB   int64  `json:"disk_mb,omitempty" jsonschema:"description=Its disk quota in MiB (local machines)."`
 }
 
 // SnapshotVMInput is snapshot_vm's arguments.
@@ -164,7 +168,14 @@ func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in Launch
 	if err != nil {
 		return nil, err
 	}
-	info, err := s.broker.Launch(ctx, c, b, backend.MachineSpec{Name: in.Name, Tags: in.Tags, FromSnapshot: in.SnapshotID, MachineType: in.MachineType, Network: policy})
+	if s.maxMemoryMB > 0 && in.MemoryMB > s.maxMemoryMB {
+		return nil, fmt.Errorf("memory_mb %d is above the %d MiB this server allows (--max-memory-mb)", in.MemoryMB, s.maxMemoryMB)
+	}
+	if s.maxDiskMB > 0 && in.DiskMB > s.maxDiskMB {
+		return nil, fmt.Errorf("disk_mb %d is above the %d MiB this server allows (--max-disk-mb)", in.DiskMB, s.maxDiskMB)
+	}
+	info, err := s.broker.Launch(ctx, c, b, backend.MachineSpec{Name: in.Name, Tags: in.Tags, FromSnapshot: in.SnapshotID, MachineType: in.MachineType, Network: policy,
+		MemoryMiB: in.MemoryMB, DiskMiB: in.DiskMB})
 	if err != nil {
 		if errors.Is(err, backend.ErrNotFound) && in.SnapshotID != "" {
 			return nil, fmt.Errorf("snapshot %q not found; list_machines shows the snapshots", in.SnapshotID)
@@ -176,8 +187,11 @@ func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in Launch
 	if status == "" {
 		status = "stopped"
 	}
-	out := LaunchVMOutput{Machine: info.ID, Status: status, Network: info.Network}
+	out := LaunchVMOutput{Machine: info.ID, Status: status, Network: info.Network, MemoryMB: info.MemoryMiB, DiskMB: info.DiskMiB}
 	text := fmt.Sprintf("Launched %s machine %s", b.Name(), info.ID)
+	if info.MemoryMiB > 0 {
+		text += fmt.Sprintf(" (%d MiB of memory, %d MiB of disk)", info.MemoryMiB, info.DiskMiB)
+	}
 	if info.Network != "" {
 		text += " (network: " + info.Network + ")"
 	}

@@ -51,6 +51,7 @@ type Service struct {
 	spoolDir                            string
 	project                             string
 	network                             NetworkConfig
+	maxMemoryMB, maxDiskMB              int64
 }
 
 // Config configures a Service.
@@ -95,7 +96,10 @@ type Config struct {
 	Project string
 	// Network is what the operator lets machines reach.
 	Network NetworkConfig
-	Log     zerolog.Logger
+	// MaxMemoryMB and MaxDiskMB bound launch_vm's memory_mb and disk_mb;
+	// 0: no bound.
+	MaxMemoryMB, MaxDiskMB int64
+	Log                    zerolog.Logger
 }
 
 // NewService makes the tools' shared state.
@@ -121,7 +125,8 @@ func NewService(cfg Config) (*Service, error) {
 	cfg.MaxOutputCharsLimit = max(cfg.MaxOutputCharsLimit, cfg.MaxOutputChars)
 	return &Service{broker: b, sessions: cfg.Sessions, allowedRoots: roots, rootsPerPrincipal: cfg.RootsPerPrincipal,
 		localPrincipal: localPrincipal(), log: cfg.Log, onCall: cfg.OnCall,
-		maxOutputChars: cfg.MaxOutputChars, maxOutputCharsLimit: cfg.MaxOutputCharsLimit, spoolDir: cfg.SpoolDir, project: cfg.Project, network: cfg.Network}, nil
+		maxOutputChars: cfg.MaxOutputChars, maxOutputCharsLimit: cfg.MaxOutputCharsLimit, spoolDir: cfg.SpoolDir, project: cfg.Project, network: cfg.Network,
+		maxMemoryMB: cfg.MaxMemoryMB, maxDiskMB: cfg.MaxDiskMB}, nil
 }
 
 // Broker is the service's machine broker (for the reaper and the

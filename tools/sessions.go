@@ -250,6 +250,8 @@ type SessionInfoOutput struct {
 	MaxMachines  int               `json:"max_machines" jsonschema:"description=Most machines the conversation may have (0: no limit)."`
 	MaxSnapshots int               `json:"max_snapshots" jsonschema:"description=Most snapshots the conversation may have (0: no limit)."`
 	IdleTimeouts map[string]string `json:"idle_timeouts,omitempty" jsonschema:"description=Per backend\\, how long a machine may stay idle before it is stopped or parked."`
+	MaxMemoryMB  int64             `json:"max_memory_mb,omitempty" jsonschema:"description=The most memory_mb launch_vm may ask for (local machines)."`
+	MaxDiskMB    int64             `json:"max_disk_mb,omitempty" jsonschema:"description=The most disk_mb launch_vm may ask for (local machines)."`
 	Network      SessionNetwork    `json:"network" jsonschema:"description=What local machines may reach: the default policy\\, and what launch_vm's network may ask for."`
 }
 
@@ -281,7 +283,8 @@ func (s *Service) sessionInfo(ctx context.Context, _ mcp.CallToolRequest, _ Sess
 	lim := s.sessions.Limits()
 	out := SessionInfoOutput{CreatedAt: c.CreatedAt, Machines: []SessionMachine{}, Snapshots: []SessionSnapshot{},
 		Backends: s.broker.BackendNames(c.Principal), MaxMachines: lim.MaxMachines, MaxSnapshots: lim.MaxSnapshots,
-		Network: SessionNetwork{Default: s.network.Default.String(), Allowed: append([]string{}, s.network.Allow...), Open: s.network.Open}}
+		Network:     SessionNetwork{Default: s.network.Default.String(), Allowed: append([]string{}, s.network.Allow...), Open: s.network.Open},
+		MaxMemoryMB: s.maxMemoryMB, MaxDiskMB: s.maxDiskMB}
 	summaries := map[string]string{}
 	for _, m := range c.Machines {
 		sm := SessionMachine{ID: m.ID, Backend: m.Backend, Default: c.IsDefault(m.Backend, m.ID),

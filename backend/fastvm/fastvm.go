@@ -146,6 +146,9 @@ func (b *Backend) Create(ctx context.Context, spec backend.MachineSpec) (backend
 	if spec.Network != nil {
 		return backend.MachineInfo{}, backend.ErrNetworkPolicy(Name, "a FastVM machine's network is FastVM's firewall: leave network out, and set its rules with set_firewall")
 	}
+	if spec.MemoryMiB != 0 || spec.DiskMiB != 0 {
+		return backend.MachineInfo{}, errors.New("a FastVM machine's size comes with its machine_type (e.g. c2m4: 2 vCPUs, 4 GiB): give that instead of memory_mb and disk_mb")
+	}
 	meta := maps.Clone(spec.Tags)
 	if meta == nil {
 		meta = map[string]string{}

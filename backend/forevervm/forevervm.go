@@ -90,6 +90,9 @@ func (b *Backend) Create(ctx context.Context, spec backend.MachineSpec) (backend
 	if spec.Network != nil {
 		return backend.MachineInfo{}, backend.ErrNetworkPolicy(Name, "ForeverVM decides what its machines reach: leave network out")
 	}
+	if spec.MemoryMiB != 0 || spec.DiskMiB != 0 {
+		return backend.MachineInfo{}, errors.New("ForeverVM sizes its machines itself: leave memory_mb and disk_mb out")
+	}
 	if spec.FromSnapshot != "" {
 		return backend.MachineInfo{}, &backend.UnsupportedError{Backend: Name, Capability: backend.Snapshots,
 			Hint: "ForeverVM keeps each machine's memory and files forever instead"}

@@ -54,7 +54,8 @@ func (b *Backend) Create(ctx context.Context, spec backend.MachineSpec) (backend
 		policy = *spec.Network
 	}
 	info, err := b.e.Create(ctx, engine.MachineSpec{Name: spec.Name, Tags: spec.Tags, FromSnapshot: spec.FromSnapshot,
-		AllowNetwork: policy.Open, NetworkAllow: policy.Allow})
+		AllowNetwork: policy.Open, NetworkAllow: policy.Allow,
+		Limits: engine.Limits{MemoryBytes: spec.MemoryMiB << 20, DiskBytes: spec.DiskMiB << 20}})
 	if errors.Is(err, engine.ErrNotFound) {
 		err = backend.ErrNotFound
 	}
@@ -116,7 +117,7 @@ func (b *Backend) Idle(_ context.Context, id string) (string, error) {
 
 func machineInfo(i engine.MachineInfo) backend.MachineInfo {
 	return backend.MachineInfo{ID: i.ID, Name: i.Name, Backend: Name, Status: i.Status, Tags: i.Tags, CreatedAt: i.CreatedAt, FromSnapshot: i.FromSnapshot,
-		Network: networkOf(i).String()}
+		Network: networkOf(i).String(), MemoryMiB: i.Limits.MemoryBytes >> 20, DiskMiB: i.Limits.DiskBytes >> 20}
 }
 
 func networkOf(i engine.MachineInfo) backend.Network {

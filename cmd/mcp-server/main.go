@@ -77,7 +77,9 @@ type config struct {
 	limits    local.Limits
 	noSandbox bool
 	network   tools.NetworkConfig // what machines may reach
-	egress    local.EgressOptions
+	// The most memory and disk launch_vm may give a machine, in MiB.
+	maxMemoryMB, maxDiskMB int64
+	egress                 local.EgressOptions
 }
 
 // parseConfig reads the flags; each falls back to its environment variable
@@ -130,6 +132,9 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	mib("memory-mb", "VMCP_MEMORY_MB", d.MemoryBytes>>20, &limits.MemoryBytes, "memory limit of each machine, in MiB")
 	mib("disk-mb", "VMCP_DISK_MB", d.DiskBytes>>20, &limits.DiskBytes, "disk quota of each machine's files, in MiB")
 	mib("max-processes", "VMCP_MAX_PROCESSES", d.Processes, &limits.Processes, "process limit of each machine")
+	var maxMemory, maxDisk int64
+	mib("max-memory-mb", "VMCP_MAX_MEMORY_MB", 8192, &maxMemory, "the most memory_mb launch_vm may give a machine, in MiB")
+	mib("max-disk-mb", "VMCP_MAX_DISK_MB", 16384, &maxDisk, "the most disk_mb launch_vm may give a machine, in MiB")
 	netAllow := fs.String("network-allow", envOr("VMCP_NETWORK_ALLOW", ""), "comma-separated domains (exact, or *.suffix) that local machines may be given with launch_vm's network; they reach them over HTTP(S) through vmcp's proxy (env VMCP_NETWORK_ALLOW)")
 	netDefault := fs.String("network-default", envOr("VMCP_NETWORK_DEFAULT", "none"), "network of local machines launched without one (every conversation's first machine too): none, allowlist (all of --network-allow), or open (needs --network-open) (env VMCP_NETWORK_DEFAULT)")
 	netOpen := fs.Bool("network-open", envOr("VMCP_NETWORK_OPEN", "") == "1", "let launch_vm give local machines the host's network (network: open): for local use only (env VMCP_NETWORK_OPEN=1)")
@@ -157,10 +162,17 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		}
 		*roots = strings.Join(list, string(filepath.ListSeparator))
 	}
-	for name, v := range map[string]int64{"VMCP_MEMORY_MB": limits.MemoryBytes, "VMCP_DISK_MB": limits.DiskBytes, "VMCP_MAX_PROCESSES": limits.Processes} {
+	for name, v := range map[string]int64{"VMCP_MEMORY_MB": limits.MemoryBytes, "VMCP_DISK_MB": limits.DiskBytes, "VMCP_MAX_PROCESSES": limits.Processes,
+		"VMCP_MAX_MEMORY_MB": maxMemory, "VMCP_MAX_DISK_MB": maxDisk} {
 		if v <= 0 {
 			return config{}, fmt.Errorf("%s must be a positive whole number", name)
 		}
+	}
+	if limits.MemoryBytes < minMemoryMiB {
+		return config{}, fmt.Errorf("--memory-mb %d is too small for a machine to start Python: give at least %d", limits.MemoryBytes, minMemoryMiB)
+	}
+	if maxMemory < limits.MemoryBytes || maxDisk < limits.DiskBytes {
+		return config{}, errors.New("--max-memory-mb and --max-disk-mb must be at least --memory-mb and --disk-mb")
 	}
 	fvmCfg := forevervmConfig{url: *fvmURL, token: getenv("FOREVERVM_TOKEN")}
 	if *fvmTokenFile != "" {
@@ -246,7 +258,7 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		backend: *backendName, forevervm: fvmCfg, fastvm: fastCfg, limits: limits, noSandbox: *noSandbox, maxMachines: *maxMachines, maxSnapshots: *maxSnapshots,
 		maxOutputChars: *maxOutputChars, maxOutputCharsLimit: *maxOutputCharsLimit,
 		idle: map[string]time.Duration{"local": *idleLocal, "fastvm": *idleFast}, ttl: *ttl,
-		network: network, egress: local.EgressOptions{PrivateAllowed: private, Resolve: testResolver(getenv("VMCP_TEST_RESOLVE_LOOPBACK"))}}, nil
+		network: network, maxMemoryMB: maxMemory, maxDiskMB: maxDisk, egress: local.EgressOptions{PrivateAllowed: private, Resolve: testResolver(getenv("VMCP_TEST_RESOLVE_LOOPBACK"))}}, nil
 }
 
 // durationValue is a duration flag whose errors say what a duration looks
@@ -512,7 +524,7 @@ func run(args []string) error {
 	svc, err := tools.NewService(tools.Config{Backends: bs, BackendsFor: principalBackends, Sessions: manager, AllowedRoots: cfg.allowedRoots, RootsPerPrincipal: cfg.http.transport == "http", Instance: instance,
 		Idle: cfg.idle, ConversationTTL: cfg.ttl, OnCall: onCall, Log: log,
 		MaxOutputChars: cfg.maxOutputChars, MaxOutputCharsLimit: cfg.maxOutputCharsLimit, SpoolDir: spoolDir,
-		Project: cfg.project, Network: cfg.network})
+		Project: cfg.project, Network: cfg.network, MaxMemoryMB: cfg.maxMemoryMB, MaxDiskMB: cfg.maxDiskMB})
 	if err != nil {
 		return err
 	}
@@ -669,3 +681,7 @@ func testResolver(names string) func(context.Context, string) ([]netip.Addr, err
 		return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 	}
 }
+
+// minMemoryMiB is the least memory a machine needs to start its Python
+// interpreter (launch_vm's memory_mb has the same floor in its schema).
+const minMemoryMiB = 128

@@ -62,7 +62,9 @@ func TestParseConfig(t *testing.T) {
 	delete(env, "VMCP_DISK_MB")
 
 	for _, args := range [][]string{{"--log-level", "loud"}, {"extra"}, {"--nope"}, {"--memory-mb", "0"}, {"--backend", "cloud"},
-		{"--backend", "forevervm"}, {"--forevervm-token-file", "/no/such/file"}} {
+		{"--backend", "forevervm"}, {"--forevervm-token-file", "/no/such/file"}, {"--memory-mb", "10"}, {"--max-memory-mb", "1024"},
+		{"--network-allow", "10.0.0.1"}, {"--network-allow", "a.*.b"}, {"--network-default", "allowlist"}, {"--network-default", "open"},
+		{"--network-default", "everything"}, {"--network-allow-private", "*"}} {
 		if _, err := parseConfig(args, getenv, "/work"); err == nil {
 			t.Errorf("%q accepted", args)
 		}
