@@ -270,6 +270,11 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 	}
 	m.interpPID = final.PID
 	if final.Died {
+		// The monitor killed it (a disk quota, a full state filesystem):
+		// say so rather than guess at memory.
+		if why, ok := strings.CutPrefix(m.resetReason, stoppedBecause); ok && !final.TimedOut && res.Error != "" && !res.QuotaExceeded {
+			res.Error = "The Python interpreter was killed because " + why + "; its state was lost. The next call starts a fresh interpreter."
+		}
 		m.resetReason = "the interpreter ended during an earlier call"
 		if (m.e.cgroups.oomKills(m.info.ID) > 0 || m.oomKills.Load() > oomBefore) && !final.TimedOut {
 			res.Error = fmt.Sprintf("The Python interpreter was killed because the machine ran out of memory (limit %d MiB); its state was lost. The next call starts a fresh interpreter.", m.info.Limits.MemoryBytes>>20)

@@ -422,12 +422,16 @@ func innerPID(pid int) int {
 	return 0
 }
 
+// stoppedBecause begins the reset reason of a machine whose processes the
+// monitor killed.
+const stoppedBecause = "the machine's processes were stopped because "
+
 // killAllButAgent kills every process of the machine but its agent: its
 // REPL too, whose state the next call reports lost, with reason.
 func (m *Machine) killAllButAgent(reason string) {
 	m.mu.Lock()
 	if m.interp != "" {
-		m.resetReason = "the machine's processes were stopped because " + reason
+		m.resetReason = stoppedBecause + reason
 	}
 	m.mu.Unlock()
 	for i := 0; i < 50; i++ {
