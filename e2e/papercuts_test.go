@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -217,5 +219,38 @@ func TestLaunchWithMemoryAndDisk(t *testing.T) {
 	h.ok(t, "list_machines", nil, &after)
 	if len(after.Machines) != len(before.Machines) {
 		t.Errorf("a refused launch created a machine")
+	}
+}
+
+// TestPromptWithoutItsArgumentOverHTTP: over streamable HTTP too, a
+// prompts/get without a required argument is -32602 naming it.
+func TestPromptWithoutItsArgumentOverHTTP(t *testing.T) {
+	t.Parallel()
+	s := startHTTPServer(t, t.TempDir(), []string{"--insecure-no-auth", "--enable-local-backend"})
+	post := func(session, body string) (*http.Response, string) {
+		req, _ := http.NewRequest(http.MethodPost, s.base+"/mcp", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		if session != "" {
+			req.Header.Set("Mcp-Session-Id", session)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	resp, _ := post("", `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`)
+	session := resp.Header.Get("Mcp-Session-Id")
+	post(session, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+	_, body := post(session, `{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"fix_failing_script"}}`)
+	if !strings.Contains(body, `"code":-32602`) || !strings.Contains(body, `needs the argument \"local_path\"`) {
+		t.Errorf("prompts/get without local_path: %s", body)
+	}
+	_, body = post(session, `{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"fix_failing_script","arguments":{"local_path":"x.py"}}}`)
+	if !strings.Contains(body, `"messages"`) {
+		t.Errorf("prompts/get with local_path: %s", body)
 	}
 }

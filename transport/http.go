@@ -94,7 +94,7 @@ func NewHTTPHandler(srv *server.MCPServer, opts HTTPOptions) (h http.Handler, sh
 		principalOf = func(context.Context) string { return "" }
 	}
 	ids := newBinder()
-	g := &guard{ids: ids, principal: principalOf,
+	g := &guard{ids: ids, principal: principalOf, srv: srv,
 		calls:   newCounter(opts.MaxConcurrentPerPrincipal, "requests in flight"),
 		streams: newCounter(opts.MaxStreamsPerPrincipal, "open streams"),
 		bodies:  newBudget(opts.MaxInFlightBytesPerPrincipal),

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
 
 	"github.com/vmcp-dev/vmcp/internal/bigargs"
@@ -209,6 +210,7 @@ type guard struct {
 	// large reports the tool arguments to set aside from the MCP
 	// library's decoding (nil: none).
 	large func(tool, argument string) bool
+	srv   *server.MCPServer // whose prompts' arguments are checked
 }
 
 // budget bounds the bytes each principal's requests in flight hold: a
@@ -351,6 +353,9 @@ func (g *guard) streamable(next http.Handler) http.Handler {
 					return
 				}
 				defer releaseBody()
+				if g.badPrompt(w, r) {
+					return
+				}
 			}
 		}
 		next.ServeHTTP(w, r)
@@ -431,4 +436,32 @@ func (w *statusWriter) Flush() {
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+// badPrompt answers a prompts/get request that lacks a required argument
+// with -32602, as the stdio transport does (mcp-go would answer -32603),
+// and reports whether it did. Other small bodies are put back as read.
+func (g *guard) badPrompt(w http.ResponseWriter, r *http.Request) bool {
+	if g.srv == nil || r.ContentLength < 0 {
+		return false
+	}
+	body, err := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	if err != nil || !bytes.Contains(body, []byte(`"prompts/get"`)) {
+		return false
+	}
+	var m struct {
+		Method string          `json:"method"`
+		ID     json.RawMessage `json:"id"`
+	}
+	if json.Unmarshal(body, &m) != nil || m.Method != string(mcp.MethodPromptsGet) {
+		return false
+	}
+	msg := missingPromptArgument(g.srv, body)
+	if msg == "" {
+		return false
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(errorMessage(m.ID, mcp.INVALID_PARAMS, msg))
+	return true
 }
