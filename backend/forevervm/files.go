@@ -80,12 +80,14 @@ func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.
 	res, err := u.run(ctx, r, mode)
 	if err != nil {
 		var he *HelperError
-		if u.begun && !errors.As(err, &he) {
+		isHelperErr := errors.As(err, &he)
+		if u.begun && (!isHelperErr || he.Kind == "lost") {
 			// A step may have run or not: undo the upload (the helper did
-			// itself when it reported a failure).
+			// itself when it reported a failure, unless it lost the upload
+			// in a restart: then its temporary file is removed by name).
 			m.undo(false, u.op, p)
 		}
-		if errors.As(err, &he) && he.Kind == "lost" {
+		if isHelperErr && he.Kind == "lost" {
 			// The interpreter was stopped under the upload: what stops it
 			// mid-write is mostly a full disk or the memory limit.
 			return nil, fmt.Errorf("upload %s to ForeverVM machine %s stopped: the machine's Python restarted during it, as when a write fills its disk or its memory: the old file is unchanged; free some space (df -h) and try again (%w)", p, m.name, err)
