@@ -440,7 +440,7 @@ except (ConnectionResetError, BrokenPipeError):
 	if got := asNobody(); got != "b''" {
 		t.Errorf("another user connecting to an open socket got %s; want the connection closed unanswered", got)
 	}
-	if !strings.Contains(h.stderr(), "refused a connection to the state directory's socket") {
+	if !logSays(h.stderr, "refused a connection to the state directory's socket") {
 		t.Errorf("the owner's log does not say it refused the connection:\n%s", h.stderr())
 	}
 	h.ok(t, "exec_command", map[string]any{"command": "true"}, nil)
