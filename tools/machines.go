@@ -32,7 +32,7 @@ type LaunchVMInput struct {
 type LaunchVMOutput struct {
 	SessionResult
 	Machine  string `json:"machine" jsonschema:"description=The new machine's id; it is now the default machine."`
-	Status   string `json:"status" jsonschema:"description=The machine's status: local machines start on first use (stopped until then); cloud machines are running once launched.,enum=running,enum=stopped,enum=provisioning"`
+	Status   string `json:"status" jsonschema:"description=The machine's status: running once launched (a local machine that could not start yet says stopped\\, and its first call tells why).,enum=running,enum=stopped,enum=provisioning"`
 	Network  string `json:"network,omitempty" jsonschema:"description=What the machine may reach: none\\, open (the host's network)\\, or 'allowlist: ' and its domains. Absent where the service decides (FastVM's firewall\\, ForeverVM)."`
 	MemoryMB int64  `json:"memory_mb,omitempty" jsonschema:"description=Its memory limit in MiB (local machines)."`
 	DiskMB   int64  `json:"disk_mb,omitempty" jsonschema:"description=Its disk quota in MiB (local machines)."`
@@ -184,6 +184,17 @@ func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in Launch
 	}
 	noteMachine(ctx, b.Name(), info.ID)
 	status := info.Status
+	if status == "stopped" || status == "" {
+		// A local machine starts on first use: start it now, so that the
+		// result's "running" is true and the first call does not wait.
+		if m, err := s.broker.Find(ctx, c, info.ID); err == nil {
+			if r, ok := m.(backend.CommandRunner); ok {
+				if res, err := r.Run(ctx, backend.Command{Argv: []string{"true"}, Timeout: time.Minute}); err == nil && res.ExitCode == 0 {
+					status = "running"
+				}
+			}
+		}
+	}
 	if status == "" {
 		status = "stopped"
 	}
