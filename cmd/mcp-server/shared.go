@@ -374,8 +374,7 @@ type frontEnd struct {
 	hello  []byte // with its newline
 	log    zerolog.Logger
 
-	lines   chan []byte // the client's messages, each with its newline
-	readErr error       // why lines closed: nil at the end of input; read once lines is closed
+	lines   chan []byte // the client's messages, each with its newline; closed when its input ends or fails
 	pending []byte      // a message not yet delivered to an owner
 
 	out *bufio.Writer // stdout, written under outMu
@@ -407,12 +406,8 @@ func (f *frontEnd) readClient(in io.Reader) {
 	r := bufio.NewReaderSize(in, 64<<10)
 	for {
 		line, err := readBounded(r, transport.MaxMessageBytes)
-		if errors.Is(err, io.EOF) {
-			return
-		}
 		if err != nil && !errors.Is(err, errLineTooLong) {
-			f.readErr = err
-			return
+			return // the end of input, or a read that failed: the client is gone
 		}
 		if err != nil { // the rest of the line is dropped, and the client told
 			for {
