@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package e2e tests the real mcp-server binary over stdio with the official
 // Go SDK client.
 package e2e
@@ -24,6 +26,9 @@ import (
 // serverBin is the mcp-server binary that TestMain builds.
 var serverBin string
 
+// buildVersion is the version serverBin was built with.
+var buildVersion = "e2e"
+
 func TestMain(m *testing.M) {
 	local.RunHelperIfRequested() // the emulators run machines on an engine in this process
 	dir, err := os.MkdirTemp("", "vmcp-e2e-")
@@ -32,7 +37,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	serverBin = filepath.Join(dir, "mcp-server")
-	args := []string{"build", "-o", serverBin}
+	// The server is built as the Makefile builds it, with the version
+	// that git describe gives.
+	if out, err := exec.Command("git", "describe", "--tags", "--always", "--dirty").Output(); err == nil {
+		buildVersion = strings.TrimSpace(string(out))
+	}
+	args := []string{"build", "-o", serverBin, "-ldflags", "-X main.version=" + buildVersion}
 	if os.Getenv("VMCP_E2E_RACE") != "" {
 		args = append(args, "-race") // VMCP_E2E_RACE=1: a race-detector server
 	}
@@ -100,6 +110,7 @@ type clientOptions struct {
 	protocolVersion string   // default: the SDK's latest
 	serverArgs      []string // more flags for the server
 	serverEnv       []string // more environment variables for the server
+	wrap            []string // a command that runs the server: wrap... server args...
 }
 
 // startWith is startIn with a client set up by opts.
@@ -130,7 +141,9 @@ func (h *harness) cleanup(t *testing.T) {
 // launch starts a server and connects its client, for any goroutine.
 func launch(state, root string, opts clientOptions) (*harness, error) {
 	h := &harness{root: root}
-	cmd := exec.Command(serverBin, append([]string{"--state-dir", state, "--allowed-roots", h.root, "--log-level", "debug"}, opts.serverArgs...)...)
+	argv := append([]string{serverBin, "--state-dir", state, "--allowed-roots", h.root, "--log-level", "debug"}, opts.serverArgs...)
+	argv = append(append([]string(nil), opts.wrap...), argv...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = h.root
 	cmd.Env = append(os.Environ(), opts.serverEnv...)
 	stderr := &syncBuffer{}

@@ -1,10 +1,11 @@
+//go:build linux
+
 package local
 
 import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
-	_ "embed"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -31,9 +32,6 @@ import (
 // The agent is this binary started inside a sandbox (argv[1] == agentArg). It
 // keeps the machine's Python interpreter alive and starts commands, so that
 // neither needs a new bubblewrap per call.
-
-//go:embed driver.py
-var driverSource string
 
 const (
 	agentArg    = "__vmcp_agent"

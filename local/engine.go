@@ -1,10 +1,5 @@
-// Package local is vmcp's embedded sandbox engine: persistent machines on
-// this host, each isolated with bubblewrap, with a stateful Python REPL,
-// commands, file transfer and snapshots.
-//
-// A binary that uses the engine must call RunHelperIfRequested first thing in
-// main (and a test binary in TestMain): the engine starts the same binary
-// inside each sandbox as its agent.
+//go:build linux
+
 package local
 
 import (
@@ -23,106 +18,6 @@ import (
 
 	"github.com/vmcp-dev/vmcp/internal/safefs"
 )
-
-// Flavour is the kind of sandbox a machine is.
-type Flavour string
-
-const (
-	// Workspace machines run as an unprivileged user with the host's OS
-	// directories read-only and a writable /workspace (the default).
-	Workspace Flavour = "workspace"
-	// VM machines look like a virtual machine: a writable root filesystem
-	// (an overlay over the host's OS directories) and root inside a user
-	// namespace. The FastVM emulator runs its VMs as these.
-	VM Flavour = "vm"
-)
-
-// Machine statuses.
-const (
-	StatusRunning = "running" // its sandbox is live
-	StatusStopped = "stopped" // nothing runs; the next call starts it
-)
-
-// Limits bound what one machine may use. Zero fields take the defaults.
-type Limits struct {
-	MemoryBytes int64 `json:"memory_bytes"` // cgroup memory limit, or RLIMIT_AS without a writable cgroup; default 2 GiB
-	Processes   int64 `json:"processes"`    // cgroup pids.max, or RLIMIT_NPROC; default 256
-	OpenFiles   int64 `json:"open_files"`   // RLIMIT_NOFILE; default 1024
-	DiskBytes   int64 `json:"disk_bytes"`   // quota of its files (workspace or root filesystem changes, and scratch space); default 1 GiB
-	Files       int64 `json:"files"`        // most entries (files, directories, links) its files may have; default 200,000
-}
-
-// DefaultLimits are the limits of a machine created without its own.
-var DefaultLimits = Limits{
-	MemoryBytes: 2 << 30,
-	Processes:   256,
-	OpenFiles:   1024,
-	DiskBytes:   1 << 30,
-	Files:       200_000,
-}
-
-func (l Limits) withDefaults(d Limits) Limits {
-	if l.MemoryBytes == 0 {
-		l.MemoryBytes = d.MemoryBytes
-	}
-	if l.Processes == 0 {
-		l.Processes = d.Processes
-	}
-	if l.OpenFiles == 0 {
-		l.OpenFiles = d.OpenFiles
-	}
-	if l.DiskBytes == 0 {
-		l.DiskBytes = d.DiskBytes
-	}
-	if l.Files == 0 {
-		l.Files = d.Files
-	}
-	return l
-}
-
-// Options configure an Engine.
-type Options struct {
-	// StateDir holds machines and snapshots. Default: $XDG_STATE_HOME/vmcp,
-	// else ~/.local/state/vmcp.
-	StateDir string
-	// Limits are the defaults for new machines.
-	Limits Limits
-	// Python is the interpreter inside machines. Default /usr/bin/python3.
-	Python string
-	// Bwrap is the bubblewrap binary. Default: bwrap on PATH.
-	Bwrap string
-	// DangerouslyDisableSandbox runs machines as plain host processes with no
-	// isolation at all. Only for hosts where bubblewrap cannot run, and only
-	// for code you would run on the host yourself.
-	DangerouslyDisableSandbox bool
-	// SandboxUID and SandboxGID are the host ids that sandboxes run as when
-	// the engine runs as root. Default 65534 (nobody).
-	SandboxUID, SandboxGID int
-	// ReserveBytes and ReserveInodes are what the engine keeps free on the
-	// state directory's filesystem: below them, machines' writers are
-	// stopped and uploads refused. Default: the smaller of 512 MiB (50,000
-	// inodes) and a twentieth of the filesystem.
-	ReserveBytes, ReserveInodes int64
-	// VMHostIDBase is the first of the 65536 host uids and gids that ids
-	// 0-65535 of VM machines map to (their root is root of its own user
-	// namespace only). Default 0x70000000; list the range in /etc/subuid
-	// and /etc/subgid to keep other tools from handing it out.
-	VMHostIDBase int
-	// Egress tunes the proxy of machines with an allow-list.
-	Egress EgressOptions
-}
-
-// DefaultStateDir is the state directory used when Options.StateDir is empty.
-func DefaultStateDir() string {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "vmcp")
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return filepath.Join(os.TempDir(), "vmcp-state")
-	}
-	return filepath.Join(home, ".local", "state", "vmcp")
-}
 
 // MachineSpec describes a machine to create.
 type MachineSpec struct {
@@ -172,10 +67,6 @@ var ErrNotFound = errors.New("not found")
 // ErrClosed is returned for calls on an engine that was closed.
 var ErrClosed = errors.New("the sandbox engine is closed")
 
-// ErrStateDirInUse is New's error when another engine holds the state
-// directory.
-var ErrStateDirInUse = errors.New("is in use by another vmcp process")
-
 // Engine owns the machines and snapshots under one state directory. Only
 // one Engine may use a state directory at a time.
 type Engine struct {
@@ -193,11 +84,16 @@ type Engine struct {
 	machines  map[string]*Machine
 	snapshots map[string]SnapshotInfo
 	closed    bool
+
+	selfTestDone chan struct{}
+	selfTestErr  error // set before selfTestDone closes
 }
 
 // New opens (or creates) the state directory and loads its machines and
-// snapshots. It fails if bubblewrap is missing, unless the sandbox is
-// explicitly disabled.
+// snapshots, and starts a self-test of the sandbox in the background: where
+// sandboxes cannot run (bubblewrap missing, no user namespaces, a hidden
+// /proc), the engine still serves its state, and every machine call
+// answers with SelfTest's diagnosis.
 func New(opts Options) (*Engine, error) {
 	if opts.StateDir == "" {
 		opts.StateDir = DefaultStateDir()
@@ -225,7 +121,7 @@ func New(opts Options) (*Engine, error) {
 		snapshots: map[string]SnapshotInfo{},
 		startedAt: time.Now(),
 	}
-	var err error
+	var err, missingBwrap error
 	if e.helper, err = os.Executable(); err != nil {
 		return nil, fmt.Errorf("find this binary to run as the sandbox agent: %w", err)
 	}
@@ -235,9 +131,9 @@ func New(opts Options) (*Engine, error) {
 			bwrap = "bwrap"
 		}
 		if e.bwrap, err = exec.LookPath(bwrap); err != nil {
-			return nil, errors.New("bubblewrap (bwrap) is not installed, and vmcp needs it to isolate machines: " +
+			missingBwrap = errors.New("bubblewrap (bwrap) is not installed, and vmcp needs it to isolate machines: " +
 				"install it with `sudo apt-get install -y bubblewrap` (Debian/Ubuntu) or `sudo dnf install -y bubblewrap` (Fedora); " +
-				"only if that is impossible, and only for code you trust, run with the sandbox disabled (--dangerously-disable-sandbox)")
+				"only if that is impossible, and only for code you trust, run with the sandbox disabled (--dangerously-disable-sandbox)" + cloudHint)
 		}
 	}
 	for _, d := range []string{"machines", "snapshots", "etc"} {
@@ -245,7 +141,7 @@ func New(opts Options) (*Engine, error) {
 			return nil, fmt.Errorf("create state directory: %w", err)
 		}
 	}
-	if err := e.lockStateDir(); err != nil {
+	if e.lock, err = lockStateDir(opts.StateDir); err != nil {
 		return nil, err
 	}
 	if err := e.writeIdentityFiles(); err != nil {
@@ -259,6 +155,7 @@ func New(opts Options) (*Engine, error) {
 		return nil, err
 	}
 	e.startMonitor()
+	e.startSelfTest(missingBwrap)
 	return e, nil
 }
 
@@ -310,6 +207,9 @@ func (e *Engine) Create(ctx context.Context, spec MachineSpec) (MachineInfo, err
 	}
 	if spec.Flavour != Workspace && spec.Flavour != VM {
 		return MachineInfo{}, fmt.Errorf("unknown machine flavour %q: use %q or %q", spec.Flavour, Workspace, VM)
+	}
+	if err := e.SelfTest(ctx); err != nil {
+		return MachineInfo{}, err
 	}
 	if spec.Flavour == VM && e.opts.DangerouslyDisableSandbox {
 		return MachineInfo{}, errors.New("vm machines need the sandbox; it is disabled")

@@ -1,3 +1,5 @@
+//go:build linux
+
 package local
 
 import (
@@ -28,9 +30,6 @@ import (
 // files inside an overlay that exists only in the sandbox, so their file
 // operations run tar, cat and stat inside the machine.
 
-// WorkspaceDir is where a workspace machine sees its files.
-const WorkspaceDir = "/workspace"
-
 // FileInfo describes a file in a machine.
 type FileInfo struct {
 	Path    string      `json:"path"` // as the machine sees it
@@ -47,33 +46,6 @@ type WriteResult struct {
 	Path   string // as the machine sees it
 	Bytes  int64
 	SHA256 string // hex
-}
-
-// PathError is a path that a machine refuses, with the reason.
-type PathError struct {
-	Path   string
-	Reason string
-}
-
-func (e *PathError) Error() string { return fmt.Sprintf("path %q: %s", e.Path, e.Reason) }
-
-// MaxPathDepth and MaxPathBytes bound the paths a file operation takes:
-// anything deeper is not a path a person or a program means, and each
-// level costs the walk through it.
-const (
-	MaxPathDepth = 256
-	MaxPathBytes = 4096
-)
-
-// checkPathSize refuses paths past MaxPathDepth or MaxPathBytes.
-func checkPathSize(p string) error {
-	if len(p) > MaxPathBytes {
-		return &PathError{p[:64] + "…", fmt.Sprintf("is %d bytes long; paths may have at most %d", len(p), MaxPathBytes)}
-	}
-	if n := strings.Count(p, "/"); n > MaxPathDepth {
-		return &PathError{p[:min(len(p), 64)] + "…", fmt.Sprintf("is %d directories deep; paths may be at most %d deep", n, MaxPathDepth)}
-	}
-	return nil
 }
 
 // workspacePath turns a machine path into one relative to the workspace.
@@ -135,24 +107,6 @@ func (m *Machine) root() (*os.Root, error) {
 		return nil, err
 	}
 	return sb.openRoot(WorkspaceDir)
-}
-
-// rootError explains an os.Root refusal in the machine's terms.
-func rootError(p string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var pe *fs.PathError
-	if errors.As(err, &pe) && strings.Contains(pe.Err.Error(), "escapes") {
-		return &PathError{p, "goes through a symbolic link that leads outside " + WorkspaceDir + "; refused"}
-	}
-	if errors.Is(err, fs.ErrNotExist) {
-		return &PathError{p, "no such file or directory"}
-	}
-	if pe != nil {
-		return &PathError{p, pe.Err.Error()}
-	}
-	return fmt.Errorf("path %q: %w", p, err)
 }
 
 // WriteFile creates or replaces a file with what r yields, creating its

@@ -1,3 +1,5 @@
+//go:build linux
+
 package local
 
 import (
@@ -13,13 +15,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unicode/utf8"
 
 	"github.com/vmcp-dev/vmcp/internal/linesplit"
-
-	"golang.org/x/sys/unix"
 )
 
 // Machine is a persistent sandbox. Its methods are safe for concurrent use:
@@ -35,6 +34,7 @@ type Machine struct {
 	interp      string // the agent interpreter that ran the last instruction
 	interpPID   int    // its process id in the sandbox
 	resetReason string // why the next interpreter starts without the old state
+	probe       bool   // the self-test's machine, which starts before the self-test ends
 
 	pyTurn chan struct{} // FIFO lock (channel waiters are served in order)
 	// usage is the disk usage last measured (-1: never).
@@ -89,6 +89,12 @@ func (m *Machine) sandbox() (*sandbox, error) {
 	}
 	if m.sb != nil && m.sb.alive() {
 		return m.sb, nil
+	}
+	if !m.probe {
+		<-m.e.selfTestDone
+		if err := m.e.selfTestErr; err != nil {
+			return nil, err
+		}
 	}
 	if m.sb != nil && m.interp != "" {
 		m.resetReason = "the machine's sandbox stopped since the last call"
@@ -662,23 +668,6 @@ func ppid(pid int) int {
 	}
 	p, _ := strconv.Atoi(f[1])
 	return p
-}
-
-// lockStateDir makes sure that one engine at a time uses the state directory.
-func (e *Engine) lockStateDir() error {
-	f, err := os.OpenFile(filepath.Join(e.opts.StateDir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return fmt.Errorf("state directory %s %w: stop it, or give this one its own --state-dir", e.opts.StateDir, ErrStateDirInUse)
-		}
-		return err
-	}
-	e.lock = f
-	return nil
 }
 
 // cappedBuffer keeps the first max bytes written to it and counts the rest.

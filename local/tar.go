@@ -11,7 +11,8 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-	"syscall"
+
+	"github.com/vmcp-dev/vmcp/internal/openflag"
 )
 
 // WriteTar writes the host file or directory tree at hostPath to w as a tar
@@ -125,7 +126,7 @@ func writeTar(ctx context.Context, root *os.Root, rel string, w io.Writer, conte
 		}
 		// Opened without blocking, and checked on the descriptor: the entry
 		// may have been swapped for a FIFO since it was listed.
-		f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+		f, err := root.OpenFile(name, os.O_RDONLY|openflag.NonBlock, 0)
 		if err != nil {
 			return rootError(name, err)
 		}

@@ -16,7 +16,6 @@ import (
 	"os"
 	"path"
 	"strings"
-	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/mark3labs/mcp-go/server"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/internal/openflag"
 	"github.com/vmcp-dev/vmcp/local"
 )
 
@@ -246,7 +246,7 @@ func dirDigest(dir *os.Root) (files int, size int64, digest string, err error) {
 		if !d.Type().IsRegular() {
 			return nil
 		}
-		f, err := dir.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+		f, err := dir.OpenFile(p, os.O_RDONLY|openflag.NonBlock, 0)
 		if err != nil {
 			return err
 		}

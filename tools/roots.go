@@ -11,10 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
+	"github.com/vmcp-dev/vmcp/internal/openflag"
 )
 
 // rootsInputID names the roots/list input request in a tool result that
@@ -222,7 +222,7 @@ func (a hostAccess) openSource(p string) (*hostSource, error) {
 		return nil, err
 	}
 	defer root.Close()
-	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := root.OpenFile(rel, os.O_RDONLY|openflag.NonBlock, 0)
 	if err != nil {
 		return nil, a.hostError(p, err)
 	}

@@ -10,7 +10,8 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-	"syscall"
+
+	"github.com/vmcp-dev/vmcp/internal/openflag"
 )
 
 // writeTar writes the contents of the directory root to w as a tar stream,
@@ -71,7 +72,7 @@ func writeTar(w io.Writer, root *os.Root) error {
 
 // copyFileInto writes exactly size bytes of the file p of root to w.
 func copyFileInto(w io.Writer, root *os.Root, p string, size int64) error {
-	f, err := root.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := root.OpenFile(p, os.O_RDONLY|openflag.NonBlock, 0)
 	if err != nil {
 		return err
 	}

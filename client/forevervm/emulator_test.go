@@ -1,3 +1,5 @@
+//go:build linux
+
 package forevervm_test
 
 // The client against the ForeverVM emulator over real HTTP and WebSocket on

@@ -1,3 +1,5 @@
+//go:build linux
+
 package forevervm_test
 
 // Wire-level tests against hand-written HTTP responses: exact request shapes,

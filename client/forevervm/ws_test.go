@@ -1,3 +1,5 @@
+//go:build linux
+
 package forevervm_test
 
 // REPL protocol tests against hand-written WebSocket servers: the frames the

@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,8 +39,32 @@ import (
 	"github.com/vmcp-dev/vmcp/transport"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is set at build time with -ldflags "-X main.version=..." (the
+// Makefile gives `git describe`); a plain go build reports the commit.
+var version = ""
+
+func init() {
+	if version != "" {
+		return
+	}
+	version = "dev"
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return
+	}
+	var rev, dirty string
+	for _, s := range info.Settings {
+		switch {
+		case s.Key == "vcs.revision" && len(s.Value) >= 7:
+			rev = s.Value[:7]
+		case s.Key == "vcs.modified" && s.Value == "true":
+			dirty = "-dirty"
+		}
+	}
+	if rev != "" {
+		version = rev + dirty
+	}
+}
 
 func main() {
 	local.RunHelperIfRequested()
@@ -444,41 +469,21 @@ func run(args []string) error {
 	if cfg.noSandbox {
 		log.Warn().Msg("THE SANDBOX IS DISABLED (--dangerously-disable-sandbox): machines run as plain host processes with your user's full access")
 	}
-	// A stdio server on a state directory that another server owns is
-	// that server's front end, and takes the directory over if it goes.
+	// A server on a state directory that another server owns serves its
+	// client through that one, and takes the directory over if it goes.
 	var clientIn io.Reader
 	var clientOut io.Writer
+	var httpLn net.Listener // the listener of an http server that took the state directory over
 	opts := local.Options{StateDir: cfg.stateDir, Limits: cfg.limits, DangerouslyDisableSandbox: cfg.noSandbox, Egress: cfg.egress}
 	engine, err := local.New(opts)
-	if errors.Is(err, local.ErrStateDirInUse) && cfg.http.transport == "stdio" {
-		var fe *frontEnd
+	if errors.Is(err, local.ErrStateDirInUse) {
 		var restore func()
-		if engine, fe, restore, err = frontEndUntilOwner(cfg, opts, log); restore != nil {
+		engine, clientIn, clientOut, httpLn, restore, err = besideOwner(cfg, args, opts, log, err)
+		if restore != nil {
 			defer restore()
 		}
 		if err == nil && engine == nil {
-			return nil // the client left
-		}
-		if fe != nil && err != nil {
-			err = explainStateDir(cfg.stateDir, err)
-			log.Error().Msg(err.Error())
-			return serveFailure(err, log, &chanReader{lines: fe.lines}, &swallowWriter{f: fe})
-		}
-		if fe != nil {
-			clientIn, clientOut = fe.takeOver()
-			log.Info().Msg("took over the state directory from the vmcp server that owned it")
-		}
-	}
-	var httpLn net.Listener // the listener of an http server that took the state directory over
-	if errors.Is(err, local.ErrStateDirInUse) && cfg.http.transport == "http" {
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-		engine, httpLn, err = serveHTTPBeside(ctx, cfg, args, opts, log)
-		stop()
-		if err == nil && engine == nil {
-			return nil
-		}
-		if err == nil {
-			log.Info().Msg("took over the state directory from the vmcp server that owned it")
+			return nil // the client left, or the failure was served to it
 		}
 	}
 	if err != nil {
@@ -502,6 +507,7 @@ func run(args []string) error {
 	if len(bs) == 0 {
 		return errNoBackend
 	}
+	go reportSelfTest(engine, bs[0].Name() == localbackend.Name, log)
 	// The principals of an http server's endpoint served beside this one
 	// (see owner.endpoint) get its backends.
 	var hosted atomic.Pointer[func(string) []backend.Backend]
@@ -548,24 +554,10 @@ func run(args []string) error {
 	defer manager.Flush(context.Background())
 	info := tools.ServerInfo(version)
 
-	// Other stdio servers of this user on this state directory reach the
+	// Other servers of this user on this state directory reach the
 	// machines through this one.
-	var shared *owner
-	if ln, err := listenShared(socketPath(engine.StateDir())); err != nil {
-		log.Warn().Err(err).Msg("other vmcp servers cannot share this state directory: its socket failed")
-	} else {
-		shared = newOwner(ln, srv, svc, info, log)
-		if cfg.http.transport != "http" {
-			shared.endpoint = func(h *httpBeside) (func(context.Context, net.Listener) error, error) {
-				return besideEndpoint(h, cfg, engine, svc, srv, manager, &hosted, log)
-			}
-		}
-		go shared.accept(ctx)
-		defer func() {
-			shared.waitIdle(ctx)
-			shared.wg.Wait()
-		}()
-	}
+	sharing, waitOthers := serveOthers(ctx, cfg, engine, srv, svc, manager, &hosted, info, log)
+	defer waitOthers()
 	if cfg.http.transport == "http" {
 		return serveHTTP(ctx, cfg.http, srv, metrics, log, httpLn, nil)
 	}
@@ -581,11 +573,25 @@ func run(args []string) error {
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
-	if shared != nil && ctx.Err() == nil {
+	if sharing && ctx.Err() == nil {
 		log.Info().Msg("the client left; serving the other vmcp servers on this state directory until they leave")
 	}
 	log.Info().Msg("shutting down")
 	return nil
+}
+
+// reportSelfTest logs, in one line, why the local engine cannot run
+// machines here, once its self-test says so: as an error where the local
+// backend is the one calls go to, as a note where a cloud backend is.
+func reportSelfTest(engine *local.Engine, preferred bool, log zerolog.Logger) {
+	err := engine.SelfTest(context.Background())
+	switch {
+	case err == nil:
+	case preferred:
+		log.Error().Msg(err.Error())
+	default:
+		log.Info().Msg(err.Error())
+	}
 }
 
 // flushInterval is how often last-use times are written to the store.

@@ -1,3 +1,5 @@
+//go:build linux || darwin
+
 package main
 
 // Several servers of one user on one state directory. The first to start
@@ -21,6 +23,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -78,12 +81,6 @@ type welcome struct {
 	Error string `json:"error,omitempty"`
 }
 
-// helloTimeout bounds the exchange of hello and welcome.
-const helloTimeout = 10 * time.Second
-
-// maxHello bounds a hello line.
-const maxHello = 1 << 20
-
 // checkPeer refuses a connection whose other end runs as another user: the
 // socket's directory already keeps them out, and this holds where it does
 // not (the fallback under the temporary directory).
@@ -92,21 +89,25 @@ func checkPeer(c *net.UnixConn) error {
 	if err != nil {
 		return err
 	}
-	var cred *unix.Ucred
+	var uid, pid int
 	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
+	if err := raw.Control(func(fd uintptr) { uid, pid, credErr = peerCred(fd) }); err != nil {
 		return err
 	}
 	if credErr != nil {
 		return credErr
 	}
-	if int(cred.Uid) != os.Getuid() {
-		return fmt.Errorf("the process at the other end of %s (pid %d) runs as user %d, not %d", c.LocalAddr(), cred.Pid, cred.Uid, os.Getuid())
+	if uid != os.Getuid() {
+		return fmt.Errorf("the process at the other end of %s (pid %d) runs as user %d, not %d", c.LocalAddr(), pid, uid, os.Getuid())
 	}
 	return nil
 }
+
+// helloTimeout bounds the exchange of hello and welcome.
+const helloTimeout = 10 * time.Second
+
+// maxHello bounds a hello line.
+const maxHello = 1 << 20
 
 // owner serves the front ends of a state directory.
 type owner struct {
@@ -894,4 +895,64 @@ func besideEndpoint(h *httpBeside, cfg config, engine *local.Engine, svc *tools.
 		defer hosted.Store(nil)
 		return serveHTTP(ctx, hc.http, srv, newMetrics(manager), log, ln, mark)
 	}, nil
+}
+
+// besideOwner runs when another server owns the state directory (inUse is
+// local.New's error): a stdio server serves its client through the owner,
+// and an http server its endpoint, until the client leaves (engine nil,
+// err nil) or the owner goes and this server takes the directory over
+// (engine set; clientIn and clientOut are then the stdio client's streams,
+// httpLn the http server's listener). restore, when set, is to be called
+// once the client is served.
+func besideOwner(cfg config, args []string, opts local.Options, log zerolog.Logger, inUse error) (engine *local.Engine, clientIn io.Reader, clientOut io.Writer, httpLn net.Listener, restore func(), err error) {
+	switch cfg.http.transport {
+	case "stdio":
+		var fe *frontEnd
+		engine, fe, restore, err = frontEndUntilOwner(cfg, opts, log)
+		if err == nil && engine == nil {
+			return nil, nil, nil, nil, restore, nil
+		}
+		if fe != nil && err != nil {
+			err = explainStateDir(cfg.stateDir, err)
+			log.Error().Msg(err.Error())
+			return nil, nil, nil, nil, restore, serveFailure(err, log, &chanReader{lines: fe.lines}, &swallowWriter{f: fe})
+		}
+		if fe != nil {
+			clientIn, clientOut = fe.takeOver()
+			log.Info().Msg("took over the state directory from the vmcp server that owned it")
+		}
+		return engine, clientIn, clientOut, nil, restore, err
+	case "http":
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		engine, httpLn, err = serveHTTPBeside(ctx, cfg, args, opts, log)
+		if err == nil && engine != nil {
+			log.Info().Msg("took over the state directory from the vmcp server that owned it")
+		}
+		return engine, nil, nil, httpLn, nil, err
+	}
+	return nil, nil, nil, nil, nil, inUse
+}
+
+// serveOthers lets the later servers of this user on this state directory
+// reach its machines through this one, until ctx ends: sharing reports
+// whether they can, and wait returns once they have left.
+func serveOthers(ctx context.Context, cfg config, engine *local.Engine, srv *server.MCPServer, svc *tools.Service, manager *sessions.Manager,
+	hosted *atomic.Pointer[func(string) []backend.Backend], info mcp.Implementation, log zerolog.Logger) (sharing bool, wait func()) {
+	ln, err := listenShared(socketPath(engine.StateDir()))
+	if err != nil {
+		log.Warn().Err(err).Msg("other vmcp servers cannot share this state directory: its socket failed")
+		return false, func() {}
+	}
+	o := newOwner(ln, srv, svc, info, log)
+	if cfg.http.transport != "http" {
+		o.endpoint = func(h *httpBeside) (func(context.Context, net.Listener) error, error) {
+			return besideEndpoint(h, cfg, engine, svc, srv, manager, hosted, log)
+		}
+	}
+	go o.accept(ctx)
+	return true, func() {
+		o.waitIdle(ctx)
+		o.wg.Wait()
+	}
 }

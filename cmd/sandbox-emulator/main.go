@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command sandbox-emulator serves emulations of the sandbox clouds that vmcp
 // can use (ForeverVM and FastVM) on local addresses, running every machine
 // for real on the embedded local engine. Point an SDK, a CLI or vmcp's own

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command vmcp-bench measures what the MCP layer costs: it times the same
 // warm operations through a built mcp-server over stdio — with the official
 // Go SDK client, and with a lean client that decodes each response once —

@@ -1,3 +1,5 @@
+//go:build linux
+
 package fastvm
 
 // Raw-protocol tests of the optional extensions of shared/specs/fastvm-api.md

@@ -1,3 +1,5 @@
+//go:build linux
+
 package fastvm
 
 // The raw-protocol suite: plain net/http and hand-written JSON, going through

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package fastvm emulates the FastVM cloud API (the generation described in
 // shared/specs/fastvm-api.md) on top of the local sandbox engine: every VM is
 // a local engine machine of flavour local.VM, commands really run in it, files

@@ -1,3 +1,5 @@
+//go:build linux
+
 package fastvm
 
 // §12.1 items 6 to 8 and the other requirements: snapshots, builds, console,

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package forevervm emulates the ForeverVM cloud API (api.forevervm.com) on
 // loopback, running every instruction for real in a machine of the local
 // sandbox engine. It speaks the wire protocol closely enough that the

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package pipeio reads and writes pipes with raw system calls on nonblocking
 // descriptors, waiting in the Go runtime's poller while a pipe is empty or
 // full.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package safefs measures, copies and clears directory trees that code in a
 // machine may be changing while the host works on them.
 //
