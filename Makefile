@@ -68,4 +68,4 @@ dist:
 # image-check builds the container image with Podman and drives it as the
 # README says to run it (see scripts/image-check).
 image-check:
-	scripts/image-check
+	scripts/image-check $(IMAGE_CHECK_FLAGS)

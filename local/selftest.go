@@ -129,7 +129,7 @@ func (e *Engine) selfTestKey() string {
 
 // hostFacts are what diagnose needs to know of the host.
 type hostFacts struct {
-	container        string // "docker", "podman", "kubernetes", another engine's name, or ""
+	container        string // Container()
 	wsl1             bool
 	usernsClone      string // kernel.unprivileged_userns_clone ("" where absent)
 	apparmorUserns   string // kernel.apparmor_restrict_unprivileged_userns
@@ -148,22 +148,8 @@ func readHostFacts() hostFacts {
 	}
 	version := read("/proc/version")
 	f.wsl1 = strings.Contains(version, "Microsoft") && !strings.Contains(strings.ToLower(version), "microsoft-standard")
-	switch {
-	case fileExists("/.dockerenv"):
-		f.container = "docker"
-	case fileExists("/run/.containerenv"):
-		f.container = "podman"
-	case os.Getenv("container") != "":
-		f.container = os.Getenv("container")
-	case strings.Contains(read("/proc/1/cgroup"), "kubepods"):
-		f.container = "kubernetes"
-	}
+	f.container = Container()
 	return f
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }
 
 // cloudHint ends each diagnosis: the cloud backends work wherever the local
@@ -200,6 +186,9 @@ func diagnose(err error, f hostFacts) error {
 	case userns && f.container != "":
 		cause = "this container's seccomp or AppArmor profile forbids user namespaces: run the container with " +
 			"--security-opt seccomp=unconfined --security-opt apparmor=unconfined (and --security-opt systempaths=unconfined, Podman: unmask=ALL)"
+	case f.container != "":
+		cause = "this container's security options keep sandboxes from starting: run the container with " +
+			"--security-opt seccomp=unconfined --security-opt apparmor=unconfined and --security-opt systempaths=unconfined (Docker) or --security-opt unmask=ALL (Podman)"
 	default:
 		return errors.New(prefix + "its self-test failed: " + oneLine(msg) + cloudHint)
 	}

@@ -71,6 +71,7 @@ func TestDiagnoseNamesCauseAndFix(t *testing.T) {
 		{"ubuntu apparmor", userns, hostFacts{usernsClone: "1", apparmorUserns: "1"}, "apparmor_restrict_unprivileged_userns=0"},
 		{"no user namespaces", userns, hostFacts{maxUserNamespace: "0"}, "user.max_user_namespaces"},
 		{"container seccomp", userns, hostFacts{container: "podman"}, "seccomp=unconfined"},
+		{"other failure in a container", errors.New("bwrap: Can't set hostname to vmcp: Operation not permitted"), hostFacts{container: "podman"}, "unmask=ALL"},
 		{"wsl1", userns, hostFacts{wsl1: true}, "wsl --set-version"},
 		{"anything else", errors.New("boom\nsecond line"), hostFacts{}, "its self-test failed: boom second line"},
 	} {

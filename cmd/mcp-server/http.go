@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/auth"
+	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/sessions"
 	"github.com/vmcp-dev/vmcp/tools"
 	"github.com/vmcp-dev/vmcp/transport"
@@ -241,6 +242,9 @@ func serveHTTP(ctx context.Context, hc httpConfig, srv *server.MCPServer, x *met
 		WithPrincipal:                withPrincipal,
 		Logger:                       log,
 	}
+	if c := local.Container(); c != "" && ln == nil && loopbackOnly(hc.listen) {
+		log.Warn().Msgf("listening on %s inside a %s container: a published port (-p) cannot reach it; pass --listen 0.0.0.0:8080", hc.listen, c)
+	}
 	metricsHandler := promhttp.HandlerFor(x.registry, promhttp.HandlerOpts{})
 	if hc.metricsListen != "" {
 		go func() {
@@ -286,4 +290,17 @@ func tokenCommand(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "token (give it to the client; it is not stored anywhere): %s\nadd this line to the tokens file:\n%s\n", token, line)
 	return nil
+}
+
+// loopbackOnly reports whether addr listens on a loopback address only.
+func loopbackOnly(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
