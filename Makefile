@@ -41,8 +41,10 @@ bench: build
 conformance: deps
 	scripts/conformance
 
-# cross builds and vets every package for the other systems, and checks that
-# this system's binary reports the version.
+# cross builds and vets every package for the other systems, checks that
+# this system's binary reports the version, and runs the cloud backends'
+# end-to-end tests against a server built without the local engine (the
+# vmcp_nolocal tag gives Linux the code that macOS and Windows run).
 cross:
 	@set -e; for t in $(CROSS); do \
 		echo "cross: GOOS=$${t%/*} GOARCH=$${t#*/} go build && go vet"; \
@@ -51,6 +53,9 @@ cross:
 	done
 	@$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/mcp-server ./cmd/mcp-server
 	@test "$$(bin/mcp-server --version)" = "$(VERSION)" || { echo "cross: --version says $$(bin/mcp-server --version), not $(VERSION)"; exit 1; }
+	@echo "cross: the server as built for macOS and Windows (no local engine), over stdio, HTTP and SSE, with both cloud backends"
+	VMCP_E2E_SERVER_TAGS=vmcp_nolocal $(GO) test ./e2e -count=1 -timeout 10m \
+		-run '^(TestServerWithoutLocalEngine|TestForeverVMConversation|TestFastVMTools|TestReplicasShareConversations)$$'
 	@echo "cross: ok, version $(VERSION)"
 
 # dist builds the release binaries into dist/: one per system, named

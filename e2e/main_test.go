@@ -43,6 +43,11 @@ func TestMain(m *testing.M) {
 		buildVersion = strings.TrimSpace(string(out))
 	}
 	args := []string{"build", "-o", serverBin, "-ldflags", "-X main.version=" + buildVersion}
+	if tags := os.Getenv("VMCP_E2E_SERVER_TAGS"); tags != "" {
+		// VMCP_E2E_SERVER_TAGS=vmcp_nolocal: a server without the local
+		// engine, as on macOS and Windows (the emulators keep theirs).
+		args = append(args, "-tags", tags)
+	}
 	if os.Getenv("VMCP_E2E_RACE") != "" {
 		args = append(args, "-race") // VMCP_E2E_RACE=1: a race-detector server
 	}

@@ -1,3 +1,5 @@
+//go:build !vmcp_nolocal
+
 package local
 
 import (
