@@ -229,7 +229,9 @@ func (b *Backend) Machine(ctx context.Context, id string) (backend.Machine, erro
 	if err != nil {
 		return nil, fmt.Errorf("look up FastVM machine %s: %w", id, err)
 	}
-	if !b.marked(vm.Metadata) {
+	// A deleted VM reports deleting for a while before it is a 404:
+	// it is gone already, as Machines says by leaving it out.
+	if !b.marked(vm.Metadata) || vm.Status == fvc.StatusDeleting {
 		return nil, backend.ErrNotFound
 	}
 	b.remember(id, true)
@@ -562,11 +564,14 @@ func (s *stream) flush() {
 }
 
 // WriteFile streams r into a file of the VM.
-func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, _ fs.FileMode) (*backend.WriteResult, error) {
+func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.FileMode) (*backend.WriteResult, error) {
 	h := sha256.New()
 	cr := &countingReader{r: io.TeeReader(r, h)}
 	err := m.resumed(ctx, func() bool { return cr.n == 0 }, func() error { return m.b.c.UploadReader(ctx, m.id, cr, -1, abs(p)) })
 	if err != nil {
+		return nil, err
+	}
+	if err := m.chmod(ctx, abs(p), mode); err != nil {
 		return nil, err
 	}
 	return &backend.WriteResult{Path: abs(p), Bytes: cr.n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
@@ -592,6 +597,23 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// chmod gives an uploaded file its mode: the upload takes none, and files
+// arrive 0644, which is the default (mode 0) and what needs no request.
+func (m *Machine) chmod(ctx context.Context, p string, mode fs.FileMode) error {
+	perm := mode.Perm()
+	if perm == 0 || perm == 0o644 {
+		return nil
+	}
+	res, err := m.b.c.Exec(ctx, m.id, fvc.ExecRequest{Command: []string{"chmod", strconv.FormatUint(uint64(perm), 8), "--", p}, TimeoutSec: 60})
+	if err == nil && res.ExitCode != 0 {
+		err = errors.New(strings.TrimSpace(res.Stderr))
+	}
+	if err != nil {
+		return fmt.Errorf("set the mode of %s in FastVM machine %s to %o: %w", p, m.id, perm, err)
+	}
+	return nil
 }
 
 // repeatable is resumed's again for calls that take nothing from the
