@@ -281,12 +281,3 @@ func isLoopback(u *url.URL) bool {
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
 }
-
-type principalKey struct{}
-
-// PrincipalFrom is the principal Middleware authenticated for the request
-// whose context this is; "" if none.
-func PrincipalFrom(ctx context.Context) string {
-	p, _ := ctx.Value(principalKey{}).(string)
-	return p
-}

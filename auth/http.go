@@ -1,14 +1,13 @@
 package auth
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 
-	"github.com/vmcp-dev/vmcp/tools"
+	"github.com/vmcp-dev/vmcp/internal/principal"
 )
 
 // MetadataPath is where the protected resource metadata is served (RFC 9728
@@ -16,22 +15,20 @@ import (
 const MetadataPath = "/.well-known/oauth-protected-resource"
 
 // Middleware lets through requests that authenticate, with their principal
-// in the context (PrincipalFrom, and tools.WithPrincipal for the tools) and
+// in the context (package principal) and
 // without their Authorization header, so the token goes no further (MCP
 // forbids passing it through). Others are answered 401 with a Bearer
 // challenge (RFC 6750 §3), 400 when malformed, 503 when the keys to check
 // them are unavailable.
 func (a *Authenticator) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		principal, err := a.Authenticate(r)
+		p, err := a.Authenticate(r)
 		if err != nil {
 			a.log.Debug().Str("path", r.URL.Path).Str("remote", r.RemoteAddr).Str("reason", err.Error()).Msg("request refused")
 			a.writeError(w, err)
 			return
 		}
-		ctx := context.WithValue(r.Context(), principalKey{}, principal)
-		ctx = tools.WithPrincipal(ctx, principal)
-		r = r.Clone(ctx)
+		r = r.Clone(principal.With(r.Context(), p))
 		r.Header.Del("Authorization")
 		next.ServeHTTP(w, r)
 	})

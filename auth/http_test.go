@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/vmcp-dev/vmcp/internal/principal"
 )
 
 // serve runs a on loopback the way the hosted endpoint mounts it: /mcp
@@ -20,7 +21,7 @@ func serve(t *testing.T, a *Authenticator) string {
 	t.Helper()
 	mux := http.NewServeMux()
 	mux.Handle("/mcp", a.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "principal=%s authorization=%q", PrincipalFrom(r.Context()), r.Header.Get("Authorization"))
+		fmt.Fprintf(w, "principal=%s authorization=%q", principal.From(r.Context()), r.Header.Get("Authorization"))
 	})))
 	mux.Handle(MetadataPath, a.MetadataHandler())
 	mux.Handle(MetadataPath+"/", a.MetadataHandler())

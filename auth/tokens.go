@@ -111,7 +111,7 @@ func parseTokens(data []byte) ([]tokenEntry, error) {
 		}
 		sum, err := hex.DecodeString(hexSum)
 		if err != nil || len(sum) != sha256.Size {
-			return nil, fmt.Errorf("line %d: the hash must be %d hex digits after sha256:", n, 2*sha256.Size)
+			return nil, fmt.Errorf("line %d: after sha256: the hash must be %d hex digits", n, 2*sha256.Size)
 		}
 		e := tokenEntry{principal: fields[0]}
 		copy(e.hash[:], sum)

@@ -60,8 +60,8 @@ func TestTokensFileErrors(t *testing.T) {
 	for _, c := range []struct{ name, content, want string }{
 		{"plaintext token", "# ok\nbob " + HashToken("x") + "\nalice " + secret + "\n", "line 3: the second field looks like a plaintext token"},
 		{"plaintext other", "alice hunter2-is-my-password\n", "line 1: the second field is not sha256:HEX"},
-		{"short hash", "alice sha256:abcd\n", "line 1: the hash must be 64 hex digits"},
-		{"not hex", "alice sha256:" + strings.Repeat("zz", 32) + "\n", "line 1: the hash must be 64 hex digits"},
+		{"short hash", "alice sha256:abcd\n", "line 1: after sha256: the hash must be 64 hex digits"},
+		{"not hex", "alice sha256:" + strings.Repeat("zz", 32) + "\n", "line 1: after sha256: the hash must be 64 hex digits"},
 		{"one field", "\n\nalice\n", "line 3: want \"principal sha256:HEX\" (two fields), got 1"},
 		{"three fields", "alice " + HashToken("x") + " extra\n", "got 3 fields"},
 		{"bad principal", "a|b " + HashToken("x") + "\n", "line 1: principal"},

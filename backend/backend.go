@@ -34,6 +34,8 @@ const (
 	Build     Capability = "build"     // images built from Dockerfiles (the Backend is an ImageBuilder)
 	Firewall  Capability = "firewall"  // inbound traffic policies (FirewallSetter)
 	Reset     Capability = "reset"     // stopping a machine's processes from outside it (Resetter)
+	// MachineTypes: machines come in sizes (MachineSpec.MachineType).
+	MachineTypes Capability = "machine_types"
 )
 
 // Backend is one kind of machine.
@@ -380,3 +382,14 @@ func CheckPath(p string) error {
 	}
 	return nil
 }
+
+// PathError is a path that a machine refuses (outside its files, through a
+// link that leads out, too deep, a special file), with the reason. Every
+// backend returns it for such paths, so that tools tell the agent
+// "refused" and why, whatever the machine.
+type PathError struct {
+	Path   string
+	Reason string
+}
+
+func (e *PathError) Error() string { return fmt.Sprintf("path %q: %s", e.Path, e.Reason) }

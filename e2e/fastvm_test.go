@@ -12,8 +12,8 @@ import (
 	"strings"
 	"testing"
 
-	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
-	fastemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	fastvmclient "github.com/vmcp-dev/vmcp/client/fastvm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/tools"
 )
@@ -21,14 +21,14 @@ import (
 // fastvmEmulator serves the FastVM API on loopback, running VMs on an
 // engine of this test process; it returns a client of it (for checks behind
 // the server's back) and the base URL and key.
-func fastvmEmulator(t *testing.T) (c *fvc.Client, url, key string) {
+func fastvmEmulator(t *testing.T) (c *fastvmclient.Client, url, key string) {
 	t.Helper()
 	engine, err := local.New(local.Options{StateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	key = "e2e-fastvm-key"
-	emu, err := fastemu.New(fastemu.Options{Engine: engine, APIKey: key})
+	emu, err := fastvmemu.New(fastvmemu.Options{Engine: engine, APIKey: key})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func fastvmEmulator(t *testing.T) (c *fvc.Client, url, key string) {
 		emu.Close()
 		engine.Close()
 	})
-	return fvc.New(key, fvc.WithBaseURL(srv.URL)), srv.URL, key
+	return fastvmclient.New(key, fastvmclient.WithBaseURL(srv.URL)), srv.URL, key
 }
 
 // startFastVM runs the server with the fastvm backend pointed at url.
@@ -182,7 +182,7 @@ func TestFastVMTools(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, v := range vms {
-		if v.Status != fvc.StatusDeleting {
+		if v.Status != fastvmclient.StatusDeleting {
 			t.Errorf("VM %s (%s) left behind", v.ID, v.Status)
 		}
 	}

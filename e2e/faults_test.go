@@ -12,8 +12,8 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	fastemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
-	fvmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	forevervmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
 	"github.com/vmcp-dev/vmcp/internal/faultproxy"
 	"github.com/vmcp-dev/vmcp/local"
 )
@@ -34,7 +34,7 @@ func faultyCloud(t *testing.T, fastvm bool) (p *faultproxy.Proxy, args, env []st
 		t.Fatal(err)
 	}
 	if fastvm {
-		emu, err := fastemu.New(fastemu.Options{Engine: engine, APIKey: "faults-key"})
+		emu, err := fastvmemu.New(fastvmemu.Options{Engine: engine, APIKey: "faults-key"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -47,7 +47,7 @@ func faultyCloud(t *testing.T, fastvm bool) (p *faultproxy.Proxy, args, env []st
 		t.Cleanup(func() { p.Close(); srv.Close(); emu.Close(); engine.Close() })
 		return p, []string{"--fastvm-url", p.URL()}, []string{"FASTVM_API_KEY=faults-key"}
 	}
-	emu, err := fvmemu.New(fvmemu.Options{Engine: engine, Token: "faults.secret-token"})
+	emu, err := forevervmemu.New(forevervmemu.Options{Engine: engine, Token: "faults.secret-token"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	fvmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
+	forevervmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/tools"
 )
@@ -37,7 +37,7 @@ func forevervmEmulatorWithDisk(t *testing.T, disk int64) (url, token string) {
 		t.Fatal(err)
 	}
 	token = "e2e.secret-token-value"
-	emu, err := fvmemu.New(fvmemu.Options{Engine: engine, Token: token, Limits: local.Limits{DiskBytes: disk}})
+	emu, err := forevervmemu.New(forevervmemu.Options{Engine: engine, Token: token, Limits: local.Limits{DiskBytes: disk}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	fvmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
+	forevervmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/tools"
 )
@@ -23,7 +23,7 @@ func forevervmEmulator(t *testing.T) (url, token string) {
 		t.Fatal(err)
 	}
 	token = "e2e.secret-token-value"
-	emu, err := fvmemu.New(fvmemu.Options{Engine: engine, Token: token})
+	emu, err := forevervmemu.New(forevervmemu.Options{Engine: engine, Token: token})
 	if err != nil {
 		t.Fatal(err)
 	}

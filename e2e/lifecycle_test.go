@@ -11,14 +11,14 @@ import (
 	"testing"
 	"time"
 
-	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
-	fastemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	fastvmclient "github.com/vmcp-dev/vmcp/client/fastvm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/tools"
 )
 
 // liveVMs lists the emulator's VMs that are not being deleted.
-func liveVMs(t *testing.T, c *fvc.Client) map[string]bool {
+func liveVMs(t *testing.T, c *fastvmclient.Client) map[string]bool {
 	t.Helper()
 	vms, err := c.ListVMs(context.Background(), nil)
 	if err != nil {
@@ -26,7 +26,7 @@ func liveVMs(t *testing.T, c *fvc.Client) map[string]bool {
 	}
 	live := map[string]bool{}
 	for _, v := range vms {
-		if v.Status != fvc.StatusDeleting {
+		if v.Status != fastvmclient.StatusDeleting {
 			live[v.ID] = true
 		}
 	}
@@ -35,7 +35,7 @@ func liveVMs(t *testing.T, c *fvc.Client) map[string]bool {
 
 // fastvmEmulatorWith is fastvmEmulator with options: NoExtensions stands
 // for a FastVM service that cannot pause.
-func fastvmEmulatorWith(t *testing.T, opts fastemu.Options) (c *fvc.Client, url, key string) {
+func fastvmEmulatorWith(t *testing.T, opts fastvmemu.Options) (c *fastvmclient.Client, url, key string) {
 	t.Helper()
 	engine, err := local.New(local.Options{StateDir: t.TempDir()})
 	if err != nil {
@@ -43,7 +43,7 @@ func fastvmEmulatorWith(t *testing.T, opts fastemu.Options) (c *fvc.Client, url,
 	}
 	key = "e2e-fastvm-key"
 	opts.Engine, opts.APIKey = engine, key
-	emu, err := fastemu.New(opts)
+	emu, err := fastvmemu.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func fastvmEmulatorWith(t *testing.T, opts fastemu.Options) (c *fvc.Client, url,
 		emu.Close()
 		engine.Close()
 	})
-	return fvc.New(key, fvc.WithBaseURL(srv.URL)), srv.URL, key
+	return fastvmclient.New(key, fastvmclient.WithBaseURL(srv.URL)), srv.URL, key
 }
 
 // TestIdleFastVMIsParkedAndRestored: with a 2 s idle limit, an unused
@@ -64,7 +64,7 @@ func fastvmEmulatorWith(t *testing.T, opts fastemu.Options) (c *fvc.Client, url,
 // snapshot with its files, and says so).
 func TestIdleFastVMIsParkedAndRestored(t *testing.T) {
 	t.Parallel()
-	start := func(t *testing.T, opts fastemu.Options) (*harness, *fvc.Client) {
+	start := func(t *testing.T, opts fastvmemu.Options) (*harness, *fastvmclient.Client) {
 		client, url, key := fastvmEmulatorWith(t, opts)
 		h := startWith(t, t.TempDir(), t.TempDir(), clientOptions{
 			serverArgs: []string{"--fastvm-url", url, "--idle-fastvm", "2s", "--idle-local", "0"},
@@ -75,7 +75,7 @@ func TestIdleFastVMIsParkedAndRestored(t *testing.T) {
 
 	t.Run("pause", func(t *testing.T) {
 		t.Parallel()
-		h, client := start(t, fastemu.Options{})
+		h, client := start(t, fastvmemu.Options{})
 		var cmd tools.ExecCommandOutput
 		// A process that keeps a secret in its memory only, and tells it
 		// when asked.
@@ -98,7 +98,7 @@ while [ ! -s /root/secret ]; do sleep 0.05; done; cat /root/secret`}, &cmd)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if vm.Status == fvc.StatusPaused {
+			if vm.Status == fastvmclient.StatusPaused {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -127,7 +127,7 @@ while [ ! -s /root/answer ]; do sleep 0.05; done; cat /root/answer`, "timeout_se
 		if cmd.Machine != first || cmd.Stdout != "kept\n"+secret {
 			t.Fatalf("after the pause: machine %s (was %s), stdout %q; want the file and the secret %q", cmd.Machine, first, cmd.Stdout, secret)
 		}
-		if vm, err := client.GetVM(context.Background(), first); err != nil || vm.Status != fvc.StatusRunning {
+		if vm, err := client.GetVM(context.Background(), first); err != nil || vm.Status != fastvmclient.StatusRunning {
 			t.Fatalf("after the next command: %+v, %v", vm, err)
 		}
 		if live := liveVMs(t, client); len(live) != 1 || !live[first] {
@@ -137,7 +137,7 @@ while [ ! -s /root/answer ]; do sleep 0.05; done; cat /root/answer`, "timeout_se
 
 	t.Run("snapshot", func(t *testing.T) {
 		t.Parallel()
-		h, client := start(t, fastemu.Options{NoExtensions: true})
+		h, client := start(t, fastvmemu.Options{NoExtensions: true})
 		var cmd tools.ExecCommandOutput
 		h.ok(t, "exec_command", map[string]any{"command": "echo kept > f"}, &cmd)
 		first := cmd.Machine
@@ -213,7 +213,7 @@ func TestReconcilerDeletesOrphans(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	orphan, err := client.Launch(context.Background(), fvc.LaunchRequest{MachineType: "c1m2", Metadata: map[string]string{
+	orphan, err := client.Launch(context.Background(), fastvmclient.LaunchRequest{MachineType: "c1m2", Metadata: map[string]string{
 		"created-by": "vmcp", "vmcp.server": strings.TrimSpace(string(instance)), "vmcp.conversation": "0123456789abcdef"}})
 	if err != nil {
 		t.Fatal(err)

@@ -162,6 +162,7 @@ func launch(state, root string, opts clientOptions) (*harness, error) {
 		},
 	})
 	for _, r := range opts.roots {
+		//lint:ignore SA1019 roots are what this exercises: clients before protocol 2026-07-28 send them
 		client.AddRoots(&mcp.Root{URI: "file://" + r})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vmcp-dev/vmcp/internal/capture"
 )
 
 func mustRun(t testing.TB, m *Machine, cmd Command) *CommandResult {
@@ -122,7 +124,7 @@ func TestCommandLargeOutputIsCappedWithBoundedMemory(t *testing.T) {
 	if res.StdoutBytes != 50000000 || res.StderrBytes != 3000000 {
 		t.Fatalf("totals %d %d, want 50000000 3000000", res.StdoutBytes, res.StderrBytes)
 	}
-	if len(res.Stdout) != maxInlineOutput || !strings.HasPrefix(res.Stdout, "abcdefghij\nabcdefghij\n") {
+	if len(res.Stdout) != capture.DefaultMax || !strings.HasPrefix(res.Stdout, "abcdefghij\nabcdefghij\n") {
 		t.Fatalf("kept %d bytes of stdout", len(res.Stdout))
 	}
 	growth := peak - before
@@ -187,6 +189,7 @@ func noSleepLeft(t *testing.T, m *Machine, after string) {
 
 func TestCommandsRunConcurrentlyWithPython(t *testing.T) {
 	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
+	mustRun(t, m, Command{Argv: []string{"true"}}) // started (and the engine's self-test over): what follows measures waiting only
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {

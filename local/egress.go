@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vmcp-dev/vmcp/backend"
 	"golang.org/x/sys/unix"
 )
 
@@ -179,10 +180,10 @@ func splice(c net.Conn, fromC io.Reader, up net.Conn) {
 // check decides on a destination: the address to dial, or why not.
 func (g *egress) check(host string) (netip.Addr, string) {
 	host = strings.ToLower(strings.Trim(host, "[]"))
-	if isIP(host) {
+	if _, err := netip.ParseAddr(host); err == nil {
 		return netip.Addr{}, fmt.Sprintf("%s is an address; a machine reaches only the names in its allow-list (allowed: %s)", host, strings.Join(g.allow, ", "))
 	}
-	if !DomainAllowed(g.allow, host) {
+	if !backend.DomainAllowed(g.allow, host) {
 		return netip.Addr{}, fmt.Sprintf("%s is not in this machine's allow-list (allowed: %s)", host, strings.Join(g.allow, ", "))
 	}
 	resolve := g.opts.Resolve
@@ -199,7 +200,7 @@ func (g *egress) check(host string) (netip.Addr, string) {
 	}
 	for _, a := range addrs {
 		a = a.Unmap()
-		if privateAddr(a) && !DomainAllowed(g.opts.PrivateAllowed, host) {
+		if privateAddr(a) && !backend.DomainAllowed(g.opts.PrivateAllowed, host) {
 			return netip.Addr{}, fmt.Sprintf("%s resolves to %s, a loopback, link-local or private address, which the operator did not allow for it", host, a)
 		}
 	}

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmcp-dev/vmcp/backend"
 )
 
 // loopbackNames resolves the given test names to 127.0.0.1, others not.
@@ -105,12 +107,12 @@ func TestEgressAllowList(t *testing.T) {
 
 // TestValidateDomains refuses what is not a domain or a leading wildcard.
 func TestValidateDomains(t *testing.T) {
-	if err := ValidateDomains([]string{"pypi.org", "*.pythonhosted.org", "files-1.example.com"}); err != nil {
+	if err := backend.ValidateDomains([]string{"pypi.org", "*.pythonhosted.org", "files-1.example.com"}); err != nil {
 		t.Error(err)
 	}
 	for _, bad := range [][]string{{""}, {"a.*.com"}, {"*"}, {"*.*.com"}, {"10.0.0.1"}, {"[::1]"}, {"exa mple.com"}, {".com"}, {"pypi.org/simple"}} {
-		if err := ValidateDomains(bad); err == nil {
-			t.Errorf("ValidateDomains(%q) accepted it", bad)
+		if err := backend.ValidateDomains(bad); err == nil {
+			t.Errorf("backend.ValidateDomains(%q) accepted it", bad)
 		}
 	}
 	if _, err := newTestEngine(t, Options{}).Create(context.Background(), MachineSpec{NetworkAllow: []string{"10.0.0.1"}}); err == nil {

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/internal/safefs"
 )
 
@@ -217,7 +218,7 @@ func (e *Engine) Create(ctx context.Context, spec MachineSpec) (MachineInfo, err
 	if spec.Flavour == VM && !e.asRoot {
 		return MachineInfo{}, errVMNeedsRoot
 	}
-	if err := ValidateDomains(spec.NetworkAllow); err != nil {
+	if err := backend.ValidateDomains(spec.NetworkAllow); err != nil {
 		return MachineInfo{}, err
 	}
 	if spec.AllowNetwork && len(spec.NetworkAllow) > 0 {

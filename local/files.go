@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmcp-dev/vmcp/internal/capture"
+	"github.com/vmcp-dev/vmcp/internal/tarfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -51,10 +53,10 @@ type WriteResult struct {
 // workspacePath turns a machine path into one relative to the workspace.
 func workspacePath(p string) (string, error) {
 	if p == "" {
-		return "", &PathError{p, "empty path: give a file path inside " + WorkspaceDir}
+		return "", &PathError{Path: p, Reason: "empty path: give a file path inside " + WorkspaceDir}
 	}
 	if strings.ContainsRune(p, 0) {
-		return "", &PathError{p, "contains a NUL byte"}
+		return "", &PathError{Path: p, Reason: "contains a NUL byte"}
 	}
 	if err := checkPathSize(p); err != nil {
 		return "", err
@@ -68,12 +70,12 @@ func workspacePath(p string) (string, error) {
 		case strings.HasPrefix(clean, WorkspaceDir+"/"):
 			rel = strings.TrimPrefix(clean, WorkspaceDir+"/")
 		default:
-			return "", &PathError{p, "outside the machine's workspace: files move in and out under " + WorkspaceDir + " only (relative paths are relative to it)"}
+			return "", &PathError{Path: p, Reason: "outside the machine's workspace: files move in and out under " + WorkspaceDir + " only (relative paths are relative to it)"}
 		}
 	}
 	rel = path.Clean(rel)
 	if rel == ".." || strings.HasPrefix(rel, "../") {
-		return "", &PathError{p, "leaves the machine's workspace (" + WorkspaceDir + "); use a path inside it"}
+		return "", &PathError{Path: p, Reason: "leaves the machine's workspace (" + WorkspaceDir + "); use a path inside it"}
 	}
 	return rel, nil
 }
@@ -81,10 +83,10 @@ func workspacePath(p string) (string, error) {
 // vmPath makes a VM machine path absolute (relative paths start at /root).
 func vmPath(p string) (string, error) {
 	if p == "" {
-		return "", &PathError{p, "empty path"}
+		return "", &PathError{Path: p, Reason: "empty path"}
 	}
 	if strings.ContainsRune(p, 0) {
-		return "", &PathError{p, "contains a NUL byte"}
+		return "", &PathError{Path: p, Reason: "contains a NUL byte"}
 	}
 	if err := checkPathSize(p); err != nil {
 		return "", err
@@ -136,7 +138,7 @@ func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.
 		return nil, err
 	}
 	if rel == "." {
-		return nil, &PathError{p, "is the workspace directory itself; give a file path"}
+		return nil, &PathError{Path: p, Reason: "is the workspace directory itself; give a file path"}
 	}
 	root, err := m.root()
 	if err != nil {
@@ -162,7 +164,7 @@ func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.
 		}
 		defer dir.Close()
 		base := path.Base(rel)
-		isDir := &PathError{p, "is a directory; give a file path (a directory is uploaded from the host with local_path)"}
+		isDir := &PathError{Path: p, Reason: "is a directory; give a file path (a directory is uploaded from the host with local_path)"}
 		if fi, err := dir.Lstat(base); err == nil && fi.IsDir() {
 			return isDir
 		}
@@ -297,12 +299,12 @@ func (m *Machine) ReadFile(ctx context.Context, p string, w io.Writer) (int64, e
 		if err != nil {
 			return 0, err
 		}
-		cw := &countingWriter{w: w}
+		cw := &capture.CountingWriter{W: w}
 		err = m.runChecked(ctx, Command{Argv: []string{"/bin/sh", "-c", `test -f "$1" || { echo "not a regular file" >&2; exit 1; }; exec cat -- "$1"`, "sh", abs}, Stdout: cw})
 		if err != nil {
-			return cw.n, fmt.Errorf("read %s: %w", abs, err)
+			return cw.N, fmt.Errorf("read %s: %w", abs, err)
 		}
-		return cw.n, nil
+		return cw.N, nil
 	}
 	rel, err := workspacePath(p)
 	if err != nil {
@@ -326,20 +328,9 @@ func (m *Machine) ReadFile(ctx context.Context, p string, w io.Writer) (int64, e
 		return 0, err
 	}
 	if !fi.Mode().IsRegular() {
-		return 0, &PathError{p, "is not a regular file (use CopyOut for directories)"}
+		return 0, &PathError{Path: p, Reason: "is not a regular file (use CopyOut for directories)"}
 	}
 	return io.Copy(w, &countingReader{r: f, ctx: ctx})
-}
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // Stat describes one path of the machine.
@@ -425,7 +416,7 @@ func (m *Machine) vmList(ctx context.Context, p string, entries bool) ([]FileInf
 	}
 	var out bytes.Buffer
 	if err := m.runChecked(ctx, Command{Argv: []string{"/bin/sh", "-c", script, "sh", abs}, Stdout: &out}); err != nil {
-		return nil, &PathError{abs, err.Error()}
+		return nil, &PathError{Path: abs, Reason: err.Error()}
 	}
 	var list []FileInfo
 	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
@@ -446,7 +437,7 @@ func (m *Machine) vmList(ctx context.Context, p string, entries bool) ([]FileInf
 		list = append(list, info)
 	}
 	if len(list) == 0 && !entries {
-		return nil, &PathError{abs, "no such file or directory"}
+		return nil, &PathError{Path: abs, Reason: "no such file or directory"}
 	}
 	sortFiles(list)
 	return list, nil
@@ -529,8 +520,9 @@ func (m *Machine) CopyIn(ctx context.Context, dir string, r io.Reader) error {
 			return rootError(dir, err)
 		}
 		defer sub.Close()
-		return extractTar(sub, &countingReader{r: r, ctx: ctx}, extractOptions{
-			admit: func(name string, size int64) error {
+		return tarfs.Extract(&countingReader{r: r, ctx: ctx}, sub, tarfs.ExtractOptions{
+			RootError: rootError,
+			Admit: func(name string, size int64) error {
 				if used += size; used > quota {
 					return m.quotaError(used)
 				}
@@ -575,3 +567,10 @@ func (m *Machine) diskUsage() (int64, error) {
 
 // DiskUsage is the space the machine's files take on disk, in bytes.
 func (m *Machine) DiskUsage() (int64, error) { return m.diskUsage() }
+
+// writeTar writes rel (a file or a directory) of root as a tar stream, named
+// from rel's parent down. With contents, rel "." gives root's contents under
+// their own names; without, root itself is named "workspace".
+func writeTar(ctx context.Context, root *os.Root, rel string, w io.Writer, contents bool) error {
+	return tarfs.Write(ctx, w, root, rel, tarfs.WriteOptions{Contents: contents, RootName: path.Base(WorkspaceDir), RootError: rootError})
+}

@@ -17,6 +17,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/vmcp-dev/vmcp/internal/tarfs"
 )
 
 // randomReader yields n reproducible pseudo-random bytes.
@@ -79,7 +81,7 @@ func TestFileDirectoryRoundTrip(t *testing.T) {
 	}
 	os.Symlink("a.txt", filepath.Join(host, "proj/link"))
 	var tarball bytes.Buffer
-	if err := WriteTar(&tarball, filepath.Join(host, "proj")); err != nil {
+	if err := writeHostTar(&tarball, filepath.Join(host, "proj")); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.CopyIn(ctx, "incoming", &tarball); err != nil {
@@ -94,7 +96,7 @@ func TestFileDirectoryRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := t.TempDir()
-	if _, err := ExtractTar(&out, back); err != nil {
+	if err := extractHostTar(&out, back); err != nil {
 		t.Fatal(err)
 	}
 	for name, content := range files {
@@ -195,76 +197,19 @@ type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, errors.New("connection lost") }
 
-func TestWriteTarContentsNamesEntriesFromTheDirectory(t *testing.T) {
-	src := t.TempDir()
-	os.MkdirAll(filepath.Join(src, "sub"), 0o755)
-	os.WriteFile(filepath.Join(src, "a.txt"), []byte("a"), 0o644)
-	os.WriteFile(filepath.Join(src, "sub", "b.txt"), []byte("b"), 0o644)
-	var tb bytes.Buffer
-	if err := WriteTarContents(&tb, src); err != nil {
-		t.Fatal(err)
+// writeHostTar writes the host file or directory at hostPath as a tar
+// stream named from its last element, as the tools send one.
+func writeHostTar(w io.Writer, hostPath string) error {
+	root, err := os.OpenRoot(filepath.Dir(hostPath))
+	if err != nil {
+		return err
 	}
-	var names []string
-	tr := tar.NewReader(bytes.NewReader(tb.Bytes()))
-	for {
-		hdr, err := tr.Next()
-		if err != nil {
-			break
-		}
-		names = append(names, hdr.Name)
-	}
-	sort.Strings(names)
-	if strings.Join(names, ",") != "a.txt,sub/,sub/b.txt" {
-		t.Fatalf("entries %q", names)
-	}
+	defer root.Close()
+	return tarfs.Write(context.Background(), w, root, filepath.Base(hostPath), tarfs.WriteOptions{})
 }
 
-// TestExtractTarIntoPlantsNoLinkOutside: a tar of a machine's directory,
-// saved on the host, must not leave links there that lead elsewhere on the
-// host; links that stay inside are kept, and the top directory stands for
-// the destination.
-func TestExtractTarIntoPlantsNoLinkOutside(t *testing.T) {
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
-	for _, h := range []tar.Header{
-		{Name: "data/", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "data/sub/", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "data/sub/f.txt", Typeflag: tar.TypeReg, Mode: 0o644, Size: 2},
-		{Name: "data/abs", Typeflag: tar.TypeSymlink, Linkname: "/etc"},
-		{Name: "data/sub/up", Typeflag: tar.TypeSymlink, Linkname: "../../.."},
-		{Name: "data/sub/ok", Typeflag: tar.TypeSymlink, Linkname: "../sub/f.txt"},
-	} {
-		tw.WriteHeader(&h)
-		if h.Size > 0 {
-			tw.Write([]byte("hi"))
-		}
-	}
-	tw.Close()
-	dst := t.TempDir()
-	root, _ := os.OpenRoot(dst)
-	defer root.Close()
-	skipped, err := ExtractTarInto(&tb, root, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Join(skipped, ",") != "abs,sub/up" {
-		t.Errorf("skipped %q", skipped)
-	}
-	for _, p := range []string{"abs", "sub/up"} {
-		if _, err := os.Lstat(filepath.Join(dst, p)); err == nil {
-			t.Errorf("%s was planted", p)
-		}
-	}
-	if b, err := os.ReadFile(filepath.Join(dst, "sub", "ok")); err != nil || string(b) != "hi" {
-		t.Errorf("the inner link: %q %v", b, err)
-	}
-	// An entry outside the top directory is refused.
-	var bad bytes.Buffer
-	tw = tar.NewWriter(&bad)
-	tw.WriteHeader(&tar.Header{Name: "data/", Typeflag: tar.TypeDir, Mode: 0o755})
-	tw.WriteHeader(&tar.Header{Name: "other/x", Typeflag: tar.TypeReg, Mode: 0o644})
-	tw.Close()
-	if _, err := ExtractTarInto(&bad, root, true); err == nil {
-		t.Error("an entry outside the top directory was accepted")
-	}
+// extractHostTar unpacks a tar stream into the host directory dir, as the
+// tools save one.
+func extractHostTar(r io.Reader, dir string) error {
+	return tarfs.ExtractDir(r, dir, tarfs.ExtractOptions{ConfineLinks: true})
 }

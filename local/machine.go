@@ -18,6 +18,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/vmcp-dev/vmcp/internal/capture"
 	"github.com/vmcp-dev/vmcp/internal/linesplit"
 )
 
@@ -176,9 +177,6 @@ type ExecResult struct {
 	QuotaExceeded bool
 }
 
-// maxInlineOutput caps the stdout and stderr kept in results.
-const maxInlineOutput = 1 << 20
-
 // Exec runs Python code in the machine's interpreter. Globals persist
 // between calls. A Python exception is a result with Error set, not an error;
 // the error return is for failures of the machine itself.
@@ -197,7 +195,7 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 		return nil, err
 	}
 	res := &ExecResult{}
-	var out [2]cappedBuffer
+	var out [2]capture.Capped
 	var lines [2]linesplit.Splitter
 	writers := [2]io.Writer{opts.Stdout, opts.Stderr}
 	names := [2]string{"stdout", "stderr"}
@@ -218,7 +216,7 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 					_, writeErr = w.Write(ev.Data)
 				}
 			} else {
-				out[i].write(ev.Data)
+				out[i].Write(ev.Data)
 			}
 			if opts.OnOutput != nil {
 				lines[i].Split(ev.Data, onLine(i))
@@ -259,8 +257,8 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 			lines[i].Flush(onLine(i))
 		}
 	}
-	res.Stdout, res.StdoutTruncated = out[0].text(), out[0].truncated
-	res.Stderr, res.StderrTruncated = out[1].text(), out[1].truncated
+	res.Stdout, res.StdoutTruncated = pythonText(&out[0]), out[0].Truncated
+	res.Stderr, res.StderrTruncated = pythonText(&out[1]), out[1].Truncated
 	if reason := quotaStopped(); reason != "" && (res.Interrupted || res.InterpreterDied) {
 		res.Error, res.QuotaExceeded = "Stopped: "+reason, true
 	}
@@ -424,7 +422,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 	}
 	max := cmd.MaxOutput
 	if max <= 0 {
-		max = maxInlineOutput
+		max = capture.DefaultMax
 	}
 	sb, err := m.sandbox()
 	if err != nil {
@@ -432,7 +430,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 	}
 	start := time.Now()
 	res := &CommandResult{}
-	out := [2]cappedBuffer{{max: max}, {max: max}}
+	out := [2]capture.Capped{{Max: max}, {Max: max}}
 	lines := [2]linesplit.Splitter{}
 	var final event
 	var writeErr error
@@ -472,7 +470,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 					_, writeErr = w.Write(ev.Data)
 				}
 			} else {
-				out[i].write(ev.Data)
+				out[i].Write(ev.Data)
 			}
 			if cmd.OnOutput != nil {
 				lines[i].Split(ev.Data, func(l []byte) { cmd.OnOutput(ev.Stream, string(l)) })
@@ -541,20 +539,20 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 			cmd.Stderr.Write([]byte(msg))
 			res.StderrBytes += int64(len(msg))
 		} else {
-			out[1].write([]byte(msg))
+			out[1].Write([]byte(msg))
 		}
 	}
 	res.Duration = time.Since(start)
 	if req.SaveDir != "" {
 		res.Saved = &saved
 	}
-	res.Stdout, res.StdoutTruncated = out[0].String(), out[0].truncated
-	res.Stderr, res.StderrTruncated = out[1].String(), out[1].truncated
+	res.Stdout, res.StdoutTruncated = out[0].String(), out[0].Truncated
+	res.Stderr, res.StderrTruncated = out[1].String(), out[1].Truncated
 	if cmd.Stdout == nil {
-		res.StdoutBytes = out[0].total
+		res.StdoutBytes = out[0].Total
 	}
 	if cmd.Stderr == nil {
-		res.StderrBytes = out[1].total
+		res.StderrBytes = out[1].Total
 	}
 	if writeErr != nil {
 		return res, fmt.Errorf("write the command's output: %w", writeErr)
@@ -670,37 +668,11 @@ func ppid(pid int) int {
 	return p
 }
 
-// cappedBuffer keeps the first max bytes written to it and counts the rest.
-type cappedBuffer struct {
-	max       int
-	buf       []byte
-	total     int64
-	truncated bool
-}
-
-func (b *cappedBuffer) write(p []byte) {
-	if b.max == 0 {
-		b.max = maxInlineOutput
-	}
-	b.total += int64(len(p))
-	room := b.max - len(b.buf)
-	if room <= 0 {
-		b.truncated = b.truncated || len(p) > 0
-		return
-	}
-	if len(p) > room {
-		p, b.truncated = p[:room], true
-	}
-	b.buf = append(b.buf, p...)
-}
-
-func (b *cappedBuffer) String() string { return string(b.buf) }
-
-// text is a Python stream as ExecResult holds it: without its last newline
-// (lines joined with "\n", as they always were), in valid UTF-8.
-func (b *cappedBuffer) text() string {
-	p := b.buf
-	if !b.truncated {
+// pythonText is a Python stream as ExecResult holds it: without its last
+// newline (lines joined with "\n", as they always were), in valid UTF-8.
+func pythonText(b *capture.Capped) string {
+	p := b.Bytes()
+	if !b.Truncated {
 		p = bytes.TrimSuffix(p, []byte{'\n'})
 	}
 	return validUTF8(p)

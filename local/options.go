@@ -10,10 +10,11 @@ package local
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+
+	"github.com/vmcp-dev/vmcp/backend"
 )
 
 // Flavour is the kind of sandbox a machine is.
@@ -120,13 +121,9 @@ func DefaultStateDir() string {
 // directory.
 var ErrStateDirInUse = errors.New("is in use by another vmcp process")
 
-// PathError is a path that a machine refuses, with the reason.
-type PathError struct {
-	Path   string
-	Reason string
-}
-
-func (e *PathError) Error() string { return fmt.Sprintf("path %q: %s", e.Path, e.Reason) }
+// PathError is a path that a machine refuses, with the reason: the
+// backends' own, so that the engine's refusals read as every backend's.
+type PathError = backend.PathError
 
 // EgressOptions tune the proxy of allow-list machines.
 type EgressOptions struct {

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmcp-dev/vmcp/internal/capture"
 )
 
 // hashWriter counts and hashes what it is given, and keeps its first and
@@ -173,8 +175,8 @@ func TestPythonOutputInResult(t *testing.T) {
 	}
 
 	res = mustExec(t, m, "print('x' * 10_000_000); print('tail')", ExecOptions{})
-	if len(res.Stdout) != maxInlineOutput || strings.Trim(res.Stdout, "x") != "" || !res.StdoutTruncated {
-		t.Fatalf("a 10 MB line: %d bytes kept (truncated %v), want the first %d", len(res.Stdout), res.StdoutTruncated, maxInlineOutput)
+	if len(res.Stdout) != capture.DefaultMax || strings.Trim(res.Stdout, "x") != "" || !res.StdoutTruncated {
+		t.Fatalf("a 10 MB line: %d bytes kept (truncated %v), want the first %d", len(res.Stdout), res.StdoutTruncated, capture.DefaultMax)
 	}
 	res = mustExec(t, m, "print('x' * 70_000)", ExecOptions{})
 	if res.Stdout != strings.Repeat("x", 70_000) {
@@ -227,10 +229,10 @@ func TestCommandOutputArrivesExactly(t *testing.T) {
 	wantStream(t, "stderr", errw, wantErr)
 
 	res = mustRun(t, m, Command{Shell: script})
-	if res.Stdout != string(want[:maxInlineOutput]) || !res.StdoutTruncated || res.StdoutBytes != int64(len(want)) {
+	if res.Stdout != string(want[:capture.DefaultMax]) || !res.StdoutTruncated || res.StdoutBytes != int64(len(want)) {
 		t.Fatalf("capped stdout: %d bytes, truncated %v, total %d", len(res.Stdout), res.StdoutTruncated, res.StdoutBytes)
 	}
-	if res.Stderr != string(wantErr[:maxInlineOutput]) || !res.StderrTruncated {
+	if res.Stderr != string(wantErr[:capture.DefaultMax]) || !res.StderrTruncated {
 		t.Fatalf("capped stderr: %d bytes, truncated %v", len(res.Stderr), res.StderrTruncated)
 	}
 	res = mustRun(t, m, Command{Shell: `printf 'a\377b'`})

@@ -5,29 +5,22 @@ import (
 	"fmt"
 	"io/fs"
 	"strings"
+
+	"github.com/vmcp-dev/vmcp/internal/tarfs"
 )
 
 // WorkspaceDir is where a workspace machine sees its files.
 const WorkspaceDir = "/workspace"
 
-// MaxPathDepth and MaxPathBytes bound the paths a file operation takes:
-// anything deeper is not a path a person or a program means, and each
-// level costs the walk through it.
+// MaxPathDepth and MaxPathBytes bound the paths a file operation takes
+// (see tarfs).
 const (
-	MaxPathDepth = 256
-	MaxPathBytes = 4096
+	MaxPathDepth = tarfs.MaxPathDepth
+	MaxPathBytes = tarfs.MaxPathBytes
 )
 
 // checkPathSize refuses paths past MaxPathDepth or MaxPathBytes.
-func checkPathSize(p string) error {
-	if len(p) > MaxPathBytes {
-		return &PathError{p[:64] + "…", fmt.Sprintf("is %d bytes long; paths may have at most %d", len(p), MaxPathBytes)}
-	}
-	if n := strings.Count(p, "/"); n > MaxPathDepth {
-		return &PathError{p[:min(len(p), 64)] + "…", fmt.Sprintf("is %d directories deep; paths may be at most %d deep", n, MaxPathDepth)}
-	}
-	return nil
-}
+func checkPathSize(p string) error { return tarfs.CheckPathSize(p) }
 
 // rootError explains an os.Root refusal in the machine's terms.
 func rootError(p string, err error) error {
@@ -36,13 +29,13 @@ func rootError(p string, err error) error {
 	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) && strings.Contains(pe.Err.Error(), "escapes") {
-		return &PathError{p, "goes through a symbolic link that leads outside " + WorkspaceDir + "; refused"}
+		return &PathError{Path: p, Reason: "goes through a symbolic link that leads outside " + WorkspaceDir + "; refused"}
 	}
 	if errors.Is(err, fs.ErrNotExist) {
-		return &PathError{p, "no such file or directory"}
+		return &PathError{Path: p, Reason: "no such file or directory"}
 	}
 	if pe != nil {
-		return &PathError{p, pe.Err.Error()}
+		return &PathError{Path: p, Reason: pe.Err.Error()}
 	}
 	return fmt.Errorf("path %q: %w", p, err)
 }

@@ -621,14 +621,14 @@ func (e *Engine) openGate(gate *os.File, m *Machine, lay layout, pid int) error 
 
 func (sb *sandbox) read(stdout io.Reader) {
 	br := bufio.NewReaderSize(stdout, 256<<10)
-	var err error
+	var err, malformed error
 	for {
 		var line []byte
 		line, err = br.ReadBytes('\n')
 		if len(line) > 0 {
 			var ev event
 			if jerr := json.Unmarshal(line, &ev); jerr != nil {
-				err = fmt.Errorf("agent sent a malformed event: %w", jerr)
+				malformed = fmt.Errorf("its agent sent a malformed event, so the sandbox was stopped: %w", jerr)
 				break
 			}
 			sb.mu.Lock()
@@ -649,6 +649,9 @@ func (sb *sandbox) read(stdout io.Reader) {
 	werr := sb.cmd.Wait()
 	sb.mu.Lock()
 	sb.dead = sb.describeEnd(werr)
+	if malformed != nil {
+		sb.dead = fmt.Errorf("the machine's sandbox stopped (%w)", malformed)
+	}
 	if sb.initFD >= 0 {
 		// bwrap's child dies with bwrap, and takes every process of the
 		// machine with it before it is gone: wait for that.

@@ -69,7 +69,7 @@ func TestVMLooksLikeAVirtualMachine(t *testing.T) {
 		t.Fatal(err)
 	}
 	host := t.TempDir()
-	if _, err := ExtractTar(&tarball, host); err != nil {
+	if err := extractHostTar(&tarball, host); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(host, "app", "config.json")); string(b) != `{"a":1}` {

@@ -24,7 +24,7 @@ import (
 
 	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/internal/openflag"
-	"github.com/vmcp-dev/vmcp/local"
+	"github.com/vmcp-dev/vmcp/internal/tarfs"
 )
 
 // UploadFileInput is upload_file's arguments.
@@ -173,7 +173,7 @@ func (s *Service) uploadDir(ctx context.Context, machine string, m backend.FileS
 		return nil, err
 	}
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(local.WriteTarOf(pw, hostDir)) }()
+	go func() { pw.CloseWithError(tarfs.Write(ctx, pw, hostDir, ".", tarfs.WriteOptions{Contents: true})) }()
 	err = m.CopyIn(ctx, dst, pr)
 	pr.CloseWithError(io.ErrClosedPipe)
 	if err != nil {
@@ -640,7 +640,7 @@ func (s *Service) downloadDir(ctx context.Context, machine string, m backend.Fil
 		pr, pw := io.Pipe()
 		go func() { pw.CloseWithError(m.CopyOut(ctx, p, pw)) }()
 		var skipped []string
-		skipped, err = local.ExtractTarInto(pr, dir, true)
+		err = tarfs.Extract(pr, dir, tarfs.ExtractOptions{StripTop: true, ConfineLinks: true, Skipped: &skipped})
 		pr.CloseWithError(io.ErrClosedPipe)
 		if err == nil {
 			return s.savedDir(machine, p, target.path, dir, skipped)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/vmcp-dev/vmcp/backend"
 	localbackend "github.com/vmcp-dev/vmcp/backend/local"
+	"github.com/vmcp-dev/vmcp/internal/principal"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/sessions"
 )
@@ -240,10 +241,10 @@ func TestFileURI(t *testing.T) {
 
 // rpc sends one JSON-RPC request to srv as principal and returns its
 // result, or its error's message.
-func rpc(t *testing.T, srv *server.MCPServer, principal, method string, params any) (json.RawMessage, string) {
+func rpc(t *testing.T, srv *server.MCPServer, who, method string, params any) (json.RawMessage, string) {
 	t.Helper()
 	b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-	raw, _ := json.Marshal(srv.HandleMessage(WithPrincipal(context.Background(), principal), b))
+	raw, _ := json.Marshal(srv.HandleMessage(principal.With(context.Background(), who), b))
 	var r struct {
 		Result json.RawMessage           `json:"result"`
 		Error  *struct{ Message string } `json:"error"`

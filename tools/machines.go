@@ -161,8 +161,8 @@ func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in Launch
 	if err != nil {
 		return nil, err
 	}
-	if in.MachineType != "" && b.Name() != "fastvm" {
-		return nil, fmt.Errorf("machine_type is a FastVM option; %s machines have no types", b.Name())
+	if in.MachineType != "" && !b.Has(backend.MachineTypes) {
+		return nil, fmt.Errorf("machine_type is a FastVM option; %s machines have no types (leave it out, or launch with backend \"fastvm\")", b.Name())
 	}
 	policy, err := s.networkPolicy(in.Network)
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"github.com/invopop/jsonschema"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	"github.com/vmcp-dev/vmcp/local"
 )
 
 // NetworkArg is launch_vm's network: "none", "open", or a list of domains.
@@ -69,7 +68,7 @@ type NetworkConfig struct {
 
 // Check validates the operator's configuration.
 func (c NetworkConfig) Check() error {
-	if err := local.ValidateDomains(c.Allow); err != nil {
+	if err := backend.ValidateDomains(c.Allow); err != nil {
 		return fmt.Errorf("--network-allow: %w", err)
 	}
 	if c.Default.Open && !c.Open {
@@ -96,7 +95,7 @@ func (s *Service) networkPolicy(arg *NetworkArg) (*backend.Network, error) {
 	if len(s.network.Allow) == 0 {
 		return nil, errors.New("this server lets machines reach no domains (the operator lists them with --network-allow): network can only be \"none\"")
 	}
-	if err := local.ValidateDomains(arg.Domains); err != nil {
+	if err := backend.ValidateDomains(arg.Domains); err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
 	for _, d := range arg.Domains {
@@ -112,7 +111,7 @@ func (s *Service) networkPolicy(arg *NetworkArg) (*backend.Network, error) {
 func withinDomains(allowed []string, d string) bool {
 	suffix, wild := strings.CutPrefix(strings.ToLower(d), "*.")
 	if !wild {
-		return local.DomainAllowed(allowed, d)
+		return backend.DomainAllowed(allowed, d)
 	}
 	for _, a := range allowed {
 		a = strings.ToLower(a)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vmcp-dev/vmcp/backend"
 	localbackend "github.com/vmcp-dev/vmcp/backend/local"
+	"github.com/vmcp-dev/vmcp/internal/principal"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/sessions"
 )
@@ -26,13 +27,13 @@ func TestMain(m *testing.M) {
 }
 
 // call runs a tool through the MCP server as principal (the hosted mode's
-// way in: WithPrincipal) and returns its text and structured content.
+// way in: principal.With) and returns its text and structured content.
 func call(t *testing.T, srv interface {
 	HandleMessage(context.Context, json.RawMessage) mcp.JSONRPCMessage
-}, principal, tool string, args map[string]any) (text string, out map[string]any, isError bool) {
+}, who, tool string, args map[string]any) (text string, out map[string]any, isError bool) {
 	t.Helper()
 	b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": map[string]any{"name": tool, "arguments": args}})
-	resp := srv.HandleMessage(WithPrincipal(context.Background(), principal), b)
+	resp := srv.HandleMessage(principal.With(context.Background(), who), b)
 	raw, _ := json.Marshal(resp)
 	var r struct {
 		Result struct {
@@ -45,7 +46,7 @@ func call(t *testing.T, srv interface {
 		Error *struct{ Message string } `json:"error"`
 	}
 	if err := json.Unmarshal(raw, &r); err != nil || r.Error != nil {
-		t.Fatalf("%s %s: %s", principal, tool, raw)
+		t.Fatalf("%s %s: %s", who, tool, raw)
 	}
 	for _, c := range r.Result.Content {
 		text += c.Text + "\n"

@@ -19,7 +19,7 @@ import (
 
 	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/broker"
-	"github.com/vmcp-dev/vmcp/local"
+	"github.com/vmcp-dev/vmcp/internal/principal"
 	"github.com/vmcp-dev/vmcp/prompts"
 	"github.com/vmcp-dev/vmcp/sessions"
 )
@@ -112,7 +112,7 @@ func NewService(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	b, err := broker.New(broker.Config{Backends: cfg.Backends, BackendsFor: cfg.BackendsFor, Sessions: cfg.Sessions, Instance: cfg.Instance,
-		Idle: cfg.Idle, ConversationTTL: cfg.ConversationTTL, LocalPrincipal: localPrincipal(), Log: cfg.Log})
+		Idle: cfg.Idle, ConversationTTL: cfg.ConversationTTL, LocalPrincipal: principal.Local(), Log: cfg.Log})
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +124,7 @@ func NewService(cfg Config) (*Service, error) {
 	}
 	cfg.MaxOutputCharsLimit = max(cfg.MaxOutputCharsLimit, cfg.MaxOutputChars)
 	return &Service{broker: b, sessions: cfg.Sessions, allowedRoots: roots, rootsPerPrincipal: cfg.RootsPerPrincipal,
-		localPrincipal: localPrincipal(), log: cfg.Log, onCall: cfg.OnCall,
+		localPrincipal: principal.Local(), log: cfg.Log, onCall: cfg.OnCall,
 		maxOutputChars: cfg.MaxOutputChars, maxOutputCharsLimit: cfg.MaxOutputCharsLimit, spoolDir: cfg.SpoolDir, project: cfg.Project, network: cfg.Network,
 		maxMemoryMB: cfg.MaxMemoryMB, maxDiskMB: cfg.MaxDiskMB}, nil
 }
@@ -418,7 +418,7 @@ func (s *Service) deadlineError(ctx context.Context, tool string, timeout time.D
 
 // errorText explains an error to the model.
 func errorText(err error) string {
-	var pe *local.PathError
+	var pe *backend.PathError
 	switch {
 	case errors.As(err, &pe):
 		return "refused: " + pe.Error()

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os/user"
 	"reflect"
 	"sort"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/mark3labs/mcp-go/server"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/internal/principal"
 	"github.com/vmcp-dev/vmcp/sessions"
 )
 
@@ -52,15 +52,6 @@ type conversationKey struct{}
 func conversationFrom(ctx context.Context) *sessions.Conversation {
 	c, _ := ctx.Value(conversationKey{}).(*sessions.Conversation)
 	return c
-}
-
-// principalKey carries the caller's principal, set by hosted transports.
-type principalKey struct{}
-
-// WithPrincipal returns a context whose calls act as principal (a hosted
-// transport sets it from the caller's credentials).
-func WithPrincipal(ctx context.Context, principal string) context.Context {
-	return context.WithValue(ctx, principalKey{}, principal)
 }
 
 type clientKey struct{}
@@ -107,22 +98,10 @@ func (s *Service) HostedEndpoint(allowedRoots []string) (func(context.Context) c
 // principal is who is calling: the authenticated principal in hosted mode,
 // else the local user running the server.
 func (s *Service) principal(ctx context.Context) string {
-	if p, ok := ctx.Value(principalKey{}).(string); ok && p != "" {
+	if p := principal.From(ctx); p != "" {
 		return p
 	}
 	return s.localPrincipal
-}
-
-// LocalPrincipal names the user running the server, whom its stdio
-// clients act as; no principal of the hosted endpoint has this name.
-func LocalPrincipal() string { return localPrincipal() }
-
-// localPrincipal names the user running a stdio server.
-func localPrincipal() string {
-	if u, err := user.Current(); err == nil {
-		return "local:" + u.Username
-	}
-	return "local"
 }
 
 // scope is the conversation a call without a session argument joins: that

@@ -1,35 +1,32 @@
 package backendfake
 
 import (
-	"bytes"
 	"io"
-	"strings"
-)
 
-// defaultMaxOutput is how much of each stream a result keeps, as on the
-// real backends.
-const defaultMaxOutput = 1 << 20
+	"github.com/vmcp-dev/vmcp/internal/capture"
+	"github.com/vmcp-dev/vmcp/internal/linesplit"
+)
 
 // output collects the two streams of a call as the real backends do: to
 // the caller's writer when there is one, else kept in the result up to max
 // bytes; and line by line to OnOutput as they are written.
 type output struct {
-	on        func(stream, line string)
-	w         [2]io.Writer
-	buf       [2]strings.Builder
-	max       int
-	truncated [2]bool
-	partial   [2][]byte
-	err       error // of a writer: the first one
+	on    func(stream, line string)
+	w     [2]io.Writer
+	kept  [2]capture.Capped
+	lines [2]linesplit.Splitter
+	err   error // of a writer: the first one
 }
 
 var streamNames = [2]string{"stdout", "stderr"}
 
 func newOutput(on func(stream, line string), stdout, stderr io.Writer, max int) *output {
 	if max <= 0 {
-		max = defaultMaxOutput
+		max = capture.DefaultMax
 	}
-	return &output{on: on, w: [2]io.Writer{stdout, stderr}, max: max}
+	o := &output{on: on, w: [2]io.Writer{stdout, stderr}}
+	o.kept[0].Max, o.kept[1].Max = max, max
+	return o
 }
 
 func (o *output) write(i int, p []byte) {
@@ -37,33 +34,20 @@ func (o *output) write(i int, p []byte) {
 		if o.err == nil {
 			_, o.err = w.Write(p)
 		}
-	} else if room := o.max - o.buf[i].Len(); room < len(p) {
-		o.buf[i].Write(p[:max(room, 0)])
-		o.truncated[i] = true
 	} else {
-		o.buf[i].Write(p)
+		o.kept[i].Write(p)
 	}
-	if o.on == nil {
-		return
-	}
-	o.partial[i] = append(o.partial[i], p...)
-	for {
-		j := bytes.IndexByte(o.partial[i], '\n')
-		if j < 0 {
-			break
-		}
-		o.on(streamNames[i], string(o.partial[i][:j]))
-		o.partial[i] = o.partial[i][j+1:]
+	if o.on != nil {
+		o.lines[i].Split(p, func(line []byte) { o.on(streamNames[i], string(line)) })
 	}
 }
 
 // flush hands OnOutput the last lines that had no newline.
 func (o *output) flush() {
-	for i := range o.partial {
-		if o.on != nil && len(o.partial[i]) > 0 {
-			o.on(streamNames[i], string(o.partial[i]))
+	for i := range o.lines {
+		if o.on != nil {
+			o.lines[i].Flush(func(line []byte) { o.on(streamNames[i], string(line)) })
 		}
-		o.partial[i] = nil
 	}
 }
 

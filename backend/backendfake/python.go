@@ -61,7 +61,7 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts backend.Pytho
 	out := newOutput(opts.OnOutput, opts.Stdout, opts.Stderr, 0)
 	val, perr, stopped := m.exec(ctx, code, deadline, out)
 	out.flush()
-	res.Stdout, res.Stderr = out.buf[0].String(), out.buf[1].String()
+	res.Stdout, res.Stderr = out.kept[0].String(), out.kept[1].String()
 	res.Runtime = m.b.now().Sub(started)
 	switch {
 	case stopped == "cancelled":

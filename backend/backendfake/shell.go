@@ -87,8 +87,8 @@ func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandR
 		code, err = p.argv(c.Argv)
 	}
 	p.out.flush()
-	res := &backend.CommandResult{ExitCode: code, Stdout: p.out.buf[0].String(), Stderr: p.out.buf[1].String(),
-		StdoutTruncated: p.out.truncated[0], StderrTruncated: p.out.truncated[1], Duration: m.b.now().Sub(started)}
+	res := &backend.CommandResult{ExitCode: code, Stdout: p.out.kept[0].String(), Stderr: p.out.kept[1].String(),
+		StdoutTruncated: p.out.kept[0].Truncated, StderrTruncated: p.out.kept[1].Truncated, Duration: m.b.now().Sub(started)}
 	var stop *errExit
 	if errors.As(err, &stop) {
 		switch stop.why {

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	emu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
 )
 
 // benchWorkspace writes about 200 MiB of files: two of 64 MiB and 720 of
@@ -35,7 +35,7 @@ du -sm /root/ws | cut -f1`
 //
 //	go test ./backend/fastvm -run '^$' -bench IdleRoundTrip -benchtime 10x
 func BenchmarkIdleRoundTrip(b *testing.B) {
-	env := newTestEnv(b, emu.Options{}, Options{IdleAction: IdlePause})
+	env := newTestEnv(b, fastvmemu.Options{}, Options{IdleAction: IdlePause})
 	parker := New(env.c, Options{IdleAction: IdleSnapshot})
 	ctx := context.Background()
 	paused := env.machine(b)

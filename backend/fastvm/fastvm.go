@@ -6,7 +6,6 @@ package fastvm
 
 import (
 	"archive/tar"
-	"bytes"
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
@@ -29,7 +28,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
+	fastvmclient "github.com/vmcp-dev/vmcp/client/fastvm"
+	"github.com/vmcp-dev/vmcp/internal/capture"
+	"github.com/vmcp-dev/vmcp/internal/linesplit"
+	"github.com/vmcp-dev/vmcp/internal/tarfs"
 	"github.com/vmcp-dev/vmcp/internal/vmrepl"
 )
 
@@ -45,9 +47,6 @@ const DefaultMachineType = "c1m2"
 // maxStdin bounds the stdin of a command: FastVM takes it whole in the
 // request.
 const maxStdin = 8 << 20
-
-// defaultMaxOutput is the output of each stream kept in a command's result.
-const defaultMaxOutput = 1 << 20
 
 // What Idle does with an idle VM (Options.IdleAction).
 const (
@@ -84,7 +83,7 @@ type Options struct {
 
 // Backend serves FastVM VMs through a client.
 type Backend struct {
-	c           *fvc.Client
+	c           *fastvmclient.Client
 	marks       map[string]string
 	machineType string
 	idleAction  string
@@ -107,7 +106,7 @@ type Backend struct {
 }
 
 // New returns the backend of c's VMs.
-func New(c *fvc.Client, opts Options) *Backend {
+func New(c *fastvmclient.Client, opts Options) *Backend {
 	if len(opts.Marks) == 0 {
 		opts.Marks = map[string]string{"created-by": "vmcp"}
 	}
@@ -130,7 +129,7 @@ func (b *Backend) Name() string { return Name }
 // Has reports the capabilities: all of them, Python built on exec.
 func (b *Backend) Has(c backend.Capability) bool {
 	switch c {
-	case backend.Python, backend.Shell, backend.Files, backend.Snapshots, backend.Build, backend.Firewall:
+	case backend.Python, backend.Shell, backend.Files, backend.Snapshots, backend.Build, backend.Firewall, backend.MachineTypes:
 		return true
 	}
 	return false
@@ -154,13 +153,13 @@ func (b *Backend) Create(ctx context.Context, spec backend.MachineSpec) (backend
 		meta = map[string]string{}
 	}
 	maps.Copy(meta, b.marks)
-	req := fvc.LaunchRequest{Name: spec.Name, SnapshotID: spec.FromSnapshot, Metadata: meta, MachineType: spec.MachineType}
+	req := fastvmclient.LaunchRequest{Name: spec.Name, SnapshotID: spec.FromSnapshot, Metadata: meta, MachineType: spec.MachineType}
 	if req.MachineType == "" && req.SnapshotID == "" {
 		req.MachineType = b.machineType
 	}
 	vm, err := b.c.Launch(ctx, req)
 	if err != nil {
-		if fvc.IsNotFound(err) && spec.FromSnapshot != "" {
+		if fastvmclient.IsNotFound(err) && spec.FromSnapshot != "" {
 			return backend.MachineInfo{}, backend.ErrNotFound
 		}
 		return backend.MachineInfo{}, fmt.Errorf("launch a FastVM machine: %w", err)
@@ -183,7 +182,7 @@ func (b *Backend) remember(id string, known bool) {
 // notePaused records whether a VM is paused (or on its way: the next call
 // resumes it), from what the service said of it.
 func (b *Backend) notePaused(id, status string) {
-	paused := status == fvc.StatusPaused || status == fvc.StatusPausing
+	paused := status == fastvmclient.StatusPaused || status == fastvmclient.StatusPausing
 	b.mu.Lock()
 	if paused {
 		b.paused[id] = true
@@ -203,7 +202,7 @@ func (b *Backend) isPaused(id string) bool {
 // may both ask: a resume of a resuming or running VM is harmless.
 func (b *Backend) resume(ctx context.Context, id string) error {
 	vm, err := b.c.ResumeVM(ctx, id)
-	if fvc.IsNotFound(err) {
+	if fastvmclient.IsNotFound(err) {
 		b.remember(id, false)
 		return backend.ErrNotFound
 	}
@@ -223,7 +222,7 @@ func (b *Backend) Machine(ctx context.Context, id string) (backend.Machine, erro
 		return &Machine{b: b, id: id}, nil
 	}
 	vm, err := b.c.GetVM(ctx, id)
-	if fvc.IsNotFound(err) {
+	if fastvmclient.IsNotFound(err) {
 		return nil, backend.ErrNotFound
 	}
 	if err != nil {
@@ -231,7 +230,7 @@ func (b *Backend) Machine(ctx context.Context, id string) (backend.Machine, erro
 	}
 	// A deleted VM reports deleting for a while before it is a 404:
 	// it is gone already, as Machines says by leaving it out.
-	if !b.marked(vm.Metadata) || vm.Status == fvc.StatusDeleting {
+	if !b.marked(vm.Metadata) || vm.Status == fastvmclient.StatusDeleting {
 		return nil, backend.ErrNotFound
 	}
 	b.remember(id, true)
@@ -256,7 +255,7 @@ func (b *Backend) Machines(ctx context.Context) ([]backend.MachineInfo, error) {
 	}
 	out := make([]backend.MachineInfo, 0, len(vms))
 	for i := range vms {
-		if vms[i].Status == fvc.StatusDeleting {
+		if vms[i].Status == fastvmclient.StatusDeleting {
 			continue
 		}
 		b.notePaused(vms[i].ID, vms[i].Status)
@@ -270,7 +269,7 @@ func (b *Backend) Delete(ctx context.Context, id string) error {
 	b.remember(id, false)
 	b.forgetREPL(id)
 	if _, err := b.c.DeleteVM(ctx, id); err != nil {
-		if fvc.IsNotFound(err) {
+		if fastvmclient.IsNotFound(err) {
 			return backend.ErrNotFound
 		}
 		return fmt.Errorf("delete FastVM machine %s: %w", id, err)
@@ -306,11 +305,11 @@ func (b *Backend) Idle(ctx context.Context, id string) (string, error) {
 		b.notePaused(id, vm.Status)
 		return "", nil
 	}
-	if !fvc.IsNotFound(err) {
+	if !fastvmclient.IsNotFound(err) {
 		return "", fmt.Errorf("pause idle FastVM machine %s: %w", id, err)
 	}
 	// A 404: no such VM, or no pause endpoint (a service before TS SDK 0.5).
-	if _, gerr := b.c.GetVM(ctx, id); fvc.IsNotFound(gerr) {
+	if _, gerr := b.c.GetVM(ctx, id); fastvmclient.IsNotFound(gerr) {
 		b.remember(id, false)
 		return "", backend.ErrNotFound
 	} else if gerr != nil {
@@ -327,7 +326,7 @@ func (b *Backend) Idle(ctx context.Context, id string) (string, error) {
 // park snapshots an idle VM for Idle; the caller deletes it.
 func (b *Backend) park(ctx context.Context, id string) (string, error) {
 	s, err := b.c.CreateSnapshot(ctx, id, "vmcp-parked-"+id)
-	if fvc.IsNotFound(err) {
+	if fastvmclient.IsNotFound(err) {
 		return "", backend.ErrNotFound
 	}
 	if err != nil {
@@ -342,7 +341,7 @@ func (b *Backend) park(ctx context.Context, id string) (string, error) {
 // DeleteSnapshot deletes a snapshot.
 func (b *Backend) DeleteSnapshot(ctx context.Context, id string) error {
 	if _, err := b.c.DeleteSnapshot(ctx, id); err != nil {
-		if fvc.IsNotFound(err) {
+		if fastvmclient.IsNotFound(err) {
 			return backend.ErrNotFound
 		}
 		return fmt.Errorf("delete FastVM snapshot %s: %w", id, err)
@@ -364,18 +363,18 @@ func (b *Backend) BuildImage(ctx context.Context, spec backend.BuildSpec) (backe
 		}
 		defer dir.Close()
 	}
-	snap, err := b.c.BuildFrom(ctx, fvc.BuildRequest{Name: spec.Name, ImageRef: spec.ImageRef, DockerfileContent: spec.Dockerfile, MachineType: spec.MachineType}, dir)
+	snap, err := b.c.BuildFrom(ctx, fastvmclient.BuildRequest{Name: spec.Name, ImageRef: spec.ImageRef, DockerfileContent: spec.Dockerfile, MachineType: spec.MachineType}, dir)
 	if err != nil {
 		return backend.SnapshotInfo{}, err
 	}
 	return snapshotInfo(snap), nil
 }
 
-func machineInfo(vm *fvc.VM) backend.MachineInfo {
+func machineInfo(vm *fastvmclient.VM) backend.MachineInfo {
 	created, _ := time.Parse(time.RFC3339, vm.CreatedAt)
 	status := vm.Status
 	switch status {
-	case fvc.StatusPaused, fvc.StatusPausing, fvc.StatusResuming:
+	case fastvmclient.StatusPaused, fastvmclient.StatusPausing, fastvmclient.StatusResuming:
 		// In the tools' words a paused VM is stopped: nothing of it runs,
 		// and the next call starts it again (here with its memory).
 		status = "stopped"
@@ -383,7 +382,7 @@ func machineInfo(vm *fvc.VM) backend.MachineInfo {
 	return backend.MachineInfo{ID: vm.ID, Name: vm.Name, Backend: Name, Status: status, Tags: vm.Metadata, CreatedAt: created, FromSnapshot: vm.SourceName}
 }
 
-func snapshotInfo(s *fvc.Snapshot) backend.SnapshotInfo {
+func snapshotInfo(s *fastvmclient.Snapshot) backend.SnapshotInfo {
 	created, _ := time.Parse(time.RFC3339, s.CreatedAt)
 	return backend.SnapshotInfo{ID: s.ID, Name: s.Name, Backend: Name, Machine: s.VMID, Status: s.Status, CreatedAt: created}
 }
@@ -433,7 +432,7 @@ func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandR
 		}
 		argv = append(wrapper, argv...)
 	}
-	req := fvc.ExecRequest{Command: argv}
+	req := fastvmclient.ExecRequest{Command: argv}
 	if c.Timeout > 0 {
 		req.TimeoutSec = int((c.Timeout + time.Second - 1) / time.Second)
 	}
@@ -457,10 +456,10 @@ func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandR
 }
 
 // exec runs a prepared command for Run.
-func (m *Machine) exec(ctx context.Context, req fvc.ExecRequest, c backend.Command) (*backend.CommandResult, error) {
+func (m *Machine) exec(ctx context.Context, req fastvmclient.ExecRequest, c backend.Command) (*backend.CommandResult, error) {
 	max := c.MaxOutput
 	if max <= 0 {
-		max = defaultMaxOutput
+		max = capture.DefaultMax
 	}
 	if c.OnOutput == nil && c.Stdout == nil && c.Stderr == nil {
 		// Nobody watches the output as it comes, and the service's cut of
@@ -472,17 +471,20 @@ func (m *Machine) exec(ctx context.Context, req fvc.ExecRequest, c backend.Comma
 		}
 		res := &backend.CommandResult{ExitCode: r.ExitCode, TimedOut: r.TimedOut, Duration: r.Duration(),
 			Stdout: r.Stdout, Stderr: r.Stderr, StdoutTruncated: r.StdoutTruncated, StderrTruncated: r.StderrTruncated}
-		capOutput(&res.Stdout, &res.StdoutTruncated, max)
-		capOutput(&res.Stderr, &res.StderrTruncated, max)
+		var cut bool
+		res.Stdout, cut = capture.Cut(res.Stdout, max)
+		res.StdoutTruncated = res.StdoutTruncated || cut
+		res.Stderr, cut = capture.Cut(res.Stderr, max)
+		res.StderrTruncated = res.StderrTruncated || cut
 		return res, nil
 	}
-	out := [2]*stream{{max: max, name: "stdout", on: c.OnOutput, w: c.Stdout}, {max: max, name: "stderr", on: c.OnOutput, w: c.Stderr}}
+	out := [2]*stream{{kept: capture.Capped{Max: max}, name: "stdout", on: c.OnOutput, w: c.Stdout}, {kept: capture.Capped{Max: max}, name: "stderr", on: c.OnOutput, w: c.Stderr}}
 	start := time.Now()
-	exit, err := m.b.c.ExecStreamFunc(ctx, m.id, req, func(ev fvc.ExecEvent) error {
+	exit, err := m.b.c.ExecStreamFunc(ctx, m.id, req, func(ev fastvmclient.ExecEvent) error {
 		switch ev.Type {
-		case fvc.EventStdout:
+		case fastvmclient.EventStdout:
 			out[0].write(ev.Data)
-		case fvc.EventStderr:
+		case fastvmclient.EventStderr:
 			out[1].write(ev.Data)
 		}
 		return nil
@@ -493,21 +495,13 @@ func (m *Machine) exec(ctx context.Context, req fvc.ExecRequest, c backend.Comma
 	out[0].flush()
 	out[1].flush()
 	res := &backend.CommandResult{ExitCode: exit.ExitCode, TimedOut: exit.TimedOut,
-		Stdout: out[0].buf.String(), Stderr: out[1].buf.String(),
-		StdoutTruncated: out[0].truncated, StderrTruncated: out[1].truncated,
+		Stdout: out[0].kept.String(), Stderr: out[1].kept.String(),
+		StdoutTruncated: out[0].kept.Truncated, StderrTruncated: out[1].kept.Truncated,
 		Duration: time.Duration(exit.DurationMs) * time.Millisecond}
 	if res.Duration == 0 {
 		res.Duration = time.Since(start)
 	}
 	return res, nil
-}
-
-// capOutput cuts s to max bytes.
-func capOutput(s *string, truncated *bool, max int) {
-	if len(*s) > max {
-		*s = (*s)[:max]
-		*truncated = true
-	}
 }
 
 func orHome(dir string) string {
@@ -520,83 +514,42 @@ func orHome(dir string) string {
 // stream collects one output stream: kept up to max bytes (or all of it
 // passed to w), and handed out line by line as it arrives.
 type stream struct {
-	name      string
-	max       int
-	on        func(stream, line string)
-	w         io.Writer
-	buf       strings.Builder
-	truncated bool
-	partial   []byte
+	name  string
+	on    func(stream, line string)
+	w     io.Writer
+	kept  capture.Capped
+	lines linesplit.Splitter
 }
 
 func (s *stream) write(b []byte) {
 	if s.w != nil {
 		s.w.Write(b)
-	} else if room := s.max - s.buf.Len(); room < len(b) {
-		s.buf.Write(b[:max(room, 0)])
-		s.truncated = true
 	} else {
-		s.buf.Write(b)
+		s.kept.Write(b)
 	}
-	if s.on == nil {
-		return
-	}
-	s.partial = append(s.partial, b...)
-	for {
-		i := bytes.IndexByte(s.partial, '\n')
-		if i < 0 {
-			break
-		}
-		s.on(s.name, string(s.partial[:i]))
-		s.partial = s.partial[i+1:]
-	}
-	if len(s.partial) > 64<<10 { // a very long line: hand it out in pieces
-		s.on(s.name, string(s.partial))
-		s.partial = s.partial[:0]
+	if s.on != nil {
+		s.lines.Split(b, func(line []byte) { s.on(s.name, string(line)) })
 	}
 }
 
 func (s *stream) flush() {
-	if s.on != nil && len(s.partial) > 0 {
-		s.on(s.name, string(s.partial))
-		s.partial = nil
+	if s.on != nil {
+		s.lines.Flush(func(line []byte) { s.on(s.name, string(line)) })
 	}
 }
 
 // WriteFile streams r into a file of the VM.
 func (m *Machine) WriteFile(ctx context.Context, p string, r io.Reader, mode fs.FileMode) (*backend.WriteResult, error) {
 	h := sha256.New()
-	cr := &countingReader{r: io.TeeReader(r, h)}
-	err := m.resumed(ctx, func() bool { return cr.n == 0 }, func() error { return m.b.c.UploadReader(ctx, m.id, cr, -1, abs(p)) })
+	cr := &capture.CountingReader{R: io.TeeReader(r, h)}
+	err := m.resumed(ctx, func() bool { return cr.N == 0 }, func() error { return m.b.c.UploadReader(ctx, m.id, cr, -1, abs(p)) })
 	if err != nil {
 		return nil, err
 	}
 	if err := m.chmod(ctx, abs(p), mode); err != nil {
 		return nil, err
 	}
-	return &backend.WriteResult{Path: abs(p), Bytes: cr.n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
-}
-
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
+	return &backend.WriteResult{Path: abs(p), Bytes: cr.N, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
 // chmod gives an uploaded file its mode: the upload takes none, and files
@@ -606,7 +559,7 @@ func (m *Machine) chmod(ctx context.Context, p string, mode fs.FileMode) error {
 	if perm == 0 || perm == 0o644 {
 		return nil
 	}
-	res, err := m.b.c.Exec(ctx, m.id, fvc.ExecRequest{Command: []string{"chmod", strconv.FormatUint(uint64(perm), 8), "--", p}, TimeoutSec: 60})
+	res, err := m.b.c.Exec(ctx, m.id, fastvmclient.ExecRequest{Command: []string{"chmod", strconv.FormatUint(uint64(perm), 8), "--", p}, TimeoutSec: 60})
 	if err == nil && res.ExitCode != 0 {
 		err = errors.New(strings.TrimSpace(res.Stderr))
 	}
@@ -633,12 +586,12 @@ func (m *Machine) resumed(ctx context.Context, again func() bool, op func() erro
 		}
 	}
 	err := op()
-	var apiErr *fvc.APIError
+	var apiErr *fastvmclient.APIError
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusConflict {
 		return err
 	}
 	vm, gerr := m.b.c.GetVM(ctx, m.id)
-	if gerr != nil || (vm.Status != fvc.StatusPaused && vm.Status != fvc.StatusPausing && vm.Status != fvc.StatusResuming) {
+	if gerr != nil || (vm.Status != fastvmclient.StatusPaused && vm.Status != fastvmclient.StatusPausing && vm.Status != fastvmclient.StatusResuming) {
 		return err
 	}
 	if rerr := m.b.resume(ctx, m.id); rerr != nil {
@@ -679,7 +632,7 @@ func (m *Machine) Stat(ctx context.Context, p string) (*backend.FileInfo, error)
 }
 
 func (m *Machine) stat(ctx context.Context, p string) (*backend.FileInfo, error) {
-	res, err := m.b.c.Exec(ctx, m.id, fvc.ExecRequest{Command: []string{"sh", "-c", statScript, "sh", abs(p)}, TimeoutSec: 60})
+	res, err := m.b.c.Exec(ctx, m.id, fastvmclient.ExecRequest{Command: []string{"sh", "-c", statScript, "sh", abs(p)}, TimeoutSec: 60})
 	if err != nil {
 		return nil, err
 	}
@@ -704,8 +657,8 @@ func (m *Machine) stat(ctx context.Context, p string) (*backend.FileInfo, error)
 
 // CopyIn extracts a tar stream into a directory of the VM.
 func (m *Machine) CopyIn(ctx context.Context, dir string, r io.Reader) error {
-	cr := &countingReader{r: r}
-	return m.resumed(ctx, func() bool { return cr.n == 0 }, func() error { return m.copyIn(ctx, dir, cr) })
+	cr := &capture.CountingReader{R: r}
+	return m.resumed(ctx, func() bool { return cr.N == 0 }, func() error { return m.copyIn(ctx, dir, cr) })
 }
 
 func (m *Machine) copyIn(ctx context.Context, dir string, r io.Reader) error {
@@ -726,8 +679,8 @@ func (m *Machine) copyIn(ctx context.Context, dir string, r io.Reader) error {
 // CopyOut writes a file or directory of the VM as a tar stream whose names
 // start with the path's last element, like the local engine's.
 func (m *Machine) CopyOut(ctx context.Context, p string, w io.Writer) error {
-	cw := &countingWriter{w: w}
-	return m.resumed(ctx, func() bool { return cw.n == 0 }, func() error { return m.copyOut(ctx, p, cw) })
+	cw := &capture.CountingWriter{W: w}
+	return m.resumed(ctx, func() bool { return cw.N == 0 }, func() error { return m.copyOut(ctx, p, cw) })
 }
 
 func (m *Machine) copyOut(ctx context.Context, p string, w io.Writer) error {
@@ -736,8 +689,8 @@ func (m *Machine) copyOut(ctx context.Context, p string, w io.Writer) error {
 		return err
 	}
 	base := path.Base(abs(p))
-	tw := tar.NewWriter(w)
 	if !fi.IsDir {
+		tw := tar.NewWriter(w)
 		if err := tw.WriteHeader(&tar.Header{Name: base, Mode: int64(fi.Mode.Perm()), Size: fi.Size, ModTime: fi.ModTime, Typeflag: tar.TypeReg}); err != nil {
 			return err
 		}
@@ -761,39 +714,17 @@ func (m *Machine) copyOut(ctx context.Context, p string, w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("the archive of %s: %w", abs(p), err)
 	}
-	tr := tar.NewReader(zr)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("the archive of %s: %w", abs(p), err)
-		}
-		name := strings.TrimPrefix(path.Clean(h.Name), "./")
-		if name == "." {
-			h.Name = base + "/"
-		} else {
-			h.Name = path.Join(base, name)
-			if h.Typeflag == tar.TypeDir {
-				h.Name += "/"
-			}
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return err
-		}
-		if _, err := io.Copy(tw, tr); err != nil {
-			return err
-		}
+	if err := tarfs.Rename(w, zr, base); err != nil {
+		return fmt.Errorf("the archive of %s: %w", abs(p), err)
 	}
-	return tw.Close()
+	return nil
 }
 
 // Snapshot saves the VM's disk and waits until the snapshot is ready. A
 // paused VM is resumed first: FastVM answers every snapshot request of one
 // pause with the same snapshot, whatever its name.
 func (m *Machine) Snapshot(ctx context.Context, name string) (backend.SnapshotInfo, error) {
-	var s *fvc.Snapshot
+	var s *fastvmclient.Snapshot
 	err := m.resumed(ctx, repeatable, func() error {
 		var err error
 		s, err = m.b.c.CreateSnapshot(ctx, m.id, name)
@@ -811,9 +742,9 @@ func (m *Machine) Snapshot(ctx context.Context, name string) (backend.SnapshotIn
 
 // SetFirewall replaces the VM's inbound policy.
 func (m *Machine) SetFirewall(ctx context.Context, p backend.FirewallPolicy) error {
-	pol := fvc.FirewallPolicy{Mode: p.Mode}
+	pol := fastvmclient.FirewallPolicy{Mode: p.Mode}
 	for _, r := range p.Ingress {
-		pol.Ingress = append(pol.Ingress, fvc.FirewallRule{Protocol: r.Protocol, PortStart: r.PortStart, PortEnd: r.PortEnd, SourceCIDRs: r.SourceCIDRs, Description: r.Description})
+		pol.Ingress = append(pol.Ingress, fastvmclient.FirewallRule{Protocol: r.Protocol, PortStart: r.PortStart, PortEnd: r.PortEnd, SourceCIDRs: r.SourceCIDRs, Description: r.Description})
 	}
 	_, err := m.b.c.SetFirewall(ctx, m.id, pol)
 	return err

@@ -19,8 +19,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
-	emu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	fastvmclient "github.com/vmcp-dev/vmcp/client/fastvm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
 	"github.com/vmcp-dev/vmcp/local"
 )
 
@@ -34,9 +34,9 @@ const testKey = "backend-test-key"
 // testEnv is an emulator on loopback, a client of it and a backend over
 // the client; hits counts the requests by "METHOD path-suffix".
 type testEnv struct {
-	c         *fvc.Client
+	c         *fastvmclient.Client
 	b         *Backend
-	emu       *emu.Server
+	emu       *fastvmemu.Server
 	mu        sync.Mutex
 	hits      []string
 	conflicts int // 409 answers
@@ -61,14 +61,14 @@ func (env *testEnv) conflictCount() int {
 	return env.conflicts
 }
 
-func newTestEnv(t testing.TB, eopts emu.Options, bopts Options) *testEnv {
+func newTestEnv(t testing.TB, eopts fastvmemu.Options, bopts Options) *testEnv {
 	t.Helper()
 	engine, err := local.New(local.Options{StateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	eopts.Engine, eopts.APIKey, eopts.Logger = engine, testKey, zerolog.Nop()
-	s, err := emu.New(eopts)
+	s, err := fastvmemu.New(eopts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func newTestEnv(t testing.TB, eopts emu.Options, bopts Options) *testEnv {
 		s.Close()
 		engine.Close()
 	})
-	env.c = fvc.New(testKey, fvc.WithBaseURL(srv.URL), fvc.WithPollInterval(500*time.Millisecond))
+	env.c = fastvmclient.New(testKey, fastvmclient.WithBaseURL(srv.URL), fastvmclient.WithPollInterval(500*time.Millisecond))
 	env.b = New(env.c, bopts)
 	return env
 }
@@ -163,7 +163,7 @@ func askSecret(t testing.TB, m *Machine) string {
 }
 
 func TestIdlePausesAndTheNextCallResumes(t *testing.T) {
-	env := newTestEnv(t, emu.Options{}, Options{})
+	env := newTestEnv(t, fastvmemu.Options{}, Options{})
 	m := env.machine(t)
 	ctx := context.Background()
 	mustRun(t, m, "echo kept > /root/f")
@@ -173,7 +173,7 @@ func TestIdlePausesAndTheNextCallResumes(t *testing.T) {
 	if err != nil || snap != "" {
 		t.Fatalf("Idle = %q, %v; want a pause (\"\")", snap, err)
 	}
-	if st := env.status(t, m.ID()); st != fvc.StatusPaused {
+	if st := env.status(t, m.ID()); st != fastvmclient.StatusPaused {
 		t.Fatalf("status after Idle: %s", st)
 	}
 	// The next call just works: files and the process's memory are there.
@@ -195,7 +195,7 @@ func TestIdlePausesAndTheNextCallResumes(t *testing.T) {
 
 // Every operation on a machine resumes it first.
 func TestEveryOperationResumes(t *testing.T) {
-	env := newTestEnv(t, emu.Options{}, Options{})
+	env := newTestEnv(t, fastvmemu.Options{}, Options{})
 	m := env.machine(t)
 	ctx := context.Background()
 	mustRun(t, m, "mkdir -p /root/d && echo x > /root/d/a")
@@ -224,7 +224,7 @@ func TestEveryOperationResumes(t *testing.T) {
 		if err := op(); err != nil {
 			t.Errorf("%s on a paused machine: %v", name, err)
 		}
-		if st := env.status(t, m.ID()); st != fvc.StatusRunning {
+		if st := env.status(t, m.ID()); st != fastvmclient.StatusRunning {
 			t.Errorf("%s left the machine %s", name, st)
 		}
 	}
@@ -238,7 +238,7 @@ func TestEveryOperationResumes(t *testing.T) {
 // TTL): the call that finds it paused resumes it and runs again when it
 // can; a backend that starts afresh learns it from its lookup.
 func TestPausedBehindTheBackendsBack(t *testing.T) {
-	env := newTestEnv(t, emu.Options{}, Options{})
+	env := newTestEnv(t, fastvmemu.Options{}, Options{})
 	m := env.machine(t)
 	ctx := context.Background()
 	secret := startSecretKeeper(t, m)
@@ -278,7 +278,7 @@ func TestPausedBehindTheBackendsBack(t *testing.T) {
 }
 
 func TestIdleFallsBackToSnapshotsWithoutPause(t *testing.T) {
-	env := newTestEnv(t, emu.Options{NoExtensions: true}, Options{})
+	env := newTestEnv(t, fastvmemu.Options{NoExtensions: true}, Options{})
 	ctx := context.Background()
 	a, b := env.machine(t), env.machine(t)
 	snap, err := env.b.Idle(ctx, a.ID())
@@ -308,14 +308,14 @@ func TestIdleFallsBackToSnapshotsWithoutPause(t *testing.T) {
 }
 
 func TestIdleActionSnapshot(t *testing.T) {
-	env := newTestEnv(t, emu.Options{}, Options{IdleAction: IdleSnapshot})
+	env := newTestEnv(t, fastvmemu.Options{}, Options{IdleAction: IdleSnapshot})
 	m := env.machine(t)
 	mustRun(t, m, "echo kept > /root/f")
 	snap, err := env.b.Idle(context.Background(), m.ID())
 	if err != nil || snap == "" || env.count("POST", "/pause") != 0 {
 		t.Fatalf("Idle = %q, %v with %d pauses; want a snapshot and no pause", snap, err, env.count("POST", "/pause"))
 	}
-	if st := env.status(t, m.ID()); st != fvc.StatusRunning {
+	if st := env.status(t, m.ID()); st != fastvmclient.StatusRunning {
 		t.Fatalf("status after parking: %s (the caller deletes it)", st)
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
+	fastvmclient "github.com/vmcp-dev/vmcp/client/fastvm"
 )
 
 // TestCreateRefusesWhatVMCPCannotGive: a network policy or a size in MiB
@@ -20,7 +20,7 @@ func TestCreateRefusesWhatVMCPCannotGive(t *testing.T) {
 	var requests atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { requests.Add(1); http.NotFound(w, r) }))
 	defer srv.Close()
-	b := New(fvc.New("k", fvc.WithBaseURL(srv.URL)), Options{})
+	b := New(fastvmclient.New("k", fastvmclient.WithBaseURL(srv.URL)), Options{})
 	for _, spec := range []struct {
 		spec backend.MachineSpec
 		want string

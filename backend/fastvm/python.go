@@ -8,7 +8,8 @@ import (
 	"time"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
+	fastvmclient "github.com/vmcp-dev/vmcp/client/fastvm"
+	"github.com/vmcp-dev/vmcp/internal/capture"
 	"github.com/vmcp-dev/vmcp/internal/vmrepl"
 )
 
@@ -27,17 +28,17 @@ var _ backend.PythonRunner = (*Machine)(nil)
 func (m *Machine) RunPython(ctx context.Context, code string, opts backend.PythonOptions) (*backend.PythonResult, error) {
 	r := m.b.repl(m.id)
 	var res *backend.PythonResult
-	var counted []*countingWriter
+	var counted []*capture.CountingWriter
 	for _, w := range []*io.Writer{&opts.Stdout, &opts.Stderr} {
 		if *w != nil {
-			c := &countingWriter{w: *w}
+			c := &capture.CountingWriter{W: *w}
 			counted = append(counted, c)
 			*w = c
 		}
 	}
 	unwritten := func() bool {
 		for _, c := range counted {
-			if c.n > 0 {
+			if c.N > 0 {
 				return false
 			}
 		}
@@ -85,7 +86,7 @@ type execer struct {
 }
 
 func (x execer) Exec(ctx context.Context, argv []string, stdin io.Reader, onLine func(stream string, line []byte)) (int, error) {
-	req := fvc.ExecRequest{Command: argv}
+	req := fastvmclient.ExecRequest{Command: argv}
 	if deadline, ok := ctx.Deadline(); ok {
 		// The service ends the command by then too (and says so), rather
 		// than leaving it to run after the caller has gone.
@@ -102,11 +103,11 @@ func (x execer) Exec(ctx context.Context, argv []string, stdin io.Reader, onLine
 		req.Stdin = b
 	}
 	out := [2]lineCutter{{stream: "stdout", on: onLine}, {stream: "stderr", on: onLine}}
-	exit, err := x.b.c.ExecStreamFunc(ctx, x.id, req, func(ev fvc.ExecEvent) error {
+	exit, err := x.b.c.ExecStreamFunc(ctx, x.id, req, func(ev fastvmclient.ExecEvent) error {
 		switch ev.Type {
-		case fvc.EventStdout:
+		case fastvmclient.EventStdout:
 			out[0].write(ev.Data)
-		case fvc.EventStderr:
+		case fastvmclient.EventStderr:
 			out[1].write(ev.Data)
 		}
 		return nil

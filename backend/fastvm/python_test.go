@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	emu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
 )
 
 func mustPython(t testing.TB, m *Machine, code string, timeout time.Duration) *backend.PythonResult {
@@ -37,7 +37,7 @@ func value(r *backend.PythonResult) string {
 // pause, and says that it was reset once the VM comes back from a snapshot
 // (its files kept).
 func TestPythonOnFastVM(t *testing.T) {
-	env := newTestEnv(t, emu.Options{}, Options{})
+	env := newTestEnv(t, fastvmemu.Options{}, Options{})
 	ctx := context.Background()
 	m := env.machine(t)
 	if r := mustPython(t, m, "x = 41", 0); r.Value != nil || r.Error != "" || r.StateReset != "" {
@@ -140,7 +140,7 @@ func wantStream(t *testing.T, what string, w *hashWriter, want ...[]byte) {
 // whole and bytes that are not UTF-8 as they are; without writers the
 // result holds it as the local engine's does, with no line added.
 func TestPythonOutputOnFastVM(t *testing.T) {
-	env := newTestEnv(t, emu.Options{}, Options{})
+	env := newTestEnv(t, fastvmemu.Options{}, Options{})
 	ctx := context.Background()
 	m := env.machine(t)
 	out, errw := newHashWriter(), newHashWriter()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/internal/capture"
 )
 
 // Commands run through subprocess in the machine's interpreter, in a
@@ -21,10 +22,6 @@ import (
 // its full pipes; its timeout is kept by a thread of the helper, which kills
 // its process group, its descendants and every process carrying its marker
 // in the environment, so that nothing it started outlives it.
-
-// defaultMaxOutput is how much of each stream a result keeps when
-// Command.MaxOutput is zero: as on the local backend.
-const defaultMaxOutput = 1 << 20
 
 // maxLine is the longest line OnOutput receives; longer ones come in
 // pieces, as on the local backend.
@@ -76,7 +73,7 @@ func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandR
 	}
 	maxOut := c.MaxOutput
 	if maxOut <= 0 {
-		maxOut = defaultMaxOutput
+		maxOut = capture.DefaultMax
 	}
 	relay := int64(-1) // everything, for OnOutput or the writers
 	if c.OnOutput == nil && c.Stdout == nil && c.Stderr == nil {

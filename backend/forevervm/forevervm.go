@@ -23,7 +23,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	fvm "github.com/vmcp-dev/vmcp/client/forevervm"
+	forevervmclient "github.com/vmcp-dev/vmcp/client/forevervm"
 )
 
 // Name is the backend's name.
@@ -49,21 +49,21 @@ type Options struct {
 
 // Backend serves ForeverVM machines through a client.
 type Backend struct {
-	c     *fvm.Client
+	c     *forevervmclient.Client
 	marks map[string]string
 	log   zerolog.Logger
 
 	mu    sync.Mutex
-	known map[string]bool      // machines seen in a list or created here
-	repls map[string]*fvm.REPL // one open REPL per machine
+	known map[string]bool                  // machines seen in a list or created here
+	repls map[string]*forevervmclient.REPL // one open REPL per machine
 }
 
 // New returns the backend of c's machines.
-func New(c *fvm.Client, opts Options) *Backend {
+func New(c *forevervmclient.Client, opts Options) *Backend {
 	if len(opts.Marks) == 0 {
 		opts.Marks = map[string]string{"created-by": "vmcp"}
 	}
-	return &Backend{c: c, marks: opts.Marks, log: opts.Logger, known: map[string]bool{}, repls: map[string]*fvm.REPL{}}
+	return &Backend{c: c, marks: opts.Marks, log: opts.Logger, known: map[string]bool{}, repls: map[string]*forevervmclient.REPL{}}
 }
 
 // Name is "forevervm".
@@ -105,7 +105,7 @@ func (b *Backend) Create(ctx context.Context, spec backend.MachineSpec) (backend
 	if spec.Name != "" {
 		tags[nameTag] = spec.Name
 	}
-	name, err := b.c.CreateMachine(ctx, fvm.CreateMachineOptions{Tags: tags})
+	name, err := b.c.CreateMachine(ctx, forevervmclient.CreateMachineOptions{Tags: tags})
 	if err != nil {
 		return backend.MachineInfo{}, fmt.Errorf("create a ForeverVM machine: %w", err)
 	}
@@ -168,7 +168,7 @@ func (b *Backend) Snapshots(context.Context) ([]backend.SnapshotInfo, error) { r
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	repls := b.repls
-	b.repls = map[string]*fvm.REPL{}
+	b.repls = map[string]*forevervmclient.REPL{}
 	b.mu.Unlock()
 	for _, r := range repls {
 		r.Close()
@@ -177,7 +177,7 @@ func (b *Backend) Close() error {
 }
 
 // repl returns the machine's open REPL, opening it on first use.
-func (b *Backend) repl(ctx context.Context, name string) (*fvm.REPL, error) {
+func (b *Backend) repl(ctx context.Context, name string) (*forevervmclient.REPL, error) {
 	b.mu.Lock()
 	r := b.repls[name]
 	b.mu.Unlock()
@@ -199,7 +199,7 @@ func (b *Backend) repl(ctx context.Context, name string) (*fvm.REPL, error) {
 }
 
 // forget drops a REPL that failed, so that the next call opens a new one.
-func (b *Backend) forget(name string, r *fvm.REPL) {
+func (b *Backend) forget(name string, r *forevervmclient.REPL) {
 	b.mu.Lock()
 	if b.repls[name] == r {
 		delete(b.repls, name)
@@ -240,9 +240,9 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts backend.Pytho
 	}
 	// The wire carries output a line at a time, without its newline.
 	var stdout, stderr strings.Builder
-	res, err := r.Exec(ctx, code, fvm.ExecOptions{
+	res, err := r.Exec(ctx, code, forevervmclient.ExecOptions{
 		Timeout: opts.Timeout,
-		OnOutput: func(ch fvm.OutputChunk) {
+		OnOutput: func(ch forevervmclient.OutputChunk) {
 			out, w := &stdout, opts.Stdout
 			if ch.Stream == "stderr" {
 				out, w = &stderr, opts.Stderr
@@ -263,7 +263,7 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts backend.Pytho
 			m.interrupt()
 			return nil, ctx.Err()
 		}
-		if errors.Is(err, fvm.ErrClosed) {
+		if errors.Is(err, forevervmclient.ErrClosed) {
 			m.b.forget(m.name, r)
 		}
 		return nil, fmt.Errorf("run on ForeverVM machine %s: %w", m.name, err)
@@ -290,7 +290,7 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts backend.Pytho
 func (m *Machine) interrupt() {
 	ctx, cancel := context.WithTimeout(context.Background(), interruptTimeout)
 	defer cancel()
-	if _, err := m.b.c.Exec(ctx, m.name, "None", fvm.ExecOptions{Interrupt: true}); err != nil {
+	if _, err := m.b.c.Exec(ctx, m.name, "None", forevervmclient.ExecOptions{Interrupt: true}); err != nil {
 		m.b.log.Warn().Err(err).Str("machine", m.name).Msg("could not interrupt a cancelled instruction")
 	}
 }

@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	fvm "github.com/vmcp-dev/vmcp/client/forevervm"
+	forevervmclient "github.com/vmcp-dev/vmcp/client/forevervm"
 )
 
 // Files and commands are built on the REPL, the only thing a ForeverVM
@@ -168,7 +168,7 @@ func (m *Machine) install(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := r.Exec(ctx, installCode, fvm.ExecOptions{Timeout: stepTimeout})
+	res, err := r.Exec(ctx, installCode, forevervmclient.ExecOptions{Timeout: stepTimeout})
 	if err != nil {
 		return m.execError(ctx, r, err)
 	}
@@ -192,9 +192,9 @@ func (m *Machine) exec(ctx context.Context, code string, s step, out any) error 
 	if timeout <= 0 {
 		timeout = stepTimeout
 	}
-	res, err := r.Exec(ctx, code, fvm.ExecOptions{
+	res, err := r.Exec(ctx, code, forevervmclient.ExecOptions{
 		Timeout: timeout,
-		OnOutput: func(ch fvm.OutputChunk) {
+		OnOutput: func(ch forevervmclient.OutputChunk) {
 			if ch.Stream != "stdout" || lineErr != nil {
 				return
 			}
@@ -271,11 +271,11 @@ func (m *Machine) exec(ctx context.Context, code string, s step, out any) error 
 }
 
 // execError explains an Exec that returned no result.
-func (m *Machine) execError(ctx context.Context, r *fvm.REPL, err error) error {
+func (m *Machine) execError(ctx context.Context, r *forevervmclient.REPL, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("ForeverVM machine %s: %w", m.name, ctx.Err())
 	}
-	if errors.Is(err, fvm.ErrClosed) {
+	if errors.Is(err, forevervmclient.ErrClosed) {
 		m.b.forget(m.name, r)
 	}
 	return fmt.Errorf("ForeverVM machine %s: %w", m.name, err)

@@ -20,8 +20,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	fvm "github.com/vmcp-dev/vmcp/client/forevervm"
-	fvmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
+	forevervmclient "github.com/vmcp-dev/vmcp/client/forevervm"
+	forevervmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
 	"github.com/vmcp-dev/vmcp/local"
 )
 
@@ -44,7 +44,7 @@ const testToken = "tok.forevervm-backend-tests"
 // sandboxes of a local engine, and a backend pointed at it.
 type emulated struct {
 	b   *Backend
-	c   *fvm.Client
+	c   *forevervmclient.Client
 	url string
 }
 
@@ -54,8 +54,8 @@ type emulatorOptions struct {
 	MaxBodyBytes int64
 }
 
-func (o emulatorOptions) server(eng *local.Engine) (*fvmemu.Server, error) {
-	return fvmemu.New(fvmemu.Options{Engine: eng, Token: testToken, Limits: o.Limits, MaxBodyBytes: o.MaxBodyBytes, Logger: zerolog.Nop()})
+func (o emulatorOptions) server(eng *local.Engine) (*forevervmemu.Server, error) {
+	return forevervmemu.New(forevervmemu.Options{Engine: eng, Token: testToken, Limits: o.Limits, MaxBodyBytes: o.MaxBodyBytes, Logger: zerolog.Nop()})
 }
 
 // startEmulator runs the emulator in this process.
@@ -167,7 +167,7 @@ func serveEmulator(raw string) {
 }
 
 func newEmulated(url string) *emulated {
-	c := fvm.New(testToken, fvm.WithBaseURL(url))
+	c := forevervmclient.New(testToken, forevervmclient.WithBaseURL(url))
 	return &emulated{b: New(c, Options{}), c: c, url: url}
 }
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	fvm "github.com/vmcp-dev/vmcp/client/forevervm"
+	forevervmclient "github.com/vmcp-dev/vmcp/client/forevervm"
 )
 
 // TestCreateRefusesWhatVMCPCannotGive: a network policy or a size in MiB
@@ -20,7 +20,7 @@ func TestCreateRefusesWhatVMCPCannotGive(t *testing.T) {
 	var requests atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { requests.Add(1); http.NotFound(w, r) }))
 	defer srv.Close()
-	b := New(fvm.New("t", fvm.WithBaseURL(srv.URL)), Options{})
+	b := New(forevervmclient.New("t", forevervmclient.WithBaseURL(srv.URL)), Options{})
 	defer b.Close()
 	for _, spec := range []backend.MachineSpec{{Network: &backend.Network{Open: true}}, {DiskMiB: 64}} {
 		if _, err := b.Create(context.Background(), spec); err == nil || !strings.Contains(err.Error(), "ForeverVM") {

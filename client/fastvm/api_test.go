@@ -16,11 +16,11 @@ import (
 	"github.com/coder/websocket"
 
 	fastvm "github.com/vmcp-dev/vmcp/client/fastvm"
-	emu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
 )
 
 func TestEmuHealthAndQuotas(t *testing.T) {
-	env := newEmu(t, emu.Options{Quotas: emu.Quotas{VCPU: 7}})
+	env := newEmu(t, fastvmemu.Options{Quotas: fastvmemu.Quotas{VCPU: 7}})
 	ctx := context.Background()
 	h, err := env.c.Health(ctx)
 	if err != nil || h.Status != "ok" {
@@ -44,7 +44,7 @@ func TestEmuHealthAndQuotas(t *testing.T) {
 }
 
 func TestEmuLaunch201IsRunningAtOnce(t *testing.T) {
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	vm := env.launch(t, fastvm.LaunchRequest{Name: "fast"})
 	if vm.Status != fastvm.StatusRunning || vm.Name != "fast" || vm.CPU != 1 || vm.MemoryMiB != 2048 || vm.DiskGiB < 10 {
 		t.Fatalf("vm %+v", vm)
@@ -59,7 +59,7 @@ func TestEmuLaunch201IsRunningAtOnce(t *testing.T) {
 }
 
 func TestEmuLaunch202Polls(t *testing.T) {
-	env := newEmu(t, emu.Options{ProvisioningDelay: 3 * time.Second})
+	env := newEmu(t, fastvmemu.Options{ProvisioningDelay: 3 * time.Second})
 	ctx := context.Background()
 	start := time.Now()
 	vm := env.launch(t, fastvm.LaunchRequest{})
@@ -96,7 +96,7 @@ func TestEmuLaunch202Polls(t *testing.T) {
 }
 
 func TestEmuLaunchFailureIsTyped(t *testing.T) {
-	env := newEmu(t, emu.Options{ProvisioningDelay: 500 * time.Millisecond})
+	env := newEmu(t, fastvmemu.Options{ProvisioningDelay: 500 * time.Millisecond})
 	env.emu.FailNextLaunch()
 	_, err := env.c.Launch(context.Background(), fastvm.LaunchRequest{MachineType: "c1m2"})
 	var le *fastvm.LaunchError
@@ -108,7 +108,7 @@ func TestEmuLaunchFailureIsTyped(t *testing.T) {
 	}
 
 	// A VM that is too slow: *NotReadyError with the last status.
-	slow := newEmu(t, emu.Options{ProvisioningDelay: time.Minute}, fastvm.WithWaitTimeout(time.Second))
+	slow := newEmu(t, fastvmemu.Options{ProvisioningDelay: time.Minute}, fastvm.WithWaitTimeout(time.Second))
 	_, err = slow.c.Launch(context.Background(), fastvm.LaunchRequest{MachineType: "c1m2"})
 	var nr *fastvm.NotReadyError
 	if !errors.As(err, &nr) || nr.LastStatus != fastvm.StatusProvisioning || nr.Timeout != time.Second {
@@ -117,7 +117,7 @@ func TestEmuLaunchFailureIsTyped(t *testing.T) {
 }
 
 func TestEmuVMLifecycle(t *testing.T) {
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	ctx := context.Background()
 	fw := &fastvm.FirewallPolicy{Mode: fastvm.FirewallRestricted, Ingress: []fastvm.FirewallRule{
 		{Protocol: "tcp", PortStart: 22, SourceCIDRs: []string{"2001:db8::/32"}, Description: "ssh"}}}
@@ -259,7 +259,7 @@ func checkConsole(t *testing.T, u string) {
 }
 
 func TestEmuErrorBodies(t *testing.T) {
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	ctx := context.Background()
 	var apiErr *fastvm.APIError
 	_, err := env.c.GetVM(ctx, "vm_does_not_exist_000000")
@@ -279,7 +279,7 @@ func TestEmuErrorBodies(t *testing.T) {
 }
 
 func TestEmuRetriesIdempotentCallsOnly(t *testing.T) {
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{})
 
@@ -333,7 +333,7 @@ func TestEmuRetriesIdempotentCallsOnly(t *testing.T) {
 }
 
 func TestEmuExecAggregate(t *testing.T) {
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{})
 
@@ -358,7 +358,7 @@ func TestEmuExecAggregate(t *testing.T) {
 }
 
 func TestEmuExecStream(t *testing.T) {
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{})
 
@@ -423,7 +423,7 @@ func TestEmuExecStream(t *testing.T) {
 }
 
 func TestEmuSnapshots(t *testing.T) {
-	env := newEmu(t, emu.Options{}, fastvm.WithPollInterval(500*time.Millisecond))
+	env := newEmu(t, fastvmemu.Options{}, fastvm.WithPollInterval(500*time.Millisecond))
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{})
 	if res, err := env.c.Exec(ctx, vm.ID, fastvm.ExecRequest{Command: fastvm.Shell("echo saved > /root/marker")}); err != nil || res.ExitCode != 0 {

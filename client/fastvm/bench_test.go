@@ -8,13 +8,13 @@ import (
 	"testing"
 
 	fastvm "github.com/vmcp-dev/vmcp/client/fastvm"
-	emu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
 )
 
 // BenchmarkExecTrue is the round trip of the smallest command: client →
 // HTTP → emulator → local engine → `true` → aggregate JSON back.
 func BenchmarkExecTrue(b *testing.B) {
-	env := newEmu(b, emu.Options{})
+	env := newEmu(b, fastvmemu.Options{})
 	vm := env.launch(b, fastvm.LaunchRequest{})
 	ctx := context.Background()
 	req := fastvm.ExecRequest{Command: []string{"true"}}
@@ -28,7 +28,7 @@ func BenchmarkExecTrue(b *testing.B) {
 
 // BenchmarkExecStreamTrue is BenchmarkExecTrue through the NDJSON stream.
 func BenchmarkExecStreamTrue(b *testing.B) {
-	env := newEmu(b, emu.Options{})
+	env := newEmu(b, fastvmemu.Options{})
 	vm := env.launch(b, fastvm.LaunchRequest{})
 	ctx := context.Background()
 	req := fastvm.ExecRequest{Command: []string{"true"}}
@@ -46,7 +46,7 @@ const benchFileSize = 256 << 20
 // BenchmarkUpload measures Upload of a large file end to end (presign, PUT,
 // fetch into the VM) in MB/s.
 func BenchmarkUpload(b *testing.B) {
-	env := newEmu(b, emu.Options{})
+	env := newEmu(b, fastvmemu.Options{})
 	vm := env.launch(b, fastvm.LaunchRequest{})
 	src := filepath.Join(b.TempDir(), "bench.bin")
 	writeRandomFile(b, src, benchFileSize, 3)
@@ -62,7 +62,7 @@ func BenchmarkUpload(b *testing.B) {
 // BenchmarkDownload measures Download of a large file end to end (probe, VM
 // curl to storage, GET) in MB/s.
 func BenchmarkDownload(b *testing.B) {
-	env := newEmu(b, emu.Options{})
+	env := newEmu(b, fastvmemu.Options{})
 	vm := env.launch(b, fastvm.LaunchRequest{})
 	ctx := context.Background()
 	res, err := env.c.Exec(ctx, vm.ID, fastvm.ExecRequest{Command: fastvm.Shell("head -c 268435456 /dev/urandom > /root/bench.bin")})

@@ -17,7 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	fastvm "github.com/vmcp-dev/vmcp/client/fastvm"
-	emu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
 	"github.com/vmcp-dev/vmcp/local"
 )
 
@@ -42,7 +42,7 @@ func runWithExampleEmulator(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	env, closeEnv, err := startEmulator(dir, emu.Options{})
+	env, closeEnv, err := startEmulator(dir, fastvmemu.Options{})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -57,20 +57,20 @@ func runWithExampleEmulator(m *testing.M) int {
 // wire log, and a client for it.
 type emuEnv struct {
 	srv    *httptest.Server
-	emu    *emu.Server
+	emu    *fastvmemu.Server
 	engine *local.Engine
 	wire   *wireLog
 	c      *fastvm.Client
 }
 
 // startEmulator opens an engine on stateDir and serves an emulator over it.
-func startEmulator(stateDir string, opts emu.Options, copts ...fastvm.Option) (*emuEnv, func(), error) {
+func startEmulator(stateDir string, opts fastvmemu.Options, copts ...fastvm.Option) (*emuEnv, func(), error) {
 	e, err := local.New(local.Options{StateDir: stateDir})
 	if err != nil {
 		return nil, nil, err
 	}
 	opts.Engine, opts.APIKey, opts.Logger = e, emuKey, zerolog.Nop()
-	s, err := emu.New(opts)
+	s, err := fastvmemu.New(opts)
 	if err != nil {
 		e.Close()
 		return nil, nil, err
@@ -88,7 +88,7 @@ func startEmulator(stateDir string, opts emu.Options, copts ...fastvm.Option) (*
 }
 
 // newEmu starts an emulator for one test, on an engine in t.TempDir().
-func newEmu(t testing.TB, opts emu.Options, copts ...fastvm.Option) *emuEnv {
+func newEmu(t testing.TB, opts fastvmemu.Options, copts ...fastvm.Option) *emuEnv {
 	t.Helper()
 	env, closeEnv, err := startEmulator(t.TempDir(), opts, copts...)
 	if err != nil {

@@ -12,13 +12,13 @@ import (
 	"time"
 
 	fastvm "github.com/vmcp-dev/vmcp/client/fastvm"
-	emu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
 )
 
 // The extensions of spec §9 against the emulator: behaviour end to end.
 
 func TestEmuPauseKeepsMemoryResumeContinues(t *testing.T) {
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{})
 	// A process that holds a secret in memory only, and tells it when asked.
@@ -73,7 +73,7 @@ while [ ! -s /root/first ]; do sleep 0.01; done; cat /root/first`)})
 }
 
 func TestEmuResumeQueuedPolls(t *testing.T) {
-	env := newEmu(t, emu.Options{ProvisioningDelay: time.Second}, fastvm.WithPollInterval(500*time.Millisecond))
+	env := newEmu(t, fastvmemu.Options{ProvisioningDelay: time.Second}, fastvm.WithPollInterval(500*time.Millisecond))
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{})
 	if _, err := env.c.PauseVM(ctx, vm.ID); err != nil {
@@ -91,7 +91,7 @@ func TestEmuResumeQueuedPolls(t *testing.T) {
 }
 
 func TestEmuEnvVarsAndTTL(t *testing.T) {
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{EnvVars: map[string]string{"GREETING": "hi there"}, TTL: &fastvm.TTL{Action: fastvm.TTLPause, Seconds: 3600}})
 	if vm.TTL == nil || vm.TTL.Seconds != 3600 || vm.ExpiresAtMs == nil || vm.EnvVars["GREETING"] != "hi there" {
@@ -142,11 +142,11 @@ func TestEmuEnvVarsAndTTL(t *testing.T) {
 }
 
 func TestEmuServices(t *testing.T) {
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{})
 	web, err := env.c.CreateService(ctx, vm.ID, fastvm.Service{Name: "web", Port: 8080})
-	if err != nil || web.Name != "web" || web.Port != 8080 || web.URL != fastvm.ServiceURL("web", vm.ID, emu.DefaultProxyDomain) {
+	if err != nil || web.Name != "web" || web.Port != 8080 || web.URL != fastvm.ServiceURL("web", vm.ID, fastvmemu.DefaultProxyDomain) {
 		t.Fatalf("create: %+v, %v", web, err)
 	}
 	if _, err := env.c.CreateService(ctx, vm.ID, fastvm.Service{Name: "web", Port: 8080}); err != nil {
@@ -195,7 +195,7 @@ func TestEmuServices(t *testing.T) {
 
 // A service without the extensions: every new call is a 404 *APIError.
 func TestEmuWithoutExtensions(t *testing.T) {
-	env := newEmu(t, emu.Options{NoExtensions: true})
+	env := newEmu(t, fastvmemu.Options{NoExtensions: true})
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{})
 	_, err1 := env.c.PauseVM(ctx, vm.ID)

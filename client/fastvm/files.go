@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/vmcp-dev/vmcp/internal/tarfs"
 )
 
 // storageIdleTimeout ends a presigned PUT or GET that makes no progress for
@@ -371,7 +373,7 @@ func writeTarGz(w io.Writer, root *os.Root) error {
 	if err != nil {
 		return err
 	}
-	if err := writeTar(gz, root); err != nil {
+	if err := tarfs.Write(context.Background(), gz, root, ".", tarfs.WriteOptions{Contents: true}); err != nil {
 		return err
 	}
 	return gz.Close()
@@ -383,7 +385,7 @@ func extractTarGz(r io.Reader, dir string) error {
 	if err != nil {
 		return fmt.Errorf("the downloaded archive is not gzip: %w", err)
 	}
-	if err := extractTar(gz, dir); err != nil {
+	if err := tarfs.ExtractDir(gz, dir, tarfs.ExtractOptions{SkipSpecial: true}); err != nil {
 		return err
 	}
 	// Read to the end so that a truncated stream is noticed.

@@ -18,7 +18,7 @@ import (
 	"time"
 
 	fastvm "github.com/vmcp-dev/vmcp/client/fastvm"
-	emu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
 )
 
 // writeRandomFile writes size pseudo-random (incompressible) bytes to p and
@@ -116,7 +116,7 @@ func sampleTree(t testing.TB, root string, bigSize int64) {
 }
 
 func TestEmuUploadDownloadFile(t *testing.T) {
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{})
 	dir := t.TempDir()
@@ -171,7 +171,7 @@ func TestEmuUploadDownloadFile(t *testing.T) {
 }
 
 func TestEmuUploadDownloadDirectory(t *testing.T) {
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{})
 	src := filepath.Join(t.TempDir(), "tree")
@@ -209,7 +209,7 @@ func TestEmuUploadDownloadDirectory(t *testing.T) {
 }
 
 func TestEmuTransferErrors(t *testing.T) {
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{})
 	dir := t.TempDir()
@@ -245,7 +245,7 @@ func TestEmuTransferErrors(t *testing.T) {
 }
 
 func TestEmuBuild(t *testing.T) {
-	env := newEmu(t, emu.Options{}, fastvm.WithPollInterval(500*time.Millisecond))
+	env := newEmu(t, fastvmemu.Options{}, fastvm.WithPollInterval(500*time.Millisecond))
 	ctx := context.Background()
 	bctx := t.TempDir()
 	os.MkdirAll(filepath.Join(bctx, "app"), 0o755)

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	fastvm "github.com/vmcp-dev/vmcp/client/fastvm"
-	emu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
 )
 
 // childEnv, when set to "upload" or "download", makes the test binary run
@@ -125,7 +125,7 @@ func TestEmuLargeTransfersStreamWithBoundedMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: moving 1 GiB each way takes over a minute here (most of it the emulator's fetch into the VM)")
 	}
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{DiskGiB: 10})
 	dir := t.TempDir()

@@ -15,11 +15,11 @@ import (
 	"testing"
 
 	"github.com/vmcp-dev/vmcp/client/fastvm"
-	emu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
 )
 
 func TestEmuStreams(t *testing.T) {
-	env := newEmu(t, emu.Options{})
+	env := newEmu(t, fastvmemu.Options{})
 	ctx := context.Background()
 	vm := env.launch(t, fastvm.LaunchRequest{})
 

@@ -13,7 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/client/forevervm"
-	fvmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
+	forevervmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
 	"github.com/vmcp-dev/vmcp/local"
 )
 
@@ -27,7 +27,7 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer engine.Close()
-	emu, err := fvmemu.New(fvmemu.Options{Engine: engine, Token: "demo.secret", Account: "demo", Logger: zerolog.Nop()})
+	emu, err := forevervmemu.New(forevervmemu.Options{Engine: engine, Token: "demo.secret", Account: "demo", Logger: zerolog.Nop()})
 	if err != nil {
 		log.Fatal(err)
 	}

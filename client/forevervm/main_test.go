@@ -12,7 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/client/forevervm"
-	fvmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
+	forevervmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
 	"github.com/vmcp-dev/vmcp/local"
 )
 
@@ -32,7 +32,7 @@ const (
 // emulated is a ForeverVM emulator on loopback, running Python for real in
 // sandboxes of a local engine, and a client pointed at it.
 type emulated struct {
-	emu *fvmemu.Server
+	emu *forevervmemu.Server
 	srv *httptest.Server
 	c   *forevervm.Client
 }
@@ -43,7 +43,7 @@ func startEmulator(t testing.TB, opts ...forevervm.Option) *emulated {
 	if err != nil {
 		t.Fatal(err)
 	}
-	emu, err := fvmemu.New(fvmemu.Options{Engine: eng, Token: testToken, Account: testAccount, Logger: zerolog.Nop()})
+	emu, err := forevervmemu.New(forevervmemu.Options{Engine: eng, Token: testToken, Account: testAccount, Logger: zerolog.Nop()})
 	if err != nil {
 		eng.Close()
 		t.Fatal(err)

@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/auth"
+	"github.com/vmcp-dev/vmcp/internal/principal"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/sessions"
 	"github.com/vmcp-dev/vmcp/tools"
@@ -225,9 +226,9 @@ func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 // (else it listens on hc.listen); mark, if not nil, marks each call's
 // context (see tools.Service.HostedEndpoint).
 func serveHTTP(ctx context.Context, hc httpConfig, srv *server.MCPServer, x *metrics, log zerolog.Logger, ln net.Listener, mark func(context.Context) context.Context) error {
-	withPrincipal := tools.WithPrincipal
+	withPrincipal := principal.With
 	if mark != nil {
-		withPrincipal = func(ctx context.Context, p string) context.Context { return mark(tools.WithPrincipal(ctx, p)) }
+		withPrincipal = func(ctx context.Context, p string) context.Context { return mark(principal.With(ctx, p)) }
 	}
 	opts := transport.HTTPOptions{
 		Listener:                     ln,
@@ -238,7 +239,7 @@ func serveHTTP(ctx context.Context, hc httpConfig, srv *server.MCPServer, x *met
 		MaxStreamsPerPrincipal:       hc.maxStreams,
 		MaxInFlightBytesPerPrincipal: int64(hc.maxInFlightMB) << 20,
 		LargeArgument:                tools.IsTextArgument,
-		Principal:                    auth.PrincipalFrom,
+		Principal:                    principal.From,
 		WithPrincipal:                withPrincipal,
 		Logger:                       log,
 	}

@@ -27,12 +27,13 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	fastbackend "github.com/vmcp-dev/vmcp/backend/fastvm"
-	fvmbackend "github.com/vmcp-dev/vmcp/backend/forevervm"
+	fastvmbackend "github.com/vmcp-dev/vmcp/backend/fastvm"
+	forevervmbackend "github.com/vmcp-dev/vmcp/backend/forevervm"
 	localbackend "github.com/vmcp-dev/vmcp/backend/local"
-	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
-	fvm "github.com/vmcp-dev/vmcp/client/forevervm"
+	fastvmclient "github.com/vmcp-dev/vmcp/client/fastvm"
+	forevervmclient "github.com/vmcp-dev/vmcp/client/forevervm"
 	"github.com/vmcp-dev/vmcp/internal/pipeio"
+	"github.com/vmcp-dev/vmcp/internal/principal"
 	"github.com/vmcp-dev/vmcp/local"
 	"github.com/vmcp-dev/vmcp/sessions"
 	"github.com/vmcp-dev/vmcp/tools"
@@ -131,10 +132,10 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	idleFast := durationFlag(fs, "idle-fastvm", durEnv(getenv, "VMCP_IDLE_FASTVM", 15*time.Minute), "pause a FastVM machine unused this long (memory and files kept, no quota held; the next use resumes it), or with --fastvm-idle-action snapshot park it as a snapshot (0: never) (env VMCP_IDLE_FASTVM)")
 	fastIdleAction := fs.String("fastvm-idle-action", envOr("VMCP_FASTVM_IDLE_ACTION", "auto"), "what to do with an idle FastVM machine: pause, snapshot (snapshot it, delete it, relaunch it on next use), or auto (pause where the service can, else snapshot) (env VMCP_FASTVM_IDLE_ACTION)")
 	ttl := durationFlag(fs, "conversation-ttl", durEnv(getenv, "VMCP_CONVERSATION_TTL", 7*24*time.Hour), "close conversations unused this long: delete their machines, keep their snapshots (0: never) (env VMCP_CONVERSATION_TTL)")
-	fastURL := fs.String("fastvm-url", envOr("FASTVM_BASE_URL", fvc.DefaultBaseURL), "FastVM API base URL (env FASTVM_BASE_URL)")
+	fastURL := fs.String("fastvm-url", envOr("FASTVM_BASE_URL", fastvmclient.DefaultBaseURL), "FastVM API base URL (env FASTVM_BASE_URL)")
 	fastKeyFile := fs.String("fastvm-api-key-file", envOr("FASTVM_API_KEY_FILE", ""), "file holding the FastVM API key; the FASTVM_API_KEY environment variable works too")
-	fastType := fs.String("fastvm-machine-type", envOr("VMCP_FASTVM_MACHINE_TYPE", fastbackend.DefaultMachineType), "size of FastVM machines launched without machine_type (env VMCP_FASTVM_MACHINE_TYPE)")
-	fvmURL := fs.String("forevervm-url", envOr("FOREVERVM_BASE_URL", fvm.DefaultBaseURL), "ForeverVM API base URL (env FOREVERVM_BASE_URL)")
+	fastType := fs.String("fastvm-machine-type", envOr("VMCP_FASTVM_MACHINE_TYPE", fastvmbackend.DefaultMachineType), "size of FastVM machines launched without machine_type (env VMCP_FASTVM_MACHINE_TYPE)")
+	fvmURL := fs.String("forevervm-url", envOr("FOREVERVM_BASE_URL", forevervmclient.DefaultBaseURL), "ForeverVM API base URL (env FOREVERVM_BASE_URL)")
 	fvmTokenFile := fs.String("forevervm-token-file", envOr("FOREVERVM_TOKEN_FILE", ""), "file holding the ForeverVM token; the FOREVERVM_TOKEN environment variable works too (never pass tokens as flags: they show in ps)")
 	var limits local.Limits
 	mib := func(name, env string, def int64, dst *int64, what string) {
@@ -219,7 +220,7 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 	fastCfg := fastvmConfig{url: *fastURL, key: getenv("FASTVM_API_KEY"), machineType: *fastType}
 	switch *fastIdleAction {
 	case "auto":
-	case fastbackend.IdlePause, fastbackend.IdleSnapshot:
+	case fastvmbackend.IdlePause, fastvmbackend.IdleSnapshot:
 		fastCfg.idleAction = *fastIdleAction
 	default:
 		return config{}, fmt.Errorf("--fastvm-idle-action %q: want pause, snapshot or auto", *fastIdleAction)
@@ -261,7 +262,7 @@ func parseConfig(args []string, getenv func(string) string, cwd string) (config,
 		return config{}, err
 	}
 	private := splitList(*netPrivate)
-	if err := local.ValidateDomains(private); err != nil {
+	if err := backend.ValidateDomains(private); err != nil {
 		return config{}, fmt.Errorf("--network-allow-private: %w", err)
 	}
 	limits.MemoryBytes <<= 20
@@ -347,7 +348,7 @@ func intEnv(getenv func(string) string, key string, def int) int {
 // fastvmConfig says how to reach FastVM; the backend is on when a key is set.
 type fastvmConfig struct {
 	url, key, machineType string
-	idleAction            string // fastbackend.Idle*
+	idleAction            string // fastvmbackend.Idle*
 }
 
 // forevervmConfig says how to reach ForeverVM; the backend is on when a
@@ -374,12 +375,12 @@ func backends(cfg config, engine *local.Engine, log zerolog.Logger) (server []ba
 		var all []backend.Backend
 		// auto: FastVM (full machines) first, then ForeverVM, then local.
 		if c.FastVMAPIKey != "" {
-			cl := fvc.New(c.FastVMAPIKey, fvc.WithBaseURL(cfg.fastvm.url), fvc.WithLogger(log.With().Str("backend", "fastvm").Logger()))
-			all = append(all, fastbackend.New(cl, fastbackend.Options{MachineType: cfg.fastvm.machineType, IdleAction: cfg.fastvm.idleAction, Logger: log}))
+			cl := fastvmclient.New(c.FastVMAPIKey, fastvmclient.WithBaseURL(cfg.fastvm.url), fastvmclient.WithLogger(log.With().Str("backend", "fastvm").Logger()))
+			all = append(all, fastvmbackend.New(cl, fastvmbackend.Options{MachineType: cfg.fastvm.machineType, IdleAction: cfg.fastvm.idleAction, Logger: log}))
 		}
 		if c.ForeverVMToken != "" {
-			cl := fvm.New(c.ForeverVMToken, fvm.WithBaseURL(cfg.forevervm.url), fvm.WithLogger(log.With().Str("backend", "forevervm").Logger()))
-			b := fvmbackend.New(cl, fvmbackend.Options{Logger: log})
+			cl := forevervmclient.New(c.ForeverVMToken, forevervmclient.WithBaseURL(cfg.forevervm.url), forevervmclient.WithLogger(log.With().Str("backend", "forevervm").Logger()))
+			b := forevervmbackend.New(cl, forevervmbackend.Options{Logger: log})
 			all = append(all, b)
 			mu.Lock()
 			closers = append(closers, b.Close)
@@ -403,26 +404,26 @@ func backends(cfg config, engine *local.Engine, log zerolog.Logger) (server []ba
 		user = append(append([]backend.Backend(nil), server...), localBackend)
 	}
 	sets := map[string][]backend.Backend{}
-	perPrincipal = func(principal string) []backend.Backend {
-		if principal == tools.LocalPrincipal() {
+	perPrincipal = func(who string) []backend.Backend {
+		if who == principal.Local() {
 			return user
 		}
-		c, ok := cfg.http.credentials[principal]
+		c, ok := cfg.http.credentials[who]
 		if !ok {
 			return nil
 		}
 		mu.Lock()
-		set, built := sets[principal]
+		set, built := sets[who]
 		mu.Unlock()
 		if built {
 			return set
 		}
 		set = build(c)
 		mu.Lock()
-		if earlier, ok := sets[principal]; ok {
+		if earlier, ok := sets[who]; ok {
 			set = earlier
 		} else {
-			sets[principal] = set
+			sets[who] = set
 		}
 		mu.Unlock()
 		return set
@@ -511,11 +512,11 @@ func run(args []string) error {
 	// The principals of an http server's endpoint served beside this one
 	// (see owner.endpoint) get its backends.
 	var hosted atomic.Pointer[func(string) []backend.Backend]
-	principalBackends := func(principal string) []backend.Backend {
-		if f := hosted.Load(); f != nil && principal != tools.LocalPrincipal() {
-			return (*f)(principal)
+	principalBackends := func(who string) []backend.Backend {
+		if f := hosted.Load(); f != nil && who != principal.Local() {
+			return (*f)(who)
 		}
-		return ownBackends(principal)
+		return ownBackends(who)
 	}
 	metrics := newMetrics(manager)
 	var onCall func(tool, backend, outcome string, d time.Duration)

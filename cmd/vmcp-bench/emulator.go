@@ -16,8 +16,8 @@ import (
 	"strings"
 	"time"
 
-	fastemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
-	fvmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
+	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
+	forevervmemu "github.com/vmcp-dev/vmcp/emulator/forevervm"
 	"github.com/vmcp-dev/vmcp/local"
 )
 
@@ -127,14 +127,14 @@ func serveEmulator(spec, dir string) error {
 	var handler http.Handler
 	switch kind {
 	case "forevervm":
-		emu, err := fvmemu.New(fvmemu.Options{Engine: engine, Token: secret})
+		emu, err := forevervmemu.New(forevervmemu.Options{Engine: engine, Token: secret})
 		if err != nil {
 			return err
 		}
 		defer emu.Close()
 		handler = emu
 	case "fastvm":
-		emu, err := fastemu.New(fastemu.Options{Engine: engine, APIKey: secret})
+		emu, err := fastvmemu.New(fastvmemu.Options{Engine: engine, APIKey: secret})
 		if err != nil {
 			return err
 		}

@@ -10,7 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	fvc "github.com/vmcp-dev/vmcp/client/fastvm"
+	fastvmclient "github.com/vmcp-dev/vmcp/client/fastvm"
 )
 
 // benchFastVM times exec_command true on a FastVM VM of an emulator in a
@@ -30,10 +30,10 @@ func benchFastVM(cfg config, server serverSpec, dir string) (*operation, error) 
 // openFastVM launches a VM with the Go client and gives two paths on it:
 // the JSON exec ("direct") and the streamed exec ("streamed").
 func openFastVM(emu *emulator, key string) ([]*path, error) {
-	c := fvc.New(key, fvc.WithBaseURL(emu.url))
+	c := fastvmclient.New(key, fastvmclient.WithBaseURL(emu.url))
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	vm, err := c.Launch(ctx, fvc.LaunchRequest{MachineType: "c1m2"})
+	vm, err := c.Launch(ctx, fastvmclient.LaunchRequest{MachineType: "c1m2"})
 	if err != nil {
 		return nil, err
 	}
@@ -48,9 +48,9 @@ func openFastVM(emu *emulator, key string) ([]*path, error) {
 		}
 		return nil
 	}
-	request := func(op *operation) fvc.ExecRequest {
+	request := func(op *operation) fastvmclient.ExecRequest {
 		argv, _ := op.args["argv"].([]string)
-		return fvc.ExecRequest{Command: argv}
+		return fastvmclient.ExecRequest{Command: argv}
 	}
 	direct := &path{name: "direct", stderr: emu.stderr, close: deleteVM, call: func(op *operation) (time.Duration, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
@@ -69,7 +69,7 @@ func openFastVM(emu *emulator, key string) ([]*path, error) {
 		defer cancel()
 		req := request(op)
 		start := time.Now()
-		exit, err := c.ExecStreamFunc(ctx, vm.ID, req, func(fvc.ExecEvent) error { return nil })
+		exit, err := c.ExecStreamFunc(ctx, vm.ID, req, func(fastvmclient.ExecEvent) error { return nil })
 		d := time.Since(start)
 		if err != nil {
 			return d, err

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"time"
 
-	fvm "github.com/vmcp-dev/vmcp/client/forevervm"
+	forevervmclient "github.com/vmcp-dev/vmcp/client/forevervm"
 )
 
 // benchForeverVM times run_python 1+1 on a ForeverVM machine of an emulator
@@ -27,10 +27,10 @@ func benchForeverVM(cfg config, server serverSpec, dir string) (*operation, erro
 // one long-lived REPL socket ("direct"), and a new socket per call ("new
 // socket"), as forevervm-mcp does.
 func openForeverVM(emu *emulator, token string) ([]*path, error) {
-	c := fvm.New(token, fvm.WithBaseURL(emu.url))
+	c := forevervmclient.New(token, forevervmclient.WithBaseURL(emu.url))
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	machine, err := c.CreateMachine(ctx, fvm.CreateMachineOptions{})
+	machine, err := c.CreateMachine(ctx, forevervmclient.CreateMachineOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -38,7 +38,7 @@ func openForeverVM(emu *emulator, token string) ([]*path, error) {
 	if err != nil {
 		return nil, err
 	}
-	check := func(r *fvm.Result) error {
+	check := func(r *forevervmclient.Result) error {
 		if r.IsError || r.Value == nil || *r.Value != "2" {
 			return fmt.Errorf("1+1: value %s, error %q; want 2", strPtr(r.Value), r.Error)
 		}
@@ -49,7 +49,7 @@ func openForeverVM(emu *emulator, token string) ([]*path, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
 		start := time.Now()
-		r, err := repl.Exec(ctx, code, fvm.ExecOptions{})
+		r, err := repl.Exec(ctx, code, forevervmclient.ExecOptions{})
 		d := time.Since(start)
 		if err != nil {
 			return d, err
@@ -65,7 +65,7 @@ func openForeverVM(emu *emulator, token string) ([]*path, error) {
 		if err != nil {
 			return time.Since(start), err
 		}
-		res, err := r.Exec(ctx, code, fvm.ExecOptions{})
+		res, err := r.Exec(ctx, code, forevervmclient.ExecOptions{})
 		r.Close()
 		d := time.Since(start)
 		if err != nil {

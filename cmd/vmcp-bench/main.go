@@ -606,7 +606,7 @@ func openEngine(stateDir string) (*path, error) {
 				return d, err
 			}
 			if r.Value == nil || *r.Value != "2" || r.Error != "" {
-				return d, fmt.Errorf("Exec %s: value %s, error %q; want 2", code, strPtr(r.Value), r.Error)
+				return d, fmt.Errorf("python %s: value %s, error %q; want 2", code, strPtr(r.Value), r.Error)
 			}
 			return d, nil
 		case "exec_command":
@@ -618,7 +618,7 @@ func openEngine(stateDir string) (*path, error) {
 				return d, err
 			}
 			if r.ExitCode != 0 || r.Signal != "" || r.TimedOut {
-				return d, fmt.Errorf("Run %v: exit code %d, signal %q, timed out %v; want exit code 0", argv, r.ExitCode, r.Signal, r.TimedOut)
+				return d, fmt.Errorf("command %v: exit code %d, signal %q, timed out %v; want exit code 0", argv, r.ExitCode, r.Signal, r.TimedOut)
 			}
 			return d, nil
 		}

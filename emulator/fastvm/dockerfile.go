@@ -104,7 +104,7 @@ func applyDockerfile(ctx context.Context, m *local.Machine, df []instruction) ([
 	st := &buildState{workdir: "/", env: map[string]string{}, args: map[string]string{}, shell: []string{"/bin/sh", "-c"}}
 	for _, in := range df {
 		if err := st.apply(ctx, m, in); err != nil {
-			return st.ignored, fmt.Errorf("Dockerfile line %d: %s: %w", in.line, in.cmd, err)
+			return st.ignored, fmt.Errorf("line %d of the Dockerfile: %s: %w", in.line, in.cmd, err)
 		}
 	}
 	return st.ignored, nil

@@ -19,8 +19,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-
-	"github.com/vmcp-dev/vmcp/local"
+	"github.com/vmcp-dev/vmcp/internal/tarfs"
 )
 
 func TestItem6_SnapshotCreateReadyRestore(t *testing.T) {
@@ -328,7 +327,12 @@ func TestItem8_GuestHelperCommandLines(t *testing.T) {
 	os.WriteFile(filepath.Join(src, "pkg", "sub", "b.bin"), []byte{0, 1, 2}, 0o644)
 	var tgz bytes.Buffer
 	gz := gzip.NewWriter(&tgz)
-	if err := local.WriteTarContents(gz, src); err != nil {
+	srcRoot, err := os.OpenRoot(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srcRoot.Close()
+	if err := tarfs.Write(context.Background(), gz, srcRoot, ".", tarfs.WriteOptions{Contents: true}); err != nil {
 		t.Fatal(err)
 	}
 	gz.Close()
@@ -381,7 +385,12 @@ func TestItem8_GuestHelperCommandLines(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst := t.TempDir()
-	if _, err := local.ExtractTar(zr, dst); err != nil {
+	dstRoot, err := os.OpenRoot(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dstRoot.Close()
+	if err := tarfs.Extract(zr, dstRoot, tarfs.ExtractOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := os.ReadFile(filepath.Join(dst, "pkg", "sub", "b.bin")); !bytes.Equal(got, []byte{0, 1, 2}) {

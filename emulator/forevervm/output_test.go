@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	fvc "github.com/vmcp-dev/vmcp/client/forevervm"
+	forevervmclient "github.com/vmcp-dev/vmcp/client/forevervm"
 )
 
 // TestLongLinesWhole: a 10 MB line reaches the official-shaped client
@@ -20,13 +20,13 @@ func TestLongLinesWhole(t *testing.T) {
 	e := newEmu(t, nil, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c := fvc.New(testToken, fvc.WithBaseURL(e.url))
-	name, err := c.CreateMachine(ctx, fvc.CreateMachineOptions{})
+	c := forevervmclient.New(testToken, forevervmclient.WithBaseURL(e.url))
+	name, err := c.CreateMachine(ctx, forevervmclient.CreateMachineOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	code := "import sys\nprint('head')\nprint('x' * 10_000_000)\nsys.stderr.buffer.write(b'\\xff\\xfeerr\\n')\nprint('tail', end='')"
-	check := func(how string, chunks []fvc.OutputChunk) {
+	check := func(how string, chunks []forevervmclient.OutputChunk) {
 		t.Helper()
 		var got []string
 		for i, ch := range chunks {
@@ -49,14 +49,14 @@ func TestLongLinesWhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer repl.Close()
-	var chunks []fvc.OutputChunk
-	res, err := repl.Exec(ctx, code, fvc.ExecOptions{Timeout: time.Minute, OnOutput: func(ch fvc.OutputChunk) { chunks = append(chunks, ch) }})
+	var chunks []forevervmclient.OutputChunk
+	res, err := repl.Exec(ctx, code, forevervmclient.ExecOptions{Timeout: time.Minute, OnOutput: func(ch forevervmclient.OutputChunk) { chunks = append(chunks, ch) }})
 	if err != nil || res.Error != "" {
 		t.Fatalf("WebSocket: %+v, %v", res, err)
 	}
 	check("WebSocket", chunks)
 
-	sub, err := c.Exec(ctx, name, code, fvc.ExecOptions{Timeout: time.Minute})
+	sub, err := c.Exec(ctx, name, code, forevervmclient.ExecOptions{Timeout: time.Minute})
 	if err != nil || sub.InstructionSeq == nil {
 		t.Fatalf("exec: %+v, %v", sub, err)
 	}

@@ -41,6 +41,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/vmcp-dev/vmcp/internal/capture"
 	"github.com/vmcp-dev/vmcp/internal/linesplit"
 
 	"github.com/vmcp-dev/vmcp/backend"
@@ -87,8 +88,7 @@ type Options struct {
 }
 
 const (
-	defaultTimeout   = 15 * time.Second
-	defaultMaxOutput = 1 << 20
+	defaultTimeout = 15 * time.Second
 	// interruptGrace is the host's: how long interrupted code may take to
 	// stop before the interpreter is killed. The host adds up to 2 s for
 	// the interpreter's last output.
@@ -147,7 +147,7 @@ func New(x Execer, opts Options) *REPL {
 		opts.DefaultTimeout = defaultTimeout
 	}
 	if opts.MaxOutput <= 0 {
-		opts.MaxOutput = defaultMaxOutput
+		opts.MaxOutput = capture.DefaultMax
 	}
 	sum := sha256.Sum256([]byte(hostSource + "\x00" + local.DriverSource()))
 	return &REPL{x: x, opts: opts, version: hex.EncodeToString(sum[:8]), turn: make(chan struct{}, 1)}
