@@ -30,12 +30,12 @@ func (l latencies) report(b *testing.B) {
 
 func BenchmarkREPLRoundTrip(b *testing.B) {
 	m := newTestMachine(b, newTestEngine(b, Options{}), MachineSpec{})
-	mustExec(b, m, "1+1", ExecOptions{}) // warm: sandbox and interpreter up
+	mustExec(b, m, "1+1", PythonOptions{}) // warm: sandbox and interpreter up
 	var l latencies
 	ctx := context.Background()
 	for b.Loop() {
 		start := time.Now()
-		r, err := m.Exec(ctx, "1+1", ExecOptions{})
+		r, err := m.RunPython(ctx, "1+1", PythonOptions{})
 		l = append(l, time.Since(start))
 		if err != nil || value(r) != "2" {
 			b.Fatalf("%+v %v", r, err)
@@ -55,7 +55,7 @@ func BenchmarkFirstExecOnNewMachine(b *testing.B) {
 			b.Fatal(err)
 		}
 		m, _ := e.Machine(info.ID)
-		r, err := m.Exec(ctx, "1+1", ExecOptions{})
+		r, err := m.RunPython(ctx, "1+1", PythonOptions{})
 		l = append(l, time.Since(start))
 		if err != nil || value(r) != "2" {
 			b.Fatalf("%+v %v", r, err)
@@ -92,7 +92,7 @@ func BenchmarkIdleMachineMemory(b *testing.B) {
 	var ms []*Machine
 	for i := 0; i < machines; i++ {
 		m := newTestMachine(b, e, MachineSpec{})
-		mustExec(b, m, "x = 1", ExecOptions{})
+		mustExec(b, m, "x = 1", PythonOptions{})
 		ms = append(ms, m)
 	}
 	time.Sleep(500 * time.Millisecond) // let them settle

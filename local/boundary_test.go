@@ -201,14 +201,14 @@ func TestAttackResultForgery(t *testing.T) {
 		m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
 		expect := func(code, want string) {
 			t.Helper()
-			if r := mustExec(t, m, code, ExecOptions{}); value(r) != want {
+			if r := mustExec(t, m, code, PythonOptions{}); value(r) != want {
 				t.Fatalf("%q gave %s (error %q), want %s", code, value(r), r.Error, want)
 			}
 		}
 		expect("import os\nos.write(4, b'{\"value\": \"\\'FORGED\\'\"}\\n')\n7", "7")
 		expect("8", "8")
 		// A marker of its own: the output and the result stay in place.
-		if r := mustExec(t, m, "print('\\x00vmcp-end-0123\\nafter')\n9", ExecOptions{}); value(r) != "9" || !strings.Contains(r.Stdout, "after") {
+		if r := mustExec(t, m, "print('\\x00vmcp-end-0123\\nafter')\n9", PythonOptions{}); value(r) != "9" || !strings.Contains(r.Stdout, "after") {
 			t.Fatalf("forged marker: %+v", r)
 		}
 		// Its own instruction's token: only that instruction's result is the
@@ -282,7 +282,7 @@ func TestAttackTimeoutLeavesEscapedProcesses(t *testing.T) {
 		if r := mustRun(t, m, Command{Shell: "grep -E '^Cap(Eff|Prm|Amb)' /proc/self/status"}); strings.Count(r.Stdout, "0000000000000000") != 3 {
 			t.Fatalf("a command has capabilities:\n%s", r.Stdout)
 		}
-		if r := mustExec(t, m, "[l for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapPrm', 'CapAmb'))]", ExecOptions{}); strings.Count(value(r), "0000000000000000") != 3 {
+		if r := mustExec(t, m, "[l for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapPrm', 'CapAmb'))]", PythonOptions{}); strings.Count(value(r), "0000000000000000") != 3 {
 			t.Fatalf("the REPL has capabilities: %s", value(r))
 		}
 		if r := mustRun(t, m, Command{Shell: "unshare -Ur true 2>&1; echo $?"}); strings.HasSuffix(r.Stdout, "\n0\n") || r.Stdout == "0\n" {
@@ -422,7 +422,7 @@ func TestAttackDiskQuotaOutsideCalls(t *testing.T) {
 		mustRun(t, m, Command{Shell: "rm -f bg*"})
 
 		// A thread left in the REPL.
-		mustExec(t, m, "x = 41", ExecOptions{})
+		mustExec(t, m, "x = 41", PythonOptions{})
 		mustExec(t, m, `import threading
 def fill():
     i = 0
@@ -433,14 +433,14 @@ def fill():
         except OSError:
             pass
         i += 1
-threading.Thread(target=fill, daemon=True).start()`, ExecOptions{})
+threading.Thread(target=fill, daemon=True).start()`, PythonOptions{})
 		used = waitStill(t, 20*time.Second, usage)
 		t.Logf("REPL thread stopped at %d MiB of %d", used>>20, quota>>20)
 		if used > quota+slack {
 			t.Fatalf("the REPL's thread reached %d MiB under a %d MiB quota", used>>20, quota>>20)
 		}
 		mustRun(t, m, Command{Shell: "rm -f py*"})
-		r := mustExec(t, m, "x", ExecOptions{})
+		r := mustExec(t, m, "x", PythonOptions{})
 		if !strings.Contains(r.StateReset, "disk quota") {
 			t.Fatalf("the next call does not say why the state was lost: %+v", r)
 		}
@@ -646,7 +646,7 @@ func TestAttackMountinfoShowsHostPaths(t *testing.T) {
 		}
 		for _, f := range flavours {
 			m := newTestMachine(t, e, MachineSpec{Flavour: f})
-			mustExec(t, m, "1", ExecOptions{})
+			mustExec(t, m, "1", PythonOptions{})
 			look := "cat /proc/self/mountinfo /proc/*/mountinfo /proc/*/maps 2>/dev/null; ls -l /proc/*/exe /proc/*/cwd /proc/*/root /proc/*/fd/ 2>/dev/null; cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '"
 			if f == VM {
 				// Root of a VM may look into every process of it, the agent's

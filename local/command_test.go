@@ -194,7 +194,7 @@ func TestCommandsRunConcurrentlyWithPython(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		mustExec(t, m, "import time; time.sleep(1)", ExecOptions{})
+		mustExec(t, m, "import time; time.sleep(1)", PythonOptions{})
 	}()
 	time.Sleep(100 * time.Millisecond)
 	start := time.Now()

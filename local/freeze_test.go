@@ -73,7 +73,7 @@ func TestFreezeKeepsProcessesAndMemory(t *testing.T) {
 	e := newTestEngine(t, Options{})
 	m := newTestMachine(t, e, MachineSpec{})
 	ctx := context.Background()
-	if r := mustExec(t, m, "x = 41", ExecOptions{}); r.Error != "" {
+	if r := mustExec(t, m, "x = 41", PythonOptions{}); r.Error != "" {
 		t.Fatalf("python: %+v", r)
 	}
 	startCounter(t, m)
@@ -122,7 +122,7 @@ func TestFreezeKeepsProcessesAndMemory(t *testing.T) {
 	if n := counterValue(t, m); n < before || n > before+200 {
 		t.Fatalf("counter %d after thaw, was %d when frozen: it restarted", n, before)
 	}
-	r := mustExec(t, m, "x + 1", ExecOptions{})
+	r := mustExec(t, m, "x + 1", PythonOptions{})
 	if value(r) != "42" || r.StateReset != "" {
 		t.Fatalf("the interpreter lost its state: %+v", r)
 	}

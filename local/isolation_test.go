@@ -35,7 +35,7 @@ func TestIsolationNoNetwork(t *testing.T) {
 	port := ln.Addr().(*net.TCPAddr).Port
 	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
 	code := "import socket\ndef probe():\n    try:\n        socket.create_connection(('127.0.0.1', " + itoa(port) + "), timeout=2)\n        return 'connected'\n    except OSError as e:\n        return 'refused: ' + str(e)\nprobe()"
-	r := mustExec(t, m, code, ExecOptions{})
+	r := mustExec(t, m, code, PythonOptions{})
 	if !strings.HasPrefix(value(r), "'refused") {
 		t.Fatalf("connection from the machine: %s %s", value(r), r.Error)
 	}
@@ -47,7 +47,7 @@ func TestIsolationNoNetwork(t *testing.T) {
 	// The same probe from a machine that may use the network connects: the
 	// refusal above is the sandbox's doing.
 	open := newTestMachine(t, m.e, MachineSpec{AllowNetwork: true})
-	if r := mustExec(t, open, code, ExecOptions{}); value(r) != "'connected'" {
+	if r := mustExec(t, open, code, PythonOptions{}); value(r) != "'connected'" {
 		t.Fatalf("machine with network: %s %s", value(r), r.Error)
 	}
 	<-accepted
@@ -90,7 +90,7 @@ func TestIsolationEnvironmentIsScrubbed(t *testing.T) {
 	if strings.Contains(res.Stdout, "s3cr3t") || strings.Contains(res.Stdout, "VMCP_TEST_SECRET") {
 		t.Fatal("the engine's environment reached the machine")
 	}
-	r := mustExec(t, m, "import os; os.environ.get('VMCP_TEST_SECRET_TOKEN')", ExecOptions{})
+	r := mustExec(t, m, "import os; os.environ.get('VMCP_TEST_SECRET_TOKEN')", PythonOptions{})
 	if r.Value != nil {
 		t.Fatalf("Python sees the secret: %s", value(r))
 	}
@@ -177,14 +177,14 @@ func TestIsolationMemoryLimit(t *testing.T) { limitModes(t, testMemoryLimit) }
 func testMemoryLimit(t *testing.T, e *Engine) {
 	const limit = 256 << 20
 	m := newTestMachine(t, e, MachineSpec{Limits: Limits{MemoryBytes: limit}})
-	mustExec(t, m, "x = 1", ExecOptions{})
-	r := mustExec(t, m, "data = b'\\x01' * (4 * "+itoa(limit)+")", ExecOptions{Timeout: time.Minute})
+	mustExec(t, m, "x = 1", PythonOptions{})
+	r := mustExec(t, m, "data = b'\\x01' * (4 * "+itoa(limit)+")", PythonOptions{Timeout: time.Minute})
 	if r.Error == "" || !(strings.Contains(r.Error, "MemoryError") || strings.Contains(r.Error, "memory")) {
 		t.Fatalf("allocating 4x the limit: %+v", r)
 	}
 	t.Logf("error: %s", r.Error)
 	// The engine and the machine go on.
-	if r := mustExec(t, m, "1 + 1", ExecOptions{}); value(r) != "2" {
+	if r := mustExec(t, m, "1 + 1", PythonOptions{}); value(r) != "2" {
 		t.Fatalf("after the memory error: %+v", r)
 	}
 	res := mustRun(t, m, Command{Shell: "python3 -c \"b = bytearray(" + itoa(4*limit) + "); b[::4096] = b'x' * len(b[::4096])\"; echo exit=$?"})
@@ -222,7 +222,7 @@ func TestIsolationDiskQuota(t *testing.T) {
 		t.Fatalf("upload after cleanup: %v", err)
 	}
 	// Python is held to it as well.
-	r := mustExec(t, m, "for i in range(200):\n    open('p%d' % i, 'wb').write(b'\\0' * (1 << 20))\nimport time; time.sleep(3)", ExecOptions{Timeout: 30 * time.Second})
+	r := mustExec(t, m, "for i in range(200):\n    open('p%d' % i, 'wb').write(b'\\0' * (1 << 20))\nimport time; time.sleep(3)", PythonOptions{Timeout: 30 * time.Second})
 	if !strings.Contains(r.Error, "disk quota") {
 		t.Fatalf("python past the quota: %+v", r)
 	}

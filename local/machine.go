@@ -122,8 +122,8 @@ func (m *Machine) Stop() {
 	}
 }
 
-// ExecOptions tune one Python instruction.
-type ExecOptions struct {
+// PythonOptions tune one Python instruction.
+type PythonOptions struct {
 	// Timeout interrupts the code after this long; the state survives.
 	// Zero means DefaultExecTimeout.
 	Timeout time.Duration
@@ -146,8 +146,8 @@ type ExecOptions struct {
 // DefaultExecTimeout is ForeverVM's default instruction timeout.
 const DefaultExecTimeout = 15 * time.Second
 
-// ExecResult is the outcome of a Python instruction.
-type ExecResult struct {
+// PythonResult is the outcome of a Python instruction.
+type PythonResult struct {
 	// Value is the repr of the last expression; nil for statements and None.
 	Value *string
 	// Error is the exception with its traceback, "Timed out", or why the
@@ -156,7 +156,7 @@ type ExecResult struct {
 	// Stdout is what the code wrote to stdout, less one final newline (its
 	// lines joined with "\n"), with bytes that are not UTF-8 as U+FFFD;
 	// the first 1 MiB of it, and StdoutTruncated says whether there was
-	// more. Empty when ExecOptions.Stdout is set.
+	// more. Empty when PythonOptions.Stdout is set.
 	Stdout string
 	// Stderr is the same for stderr.
 	Stderr string
@@ -177,10 +177,10 @@ type ExecResult struct {
 	QuotaExceeded bool
 }
 
-// Exec runs Python code in the machine's interpreter. Globals persist
+// RunPython runs Python code in the machine's interpreter. Globals persist
 // between calls. A Python exception is a result with Error set, not an error;
 // the error return is for failures of the machine itself.
-func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*ExecResult, error) {
+func (m *Machine) RunPython(ctx context.Context, code string, opts PythonOptions) (*PythonResult, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultExecTimeout
 	}
@@ -194,7 +194,7 @@ func (m *Machine) Exec(ctx context.Context, code string, opts ExecOptions) (*Exe
 	if err != nil {
 		return nil, err
 	}
-	res := &ExecResult{}
+	res := &PythonResult{}
 	var out [2]capture.Capped
 	var lines [2]linesplit.Splitter
 	writers := [2]io.Writer{opts.Stdout, opts.Stderr}
@@ -668,7 +668,7 @@ func ppid(pid int) int {
 	return p
 }
 
-// pythonText is a Python stream as ExecResult holds it: without its last
+// pythonText is a Python stream as PythonResult holds it: without its last
 // newline (lines joined with "\n", as they always were), in valid UTF-8.
 func pythonText(b *capture.Capped) string {
 	p := b.Bytes()

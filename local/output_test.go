@@ -62,15 +62,15 @@ func wantStream(t *testing.T, what string, w *hashWriter, want ...[]byte) {
 }
 
 // TestPythonOutputArrivesExactly: whatever the code prints reaches
-// ExecOptions.Stdout and Stderr exactly, every byte in order: a 10 MB line,
+// PythonOptions.Stdout and Stderr exactly, every byte in order: a 10 MB line,
 // bytes that are not UTF-8, a partial line, the bytes of an end marker
 // written as data, and 64 MiB in one call.
 func TestPythonOutputArrivesExactly(t *testing.T) {
 	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
-	exec := func(code string) (*ExecResult, *hashWriter, *hashWriter) {
+	exec := func(code string) (*PythonResult, *hashWriter, *hashWriter) {
 		t.Helper()
 		out, errw := newHashWriter(), newHashWriter()
-		res := mustExec(t, m, code, ExecOptions{Timeout: 2 * time.Minute, Stdout: out, Stderr: errw})
+		res := mustExec(t, m, code, PythonOptions{Timeout: 2 * time.Minute, Stdout: out, Stderr: errw})
 		if res.Error != "" || res.Stdout != "" || res.Stderr != "" {
 			t.Fatalf("%.80q: error %q, stdout %.80q, stderr %.80q (the writers take the output)", code, res.Error, res.Stdout, res.Stderr)
 		}
@@ -135,11 +135,11 @@ func (w *stallWriter) Write(p []byte) (int, error) {
 
 // TestPythonOutputToASlowWriter: output still on its way when the result
 // comes (the writer took nothing for longer than the agent waits for an
-// idle output's end marker) arrives whole, before Exec returns.
+// idle output's end marker) arrives whole, before RunPython returns.
 func TestPythonOutputToASlowWriter(t *testing.T) {
 	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
 	out := &stallWriter{newHashWriter(), 3 * time.Second}
-	res := mustExec(t, m, "for i in range(100):\n    print('%999d' % i)", ExecOptions{Stdout: out})
+	res := mustExec(t, m, "for i in range(100):\n    print('%999d' % i)", PythonOptions{Stdout: out})
 	if res.Error != "" {
 		t.Fatalf("error %q", res.Error)
 	}
@@ -157,7 +157,7 @@ func TestPythonOutputToASlowWriter(t *testing.T) {
 func TestPythonOutputInResult(t *testing.T) {
 	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
 	var pieces []string
-	res := mustExec(t, m, "print('y' * 900_000); print('tail')", ExecOptions{OnOutput: func(stream, line string) {
+	res := mustExec(t, m, "print('y' * 900_000); print('tail')", PythonOptions{OnOutput: func(stream, line string) {
 		pieces = append(pieces, line)
 	}})
 	if res.Stdout != strings.Repeat("y", 900_000)+"\ntail" || res.StdoutTruncated {
@@ -174,16 +174,16 @@ func TestPythonOutputInResult(t *testing.T) {
 		t.Fatalf("OnOutput: %d pieces holding %d bytes, then %q", len(pieces), joined, pieces[len(pieces)-1])
 	}
 
-	res = mustExec(t, m, "print('x' * 10_000_000); print('tail')", ExecOptions{})
+	res = mustExec(t, m, "print('x' * 10_000_000); print('tail')", PythonOptions{})
 	if len(res.Stdout) != capture.DefaultMax || strings.Trim(res.Stdout, "x") != "" || !res.StdoutTruncated {
 		t.Fatalf("a 10 MB line: %d bytes kept (truncated %v), want the first %d", len(res.Stdout), res.StdoutTruncated, capture.DefaultMax)
 	}
-	res = mustExec(t, m, "print('x' * 70_000)", ExecOptions{})
+	res = mustExec(t, m, "print('x' * 70_000)", PythonOptions{})
 	if res.Stdout != strings.Repeat("x", 70_000) {
 		t.Fatalf("a 70 kB line: %d bytes, tail %q", len(res.Stdout), res.Stdout[max(0, len(res.Stdout)-5):])
 	}
 	pieces = nil
-	res = mustExec(t, m, `import sys; sys.stdout.buffer.write(b'\xff\xfeab\n'); print('é' * 40_000)`, ExecOptions{OnOutput: func(stream, line string) {
+	res = mustExec(t, m, `import sys; sys.stdout.buffer.write(b'\xff\xfeab\n'); print('é' * 40_000)`, PythonOptions{OnOutput: func(stream, line string) {
 		pieces = append(pieces, line)
 	}})
 	if !strings.HasPrefix(res.Stdout, "\uFFFDab\n") || len(pieces) < 2 || pieces[0] != "\uFFFDab" {
@@ -199,12 +199,12 @@ func TestPythonOutputInResult(t *testing.T) {
 func TestPythonOutputSurvivesInterrupts(t *testing.T) {
 	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
 	for i := 0; i < 3; i++ {
-		res := mustExec(t, m, "import sys\nwhile True:\n    print('y' * 50_000)\n    sys.stdout.write('z' * 40_000)", ExecOptions{Timeout: time.Second, Stdout: io.Discard})
+		res := mustExec(t, m, "import sys\nwhile True:\n    print('y' * 50_000)\n    sys.stdout.write('z' * 40_000)", PythonOptions{Timeout: time.Second, Stdout: io.Discard})
 		if !res.TimedOut {
 			t.Fatalf("no timeout: %+v", res)
 		}
 		out := newHashWriter()
-		res = mustExec(t, m, "print('next')\n7", ExecOptions{Stdout: out})
+		res = mustExec(t, m, "print('next')\n7", PythonOptions{Stdout: out})
 		if value(res) != "7" || res.Error != "" {
 			t.Fatalf("after an interrupted flood: %+v", res)
 		}
@@ -251,11 +251,11 @@ func TestPythonOutputFloodAfterResult(t *testing.T) {
 	res := mustExec(t, m, `import os, subprocess
 flood = subprocess.Popen(['yes', 'flood'])
 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-7`, ExecOptions{Timeout: time.Minute, Stdout: io.Discard})
+7`, PythonOptions{Timeout: time.Minute, Stdout: io.Discard})
 	if value(res) != "7" || time.Since(start) > 20*time.Second {
 		t.Fatalf("%+v after %v", res, time.Since(start))
 	}
-	if res := mustExec(t, m, "flood.kill(); flood.wait(); 8", ExecOptions{Stdout: io.Discard}); value(res) != "8" {
+	if res := mustExec(t, m, "flood.kill(); flood.wait(); 8", PythonOptions{Stdout: io.Discard}); value(res) != "8" {
 		t.Fatalf("%+v", res)
 	}
 	t.Logf("the flooded call took %v", time.Since(start))
@@ -265,11 +265,11 @@ os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
 // host at most 16 Mi characters long (its head and tail), whatever its size.
 func TestHugeValueIsBounded(t *testing.T) {
 	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
-	res := mustExec(t, m, "'a' * (40 << 20)", ExecOptions{Timeout: time.Minute})
+	res := mustExec(t, m, "'a' * (40 << 20)", PythonOptions{Timeout: time.Minute})
 	if res.Value == nil || len(*res.Value) > 16<<20+100 || !strings.Contains(*res.Value, "characters omitted") || !strings.HasSuffix(*res.Value, "aaa'") {
 		t.Fatalf("a 40 MiB value came back with %d bytes", len(fmt.Sprint(res.Value)))
 	}
-	res = mustExec(t, m, "raise ValueError('b' * (40 << 20))", ExecOptions{Timeout: time.Minute})
+	res = mustExec(t, m, "raise ValueError('b' * (40 << 20))", PythonOptions{Timeout: time.Minute})
 	if len(res.Error) > 16<<20+100 || !strings.Contains(res.Error, "characters omitted") {
 		t.Fatalf("a 40 MiB error came back with %d bytes", len(res.Error))
 	}

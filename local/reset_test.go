@@ -16,7 +16,7 @@ import (
 // its files and (keepPython) its Python variables.
 func TestResetStopsAForkBomb(t *testing.T) {
 	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{Limits: Limits{Processes: 64}})
-	mustExec(t, m, "x = 41", ExecOptions{})
+	mustExec(t, m, "x = 41", PythonOptions{})
 	mustRun(t, m, Command{Shell: "echo kept > f.txt"})
 	// The classic bomb, relaunched whenever it fizzles out: the machine
 	// stays at its limit.
@@ -48,7 +48,7 @@ func TestResetStopsAForkBomb(t *testing.T) {
 	if res.Stdout != "ok\nkept\n" || time.Since(start) > 2*time.Second {
 		t.Fatalf("after the reset: %q in %v", res.Stdout, time.Since(start))
 	}
-	if r := mustExec(t, m, "x + 1", ExecOptions{}); r.Value == nil || *r.Value != "42" || r.StateReset != "" {
+	if r := mustExec(t, m, "x + 1", PythonOptions{}); r.Value == nil || *r.Value != "42" || r.StateReset != "" {
 		t.Fatalf("Python after a reset that keeps it: %+v", r)
 	}
 }
@@ -57,7 +57,7 @@ func TestResetStopsAForkBomb(t *testing.T) {
 // running is listed, and gone after a reset that stops Python too.
 func TestResetListsAndStopsBackgroundProcesses(t *testing.T) {
 	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
-	mustExec(t, m, "y = 1", ExecOptions{})
+	mustExec(t, m, "y = 1", PythonOptions{})
 	mustRun(t, m, Command{Shell: "sleep 1000 >/dev/null 2>&1 &"})
 	var sleeping, interp bool
 	for _, p := range m.Processes() {
@@ -73,7 +73,7 @@ func TestResetListsAndStopsBackgroundProcesses(t *testing.T) {
 	if ps := m.Processes(); len(ps) != 0 {
 		t.Fatalf("after a reset: %+v", ps)
 	}
-	r := mustExec(t, m, "'y' in globals()", ExecOptions{})
+	r := mustExec(t, m, "'y' in globals()", PythonOptions{})
 	if r.Value == nil || *r.Value != "False" || !strings.Contains(r.StateReset, "reset") {
 		t.Fatalf("Python after a full reset: %+v", r)
 	}

@@ -98,7 +98,7 @@ func TestDeleteEndsTheMachinesProcesses(t *testing.T) {
 	e := newTestEngine(t, Options{})
 	m := newTestMachine(t, e, MachineSpec{})
 	mustRun(t, m, Command{Shell: "nohup sleep 1000 >/dev/null 2>&1 &"})
-	mustExec(t, m, "x = 1", ExecOptions{})
+	mustExec(t, m, "x = 1", PythonOptions{})
 	pids := m.HostPIDs()
 	if len(pids) < 3 {
 		t.Fatalf("machine has processes %v", pids)
@@ -111,7 +111,7 @@ func TestDeleteEndsTheMachinesProcesses(t *testing.T) {
 			t.Fatalf("process %d of the deleted machine is still running: %s", pid, stat)
 		}
 	}
-	if _, err := m.Exec(context.Background(), "1", ExecOptions{}); !errors.Is(err, ErrNotFound) {
+	if _, err := m.RunPython(context.Background(), "1", PythonOptions{}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("exec on a deleted machine: %v", err)
 	}
 }

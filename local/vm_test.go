@@ -58,7 +58,7 @@ func TestVMLooksLikeAVirtualMachine(t *testing.T) {
 	if got := readString(t, vm, "/opt/app/config.json"); got != `{"a":1}` {
 		t.Fatalf("read back %q", got)
 	}
-	if r := mustExec(t, vm, "import json; json.load(open('/opt/app/config.json'))['a'] + 1", ExecOptions{}); value(r) != "2" {
+	if r := mustExec(t, vm, "import json; json.load(open('/opt/app/config.json'))['a'] + 1", PythonOptions{}); value(r) != "2" {
 		t.Fatalf("python: %+v", r)
 	}
 	if fi, err := vm.Stat(ctx, "/opt/app/config.json"); err != nil || fi.Size != 7 || fi.IsDir {

@@ -279,7 +279,7 @@ func BenchmarkToolCall(b *testing.B) {
 	}
 	b.Run("engine", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
-			if _, err := m.Exec(context.Background(), "1+1", local.ExecOptions{}); err != nil {
+			if _, err := m.RunPython(context.Background(), "1+1", local.PythonOptions{}); err != nil {
 				b.Fatal(err)
 			}
 		}

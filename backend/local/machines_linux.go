@@ -118,7 +118,7 @@ func (m *Machine) Backend() string { return Name }
 
 // RunPython runs code in the machine's interpreter.
 func (m *Machine) RunPython(ctx context.Context, code string, opts backend.PythonOptions) (*backend.PythonResult, error) {
-	r, err := m.m.Exec(ctx, code, engine.ExecOptions{Timeout: opts.Timeout, OnOutput: opts.OnOutput, Stdout: opts.Stdout, Stderr: opts.Stderr})
+	r, err := m.m.RunPython(ctx, code, engine.PythonOptions{Timeout: opts.Timeout, OnOutput: opts.OnOutput, Stdout: opts.Stdout, Stderr: opts.Stderr})
 	if r == nil {
 		return nil, err
 	}

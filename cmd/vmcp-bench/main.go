@@ -576,7 +576,7 @@ func openLean(server serverSpec, stateDir string) (p *path, err error) {
 }
 
 // openEngine opens an engine in this process with one machine, on which it
-// runs run_python's code with Machine.Exec and exec_command's argv with
+// runs run_python's code with Machine.RunPython and exec_command's argv with
 // Machine.Run.
 func openEngine(stateDir string) (*path, error) {
 	e, err := local.New(local.Options{StateDir: stateDir})
@@ -600,7 +600,7 @@ func openEngine(stateDir string) (*path, error) {
 		case "run_python":
 			code, _ := op.args["code"].(string)
 			start := time.Now()
-			r, err := m.Exec(ctx, code, local.ExecOptions{})
+			r, err := m.RunPython(ctx, code, local.PythonOptions{})
 			d := time.Since(start)
 			if err != nil {
 				return d, err

@@ -330,7 +330,7 @@ func (m *machine) execute(ctx context.Context, inst *instruction) json.RawMessag
 	// The engine passes the output on byte for byte, long lines whole; the
 	// writers cut it into the chunks of the wire.
 	stdout, stderr := &lineWriter{in: inst, stream: "stdout"}, &lineWriter{in: inst, stream: "stderr"}
-	res, err := m.lm.Exec(ctx, inst.code, local.ExecOptions{Timeout: inst.timeout, Stdout: stdout, Stderr: stderr})
+	res, err := m.lm.RunPython(ctx, inst.code, local.PythonOptions{Timeout: inst.timeout, Stdout: stdout, Stderr: stderr})
 	stdout.flush() // spec §3.4: a partial line is a final chunk
 	stderr.flush()
 	log := m.s.log.Debug().Str("machine", m.name).Int64("seq", inst.seq)
