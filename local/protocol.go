@@ -15,7 +15,7 @@ import (
 // chosen by the engine; every event names the request it belongs to. The one
 // exception is the data of an opStdin request: its Len bytes follow the line
 // raw, since decoding them from JSON (base64 in a string) would bound uploads
-// to what the agent's JSON decoder manages, about 60 MB/s.
+// to what the agent's JSON decoder manages (see the README).
 
 // Request operations.
 const (

@@ -23,7 +23,7 @@ import (
 // would slip past the filter.
 //
 // It does what bwrap's --disable-userns does without a nested user
-// namespace, which cost about 10 ms of every machine start here.
+// namespace, which costs time at every machine start (see the README).
 
 // auditArch is the seccomp architecture of this build, 0 if the filter
 // does not know it.

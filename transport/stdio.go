@@ -186,9 +186,8 @@ var errTooLong = errors.New("message too long")
 //
 // Two ways to spare the hand-off were measured, and both made run_python
 // 1+1 slower through the lean bench client, the engine's reply then waiting
-// longer for a thread: keeping the lead during short calls (0.67 ms against
-// 0.60 ms, medians of five runs), and handing it on only once the call
-// waits for the engine (0.74 ms against 0.72 ms, medians of six).
+// longer for a thread: keeping the lead during short calls, and handing it
+// on only once the call waits for the engine (figures in the README).
 func (s *stdio) serve(ctx context.Context) {
 	for {
 		line, err := readLine(s.in, s.maxLine)

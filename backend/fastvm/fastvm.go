@@ -73,10 +73,9 @@ type Options struct {
 	// IdleAction is IdleAuto (default), IdlePause or IdleSnapshot. Pausing
 	// is the default where the service supports it: like a snapshot it
 	// frees the VM's quota, and it also keeps the VM's memory (its
-	// processes go on where they were), and it is far quicker both ways:
-	// against the emulator, with a 200 MiB workspace, the next call took
-	// 22 ms after a pause and 640 ms after a snapshot (p50s of
-	// BenchmarkIdleRoundTrip). Any other value counts as IdleAuto.
+	// processes go on where they were), and it is far quicker both ways
+	// (BenchmarkIdleRoundTrip; figures in the README). Any other value
+	// counts as IdleAuto.
 	IdleAction string
 	Logger     zerolog.Logger
 }
