@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,7 +23,14 @@ import (
 var (
 	conversationsBucket = []byte("conversations") // handle → JSON Conversation
 	defaultsBucket      = []byte("defaults")      // principal → handle of its default conversation
+	// indexBucket is the index (see index.go): an index key followed by
+	// joinKey(handle) → handle, so that the handles filed under a key are
+	// the entries its prefix finds, in handle order.
+	indexBucket = []byte("index")
+	metaBucket  = []byte("meta") // metaIndexVersion → indexVersion of the index bucket
 )
+
+var metaIndexVersion = []byte("index-version")
 
 // openTimeout bounds the wait for another process's lock on the file.
 var openTimeout = 5 * time.Second
@@ -30,13 +39,18 @@ var openTimeout = 5 * time.Second
 // only writer, so it keeps the decoded conversations in memory as well:
 // reading one is a map lookup, not a transaction and a JSON decode.
 // Cached conversations are never changed in place (Update replaces them),
-// so the values Load returns must be treated as read-only.
+// so the values Load returns must be treated as read-only. The index (see
+// index.go) is kept in the file, in the transactions that write the
+// conversations; like them, it is read into memory on open and kept there
+// after each commit, so that a lookup is two map lookups rather than a
+// transaction and a walk down a B+tree whose depth grows with the store.
 type BoltStore struct {
 	db *bolt.DB
 
 	mu       sync.RWMutex
 	cache    map[string]*Conversation // handle → conversation
 	defaults map[string]string        // principal scope → handle
+	index    map[string][]string      // index key → handles filed under it, sorted: the index bucket's
 }
 
 var _ Store = (*BoltStore)(nil)
@@ -51,7 +65,7 @@ func OpenBolt(path string) (*BoltStore, error) {
 		return nil, fmt.Errorf("open the session store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{conversationsBucket, defaultsBucket} {
+		for _, b := range [][]byte{conversationsBucket, defaultsBucket, indexBucket, metaBucket} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -62,8 +76,10 @@ func OpenBolt(path string) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("prepare the session store %s: %w", path, err)
 	}
-	s := &BoltStore{db: db, cache: map[string]*Conversation{}, defaults: map[string]string{}}
+	s := &BoltStore{db: db, cache: map[string]*Conversation{}, defaults: map[string]string{}, index: map[string][]string{}}
+	indexed := false
 	err = db.View(func(tx *bolt.Tx) error {
+		indexed = string(tx.Bucket(metaBucket).Get(metaIndexVersion)) == indexVersion
 		if err := tx.Bucket(conversationsBucket).ForEach(func(k, v []byte) error {
 			var c Conversation
 			if err := json.Unmarshal(v, &c); err != nil {
@@ -83,7 +99,154 @@ func OpenBolt(path string) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("read the session store %s: %w", path, err)
 	}
+	if !indexed {
+		if err := db.Update(s.reindex); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("index the session store %s: %w (the store is unchanged; free disk space if it is full, or restore it from a backup)", path, err)
+		}
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(indexBucket).ForEach(func(k, v []byte) error {
+			key, ok := strings.CutSuffix(string(k), joinKey(string(v)))
+			if !ok {
+				return fmt.Errorf("index entry %q does not end with its handle %q (delete the bucket %s, or the key %s of the bucket %s, to index the store again)",
+					k, v, indexBucket, metaIndexVersion, metaBucket)
+			}
+			s.index[key] = append(s.index[key], string(v))
+			return nil
+		})
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("read the session store's index %s: %w", path, err)
+	}
+	for _, hs := range s.index {
+		slices.Sort(hs) // in key order already, unless handles differ in length
+	}
 	return s, nil
+}
+
+// reindex builds the index anew from the cached conversations, for a store
+// that a version before the index (or before its current layout) wrote, in
+// one transaction: a crash leaves the store as it was, to index again on
+// next open. The entries are put in key order, which bbolt appends cheaply;
+// in random order each insert would move half a growing node.
+func (s *BoltStore) reindex(tx *bolt.Tx) error {
+	if err := tx.DeleteBucket(indexBucket); err != nil {
+		return err
+	}
+	b, err := tx.CreateBucket(indexBucket)
+	if err != nil {
+		return err
+	}
+	var entries [][2]string // key, handle
+	for _, c := range s.cache {
+		suffix := joinKey(c.Handle)
+		for _, k := range indexKeys(c) {
+			entries = append(entries, [2]string{k + suffix, c.Handle})
+		}
+	}
+	slices.SortFunc(entries, func(a, b [2]string) int { return strings.Compare(a[0], b[0]) })
+	for _, e := range entries {
+		if err := b.Put([]byte(e[0]), []byte(e[1])); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(metaBucket).Put(metaIndexVersion, []byte(indexVersion))
+}
+
+// write replaces the record old (nil: none) by c (nil: delete it) in tx,
+// and moves the handle's index entries from old's keys to c's.
+func write(tx *bolt.Tx, handle string, old, c *Conversation) error {
+	if c == nil {
+		if err := tx.Bucket(conversationsBucket).Delete([]byte(handle)); err != nil {
+			return err
+		}
+	} else if err := put(tx.Bucket(conversationsBucket), c); err != nil {
+		return err
+	}
+	return fileIndex(tx, handle, old, c)
+}
+
+// cacheIndex makes the index in memory what write made the index bucket,
+// once its transaction committed.
+func (s *BoltStore) cacheIndex(handle string, old, c *Conversation) {
+	removed, added := indexDiff(keysOf(old), keysOf(c))
+	for _, k := range removed {
+		hs := s.index[k]
+		if i, ok := slices.BinarySearch(hs, handle); ok {
+			hs = slices.Delete(hs, i, i+1)
+		}
+		if len(hs) == 0 {
+			delete(s.index, k)
+		} else {
+			s.index[k] = hs
+		}
+	}
+	for _, k := range added {
+		hs := s.index[k]
+		if i, ok := slices.BinarySearch(hs, handle); !ok {
+			s.index[k] = slices.Insert(hs, i, handle)
+		}
+	}
+}
+
+// fileIndex moves the handle's index entries from old's keys to c's.
+func fileIndex(tx *bolt.Tx, handle string, old, c *Conversation) error {
+	b := tx.Bucket(indexBucket)
+	removed, added := indexDiff(keysOf(old), keysOf(c))
+	suffix := joinKey(handle)
+	for _, k := range removed {
+		if err := b.Delete([]byte(k + suffix)); err != nil {
+			return err
+		}
+	}
+	for _, k := range added {
+		if err := b.Put([]byte(k+suffix), []byte(handle)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lookup returns the cached conversations that the index files under key
+// and that pass holds, in handle order.
+func (s *BoltStore) lookup(key string, holds func(*Conversation) bool) []*Conversation {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var found []*Conversation
+	for _, h := range s.index[key] {
+		if c := s.cache[h]; c != nil && holds(c) {
+			found = append(found, c)
+		}
+	}
+	return found
+}
+
+// lookupOne returns the first conversation of lookup, or ErrNotFound.
+func (s *BoltStore) lookupOne(key string, holds func(*Conversation) bool) (*Conversation, error) {
+	found := s.lookup(key, holds)
+	if len(found) == 0 {
+		return nil, ErrNotFound
+	}
+	return found[0], nil
+}
+
+// ByMachine returns the principal's conversation that holds the machine
+// (read-only: see BoltStore).
+func (s *BoltStore) ByMachine(_ context.Context, principal, backend, id string) (*Conversation, error) {
+	return s.lookupOne(machineIndexKey(principal, backend, id), holdsMachine(principal, backend, id))
+}
+
+// BySnapshot returns the principal's conversation that holds the snapshot
+// (read-only: see BoltStore).
+func (s *BoltStore) BySnapshot(_ context.Context, principal, id string) (*Conversation, error) {
+	return s.lookupOne(snapshotIndexKey(principal, id), holdsSnapshot(principal, id))
+}
+
+// ByPrincipal lists the principal's conversations (read-only values).
+func (s *BoltStore) ByPrincipal(_ context.Context, principal string) ([]*Conversation, error) {
+	return s.lookup(principalIndexKey(principal), ownedBy(principal)), nil
 }
 
 // cached returns the principal's conversation from memory.
@@ -111,10 +274,11 @@ func (s *BoltStore) Create(_ context.Context, c *Conversation) error {
 	if err != nil {
 		return err
 	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { return put(tx.Bucket(conversationsBucket), cp) }); err != nil {
+	if err := s.db.Update(func(tx *bolt.Tx) error { return write(tx, cp.Handle, nil, cp) }); err != nil {
 		return err
 	}
 	s.cache[c.Handle] = cp
+	s.cacheIndex(cp.Handle, nil, cp)
 	return nil
 }
 
@@ -139,10 +303,11 @@ func (s *BoltStore) Update(_ context.Context, principal, handle string, fn func(
 	if err := fn(c); err != nil {
 		return nil, err
 	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { return put(tx.Bucket(conversationsBucket), c) }); err != nil {
+	if err := s.db.Update(func(tx *bolt.Tx) error { return write(tx, handle, old, c) }); err != nil {
 		return nil, err
 	}
 	s.cache[handle] = c
+	s.cacheIndex(handle, old, c)
 	return c, nil
 }
 
@@ -150,13 +315,15 @@ func (s *BoltStore) Update(_ context.Context, principal, handle string, fn func(
 func (s *BoltStore) Delete(_ context.Context, principal, handle string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if c := s.cache[handle]; c == nil || c.Principal != principal {
+	old := s.cache[handle]
+	if old == nil || old.Principal != principal {
 		return ErrNotFound
 	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(conversationsBucket).Delete([]byte(handle)) }); err != nil {
+	if err := s.db.Update(func(tx *bolt.Tx) error { return write(tx, handle, old, nil) }); err != nil {
 		return err
 	}
 	delete(s.cache, handle)
+	s.cacheIndex(handle, old, nil)
 	return nil
 }
 

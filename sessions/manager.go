@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -149,35 +150,46 @@ func (m *Manager) CheckSnapshotLimit(c *Conversation) error {
 	return nil
 }
 
-// OwnerOf returns the principal's conversation that owns the machine.
+// OwnerOf returns the principal's conversation that owns the machine. It
+// reads the store's index, not every conversation, so that its cost does
+// not grow with the number of conversations.
 func (m *Manager) OwnerOf(ctx context.Context, principal, backend, id string) (*Conversation, error) {
-	all, err := m.store.All(ctx)
+	c, err := m.store.ByMachine(ctx, principal, backend, id)
 	if err != nil {
 		return nil, err
 	}
-	for _, c := range all {
-		if c.Principal == principal && c.Machine(backend, id) != nil {
-			return c, nil
-		}
+	// The store checks this already; checking again keeps a faulty Store
+	// implementation from handing out another principal's machine.
+	if c.Principal != principal || c.Machine(backend, id) == nil {
+		return nil, ErrNotFound
 	}
-	return nil, ErrNotFound
+	return c, nil
 }
 
-// SnapshotOwner returns the principal's conversation that owns a snapshot.
+// SnapshotOwner returns the principal's conversation that owns a snapshot,
+// through the store's index like OwnerOf.
 func (m *Manager) SnapshotOwner(ctx context.Context, principal, id string) (*Conversation, *Snapshot, error) {
-	all, err := m.store.All(ctx)
+	c, err := m.store.BySnapshot(ctx, principal, id)
 	if err != nil {
 		return nil, nil, err
 	}
-	for _, c := range all {
-		if c.Principal != principal {
-			continue
-		}
-		if s := c.Snapshot(id); s != nil {
-			return c, s, nil
-		}
+	s := c.Snapshot(id)
+	if c.Principal != principal || s == nil {
+		return nil, nil, ErrNotFound
 	}
-	return nil, nil, ErrNotFound
+	return c, s, nil
+}
+
+// Conversations lists the principal's conversations (closed ones
+// included), through the store's index: calls on behalf of one principal
+// should use it rather than Store().All, whose cost grows with every
+// principal's conversations.
+func (m *Manager) Conversations(ctx context.Context, principal string) ([]*Conversation, error) {
+	all, err := m.store.ByPrincipal(ctx, principal)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(all, func(c *Conversation) bool { return c.Principal != principal }), nil
 }
 
 // Touch notes that a conversation and one of its machines were used now.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,6 +24,19 @@ import (
 //	<prefix>conversation:<handle>  string: the conversation as JSON
 //	<prefix>handles                set: every stored handle (All scans it, never KEYS)
 //	<prefix>defaults               hash: principal scope → handle of its default conversation
+//	<prefix>index:<index key>      set: the handles of the conversations filed under an index key (see index.go), e.g.
+//	                               vmcp:index:machine:5:alice5:local3:m-1 (each part preceded by its length)
+//	<prefix>index-version          string: the layout of the index, set once every conversation was indexed
+//
+// Every write of a conversation changes its index entries in the same
+// MULTI/EXEC, under a WATCH of the conversation's key, by the difference
+// between the record it read and the one it writes: so, whatever other
+// replicas do, the sets hold exactly the entries the stored records imply.
+// A store opened on data without index-version (written by a version before
+// the index) indexes every conversation first. Replicas of such a version
+// still running afterwards write records without index entries, and the
+// lookups miss those bindings: once every replica is upgraded, call Reindex
+// (or delete <prefix>index-version and restart one replica).
 
 // RedisOptions configure a RedisStore. The zero value is usable.
 type RedisOptions struct {
@@ -41,9 +55,10 @@ type RedisOptions struct {
 }
 
 // RedisStore is a Store in Redis, shared by every replica that opens the
-// same server and key prefix. Update and Delete are optimistic transactions
-// (WATCH, then MULTI/EXEC, retried on conflict), so they are atomic across
-// processes; Create never overwrites.
+// same server and key prefix. Create, Update and Delete are optimistic
+// transactions (WATCH, then MULTI/EXEC, retried on conflict), so they are
+// atomic across processes, index entries included; Create never
+// overwrites.
 //
 // Durability is the server's: a write is acknowledged when Redis has it in
 // memory. For "an announced binding is never lost" (a tool result is only
@@ -91,11 +106,15 @@ func OpenRedis(ctx context.Context, rawURL string, opts RedisOptions) (*RedisSto
 	// instead of only the per-read and per-write socket timeouts.
 	o.ContextTimeoutEnabled = true
 	s := &RedisStore{client: redis.NewClient(o), addr: o.Addr, prefix: opts.KeyPrefix, timeout: opts.Timeout, attempts: opts.UpdateAttempts}
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	pctx, cancel := s.withTimeout(ctx)
 	defer cancel()
-	if err := s.client.Ping(ctx).Err(); err != nil {
+	if err := s.client.Ping(pctx).Err(); err != nil {
 		s.client.Close()
 		return nil, s.fail("connect", err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		s.client.Close()
+		return nil, err
 	}
 	return s, nil
 }
@@ -137,8 +156,10 @@ func (s *RedisStore) fail(what string, err error) error {
 func (s *RedisStore) conversationKey(handle string) string {
 	return s.prefix + "conversation:" + handle
 }
-func (s *RedisStore) handlesKey() string  { return s.prefix + "handles" }
-func (s *RedisStore) defaultsKey() string { return s.prefix + "defaults" }
+func (s *RedisStore) handlesKey() string       { return s.prefix + "handles" }
+func (s *RedisStore) defaultsKey() string      { return s.prefix + "defaults" }
+func (s *RedisStore) indexKey(k string) string { return s.prefix + "index:" + k }
+func (s *RedisStore) versionKey() string       { return s.prefix + "index-version" }
 func (s *RedisStore) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.timeout)
 }
@@ -154,19 +175,37 @@ func (s *RedisStore) Create(ctx context.Context, c *Conversation) error {
 	if err != nil {
 		return fmt.Errorf("encode conversation %s: %w", c.Handle, err)
 	}
-	var created *redis.BoolCmd
-	_, err = s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		created = p.SetNX(ctx, s.conversationKey(c.Handle), v, 0)
-		p.SAdd(ctx, s.handlesKey(), c.Handle) // a no-op when it exists already
-		return nil
+	key := s.conversationKey(c.Handle)
+	// A transaction rather than SETNX alone: the index entries must only
+	// be written along with the record.
+	return s.optimistic(ctx, "create conversation "+c.Handle, []string{key}, func(tx *redis.Tx) (func(redis.Pipeliner) error, error) {
+		n, err := tx.Exists(ctx, key).Result()
+		if err != nil {
+			return nil, s.fail("create conversation "+c.Handle, err)
+		}
+		if n > 0 {
+			return nil, fmt.Errorf("conversation %s exists already", c.Handle)
+		}
+		return func(p redis.Pipeliner) error {
+			p.Set(ctx, key, v, 0)
+			p.SAdd(ctx, s.handlesKey(), c.Handle)
+			s.fileIndex(ctx, p, c.Handle, nil, indexKeys(c))
+			return nil
+		}, nil
 	})
-	if err != nil {
-		return s.fail("create conversation "+c.Handle, err)
+}
+
+// fileIndex queues, in a transaction, the moves of the handle's index
+// entries from the sorted keys old (of the record replaced; none for a new
+// one) to those of the record written (none when it is deleted).
+func (s *RedisStore) fileIndex(ctx context.Context, p redis.Pipeliner, handle string, old, new []string) {
+	removed, added := indexDiff(old, new)
+	for _, k := range removed {
+		p.SRem(ctx, s.indexKey(k), handle)
 	}
-	if !created.Val() {
-		return fmt.Errorf("conversation %s exists already", c.Handle)
+	for _, k := range added {
+		p.SAdd(ctx, s.indexKey(k), handle)
 	}
-	return nil
 }
 
 // get reads and decodes a conversation of the principal; cmd is the
@@ -214,11 +253,12 @@ func (s *RedisStore) Update(ctx context.Context, principal, handle string, fn fu
 	defer cancel()
 	key := s.conversationKey(handle)
 	var c *Conversation
-	err := s.optimistic(ctx, "update conversation "+handle, key, func(tx *redis.Tx) (func(redis.Pipeliner) error, error) {
+	err := s.optimistic(ctx, "update conversation "+handle, []string{key}, func(tx *redis.Tx) (func(redis.Pipeliner) error, error) {
 		var err error
 		if c, err = s.get(ctx, tx, principal, handle); err != nil {
 			return nil, err
 		}
+		oldKeys := indexKeys(c) // fn changes c
 		if err := fn(c); err != nil {
 			return nil, err
 		}
@@ -226,7 +266,11 @@ func (s *RedisStore) Update(ctx context.Context, principal, handle string, fn fu
 		if err != nil {
 			return nil, fmt.Errorf("encode conversation %s: %w", handle, err)
 		}
-		return func(p redis.Pipeliner) error { return p.Set(ctx, key, v, 0).Err() }, nil
+		return func(p redis.Pipeliner) error {
+			p.Set(ctx, key, v, 0)
+			s.fileIndex(ctx, p, handle, oldKeys, indexKeys(c))
+			return nil
+		}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -239,13 +283,16 @@ func (s *RedisStore) Delete(ctx context.Context, principal, handle string) error
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
 	key := s.conversationKey(handle)
-	return s.optimistic(ctx, "delete conversation "+handle, key, func(tx *redis.Tx) (func(redis.Pipeliner) error, error) {
-		if _, err := s.get(ctx, tx, principal, handle); err != nil {
+	return s.optimistic(ctx, "delete conversation "+handle, []string{key}, func(tx *redis.Tx) (func(redis.Pipeliner) error, error) {
+		old, err := s.get(ctx, tx, principal, handle)
+		if err != nil {
 			return nil, err
 		}
 		return func(p redis.Pipeliner) error {
 			p.Del(ctx, key)
-			return p.SRem(ctx, s.handlesKey(), handle).Err()
+			p.SRem(ctx, s.handlesKey(), handle)
+			s.fileIndex(ctx, p, handle, indexKeys(old), nil)
+			return nil
 		}, nil
 	})
 }
@@ -256,12 +303,12 @@ type prepared struct{ err error }
 
 func (p prepared) Error() string { return p.err.Error() }
 
-// optimistic watches key, lets prepare read through the transaction and
+// optimistic watches keys, lets prepare read through the transaction and
 // decide the writes, and commits them with MULTI/EXEC unless another writer
-// changed key in between; then it starts again, after a growing random
+// changed one of the keys in between; then it starts again, after a growing random
 // pause so that contenders spread out, at most s.attempts times. prepare's
 // errors end it unchanged, and nothing is written.
-func (s *RedisStore) optimistic(ctx context.Context, what, key string, prepare func(*redis.Tx) (func(redis.Pipeliner) error, error)) error {
+func (s *RedisStore) optimistic(ctx context.Context, what string, keys []string, prepare func(*redis.Tx) (func(redis.Pipeliner) error, error)) error {
 	pause := time.Millisecond
 	for range s.attempts {
 		err := s.client.Watch(ctx, func(tx *redis.Tx) error {
@@ -271,7 +318,7 @@ func (s *RedisStore) optimistic(ctx context.Context, what, key string, prepare f
 			}
 			_, err = tx.TxPipelined(ctx, write)
 			return err
-		}, key)
+		}, keys...)
 		var p prepared
 		switch {
 		case err == nil:
@@ -291,16 +338,113 @@ func (s *RedisStore) optimistic(ctx context.Context, what, key string, prepare f
 	return fmt.Errorf("redis session store at %s: %s: other writers changed the conversation %d times in a row; retry the call", s.addr, what, s.attempts)
 }
 
+// migrate runs Reindex unless index-version says the index is complete (a
+// store written by a version before the index has none).
+func (s *RedisStore) migrate(ctx context.Context) error {
+	vctx, cancel := s.withTimeout(ctx)
+	v, err := s.client.Get(vctx, s.versionKey()).Result()
+	cancel()
+	if err == nil && v == indexVersion {
+		return nil
+	}
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return s.fail("read the index version", err)
+	}
+	return s.Reindex(ctx)
+}
+
+// Reindex files every conversation in the index, as opening a store
+// without one does: for the bindings that replicas of a version before the
+// index recorded while this one ran (a rolling upgrade), once the last of
+// them has stopped. Then it sets index-version.
+//
+// Each batch of conversations is read and filed in one optimistic
+// transaction, watching their keys: a replica that changes one meanwhile
+// (and files its own entries) makes the batch start again, so a stale
+// record is never filed. Entries are only ever added here, those the
+// stored records imply: it is safe while other replicas serve calls, from
+// several at once, and again. Each batch gets the store's timeout (ctx
+// bounds the whole).
+func (s *RedisStore) Reindex(ctx context.Context) error {
+	var cursor uint64
+	for {
+		// Each batch gets the store's timeout: indexing a large store as a
+		// whole takes longer than one call may.
+		bctx, cancel := s.withTimeout(ctx)
+		next, err := s.indexBatch(bctx, cursor)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if cursor = next; cursor == 0 {
+			break
+		}
+	}
+	vctx, cancel := s.withTimeout(ctx)
+	defer cancel()
+	if err := s.client.Set(vctx, s.versionKey(), indexVersion, 0).Err(); err != nil {
+		return s.fail("record the index version", err)
+	}
+	return nil
+}
+
+// indexBatch files the conversations of one SSCAN batch of the handle set,
+// and returns the next cursor.
+func (s *RedisStore) indexBatch(ctx context.Context, cursor uint64) (uint64, error) {
+	handles, next, err := s.client.SScan(ctx, s.handlesKey(), cursor, "", 200).Result()
+	if err != nil {
+		return 0, s.fail("list conversations to index them", err)
+	}
+	if len(handles) == 0 {
+		return next, nil
+	}
+	keys := make([]string, len(handles))
+	for i, h := range handles {
+		keys[i] = s.conversationKey(h)
+	}
+	err = s.optimistic(ctx, "index conversations", keys, func(tx *redis.Tx) (func(redis.Pipeliner) error, error) {
+		vals, err := tx.MGet(ctx, keys...).Result()
+		if err != nil {
+			return nil, s.fail("read conversations to index them", err)
+		}
+		var convs []*Conversation
+		for i, v := range vals {
+			str, ok := v.(string)
+			if !ok {
+				continue // deleted, with its entries
+			}
+			c, err := decodeConversation(handles[i], []byte(str))
+			if err != nil {
+				return nil, err
+			}
+			convs = append(convs, c)
+		}
+		return func(p redis.Pipeliner) error {
+			for _, c := range convs {
+				s.fileIndex(ctx, p, c.Handle, nil, indexKeys(c))
+			}
+			return nil
+		}, nil
+	})
+	return next, err
+}
+
 // All lists every conversation of every principal, scanning the set of
 // handles (never KEYS, which blocks the server) and reading them in batches.
 func (s *RedisStore) All(ctx context.Context) ([]*Conversation, error) {
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
+	return s.scan(ctx, s.handlesKey(), nil)
+}
+
+// scan reads the conversations whose handles are in the set at key, in
+// batches, and returns those that pass keep (nil: all of them).
+func (s *RedisStore) scan(ctx context.Context, key string, keep func(*Conversation) bool) ([]*Conversation, error) {
 	seen := map[string]bool{} // SSCAN may return a handle twice
 	var all []*Conversation
 	var cursor uint64
 	for {
-		handles, next, err := s.client.SScan(ctx, s.handlesKey(), cursor, "", 200).Result()
+		handles, next, err := s.client.SScan(ctx, key, cursor, "", 200).Result()
 		if err != nil {
 			return nil, s.fail("list conversations", err)
 		}
@@ -327,13 +471,58 @@ func (s *RedisStore) All(ctx context.Context) ([]*Conversation, error) {
 				if err != nil {
 					return nil, err
 				}
-				all = append(all, c)
+				if keep == nil || keep(c) {
+					all = append(all, c)
+				}
 			}
 		}
 		if cursor = next; cursor == 0 {
 			return all, nil
 		}
 	}
+}
+
+// lookup returns the conversations that the index files under key and that
+// pass holds, in handle order. The index is one SSCAN (its sets are small)
+// and the records one MGET: the cost does not grow with the number of
+// conversations. holds, not the index, decides: an entry another writer
+// left stale, or forged, finds nothing.
+func (s *RedisStore) lookup(ctx context.Context, key string, holds func(*Conversation) bool) ([]*Conversation, error) {
+	ctx, cancel := s.withTimeout(ctx)
+	defer cancel()
+	found, err := s.scan(ctx, s.indexKey(key), holds)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(found, func(a, b *Conversation) int { return strings.Compare(a.Handle, b.Handle) })
+	return found, nil
+}
+
+// lookupOne returns the first conversation of lookup, or ErrNotFound.
+func (s *RedisStore) lookupOne(ctx context.Context, key string, holds func(*Conversation) bool) (*Conversation, error) {
+	found, err := s.lookup(ctx, key, holds)
+	if err != nil {
+		return nil, err
+	}
+	if len(found) == 0 {
+		return nil, ErrNotFound
+	}
+	return found[0], nil
+}
+
+// ByMachine returns the principal's conversation that holds the machine.
+func (s *RedisStore) ByMachine(ctx context.Context, principal, backend, id string) (*Conversation, error) {
+	return s.lookupOne(ctx, machineIndexKey(principal, backend, id), holdsMachine(principal, backend, id))
+}
+
+// BySnapshot returns the principal's conversation that holds the snapshot.
+func (s *RedisStore) BySnapshot(ctx context.Context, principal, id string) (*Conversation, error) {
+	return s.lookupOne(ctx, snapshotIndexKey(principal, id), holdsSnapshot(principal, id))
+}
+
+// ByPrincipal lists the principal's conversations.
+func (s *RedisStore) ByPrincipal(ctx context.Context, principal string) ([]*Conversation, error) {
+	return s.lookup(ctx, principalIndexKey(principal), ownedBy(principal))
 }
 
 // DefaultHandle returns the handle of the principal's default conversation.

@@ -30,7 +30,7 @@ type testRedis struct {
 // startRedis starts Debian's redis-server in t.TempDir(), persisting
 // nothing, with KEYS disabled so that a store using it fails. It is stopped
 // when the test ends.
-func startRedis(t *testing.T, extra ...string) *testRedis {
+func startRedis(t testing.TB, extra ...string) *testRedis {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -74,7 +74,7 @@ func startRedis(t *testing.T, extra ...string) *testRedis {
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -112,7 +112,7 @@ func waitForRedis(addr string, exited <-chan struct{}) bool {
 	return false
 }
 
-func openTestRedis(t *testing.T, url string, opts RedisOptions) *RedisStore {
+func openTestRedis(t testing.TB, url string, opts RedisOptions) *RedisStore {
 	t.Helper()
 	s, err := OpenRedis(context.Background(), url, opts)
 	if err != nil {
@@ -124,7 +124,7 @@ func openTestRedis(t *testing.T, url string, opts RedisOptions) *RedisStore {
 
 // rawClient reads and writes the test server directly, as an operator (or
 // another program) would.
-func rawClient(t *testing.T, addr string) *redis.Client {
+func rawClient(t testing.TB, addr string) *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: addr})
 	t.Cleanup(func() { c.Close() })
 	return c
@@ -211,6 +211,21 @@ func TestRedisKeys(t *testing.T) {
 	}
 	if h, err := raw.HGet(ctx, "vmcp:defaults", "alice\x00").Result(); err != nil || h != c.Handle {
 		t.Errorf("vmcp:defaults: %q, %v", h, err)
+	}
+	if _, err := a.Update(ctx, "alice", c.Handle, func(c *Conversation) error {
+		c.AddMachine("local", "m-1", now)
+		c.Snapshots = append(c.Snapshots, Snapshot{Backend: "local", ID: "s-1"})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"vmcp:index:principal:5:alice", "vmcp:index:machine:5:alice5:local3:m-1", "vmcp:index:snapshot:5:alice3:s-1"} {
+		if ok, err := raw.SIsMember(ctx, key, c.Handle).Result(); err != nil || !ok {
+			t.Errorf("%s lacks %s: %v", key, c.Handle, err)
+		}
+	}
+	if v, err := raw.Get(ctx, "vmcp:index-version").Result(); err != nil || v != indexVersion {
+		t.Errorf("vmcp:index-version: %q, %v", v, err)
 	}
 
 	if _, err := b.Load(ctx, "alice", c.Handle); !errors.Is(err, ErrNotFound) {
@@ -386,8 +401,8 @@ func TestRedisURLs(t *testing.T) {
 	if err := s.Create(ctx, &Conversation{Handle: NewHandle(), Principal: "alice"}); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := s.client.DBSize(ctx).Result(); err != nil || n != 2 {
-		t.Errorf("database 3 holds %d keys (%v), want the conversation and the handle set", n, err)
+	if n, err := s.client.DBSize(ctx).Result(); err != nil || n != 4 {
+		t.Errorf("database 3 holds %d keys (%v), want the conversation, the handle set, its principal's index entry and the index version", n, err)
 	}
 }
 

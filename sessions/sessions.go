@@ -150,9 +150,15 @@ func (c *Conversation) Snapshot(id string) *Snapshot {
 }
 
 // Store keeps conversations durably. Every method is safe for concurrent
-// use; Update is atomic per conversation. Conversations that Load, All and
-// Update return may be shared: never change them (change a conversation
-// with Update, whose fn gets a private copy).
+// use; Update is atomic per conversation. Conversations that Load, All,
+// Update and the lookups return may be shared: never change them (change a
+// conversation with Update, whose fn gets a private copy).
+//
+// The lookups (ByMachine, BySnapshot, ByPrincipal) use an index the store
+// keeps in the same transactions as the conversations, so that their cost
+// does not grow with the number of conversations. Like Load, they only
+// return the principal's conversations, and only ones that hold what was
+// asked for.
 type Store interface {
 	// Create stores a new conversation.
 	Create(ctx context.Context, c *Conversation) error
@@ -164,8 +170,21 @@ type Store interface {
 	// Delete removes a conversation.
 	Delete(ctx context.Context, principal, handle string) error
 	// All lists every conversation of every principal (for the reaper and
-	// the reconciler).
+	// the reconciler). It reads every conversation: calls on behalf of one
+	// principal use the lookups instead.
 	All(ctx context.Context) ([]*Conversation, error)
+	// ByMachine returns the principal's conversation that holds the
+	// machine (by its id or an earlier one, as Conversation.Machine finds
+	// it); ErrNotFound if none does. Should several, the one with the
+	// smallest handle is returned.
+	ByMachine(ctx context.Context, principal, backend, id string) (*Conversation, error)
+	// BySnapshot returns the principal's conversation that holds the
+	// snapshot (as Conversation.Snapshot finds it); ErrNotFound if none
+	// does. Should several, the one with the smallest handle is returned.
+	BySnapshot(ctx context.Context, principal, id string) (*Conversation, error)
+	// ByPrincipal lists the principal's conversations, closed ones
+	// included, ordered by handle.
+	ByPrincipal(ctx context.Context, principal string) ([]*Conversation, error)
 	// DefaultHandle returns the handle of the principal's default
 	// conversation ("" if none).
 	DefaultHandle(ctx context.Context, principal string) (string, error)
