@@ -47,7 +47,11 @@ type Config struct {
 	// default conversation adopts the machines of versions from before
 	// conversations.
 	LocalPrincipal string
-	Log            zerolog.Logger
+	// Now is the clock of idle and time-to-live decisions and of the
+	// times the broker records (default time.Now): tests move it by hand
+	// instead of waiting for timeouts.
+	Now func() time.Time
+	Log zerolog.Logger
 }
 
 // Broker hands out machines to calls; see the package comment.
@@ -59,6 +63,7 @@ type Broker struct {
 	idle           map[string]time.Duration
 	ttl            time.Duration
 	localPrincipal string
+	now            func() time.Time
 	log            zerolog.Logger
 
 	// mu guards relaunching parked machines and the maps below, so that
@@ -77,13 +82,16 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.Sessions == nil {
 		return nil, errors.New("no session store configured")
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	return &Broker{backends: cfg.Backends, backendsFor: cfg.BackendsFor, sessions: cfg.Sessions, instance: cfg.Instance,
-		idle: cfg.Idle, ttl: cfg.ConversationTTL, localPrincipal: cfg.LocalPrincipal, log: cfg.Log,
+		idle: cfg.Idle, ttl: cfg.ConversationTTL, localPrincipal: cfg.LocalPrincipal, now: cfg.Now, log: cfg.Log,
 		idled: map[string]int64{}, busy: map[string]int{}, parking: map[string]bool{}}, nil
 }
 
 // Lease is a machine held for one call: the reaper leaves it alone until
-// Release.
+// Release, from which its idle time counts.
 type Lease struct {
 	Machine backend.Machine
 	// Notes say what happened to the machine on the way, for the call's
@@ -379,6 +387,11 @@ func (b *Broker) open(ctx context.Context, c *sessions.Conversation, be backend.
 			if id, err = b.unpark(ctx, c, be, rec.ID, l); err != nil {
 				return nil, err
 			}
+			// The reaper knows the relaunched machine by its new id: held
+			// only under the old one, it would park it under the call.
+			if err := b.hold(ctx, c.Handle+"/"+be.Name()+"/"+id, l); err != nil {
+				return nil, err
+			}
 		}
 	}
 	m, err := be.Machine(ctx, id)
@@ -386,6 +399,20 @@ func (b *Broker) open(ctx context.Context, c *sessions.Conversation, be backend.
 		return nil, err
 	}
 	b.sessions.TouchMachine(c.Handle, be.Name(), id)
+	if l != nil {
+		// A machine is idle from the end of its last call, not the start:
+		// a call longer than the idle timeout must not have its machine
+		// stopped (and its Python state lost) as soon as it ends. The use
+		// is noted before the hold goes, so that the reaper never sees the
+		// machine free with the old time.
+		handle, name, release := c.Handle, be.Name(), l.release
+		l.release = func() {
+			b.sessions.TouchMachine(handle, name, id)
+			if release != nil {
+				release()
+			}
+		}
+	}
 	return m, nil
 }
 
@@ -451,7 +478,7 @@ func (b *Broker) unpark(ctx context.Context, c *sessions.Conversation, be backen
 			c.SetDefault(be.Name(), info.ID)
 		}
 		rec.Previous = append(rec.Previous, rec.ID)
-		rec.ID, rec.Parked, rec.LastUsed = info.ID, nil, time.Now().UTC()
+		rec.ID, rec.Parked, rec.LastUsed = info.ID, nil, b.now().UTC()
 		return nil
 	})
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/sessions"
@@ -34,7 +33,7 @@ func (b *Broker) Reap(ctx context.Context) (ReapResult, error) {
 	if err != nil {
 		return r, err
 	}
-	now := time.Now()
+	now := b.now()
 	var errs []error
 	for _, c := range all {
 		if c.Closed != nil {
@@ -119,7 +118,7 @@ func (b *Broker) idleMachine(ctx context.Context, c *sessions.Conversation, m se
 	// conversation without its files.
 	if _, err := b.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
 		if rec := c.Machine(m.Backend, m.ID); rec != nil {
-			rec.Parked = &sessions.Parked{Snapshot: snap, At: time.Now().UTC()}
+			rec.Parked = &sessions.Parked{Snapshot: snap, At: b.now().UTC()}
 		}
 		return nil
 	}); err != nil {
@@ -154,7 +153,7 @@ func (b *Broker) closeConversation(ctx context.Context, c *sessions.Conversation
 		}
 	}
 	_, err := b.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
-		now := time.Now().UTC()
+		now := b.now().UTC()
 		c.Closed = &now
 		for _, m := range c.Machines {
 			if m.Parked != nil {
@@ -249,7 +248,7 @@ func (b *Broker) adopt(ctx context.Context, be backend.Backend, id string) error
 		return err
 	}
 	_, err = b.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
-		c.AddMachine(be.Name(), id, time.Now().UTC())
+		c.AddMachine(be.Name(), id, b.now().UTC())
 		c.MigrateDefault(b.BackendNames(c.Principal))
 		if c.Default == nil {
 			c.SetDefault(be.Name(), id)
