@@ -57,9 +57,13 @@ type clockedServer struct {
 	srv   *server.MCPServer
 }
 
-// newClockedServer serves the fake backend named name (parking idle
-// machines when parks) with cfg's timeouts.
-func newClockedServer(t *testing.T, name string, parks bool, cfg Config) *clockedServer {
+// newClockedServer serves a fake backend (parking idle machines when
+// parks) with cfg's timeouts. It is named "local" whatever it does: with
+// local machines alone a handler runs on the caller's goroutine and lets
+// go of its machine before the result returns, whereas with other backends
+// the machine may be let go of just after, when the clock may have moved,
+// and the idle time would start then.
+func newClockedServer(t *testing.T, parks bool, cfg Config) *clockedServer {
 	t.Helper()
 	clock := &fakeClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
 	store, err := sessions.OpenBolt(filepath.Join(t.TempDir(), "s.db"))
@@ -67,7 +71,7 @@ func newClockedServer(t *testing.T, name string, parks bool, cfg Config) *clocke
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	cfg.Backends = []backend.Backend{backendfake.New(backendfake.Options{Name: name, Now: clock.Now, IdleParks: parks})}
+	cfg.Backends = []backend.Backend{backendfake.New(backendfake.Options{Name: "local", Now: clock.Now, IdleParks: parks})}
 	cfg.Sessions, cfg.Log = sessions.NewManager(store, sessions.Limits{}), zerolog.Nop()
 	// The manager stamps every use and the broker measures idleness against
 	// those stamps: both must read the test's clock. Neither has an option
@@ -123,13 +127,13 @@ func (s *clockedServer) sessionMachine(t *testing.T, handle string) map[string]a
 
 const fakeIdle = 10 * time.Minute
 
-// TestToolsAfterParking: a FastVM-like machine idle for its timeout is
-// parked, as session_info shows, and not a nanosecond before; the next
-// command finds its files on the relaunched machine and its result says it
-// was restored, the next Python call says its state was reset, and the old
-// machine id still works.
+// TestToolsAfterParking: a machine that parks (as FastVM's do), idle for
+// its timeout, is parked, as session_info shows, and not a nanosecond
+// before; the next command finds its files on the relaunched machine and
+// its result says it was restored, the next Python call says its state was
+// reset, and the old machine id still works.
 func TestToolsAfterParking(t *testing.T) {
-	s := newClockedServer(t, "fastvm", true, Config{Idle: map[string]time.Duration{"fastvm": fakeIdle}})
+	s := newClockedServer(t, true, Config{Idle: map[string]time.Duration{"local": fakeIdle}})
 	_, out := s.ok(t, "run_python", map[string]any{"code": "x = 41", "session": sessions.NewSession})
 	handle, first := out["session"].(string), out["machine"].(string)
 	s.ok(t, "exec_command", map[string]any{"command": "echo kept > f", "session": handle})
@@ -145,7 +149,7 @@ func TestToolsAfterParking(t *testing.T) {
 		t.Fatalf("session_info after parking: %v", m)
 	}
 	_, info := s.ok(t, "session_info", map[string]any{"session": handle})
-	if fmt.Sprint(info["idle_timeouts"]) != "map[fastvm:10m0s]" {
+	if fmt.Sprint(info["idle_timeouts"]) != "map[local:10m0s]" {
 		t.Errorf("session_info's idle timeouts: %v", info["idle_timeouts"])
 	}
 
@@ -176,7 +180,7 @@ func TestToolsAfterParking(t *testing.T) {
 // Python call runs on the same machine, with its files, and says that the
 // interpreter state was reset and why.
 func TestToolsAfterStopping(t *testing.T) {
-	s := newClockedServer(t, "local", false, Config{Idle: map[string]time.Duration{"local": fakeIdle}})
+	s := newClockedServer(t, false, Config{Idle: map[string]time.Duration{"local": fakeIdle}})
 	_, out := s.ok(t, "run_python", map[string]any{"code": "x = 41", "session": sessions.NewSession})
 	handle, first := out["session"].(string), out["machine"].(string)
 	s.ok(t, "exec_command", map[string]any{"command": "echo kept > f", "session": handle})
@@ -215,7 +219,7 @@ func TestToolsAfterStopping(t *testing.T) {
 // handle is then refused with a result saying so, and its machine is gone.
 func TestToolsAfterConversationClosed(t *testing.T) {
 	const ttl = time.Hour
-	s := newClockedServer(t, "fastvm", true, Config{ConversationTTL: ttl})
+	s := newClockedServer(t, true, Config{ConversationTTL: ttl})
 	_, out := s.ok(t, "exec_command", map[string]any{"command": "true", "session": sessions.NewSession})
 	handle, machine := out["session"].(string), out["machine"].(string)
 	s.ok(t, "exec_command", map[string]any{"command": "true", "session": sessions.NewSession}) // another, as old
