@@ -38,9 +38,9 @@ func explainStateDir(dir string, err error) error {
 // the client why, rather than closing the connection unexplained: it
 // serves MCP with every tool answering the reason as a tool error, until
 // the client leaves; the process then exits with the error.
-func startupFailure(cfg config, cause error, log zerolog.Logger) error {
+func startupFailure(cfg Config, cause error, log zerolog.Logger) error {
 	log.Error().Msg(cause.Error())
-	if cfg.http.transport == "http" {
+	if cfg.HTTP.Transport == "http" {
 		return cause
 	}
 	in, out, restore, err := pipeio.Stdio(os.Stdin, os.Stdout)

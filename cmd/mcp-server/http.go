@@ -4,13 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -27,25 +25,6 @@ import (
 	"github.com/vmcp-dev/vmcp/tools"
 	"github.com/vmcp-dev/vmcp/transport"
 )
-
-// httpConfig is the hosted endpoint's configuration.
-type httpConfig struct {
-	transport      string // stdio or http
-	listen         string
-	allowedOrigins []string
-	maxConcurrent  int
-	maxStreams     int
-	maxRequestMB   int
-	maxInFlightMB  int
-	metricsListen  string
-	enableLocal    bool   // the local backend over http (off by default)
-	sessionStore   string // "" (bbolt in the state dir) or redis://...
-	insecureNoAuth bool
-	auth           auth.Config
-	credentials    map[string]credentials // principal → its own backend credentials
-	postParse      func()                 // fills the fields that come from list flags
-	credsFile      *string
-}
 
 // credentials are backend credentials a principal brings.
 type credentials struct {
@@ -75,35 +54,7 @@ func readCredentials(path string) (map[string]credentials, error) {
 	return creds, nil
 }
 
-// httpFlags declares the hosted endpoint's flags.
-func httpFlags(fs *flag.FlagSet, envOr func(key, def string) string) *httpConfig {
-	hc := &httpConfig{}
-	fs.StringVar(&hc.transport, "transport", envOr("VMCP_TRANSPORT", "stdio"), "stdio, or http: streamable HTTP at /mcp and legacy SSE at /sse + /message (env VMCP_TRANSPORT)")
-	fs.StringVar(&hc.listen, "listen", envOr("VMCP_LISTEN", "127.0.0.1:8080"), "address of the http transport (env VMCP_LISTEN)")
-	origins := fs.String("allowed-origins", envOr("VMCP_ALLOWED_ORIGINS", ""), "comma-separated browser origins allowed to call over http; requests with another Origin get 403 (env VMCP_ALLOWED_ORIGINS)")
-	fs.IntVar(&hc.maxConcurrent, "max-concurrent-calls", atoiOr(envOr("VMCP_MAX_CONCURRENT_CALLS", ""), 16), "requests one principal may have in flight over http; 0: no limit (env VMCP_MAX_CONCURRENT_CALLS)")
-	fs.IntVar(&hc.maxStreams, "max-streams", atoiOr(envOr("VMCP_MAX_STREAMS", ""), 16), "open streams (GET /sse, GET /mcp) one principal may hold over http; 0: no limit (env VMCP_MAX_STREAMS)")
-	fs.StringVar(&hc.metricsListen, "metrics-listen", envOr("VMCP_METRICS_LISTEN", ""), "serve Prometheus /metrics on this address without authentication (e.g. a private 127.0.0.1:9090); without it, /metrics is on --listen behind the same authentication as /mcp (env VMCP_METRICS_LISTEN)")
-	fs.IntVar(&hc.maxInFlightMB, "max-inflight-request-mb", atoiOr(envOr("VMCP_MAX_INFLIGHT_REQUEST_MB", ""), 64), "request data one principal's calls in flight may hold over http, in MiB; past it, 429; 0: no limit (env VMCP_MAX_INFLIGHT_REQUEST_MB)")
-	fs.IntVar(&hc.maxRequestMB, "max-request-mb", atoiOr(envOr("VMCP_MAX_REQUEST_MB", ""), 16), "largest request body over http, in MiB (env VMCP_MAX_REQUEST_MB)")
-	fs.BoolVar(&hc.enableLocal, "enable-local-backend", envOr("VMCP_ENABLE_LOCAL_BACKEND", "") == "1", "over http, also run machines on this host (off by default: a hosted endpoint uses cloud backends) (env VMCP_ENABLE_LOCAL_BACKEND=1)")
-	fs.StringVar(&hc.sessionStore, "session-store", envOr("VMCP_SESSION_STORE", ""), "where conversations live: empty for a file in the state dir, or redis://[:password@]host:port/db to share them between replicas (env VMCP_SESSION_STORE)")
-	fs.BoolVar(&hc.insecureNoAuth, "insecure-no-auth", envOr("VMCP_INSECURE_NO_AUTH", "") == "1", "serve http without authentication, every caller one principal: for local testing only (env VMCP_INSECURE_NO_AUTH=1)")
-	fs.StringVar(&hc.auth.TokensFile, "tokens-file", envOr("VMCP_TOKENS_FILE", ""), "file of 'principal sha256:HEX' lines: bearer tokens (hashed) and who they are; make one with 'mcp-server token new PRINCIPAL' (env VMCP_TOKENS_FILE)")
-	fs.StringVar(&hc.auth.JWKSURL, "jwks-url", envOr("VMCP_JWKS_URL", ""), "JWKS of the authorization server whose JWT access tokens are accepted (env VMCP_JWKS_URL)")
-	fs.StringVar(&hc.auth.Issuer, "jwt-issuer", envOr("VMCP_JWT_ISSUER", ""), "required iss of JWT access tokens (env VMCP_JWT_ISSUER)")
-	fs.StringVar(&hc.auth.ResourceURL, "public-url", envOr("VMCP_PUBLIC_URL", ""), "this server's public URL, e.g. https://mcp.example.com/mcp: the audience of JWTs and the resource of its metadata (env VMCP_PUBLIC_URL)")
-	credsFile := fs.String("principal-credentials", envOr("VMCP_PRINCIPAL_CREDENTIALS", ""), "JSON file of principals' own backend credentials: {\"alice\": {\"forevervm_token\": \"...\", \"fastvm_api_key\": \"...\"}}; their calls use them instead of the server's (env VMCP_PRINCIPAL_CREDENTIALS)")
-	servers := fs.String("authorization-server", envOr("VMCP_AUTHORIZATION_SERVERS", ""), "comma-separated OAuth authorization servers to publish in the protected-resource metadata (env VMCP_AUTHORIZATION_SERVERS)")
-	hc.credsFile = credsFile
-	hc.postParse = func() {
-		hc.allowedOrigins = splitList(*origins)
-		hc.auth.AuthorizationServers = splitList(*servers)
-		hc.auth.Audience = hc.auth.ResourceURL
-	}
-	return hc
-}
-
+// splitList splits a comma-separated list, dropping empty items.
 func splitList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
@@ -112,47 +63,6 @@ func splitList(s string) []string {
 		}
 	}
 	return out
-}
-
-func atoiOr(s string, def int) int {
-	if s == "" {
-		return def
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil {
-		return -1
-	}
-	return n
-}
-
-// check validates the hosted endpoint's settings after parsing.
-func (hc *httpConfig) check() error {
-	hc.postParse()
-	switch hc.transport {
-	case "stdio":
-		return nil
-	case "http":
-	default:
-		return fmt.Errorf("--transport %q: want stdio or http", hc.transport)
-	}
-	if hc.credsFile != nil && *hc.credsFile != "" {
-		creds, err := readCredentials(*hc.credsFile)
-		if err != nil {
-			return err
-		}
-		hc.credentials = creds
-	}
-	if hc.maxConcurrent < 0 || hc.maxStreams < 0 || hc.maxInFlightMB < 0 || hc.maxRequestMB <= 0 {
-		return errors.New("--max-concurrent-calls, --max-streams and --max-inflight-request-mb take a whole number (0: no limit), --max-request-mb a positive one")
-	}
-	hasAuth := hc.auth.TokensFile != "" || hc.auth.JWKSURL != ""
-	if !hasAuth && !hc.insecureNoAuth {
-		return errors.New("--transport http needs authentication: --tokens-file and/or --jwks-url with --public-url (or --insecure-no-auth for local testing)")
-	}
-	if hc.auth.JWKSURL != "" && hc.auth.ResourceURL == "" {
-		return errors.New("--jwks-url needs --public-url: JWTs must be issued for this server (their audience)")
-	}
-	return nil
 }
 
 // openStore opens the conversation store: bbolt in the state dir, or Redis.
@@ -223,33 +133,33 @@ func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
 // serveHTTP serves the hosted endpoint until ctx ends: on ln, if not nil
-// (else it listens on hc.listen); mark, if not nil, marks each call's
+// (else it listens on hc.Listen); mark, if not nil, marks each call's
 // context (see tools.Service.HostedEndpoint).
-func serveHTTP(ctx context.Context, hc httpConfig, srv *server.MCPServer, x *metrics, log zerolog.Logger, ln net.Listener, mark func(context.Context) context.Context) error {
+func serveHTTP(ctx context.Context, hc HTTPConfig, srv *server.MCPServer, x *metrics, log zerolog.Logger, ln net.Listener, mark func(context.Context) context.Context) error {
 	withPrincipal := principal.With
 	if mark != nil {
 		withPrincipal = func(ctx context.Context, p string) context.Context { return mark(principal.With(ctx, p)) }
 	}
 	opts := transport.HTTPOptions{
 		Listener:                     ln,
-		Addr:                         hc.listen,
-		AllowedOrigins:               hc.allowedOrigins,
-		MaxRequestBytes:              int64(hc.maxRequestMB) << 20,
-		MaxConcurrentPerPrincipal:    hc.maxConcurrent,
-		MaxStreamsPerPrincipal:       hc.maxStreams,
-		MaxInFlightBytesPerPrincipal: int64(hc.maxInFlightMB) << 20,
+		Addr:                         hc.Listen,
+		AllowedOrigins:               hc.AllowedOrigins,
+		MaxRequestBytes:              int64(hc.MaxRequestMB) << 20,
+		MaxConcurrentPerPrincipal:    hc.MaxConcurrentCalls,
+		MaxStreamsPerPrincipal:       hc.MaxStreams,
+		MaxInFlightBytesPerPrincipal: int64(hc.MaxInFlightRequestMB) << 20,
 		LargeArgument:                tools.IsTextArgument,
 		Principal:                    principal.From,
 		WithPrincipal:                withPrincipal,
 		Logger:                       log,
 	}
-	if c := local.Container(); c != "" && ln == nil && loopbackOnly(hc.listen) {
-		log.Warn().Msgf("listening on %s inside a %s container: a published port (-p) cannot reach it; pass --listen 0.0.0.0:8080", hc.listen, c)
+	if c := local.Container(); c != "" && ln == nil && loopbackOnly(hc.Listen) {
+		log.Warn().Msgf("listening on %s inside a %s container: a published port (-p) cannot reach it; pass --listen 0.0.0.0:8080", hc.Listen, c)
 	}
 	metricsHandler := promhttp.HandlerFor(x.registry, promhttp.HandlerOpts{})
-	if hc.metricsListen != "" {
+	if hc.MetricsListen != "" {
 		go func() {
-			err := transport.ServeMetrics(ctx, hc.metricsListen, metricsHandler, func(addr net.Addr) {
+			err := transport.ServeMetrics(ctx, hc.MetricsListen, metricsHandler, func(addr net.Addr) {
 				log.Info().Str("url", "http://"+addr.String()+"/metrics").Msg("serving metrics without authentication")
 			})
 			if err != nil {
@@ -259,12 +169,13 @@ func serveHTTP(ctx context.Context, hc httpConfig, srv *server.MCPServer, x *met
 	} else {
 		opts.Metrics = metricsHandler
 	}
-	if hc.insecureNoAuth {
+	if hc.InsecureNoAuth {
 		log.Warn().Msg("serving http WITHOUT AUTHENTICATION (--insecure-no-auth): every caller is the same principal")
 		opts.Principal = func(context.Context) string { return "anonymous" }
 	} else {
-		hc.auth.Logger = log
-		a, err := auth.New(hc.auth)
+		ac := hc.Auth()
+		ac.Logger = log
+		a, err := auth.New(ac)
 		if err != nil {
 			return err
 		}

@@ -683,8 +683,8 @@ const takeOverWait = 20 * time.Second
 // the owner of the state directory. It returns a nil engine when the
 // client has left, or the engine of the state directory once this process
 // took it over; fe is the front end, nil when none started.
-func frontEndUntilOwner(cfg config, opts local.Options, log zerolog.Logger) (engine *local.Engine, fe *frontEnd, restore func(), err error) {
-	stateDir, err := filepath.Abs(cfg.stateDir)
+func frontEndUntilOwner(cfg Config, opts local.Options, log zerolog.Logger) (engine *local.Engine, fe *frontEnd, restore func(), err error) {
+	stateDir, err := filepath.Abs(cfg.StateDir)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -692,7 +692,7 @@ func frontEndUntilOwner(cfg config, opts local.Options, log zerolog.Logger) (eng
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	fe = newFrontEnd(socketPath(stateDir), hello{Project: cfg.project, AllowedRoots: cfg.allowedRoots, PID: os.Getpid()}, in, out, log)
+	fe = newFrontEnd(socketPath(stateDir), hello{Project: cfg.Project, AllowedRoots: cfg.AllowedRoots, PID: os.Getpid()}, in, out, log)
 	waitingSince := time.Now()
 	lastPID, drops := 0, 0 // an owner alive that keeps dropping the connection
 	for {
@@ -741,8 +741,8 @@ func isDialFailure(err error) bool {
 // socket, passed over the owner's unix socket, until ctx ends (a nil
 // engine). If the owner goes, it takes the state directory over and
 // returns its engine with the listener, to serve the endpoint itself.
-func serveHTTPBeside(ctx context.Context, cfg config, args []string, opts local.Options, log zerolog.Logger) (*local.Engine, net.Listener, error) {
-	stateDir, err := filepath.Abs(cfg.stateDir)
+func serveHTTPBeside(ctx context.Context, cfg Config, args []string, opts local.Options, log zerolog.Logger) (*local.Engine, net.Listener, error) {
+	stateDir, err := filepath.Abs(cfg.StateDir)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -750,9 +750,9 @@ func serveHTTPBeside(ctx context.Context, cfg config, args []string, opts local.
 	if err != nil {
 		return nil, nil, err
 	}
-	ln, err := net.Listen("tcp", cfg.http.listen)
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
-		return nil, nil, fmt.Errorf("listen on %s: %w", cfg.http.listen, err)
+		return nil, nil, fmt.Errorf("listen on %s: %w", cfg.HTTP.Listen, err)
 	}
 	tcp := ln.(*net.TCPListener)
 	file, err := tcp.File()
@@ -850,7 +850,7 @@ func askOwner(socket string, hello []byte, listener *os.File) (int, *net.UnixCon
 // (the owner, configured by cfg), as that server's command line and
 // environment configure it: its backends for its principals (through
 // hosted), its roots, its authentication.
-func besideEndpoint(h *httpBeside, cfg config, engine *local.Engine, svc *tools.Service, srv *server.MCPServer, manager *sessions.Manager,
+func besideEndpoint(h *httpBeside, cfg Config, engine *local.Engine, svc *tools.Service, srv *server.MCPServer, manager *sessions.Manager,
 	hosted *atomic.Pointer[func(string) []backend.Backend], log zerolog.Logger) (func(context.Context, net.Listener) error, error) {
 	env := map[string]string{}
 	for _, kv := range h.Env {
@@ -858,24 +858,24 @@ func besideEndpoint(h *httpBeside, cfg config, engine *local.Engine, svc *tools.
 			env[k] = v
 		}
 	}
-	hc, err := parseConfig(h.Args, func(k string) string { return env[k] }, h.Cwd)
+	hc, err := loadConfig(h.Args, func(k string) string { return env[k] }, h.Cwd)
 	if err != nil {
 		return nil, err
 	}
 	switch {
-	case hc.http.transport != "http":
+	case hc.HTTP.Transport != "http":
 		return nil, errors.New("it is not an http server")
-	case hc.stateDir != engine.StateDir():
-		return nil, fmt.Errorf("it names state directory %s, not %s", hc.stateDir, engine.StateDir())
-	case hc.http.sessionStore != cfg.http.sessionStore:
+	case hc.StateDir != engine.StateDir():
+		return nil, fmt.Errorf("it names state directory %s, not %s", hc.StateDir, engine.StateDir())
+	case hc.HTTP.SessionStore != cfg.HTTP.SessionStore:
 		return nil, errors.New("its --session-store is not this server's: give it a state directory of its own")
 	}
 	bs, perPrincipal, closeBackends := backends(hc, engine, log)
-	if len(bs) == 0 && len(hc.http.credentials) == 0 {
+	if len(bs) == 0 && len(hc.HTTP.Credentials) == 0 {
 		closeBackends()
 		return nil, errNoBackend
 	}
-	mark, err := svc.HostedEndpoint(hc.allowedRoots)
+	mark, err := svc.HostedEndpoint(hc.AllowedRoots)
 	if err != nil {
 		closeBackends()
 		return nil, err
@@ -893,7 +893,7 @@ func besideEndpoint(h *httpBeside, cfg config, engine *local.Engine, svc *tools.
 	return func(ctx context.Context, ln net.Listener) error {
 		defer closeBackends()
 		defer hosted.Store(nil)
-		return serveHTTP(ctx, hc.http, srv, newMetrics(manager), log, ln, mark)
+		return serveHTTP(ctx, hc.HTTP, srv, newMetrics(manager), log, ln, mark)
 	}, nil
 }
 
@@ -904,8 +904,8 @@ func besideEndpoint(h *httpBeside, cfg config, engine *local.Engine, svc *tools.
 // (engine set; clientIn and clientOut are then the stdio client's streams,
 // httpLn the http server's listener). restore, when set, is to be called
 // once the client is served.
-func besideOwner(cfg config, args []string, opts local.Options, log zerolog.Logger, inUse error) (engine *local.Engine, clientIn io.Reader, clientOut io.Writer, httpLn net.Listener, restore func(), err error) {
-	switch cfg.http.transport {
+func besideOwner(cfg Config, args []string, opts local.Options, log zerolog.Logger, inUse error) (engine *local.Engine, clientIn io.Reader, clientOut io.Writer, httpLn net.Listener, restore func(), err error) {
+	switch cfg.HTTP.Transport {
 	case "stdio":
 		var fe *frontEnd
 		engine, fe, restore, err = frontEndUntilOwner(cfg, opts, log)
@@ -913,7 +913,7 @@ func besideOwner(cfg config, args []string, opts local.Options, log zerolog.Logg
 			return nil, nil, nil, nil, restore, nil
 		}
 		if fe != nil && err != nil {
-			err = explainStateDir(cfg.stateDir, err)
+			err = explainStateDir(cfg.StateDir, err)
 			log.Error().Msg(err.Error())
 			return nil, nil, nil, nil, restore, serveFailure(err, log, &chanReader{lines: fe.lines}, &swallowWriter{f: fe})
 		}
@@ -937,7 +937,7 @@ func besideOwner(cfg config, args []string, opts local.Options, log zerolog.Logg
 // serveOthers lets the later servers of this user on this state directory
 // reach its machines through this one, until ctx ends: sharing reports
 // whether they can, and wait returns once they have left.
-func serveOthers(ctx context.Context, cfg config, engine *local.Engine, srv *server.MCPServer, svc *tools.Service, manager *sessions.Manager,
+func serveOthers(ctx context.Context, cfg Config, engine *local.Engine, srv *server.MCPServer, svc *tools.Service, manager *sessions.Manager,
 	hosted *atomic.Pointer[func(string) []backend.Backend], info mcp.Implementation, log zerolog.Logger) (sharing bool, wait func()) {
 	ln, err := listenShared(socketPath(engine.StateDir()))
 	if err != nil {
@@ -945,7 +945,7 @@ func serveOthers(ctx context.Context, cfg config, engine *local.Engine, srv *ser
 		return false, func() {}
 	}
 	o := newOwner(ln, srv, svc, info, log)
-	if cfg.http.transport != "http" {
+	if cfg.HTTP.Transport != "http" {
 		o.endpoint = func(h *httpBeside) (func(context.Context, net.Listener) error, error) {
 			return besideEndpoint(h, cfg, engine, svc, srv, manager, hosted, log)
 		}

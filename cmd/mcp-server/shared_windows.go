@@ -19,12 +19,12 @@ import (
 
 // besideOwner refuses: on Windows, servers do not share a state directory
 // (the owner's socket needs Unix credentials to check its callers).
-func besideOwner(cfg config, _ []string, _ local.Options, _ zerolog.Logger, inUse error) (*local.Engine, io.Reader, io.Writer, net.Listener, func(), error) {
+func besideOwner(cfg Config, _ []string, _ local.Options, _ zerolog.Logger, inUse error) (*local.Engine, io.Reader, io.Writer, net.Listener, func(), error) {
 	return nil, nil, nil, nil, nil, fmt.Errorf("%w (on Windows, servers cannot share one)", inUse)
 }
 
 // serveOthers shares nothing on Windows.
-func serveOthers(context.Context, config, *local.Engine, *server.MCPServer, *tools.Service, *sessions.Manager,
+func serveOthers(context.Context, Config, *local.Engine, *server.MCPServer, *tools.Service, *sessions.Manager,
 	*atomic.Pointer[func(string) []backend.Backend], mcp.Implementation, zerolog.Logger) (sharing bool, wait func()) {
 	return false, func() {}
 }
