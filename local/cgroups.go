@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/vmcp-dev/vmcp/local/guest"
 )
 
 // cgroupManager puts each machine in its own cgroup with a memory and a
@@ -31,7 +33,7 @@ const cgroupRoot = "/sys/fs/cgroup"
 
 // agentReserve is the room in a machine's pids limit for the sandbox's own
 // processes and threads (bwrap, the agent and its prewarmed threads).
-const agentReserve = agentThreads + 20
+const agentReserve = guest.Threads + 20
 
 // newCgroupManager sets up the engine's cgroups: vmcp/<state> in each
 // hierarchy, where <state> names the state directory, so that engines of

@@ -4,7 +4,7 @@ package local
 
 // Egress for machines whose network policy is an allow-list. Such a
 // machine has no network of its own (a network namespace with loopback
-// only). Its agent listens on loopback port EgressPort and hands each
+// only). Its agent listens on loopback port wire.EgressPort and hands each
 // connection to the engine over a socket pair it inherited (SCM_RIGHTS);
 // the engine serves an HTTP proxy on it (CONNECT for HTTPS, absolute URLs
 // for HTTP) that resolves names itself and lets through only the machine's
@@ -28,10 +28,6 @@ import (
 	"github.com/vmcp-dev/vmcp/backend"
 	"golang.org/x/sys/unix"
 )
-
-// EgressPort is where an allow-list machine's proxy listens, on its
-// loopback.
-const EgressPort = 3128
 
 // egress is one machine's proxy.
 type egress struct {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/vmcp-dev/vmcp/local/guest"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,7 +58,7 @@ func RunHelperIfRequested() {
 	}
 	switch os.Args[1] {
 	case agentArg:
-		os.Exit(runAgent(os.Args[2:]))
+		os.Exit(guest.Run(os.Args[2:]))
 	case initArg:
 		os.Exit(runInit(os.Args[2:]))
 	}
@@ -84,7 +85,7 @@ func runInit(args []string) int {
 		fmt.Fprintln(os.Stderr, "vmcp init: mount the machine's directories:", err)
 		return 1
 	}
-	closeInheritedFDs()
+	guest.CloseInheritedFDs()
 	for _, f := range strings.Split(*keep, ",") {
 		if fd, err := strconv.Atoi(f); err == nil {
 			unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0)
@@ -159,19 +160,4 @@ func mountLayout(l layout, fds []int) error {
 		}
 	}
 	return nil
-}
-
-// closeInheritedFDs marks every descriptor above stderr close-on-exec, so
-// that nothing the engine's own parent leaked to it (a pipe, a socket)
-// reaches the next program.
-func closeInheritedFDs() {
-	if unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC) == nil {
-		return
-	}
-	entries, _ := os.ReadDir("/proc/self/fd") // kernels before 5.11
-	for _, e := range entries {
-		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-			unix.CloseOnExec(fd)
-		}
-	}
 }

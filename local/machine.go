@@ -20,6 +20,8 @@ import (
 
 	"github.com/vmcp-dev/vmcp/internal/capture"
 	"github.com/vmcp-dev/vmcp/internal/linesplit"
+	"github.com/vmcp-dev/vmcp/local/guest"
+	"github.com/vmcp-dev/vmcp/local/wire"
 )
 
 // Machine is a persistent sandbox. Its methods are safe for concurrent use:
@@ -203,10 +205,10 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts PythonOptions
 	onLine := func(i int) func([]byte) {
 		return func(l []byte) { opts.OnOutput(names[i], validUTF8(l)) }
 	}
-	var final event
-	c, err := sb.start(request{Op: opPython, Code: code, TimeoutMS: opts.Timeout.Milliseconds()}, func(ev event) bool {
+	var final wire.Event
+	c, err := sb.start(wire.Request{Op: wire.OpPython, Code: code, TimeoutMS: opts.Timeout.Milliseconds()}, func(ev wire.Event) bool {
 		switch ev.Ev {
-		case evOutput:
+		case wire.EvOutput:
 			i := 0
 			if ev.Stream == "stderr" {
 				i = 1
@@ -230,23 +232,23 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts PythonOptions
 	if err != nil {
 		return nil, err
 	}
-	quotaStopped := m.onQuota(func() { sb.send(request{Op: opKill, ID: c.id, Reason: "quota"}) })
+	quotaStopped := m.onQuota(func() { sb.send(wire.Request{Op: wire.OpKill, ID: c.id, Reason: "quota"}) })
 	defer quotaStopped()
 	oomBefore := m.oomKills.Load()
 	select {
 	case <-c.done:
 	case <-ctx.Done():
-		sb.send(request{Op: opKill, ID: c.id, Reason: "interrupt"})
-		// The agent stops the code within interruptGrace; wait for it so the
+		sb.send(wire.Request{Op: wire.OpKill, ID: c.id, Reason: "interrupt"})
+		// The agent stops the code within guest.InterruptGrace; wait for it so the
 		// next instruction finds the interpreter free.
 		select {
 		case <-c.done:
-		case <-time.After(interruptGrace + 2*time.Second):
+		case <-time.After(guest.InterruptGrace + 2*time.Second):
 			m.Stop()
 			<-c.done
 		}
 	}
-	if final.Ev == evError {
+	if final.Ev == wire.EvError {
 		return nil, errors.New(final.Error)
 	}
 	res.Value, res.Error, res.Images = final.Value, final.Error, final.PNG
@@ -432,21 +434,21 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 	res := &CommandResult{}
 	out := [2]capture.Capped{{Max: max}, {Max: max}}
 	lines := [2]linesplit.Splitter{}
-	var final event
+	var final wire.Event
 	var writeErr error
 	acks := make(chan struct{}, 64)
 	writers := [2]io.Writer{cmd.Stdout, cmd.Stderr}
 	var saved [2]SavedStream
-	handle := func(ev event) bool {
+	handle := func(ev wire.Event) bool {
 		switch ev.Ev {
-		case evSaved:
+		case wire.EvSaved:
 			i := 0
 			if ev.Stream == "stderr" {
 				i = 1
 			}
 			saved[i] = SavedStream{Total: ev.Total, Lines: ev.Lines, Tail: ev.Data, Path: ev.Path, Partial: ev.Partial, Err: ev.Error}
 			return false
-		case evOutput:
+		case wire.EvOutput:
 			i := 0
 			if ev.Stream == "stderr" {
 				i = 1
@@ -476,7 +478,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 				lines[i].Split(ev.Data, func(l []byte) { cmd.OnOutput(ev.Stream, string(l)) })
 			}
 			return false
-		case evStdinAck:
+		case wire.EvStdinAck:
 			acks <- struct{}{}
 			return false
 		default:
@@ -484,7 +486,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 			return true
 		}
 	}
-	req := request{Op: opRun, Argv: argv, Env: cmd.Env, Dir: cmd.Workdir, Stdin: cmd.Stdin != nil, TimeoutMS: cmd.Timeout.Milliseconds()}
+	req := wire.Request{Op: wire.OpRun, Argv: argv, Env: cmd.Env, Dir: cmd.Workdir, Stdin: cmd.Stdin != nil, TimeoutMS: cmd.Timeout.Milliseconds()}
 	if cmd.SaveOutput != "" && cmd.Keep > 0 && cmd.TTY == nil {
 		if err := checkSavePath(cmd.SaveOutput); err != nil {
 			return nil, err
@@ -509,12 +511,12 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 	if cmd.TTY != nil && cmd.TTY.Resize != nil {
 		go forwardResizes(sb, id, cmd.TTY.Resize, c.done)
 	}
-	quotaStopped := m.onQuota(func() { sb.send(request{Op: opKill, ID: id, Reason: "quota"}) })
+	quotaStopped := m.onQuota(func() { sb.send(wire.Request{Op: wire.OpKill, ID: id, Reason: "quota"}) })
 	defer quotaStopped()
 	select {
 	case <-c.done:
 	case <-ctx.Done():
-		sb.send(request{Op: opKill, ID: id, Reason: "kill"})
+		sb.send(wire.Request{Op: wire.OpKill, ID: id, Reason: "kill"})
 		select {
 		case <-c.done:
 		case <-time.After(5 * time.Second):
@@ -522,7 +524,7 @@ func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) 
 			<-c.done
 		}
 	}
-	if final.Ev == evError {
+	if final.Ev == wire.EvError {
 		return nil, m.startError(final.Error)
 	}
 	if cmd.OnOutput != nil {
@@ -590,13 +592,13 @@ func feedStdin(sb *sandbox, id uint64, r io.Reader, acks <-chan struct{}, done <
 		}
 		n, err := r.Read(buf)
 		if n > 0 {
-			if sb.send(request{Op: opStdin, ID: id, Data: buf[:n]}) != nil {
+			if sb.send(wire.Request{Op: wire.OpStdin, ID: id, Data: buf[:n]}) != nil {
 				return
 			}
 			inFlight++
 		}
 		if err != nil {
-			sb.send(request{Op: opStdinClose, ID: id})
+			sb.send(wire.Request{Op: wire.OpStdinClose, ID: id})
 			return
 		}
 	}
@@ -611,7 +613,7 @@ func forwardResizes(sb *sandbox, id uint64, sizes <-chan WindowSize, done <-chan
 			if !ok {
 				return
 			}
-			if sb.send(request{Op: opResize, ID: id, Rows: ws.Rows, Cols: ws.Cols}) != nil {
+			if sb.send(wire.Request{Op: wire.OpResize, ID: id, Rows: ws.Rows, Cols: ws.Cols}) != nil {
 				return
 			}
 		case <-done:
@@ -632,7 +634,7 @@ func (m *Machine) HostPIDs() []int {
 	// The sandbox's pid namespace is that of the init wrapper's (bwrap's)
 	// first child.
 	var ns string
-	for _, pid := range procPIDs() {
+	for _, pid := range guest.ProcPIDs() {
 		if ppid(pid) == sb.cmd.Process.Pid {
 			ns, _ = os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/pid")
 			break
@@ -642,7 +644,7 @@ func (m *Machine) HostPIDs() []int {
 		return nil
 	}
 	var out []int
-	for _, pid := range procPIDs() {
+	for _, pid := range guest.ProcPIDs() {
 		if l, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/pid"); l == ns {
 			out = append(out, pid)
 		}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmcp-dev/vmcp/internal/safefs"
+	"github.com/vmcp-dev/vmcp/local/guest"
 )
 
 // The monitor holds every running machine to its limits at all times, not
@@ -355,7 +356,7 @@ type process struct {
 
 func readProcesses() processTable {
 	t := processTable{}
-	for _, pid := range procPIDs() {
+	for _, pid := range guest.ProcPIDs() {
 		if pp := ppid(pid); pp > 0 {
 			t[pid] = &process{pid: pid, ppid: pp}
 		}

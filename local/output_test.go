@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmcp-dev/vmcp/internal/capture"
+	"github.com/vmcp-dev/vmcp/local/guest"
 )
 
 // hashWriter counts and hashes what it is given, and keeps its first and
@@ -165,7 +166,7 @@ func TestPythonOutputInResult(t *testing.T) {
 	}
 	joined := 0
 	for i, p := range pieces[:len(pieces)-1] {
-		if len(p) > maxPythonLine || strings.Trim(p, "y") != "" {
+		if len(p) > guest.MaxPythonLine || strings.Trim(p, "y") != "" {
 			t.Fatalf("piece %d of %d: %d bytes", i, len(pieces), len(p))
 		}
 		joined += len(p)

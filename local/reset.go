@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmcp-dev/vmcp/local/guest"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,7 +37,7 @@ func (m *Machine) Processes() []ProcessInfo {
 	m.mu.Unlock()
 	out := make([]ProcessInfo, 0, len(pids))
 	for _, pid := range pids {
-		if zombie(pid) {
+		if guest.Zombie(pid) {
 			continue // ended; its parent has yet to collect it
 		}
 		inner := innerPID(pid)
@@ -96,16 +97,6 @@ func (m *Machine) Reset(ctx context.Context, keepPython bool) (int, error) {
 		time.Sleep(time.Millisecond)
 	}
 	return len(killed), fmt.Errorf("the machine's processes kept coming back after 200 passes; delete the machine")
-}
-
-// zombie reports whether a process has ended and waits to be collected.
-func zombie(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true // gone
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z'
 }
 
 // cmdline is a process's command line, its arguments joined by spaces.

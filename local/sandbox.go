@@ -22,6 +22,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmcp-dev/vmcp/internal/pipeio"
+	"github.com/vmcp-dev/vmcp/local/guest"
+	"github.com/vmcp-dev/vmcp/local/wire"
 )
 
 // A sandbox is a machine's running bubblewrap with the agent inside. The
@@ -31,7 +33,10 @@ import (
 //	until placed in its cgroups, mounts its directories; see init.go)
 //	→ exec bwrap → agent
 const (
-	initArg      = "__vmcp_init"
+	initArg = "__vmcp_init"
+	// agentArg starts this binary as the agent inside a sandbox (package
+	// guest).
+	agentArg     = "__vmcp_agent"
 	sandboxUser  = 1000
 	sandboxPath  = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	stderrKeep   = 8 << 10
@@ -74,7 +79,7 @@ func networkEnv(egress bool) []string {
 	if !egress {
 		return append(env, "PIP_RETRIES=0", "PIP_TIMEOUT=5")
 	}
-	proxy := "http://127.0.0.1:" + strconv.Itoa(EgressPort)
+	proxy := "http://127.0.0.1:" + strconv.Itoa(wire.EgressPort)
 	for _, k := range []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "npm_config_proxy", "npm_config_https_proxy"} {
 		env = append(env, k+"="+proxy)
 	}
@@ -402,7 +407,7 @@ type sandbox struct {
 // in order, so it must not block for long nor call back into the sandbox.
 type call struct {
 	id     uint64
-	handle func(event) (final bool)
+	handle func(wire.Event) (final bool)
 	done   chan struct{}
 }
 
@@ -506,7 +511,7 @@ const sandboxStartTimeout = 30 * time.Second
 
 // hello waits until the agent answers: the sandbox is set up.
 func (sb *sandbox) hello() error {
-	c, err := sb.start(request{Op: opHello}, func(event) bool { return true })
+	c, err := sb.start(wire.Request{Op: wire.OpHello}, func(wire.Event) bool { return true })
 	if err != nil {
 		return err
 	}
@@ -564,7 +569,7 @@ func childrenOf(pid int) []int {
 			return out
 		}
 	}
-	for _, p := range procPIDs() {
+	for _, p := range guest.ProcPIDs() {
 		if ppid(p) == pid {
 			out = append(out, p)
 		}
@@ -626,7 +631,7 @@ func (sb *sandbox) read(stdout io.Reader) {
 		var line []byte
 		line, err = br.ReadBytes('\n')
 		if len(line) > 0 {
-			var ev event
+			var ev wire.Event
 			if jerr := json.Unmarshal(line, &ev); jerr != nil {
 				malformed = fmt.Errorf("its agent sent a malformed event, so the sandbox was stopped: %w", jerr)
 				break
@@ -664,7 +669,7 @@ func (sb *sandbox) read(stdout io.Reader) {
 	sb.calls = map[uint64]*call{}
 	sb.mu.Unlock()
 	for id, c := range calls {
-		c.handle(event{Ev: evError, ID: id, Error: sb.dead.Error()})
+		c.handle(wire.Event{Ev: wire.EvError, ID: id, Error: sb.dead.Error()})
 		close(c.done)
 	}
 	close(sb.done)
@@ -683,7 +688,7 @@ func (sb *sandbox) describeEnd(err error) error {
 
 // start sends a request and registers its handler. The returned call's done
 // channel closes after the final event.
-func (sb *sandbox) start(req request, handle func(event) bool) (*call, error) {
+func (sb *sandbox) start(req wire.Request, handle func(wire.Event) bool) (*call, error) {
 	c := &call{handle: handle, done: make(chan struct{})}
 	sb.mu.Lock()
 	if sb.dead != nil {
@@ -704,8 +709,8 @@ func (sb *sandbox) start(req request, handle func(event) bool) (*call, error) {
 	return c, nil
 }
 
-func (sb *sandbox) send(req request) error {
-	b, err := encodeRequest(req)
+func (sb *sandbox) send(req wire.Request) error {
+	b, err := wire.EncodeRequest(req)
 	if err != nil {
 		return err
 	}

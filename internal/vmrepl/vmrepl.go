@@ -43,9 +43,9 @@ import (
 
 	"github.com/vmcp-dev/vmcp/internal/capture"
 	"github.com/vmcp-dev/vmcp/internal/linesplit"
+	"github.com/vmcp-dev/vmcp/local/guest"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	"github.com/vmcp-dev/vmcp/local"
 )
 
 //go:embed host.py
@@ -149,7 +149,7 @@ func New(x Execer, opts Options) *REPL {
 	if opts.MaxOutput <= 0 {
 		opts.MaxOutput = capture.DefaultMax
 	}
-	sum := sha256.Sum256([]byte(hostSource + "\x00" + local.DriverSource()))
+	sum := sha256.Sum256([]byte(hostSource + "\x00" + guest.DriverSource()))
 	return &REPL{x: x, opts: opts, version: hex.EncodeToString(sum[:8]), turn: make(chan struct{}, 1)}
 }
 
@@ -337,7 +337,7 @@ func (r *REPL) ensure(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, ensureTimeout)
 	defer cancel()
 	argv := []string{"/bin/sh", "-c", ensureScript, "sh", r.opts.Python, "-I", "-c", bootstrap, hostSource,
-		"ensure", r.opts.Dir, r.version, local.DriverSource(), newToken(), "ping"}
+		"ensure", r.opts.Dir, r.version, guest.DriverSource(), newToken(), "ping"}
 	var status []byte
 	var stderr tail
 	code, err := r.x.Exec(ctx, argv, nil, func(stream string, line []byte) {

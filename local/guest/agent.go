@@ -1,6 +1,10 @@
-//go:build linux && !vmcp_nolocal
+//go:build linux
 
-package local
+// Package guest is the engine's side inside each sandbox: the agent that
+// the engine starts (this same binary) in every machine, which keeps its
+// Python interpreter and starts its commands. The engine (package local)
+// is the host side; package local/wire is what passes between them.
+package guest
 
 import (
 	"bufio"
@@ -26,22 +30,21 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+	"github.com/vmcp-dev/vmcp/local/wire"
 	"golang.org/x/sys/unix"
 )
 
-// The agent is this binary started inside a sandbox (argv[1] == agentArg). It
-// keeps the machine's Python interpreter alive and starts commands, so that
-// neither needs a new bubblewrap per call.
+// The agent keeps the machine's Python interpreter alive and starts
+// commands, so that neither needs a new bubblewrap per call.
 
 const (
-	agentArg    = "__vmcp_agent"
 	outputChunk = 32 << 10
-	// maxPythonLine is the most the agent reads of a record of the driver
+	// MaxPythonLine is the most the agent reads of a record of the driver
 	// at once, and the longest piece of a line the engine's OnOutput gets.
-	maxPythonLine = 64 << 10
-	// interruptGrace is how long an interrupted interpreter may take to stop
-	// before it is killed (and its state lost).
-	interruptGrace = 3 * time.Second
+	MaxPythonLine = 64 << 10
+	// InterruptGrace is how long an interrupted interpreter may take to
+	// stop before it is killed (and its state lost).
+	InterruptGrace = 3 * time.Second
 	// pipeGrace is how long a command's output is still read after it exited,
 	// for background processes that inherited its stdout.
 	pipeGrace = 250 * time.Millisecond
@@ -70,7 +73,9 @@ type agent struct {
 	pyWaiting map[uint64]string
 }
 
-func runAgent(args []string) int {
+// Run is the agent: it serves the engine's requests on stdin and answers
+// on stdout until stdin ends, and returns the exit status.
+func Run(args []string) int {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	python := fs.String("python", "/usr/bin/python3", "interpreter")
 	home := fs.String("home", "/workspace", "working directory")
@@ -83,14 +88,14 @@ func runAgent(args []string) int {
 		return 2
 	}
 	if *egressFD >= 0 {
-		// Before closeInheritedFDs: it marks the socket close-on-exec,
+		// Before CloseInheritedFDs: it marks the socket close-on-exec,
 		// which is what we want for the machine's programs.
 		if err := forwardEgress(*egressFD); err != nil {
 			fmt.Fprintln(os.Stderr, "vmcp agent:", err)
 			return 1
 		}
 	}
-	closeInheritedFDs() // for the unsandboxed mode; the init wrapper did it otherwise
+	CloseInheritedFDs() // for the unsandboxed mode; the init wrapper did it otherwise
 	// Processes of the machine run as the same user as the agent; they must
 	// not reach into it through /proc/<agent>.
 	unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
@@ -139,8 +144,8 @@ func runAgent(args []string) int {
 	}
 	in := bufio.NewReaderSize(os.Stdin, 256<<10)
 	for {
-		var req request
-		if err := readRequest(in, &req); err != nil {
+		var req wire.Request
+		if err := wire.ReadRequest(in, &req); err != nil {
 			// The engine went away: end everything this machine runs.
 			a.shutdown()
 			if errors.Is(err, io.EOF) {
@@ -201,17 +206,17 @@ func (a *agent) start(cmd *exec.Cmd) error {
 	return <-done
 }
 
-// agentThreads is how many OS threads the agent creates at start. The Go
+// Threads is how many OS threads the agent creates at start. The Go
 // runtime keeps idle threads for reuse, so when a fork bomb has used up the
 // machine's process limit, the agent still has threads to kill it with: a Go
 // program that cannot create a thread it needs dies.
-const agentThreads = 12
+const Threads = 12
 
 func prewarmThreads() {
 	var ready, release sync.WaitGroup
-	ready.Add(agentThreads)
+	ready.Add(Threads)
 	release.Add(1)
-	for i := 0; i < agentThreads; i++ {
+	for i := 0; i < Threads; i++ {
 		go func() {
 			runtime.LockOSThread()
 			ready.Done()
@@ -250,7 +255,7 @@ func (a *agent) command(path string, args ...string) *exec.Cmd {
 	return exec.Command(argv[0], argv[1:]...)
 }
 
-func (a *agent) send(ev event) {
+func (a *agent) send(ev wire.Event) {
 	a.outMu.Lock()
 	defer a.outMu.Unlock()
 	b, _ := json.Marshal(ev)
@@ -259,32 +264,32 @@ func (a *agent) send(ev event) {
 	a.out.Flush()
 }
 
-func (a *agent) handle(req request) {
+func (a *agent) handle(req wire.Request) {
 	switch req.Op {
-	case opPython:
+	case wire.OpPython:
 		a.mu.Lock()
 		a.pyWaiting[req.ID] = ""
 		a.mu.Unlock()
 		go a.runPython(req)
-	case opRun:
+	case wire.OpRun:
 		a.startCommand(req)
-	case opStdin, opStdinClose:
+	case wire.OpStdin, wire.OpStdinClose:
 		a.mu.Lock()
 		c := a.commands[req.ID]
 		a.mu.Unlock()
 		if c != nil && c.stdin != nil {
 			c.stdin <- req
 		}
-	case opResize:
+	case wire.OpResize:
 		a.mu.Lock()
 		c := a.commands[req.ID]
 		a.mu.Unlock()
 		if c != nil && c.pty != nil {
 			pty.Setsize(c.pty, winsize(req))
 		}
-	case opHello:
-		a.send(event{Ev: evHello, ID: req.ID})
-	case opKill:
+	case wire.OpHello:
+		a.send(wire.Event{Ev: wire.EvHello, ID: req.ID})
+	case wire.OpKill:
 		a.mu.Lock()
 		c := a.commands[req.ID]
 		py := a.py
@@ -301,7 +306,7 @@ func (a *agent) handle(req request) {
 			py.interrupt(req.ID, req.Reason)
 		}
 	default:
-		a.send(event{Ev: evError, ID: req.ID, Error: "unknown operation " + req.Op})
+		a.send(wire.Event{Ev: wire.EvError, ID: req.ID, Error: "unknown operation " + req.Op})
 	}
 }
 
@@ -500,7 +505,7 @@ func (py *interpreter) now() (uint64, []byte) {
 // instructions belongs to no one.
 func (py *interpreter) emit(a *agent, o *pyOutput, id uint64, stream string, data []byte) {
 	if id != 0 && len(data) > 0 {
-		a.send(event{Ev: evOutput, ID: id, Stream: stream, Data: data})
+		a.send(wire.Event{Ev: wire.EvOutput, ID: id, Stream: stream, Data: data})
 		o.passed.Add(int64(len(data)))
 	}
 }
@@ -608,7 +613,7 @@ func (py *interpreter) readRecords(a *agent, r *os.File, o *pyOutput) {
 	defer py.readers.Done()
 	defer close(o.done)
 	defer r.Close()
-	br := bufio.NewReaderSize(r, maxPythonLine)
+	br := bufio.NewReaderSize(r, MaxPythonLine)
 	var (
 		tag      byte // of the record being read
 		inRecord bool // its start was read, its newline not yet
@@ -713,7 +718,7 @@ func (py *interpreter) interrupt(id uint64, reason string) {
 	go func() {
 		tick := time.NewTicker(interruptRetry)
 		defer tick.Stop()
-		grace := time.NewTimer(interruptGrace)
+		grace := time.NewTimer(InterruptGrace)
 		defer grace.Stop()
 		for {
 			select {
@@ -745,7 +750,7 @@ type driverResult struct {
 	Interrupted bool     `json:"interrupted"`
 }
 
-func (a *agent) runPython(req request) {
+func (a *agent) runPython(req wire.Request) {
 	a.pyQueue <- struct{}{}
 	defer func() { <-a.pyQueue }()
 	start := time.Now()
@@ -763,7 +768,7 @@ func (a *agent) runPython(req request) {
 		if py, err = a.startInterpreter(); err != nil {
 			delete(a.pyWaiting, req.ID)
 			a.mu.Unlock()
-			a.send(event{Ev: evPython, ID: req.ID, Error: "could not start the Python interpreter: " + err.Error(), Died: true})
+			a.send(wire.Event{Ev: wire.EvPython, ID: req.ID, Error: "could not start the Python interpreter: " + err.Error(), Died: true})
 			return
 		}
 		a.py = py
@@ -783,7 +788,7 @@ func (a *agent) runPython(req request) {
 	}
 	a.mu.Unlock()
 	if stopped != "" {
-		ev := event{Ev: evPython, ID: req.ID, Interpreter: py.number, PID: py.cmd.Process.Pid, Error: "Interrupted", Interrupted: true}
+		ev := wire.Event{Ev: wire.EvPython, ID: req.ID, Interpreter: py.number, PID: py.cmd.Process.Pid, Error: "Interrupted", Interrupted: true}
 		if stopped == "timeout" {
 			ev.Error, ev.Interrupted, ev.TimedOut = "Timed out", false, true
 		}
@@ -802,7 +807,7 @@ func (a *agent) runPython(req request) {
 		py.mu.Unlock()
 	}()
 	b, _ := json.Marshal(map[string]string{"code": req.Code, "call": string(call)})
-	ev := event{Ev: evPython, ID: req.ID, Interpreter: py.number, PID: py.cmd.Process.Pid}
+	ev := wire.Event{Ev: wire.EvPython, ID: req.ID, Interpreter: py.number, PID: py.cmd.Process.Pid}
 	if _, err := py.requests.Write(append(b, '\n')); err != nil {
 		<-py.exited
 		a.send(a.diedResult(ev, py, start))
@@ -857,7 +862,7 @@ func (a *agent) runPython(req request) {
 	a.send(ev)
 }
 
-func (a *agent) diedResult(ev event, py *interpreter, start time.Time) event {
+func (a *agent) diedResult(ev wire.Event, py *interpreter, start time.Time) wire.Event {
 	a.mu.Lock()
 	if a.py == py {
 		a.py = nil
@@ -906,16 +911,16 @@ type agentCommand struct {
 	nsHold *os.File
 	cmd    *exec.Cmd
 	pty    *os.File // the terminal's controlling side, for TTY commands
-	stdin  chan request
+	stdin  chan wire.Request
 	killMu sync.Mutex // held through a kill
 	killed string
 	ended  bool // reported: nothing of it is killed any more
 	done   chan struct{}
 }
 
-func (a *agent) startCommand(req request) {
+func (a *agent) startCommand(req wire.Request) {
 	fail := func(err error) {
-		a.send(event{Ev: evError, ID: req.ID, Error: err.Error()})
+		a.send(wire.Event{Ev: wire.EvError, ID: req.ID, Error: err.Error()})
 	}
 	if len(req.Argv) == 0 {
 		fail(errors.New("empty command"))
@@ -982,7 +987,7 @@ func (a *agent) startCommand(req request) {
 		}
 		cmd.Stdin = stdinR
 		defer stdinR.Close()
-		c.stdin = make(chan request, 16)
+		c.stdin = make(chan wire.Request, 16)
 	}
 	err = a.start(cmd)
 	outW.Close()
@@ -1022,10 +1027,10 @@ func (a *agent) startCommand(req request) {
 // startTTYCommand starts a command on a new pseudo-terminal, as the leader
 // of a new session whose controlling terminal it is. Everything it prints
 // comes back as stdout; stdin goes to the terminal.
-func (a *agent) startTTYCommand(req request, c *agentCommand) {
+func (a *agent) startTTYCommand(req wire.Request, c *agentCommand) {
 	ptmx, tty, err := pty.Open()
 	if err != nil {
-		a.send(event{Ev: evError, ID: req.ID, Error: "open a pseudo-terminal: " + err.Error()})
+		a.send(wire.Event{Ev: wire.EvError, ID: req.ID, Error: "open a pseudo-terminal: " + err.Error()})
 		return
 	}
 	pty.Setsize(ptmx, winsize(req))
@@ -1037,13 +1042,13 @@ func (a *agent) startTTYCommand(req request, c *agentCommand) {
 	tty.Close()
 	if err != nil {
 		ptmx.Close()
-		a.send(event{Ev: evError, ID: req.ID, Error: err.Error()})
+		a.send(wire.Event{Ev: wire.EvError, ID: req.ID, Error: err.Error()})
 		return
 	}
 	c.pty = ptmx
 	c.ns, c.nsHold = a.namespaceOf(cmd.Process.Pid)
 	if req.Stdin {
-		c.stdin = make(chan request, 16)
+		c.stdin = make(chan wire.Request, 16)
 	}
 	a.mu.Lock()
 	a.commands[req.ID] = c
@@ -1059,7 +1064,7 @@ func (a *agent) startTTYCommand(req request, c *agentCommand) {
 	c.wait(a, req, &readers, ptmx)
 }
 
-func winsize(req request) *pty.Winsize {
+func winsize(req wire.Request) *pty.Winsize {
 	ws := &pty.Winsize{Rows: req.Rows, Cols: req.Cols}
 	if ws.Rows == 0 {
 		ws.Rows = 24
@@ -1072,7 +1077,7 @@ func winsize(req request) *pty.Winsize {
 
 // wait reports the command's exit once it ended and its output was read
 // (outputs are closed if background processes keep them open).
-func (c *agentCommand) wait(a *agent, req request, readers *sync.WaitGroup, outputs ...*os.File) {
+func (c *agentCommand) wait(a *agent, req wire.Request, readers *sync.WaitGroup, outputs ...*os.File) {
 	cmd := c.cmd
 	var timer *time.Timer
 	if req.TimeoutMS > 0 {
@@ -1109,7 +1114,7 @@ func (c *agentCommand) wait(a *agent, req request, readers *sync.WaitGroup, outp
 			c.nsHold.Close()
 		}
 		c.killMu.Unlock()
-		ev := event{Ev: evExit, ID: req.ID, ExitCode: cmd.ProcessState.ExitCode(), Killed: killed, Left: a.leftRunning()}
+		ev := wire.Event{Ev: wire.EvExit, ID: req.ID, ExitCode: cmd.ProcessState.ExitCode(), Killed: killed, Left: a.leftRunning()}
 		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			ev.Signal = unix.SignalName(ws.Signal())
 			ev.ExitCode = 128 + int(ws.Signal())
@@ -1124,7 +1129,7 @@ func (c *agentCommand) forward(a *agent, wg *sync.WaitGroup, r *os.File, stream 
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
-			a.send(event{Ev: evOutput, ID: c.id, Stream: stream, Data: buf[:n]})
+			a.send(wire.Event{Ev: wire.EvOutput, ID: c.id, Stream: stream, Data: buf[:n]})
 		}
 		if err != nil {
 			return
@@ -1145,7 +1150,7 @@ const liveBytes = 4 << 10
 // outgrows them is written whole (up to SaveMax) to a file of dir, here in
 // the machine, so that what the command prints costs no transfer; the
 // last Keep bytes and the counts go in the stream's evSaved.
-func (c *agentCommand) forwardSaving(a *agent, wg *sync.WaitGroup, r *os.File, stream, dir string, req request) {
+func (c *agentCommand) forwardSaving(a *agent, wg *sync.WaitGroup, r *os.File, stream, dir string, req wire.Request) {
 	defer wg.Done()
 	keep := req.Keep
 	// Large reads from a large pipe: fewer wake-ups for a command that
@@ -1170,10 +1175,10 @@ func (c *agentCommand) forwardSaving(a *agent, wg *sync.WaitGroup, r *os.File, s
 			if len(head) < keep {
 				k := min(keep-len(head), n)
 				head = append(head, p[:k]...)
-				a.send(event{Ev: evOutput, ID: c.id, Stream: stream, Data: p[:k]})
+				a.send(wire.Event{Ev: wire.EvOutput, ID: c.id, Stream: stream, Data: p[:k]})
 			} else if now := time.Now(); now.Sub(lastLive) >= liveEvery {
 				lastLive = now
-				a.send(event{Ev: evOutput, ID: c.id, Stream: stream, Data: p[max(0, len(p)-liveBytes):], Live: true})
+				a.send(wire.Event{Ev: wire.EvOutput, ID: c.id, Stream: stream, Data: p[max(0, len(p)-liveBytes):], Live: true})
 			}
 			q := p
 			if len(q) > keep { // only the chunk's last Keep bytes can end up in the tail
@@ -1216,7 +1221,7 @@ func (c *agentCommand) forwardSaving(a *agent, wg *sync.WaitGroup, r *os.File, s
 			break
 		}
 	}
-	ev := event{Ev: evSaved, ID: c.id, Stream: stream, Total: total, Lines: lines}
+	ev := wire.Event{Ev: wire.EvSaved, ID: c.id, Stream: stream, Total: total, Lines: lines}
 	if f != nil {
 		if err := f.Close(); err != nil && saveErr == "" {
 			saveErr = err.Error()
@@ -1247,17 +1252,17 @@ func (c *agentCommand) feedStdin(a *agent, w io.Writer, closeInput func() error)
 	for {
 		select {
 		case req := <-c.stdin:
-			if req.Op == opStdinClose {
+			if req.Op == wire.OpStdinClose {
 				return
 			}
 			if _, err := w.Write(req.Data); err != nil {
 				// The command stopped reading; keep acknowledging so the engine
 				// does not block, and drop the data.
-				a.send(event{Ev: evStdinAck, ID: c.id})
+				a.send(wire.Event{Ev: wire.EvStdinAck, ID: c.id})
 				go c.drainStdin(a)
 				return
 			}
-			a.send(event{Ev: evStdinAck, ID: c.id})
+			a.send(wire.Event{Ev: wire.EvStdinAck, ID: c.id})
 		case <-c.done:
 			return
 		}
@@ -1268,10 +1273,10 @@ func (c *agentCommand) drainStdin(a *agent) {
 	for {
 		select {
 		case req := <-c.stdin:
-			if req.Op == opStdinClose {
+			if req.Op == wire.OpStdinClose {
 				return
 			}
-			a.send(event{Ev: evStdinAck, ID: c.id})
+			a.send(wire.Event{Ev: wire.EvStdinAck, ID: c.id})
 		case <-c.done:
 			return
 		}
@@ -1356,7 +1361,7 @@ func killTree(pid int, marker []byte, ns string) {
 func marked(marker []byte) []int {
 	var out []int
 	self := os.Getpid()
-	for _, p := range procPIDs() {
+	for _, p := range ProcPIDs() {
 		if p == self {
 			continue
 		}
@@ -1371,7 +1376,7 @@ func marked(marker []byte) []int {
 // inNamespace lists the processes in the UTS namespace ns.
 func inNamespace(ns string) []int {
 	var out []int
-	for _, p := range procPIDs() {
+	for _, p := range ProcPIDs() {
 		if l, err := os.Readlink("/proc/" + strconv.Itoa(p) + "/ns/uts"); err == nil && l == ns {
 			out = append(out, p)
 		}
@@ -1394,15 +1399,15 @@ func (a *agent) leftRunning() int {
 	}
 	a.mu.Unlock()
 	n := 0
-	for _, p := range procPIDs() {
-		if p > 2 && p != interp && !zombie(p) {
+	for _, p := range ProcPIDs() {
+		if p > 2 && p != interp && !Zombie(p) {
 			n++
 		}
 	}
 	return n
 }
 
-func procPIDs() []int {
+func ProcPIDs() []int {
 	entries, _ := os.ReadDir("/proc")
 	var out []int
 	for _, e := range entries {
@@ -1416,7 +1421,7 @@ func procPIDs() []int {
 // descendants lists the processes below pid, from /proc.
 func descendants(pid int) []int {
 	parent := map[int]int{}
-	for _, p := range procPIDs() {
+	for _, p := range ProcPIDs() {
 		stat, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/stat")
 		if err != nil {
 			continue
@@ -1444,12 +1449,12 @@ func descendants(pid int) []int {
 	return out
 }
 
-// forwardEgress listens on the machine's loopback at EgressPort and hands
+// forwardEgress listens on the machine's loopback at wire.EgressPort and hands
 // each connection to the engine's proxy over ctl: a socket pair per
 // connection, one end sent with SCM_RIGHTS, the other spliced to it.
 func forwardEgress(ctl int) error {
 	unix.CloseOnExec(ctl)
-	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(EgressPort))
+	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(wire.EgressPort))
 	if err != nil {
 		return fmt.Errorf("the machine's proxy port: %w", err)
 	}
@@ -1494,4 +1499,29 @@ func forwardEgress(ctl int) error {
 		}
 	}()
 	return nil
+}
+
+// CloseInheritedFDs marks every descriptor above stderr close-on-exec, so
+// that nothing the engine's own parent leaked to it (a pipe, a socket)
+// reaches the next program.
+func CloseInheritedFDs() {
+	if unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC) == nil {
+		return
+	}
+	entries, _ := os.ReadDir("/proc/self/fd") // kernels before 5.11
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
+}
+
+// Zombie reports whether a process has ended and waits to be collected.
+func Zombie(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true // gone
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z'
 }

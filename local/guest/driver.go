@@ -1,4 +1,4 @@
-package local
+package guest
 
 import _ "embed"
 

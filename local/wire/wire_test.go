@@ -1,6 +1,4 @@
-//go:build linux && !vmcp_nolocal
-
-package local
+package wire
 
 import (
 	"bufio"
@@ -16,27 +14,27 @@ import (
 // requests without data are plain JSON lines.
 func TestRequestFraming(t *testing.T) {
 	data := []byte("line 1\n{\"op\":\"kill\"}\n\xff\x00 end")
-	var wire bytes.Buffer
-	for _, req := range []request{
-		{Op: opRun, ID: 1, Argv: []string{"cat"}, Stdin: true},
-		{Op: opStdin, ID: 1, Data: data},
-		{Op: opStdin, ID: 1, Data: bytes.Repeat([]byte{'\n'}, maxStdinChunk)},
-		{Op: opStdinClose, ID: 1},
+	var stream bytes.Buffer
+	for _, req := range []Request{
+		{Op: OpRun, ID: 1, Argv: []string{"cat"}, Stdin: true},
+		{Op: OpStdin, ID: 1, Data: data},
+		{Op: OpStdin, ID: 1, Data: bytes.Repeat([]byte{'\n'}, MaxStdinChunk)},
+		{Op: OpStdinClose, ID: 1},
 	} {
-		b, err := encodeRequest(req)
+		b, err := EncodeRequest(req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		wire.Write(b)
+		stream.Write(b)
 	}
-	if !strings.HasPrefix(wire.String(), `{"op":"run","id":1,"argv":["cat"],"stdin":true}`+"\n") {
-		t.Errorf("a request without data is not a plain JSON line: %q", wire.String()[:60])
+	if !strings.HasPrefix(stream.String(), `{"op":"run","id":1,"argv":["cat"],"stdin":true}`+"\n") {
+		t.Errorf("a request without data is not a plain JSON line: %q", stream.String()[:60])
 	}
-	br := bufio.NewReaderSize(&wire, 16)
-	var got []request
+	br := bufio.NewReaderSize(&stream, 16)
+	var got []Request
 	for {
-		var req request
-		err := readRequest(br, &req)
+		var req Request
+		err := ReadRequest(br, &req)
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -45,10 +43,10 @@ func TestRequestFraming(t *testing.T) {
 		}
 		got = append(got, req)
 	}
-	if len(got) != 4 || got[0].Op != opRun || got[3].Op != opStdinClose {
+	if len(got) != 4 || got[0].Op != OpRun || got[3].Op != OpStdinClose {
 		t.Fatalf("got %d requests: %+v", len(got), got)
 	}
-	if !bytes.Equal(got[1].Data, data) || len(got[2].Data) != maxStdinChunk || got[0].Data != nil {
+	if !bytes.Equal(got[1].Data, data) || len(got[2].Data) != MaxStdinChunk || got[0].Data != nil {
 		t.Errorf("data changed on the way: %q", got[1].Data)
 	}
 
@@ -59,8 +57,8 @@ func TestRequestFraming(t *testing.T) {
 		"no end":    `{"op":"kill","id":1}`,
 		"not json":  "hello\n",
 	} {
-		var req request
-		if err := readRequest(bufio.NewReader(strings.NewReader(in)), &req); err == nil || errors.Is(err, io.EOF) {
+		var req Request
+		if err := ReadRequest(bufio.NewReader(strings.NewReader(in)), &req); err == nil || errors.Is(err, io.EOF) {
 			t.Errorf("%s: %v, want an error", name, err)
 		}
 	}

@@ -1,6 +1,7 @@
-//go:build linux && !vmcp_nolocal
-
-package local
+// Package wire is the protocol between the engine (package local, on the
+// host) and its agent inside each sandbox (package local/guest): requests
+// one way, events the other, one JSON object per line.
+package wire
 
 import (
 	"bufio"
@@ -19,27 +20,27 @@ import (
 
 // Request operations.
 const (
-	opPython     = "py"          // run Python code in the machine's interpreter
-	opRun        = "run"         // start a command
-	opStdin      = "stdin"       // a chunk of a command's standard input
-	opStdinClose = "stdin_close" // end of a command's standard input
-	opKill       = "kill"        // kill a command's process tree, or interrupt Python
-	opResize     = "resize"      // new window size of a TTY command's terminal
-	opHello      = "hello"       // answered at once: the sandbox is set up
+	OpPython     = "py"          // run Python code in the machine's interpreter
+	OpRun        = "run"         // start a command
+	OpStdin      = "stdin"       // a chunk of a command's standard input
+	OpStdinClose = "stdin_close" // end of a command's standard input
+	OpKill       = "kill"        // kill a command's process tree, or interrupt Python
+	OpResize     = "resize"      // new window size of a TTY command's terminal
+	OpHello      = "hello"       // answered at once: the sandbox is set up
 )
 
 // Event kinds.
 const (
-	evOutput   = "out"       // a chunk of stdout or stderr
-	evPython   = "py_result" // the result of an opPython request
-	evExit     = "exit"      // a command ended
-	evSaved    = "saved"     // a stream of a command that saves its output ended (see request.SaveDir)
-	evStdinAck = "stdin_ack" // a stdin chunk was written to the command
-	evError    = "error"     // the request failed before it could run
-	evHello    = "hello"     // the answer to opHello
+	EvOutput   = "out"       // a chunk of stdout or stderr
+	EvPython   = "py_result" // the result of an opPython request
+	EvExit     = "exit"      // a command ended
+	EvSaved    = "saved"     // a stream of a command that saves its output ended (see request.SaveDir)
+	EvStdinAck = "stdin_ack" // a stdin chunk was written to the command
+	EvError    = "error"     // the request failed before it could run
+	EvHello    = "hello"     // the answer to opHello
 )
 
-type request struct {
+type Request struct {
 	Op        string            `json:"op"`
 	ID        uint64            `json:"id"`
 	Code      string            `json:"code,omitempty"`
@@ -67,7 +68,7 @@ type request struct {
 	SaveMax int64  `json:"save_max,omitempty"`
 }
 
-type event struct {
+type Event struct {
 	Ev     string `json:"ev"`
 	ID     uint64 `json:"id"`
 	Stream string `json:"stream,omitempty"`
@@ -105,12 +106,12 @@ type event struct {
 	Killed   string `json:"killed,omitempty"` // why the agent killed the command: "timeout" or "kill"
 }
 
-// maxStdinChunk bounds the data of one opStdin request.
-const maxStdinChunk = 1 << 20
+// MaxStdinChunk bounds the data of one opStdin request.
+const MaxStdinChunk = 1 << 20
 
-// readRequest reads one request: its JSON line and, for opStdin, the raw data
+// ReadRequest reads one request: its JSON line and, for opStdin, the raw data
 // that follows. It returns io.EOF at the end of the input.
-func readRequest(br *bufio.Reader, req *request) error {
+func ReadRequest(br *bufio.Reader, req *Request) error {
 	line, err := br.ReadBytes('\n')
 	if err != nil {
 		if err == io.EOF && len(bytes.TrimSpace(line)) > 0 {
@@ -121,8 +122,8 @@ func readRequest(br *bufio.Reader, req *request) error {
 	if err := json.Unmarshal(line, req); err != nil {
 		return err
 	}
-	if req.Len < 0 || req.Len > maxStdinChunk {
-		return fmt.Errorf("a stdin chunk of %d bytes (at most %d)", req.Len, maxStdinChunk)
+	if req.Len < 0 || req.Len > MaxStdinChunk {
+		return fmt.Errorf("a stdin chunk of %d bytes (at most %d)", req.Len, MaxStdinChunk)
 	}
 	if req.Len > 0 {
 		req.Data = make([]byte, req.Len)
@@ -133,8 +134,8 @@ func readRequest(br *bufio.Reader, req *request) error {
 	return nil
 }
 
-// encodeRequest is req as readRequest reads it.
-func encodeRequest(req request) ([]byte, error) {
+// EncodeRequest is req as readRequest reads it.
+func EncodeRequest(req Request) ([]byte, error) {
 	data := req.Data
 	req.Len = len(data)
 	b, err := json.Marshal(req)
@@ -143,3 +144,7 @@ func encodeRequest(req request) ([]byte, error) {
 	}
 	return append(append(b, '\n'), data...), nil
 }
+
+// EgressPort is where an allow-list machine's proxy listens, on its
+// loopback.
+const EgressPort = 3128
