@@ -1,7 +1,7 @@
 # vmcp: see README.md.
 GO ?= go
 
-.PHONY: run build test bench deps conformance cross dist image-check
+.PHONY: run build test bench deps conformance cross dist image-check lint
 
 # VERSION is what --version and the MCP handshake's serverInfo report.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -29,6 +29,10 @@ test:
 	@scripts/install-deps --test
 	$(GO) vet ./...
 	$(GO) test ./... -count=1 -timeout 20m
+
+# lint runs staticcheck (pinned) over every package.
+lint:
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 # bench prints the engine's figures, then the MCP layer's cost over stdio.
 bench: build

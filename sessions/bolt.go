@@ -11,6 +11,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // The embedded store is bbolt rather than SQLite: it is pure Go (no cgo, so
@@ -58,7 +59,7 @@ var _ Store = (*BoltStore)(nil)
 // OpenBolt opens (creating if needed) the store at path.
 func OpenBolt(path string) (*BoltStore, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("the session store %s is locked by another process (is another vmcp server using this state dir?)", path)
 	}
 	if err != nil {
