@@ -271,15 +271,13 @@ func (s *Service) listMachines(ctx context.Context, _ mcp.CallToolRequest, _ Lis
 	c := conversationFrom(ctx)
 	out := ListMachinesOutput{Machines: []MachineEntry{}, Snapshots: []SnapshotEntry{}}
 	ownedSnaps := map[string]bool{}
-	all, err := s.sessions.Store().All(ctx)
+	mine, err := s.sessions.Conversations(ctx, c.Principal)
 	if err != nil {
 		return nil, err
 	}
-	for _, conv := range all {
-		if conv.Principal == c.Principal {
-			for _, sn := range conv.Snapshots {
-				ownedSnaps[sn.ID] = true
-			}
+	for _, conv := range mine {
+		for _, sn := range conv.Snapshots {
+			ownedSnaps[sn.ID] = true
 		}
 	}
 	var b strings.Builder
