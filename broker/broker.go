@@ -208,15 +208,12 @@ func (b *Broker) find(ctx context.Context, c *sessions.Conversation, id string, 
 
 // OwnedMachines lists be's machines that the principal owns.
 func (b *Broker) OwnedMachines(ctx context.Context, principal string, be backend.Backend) ([]backend.MachineInfo, error) {
-	all, err := b.sessions.Store().All(ctx)
+	mine, err := b.sessions.Conversations(ctx, principal)
 	if err != nil {
 		return nil, err
 	}
 	owned := map[string]bool{}
-	for _, c := range all {
-		if c.Principal != principal {
-			continue
-		}
+	for _, c := range mine {
 		for _, m := range c.Machines {
 			if m.Backend == be.Name() {
 				owned[m.ID] = true

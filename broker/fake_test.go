@@ -3,13 +3,11 @@ package broker
 import (
 	"context"
 	"errors"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/backend/backendfake"
@@ -46,20 +44,6 @@ func (c *testClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// setSessionsClock puts the session manager on the test's clock. The
-// manager stamps every use of a conversation and a machine, and the broker
-// measures idleness against those stamps, so it must read the same clock;
-// sessions has no option for that yet, so its unexported clock is set
-// here, and the test fails loudly if that clock is renamed or retyped.
-func setSessionsClock(t *testing.T, m *sessions.Manager, now func() time.Time) {
-	t.Helper()
-	f := reflect.ValueOf(m).Elem().FieldByName("now")
-	if !f.IsValid() || f.Type() != reflect.TypeOf(now) {
-		t.Fatal("sessions.Manager has no field now func() time.Time any more: give these tests its clock another way")
-	}
-	reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Set(reflect.ValueOf(now))
-}
-
 // clocked is a broker over fake backends, its sessions and the clock they
 // all read.
 type clocked struct {
@@ -77,7 +61,7 @@ func newClocked(t *testing.T, clock *testClock, cfg Config, backends ...backend.
 		cfg.Instance = "test-instance"
 	}
 	b, m := newBroker(t, cfg)
-	setSessionsClock(t, m, clock.Now)
+	m.SetClock(clock.Now) // the broker measures idleness against its stamps
 	return &clocked{clock: clock, b: b, m: m}
 }
 

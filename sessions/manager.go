@@ -36,6 +36,12 @@ func NewManager(store Store, limits Limits) *Manager {
 	return &Manager{store: store, limits: limits, now: func() time.Time { return time.Now().UTC() }, lastUsed: map[string]time.Time{}}
 }
 
+// SetClock makes the manager read the time from now (default time.Now in
+// UTC): the broker measures idleness against the manager's stamps, so a
+// test that moves the broker's clock by hand moves this one too. Call it
+// before the manager is used.
+func (m *Manager) SetClock(now func() time.Time) { m.now = now }
+
 // Store is the manager's store.
 func (m *Manager) Store() Store { return m.store }
 

@@ -6,12 +6,10 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/mark3labs/mcp-go/server"
 	"github.com/rs/zerolog"
@@ -74,15 +72,9 @@ func newClockedServer(t *testing.T, parks bool, cfg Config) *clockedServer {
 	cfg.Backends = []backend.Backend{backendfake.New(backendfake.Options{Name: "local", Now: clock.Now, IdleParks: parks})}
 	cfg.Sessions, cfg.Log = sessions.NewManager(store, sessions.Limits{}), zerolog.Nop()
 	// The manager stamps every use and the broker measures idleness against
-	// those stamps: both must read the test's clock. Neither has an option
-	// of the service's for it, so the manager's unexported clock is set
-	// (failing loudly if it is renamed) and the broker replaced by one on
-	// the clock, configured as NewService configures it.
-	f := reflect.ValueOf(cfg.Sessions).Elem().FieldByName("now")
-	if !f.IsValid() || f.Type() != reflect.TypeOf(clock.Now) {
-		t.Fatal("sessions.Manager has no field now func() time.Time any more: give these tests its clock another way")
-	}
-	reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Set(reflect.ValueOf(clock.Now))
+	// those stamps: both read the test's clock (the broker is replaced by
+	// one on the clock, configured as NewService configures it).
+	cfg.Sessions.SetClock(clock.Now)
 	svc, err := NewService(cfg)
 	if err != nil {
 		t.Fatal(err)
