@@ -38,6 +38,7 @@ lint:
 bench: build
 	$(GO) test ./local -run '^$$' -bench . -benchtime 2000x -timeout 20m
 	$(GO) test ./backend/forevervm -run '^$$' -bench . -benchtime 10x -timeout 20m
+	$(GO) test ./tools -run '^$$' -bench CallNamingMachine -benchtime 4000x -timeout 20m
 	$(GO) run ./cmd/vmcp-bench --server bin/mcp-server --n 2000 --load-clients 100 --load-calls 20
 
 # conformance runs the official MCP conformance suite against the streamable
