@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/internal/capture"
 	"github.com/vmcp-dev/vmcp/internal/tarfs"
 	"golang.org/x/sys/unix"
@@ -427,7 +428,7 @@ func (m *Machine) vmList(ctx context.Context, p string, entries bool) ([]FileInf
 		raw, _ := strconv.ParseUint(f[0], 16, 32)
 		size, _ := strconv.ParseInt(f[1], 10, 64)
 		mtime, _ := strconv.ParseInt(f[2], 10, 64)
-		mode := unixMode(uint32(raw))
+		mode := backend.UnixMode(uint32(raw))
 		info := FileInfo{Path: f[3], Size: size, Mode: mode, ModTime: time.Unix(mtime, 0).UTC(), IsDir: mode.IsDir()}
 		if mode&fs.ModeSymlink != 0 {
 			if i := strings.Index(f[4], " -> "); i >= 0 {
@@ -441,25 +442,6 @@ func (m *Machine) vmList(ctx context.Context, p string, entries bool) ([]FileInf
 	}
 	sortFiles(list)
 	return list, nil
-}
-
-func unixMode(raw uint32) fs.FileMode {
-	mode := fs.FileMode(raw & 0o777)
-	switch raw & 0o170000 {
-	case 0o040000:
-		mode |= fs.ModeDir
-	case 0o120000:
-		mode |= fs.ModeSymlink
-	case 0o010000:
-		mode |= fs.ModeNamedPipe
-	case 0o140000:
-		mode |= fs.ModeSocket
-	case 0o020000:
-		mode |= fs.ModeDevice | fs.ModeCharDevice
-	case 0o060000:
-		mode |= fs.ModeDevice
-	}
-	return mode
 }
 
 func sortFiles(list []FileInfo) {

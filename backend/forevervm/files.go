@@ -306,37 +306,8 @@ func (m *Machine) Stat(ctx context.Context, p string) (*backend.FileInfo, error)
 	if err := m.call(ctx, step{op: "stat", args: map[string]any{"path": p}}, &st); err != nil {
 		return nil, err
 	}
-	mode := unixMode(st.Mode)
+	mode := backend.UnixMode(st.Mode)
 	return &backend.FileInfo{Path: st.Path, Size: st.Size, Mode: mode, ModTime: time.Unix(0, st.MTimeNS).UTC(), IsDir: mode.IsDir()}, nil
-}
-
-// unixMode converts a st_mode to an fs.FileMode.
-func unixMode(raw uint32) fs.FileMode {
-	mode := fs.FileMode(raw & 0o777)
-	switch raw & 0o170000 {
-	case 0o040000:
-		mode |= fs.ModeDir
-	case 0o120000:
-		mode |= fs.ModeSymlink
-	case 0o010000:
-		mode |= fs.ModeNamedPipe
-	case 0o140000:
-		mode |= fs.ModeSocket
-	case 0o020000:
-		mode |= fs.ModeDevice | fs.ModeCharDevice
-	case 0o060000:
-		mode |= fs.ModeDevice
-	}
-	if raw&0o4000 != 0 {
-		mode |= fs.ModeSetuid
-	}
-	if raw&0o2000 != 0 {
-		mode |= fs.ModeSetgid
-	}
-	if raw&0o1000 != 0 {
-		mode |= fs.ModeSticky
-	}
-	return mode
 }
 
 // CopyIn extracts a tar stream into a directory under the machine's home
