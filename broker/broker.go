@@ -24,7 +24,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	"github.com/vmcp-dev/vmcp/sessions"
+	"github.com/vmcp-dev/vmcp/conversations"
 )
 
 // Config configures a Broker.
@@ -35,8 +35,8 @@ type Config struct {
 	// BackendsFor, if set, gives the backends of a principal that brought
 	// its own credentials (nil: the server's Backends).
 	BackendsFor func(principal string) []backend.Backend
-	// Sessions keeps the conversations. Required.
-	Sessions *sessions.Manager
+	// Conversations keeps the conversations. Required.
+	Conversations *conversations.Manager
 	// Instance names this server on the machines it creates.
 	Instance string
 	// Idle is each backend's idle timeout (absent or 0: machines stay).
@@ -58,7 +58,7 @@ type Config struct {
 type Broker struct {
 	backends       []backend.Backend
 	backendsFor    func(principal string) []backend.Backend
-	sessions       *sessions.Manager
+	conversations  *conversations.Manager
 	instance       string
 	idle           map[string]time.Duration
 	ttl            time.Duration
@@ -79,13 +79,13 @@ func New(cfg Config) (*Broker, error) {
 	if len(cfg.Backends) == 0 {
 		return nil, errors.New("no backend configured")
 	}
-	if cfg.Sessions == nil {
+	if cfg.Conversations == nil {
 		return nil, errors.New("no session store configured")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Broker{backends: cfg.Backends, backendsFor: cfg.BackendsFor, sessions: cfg.Sessions, instance: cfg.Instance,
+	return &Broker{backends: cfg.Backends, backendsFor: cfg.BackendsFor, conversations: cfg.Conversations, instance: cfg.Instance,
 		idle: cfg.Idle, ttl: cfg.ConversationTTL, localPrincipal: cfg.LocalPrincipal, now: cfg.Now, log: cfg.Log,
 		idled: map[string]int64{}, busy: map[string]int{}, parking: map[string]bool{}}, nil
 }
@@ -115,7 +115,7 @@ func (l *Lease) Release() {
 // an id the conversation's default machine, created on first use on the
 // preferred backend. The machine must have capability need; when it does
 // not, the error says which backend can.
-func (b *Broker) Acquire(ctx context.Context, c *sessions.Conversation, id string, need backend.Capability) (*Lease, error) {
+func (b *Broker) Acquire(ctx context.Context, c *conversations.Conversation, id string, need backend.Capability) (*Lease, error) {
 	l := &Lease{}
 	var m backend.Machine
 	var err error
@@ -156,19 +156,19 @@ func ErrMachineNotFound(id string) error {
 
 // Find returns a machine the conversation's principal owns, by id or by
 // the name it was launched with, without holding it.
-func (b *Broker) Find(ctx context.Context, c *sessions.Conversation, id string) (backend.Machine, error) {
+func (b *Broker) Find(ctx context.Context, c *conversations.Conversation, id string) (backend.Machine, error) {
 	return b.find(ctx, c, id, nil)
 }
 
 // find is Find, holding the machine for l when l is not nil.
-func (b *Broker) find(ctx context.Context, c *sessions.Conversation, id string, l *Lease) (backend.Machine, error) {
+func (b *Broker) find(ctx context.Context, c *conversations.Conversation, id string, l *Lease) (backend.Machine, error) {
 	principal := c.Principal
 	for _, be := range b.Backends(principal) {
 		if !be.Recognizes(id) {
 			continue
 		}
-		owner, err := b.sessions.OwnerOf(ctx, principal, be.Name(), id)
-		if errors.Is(err, sessions.ErrNotFound) {
+		owner, err := b.conversations.OwnerOf(ctx, principal, be.Name(), id)
+		if errors.Is(err, conversations.ErrNotFound) {
 			continue
 		}
 		if err != nil {
@@ -194,7 +194,7 @@ func (b *Broker) find(ctx context.Context, c *sessions.Conversation, id string, 
 		}
 	}
 	if len(match) == 1 {
-		owner, err := b.sessions.OwnerOf(ctx, principal, match[0].Backend, match[0].ID)
+		owner, err := b.conversations.OwnerOf(ctx, principal, match[0].Backend, match[0].ID)
 		if err != nil {
 			return nil, ErrMachineNotFound(id)
 		}
@@ -208,7 +208,7 @@ func (b *Broker) find(ctx context.Context, c *sessions.Conversation, id string, 
 
 // OwnedMachines lists be's machines that the principal owns.
 func (b *Broker) OwnedMachines(ctx context.Context, principal string, be backend.Backend) ([]backend.MachineInfo, error) {
-	mine, err := b.sessions.Conversations(ctx, principal)
+	mine, err := b.conversations.Conversations(ctx, principal)
 	if err != nil {
 		return nil, err
 	}
@@ -300,15 +300,15 @@ func (b *Broker) IdleTimeouts(principal string) map[string]time.Duration {
 
 // Default returns the conversation's default machine, nil when it has
 // none yet, migrating the record of an older version first (see
-// sessions.Conversation.MigrateDefault).
-func (b *Broker) Default(ctx context.Context, c *sessions.Conversation) (*sessions.MachineRef, *sessions.Conversation, error) {
-	latest, err := b.sessions.Store().Load(ctx, c.Principal, c.Handle)
+// conversations.Conversation.MigrateDefault).
+func (b *Broker) Default(ctx context.Context, c *conversations.Conversation) (*conversations.MachineRef, *conversations.Conversation, error) {
+	latest, err := b.conversations.Store().Load(ctx, c.Principal, c.Handle)
 	if err != nil {
 		return nil, c, err
 	}
 	c = latest
 	if len(c.Defaults) > 0 {
-		updated, err := b.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
+		updated, err := b.conversations.Update(ctx, c, func(c *conversations.Conversation) error {
 			c.MigrateDefault(b.BackendNames(c.Principal))
 			return nil
 		})
@@ -322,7 +322,7 @@ func (b *Broker) Default(ctx context.Context, c *sessions.Conversation) (*sessio
 
 // defaultMachine is the conversation's default machine, created (and
 // recorded) on the preferred backend on first use.
-func (b *Broker) defaultMachine(ctx context.Context, c *sessions.Conversation, l *Lease) (backend.Machine, error) {
+func (b *Broker) defaultMachine(ctx context.Context, c *conversations.Conversation, l *Lease) (backend.Machine, error) {
 	ref, c, err := b.Default(ctx, c)
 	if err != nil {
 		return nil, err
@@ -342,12 +342,12 @@ func (b *Broker) defaultMachine(ctx context.Context, c *sessions.Conversation, l
 		// Gone behind our back (deleted outside the server): forget it and
 		// start a fresh default below.
 		b.log.Warn().Str("backend", ref.Backend).Str("machine", ref.ID).Msg("the default machine of a conversation no longer exists; creating a new one")
-		if c, err = b.sessions.Update(ctx, c, func(c *sessions.Conversation) error { c.RemoveMachine(ref.Backend, ref.ID); return nil }); err != nil {
+		if c, err = b.conversations.Update(ctx, c, func(c *conversations.Conversation) error { c.RemoveMachine(ref.Backend, ref.ID); return nil }); err != nil {
 			return nil, err
 		}
 		l.Notes = append(l.Notes, fmt.Sprintf("The conversation's machine %s no longer existed (deleted outside this server); a new machine was created, without its files.", ref.ID))
 	}
-	if err := b.sessions.CheckMachineLimit(c); err != nil {
+	if err := b.conversations.CheckMachineLimit(c); err != nil {
 		return nil, err
 	}
 	be := b.Backends(c.Principal)[0]
@@ -368,7 +368,7 @@ func (b *Broker) defaultMachine(ctx context.Context, c *sessions.Conversation, l
 // use. With l, the machine is held busy until l is released, so that the
 // reaper does not park it under the call.
 // c must be the latest record.
-func (b *Broker) open(ctx context.Context, c *sessions.Conversation, be backend.Backend, id string, l *Lease) (backend.Machine, error) {
+func (b *Broker) open(ctx context.Context, c *conversations.Conversation, be backend.Backend, id string, l *Lease) (backend.Machine, error) {
 	if rec := c.Machine(be.Name(), id); rec != nil {
 		id = rec.ID
 	}
@@ -376,7 +376,7 @@ func (b *Broker) open(ctx context.Context, c *sessions.Conversation, be backend.
 		if err := b.hold(ctx, c.Handle+"/"+be.Name()+"/"+id, l); err != nil {
 			return nil, err
 		}
-		if latest, err := b.sessions.Store().Load(ctx, c.Principal, c.Handle); err == nil {
+		if latest, err := b.conversations.Store().Load(ctx, c.Principal, c.Handle); err == nil {
 			c = latest // the reaper may have parked it before we held it
 		}
 		if rec := c.Machine(be.Name(), id); rec != nil && rec.Parked != nil {
@@ -395,7 +395,7 @@ func (b *Broker) open(ctx context.Context, c *sessions.Conversation, be backend.
 	if err != nil {
 		return nil, err
 	}
-	b.sessions.TouchMachine(c.Handle, be.Name(), id)
+	b.conversations.TouchMachine(c.Handle, be.Name(), id)
 	if l != nil {
 		// A machine is idle from the end of its last call, not the start:
 		// a call longer than the idle timeout must not have its machine
@@ -404,7 +404,7 @@ func (b *Broker) open(ctx context.Context, c *sessions.Conversation, be backend.
 		// machine free with the old time.
 		handle, name, release := c.Handle, be.Name(), l.release
 		l.release = func() {
-			b.sessions.TouchMachine(handle, name, id)
+			b.conversations.TouchMachine(handle, name, id)
 			if release != nil {
 				release()
 			}
@@ -447,10 +447,10 @@ func (b *Broker) hold(ctx context.Context, key string, l *Lease) error {
 // unpark relaunches a machine that was parked while idle, from its
 // snapshot, and records its new id (the old one keeps working). One at a
 // time: two calls on a parked machine must not relaunch it twice.
-func (b *Broker) unpark(ctx context.Context, c *sessions.Conversation, be backend.Backend, id string, l *Lease) (string, error) {
+func (b *Broker) unpark(ctx context.Context, c *conversations.Conversation, be backend.Backend, id string, l *Lease) (string, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	c, err := b.sessions.Store().Load(ctx, c.Principal, c.Handle) // the latest record
+	c, err := b.conversations.Store().Load(ctx, c.Principal, c.Handle) // the latest record
 	if err != nil {
 		return "", err
 	}
@@ -466,10 +466,10 @@ func (b *Broker) unpark(ctx context.Context, c *sessions.Conversation, be backen
 	if err != nil {
 		return "", fmt.Errorf("machine %s was idle and parked as snapshot %s; relaunching it failed: %w", id, snap, err)
 	}
-	_, err = b.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
+	_, err = b.conversations.Update(ctx, c, func(c *conversations.Conversation) error {
 		rec := c.Machine(be.Name(), id)
 		if rec == nil {
-			return sessions.ErrNotFound
+			return conversations.ErrNotFound
 		}
 		if c.IsDefault(be.Name(), rec.ID) {
 			c.SetDefault(be.Name(), info.ID)
@@ -497,8 +497,8 @@ func (b *Broker) unpark(ctx context.Context, c *sessions.Conversation, be backen
 
 // Launch creates a machine for the conversation on be and makes it the
 // conversation's default machine, recorded before it is returned.
-func (b *Broker) Launch(ctx context.Context, c *sessions.Conversation, be backend.Backend, spec backend.MachineSpec) (backend.MachineInfo, error) {
-	if err := b.sessions.CheckMachineLimit(c); err != nil {
+func (b *Broker) Launch(ctx context.Context, c *conversations.Conversation, be backend.Backend, spec backend.MachineSpec) (backend.MachineInfo, error) {
+	if err := b.conversations.CheckMachineLimit(c); err != nil {
 		return backend.MachineInfo{}, err
 	}
 	spec.Tags = b.MachineTags(c, spec.Tags)
@@ -515,19 +515,19 @@ func (b *Broker) Launch(ctx context.Context, c *sessions.Conversation, be backen
 
 // Delete deletes a machine the caller's principal owns (by id or name) and
 // forgets it.
-func (b *Broker) Delete(ctx context.Context, c *sessions.Conversation, id string) (backend.Machine, error) {
+func (b *Broker) Delete(ctx context.Context, c *conversations.Conversation, id string) (backend.Machine, error) {
 	m, err := b.Find(ctx, c, id)
 	if err != nil {
 		return nil, err
 	}
-	owner, err := b.sessions.OwnerOf(ctx, c.Principal, m.Backend(), m.ID())
+	owner, err := b.conversations.OwnerOf(ctx, c.Principal, m.Backend(), m.ID())
 	if err != nil {
 		return nil, ErrMachineNotFound(id)
 	}
 	if err := b.Backend(c.Principal, m.Backend()).Delete(ctx, m.ID()); err != nil {
 		return nil, err
 	}
-	if _, err := b.sessions.Update(ctx, owner, func(c *sessions.Conversation) error {
+	if _, err := b.conversations.Update(ctx, owner, func(c *conversations.Conversation) error {
 		c.RemoveMachine(m.Backend(), m.ID())
 		return nil
 	}); err != nil {
@@ -540,8 +540,8 @@ func (b *Broker) Delete(ctx context.Context, c *sessions.Conversation, id string
 // Own records a machine created for the conversation, durably, before any
 // result announces it. If the store fails, the machine is deleted again so
 // that nothing runs that no conversation owns.
-func (b *Broker) Own(ctx context.Context, c *sessions.Conversation, be backend.Backend, id string, asDefault bool) (*sessions.Conversation, error) {
-	updated, err := b.sessions.AddMachine(ctx, c, be.Name(), id, asDefault)
+func (b *Broker) Own(ctx context.Context, c *conversations.Conversation, be backend.Backend, id string, asDefault bool) (*conversations.Conversation, error) {
+	updated, err := b.conversations.AddMachine(ctx, c, be.Name(), id, asDefault)
 	if err != nil {
 		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
@@ -568,7 +568,7 @@ func ConversationTag(handle string) string {
 }
 
 // MachineTags are the tags of a machine created for conversation c.
-func (b *Broker) MachineTags(c *sessions.Conversation, extra map[string]string) map[string]string {
+func (b *Broker) MachineTags(c *conversations.Conversation, extra map[string]string) map[string]string {
 	tags := maps.Clone(extra)
 	if tags == nil {
 		tags = map[string]string{}

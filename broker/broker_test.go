@@ -13,7 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	"github.com/vmcp-dev/vmcp/sessions"
+	"github.com/vmcp-dev/vmcp/conversations"
 )
 
 // fakeBackend is an in-memory backend: the broker's tests are about which
@@ -86,32 +86,32 @@ func (f *fakeBackend) Idle(_ context.Context, id string) (string, error) {
 	return "", nil
 }
 
-func newBroker(t *testing.T, cfg Config) (*Broker, *sessions.Manager) {
+func newBroker(t *testing.T, cfg Config) (*Broker, *conversations.Manager) {
 	t.Helper()
-	store, err := sessions.OpenBolt(filepath.Join(t.TempDir(), "sessions.db"))
+	store, err := conversations.OpenBolt(filepath.Join(t.TempDir(), "sessions.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	cfg.Sessions = sessions.NewManager(store, sessions.Limits{})
+	cfg.Conversations = conversations.NewManager(store, conversations.Limits{})
 	cfg.Log = zerolog.Nop()
 	b, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b, cfg.Sessions
+	return b, cfg.Conversations
 }
 
-func conversation(t *testing.T, m *sessions.Manager, principal string) *sessions.Conversation {
+func conversation(t *testing.T, m *conversations.Manager, principal string) *conversations.Conversation {
 	t.Helper()
-	c, _, err := m.Resolve(context.Background(), principal, sessions.NewSession, "")
+	c, _, err := m.Resolve(context.Background(), principal, conversations.NewSession, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
 }
 
-func acquire(t *testing.T, b *Broker, c *sessions.Conversation, id string, need backend.Capability) backend.Machine {
+func acquire(t *testing.T, b *Broker, c *conversations.Conversation, id string, need backend.Capability) backend.Machine {
 	t.Helper()
 	l, err := b.Acquire(context.Background(), c, id, need)
 	if err != nil {
@@ -182,7 +182,7 @@ func TestOlderConversationsAreMigrated(t *testing.T) {
 	onCloud, _ := cloud.Create(ctx, backend.MachineSpec{})
 	onLocal, _ := local.Create(ctx, backend.MachineSpec{})
 	c := conversation(t, m, "alice")
-	if _, err := m.Store().Update(ctx, c.Principal, c.Handle, func(c *sessions.Conversation) error {
+	if _, err := m.Store().Update(ctx, c.Principal, c.Handle, func(c *conversations.Conversation) error {
 		c.AddMachine("local", onLocal.ID, time.Now())
 		c.AddMachine("cloud", onCloud.ID, time.Now())
 		c.Defaults = map[string]string{"local": onLocal.ID, "cloud": onCloud.ID} // as older versions wrote it

@@ -11,7 +11,7 @@ import (
 
 	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/backend/backendfake"
-	"github.com/vmcp-dev/vmcp/sessions"
+	"github.com/vmcp-dev/vmcp/conversations"
 )
 
 // The tests of this file drive the broker's timing (idle timeouts, parking,
@@ -44,12 +44,12 @@ func (c *testClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// clocked is a broker over fake backends, its sessions and the clock they
+// clocked is a broker over fake backends, its conversations and the clock they
 // all read.
 type clocked struct {
 	clock *testClock
 	b     *Broker
-	m     *sessions.Manager
+	m     *conversations.Manager
 }
 
 // newClocked returns a broker over backends on one clock; cfg gives its
@@ -78,7 +78,7 @@ func (k *clocked) reap(t *testing.T, want ReapResult, why string) {
 }
 
 // load is the stored record of a conversation.
-func (k *clocked) load(t *testing.T, c *sessions.Conversation) *sessions.Conversation {
+func (k *clocked) load(t *testing.T, c *conversations.Conversation) *conversations.Conversation {
 	t.Helper()
 	c, err := k.m.Store().Load(context.Background(), c.Principal, c.Handle)
 	if err != nil {
@@ -88,7 +88,7 @@ func (k *clocked) load(t *testing.T, c *sessions.Conversation) *sessions.Convers
 }
 
 // held acquires a machine and keeps it until the test releases it.
-func held(t *testing.T, b *Broker, c *sessions.Conversation, id string) *Lease {
+func held(t *testing.T, b *Broker, c *conversations.Conversation, id string) *Lease {
 	t.Helper()
 	l, err := b.Acquire(context.Background(), c, id, backend.Shell)
 	if err != nil {
@@ -402,7 +402,7 @@ func TestConversationTTL(t *testing.T) {
 	if len(stored.Snapshots) != 1 || stored.Snapshots[0].Machine != parked || !slices.Equal(snapshotIDs(t, cloud), []string{stored.Snapshots[0].ID}) {
 		t.Errorf("old's parked machine: snapshots %+v, on the backend %v; want its parking snapshot kept as old's", stored.Snapshots, snapshotIDs(t, cloud))
 	}
-	if _, _, err := k.m.Resolve(ctx, "alice", old.Handle, ""); !errors.Is(err, sessions.ErrClosed) {
+	if _, _, err := k.m.Resolve(ctx, "alice", old.Handle, ""); !errors.Is(err, conversations.ErrClosed) {
 		t.Errorf("old's handle after closing: %v, want it closed", err)
 	}
 	if status(t, local, usedMachine) != "running" || k.load(t, used).Closed != nil || k.load(t, touched).Closed != nil {

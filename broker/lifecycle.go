@@ -6,7 +6,7 @@ import (
 	"fmt"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	"github.com/vmcp-dev/vmcp/sessions"
+	"github.com/vmcp-dev/vmcp/conversations"
 )
 
 // Lifecycle: machines that nobody uses are stopped (local) or parked as a
@@ -29,7 +29,7 @@ type ReapResult struct {
 // and closes the conversations idle past the time to live.
 func (b *Broker) Reap(ctx context.Context) (ReapResult, error) {
 	var r ReapResult
-	all, err := b.sessions.Store().All(ctx)
+	all, err := b.conversations.Store().All(ctx)
 	if err != nil {
 		return r, err
 	}
@@ -39,7 +39,7 @@ func (b *Broker) Reap(ctx context.Context) (ReapResult, error) {
 		if c.Closed != nil {
 			continue
 		}
-		if b.ttl > 0 && now.Sub(b.sessions.LastUsed(c)) > b.ttl {
+		if b.ttl > 0 && now.Sub(b.conversations.LastUsed(c)) > b.ttl {
 			if err := b.closeConversation(ctx, c); err != nil {
 				errs = append(errs, err)
 			} else {
@@ -50,7 +50,7 @@ func (b *Broker) Reap(ctx context.Context) (ReapResult, error) {
 		for i := range c.Machines {
 			m := c.Machines[i]
 			limit := b.idle[m.Backend]
-			if limit <= 0 || m.Parked != nil || now.Sub(b.sessions.MachineLastUsed(c, &m)) < limit {
+			if limit <= 0 || m.Parked != nil || now.Sub(b.conversations.MachineLastUsed(c, &m)) < limit {
 				continue
 			}
 			outcome, err := b.idleMachine(ctx, c, m)
@@ -77,14 +77,14 @@ const (
 )
 
 // idleMachine stops or parks one idle machine, unless a call is using it.
-func (b *Broker) idleMachine(ctx context.Context, c *sessions.Conversation, m sessions.Machine) (outcome idleOutcome, err error) {
+func (b *Broker) idleMachine(ctx context.Context, c *conversations.Conversation, m conversations.Machine) (outcome idleOutcome, err error) {
 	be := b.Backend(c.Principal, m.Backend)
 	idler, ok := be.(backend.Idler)
 	if !ok {
 		return idleNothing, nil
 	}
-	key := sessionsKey(c, m)
-	stamp := b.sessions.MachineLastUsed(c, &m).UnixNano()
+	key := machineKey(c, m)
+	stamp := b.conversations.MachineLastUsed(c, &m).UnixNano()
 	b.mu.Lock()
 	if b.idled[key] == stamp || b.busy[key] > 0 {
 		b.mu.Unlock()
@@ -100,7 +100,7 @@ func (b *Broker) idleMachine(ctx context.Context, c *sessions.Conversation, m se
 	snap, err := idler.Idle(ctx, m.ID)
 	if errors.Is(err, backend.ErrNotFound) {
 		// Gone behind our back: forget it.
-		_, err = b.sessions.Update(ctx, c, func(c *sessions.Conversation) error { c.RemoveMachine(m.Backend, m.ID); return nil })
+		_, err = b.conversations.Update(ctx, c, func(c *conversations.Conversation) error { c.RemoveMachine(m.Backend, m.ID); return nil })
 		return idleNothing, err
 	}
 	if err != nil {
@@ -116,9 +116,9 @@ func (b *Broker) idleMachine(ctx context.Context, c *sessions.Conversation, m se
 	// Record the snapshot before the machine goes: a crash in between
 	// leaves a machine that the next start's reconciler deletes, never a
 	// conversation without its files.
-	if _, err := b.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
+	if _, err := b.conversations.Update(ctx, c, func(c *conversations.Conversation) error {
 		if rec := c.Machine(m.Backend, m.ID); rec != nil {
-			rec.Parked = &sessions.Parked{Snapshot: snap, At: b.now().UTC()}
+			rec.Parked = &conversations.Parked{Snapshot: snap, At: b.now().UTC()}
 		}
 		return nil
 	}); err != nil {
@@ -131,14 +131,15 @@ func (b *Broker) idleMachine(ctx context.Context, c *sessions.Conversation, m se
 	return idleParked, nil
 }
 
-func sessionsKey(c *sessions.Conversation, m sessions.Machine) string {
+// machineKey names a machine of a conversation in the idle bookkeeping.
+func machineKey(c *conversations.Conversation, m conversations.Machine) string {
 	return c.Handle + "/" + m.Backend + "/" + m.ID
 }
 
 // closeConversation deletes the machines of a conversation idle past its
 // time to live (ForeverVM's cannot be deleted and stay) and marks it
 // closed; its snapshots stay its principal's.
-func (b *Broker) closeConversation(ctx context.Context, c *sessions.Conversation) error {
+func (b *Broker) closeConversation(ctx context.Context, c *conversations.Conversation) error {
 	var errs []error
 	for _, m := range c.Machines {
 		if m.Parked != nil {
@@ -152,12 +153,12 @@ func (b *Broker) closeConversation(ctx context.Context, c *sessions.Conversation
 			b.log.Warn().Err(err).Str("backend", m.Backend).Str("machine", m.ID).Msg("kept a machine of a closed conversation")
 		}
 	}
-	_, err := b.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
+	_, err := b.conversations.Update(ctx, c, func(c *conversations.Conversation) error {
 		now := b.now().UTC()
 		c.Closed = &now
 		for _, m := range c.Machines {
 			if m.Parked != nil {
-				c.Snapshots = append(c.Snapshots, sessions.Snapshot{Backend: m.Backend, ID: m.Parked.Snapshot, Machine: m.ID, CreatedAt: m.Parked.At})
+				c.Snapshots = append(c.Snapshots, conversations.Snapshot{Backend: m.Backend, ID: m.Parked.Snapshot, Machine: m.ID, CreatedAt: m.Parked.At})
 			}
 		}
 		c.Machines, c.Default, c.Defaults = nil, nil, nil
@@ -182,7 +183,7 @@ type ReconcileResult struct {
 // local user's default conversation.
 func (b *Broker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	var r ReconcileResult
-	all, err := b.sessions.Store().All(ctx)
+	all, err := b.conversations.Store().All(ctx)
 	if err != nil {
 		return r, err
 	}
@@ -243,11 +244,11 @@ func (b *Broker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 // adopt makes a legacy default machine the local user's default
 // conversation's, as its default machine unless it has one.
 func (b *Broker) adopt(ctx context.Context, be backend.Backend, id string) error {
-	c, _, err := b.sessions.Resolve(ctx, b.localPrincipal, "", "")
+	c, _, err := b.conversations.Resolve(ctx, b.localPrincipal, "", "")
 	if err != nil {
 		return err
 	}
-	_, err = b.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
+	_, err = b.conversations.Update(ctx, c, func(c *conversations.Conversation) error {
 		c.AddMachine(be.Name(), id, b.now().UTC())
 		c.MigrateDefault(b.BackendNames(c.Principal))
 		if c.Default == nil {

@@ -17,8 +17,8 @@ import (
 	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/backend/backendfake"
 	"github.com/vmcp-dev/vmcp/broker"
+	"github.com/vmcp-dev/vmcp/conversations"
 	"github.com/vmcp-dev/vmcp/internal/principal"
-	"github.com/vmcp-dev/vmcp/sessions"
 )
 
 // The tests of this file drive the tools through the MCP server, in this
@@ -64,22 +64,22 @@ type clockedServer struct {
 func newClockedServer(t *testing.T, parks bool, cfg Config) *clockedServer {
 	t.Helper()
 	clock := &fakeClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
-	store, err := sessions.OpenBolt(filepath.Join(t.TempDir(), "s.db"))
+	store, err := conversations.OpenBolt(filepath.Join(t.TempDir(), "s.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
 	cfg.Backends = []backend.Backend{backendfake.New(backendfake.Options{Name: "local", Now: clock.Now, IdleParks: parks})}
-	cfg.Sessions, cfg.Log = sessions.NewManager(store, sessions.Limits{}), zerolog.Nop()
+	cfg.Conversations, cfg.Log = conversations.NewManager(store, conversations.Limits{}), zerolog.Nop()
 	// The manager stamps every use and the broker measures idleness against
 	// those stamps: both read the test's clock (the broker is replaced by
 	// one on the clock, configured as NewService configures it).
-	cfg.Sessions.SetClock(clock.Now)
+	cfg.Conversations.SetClock(clock.Now)
 	svc, err := NewService(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc.broker, err = broker.New(broker.Config{Backends: cfg.Backends, Sessions: cfg.Sessions, Instance: cfg.Instance,
+	svc.broker, err = broker.New(broker.Config{Backends: cfg.Backends, Conversations: cfg.Conversations, Instance: cfg.Instance,
 		Idle: cfg.Idle, ConversationTTL: cfg.ConversationTTL, LocalPrincipal: principal.Local(), Now: clock.Now, Log: cfg.Log})
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +126,7 @@ const fakeIdle = 10 * time.Minute
 // reset, and the old machine id still works.
 func TestToolsAfterParking(t *testing.T) {
 	s := newClockedServer(t, true, Config{Idle: map[string]time.Duration{"local": fakeIdle}})
-	_, out := s.ok(t, "run_python", map[string]any{"code": "x = 41", "session": sessions.NewSession})
+	_, out := s.ok(t, "run_python", map[string]any{"code": "x = 41", "session": conversations.NewSession})
 	handle, first := out["session"].(string), out["machine"].(string)
 	s.ok(t, "exec_command", map[string]any{"command": "echo kept > f", "session": handle})
 
@@ -173,7 +173,7 @@ func TestToolsAfterParking(t *testing.T) {
 // interpreter state was reset and why.
 func TestToolsAfterStopping(t *testing.T) {
 	s := newClockedServer(t, false, Config{Idle: map[string]time.Duration{"local": fakeIdle}})
-	_, out := s.ok(t, "run_python", map[string]any{"code": "x = 41", "session": sessions.NewSession})
+	_, out := s.ok(t, "run_python", map[string]any{"code": "x = 41", "session": conversations.NewSession})
 	handle, first := out["session"].(string), out["machine"].(string)
 	s.ok(t, "exec_command", map[string]any{"command": "echo kept > f", "session": handle})
 	status := func() any {
@@ -212,12 +212,12 @@ func TestToolsAfterStopping(t *testing.T) {
 func TestToolsAfterConversationClosed(t *testing.T) {
 	const ttl = time.Hour
 	s := newClockedServer(t, true, Config{ConversationTTL: ttl})
-	_, out := s.ok(t, "exec_command", map[string]any{"command": "true", "session": sessions.NewSession})
+	_, out := s.ok(t, "exec_command", map[string]any{"command": "true", "session": conversations.NewSession})
 	handle, machine := out["session"].(string), out["machine"].(string)
-	s.ok(t, "exec_command", map[string]any{"command": "true", "session": sessions.NewSession}) // another, as old
+	s.ok(t, "exec_command", map[string]any{"command": "true", "session": conversations.NewSession}) // another, as old
 
 	s.clock.Advance(ttl / 2)
-	_, out = s.ok(t, "exec_command", map[string]any{"command": "true", "session": sessions.NewSession})
+	_, out = s.ok(t, "exec_command", map[string]any{"command": "true", "session": conversations.NewSession})
 	later := out["session"].(string)
 	s.clock.Advance(ttl / 2)
 	s.reap(t, broker.ReapResult{}, "at exactly the time to live")

@@ -20,9 +20,9 @@ import (
 
 	"github.com/vmcp-dev/vmcp/backend"
 	localbackend "github.com/vmcp-dev/vmcp/backend/local"
+	"github.com/vmcp-dev/vmcp/conversations"
 	"github.com/vmcp-dev/vmcp/internal/principal"
 	"github.com/vmcp-dev/vmcp/local"
-	"github.com/vmcp-dev/vmcp/sessions"
 )
 
 // mixedText is text of one-, two-, three- and four-byte characters and
@@ -293,12 +293,12 @@ func TestDownloadAndResourcesInProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer engine.Close()
-	store, err := sessions.OpenBolt(filepath.Join(t.TempDir(), "s.db"))
+	store, err := conversations.OpenBolt(filepath.Join(t.TempDir(), "s.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	svc, err := NewService(Config{Backends: []backend.Backend{localbackend.New(engine)}, Sessions: sessions.NewManager(store, sessions.Limits{}), Log: zerolog.Nop()})
+	svc, err := NewService(Config{Backends: []backend.Backend{localbackend.New(engine)}, Conversations: conversations.NewManager(store, conversations.Limits{}), Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/mark3labs/mcp-go/server"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	"github.com/vmcp-dev/vmcp/sessions"
+	"github.com/vmcp-dev/vmcp/conversations"
 )
 
 // BuildImageInput is build_image's arguments.
@@ -93,7 +93,7 @@ func (s *Service) buildImage(ctx context.Context, req mcp.CallToolRequest, in Bu
 	if !ok {
 		return nil, &backend.UnsupportedError{Backend: b.Name(), Capability: backend.Build}
 	}
-	if err := s.sessions.CheckSnapshotLimit(c); err != nil {
+	if err := s.conversations.CheckSnapshotLimit(c); err != nil {
 		return nil, err
 	}
 	var dir *os.Root
@@ -116,8 +116,8 @@ func (s *Service) buildImage(ctx context.Context, req mcp.CallToolRequest, in Bu
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
-		c.Snapshots = append(c.Snapshots, sessions.Snapshot{Backend: b.Name(), ID: snap.ID, CreatedAt: snap.CreatedAt})
+	if _, err := s.conversations.Update(ctx, c, func(c *conversations.Conversation) error {
+		c.Snapshots = append(c.Snapshots, conversations.Snapshot{Backend: b.Name(), ID: snap.ID, CreatedAt: snap.CreatedAt})
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("record the image: %w", err)

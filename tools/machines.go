@@ -11,7 +11,7 @@ import (
 	"github.com/mark3labs/mcp-go/server"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	"github.com/vmcp-dev/vmcp/sessions"
+	"github.com/vmcp-dev/vmcp/conversations"
 )
 
 // LaunchVMInput is launch_vm's arguments.
@@ -215,11 +215,11 @@ func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in Launch
 // launchBackend picks where launch_vm creates the machine: the backend asked
 // for, else the one that holds the snapshot (which the caller must own),
 // else the default backend.
-func (s *Service) launchBackend(ctx context.Context, c *sessions.Conversation, in LaunchVMInput) (backend.Backend, error) {
+func (s *Service) launchBackend(ctx context.Context, c *conversations.Conversation, in LaunchVMInput) (backend.Backend, error) {
 	var snapBackend string
 	if in.SnapshotID != "" {
-		_, snap, err := s.sessions.SnapshotOwner(ctx, c.Principal, in.SnapshotID)
-		if errors.Is(err, sessions.ErrNotFound) {
+		_, snap, err := s.conversations.SnapshotOwner(ctx, c.Principal, in.SnapshotID)
+		if errors.Is(err, conversations.ErrNotFound) {
 			return nil, fmt.Errorf("snapshot %q not found; list_machines shows your snapshots", in.SnapshotID)
 		}
 		if err != nil {
@@ -246,7 +246,7 @@ func (s *Service) launchBackend(ctx context.Context, c *sessions.Conversation, i
 
 func (s *Service) snapshotVM(ctx context.Context, _ mcp.CallToolRequest, in SnapshotVMInput) (*mcp.CallToolResult, error) {
 	c := conversationFrom(ctx)
-	if err := s.sessions.CheckSnapshotLimit(c); err != nil {
+	if err := s.conversations.CheckSnapshotLimit(c); err != nil {
 		return nil, err
 	}
 	m, snapper, err := machineAs[backend.Snapshotter](ctx, s, in.Machine, backend.Snapshots)
@@ -257,8 +257,8 @@ func (s *Service) snapshotVM(ctx context.Context, _ mcp.CallToolRequest, in Snap
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.sessions.Update(ctx, c, func(c *sessions.Conversation) error {
-		c.Snapshots = append(c.Snapshots, sessions.Snapshot{Backend: m.Backend(), ID: snap.ID, Machine: m.ID(), CreatedAt: snap.CreatedAt})
+	if _, err := s.conversations.Update(ctx, c, func(c *conversations.Conversation) error {
+		c.Snapshots = append(c.Snapshots, conversations.Snapshot{Backend: m.Backend(), ID: snap.ID, Machine: m.ID(), CreatedAt: snap.CreatedAt})
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("record the snapshot: %w", err)
@@ -271,7 +271,7 @@ func (s *Service) listMachines(ctx context.Context, _ mcp.CallToolRequest, _ Lis
 	c := conversationFrom(ctx)
 	out := ListMachinesOutput{Machines: []MachineEntry{}, Snapshots: []SnapshotEntry{}}
 	ownedSnaps := map[string]bool{}
-	mine, err := s.sessions.Conversations(ctx, c.Principal)
+	mine, err := s.conversations.Conversations(ctx, c.Principal)
 	if err != nil {
 		return nil, err
 	}
@@ -349,8 +349,8 @@ func (s *Service) deleteSnapshot(ctx context.Context, _ mcp.CallToolRequest, in 
 		return nil, errors.New("missing snapshot_id: give the id of the snapshot to delete (list_machines lists them)")
 	}
 	c := conversationFrom(ctx)
-	owner, snap, err := s.sessions.SnapshotOwner(ctx, c.Principal, in.SnapshotID)
-	if errors.Is(err, sessions.ErrNotFound) {
+	owner, snap, err := s.conversations.SnapshotOwner(ctx, c.Principal, in.SnapshotID)
+	if errors.Is(err, conversations.ErrNotFound) {
 		return nil, fmt.Errorf("snapshot %q not found; list_machines shows your snapshots", in.SnapshotID)
 	}
 	if err != nil {
@@ -364,7 +364,7 @@ func (s *Service) deleteSnapshot(ctx context.Context, _ mcp.CallToolRequest, in 
 	if err := d.DeleteSnapshot(ctx, in.SnapshotID); err != nil && !errors.Is(err, backend.ErrNotFound) {
 		return nil, err
 	}
-	if _, err := s.sessions.Update(ctx, owner, func(c *sessions.Conversation) error {
+	if _, err := s.conversations.Update(ctx, owner, func(c *conversations.Conversation) error {
 		kept := c.Snapshots[:0]
 		for _, sn := range c.Snapshots {
 			if sn.ID != in.SnapshotID {

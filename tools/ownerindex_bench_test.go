@@ -22,25 +22,25 @@ import (
 
 	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/backend/backendfake"
+	"github.com/vmcp-dev/vmcp/conversations"
 	"github.com/vmcp-dev/vmcp/internal/principal"
-	"github.com/vmcp-dev/vmcp/sessions"
 )
 
 // fillers are n conversations of 1,000 principals (alice among them), one
 // machine and one snapshot each, none of which the benchmark's calls name.
-func fillers(n int) []*sessions.Conversation {
+func fillers(n int) []*conversations.Conversation {
 	now := time.Now().UTC()
-	cs := make([]*sessions.Conversation, n)
+	cs := make([]*conversations.Conversation, n)
 	for i := range cs {
 		who := fmt.Sprintf("user-%d", i%1000)
 		if i%1000 == 0 {
 			who = "alice"
 		}
-		c := &sessions.Conversation{Handle: sessions.NewHandle(), Principal: who, CreatedAt: now, LastUsed: now}
+		c := &conversations.Conversation{Handle: conversations.NewHandle(), Principal: who, CreatedAt: now, LastUsed: now}
 		id := fmt.Sprintf("m-%020x", rand.Uint64())
 		c.AddMachine("local", id, now)
 		c.SetDefault("local", id)
-		c.Snapshots = []sessions.Snapshot{{Backend: "local", ID: fmt.Sprintf("s-%020x", rand.Uint64()), Machine: id, CreatedAt: now}}
+		c.Snapshots = []conversations.Snapshot{{Backend: "local", ID: fmt.Sprintf("s-%020x", rand.Uint64()), Machine: id, CreatedAt: now}}
 		cs[i] = c
 	}
 	return cs
@@ -49,7 +49,7 @@ func fillers(n int) []*sessions.Conversation {
 // boltWith writes cs into a new bbolt store the way a version without the
 // owner index did (one transaction; a Create per conversation is an fsync
 // each), then opens it, which indexes it.
-func boltWith(b *testing.B, cs []*sessions.Conversation) sessions.Store {
+func boltWith(b *testing.B, cs []*conversations.Conversation) conversations.Store {
 	path := filepath.Join(b.TempDir(), "s.db")
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
@@ -75,7 +75,7 @@ func boltWith(b *testing.B, cs []*sessions.Conversation) sessions.Store {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s, err := sessions.OpenBolt(path)
+	s, err := conversations.OpenBolt(path)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -85,7 +85,7 @@ func boltWith(b *testing.B, cs []*sessions.Conversation) sessions.Store {
 
 // redisWith writes cs into database db of a Redis server as a version
 // without the index did, then opens it, which indexes it.
-func redisWith(b *testing.B, addr string, db int, cs []*sessions.Conversation) sessions.Store {
+func redisWith(b *testing.B, addr string, db int, cs []*conversations.Conversation) conversations.Store {
 	ctx := context.Background()
 	raw := redis.NewClient(&redis.Options{Addr: addr, DB: db})
 	defer raw.Close()
@@ -103,7 +103,7 @@ func redisWith(b *testing.B, addr string, db int, cs []*sessions.Conversation) s
 			b.Fatal(err)
 		}
 	}
-	s, err := sessions.OpenRedis(ctx, fmt.Sprintf("redis://%s/%d", addr, db), sessions.RedisOptions{Timeout: time.Minute})
+	s, err := conversations.OpenRedis(ctx, fmt.Sprintf("redis://%s/%d", addr, db), conversations.RedisOptions{Timeout: time.Minute})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -181,21 +181,21 @@ func BenchmarkCallNamingMachine(b *testing.B) {
 			}
 			sides := []*side{{n: 10}, {n: 100_000}}
 			for i, s := range sides {
-				var store sessions.Store
+				var store conversations.Store
 				if kind == "bolt" {
 					store = boltWith(b, fillers(s.n-1))
 				} else {
 					store = redisWith(b, addr, i, fillers(s.n-1))
 				}
 				svc, err := NewService(Config{Backends: []backend.Backend{backendfake.New(backendfake.Options{Name: "local"})},
-					Sessions: sessions.NewManager(store, sessions.Limits{}), Log: zerolog.Nop()})
+					Conversations: conversations.NewManager(store, conversations.Limits{}), Log: zerolog.Nop()})
 				if err != nil {
 					b.Fatal(err)
 				}
 				srv := svc.NewMCPServer("bench")
 				ctx := principal.With(context.Background(), "alice")
 				first, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-					"params": map[string]any{"name": "exec_command", "arguments": map[string]any{"command": "true", "session": sessions.NewSession}}})
+					"params": map[string]any{"name": "exec_command", "arguments": map[string]any{"command": "true", "session": conversations.NewSession}}})
 				resp, _ := json.Marshal(srv.HandleMessage(ctx, first))
 				var r struct {
 					Result struct {

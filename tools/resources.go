@@ -16,7 +16,7 @@ import (
 	"github.com/mark3labs/mcp-go/server"
 
 	"github.com/vmcp-dev/vmcp/backend"
-	"github.com/vmcp-dev/vmcp/sessions"
+	"github.com/vmcp-dev/vmcp/conversations"
 )
 
 // Files of a machine are resources too, for content too large for a
@@ -156,7 +156,7 @@ func (s *Service) readFileResource(ctx context.Context, req mcp.ReadResourceRequ
 	}
 	// A conversation that stands for the caller: naming a machine, the
 	// broker checks its principal owns it, and creates nothing.
-	c := &sessions.Conversation{Principal: s.principal(ctx)}
+	c := &conversations.Conversation{Principal: s.principal(ctx)}
 	notes := &callNotes{}
 	ctx = context.WithValue(context.WithValue(ctx, conversationKey{}, c), notesKey{}, notes)
 	res, err := s.runBounded(ctx, "resources/read", resourceReadTimeout, notes, s.broker.OnlyLocal(c.Principal), func(ctx context.Context) (*mcp.CallToolResult, error) {

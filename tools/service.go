@@ -19,9 +19,9 @@ import (
 
 	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/broker"
+	"github.com/vmcp-dev/vmcp/conversations"
 	"github.com/vmcp-dev/vmcp/internal/principal"
 	"github.com/vmcp-dev/vmcp/prompts"
-	"github.com/vmcp-dev/vmcp/sessions"
 )
 
 // Instructions is the server's instructions for the model.
@@ -37,9 +37,9 @@ const Instructions = `vmcp gives you persistent sandboxed Linux machines with a 
 // Service holds what the tools share: the machine broker, the
 // conversations, and the host directories that local_path may use.
 type Service struct {
-	broker       *broker.Broker
-	sessions     *sessions.Manager
-	allowedRoots []string // absolute, symbolic links resolved
+	broker        *broker.Broker
+	conversations *conversations.Manager
+	allowedRoots  []string // absolute, symbolic links resolved
 	// rootsPerPrincipal: each principal's local_path lives in a directory
 	// of its own under each allowed root (the hosted endpoint).
 	rootsPerPrincipal bool
@@ -62,8 +62,8 @@ type Config struct {
 	// BackendsFor, if set, gives the backends of a principal that brought
 	// its own credentials (nil: the server's Backends).
 	BackendsFor func(principal string) []backend.Backend
-	// Sessions keeps the conversations. Required.
-	Sessions *sessions.Manager
+	// Conversations keeps the conversations. Required.
+	Conversations *conversations.Manager
 	// AllowedRoots are the host directories that upload_file and
 	// download_file may read and write through local_path.
 	AllowedRoots []string
@@ -111,7 +111,7 @@ func NewService(cfg Config) (*Service, error) {
 	if err := cfg.Network.Check(); err != nil {
 		return nil, err
 	}
-	b, err := broker.New(broker.Config{Backends: cfg.Backends, BackendsFor: cfg.BackendsFor, Sessions: cfg.Sessions, Instance: cfg.Instance,
+	b, err := broker.New(broker.Config{Backends: cfg.Backends, BackendsFor: cfg.BackendsFor, Conversations: cfg.Conversations, Instance: cfg.Instance,
 		Idle: cfg.Idle, ConversationTTL: cfg.ConversationTTL, LocalPrincipal: principal.Local(), Log: cfg.Log})
 	if err != nil {
 		return nil, err
@@ -123,7 +123,7 @@ func NewService(cfg Config) (*Service, error) {
 		cfg.MaxOutputCharsLimit = DefaultMaxOutputCharsLimit
 	}
 	cfg.MaxOutputCharsLimit = max(cfg.MaxOutputCharsLimit, cfg.MaxOutputChars)
-	return &Service{broker: b, sessions: cfg.Sessions, allowedRoots: roots, rootsPerPrincipal: cfg.RootsPerPrincipal,
+	return &Service{broker: b, conversations: cfg.Conversations, allowedRoots: roots, rootsPerPrincipal: cfg.RootsPerPrincipal,
 		localPrincipal: principal.Local(), log: cfg.Log, onCall: cfg.OnCall,
 		maxOutputChars: cfg.MaxOutputChars, maxOutputCharsLimit: cfg.MaxOutputCharsLimit, spoolDir: cfg.SpoolDir, project: cfg.Project, network: cfg.Network,
 		maxMemoryMB: cfg.MaxMemoryMB, maxDiskMB: cfg.MaxDiskMB}, nil
@@ -276,7 +276,7 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 		if err != nil {
 			return mcp.NewToolResultError(err.Error()), nil
 		}
-		s.sessions.Touch(c.Handle)
+		s.conversations.Touch(c.Handle)
 		notes := &callNotes{}
 		ctx = context.WithValue(context.WithValue(ctx, conversationKey{}, c), notesKey{}, notes)
 		start := time.Now()

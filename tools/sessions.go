@@ -16,8 +16,8 @@ import (
 	"github.com/mark3labs/mcp-go/server"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/conversations"
 	"github.com/vmcp-dev/vmcp/internal/principal"
-	"github.com/vmcp-dev/vmcp/sessions"
 )
 
 // SessionArg is the conversation argument every tool takes.
@@ -49,8 +49,8 @@ type timedArg interface{ timeout() int }
 type conversationKey struct{}
 
 // conversationFrom is the conversation of the call being served.
-func conversationFrom(ctx context.Context) *sessions.Conversation {
-	c, _ := ctx.Value(conversationKey{}).(*sessions.Conversation)
+func conversationFrom(ctx context.Context) *conversations.Conversation {
+	c, _ := ctx.Value(conversationKey{}).(*conversations.Conversation)
 	return c
 }
 
@@ -135,10 +135,10 @@ func (s *Service) scope(ctx context.Context) string {
 
 // resolveConversation finds the call's conversation; created reports that
 // it started with this call.
-func (s *Service) resolveConversation(ctx context.Context, handle string) (*sessions.Conversation, bool, error) {
-	c, created, err := s.sessions.Resolve(ctx, s.principal(ctx), handle, s.scope(ctx))
+func (s *Service) resolveConversation(ctx context.Context, handle string) (*conversations.Conversation, bool, error) {
+	c, created, err := s.conversations.Resolve(ctx, s.principal(ctx), handle, s.scope(ctx))
 	if err != nil {
-		if errors.Is(err, sessions.ErrNotFound) || errors.Is(err, sessions.ErrClosed) {
+		if errors.Is(err, conversations.ErrNotFound) || errors.Is(err, conversations.ErrClosed) {
 			return nil, false, fmt.Errorf("%w; leave session out to use this client's conversation, or pass \"new\"", err)
 		}
 		return nil, false, fmt.Errorf("the session store failed: %w", err)
@@ -259,7 +259,7 @@ func (s *Service) sessionInfo(ctx context.Context, _ mcp.CallToolRequest, _ Sess
 	if err != nil {
 		return nil, err
 	}
-	lim := s.sessions.Limits()
+	lim := s.conversations.Limits()
 	out := SessionInfoOutput{CreatedAt: c.CreatedAt, Machines: []SessionMachine{}, Snapshots: []SessionSnapshot{},
 		Backends: s.broker.BackendNames(c.Principal), MaxMachines: lim.MaxMachines, MaxSnapshots: lim.MaxSnapshots,
 		Network:     SessionNetwork{Default: s.network.Default.String(), Allowed: append([]string{}, s.network.Allow...), Open: s.network.Open},

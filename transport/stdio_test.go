@@ -20,8 +20,8 @@ import (
 
 	"github.com/vmcp-dev/vmcp/backend"
 	localbackend "github.com/vmcp-dev/vmcp/backend/local"
+	"github.com/vmcp-dev/vmcp/conversations"
 	"github.com/vmcp-dev/vmcp/local"
-	"github.com/vmcp-dev/vmcp/sessions"
 	"github.com/vmcp-dev/vmcp/tools"
 )
 
@@ -38,12 +38,12 @@ func newServer(t testing.TB, allowedRoots ...string) (*server.MCPServer, *local.
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { engine.Close() })
-	store, err := sessions.OpenBolt(filepath.Join(t.TempDir(), "sessions.db"))
+	store, err := conversations.OpenBolt(filepath.Join(t.TempDir(), "sessions.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	svc, err := tools.NewService(tools.Config{Backends: []backend.Backend{localbackend.New(engine)}, Sessions: sessions.NewManager(store, sessions.Limits{}), AllowedRoots: allowedRoots, Log: zerolog.Nop()})
+	svc, err := tools.NewService(tools.Config{Backends: []backend.Backend{localbackend.New(engine)}, Conversations: conversations.NewManager(store, conversations.Limits{}), AllowedRoots: allowedRoots, Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,9 +19,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/auth"
+	"github.com/vmcp-dev/vmcp/conversations"
 	"github.com/vmcp-dev/vmcp/internal/principal"
 	"github.com/vmcp-dev/vmcp/local"
-	"github.com/vmcp-dev/vmcp/sessions"
 	"github.com/vmcp-dev/vmcp/tools"
 	"github.com/vmcp-dev/vmcp/transport"
 )
@@ -66,16 +66,16 @@ func splitList(s string) []string {
 }
 
 // openStore opens the conversation store: bbolt in the state dir, or Redis.
-func openStore(url, stateDir string) (sessions.Store, error) {
+func openStore(url, stateDir string) (conversations.Store, error) {
 	if url == "" {
-		return sessions.OpenBolt(filepath.Join(stateDir, "sessions.db"))
+		return conversations.OpenBolt(filepath.Join(stateDir, "sessions.db"))
 	}
 	if !strings.HasPrefix(url, "redis://") && !strings.HasPrefix(url, "rediss://") {
 		return nil, fmt.Errorf("--session-store %q: want redis://host:port/db or nothing", url)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return sessions.OpenRedis(ctx, url, sessions.RedisOptions{})
+	return conversations.OpenRedis(ctx, url, conversations.RedisOptions{})
 }
 
 // metrics are the Prometheus metrics of the server.
@@ -85,7 +85,7 @@ type metrics struct {
 	latency  *prometheus.HistogramVec
 }
 
-func newMetrics(m *sessions.Manager) *metrics {
+func newMetrics(m *conversations.Manager) *metrics {
 	reg := prometheus.NewRegistry()
 	x := &metrics{
 		registry: reg,

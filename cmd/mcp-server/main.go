@@ -31,10 +31,10 @@ import (
 	localbackend "github.com/vmcp-dev/vmcp/backend/local"
 	fastvmclient "github.com/vmcp-dev/vmcp/client/fastvm"
 	forevervmclient "github.com/vmcp-dev/vmcp/client/forevervm"
+	"github.com/vmcp-dev/vmcp/conversations"
 	"github.com/vmcp-dev/vmcp/internal/pipeio"
 	"github.com/vmcp-dev/vmcp/internal/principal"
 	"github.com/vmcp-dev/vmcp/local"
-	"github.com/vmcp-dev/vmcp/sessions"
 	"github.com/vmcp-dev/vmcp/tools"
 	"github.com/vmcp-dev/vmcp/transport"
 )
@@ -220,7 +220,7 @@ func run(args []string) error {
 		return startupFailure(cfg, explainStateDir(cfg.StateDir, err), log)
 	}
 	defer store.Close()
-	manager := sessions.NewManager(store, sessions.Limits{MaxMachines: cfg.MaxMachines, MaxSnapshots: cfg.MaxSnapshots})
+	manager := conversations.NewManager(store, conversations.Limits{MaxMachines: cfg.MaxMachines, MaxSnapshots: cfg.MaxSnapshots})
 	instance, err := instanceID(engine.StateDir())
 	if err != nil {
 		return err
@@ -251,7 +251,7 @@ func run(args []string) error {
 	if err := os.MkdirAll(spoolDir, 0o700); err != nil {
 		return err
 	}
-	svc, err := tools.NewService(tools.Config{Backends: bs, BackendsFor: principalBackends, Sessions: manager, AllowedRoots: cfg.AllowedRoots, RootsPerPrincipal: cfg.HTTP.Transport == "http", Instance: instance,
+	svc, err := tools.NewService(tools.Config{Backends: bs, BackendsFor: principalBackends, Conversations: manager, AllowedRoots: cfg.AllowedRoots, RootsPerPrincipal: cfg.HTTP.Transport == "http", Instance: instance,
 		Idle: cfg.Idle(), ConversationTTL: cfg.ConversationTTL, OnCall: onCall, Log: log,
 		MaxOutputChars: cfg.MaxOutputChars, MaxOutputCharsLimit: cfg.MaxOutputCharsLimit, SpoolDir: spoolDir,
 		Project: cfg.Project, Network: cfg.Network.Tools(), MaxMemoryMB: cfg.Limits.MaxMemoryMB, MaxDiskMB: cfg.Limits.MaxDiskMB})
@@ -322,7 +322,7 @@ func reportSelfTest(engine *local.Engine, preferred bool, log zerolog.Logger) {
 const flushInterval = 30 * time.Second
 
 // flushUses writes conversations' last-use times now and then, until ctx ends.
-func flushUses(ctx context.Context, m *sessions.Manager, log zerolog.Logger) {
+func flushUses(ctx context.Context, m *conversations.Manager, log zerolog.Logger) {
 	t := time.NewTicker(flushInterval)
 	defer t.Stop()
 	for {

@@ -37,9 +37,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/conversations"
 	"github.com/vmcp-dev/vmcp/internal/pipeio"
 	"github.com/vmcp-dev/vmcp/local"
-	"github.com/vmcp-dev/vmcp/sessions"
 	"github.com/vmcp-dev/vmcp/tools"
 	"github.com/vmcp-dev/vmcp/transport"
 )
@@ -850,7 +850,7 @@ func askOwner(socket string, hello []byte, listener *os.File) (int, *net.UnixCon
 // (the owner, configured by cfg), as that server's command line and
 // environment configure it: its backends for its principals (through
 // hosted), its roots, its authentication.
-func besideEndpoint(h *httpBeside, cfg Config, engine *local.Engine, svc *tools.Service, srv *server.MCPServer, manager *sessions.Manager,
+func besideEndpoint(h *httpBeside, cfg Config, engine *local.Engine, svc *tools.Service, srv *server.MCPServer, manager *conversations.Manager,
 	hosted *atomic.Pointer[func(string) []backend.Backend], log zerolog.Logger) (func(context.Context, net.Listener) error, error) {
 	env := map[string]string{}
 	for _, kv := range h.Env {
@@ -937,7 +937,7 @@ func besideOwner(cfg Config, args []string, opts local.Options, log zerolog.Logg
 // serveOthers lets the later servers of this user on this state directory
 // reach its machines through this one, until ctx ends: sharing reports
 // whether they can, and wait returns once they have left.
-func serveOthers(ctx context.Context, cfg Config, engine *local.Engine, srv *server.MCPServer, svc *tools.Service, manager *sessions.Manager,
+func serveOthers(ctx context.Context, cfg Config, engine *local.Engine, srv *server.MCPServer, svc *tools.Service, manager *conversations.Manager,
 	hosted *atomic.Pointer[func(string) []backend.Backend], info mcp.Implementation, log zerolog.Logger) (sharing bool, wait func()) {
 	ln, err := listenShared(socketPath(engine.StateDir()))
 	if err != nil {

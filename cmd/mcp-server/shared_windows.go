@@ -12,8 +12,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/conversations"
 	"github.com/vmcp-dev/vmcp/local"
-	"github.com/vmcp-dev/vmcp/sessions"
 	"github.com/vmcp-dev/vmcp/tools"
 )
 
@@ -24,7 +24,7 @@ func besideOwner(cfg Config, _ []string, _ local.Options, _ zerolog.Logger, inUs
 }
 
 // serveOthers shares nothing on Windows.
-func serveOthers(context.Context, Config, *local.Engine, *server.MCPServer, *tools.Service, *sessions.Manager,
+func serveOthers(context.Context, Config, *local.Engine, *server.MCPServer, *tools.Service, *conversations.Manager,
 	*atomic.Pointer[func(string) []backend.Backend], mcp.Implementation, zerolog.Logger) (sharing bool, wait func()) {
 	return false, func() {}
 }

@@ -4,7 +4,7 @@
 // pass back; handles, and every binding a tool result announces, are
 // written to a Store before the result is returned, so that a restart (even
 // kill -9) loses nothing that was announced.
-package sessions
+package conversations
 
 import (
 	"context"
