@@ -211,15 +211,18 @@ func (mon *monitor) brake(running []*Machine, watches []*watch, space spaceInfo)
 		}
 	}
 	reason := space.error().Error()
-	// What is left above the reserve: a machine that grew by half of it
-	// since it was last measured would have it gone by the next look.
+	// What is left above the reserve: a machine whose growth since it was
+	// last measured, kept up for as many looks as the brake looks ahead,
+	// would use it up is stopped now. A loaded host spaces the looks out
+	// (the CI's did, by several ticks), and a flood of entries fills the
+	// gap; a factor of two let one through to the last inode.
 	marginBytes := int64(space.freeBytes) - int64(space.reserveBytes)
 	marginInodes := int64(space.freeInodes) - int64(space.reserveInodes)
 	for i, m := range running {
 		u, err := m.measure()
 		w := watches[i]
 		grew := err != nil || w.last.Bytes < 0 || u.Bytes > w.last.Bytes || u.Entries > w.last.Entries
-		fast := err != nil || w.last.Bytes < 0 || 2*(u.Bytes-w.last.Bytes) > marginBytes || 2*(u.Entries-w.last.Entries) > marginInodes
+		fast := err != nil || w.last.Bytes < 0 || brakeAhead*(u.Bytes-w.last.Bytes) > marginBytes || brakeAhead*(u.Entries-w.last.Entries) > marginInodes
 		if monitorDebug != nil {
 			monitorDebug("brake %s: %+v grew=%v fast=%v", m.ID(), u, grew, fast)
 		}
