@@ -48,10 +48,16 @@ type MachineInfo struct {
 	AllowNetwork bool              `json:"allow_network"`
 	NetworkAllow []string          `json:"network_allow,omitempty"`
 	// AllowUserNamespaces: see MachineSpec.
-	AllowUserNamespaces bool      `json:"allow_user_namespaces,omitempty"`
-	Limits              Limits    `json:"limits"`
-	CreatedAt           time.Time `json:"created_at"`
-	FromSnapshot        string    `json:"from_snapshot,omitempty"`
+	AllowUserNamespaces bool `json:"allow_user_namespaces,omitempty"`
+	// Limits are what the machine may use: ChosenLimits, and the engine's
+	// defaults for what its creator left at zero. Those follow the
+	// defaults: an engine started with other defaults applies them to
+	// such machines too (a restart with more memory gives the old default
+	// machine more memory).
+	Limits       Limits    `json:"limits"`
+	ChosenLimits Limits    `json:"chosen_limits"`
+	CreatedAt    time.Time `json:"created_at"`
+	FromSnapshot string    `json:"from_snapshot,omitempty"`
 	// VMHostIDBase is the host id that a VM machine's root maps to; its
 	// files are owned by that range.
 	VMHostIDBase int `json:"vm_host_id_base,omitempty"`
@@ -179,6 +185,9 @@ func (e *Engine) load() error {
 			os.RemoveAll(dir)
 			continue
 		}
+		// Limits left to the defaults take today's defaults. (Machines of
+		// versions that did not record ChosenLimits take them all.)
+		info.Limits = info.ChosenLimits.withDefaults(e.opts.Limits)
 		m := newMachine(e, dir, info)
 		if info.PythonUsed {
 			m.resetReason = "vmcp restarted since the last call"
@@ -246,6 +255,7 @@ func (e *Engine) Create(ctx context.Context, spec MachineSpec) (MachineInfo, err
 		NetworkAllow:        spec.NetworkAllow,
 		AllowUserNamespaces: spec.AllowUserNamespaces,
 		Limits:              spec.Limits.withDefaults(e.opts.Limits),
+		ChosenLimits:        spec.Limits,
 		CreatedAt:           time.Now().UTC(),
 		FromSnapshot:        spec.FromSnapshot,
 	}
