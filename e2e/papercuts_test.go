@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/vmcp-dev/vmcp/tools"
 )
 
@@ -224,8 +227,8 @@ func TestLaunchWithMemoryAndDisk(t *testing.T) {
 	}
 }
 
-// TestPromptWithoutItsArgumentOverHTTP: over streamable HTTP too, a
-// prompts/get without a required argument is -32602 naming it.
+// TestPromptWithoutItsArgumentOverHTTP: over streamable HTTP and legacy
+// SSE too, a prompts/get without a required argument is -32602 naming it.
 func TestPromptWithoutItsArgumentOverHTTP(t *testing.T) {
 	t.Parallel()
 	s := startHTTPServer(t, t.TempDir(), []string{"--insecure-no-auth", "--enable-local-backend"})
@@ -254,5 +257,18 @@ func TestPromptWithoutItsArgumentOverHTTP(t *testing.T) {
 	_, body = post(session, `{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"fix_failing_script","arguments":{"local_path":"x.py"}}}`)
 	if !strings.Contains(body, `"messages"`) {
 		t.Errorf("prompts/get with local_path: %s", body)
+	}
+	// Legacy SSE, whose answers come on the stream: the official client
+	// gets the same -32602, and the prompt with its argument.
+	h := s.connect(t, true, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := h.cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "fix_failing_script"})
+	var werr *jsonrpc.Error
+	if !errors.As(err, &werr) || werr.Code != -32602 || !strings.Contains(werr.Message, `needs the argument "local_path"`) {
+		t.Errorf("prompts/get without local_path over SSE: %v", err)
+	}
+	if res, err := h.cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "fix_failing_script", Arguments: map[string]string{"local_path": "x.py"}}); err != nil || len(res.Messages) == 0 {
+		t.Errorf("prompts/get with local_path over SSE: %+v %v", res, err)
 	}
 }

@@ -125,6 +125,7 @@ func NewHTTPHandler(srv *server.MCPServer, opts HTTPOptions) (h http.Handler, sh
 			return ids.mint(principalOf(r.Context())), nil
 		}),
 	)
+	g.toSSE = sse.SendEventToSession
 	protect := func(next http.Handler) http.Handler {
 		if opts.Authenticate != nil {
 			next = opts.Authenticate(next)

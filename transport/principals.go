@@ -211,6 +211,9 @@ type guard struct {
 	// library's decoding (nil: none).
 	large func(tool, argument string) bool
 	srv   *server.MCPServer // whose prompts' arguments are checked
+	// toSSE sends a message on a legacy SSE session's stream, where the
+	// answers to its POSTs go.
+	toSSE func(sessionID string, message any) error
 }
 
 // budget bounds the bytes each principal's requests in flight hold: a
@@ -391,6 +394,12 @@ func (g *guard) message(next http.Handler) http.Handler {
 		}
 		if !isToolCall(body) {
 			defer releaseBody()
+			if id, msg := g.promptError(body); msg != "" && g.toSSE != nil {
+				if err := g.toSSE(r.URL.Query().Get("sessionId"), errorMessage(id, mcp.INVALID_PARAMS, msg)); err == nil {
+					w.WriteHeader(http.StatusAccepted)
+					return
+				}
+			}
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -447,21 +456,30 @@ func (g *guard) badPrompt(w http.ResponseWriter, r *http.Request) bool {
 	}
 	body, err := io.ReadAll(r.Body)
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	if err != nil || !bytes.Contains(body, []byte(`"prompts/get"`)) {
+	if err != nil {
 		return false
+	}
+	id, msg := g.promptError(body)
+	if msg == "" {
+		return false
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(errorMessage(id, mcp.INVALID_PARAMS, msg))
+	return true
+}
+
+// promptError is the -32602 message for a prompts/get request that lacks a
+// required argument, with the request's id; "" for any other body.
+func (g *guard) promptError(body []byte) (id json.RawMessage, msg string) {
+	if g.srv == nil || !bytes.Contains(body, []byte(`"prompts/get"`)) {
+		return nil, ""
 	}
 	var m struct {
 		Method string          `json:"method"`
 		ID     json.RawMessage `json:"id"`
 	}
 	if json.Unmarshal(body, &m) != nil || m.Method != string(mcp.MethodPromptsGet) {
-		return false
+		return nil, ""
 	}
-	msg := missingPromptArgument(g.srv, body)
-	if msg == "" {
-		return false
-	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(errorMessage(m.ID, mcp.INVALID_PARAMS, msg))
-	return true
+	return m.ID, missingPromptArgument(g.srv, body)
 }
