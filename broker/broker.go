@@ -43,6 +43,9 @@ type Config struct {
 	Idle map[string]time.Duration
 	// ConversationTTL closes conversations idle this long (0: never).
 	ConversationTTL time.Duration
+	// SnapshotTTL deletes the snapshots of conversations closed this long
+	// ago (0: they are kept until deleted).
+	SnapshotTTL time.Duration
 	// LocalPrincipal is the principal of a stdio server's user, whose
 	// default conversation adopts the machines of versions from before
 	// conversations.
@@ -62,6 +65,7 @@ type Broker struct {
 	instance       string
 	idle           map[string]time.Duration
 	ttl            time.Duration
+	snapshotTTL    time.Duration
 	localPrincipal string
 	now            func() time.Time
 	log            zerolog.Logger
@@ -86,7 +90,7 @@ func New(cfg Config) (*Broker, error) {
 		cfg.Now = time.Now
 	}
 	return &Broker{backends: cfg.Backends, backendsFor: cfg.BackendsFor, conversations: cfg.Conversations, instance: cfg.Instance,
-		idle: cfg.Idle, ttl: cfg.ConversationTTL, localPrincipal: cfg.LocalPrincipal, now: cfg.Now, log: cfg.Log,
+		idle: cfg.Idle, ttl: cfg.ConversationTTL, snapshotTTL: cfg.SnapshotTTL, localPrincipal: cfg.LocalPrincipal, now: cfg.Now, log: cfg.Log,
 		idled: map[string]int64{}, busy: map[string]int{}, parking: map[string]bool{}}, nil
 }
 

@@ -23,10 +23,14 @@ const legacyDefaultTag = "vmcp"
 // ReapResult counts what one pass of Reap did.
 type ReapResult struct {
 	Stopped, Parked, Closed int
+	// SnapshotsExpired counts the snapshots of conversations closed longer
+	// than the snapshot time to live, deleted.
+	SnapshotsExpired int
 }
 
-// Reap stops or parks the machines idle past their backend's idle timeout
-// and closes the conversations idle past the time to live.
+// Reap stops or parks the machines idle past their backend's idle timeout,
+// closes the conversations idle past the time to live, and deletes the
+// snapshots of those closed past the snapshot time to live.
 func (b *Broker) Reap(ctx context.Context) (ReapResult, error) {
 	var r ReapResult
 	all, err := b.conversations.Store().All(ctx)
@@ -37,6 +41,13 @@ func (b *Broker) Reap(ctx context.Context) (ReapResult, error) {
 	var errs []error
 	for _, c := range all {
 		if c.Closed != nil {
+			if b.snapshotTTL > 0 && len(c.Snapshots) > 0 && now.Sub(*c.Closed) > b.snapshotTTL {
+				n, err := b.expireSnapshots(ctx, c)
+				r.SnapshotsExpired += n
+				if err != nil {
+					errs = append(errs, err)
+				}
+			}
 			continue
 		}
 		if b.ttl > 0 && now.Sub(b.conversations.LastUsed(c)) > b.ttl {
@@ -65,6 +76,42 @@ func (b *Broker) Reap(ctx context.Context) (ReapResult, error) {
 		}
 	}
 	return r, errors.Join(errs...)
+}
+
+// expireSnapshots deletes the snapshots of a closed conversation, on their
+// backends and then from its record, and returns how many went. A snapshot
+// its backend cannot delete stays, and is tried again at the next pass.
+func (b *Broker) expireSnapshots(ctx context.Context, c *conversations.Conversation) (int, error) {
+	gone := map[string]bool{}
+	var errs []error
+	for _, sn := range c.Snapshots {
+		d, ok := b.Backend(c.Principal, sn.Backend).(backend.SnapshotDeleter)
+		if !ok {
+			continue
+		}
+		if err := d.DeleteSnapshot(ctx, sn.ID); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			errs = append(errs, fmt.Errorf("expire snapshot %s of closed conversation %s: %w", sn.ID, c.Handle, err))
+			continue
+		}
+		gone[sn.ID] = true
+	}
+	if len(gone) == 0 {
+		return 0, errors.Join(errs...)
+	}
+	if _, err := b.conversations.Update(ctx, c, func(c *conversations.Conversation) error {
+		kept := c.Snapshots[:0]
+		for _, sn := range c.Snapshots {
+			if !gone[sn.ID] {
+				kept = append(kept, sn)
+			}
+		}
+		c.Snapshots = kept
+		return nil
+	}); err != nil {
+		errs = append(errs, fmt.Errorf("snapshots of closed conversation %s are deleted, but its record could not say so: %w", c.Handle, err))
+	}
+	b.log.Info().Str("conversation", c.Handle).Int("snapshots", len(gone)).Msg("deleted the snapshots of a conversation closed past the snapshot time to live")
+	return len(gone), errors.Join(errs...)
 }
 
 // idleOutcome is what idleMachine did.

@@ -77,6 +77,9 @@ type Config struct {
 	Idle map[string]time.Duration
 	// ConversationTTL closes conversations idle this long (0: never).
 	ConversationTTL time.Duration
+	// SnapshotTTL deletes the snapshots of conversations closed this long
+	// ago (0: never).
+	SnapshotTTL time.Duration
 	// OnCall, if set, learns of every tool call when it ends: the tool, the
 	// backend of the machine it used ("" if none), "ok", "tool_error" or
 	// "error", and how long it took (for metrics).
@@ -112,7 +115,7 @@ func NewService(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	b, err := broker.New(broker.Config{Backends: cfg.Backends, BackendsFor: cfg.BackendsFor, Conversations: cfg.Conversations, Instance: cfg.Instance,
-		Idle: cfg.Idle, ConversationTTL: cfg.ConversationTTL, LocalPrincipal: principal.Local(), Log: cfg.Log})
+		Idle: cfg.Idle, ConversationTTL: cfg.ConversationTTL, SnapshotTTL: cfg.SnapshotTTL, LocalPrincipal: principal.Local(), Log: cfg.Log})
 	if err != nil {
 		return nil, err
 	}

@@ -37,6 +37,7 @@ type Config struct {
 	MaxOutputChars, MaxOutputCharsLimit int
 	IdleLocal                           time.Duration // 0: never
 	ConversationTTL                     time.Duration // 0: never
+	SnapshotTTL                         time.Duration // 0: never
 
 	Limits                    MachineLimits
 	Network                   NetworkSettings
@@ -138,6 +139,7 @@ func (c *Config) settings() []setting {
 		{"idle-fastvm", "VMCP_IDLE_FASTVM", duration(&c.FastVM.Idle, 15*time.Minute), "pause a FastVM machine unused this long (memory and files kept, no quota held; the next use resumes it), or with --fastvm-idle-action snapshot park it as a snapshot (0: never)"},
 		{"fastvm-idle-action", "VMCP_FASTVM_IDLE_ACTION", text(&c.FastVM.IdleAction, "auto"), "what to do with an idle FastVM machine: pause, snapshot (snapshot it, delete it, relaunch it on next use), or auto (pause where the service can, else snapshot)"},
 		{"conversation-ttl", "VMCP_CONVERSATION_TTL", duration(&c.ConversationTTL, 7*24*time.Hour), "close conversations unused this long: delete their machines, keep their snapshots (0: never)"},
+		{"snapshot-ttl", "VMCP_SNAPSHOT_TTL", duration(&c.SnapshotTTL, 30*24*time.Hour), "delete the snapshots of conversations closed this long ago (0: keep them until deleted)"},
 		{"fastvm-url", "FASTVM_BASE_URL", text(&c.FastVM.URL, fastvmclient.DefaultBaseURL), "FastVM API base URL"},
 		{"fastvm-api-key-file", "FASTVM_API_KEY_FILE", path(&c.FastVM.APIKeyFile, ""), "file holding the FastVM API key; the FASTVM_API_KEY environment variable works too"},
 		{"fastvm-machine-type", "VMCP_FASTVM_MACHINE_TYPE", text(&c.FastVM.MachineType, fastvmbackend.DefaultMachineType), "size of FastVM machines launched without machine_type"},
@@ -292,8 +294,8 @@ func (c *Config) Validate() error {
 	if l.MaxMemoryMB < l.MemoryMB || l.MaxDiskMB < l.DiskMB {
 		return errors.New("--max-memory-mb and --max-disk-mb must be at least --memory-mb and --disk-mb")
 	}
-	if c.IdleLocal < 0 || c.FastVM.Idle < 0 || c.ConversationTTL < 0 {
-		return errors.New("--idle-local, --idle-fastvm and --conversation-ttl take a duration such as 30m or 168h (VMCP_IDLE_LOCAL, VMCP_IDLE_FASTVM, VMCP_CONVERSATION_TTL), 0 for never")
+	if c.IdleLocal < 0 || c.FastVM.Idle < 0 || c.ConversationTTL < 0 || c.SnapshotTTL < 0 {
+		return errors.New("--idle-local, --idle-fastvm, --conversation-ttl and --snapshot-ttl take a duration such as 30m or 168h (VMCP_IDLE_LOCAL, VMCP_IDLE_FASTVM, VMCP_CONVERSATION_TTL, VMCP_SNAPSHOT_TTL), 0 for never")
 	}
 	if c.MaxOutputChars < 1000 || c.MaxOutputCharsLimit < c.MaxOutputChars {
 		return fmt.Errorf("--max-output-chars %d, --max-output-chars-limit %d: give a budget of at least 1000 characters and a limit no smaller", c.MaxOutputChars, c.MaxOutputCharsLimit)

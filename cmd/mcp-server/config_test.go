@@ -116,7 +116,7 @@ func TestConfigBadValues(t *testing.T) {
 		{map[string]string{"VMCP_MAX_SNAPSHOTS": "-2"}, nil, "--max-machines and --max-snapshots (VMCP_MAX_MACHINES, VMCP_MAX_SNAPSHOTS) take a whole number, 0 for no limit"},
 		{nil, []string{"--memory-mb", "0"}, "--memory-mb (VMCP_MEMORY_MB) must be a positive whole number"},
 		{map[string]string{"VMCP_MAX_PROCESSES": "-5"}, nil, "--max-processes (VMCP_MAX_PROCESSES) must be a positive whole number"},
-		{nil, []string{"--idle-fastvm", "-1m"}, "--idle-local, --idle-fastvm and --conversation-ttl take a duration such as 30m or 168h"},
+		{nil, []string{"--idle-fastvm", "-1m"}, "--idle-local, --idle-fastvm, --conversation-ttl and --snapshot-ttl take a duration such as 30m or 168h"},
 		{nil, []string{"--transport", "http", "--insecure-no-auth", "--max-concurrent-calls", "-1"},
 			"--max-concurrent-calls, --max-streams and --max-inflight-request-mb take a whole number (0: no limit), --max-request-mb a positive one"},
 		{nil, []string{"--transport", "http", "--insecure-no-auth", "--max-request-mb", "0"}, "--max-request-mb a positive one"},
@@ -168,7 +168,7 @@ func TestValidate(t *testing.T) {
 		want   string
 	}{
 		{func(c *Config) { c.Limits.DiskMB = 0 }, "--disk-mb (VMCP_DISK_MB) must be a positive whole number"},
-		{func(c *Config) { c.ConversationTTL = -time.Second }, "--conversation-ttl take a duration"},
+		{func(c *Config) { c.ConversationTTL = -time.Second }, "--snapshot-ttl take a duration"},
 		{func(c *Config) { c.LogLevel = "" }, `--log-level "": want`},
 		{func(c *Config) { c.HTTP.Transport = "http"; c.HTTP.TokensFile = "/t"; c.HTTP.MaxInFlightRequestMB = -1 }, "--max-inflight-request-mb take a whole number"},
 		{func(c *Config) { c.Network.Default = "allowlist"; c.Network.Allow = []string{"10.0.0.1"} }, "--network-allow: "},

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -252,7 +254,7 @@ func run(args []string) error {
 		return err
 	}
 	svc, err := tools.NewService(tools.Config{Backends: bs, BackendsFor: principalBackends, Conversations: manager, AllowedRoots: cfg.AllowedRoots, RootsPerPrincipal: cfg.HTTP.Transport == "http", Instance: instance,
-		Idle: cfg.Idle(), ConversationTTL: cfg.ConversationTTL, OnCall: onCall, Log: log,
+		Idle: cfg.Idle(), ConversationTTL: cfg.ConversationTTL, SnapshotTTL: cfg.SnapshotTTL, OnCall: onCall, Log: log,
 		MaxOutputChars: cfg.MaxOutputChars, MaxOutputCharsLimit: cfg.MaxOutputCharsLimit, SpoolDir: spoolDir,
 		Project: cfg.Project, Network: cfg.Network.Tools(), MaxMemoryMB: cfg.Limits.MaxMemoryMB, MaxDiskMB: cfg.Limits.MaxDiskMB})
 	if err != nil {
@@ -341,7 +343,7 @@ func flushUses(ctx context.Context, m *conversations.Manager, log zerolog.Logger
 // for: a quarter of the shortest timeout, between 1 s and 1 min.
 func reapInterval(cfg Config) time.Duration {
 	shortest := cfg.ConversationTTL
-	for _, d := range cfg.Idle() {
+	for _, d := range append([]time.Duration{cfg.SnapshotTTL}, slices.Collect(maps.Values(cfg.Idle()))...) {
 		if d > 0 && (shortest <= 0 || d < shortest) {
 			shortest = d
 		}
@@ -369,8 +371,8 @@ func reap(ctx context.Context, svc *tools.Service, every time.Duration, log zero
 			if err != nil && ctx.Err() == nil {
 				log.Warn().Err(err).Msg("reaping idle machines failed in part")
 			}
-			if r.Stopped+r.Parked+r.Closed > 0 {
-				log.Info().Int("stopped", r.Stopped).Int("parked", r.Parked).Int("closed", r.Closed).Msg("reaped idle machines and conversations")
+			if r.Stopped+r.Parked+r.Closed+r.SnapshotsExpired > 0 {
+				log.Info().Int("stopped", r.Stopped).Int("parked", r.Parked).Int("closed", r.Closed).Int("snapshots_expired", r.SnapshotsExpired).Msg("reaped idle machines and conversations")
 			}
 		}
 	}
