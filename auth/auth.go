@@ -273,8 +273,11 @@ func parseHTTPURL(s string) (*url.URL, error) {
 
 // isLoopback reports whether u's host is this machine, where plain HTTP
 // cannot be intercepted.
-func isLoopback(u *url.URL) bool {
-	host := u.Hostname()
+func isLoopback(u *url.URL) bool { return IsLoopbackHost(u.Hostname()) }
+
+// IsLoopbackHost reports whether host (a name or an address, without a
+// port) is this machine's loopback.
+func IsLoopbackHost(host string) bool {
 	if host == "localhost" {
 		return true
 	}

@@ -414,3 +414,14 @@ func UnixMode(raw uint32) fs.FileMode {
 	}
 	return mode
 }
+
+// Check refuses a command that gives both Argv and Shell, or neither.
+func (c Command) Check() error {
+	switch {
+	case len(c.Argv) > 0 && c.Shell != "":
+		return errors.New("give either argv or a shell command line, not both")
+	case len(c.Argv) == 0 && c.Shell == "":
+		return errors.New("nothing to run: give argv or a shell command line")
+	}
+	return nil
+}

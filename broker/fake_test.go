@@ -5,7 +5,6 @@ import (
 	"errors"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,41 +19,17 @@ import (
 // tests wait seconds for takes microseconds, and every boundary is checked
 // exactly, a nanosecond before and at the timeout.
 
-// testClock is a clock that stands still until the test moves it.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newTestClock() *testClock {
-	return &testClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-// Now is the clock's time.
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-// Advance moves the clock on by d.
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // clocked is a broker over fake backends, its conversations and the clock they
 // all read.
 type clocked struct {
-	clock *testClock
+	clock *backendfake.Clock
 	b     *Broker
 	m     *conversations.Manager
 }
 
 // newClocked returns a broker over backends on one clock; cfg gives its
 // timeouts. The backends must have been made with clock.Now.
-func newClocked(t *testing.T, clock *testClock, cfg Config, backends ...backend.Backend) *clocked {
+func newClocked(t *testing.T, clock *backendfake.Clock, cfg Config, backends ...backend.Backend) *clocked {
 	t.Helper()
 	cfg.Backends, cfg.Now = backends, clock.Now
 	if cfg.Instance == "" {
@@ -169,7 +144,7 @@ const idle = 10 * time.Minute
 // call finds the same machine with its files and says that Python's state
 // was reset; and that call starts the idle time again.
 func TestIdleMachineIsStoppedAtItsTimeout(t *testing.T) {
-	clock := newTestClock()
+	clock := backendfake.NewClock()
 	be := backendfake.New(backendfake.Options{Name: "local", Now: clock.Now})
 	k := newClocked(t, clock, Config{Idle: map[string]time.Duration{"local": idle}}, be)
 	c := conversation(t, k.m, "alice")
@@ -219,7 +194,7 @@ func TestIdleMachineIsStoppedAtItsTimeout(t *testing.T) {
 // id that the old one still reaches, says so, and deletes the parking
 // snapshot; nothing runs that the conversation does not own.
 func TestIdleMachineIsParkedAndRestored(t *testing.T) {
-	clock := newTestClock()
+	clock := backendfake.NewClock()
 	be := backendfake.New(backendfake.Options{Name: "fastvm", Now: clock.Now, IdleParks: true})
 	k := newClocked(t, clock, Config{Idle: map[string]time.Duration{"fastvm": idle}}, be)
 	c := conversation(t, k.m, "alice")
@@ -299,7 +274,7 @@ func TestHeldMachineIsNeverIdled(t *testing.T) {
 			want = ReapResult{Parked: 1}
 		}
 		t.Run(map[bool]string{false: "stop", true: "park"}[parks], func(t *testing.T) {
-			clock := newTestClock()
+			clock := backendfake.NewClock()
 			be := backendfake.New(backendfake.Options{Name: "cloud", Now: clock.Now, IdleParks: parks})
 			k := newClocked(t, clock, Config{Idle: map[string]time.Duration{"cloud": idle}}, be)
 			c := conversation(t, k.m, "alice")
@@ -353,7 +328,7 @@ func TestHeldMachineIsNeverIdled(t *testing.T) {
 // other conversations' machines alone; its handle is then refused.
 func TestConversationTTL(t *testing.T) {
 	const ttl = time.Hour
-	clock := newTestClock()
+	clock := backendfake.NewClock()
 	// Machines park on "cloud" after idle; "local" keeps them.
 	cloud := backendfake.New(backendfake.Options{Name: "cloud", Now: clock.Now, IdleParks: true})
 	local := backendfake.New(backendfake.Options{Name: "local", Now: clock.Now})
@@ -433,7 +408,7 @@ func TestConversationTTL(t *testing.T) {
 // relaunches it when parked nor changes it. The same principal's other
 // conversation reaches it.
 func TestOthersMachinesAreNotFound(t *testing.T) {
-	clock := newTestClock()
+	clock := backendfake.NewClock()
 	be := backendfake.New(backendfake.Options{Name: "fastvm", Now: clock.Now, IdleParks: true})
 	k := newClocked(t, clock, Config{Idle: map[string]time.Duration{"fastvm": idle}}, be)
 	ctx := context.Background()
@@ -493,7 +468,7 @@ func TestOthersMachinesAreNotFound(t *testing.T) {
 // machines the server did not create stay; the default machine of a version
 // from before conversations joins the local user's conversation.
 func TestReconcileDeletesOrphans(t *testing.T) {
-	clock := newTestClock()
+	clock := backendfake.NewClock()
 	be := backendfake.New(backendfake.Options{Name: "local", Now: clock.Now})
 	k := newClocked(t, clock, Config{LocalPrincipal: "me"}, be)
 	ctx := context.Background()

@@ -16,7 +16,7 @@ import (
 // later keeps its own until its time comes.
 func TestClosedConversationsSnapshotsExpire(t *testing.T) {
 	const ttl, snapTTL = time.Hour, 24 * time.Hour
-	clock := newTestClock()
+	clock := backendfake.NewClock()
 	cloud := backendfake.New(backendfake.Options{Name: "cloud", Now: clock.Now, IdleParks: true})
 	k := newClocked(t, clock, Config{Idle: map[string]time.Duration{"cloud": idle}, ConversationTTL: ttl, SnapshotTTL: snapTTL}, cloud)
 

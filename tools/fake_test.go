@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,30 +26,10 @@ import (
 // or its conversation closed, without the seconds of waiting of the
 // end-to-end tests.
 
-// fakeClock is a clock that stands still until the test moves it.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-// Now is the clock's time.
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-// Advance moves the clock on by d.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // clockedServer is an MCP server over one fake backend, whose service's
 // broker, session manager and backend all read clock.
 type clockedServer struct {
-	clock *fakeClock
+	clock *backendfake.Clock
 	svc   *Service
 	srv   *server.MCPServer
 }
@@ -63,7 +42,7 @@ type clockedServer struct {
 // and the idle time would start then.
 func newClockedServer(t *testing.T, parks bool, cfg Config) *clockedServer {
 	t.Helper()
-	clock := &fakeClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+	clock := backendfake.NewClock()
 	store, err := conversations.OpenBolt(filepath.Join(t.TempDir(), "s.db"))
 	if err != nil {
 		t.Fatal(err)

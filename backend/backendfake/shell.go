@@ -47,11 +47,8 @@ func (e *errExit) Error() string { return fmt.Sprintf("exit %d %s", e.code, e.wh
 // Run runs a command line or an argv of built-ins. A non-zero exit is a
 // result; a timeout is a result with TimedOut; a cancelled ctx is an error.
 func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandResult, error) {
-	switch {
-	case len(c.Argv) > 0 && c.Shell != "":
-		return nil, errors.New("give either argv or a shell command line, not both")
-	case len(c.Argv) == 0 && c.Shell == "":
-		return nil, errors.New("nothing to run: give argv or a shell command line")
+	if err := c.Check(); err != nil {
+		return nil, err
 	}
 	if err := m.use(); err != nil {
 		return nil, err

@@ -52,11 +52,8 @@ type cmdResult struct {
 // machine's home. A non-zero exit is a result, not an error. When ctx ends,
 // the command is interrupted and its processes killed.
 func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandResult, error) {
-	switch {
-	case len(c.Argv) > 0 && c.Shell != "":
-		return nil, errors.New("give either argv or a shell command line, not both")
-	case len(c.Argv) == 0 && c.Shell == "":
-		return nil, errors.New("nothing to run: give argv or a shell command line")
+	if err := c.Check(); err != nil {
+		return nil, err
 	}
 	for k, v := range c.Env {
 		if k == "" || strings.ContainsAny(k, "=\x00") {

@@ -207,12 +207,5 @@ func tokenCommand(args []string, stdout io.Writer) error {
 // loopbackOnly reports whether addr listens on a loopback address only.
 func loopbackOnly(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return err == nil && auth.IsLoopbackHost(host)
 }
