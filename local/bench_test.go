@@ -3,12 +3,8 @@
 package local
 
 import (
-	"bufio"
 	"context"
-	"os"
 	"sort"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 )
@@ -105,28 +101,11 @@ func BenchmarkIdleMachineMemory(b *testing.B) {
 			m.mu.Unlock()
 			pids := append(m.HostPIDs(), outer)
 			for _, pid := range pids {
-				rssTotal += memField(pid, "status", "VmRSS:")
-				pssTotal += memField(pid, "smaps_rollup", "Pss:")
+				rssTotal += procMemField(pid, "status", "VmRSS:")
+				pssTotal += procMemField(pid, "smaps_rollup", "Pss:")
 			}
 		}
 	}
 	b.ReportMetric(float64(rssTotal)/machines/(1<<20), "RSS-MiB/machine")
 	b.ReportMetric(float64(pssTotal)/machines/(1<<20), "PSS-MiB/machine")
-}
-
-// memField reads a "Name: N kB" field of /proc/pid/file, in bytes.
-func memField(pid int, file, field string) int64 {
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/" + file)
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), field); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }

@@ -12,8 +12,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmcp-dev/vmcp/backend"
@@ -61,6 +63,9 @@ type MachineInfo struct {
 	// VMHostIDBase is the host id that a VM machine's root maps to; its
 	// files are owned by that range.
 	VMHostIDBase int `json:"vm_host_id_base,omitempty"`
+	// Warm marks a machine of the warm pool, not yet handed out: one left
+	// on disk is deleted at the next start.
+	Warm bool `json:"warm,omitempty"`
 	// PythonUsed is set once the machine has run Python, so that the first
 	// call after a restart of the engine can say that the state was reset.
 	PythonUsed bool `json:"python_used,omitempty"`
@@ -94,6 +99,10 @@ type Engine struct {
 
 	selfTestDone chan struct{}
 	selfTestErr  error // set before selfTestDone closes
+
+	warm   *warmPool // nil without one
+	starts *startQueue
+	calls  atomic.Int64 // Python instructions and commands running
 }
 
 // New opens (or creates) the state directory and loads its machines and
@@ -127,6 +136,7 @@ func New(opts Options) (*Engine, error) {
 		machines:  map[string]*Machine{},
 		snapshots: map[string]SnapshotInfo{},
 		startedAt: time.Now(),
+		starts:    &startQueue{limit: max(2, runtime.NumCPU())},
 	}
 	var err, missingBwrap error
 	if e.helper, err = os.Executable(); err != nil {
@@ -163,6 +173,7 @@ func New(opts Options) (*Engine, error) {
 	}
 	e.startMonitor()
 	e.startSelfTest(missingBwrap)
+	e.startWarmPool()
 	return e, nil
 }
 
@@ -180,9 +191,10 @@ func (e *Engine) load() error {
 	for _, d := range dirs {
 		dir := filepath.Join(e.opts.StateDir, "machines", d.Name())
 		var info MachineInfo
-		if err := readJSON(filepath.Join(dir, "machine.json"), &info); err != nil {
-			// A machine whose creation did not finish: nothing announced it.
-			os.RemoveAll(dir)
+		if err := readJSON(filepath.Join(dir, "machine.json"), &info); err != nil || info.Warm {
+			// A machine whose creation did not finish, or one of the warm
+			// pool: nothing announced it.
+			removeAll(dir)
 			continue
 		}
 		// Limits left to the defaults take today's defaults. (Machines of
@@ -246,6 +258,32 @@ func (e *Engine) Create(ctx context.Context, spec MachineSpec) (MachineInfo, err
 			return MachineInfo{}, fmt.Errorf("snapshot %s is of a %s machine; launch it as one", snap.ID, snap.Flavour)
 		}
 	}
+	if m := e.warm.take(spec); m != nil {
+		if info, err := e.adopt(m, spec); err == nil {
+			return info, nil
+		}
+	}
+	if err := e.checkReserve(); err != nil {
+		return MachineInfo{}, err
+	}
+	m, err := e.materialize(ctx, e.newInfo(spec), snap)
+	if err != nil {
+		return MachineInfo{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		removeAll(m.dir)
+		return MachineInfo{}, ErrClosed
+	}
+	e.machines[m.info.ID] = m
+	info := m.info
+	info.Status = StatusStopped
+	return info, nil
+}
+
+// newInfo is the record of a new machine of spec.
+func (e *Engine) newInfo(spec MachineSpec) MachineInfo {
 	info := MachineInfo{
 		ID:                  newID("m"),
 		Name:                spec.Name,
@@ -261,32 +299,27 @@ func (e *Engine) Create(ctx context.Context, spec MachineSpec) (MachineInfo, err
 	}
 	if info.Flavour == VM {
 		info.VMHostIDBase = e.opts.VMHostIDBase
-		if snap.ID != "" {
-			info.VMHostIDBase = snap.VMHostIDBase // its files' owners: moved at the first start
-		}
 	}
-	if err := e.checkReserve(); err != nil {
-		return MachineInfo{}, err
+	return info
+}
+
+// materialize makes a machine's directory and record (the files of snap,
+// if given), not yet known to the engine.
+func (e *Engine) materialize(ctx context.Context, info MachineInfo, snap SnapshotInfo) (*Machine, error) {
+	if info.Flavour == VM && snap.ID != "" {
+		info.VMHostIDBase = snap.VMHostIDBase // its files' owners: moved at the first start
 	}
 	dir := filepath.Join(e.opts.StateDir, "machines", info.ID)
 	if err := e.prepareMachineDir(ctx, dir, info, snap); err != nil {
-		os.RemoveAll(dir)
-		return MachineInfo{}, err
+		removeAll(dir)
+		return nil, err
 	}
 	// The record is written last: a machine without one was never created.
 	if err := writeJSON(filepath.Join(dir, "machine.json"), info); err != nil {
-		os.RemoveAll(dir)
-		return MachineInfo{}, err
+		removeAll(dir)
+		return nil, err
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		os.RemoveAll(dir)
-		return MachineInfo{}, ErrClosed
-	}
-	e.machines[info.ID] = newMachine(e, dir, info)
-	info.Status = StatusStopped
-	return info, nil
+	return newMachine(e, dir, info), nil
 }
 
 func (e *Engine) prepareMachineDir(ctx context.Context, dir string, info MachineInfo, snap SnapshotInfo) error {
@@ -377,6 +410,7 @@ func (e *Engine) Close() error {
 		ms = append(ms, m)
 	}
 	e.mu.Unlock()
+	e.warm.close()
 	e.monitor.close()
 	for _, m := range ms {
 		m.Stop()

@@ -54,3 +54,6 @@ func (e *Engine) Close() error { return e.lock.Close() }
 
 // RunHelperIfRequested does nothing: no sandbox starts this binary here.
 func RunHelperIfRequested() {}
+
+// WarmStats is all zero: there are no warm machines here.
+func (e *Engine) WarmStats() WarmStats { return WarmStats{} }

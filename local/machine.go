@@ -102,6 +102,10 @@ func (m *Machine) sandbox() (*sandbox, error) {
 	if m.sb != nil && m.interp != "" {
 		m.resetReason = "the machine's sandbox stopped since the last call"
 	}
+	if !m.probe {
+		m.e.starts.acquire()
+		defer m.e.starts.release()
+	}
 	sb, err := m.e.startSandbox(m, m.info)
 	if err != nil {
 		return nil, fmt.Errorf("machine %s: %w", m.info.ID, err)
@@ -186,6 +190,8 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts PythonOptions
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultExecTimeout
 	}
+	m.e.calls.Add(1)
+	defer m.e.calls.Add(-1)
 	select {
 	case m.pyTurn <- struct{}{}:
 	case <-ctx.Done():
@@ -266,7 +272,7 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts PythonOptions
 	}
 
 	m.mu.Lock()
-	key := fmt.Sprintf("%p/%d", sb, final.Interpreter)
+	key := interpreterKey(sb, final.Interpreter)
 	if final.Interpreter != 0 && key != m.interp {
 		if m.interp != "" && m.resetReason == "" {
 			m.resetReason = "the previous interpreter exited"
@@ -408,6 +414,8 @@ type CommandResult struct {
 // Run runs a command in the machine. A non-zero exit is a result, not an
 // error; the error return is for commands that could not run.
 func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) {
+	m.e.calls.Add(1)
+	defer m.e.calls.Add(-1)
 	argv := cmd.Argv
 	switch {
 	case len(argv) > 0 && cmd.Shell != "":

@@ -583,11 +583,12 @@ func (e *Engine) checkReserve() error {
 	return s.error()
 }
 
-// allMachines lists the engine's machines.
+// allMachines lists the engine's machines, the warm pool's included: their
+// limits hold too, and a machine leaves the pool already measured.
 func (e *Engine) allMachines() []*Machine {
+	out := e.warm.machines()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	out := make([]*Machine, 0, len(e.machines))
 	for _, m := range e.machines {
 		out = append(out, m)
 	}

@@ -103,6 +103,23 @@ type Options struct {
 	VMHostIDBase int
 	// Egress tunes the proxy of machines with an allow-list.
 	Egress EgressOptions
+	// Warm configures a pool of machines kept started for Create.
+	Warm WarmOptions
+}
+
+// WarmOptions configure the pool of warm machines: machines started ahead
+// of use, interpreter running and libraries imported, that Create hands
+// out (each once) to callers that ask for a machine like them.
+type WarmOptions struct {
+	// Machines is how many the pool keeps ready (0: no pool).
+	Machines int
+	// Imports are the modules their interpreters import ahead of use.
+	Imports []string
+	// AllowNetwork and NetworkAllow are their network policy (see
+	// MachineSpec): a Create that asks for another gets a machine of its
+	// own.
+	AllowNetwork bool
+	NetworkAllow []string
 }
 
 // DefaultStateDir is the state directory used when Options.StateDir is empty.
@@ -135,4 +152,22 @@ type EgressOptions struct {
 	// Resolve looks names up; default the system's resolver. Tests map
 	// their names to loopback with it.
 	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
+}
+
+// WarmStats describe the pool of warm machines.
+type WarmStats struct {
+	Target int // machines the pool keeps ready (Options.Warm.Machines)
+	Ready  int // machines ready now
+	// Hits are creations the pool served; Misses are those that fit it
+	// but found it empty, and started a machine of their own.
+	Hits, Misses int64
+	// PSSBytes is the proportional set size (resident memory, shared
+	// pages divided among their users) of the ready machines' processes.
+	PSSBytes int64
+	// ImportErrors are the modules of Options.Warm.Imports that could not
+	// be imported, with Python's reason, one per line.
+	ImportErrors string
+	// LastError is why the last warm machine could not be made, if it
+	// could not.
+	LastError string
 }

@@ -741,6 +741,14 @@ func (py *interpreter) interrupt(id uint64, reason string) {
 	}()
 }
 
+// driverRequest is an instruction to the driver (driver.py).
+type driverRequest struct {
+	Code    string   `json:"code"`
+	Call    string   `json:"call"`
+	Warm    bool     `json:"warm,omitempty"`
+	Imports []string `json:"imports,omitempty"`
+}
+
 type driverResult struct {
 	Call        string   `json:"call"`
 	Value       *string  `json:"value"`
@@ -806,7 +814,7 @@ func (a *agent) runPython(req wire.Request) {
 		py.current = 0
 		py.mu.Unlock()
 	}()
-	b, _ := json.Marshal(map[string]string{"code": req.Code, "call": string(call)})
+	b, _ := json.Marshal(driverRequest{Code: req.Code, Call: string(call), Warm: req.Warm, Imports: req.Imports})
 	ev := wire.Event{Ev: wire.EvPython, ID: req.ID, Interpreter: py.number, PID: py.cmd.Process.Pid}
 	if _, err := py.requests.Write(append(b, '\n')); err != nil {
 		<-py.exited

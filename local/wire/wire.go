@@ -41,9 +41,15 @@ const (
 )
 
 type Request struct {
-	Op        string            `json:"op"`
-	ID        uint64            `json:"id"`
-	Code      string            `json:"code,omitempty"`
+	Op   string `json:"op"`
+	ID   uint64 `json:"id"`
+	Code string `json:"code,omitempty"`
+	// Warm, of an OpPython, runs no code: it starts the interpreter and
+	// imports Imports ahead of use (a warm machine's), into sys.modules,
+	// not the user's globals. The result's value lists the imports that
+	// failed.
+	Warm      bool              `json:"warm,omitempty"`
+	Imports   []string          `json:"imports,omitempty"`
 	Argv      []string          `json:"argv,omitempty"`
 	Env       map[string]string `json:"env,omitempty"`
 	Dir       string            `json:"dir,omitempty"`

@@ -1,0 +1,419 @@
+//go:build linux && !vmcp_nolocal
+
+package local
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vmcp-dev/vmcp/local/wire"
+)
+
+// warmRefillDelay is how long the pool waits after a machine leaves it
+// before it starts another.
+const warmRefillDelay = 100 * time.Millisecond
+
+// warmYieldMax is the longest the pool waits for calls to end before it
+// starts a machine (it always waits for other starts).
+const warmYieldMax = 500 * time.Millisecond
+
+// warmUpTimeout bounds the start of one warm machine, imports included.
+const warmUpTimeout = 2 * time.Minute
+
+// warmPool keeps machines started, interpreter and imports included, for
+// Create to hand out: a new conversation's first call then finds a running
+// machine. A machine leaves the pool once, to one creator; none of the
+// pool's machines has run anything but the imports.
+type warmPool struct {
+	e    *Engine
+	opts WarmOptions
+
+	mu        sync.Mutex
+	ready     []*Machine
+	making    *Machine // starting now
+	importErr string
+	lastErr   string
+
+	hits, misses atomic.Int64
+	taken        chan struct{} // a machine left the pool: make another
+	stop         chan struct{}
+	stopped      chan struct{}
+	cancel       context.CancelFunc // of the machine being made
+	ctx          context.Context
+}
+
+func (e *Engine) startWarmPool() {
+	if e.opts.Warm.Machines <= 0 {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.warm = &warmPool{e: e, opts: e.opts.Warm, taken: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{}),
+		ctx: ctx, cancel: cancel}
+	go e.warm.run()
+}
+
+// WarmStats describes the pool of warm machines (all zero without one).
+func (e *Engine) WarmStats() WarmStats {
+	p := e.warm
+	if p == nil {
+		return WarmStats{}
+	}
+	p.mu.Lock()
+	ready := slices.Clone(p.ready)
+	s := WarmStats{Target: p.opts.Machines, Ready: len(ready), Hits: p.hits.Load(), Misses: p.misses.Load(),
+		ImportErrors: p.importErr, LastError: p.lastErr}
+	p.mu.Unlock()
+	for _, m := range ready {
+		s.PSSBytes += m.pss()
+	}
+	return s
+}
+
+func (p *warmPool) run() {
+	defer close(p.stopped)
+	select {
+	case <-p.e.selfTestDone:
+	case <-p.stop:
+		return
+	}
+	if p.e.selfTestErr != nil {
+		return
+	}
+	backoff := time.Second
+	for {
+		for p.count() < p.opts.Machines {
+			if !p.yield() {
+				return
+			}
+			m, err := p.make()
+			select {
+			case <-p.stop:
+				if m != nil {
+					p.e.discard(m)
+				}
+				return
+			default:
+			}
+			if err != nil {
+				p.mu.Lock()
+				p.lastErr = err.Error()
+				p.mu.Unlock()
+				select {
+				case <-p.stop:
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, time.Minute)
+				continue
+			}
+			backoff = time.Second
+			p.mu.Lock()
+			p.ready = append(p.ready, m)
+			p.lastErr = ""
+			p.mu.Unlock()
+		}
+		select {
+		case <-p.taken:
+		case <-p.stop:
+			return
+		}
+		// The call that took a machine goes first: on a stdio server
+		// (one thread of Go code) the refill would delay its result.
+		select {
+		case <-time.After(warmRefillDelay):
+		case <-p.stop:
+			return
+		}
+	}
+}
+
+// yield waits until no machine is starting or waiting to, and no call is
+// running for a while (warmYieldMax at most): the pool's work is done
+// when it costs calls nothing. It reports false if the pool stopped.
+func (p *warmPool) yield() bool {
+	deadline := time.Now().Add(warmYieldMax)
+	for p.e.starts.busy() || p.e.calls.Load() > 0 && time.Now().Before(deadline) {
+		select {
+		case <-p.stop:
+			return false
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return true
+}
+
+// machines lists the pool's machines, the one being made included.
+func (p *warmPool) machines() []*Machine {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := slices.Clone(p.ready)
+	if p.making != nil {
+		out = append(out, p.making)
+	}
+	return out
+}
+
+func (p *warmPool) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.ready)
+}
+
+// make starts a machine of the pool's kind and imports the modules into
+// its interpreter.
+func (p *warmPool) make() (*Machine, error) {
+	e := p.e
+	info := e.newInfo(MachineSpec{Flavour: Workspace, AllowNetwork: p.opts.AllowNetwork, NetworkAllow: p.opts.NetworkAllow})
+	info.Warm = true
+	m, err := e.materialize(p.ctx, info, SnapshotInfo{})
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	p.making = m
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.making = nil
+		p.mu.Unlock()
+	}()
+	ctx, cancel := context.WithTimeout(p.ctx, warmUpTimeout)
+	defer cancel()
+	failed, err := m.warmUp(ctx, p.opts.Imports)
+	if err != nil {
+		e.discard(m)
+		return nil, fmt.Errorf("start a warm machine: %w", err)
+	}
+	p.mu.Lock()
+	p.importErr = failed
+	p.mu.Unlock()
+	return m, nil
+}
+
+// fits reports whether a machine of spec may come from the pool: one with
+// the engine's default limits and the pool's network policy, started
+// empty.
+func (p *warmPool) fits(spec MachineSpec) bool {
+	return p != nil && spec.Flavour == Workspace && !spec.AllowUserNamespaces && spec.Limits == (Limits{}) && spec.FromSnapshot == "" &&
+		spec.AllowNetwork == p.opts.AllowNetwork && slices.Equal(spec.NetworkAllow, p.opts.NetworkAllow)
+}
+
+// take hands out a ready machine that fits spec, or nil.
+func (p *warmPool) take(spec MachineSpec) *Machine {
+	if !p.fits(spec) {
+		return nil
+	}
+	var m *Machine
+	p.mu.Lock()
+	for m == nil && len(p.ready) > 0 {
+		m, p.ready = p.ready[0], p.ready[1:]
+		if !m.running() {
+			go p.e.discard(m)
+			m = nil
+		}
+	}
+	p.mu.Unlock()
+	if m == nil {
+		p.misses.Add(1)
+	} else {
+		p.hits.Add(1)
+	}
+	select {
+	case p.taken <- struct{}{}:
+	default:
+	}
+	return m
+}
+
+// close stops the pool and deletes its machines.
+func (p *warmPool) close() {
+	if p == nil {
+		return
+	}
+	close(p.stop)
+	p.cancel()
+	<-p.stopped
+	p.mu.Lock()
+	ready := p.ready
+	p.ready = nil
+	p.mu.Unlock()
+	for _, m := range ready {
+		p.e.discard(m)
+	}
+}
+
+// adopt gives a machine from the pool to its creator: the creator's name
+// and tags, recorded before the machine is announced.
+func (e *Engine) adopt(m *Machine, spec MachineSpec) (MachineInfo, error) {
+	m.mu.Lock()
+	// PythonUsed now, not at the first call: that call's result would
+	// wait for the record's write, and its interpreter is running.
+	m.info.Name, m.info.Tags, m.info.Warm, m.info.PythonUsed = spec.Name, spec.Tags, false, true
+	m.info.CreatedAt = time.Now().UTC()
+	info := m.info
+	m.mu.Unlock()
+	if err := writeJSON(filepath.Join(m.dir, "machine.json"), info); err != nil {
+		go e.discard(m)
+		return MachineInfo{}, err
+	}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		go e.discard(m)
+		return MachineInfo{}, ErrClosed
+	}
+	e.machines[info.ID] = m
+	e.mu.Unlock()
+	info.Status = StatusRunning
+	return info, nil
+}
+
+// discard stops and removes a machine that was never handed out.
+func (e *Engine) discard(m *Machine) {
+	m.markDeleted()
+	m.Stop()
+	e.cgroups.remove(m.ID())
+	os.Remove(filepath.Join(m.dir, "machine.json"))
+	removeAll(m.dir)
+}
+
+// warmUp starts the machine's sandbox and interpreter, and imports modules
+// into the interpreter (not into its globals). It returns the imports that
+// failed, one per line, with Python's reason.
+func (m *Machine) warmUp(ctx context.Context, imports []string) (string, error) {
+	select {
+	case m.pyTurn <- struct{}{}:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	defer func() { <-m.pyTurn }()
+	sb, err := m.sandbox()
+	if err != nil {
+		return "", err
+	}
+	var final wire.Event
+	c, err := sb.start(wire.Request{Op: wire.OpPython, Warm: true, Imports: imports, TimeoutMS: warmUpTimeout.Milliseconds()}, func(ev wire.Event) bool {
+		if ev.Ev == wire.EvOutput {
+			return false // what importing prints is nobody's output
+		}
+		final = ev
+		return true
+	})
+	if err != nil {
+		return "", err
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		m.Stop()
+		<-c.done
+		return "", ctx.Err()
+	}
+	switch {
+	case final.Ev == wire.EvError:
+		return "", errors.New(final.Error)
+	case final.Died || final.TimedOut || final.Interpreter == 0:
+		return "", fmt.Errorf("its interpreter did not start: %s", final.Error)
+	case final.Error != "":
+		return "", fmt.Errorf("its interpreter failed: %s", final.Error)
+	}
+	m.mu.Lock()
+	m.interp, m.interpPID = interpreterKey(sb, final.Interpreter), final.PID
+	m.mu.Unlock()
+	if final.Value != nil {
+		return *final.Value, nil
+	}
+	return "", nil
+}
+
+// interpreterKey names one interpreter of one sandbox: a new key means the
+// Python state was reset.
+func interpreterKey(sb *sandbox, n int) string { return fmt.Sprintf("%p/%d", sb, n) }
+
+// pss is the proportional set size of the machine's processes, bwrap's
+// outer one included.
+func (m *Machine) pss() int64 {
+	m.mu.Lock()
+	sb := m.sb
+	m.mu.Unlock()
+	if sb == nil {
+		return 0
+	}
+	var total int64
+	for _, pid := range append(m.HostPIDs(), sb.cmd.Process.Pid) {
+		total += procMemField(pid, "smaps_rollup", "Pss:")
+	}
+	return total
+}
+
+// procMemField reads a "Name: N kB" field of /proc/pid/file, in bytes (0
+// when it cannot).
+func procMemField(pid int, file, field string) int64 {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/" + file)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), field); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// startQueue bounds how many sandboxes start at once and serves them in
+// the order they asked, so that a burst of new machines waits its turn
+// instead of taking every core from the calls of running machines.
+type startQueue struct {
+	mu      sync.Mutex
+	limit   int
+	running int
+	waiting []chan struct{}
+}
+
+func (q *startQueue) acquire() {
+	q.mu.Lock()
+	if q.running < q.limit && len(q.waiting) == 0 {
+		q.running++
+		q.mu.Unlock()
+		return
+	}
+	ch := make(chan struct{})
+	q.waiting = append(q.waiting, ch)
+	q.mu.Unlock()
+	<-ch // the releaser passed its place on
+}
+
+func (q *startQueue) release() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.waiting) > 0 {
+		close(q.waiting[0])
+		q.waiting = q.waiting[1:]
+		return
+	}
+	q.running--
+}
+
+// busy reports whether a start runs or waits.
+func (q *startQueue) busy() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.running > 0 || len(q.waiting) > 0
+}

@@ -1,0 +1,149 @@
+//go:build linux && !vmcp_nolocal
+
+package local
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// waitWarm waits until the pool has ready machines and returns how long
+// that took.
+func waitWarm(t *testing.T, e *Engine, ready int, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		s := e.WarmStats()
+		if s.Ready >= ready {
+			return time.Since(start)
+		}
+		if time.Since(start) > within {
+			t.Fatalf("the pool has %d ready machines after %v, want %d (%+v)", s.Ready, within, ready, s)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestWarmMachineIsFresh: a machine from the pool comes running, with the
+// imports in sys.modules but nothing in its globals, no files and no
+// process but its interpreter; what one creator did in its machine is not
+// in the next one's; and its first call says nothing of a reset.
+func TestWarmMachineIsFresh(t *testing.T) {
+	e := newTestEngine(t, Options{Warm: WarmOptions{Machines: 1, Imports: []string{"json", "matplotlib.pyplot", "no_such_module_vmcp"}}})
+	waitWarm(t, e, 1, time.Minute)
+
+	first := newTestMachine(t, e, MachineSpec{Name: "first", Tags: map[string]string{"conversation": "a"}})
+	if info := first.Info(); info.Status != StatusRunning || info.Name != "first" || info.Tags["conversation"] != "a" || info.Warm {
+		t.Fatalf("a machine from the pool: %+v", info)
+	}
+	if s := e.WarmStats(); s.Hits != 1 || !strings.Contains(s.ImportErrors, "no_such_module_vmcp") {
+		t.Errorf("stats after one creation: %+v", s)
+	}
+	r := mustExec(t, first, "import sys; sorted(k for k in globals() if not k.startswith('__')), 'json' in sys.modules", PythonOptions{})
+	if value(r) != "(['sys'], True)" || r.StateReset != "" {
+		t.Errorf("the first call in a warm machine: value %s, reset %q", value(r), r.StateReset)
+	}
+	// What the imports built (matplotlib's font caches) is not in the
+	// workspace: it holds what every interpreter makes (.local), no more.
+	if res := mustRun(t, first, Command{Shell: "ls -A /workspace"}); res.Stdout != ".local\n" {
+		t.Errorf("a warm machine's workspace holds %q", res.Stdout)
+	}
+	mustExec(t, first, "secret = 'of a'", PythonOptions{})
+	mustRun(t, first, Command{Shell: "echo a > mine.txt; (sleep 1000 &)"})
+
+	waitWarm(t, e, 1, time.Minute)
+	second := newTestMachine(t, e, MachineSpec{Name: "second"})
+	if second.ID() == first.ID() {
+		t.Fatal("the pool handed out one machine twice")
+	}
+	if r := mustExec(t, second, "'secret' in globals(), sorted(k for k in globals() if not k.startswith('__'))", PythonOptions{}); value(r) != "(False, [])" {
+		t.Errorf("the second machine's globals: %s", value(r))
+	}
+	if res := mustRun(t, second, Command{Shell: "ls -A /workspace; ps -eo comm= | grep -v -e '^ps$' -e '^bash$' -e '^grep$' | sort"}); strings.Contains(res.Stdout, "mine.txt") || strings.Contains(res.Stdout, "sleep") {
+		t.Errorf("the second machine sees the first's files or processes:\n%s", res.Stdout)
+	}
+	if _, err := e.Machine(first.ID()); err != nil {
+		t.Errorf("the first machine: %v", err)
+	}
+}
+
+// TestWarmPoolRefillsWithinASecond: a machine leaving the pool is replaced
+// within a second (a pool without imports: they add their own import
+// time).
+func TestWarmPoolRefillsWithinASecond(t *testing.T) {
+	e := newTestEngine(t, Options{Warm: WarmOptions{Machines: 2}})
+	// The best of three: the other packages' tests share the processors.
+	best := time.Hour
+	for range 3 {
+		waitWarm(t, e, 2, time.Minute)
+		time.Sleep(200 * time.Millisecond) // let the filler settle
+		newTestMachine(t, e, MachineSpec{})
+		if s := e.WarmStats(); s.Ready != 1 {
+			t.Fatalf("after one creation: %+v", s)
+		}
+		took := waitWarm(t, e, 2, 10*time.Second)
+		t.Logf("refilled in %v", took)
+		best = min(best, took)
+	}
+	if best > time.Second {
+		t.Errorf("the pool took %v at best to refill, want at most 1 s", best)
+	}
+}
+
+// TestWarmPoolOnlyServesItsKind: machines with other limits, network or
+// files start on their own; so do all without a pool.
+func TestWarmPoolOnlyServesItsKind(t *testing.T) {
+	e := newTestEngine(t, Options{Warm: WarmOptions{Machines: 1}})
+	waitWarm(t, e, 1, time.Minute)
+	for _, spec := range []MachineSpec{{Limits: Limits{MemoryBytes: 512 << 20}}, {AllowNetwork: true}, {NetworkAllow: []string{"example.com"}}} {
+		if info, err := e.Create(context.Background(), spec); err != nil || info.Status != StatusStopped {
+			t.Errorf("create %+v: %+v %v; want a stopped machine of its own", spec, info, err)
+		}
+	}
+	if s := e.WarmStats(); s.Hits != 0 || s.Ready != 1 {
+		t.Errorf("stats: %+v", s)
+	}
+
+	none := newTestEngine(t, Options{})
+	if info, err := none.Create(context.Background(), MachineSpec{}); err != nil || info.Status != StatusStopped {
+		t.Errorf("without a pool: %+v %v", info, err)
+	}
+	if s := none.WarmStats(); s != (WarmStats{}) {
+		t.Errorf("stats without a pool: %+v", s)
+	}
+}
+
+// TestWarmMachinesLeaveNoTrace: closing the engine deletes the pool's
+// machines; a pool machine's record found at start is deleted, not
+// served.
+func TestWarmMachinesLeaveNoTrace(t *testing.T) {
+	dir := t.TempDir()
+	e, err := New(Options{StateDir: dir, Warm: WarmOptions{Machines: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitWarm(t, e, 2, time.Minute)
+	kept, _ := e.Create(context.Background(), MachineSpec{Name: "kept"})
+	e.Close()
+	entries, _ := os.ReadDir(filepath.Join(dir, "machines"))
+	if len(entries) != 1 || entries[0].Name() != kept.ID {
+		t.Errorf("after close, machines on disk: %v; want only %s", entries, kept.ID)
+	}
+
+	stale := filepath.Join(dir, "machines", "m-stale")
+	os.MkdirAll(filepath.Join(stale, "workspace"), 0o700)
+	if err := writeJSON(filepath.Join(stale, "machine.json"), MachineInfo{ID: "m-stale", Flavour: Workspace, Warm: true}); err != nil {
+		t.Fatal(err)
+	}
+	e2 := newTestEngine(t, Options{StateDir: dir})
+	if ms := e2.Machines(); len(ms) != 1 || ms[0].ID != kept.ID {
+		t.Errorf("machines after a restart: %+v", ms)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("a stale pool machine is still on disk: %v", err)
+	}
+}
