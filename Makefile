@@ -40,6 +40,7 @@ bench: build
 	$(GO) test ./backend/forevervm -run '^$$' -bench . -benchtime 10x -timeout 20m
 	$(GO) test ./tools -run '^$$' -bench CallNamingMachine -benchtime 4000x -timeout 20m
 	$(GO) run ./cmd/vmcp-bench --server bin/mcp-server --n 2000 --load-clients 100 --load-calls 20
+	$(GO) run ./cmd/vmcp-bench --server bin/mcp-server --only load --load-clients 100 --load-calls 20 --load-warm-machines 100
 
 # conformance runs the official MCP conformance suite against the streamable
 # HTTP endpoint (it installs Node 22 and the suite from npm under .cache/).

@@ -333,24 +333,29 @@ func TestPrincipalCredentials(t *testing.T) {
 	}
 }
 
+// getWithToken GETs url with a bearer token (none if empty) and returns
+// the status and body.
+func getWithToken(t *testing.T, url, token string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 // TestMetricsNeedAuthentication: /metrics is behind the endpoint's
 // authentication, or on a listener of its own with --metrics-listen.
 func TestMetricsNeedAuthentication(t *testing.T) {
 	t.Parallel()
 	tokens := tokensFile(t, map[string]string{"alice": "vmcp_alice-secret"})
-	get := func(url, token string) (int, string) {
-		req, _ := http.NewRequest("GET", url, nil)
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	get := func(url, token string) (int, string) { return getWithToken(t, url, token) }
 	s := startHTTPServer(t, t.TempDir(), []string{"--tokens-file", tokens, "--enable-local-backend"})
 	if code, _ := get(s.base+"/metrics", ""); code != http.StatusUnauthorized {
 		t.Errorf("/metrics without a token: %d", code)

@@ -37,6 +37,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	serverBin = filepath.Join(dir, "mcp-server")
+	// The servers the tests start keep no warm machines (each would fill
+	// a pool beside the test): TestWarmMachines turns the pool on.
+	os.Setenv("VMCP_WARM_MACHINES", "0")
 	// The server is built as the Makefile builds it, with the version
 	// that git describe gives.
 	if out, err := exec.Command("git", "describe", "--tags", "--always", "--dirty").Output(); err == nil {

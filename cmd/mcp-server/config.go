@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +42,7 @@ type Config struct {
 
 	Limits                    MachineLimits
 	Network                   NetworkSettings
+	Warm                      WarmSettings
 	DangerouslyDisableSandbox bool
 
 	FastVM    FastVMConfig
@@ -63,6 +65,13 @@ type Config struct {
 type MachineLimits struct {
 	MemoryMB, DiskMB, Processes int64
 	MaxMemoryMB, MaxDiskMB      int64
+}
+
+// WarmSettings size the pool of local machines kept started for new
+// conversations.
+type WarmSettings struct {
+	Machines int
+	Imports  []string
 }
 
 // NetworkSettings say what local machines may reach.
@@ -150,6 +159,8 @@ func (c *Config) settings() []setting {
 		{"max-processes", "VMCP_MAX_PROCESSES", whole(&c.Limits.Processes, d.Processes), "process limit of each machine"},
 		{"max-memory-mb", "VMCP_MAX_MEMORY_MB", whole(&c.Limits.MaxMemoryMB, 8192), "the most memory_mb launch_vm may give a machine, in MiB"},
 		{"max-disk-mb", "VMCP_MAX_DISK_MB", whole(&c.Limits.MaxDiskMB, 16384), "the most disk_mb launch_vm may give a machine, in MiB"},
+		{"warm-machines", "VMCP_WARM_MACHINES", whole(&c.Warm.Machines, 2), "local machines kept started, Python and --warm-imports loaded, for new conversations' first calls (each is used once, then replaced); 0: none"},
+		{"warm-imports", "VMCP_WARM_IMPORTS", listOr(&c.Warm.Imports, []string{"numpy", "pandas", "matplotlib.pyplot"}), "comma-separated Python modules that warm machines import ahead of use (into sys.modules, not the user's variables); empty: none"},
 		{"network-allow", "VMCP_NETWORK_ALLOW", list(&c.Network.Allow), "comma-separated domains (exact, or *.suffix) that local machines may be given with launch_vm's network; they reach them over HTTP(S) through vmcp's proxy"},
 		{"network-default", "VMCP_NETWORK_DEFAULT", text(&c.Network.Default, "none"), "network of local machines launched without one (every conversation's first machine too): none, allowlist (all of --network-allow), or open (needs --network-open)"},
 		{"network-open", "VMCP_NETWORK_OPEN", boolean(&c.Network.Open), "let launch_vm give local machines the host's network (network: open): for local use only"},
@@ -275,6 +286,12 @@ func (c *Config) readSecrets(getenv func(string) string) error {
 	return nil
 }
 
+// maxWarmMachines bounds --warm-machines: each holds a started sandbox.
+const maxWarmMachines = 256
+
+// pythonModule is a dotted Python module name.
+var pythonModule = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$`)
+
 // Validate checks the settings against each other and their ranges; its
 // errors name the flags (and environment variables) and say what to give.
 func (c *Config) Validate() error {
@@ -293,6 +310,14 @@ func (c *Config) Validate() error {
 	}
 	if l.MaxMemoryMB < l.MemoryMB || l.MaxDiskMB < l.DiskMB {
 		return errors.New("--max-memory-mb and --max-disk-mb must be at least --memory-mb and --disk-mb")
+	}
+	if c.Warm.Machines < 0 || c.Warm.Machines > maxWarmMachines {
+		return fmt.Errorf("--warm-machines (VMCP_WARM_MACHINES) takes 0 to %d machines", maxWarmMachines)
+	}
+	for _, m := range c.Warm.Imports {
+		if !pythonModule.MatchString(m) {
+			return fmt.Errorf("--warm-imports (VMCP_WARM_IMPORTS): %q is not a Python module name; give names such as numpy,pandas,matplotlib.pyplot", m)
+		}
 	}
 	if c.IdleLocal < 0 || c.FastVM.Idle < 0 || c.ConversationTTL < 0 || c.SnapshotTTL < 0 {
 		return errors.New("--idle-local, --idle-fastvm, --conversation-ttl and --snapshot-ttl take a duration such as 30m or 168h (VMCP_IDLE_LOCAL, VMCP_IDLE_FASTVM, VMCP_CONVERSATION_TTL, VMCP_SNAPSHOT_TTL), 0 for never")
@@ -492,8 +517,11 @@ func absolute(p, cwd string) string {
 }
 
 // list is a comma-separated setting; its default is none.
-func list(p *[]string) flag.Value {
-	return bind(p, nil, func(s string) ([]string, error) { return splitList(s), nil }, func(v []string) string { return strings.Join(v, ",") })
+func list(p *[]string) flag.Value { return listOr(p, nil) }
+
+// listOr is a comma-separated list with a default.
+func listOr(p *[]string, def []string) flag.Value {
+	return bind(p, def, func(s string) ([]string, error) { return splitList(s), nil }, func(v []string) string { return strings.Join(v, ",") })
 }
 
 // whole is a setting of a whole number; ranges are Validate's.

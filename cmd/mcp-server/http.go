@@ -85,7 +85,7 @@ type metrics struct {
 	latency  *prometheus.HistogramVec
 }
 
-func newMetrics(m *conversations.Manager) *metrics {
+func newMetrics(m *conversations.Manager, engine *local.Engine) *metrics {
 	reg := prometheus.NewRegistry()
 	x := &metrics{
 		registry: reg,
@@ -97,9 +97,20 @@ func newMetrics(m *conversations.Manager) *metrics {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
 		}, []string{"tool", "backend"}),
 	}
+	warmReady := prometheus.NewDesc("vmcp_warm_machines", "Warm local machines ready for new conversations (--warm-machines), and the pool's target.", []string{"state"}, nil)
+	warmTaken := prometheus.NewDesc("vmcp_warm_machine_requests_total", "New machines that fit the warm pool: served from it (hit) or started cold because it was empty (miss).", []string{"result"}, nil)
+	warmPSS := prometheus.NewDesc("vmcp_warm_machines_pss_bytes", "Proportional set size of the ready warm machines' processes.", nil, nil)
+	reg.MustRegister(collectorFunc{descs: []*prometheus.Desc{warmReady, warmTaken, warmPSS}, collect: func(ch chan<- prometheus.Metric) {
+		s := engine.WarmStats()
+		ch <- prometheus.MustNewConstMetric(warmReady, prometheus.GaugeValue, float64(s.Ready), "ready")
+		ch <- prometheus.MustNewConstMetric(warmReady, prometheus.GaugeValue, float64(s.Target), "target")
+		ch <- prometheus.MustNewConstMetric(warmTaken, prometheus.CounterValue, float64(s.Hits), "hit")
+		ch <- prometheus.MustNewConstMetric(warmTaken, prometheus.CounterValue, float64(s.Misses), "miss")
+		ch <- prometheus.MustNewConstMetric(warmPSS, prometheus.GaugeValue, float64(s.PSSBytes))
+	}})
 	machines := prometheus.NewDesc("vmcp_machines", "Machines owned by conversations, by backend and state (live or parked).", []string{"backend", "state"}, nil)
 	reg.MustRegister(x.calls, x.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		collectorFunc{desc: machines, collect: func(ch chan<- prometheus.Metric) {
+		collectorFunc{descs: []*prometheus.Desc{machines}, collect: func(ch chan<- prometheus.Metric) {
 			counts := map[[2]string]int{}
 			all, _ := m.Store().All(context.Background())
 			for _, c := range all {
@@ -125,11 +136,15 @@ func (x *metrics) observe(tool, backend, outcome string, d time.Duration) {
 
 // collectorFunc is a collector of metrics computed at scrape time.
 type collectorFunc struct {
-	desc    *prometheus.Desc
+	descs   []*prometheus.Desc
 	collect func(chan<- prometheus.Metric)
 }
 
-func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
 func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
 // serveHTTP serves the hosted endpoint until ctx ends: on ln, if not nil

@@ -201,6 +201,13 @@ func run(args []string) error {
 	var clientOut io.Writer
 	var httpLn net.Listener // the listener of an http server that took the state directory over
 	opts := local.Options{StateDir: cfg.StateDir, Limits: cfg.Limits.Local(), DangerouslyDisableSandbox: cfg.DangerouslyDisableSandbox, Egress: cfg.Egress()}
+	// Warm machines serve the first calls of new conversations, which go
+	// to the preferred backend: only a local one wants them.
+	localPreferred := cfg.Backend == "local" || cfg.Backend == "auto" && cfg.FastVM.APIKey == "" && cfg.ForeverVM.Token == ""
+	if localPreferred && (cfg.HTTP.Transport != "http" || cfg.HTTP.EnableLocalBackend) {
+		def := cfg.Network.Tools().Default
+		opts.Warm = local.WarmOptions{Machines: cfg.Warm.Machines, Imports: cfg.Warm.Imports, AllowNetwork: def.Open, NetworkAllow: def.Allow}
+	}
 	engine, err := local.New(opts)
 	if errors.Is(err, local.ErrStateDirInUse) {
 		var restore func()
@@ -243,7 +250,7 @@ func run(args []string) error {
 		}
 		return ownBackends(who)
 	}
-	metrics := newMetrics(manager)
+	metrics := newMetrics(manager, engine)
 	var onCall func(tool, backend, outcome string, d time.Duration)
 	if cfg.HTTP.Transport == "http" { // the only one that serves /metrics
 		onCall = metrics.observe
@@ -313,10 +320,38 @@ func reportSelfTest(engine *local.Engine, preferred bool, log zerolog.Logger) {
 	err := engine.SelfTest(context.Background())
 	switch {
 	case err == nil:
+		reportWarmPool(engine, log)
 	case preferred:
 		log.Error().Msg(err.Error())
 	default:
 		log.Info().Msg(err.Error())
+	}
+}
+
+// reportWarmPool logs, once, when the pool of warm machines is first full,
+// what it costs, or why it cannot fill.
+func reportWarmPool(engine *local.Engine, log zerolog.Logger) {
+	start := time.Now()
+	for {
+		s := engine.WarmStats()
+		switch {
+		case s.Target == 0:
+			return
+		case s.Ready >= s.Target:
+			ev := log.Info()
+			if s.ImportErrors != "" {
+				ev = log.Warn().Str("import_errors", s.ImportErrors)
+			}
+			ev.Int("machines", s.Ready).Dur("took", time.Since(start)).Float64("pss_mib_per_machine", float64(s.PSSBytes)/float64(s.Ready)/(1<<20)).
+				Msg("warm machines ready for new conversations (--warm-machines)")
+			return
+		case s.LastError != "":
+			log.Warn().Str("error", s.LastError).Msg("could not start a warm machine; new conversations start their own")
+			return
+		case time.Since(start) > 10*time.Minute:
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -893,7 +893,7 @@ func besideEndpoint(h *httpBeside, cfg Config, engine *local.Engine, svc *tools.
 	return func(ctx context.Context, ln net.Listener) error {
 		defer closeBackends()
 		defer hosted.Store(nil)
-		return serveHTTP(ctx, hc.HTTP, srv, newMetrics(manager), log, ln, mark)
+		return serveHTTP(ctx, hc.HTTP, srv, newMetrics(manager, engine), log, ln, mark)
 	}, nil
 }
 

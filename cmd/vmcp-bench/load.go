@@ -25,6 +25,11 @@ type loadResult struct {
 	clients, calls int
 	errors         int64
 	latencies      []time.Duration
+	first          []time.Duration // of each client's first call, which gets its conversation a machine
+	warm           int             // the server's --warm-machines
+	// The calls of one conversation begun before the burst: alone, and
+	// during it.
+	quiet, during  []time.Duration
 	wall           time.Duration
 	rssMiB, hwmMiB int64         // the server's resident set at the end, and its peak
 	healthzMax     time.Duration // slowest /healthz answer during the load
@@ -34,7 +39,7 @@ type loadResult struct {
 // benchLoad starts the server over streamable HTTP and runs clients
 // concurrent MCP clients (one conversation, hence one machine, each), each
 // making calls run_python calls, while /healthz is polled.
-func benchLoad(server, stateDir string, clients, calls int) (*loadResult, error) {
+func benchLoad(server, stateDir string, clients, calls, warm int) (*loadResult, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -42,7 +47,7 @@ func benchLoad(server, stateDir string, clients, calls int) (*loadResult, error)
 	addr := ln.Addr().String()
 	ln.Close()
 	c := exec.Command(server, "--transport", "http", "--listen", addr, "--insecure-no-auth", "--enable-local-backend",
-		"--max-concurrent-calls", "0", "--state-dir", stateDir)
+		"--max-concurrent-calls", "0", "--state-dir", stateDir, "--warm-machines", strconv.Itoa(warm), "--warm-imports=")
 	stderr := &syncBuffer{}
 	c.Stderr = stderr
 	if err := c.Start(); err != nil {
@@ -73,7 +78,40 @@ func benchLoad(server, stateDir string, clients, calls int) (*loadResult, error)
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	r := &loadResult{clients: clients, calls: calls}
+	r := &loadResult{clients: clients, calls: calls, warm: warm}
+	if warm > 0 {
+		if _, err := waitPoolReady(stderr, 10*time.Minute); err != nil {
+			return nil, err
+		}
+	}
+	// One conversation that exists before the burst: its calls alone, then
+	// during the burst.
+	pctx, pcancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer pcancel()
+	probe, err := mcp.NewClient(&mcp.Implementation{Name: "vmcp-load-probe", Version: "1"}, nil).Connect(pctx, &mcp.StreamableClientTransport{Endpoint: base + "/mcp"}, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer probe.Close()
+	probeCall := func() (time.Duration, error) {
+		t0 := time.Now()
+		res, err := probe.CallTool(pctx, &mcp.CallToolParams{Name: "run_python", Arguments: map[string]any{"code": "1+1"}})
+		d := time.Since(t0)
+		if err == nil && (res.IsError || !strings.Contains(text(res), "2")) {
+			err = fmt.Errorf("probe call: %s", text(res))
+		}
+		return d, err
+	}
+	for i := 0; i < 60; i++ {
+		d, err := probeCall()
+		if err != nil {
+			return nil, err
+		}
+		if i >= 10 {
+			r.quiet = append(r.quiet, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	var mu sync.Mutex
 	stopProbe := make(chan struct{})
 	probeDone := make(chan struct{})
@@ -102,6 +140,26 @@ func benchLoad(server, stateDir string, clients, calls int) (*loadResult, error)
 		}
 	}()
 
+	burstDone := make(chan struct{})
+	probing := make(chan struct{})
+	go func() {
+		defer close(probing)
+		for {
+			select {
+			case <-burstDone:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			d, err := probeCall()
+			if err != nil {
+				atomic.AddInt64(&r.errors, 1)
+				continue
+			}
+			mu.Lock()
+			r.during = append(r.during, d)
+			mu.Unlock()
+		}
+	}()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for i := 0; i < clients; i++ {
@@ -133,12 +191,17 @@ func benchLoad(server, stateDir string, clients, calls int) (*loadResult, error)
 				}
 				mu.Lock()
 				r.latencies = append(r.latencies, d)
+				if j == 0 {
+					r.first = append(r.first, d)
+				}
 				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
 	r.wall = time.Since(start)
+	close(burstDone)
+	<-probing
 	close(stopProbe)
 	<-probeDone
 	r.rssMiB, r.hwmMiB = procMemory(c.Process.Pid)
@@ -168,7 +231,10 @@ func procMemory(pid int) (rss, hwm int64) {
 }
 
 func printLoad(w io.Writer, r *loadResult) {
-	fmt.Fprintf(w, "\nLoad over streamable HTTP: %d concurrent clients x %d run_python calls, a conversation and a local machine each\n", r.clients, r.calls)
+	fmt.Fprintf(w, "\nLoad over streamable HTTP: %d concurrent clients x %d run_python calls, a new conversation and a local machine each; --warm-machines %d\n", r.clients, r.calls, r.warm)
+	fmt.Fprintf(w, "first call of each client: p50 %s ms, p99 %s ms; a conversation begun before the burst: p50 %s ms alone, %s ms during it (%.2fx, %d calls)\n",
+		ms(percentile(r.first, 0.5)), ms(percentile(r.first, 0.99)), ms(percentile(r.quiet, 0.5)), ms(percentile(r.during, 0.5)),
+		float64(percentile(r.during, 0.5))/float64(max(percentile(r.quiet, 0.5), 1)), len(r.during))
 	fmt.Fprintf(w, "errors %d of %d; latency p50 %s ms, p99 %s ms; wall %.1f s; server RSS %d MiB (peak %d MiB); /healthz slowest %s ms, failed %d\n",
 		r.errors, r.clients*r.calls, ms(percentile(r.latencies, 0.5)), ms(percentile(r.latencies, 0.99)), r.wall.Seconds(),
 		r.rssMiB, r.hwmMiB, ms(r.healthzMax), r.healthzFailed)

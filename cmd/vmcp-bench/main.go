@@ -64,6 +64,11 @@ type config struct {
 	stateDir    string
 	loadClients int // concurrent HTTP clients of the load test; 0 skips it
 	loadCalls   int
+	loadWarm    int    // the load test server's --warm-machines
+	only        string // run only this part: first-calls or load
+	// instantRounds are the rounds of first calls of new conversations
+	// (0: skip them).
+	instantRounds int
 	// outputRounds are the rounds of the 200 MB output benchmark; 0 skips it.
 	outputRounds int
 }
@@ -75,6 +80,9 @@ func parseConfig(args []string) (config, error) {
 	rounds := fs.Int("rounds", 10, "the calls of each path are made in this many rounds, the paths taking turns, so that a slow spell of the machine affects them alike")
 	loadClients := fs.Int("load-clients", 0, "also run the load test: this many concurrent MCP clients over streamable HTTP (0: skip)")
 	loadCalls := fs.Int("load-calls", 20, "run_python calls of each load-test client")
+	loadWarm := fs.Int("load-warm-machines", 0, "--warm-machines of the load test's server")
+	only := fs.String("only", "", "run only this part: first-calls (of new conversations) or load")
+	instantRounds := fs.Int("instant-rounds", 12, "rounds of first calls of new conversations, with a warm pool and without (0: skip them)")
 	outputRounds := fs.Int("output-rounds", 5, "rounds of the benchmarks of a command printing 200 MB and of a 100 MiB download through a machine's proxy (0: skip them)")
 	stateDir := fs.String("state-dir", "", "directory for the servers' (<dir>/sdk, <dir>/lean) and the engine's (<dir>/engine) state; default a fresh temporary directory, removed at the end")
 	if err := fs.Parse(args); err != nil {
@@ -98,7 +106,7 @@ func parseConfig(args []string) (config, error) {
 	if *loadClients < 0 || *loadCalls < 1 {
 		return config{}, fmt.Errorf("--load-clients takes 0 or more, --load-calls 1 or more")
 	}
-	return config{server: *server, n: *n, rounds: *rounds, stateDir: *stateDir, loadClients: *loadClients, loadCalls: *loadCalls, outputRounds: *outputRounds}, nil
+	return config{server: *server, n: *n, rounds: *rounds, stateDir: *stateDir, loadClients: *loadClients, loadCalls: *loadCalls, loadWarm: *loadWarm, only: *only, instantRounds: *instantRounds, outputRounds: *outputRounds}, nil
 }
 
 func run(args []string, stdout io.Writer) error {
@@ -123,11 +131,29 @@ func run(args []string, stdout io.Writer) error {
 		return err
 	}
 
+	// The warm calls are timed without a pool filling beside them; the
+	// first calls of new conversations are timed with one and without.
+	spec := serverSpec{path: server, args: []string{"--warm-machines", "0"}}
+	switch cfg.only {
+	case "":
+	case "first-calls":
+		return benchInstant(stdout, spec, filepath.Join(dir, "instant"), cfg.instantRounds)
+	case "load":
+		r, err := benchLoad(server, filepath.Join(dir, "load"), cfg.loadClients, cfg.loadCalls, cfg.loadWarm)
+		if err != nil {
+			return err
+		}
+		printLoad(stdout, r)
+		return nil
+	default:
+		return fmt.Errorf("--only takes first-calls or load, not %q", cfg.only)
+	}
+
 	ops := []*operation{
 		{name: "run_python 1+1", tool: "run_python", args: map[string]any{"code": "1+1"}, check: checkPython},
 		{name: "exec_command true", tool: "exec_command", args: map[string]any{"argv": []string{"true"}}, check: checkTrue},
 	}
-	spec := serverSpec{path: server}
+
 	err = measureWith(cfg, ops, func() ([]*path, error) {
 		return openPaths(
 			func() ([]*path, error) { return one(openSDK(spec, filepath.Join(dir, "sdk"))) },
@@ -141,6 +167,12 @@ func run(args []string, stdout io.Writer) error {
 	fmt.Fprintln(stdout, "Local backend: through the MCP server over stdio, and on the engine directly (ms)")
 	if err := printTable(stdout, ops, "engine"); err != nil {
 		return err
+	}
+
+	if cfg.instantRounds > 0 {
+		if err := benchInstant(stdout, spec, filepath.Join(dir, "instant"), cfg.instantRounds); err != nil {
+			return fmt.Errorf("first calls: %w", err)
+		}
 	}
 
 	if err := benchShared(stdout, cfg, spec, filepath.Join(dir, "shared")); err != nil {
@@ -181,7 +213,7 @@ func run(args []string, stdout io.Writer) error {
 	fmt.Fprintln(stdout, "\nFastVM: run_python (built on exec) and exec_command on the same VM of the emulator, through the MCP server (ms)")
 	printPair(stdout, pair[0], pair[1])
 	if cfg.loadClients > 0 {
-		r, err := benchLoad(server, filepath.Join(dir, "load"), cfg.loadClients, cfg.loadCalls)
+		r, err := benchLoad(server, filepath.Join(dir, "load"), cfg.loadClients, cfg.loadCalls, cfg.loadWarm)
 		if err != nil {
 			return fmt.Errorf("load: %w", err)
 		}

@@ -33,7 +33,7 @@ func TestRun(t *testing.T) {
 
 	state := t.TempDir()
 	var out bytes.Buffer
-	if err := run([]string{"--server", bin, "--n", "20", "--output-rounds", "1", "--state-dir", state}, &out); err != nil {
+	if err := run([]string{"--server", bin, "--n", "20", "--output-rounds", "1", "--instant-rounds", "1", "--state-dir", state}, &out); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", out.String())
@@ -56,10 +56,13 @@ func TestRun(t *testing.T) {
 			t.Errorf("row %q: want %q ... ratio", rows[i], prefix)
 		}
 	}
+	if !strings.Contains(out.String(), "first 1+1 (session new)") || !strings.Contains(out.String(), "first pandas sum (session new)") {
+		t.Errorf("no first calls of new conversations:\n%s", out.String())
+	}
 	if !strings.Contains(out.String(), "new socket p50") {
 		t.Errorf("no new-socket column:\n%s", out.String())
 	}
-	for _, sub := range []string{"sdk", "lean", "engine", "shared", "egress", "forevervm", "fastvm", "fastvm-python", "output"} {
+	for _, sub := range []string{"sdk", "lean", "engine", "instant", "shared", "egress", "forevervm", "fastvm", "fastvm-python", "output"} {
 		if _, err := os.Stat(filepath.Join(state, sub)); err != nil {
 			t.Errorf("state dir: %v", err)
 		}
