@@ -129,6 +129,9 @@ type SnapshotInfo struct {
 	Status    string // e.g. ready, creating
 	CreatedAt time.Time
 	SizeBytes int64
+	// Memory lists the Python variables the snapshot carries (see
+	// MemorySnapshotter); none if empty.
+	Memory []string
 }
 
 // Machine is one machine. Its capabilities are the interfaces below that it
@@ -165,6 +168,9 @@ type PythonResult struct {
 	Runtime    time.Duration
 	TimedOut   bool
 	StateReset string // why the code ran in an interpreter that lost earlier state
+	// StateRestored says that the code ran in a new interpreter into which
+	// the variables of the previous one were restored, and which.
+	StateRestored string
 }
 
 // CommandRunner runs commands.
@@ -258,6 +264,13 @@ type FileInfo struct {
 // Snapshotter saves a machine as a snapshot that Create can start from.
 type Snapshotter interface {
 	Snapshot(ctx context.Context, name string) (SnapshotInfo, error)
+}
+
+// MemorySnapshotter is a Snapshotter whose snapshots can carry the Python
+// variables of the machine's interpreter too (saved inside the machine),
+// restored by the first call of a machine launched from them.
+type MemorySnapshotter interface {
+	SnapshotWithMemory(ctx context.Context, name string) (SnapshotInfo, error)
 }
 
 // Idler is a backend that does something with idle machines: Idle frees

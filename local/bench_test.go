@@ -4,6 +4,7 @@ package local
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -14,6 +15,13 @@ import (
 // besides Go's mean (ns/op).
 
 type latencies []time.Duration
+
+// p50 is the median.
+func (l latencies) p50() time.Duration {
+	s := slices.Clone(l)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
 
 func (l latencies) report(b *testing.B) {
 	if len(l) == 0 {

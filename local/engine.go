@@ -66,6 +66,9 @@ type MachineInfo struct {
 	// Warm marks a machine of the warm pool, not yet handed out: one left
 	// on disk is deleted at the next start.
 	Warm bool `json:"warm,omitempty"`
+	// PythonCheckpoint, when set, is a saved Python state that the next
+	// interpreter restores before its first instruction.
+	PythonCheckpoint *Checkpoint `json:"python_checkpoint,omitempty"`
 	// PythonUsed is set once the machine has run Python, so that the first
 	// call after a restart of the engine can say that the state was reset.
 	PythonUsed bool `json:"python_used,omitempty"`
@@ -202,7 +205,7 @@ func (e *Engine) load() error {
 		info.Limits = info.ChosenLimits.withDefaults(e.opts.Limits)
 		m := newMachine(e, dir, info)
 		if info.PythonUsed {
-			m.resetReason = "vmcp restarted since the last call"
+			m.resetReason = "vmcp restarted since the last call, without saving the Python variables (it was killed, or it crashed)"
 		}
 		e.machines[info.ID] = m
 	}
@@ -309,6 +312,9 @@ func (e *Engine) materialize(ctx context.Context, info MachineInfo, snap Snapsho
 	if info.Flavour == VM && snap.ID != "" {
 		info.VMHostIDBase = snap.VMHostIDBase // its files' owners: moved at the first start
 	}
+	// The snapshot's Python variables came with its files: the first call
+	// restores them.
+	info.PythonCheckpoint = snap.PythonCheckpoint
 	dir := filepath.Join(e.opts.StateDir, "machines", info.ID)
 	if err := e.prepareMachineDir(ctx, dir, info, snap); err != nil {
 		removeAll(dir)
@@ -411,6 +417,9 @@ func (e *Engine) Close() error {
 	}
 	e.mu.Unlock()
 	e.warm.close()
+	// Stopping on purpose: the variables go to each machine's checkpoint,
+	// for the next start of the engine to restore.
+	e.saveAll(ms)
 	e.monitor.close()
 	for _, m := range ms {
 		m.Stop()

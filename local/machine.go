@@ -99,7 +99,7 @@ func (m *Machine) sandbox() (*sandbox, error) {
 			return nil, err
 		}
 	}
-	if m.sb != nil && m.interp != "" {
+	if m.sb != nil && m.interp != "" && m.resetReason == "" {
 		m.resetReason = "the machine's sandbox stopped since the last call"
 	}
 	if !m.probe {
@@ -173,6 +173,9 @@ type PythonResult struct {
 	Runtime     time.Duration
 	TimedOut    bool
 	Interrupted bool
+	// StateRestored says that this code ran in a fresh interpreter into
+	// which the machine's checkpoint was restored first, and what it held.
+	StateRestored string
 	// StateReset says why this code ran in a fresh interpreter that had lost
 	// earlier state; empty when the state carried over.
 	StateReset string
@@ -203,6 +206,8 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts PythonOptions
 		return nil, err
 	}
 	res := &PythonResult{}
+	var resetBeforehand string
+	res.StateRestored, resetBeforehand = m.restorePython(ctx, sb)
 	var out [2]capture.Capped
 	var lines [2]linesplit.Splitter
 	writers := [2]io.Writer{opts.Stdout, opts.Stderr}
@@ -279,6 +284,9 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts PythonOptions
 		}
 		res.StateReset = m.resetReason
 		m.interp, m.resetReason = key, ""
+	}
+	if resetBeforehand != "" {
+		res.StateReset = resetBeforehand
 	}
 	m.interpPID = final.PID
 	if final.Died {

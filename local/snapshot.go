@@ -25,6 +25,9 @@ type SnapshotInfo struct {
 	SizeBytes int64     `json:"size_bytes"`
 	// VMHostIDBase is the id range a VM snapshot's files are owned by.
 	VMHostIDBase int `json:"vm_host_id_base,omitempty"`
+	// PythonCheckpoint, for a snapshot taken with the machine's Python
+	// variables, describes them: a machine launched from it restores them.
+	PythonCheckpoint *Checkpoint `json:"python_checkpoint,omitempty"`
 }
 
 // Snapshot saves the machine's files under a new snapshot id. The machine
@@ -32,8 +35,45 @@ type SnapshotInfo struct {
 // way, and an entry that code in the machine swaps for a link or a special
 // file during the copy is left out (never followed).
 func (m *Machine) Snapshot(ctx context.Context, name string) (SnapshotInfo, error) {
+	return m.snapshot(ctx, name, nil)
+}
+
+// SnapshotWithMemory is Snapshot with the Python variables: they are saved
+// into the machine's files first (see SavePython), so that a machine
+// launched from the snapshot restores them; the machine itself goes on
+// with its interpreter untouched. A machine whose interpreter has not
+// started has none, and gets a plain snapshot.
+func (m *Machine) SnapshotWithMemory(ctx context.Context, name string) (SnapshotInfo, error) {
+	if err := m.e.checkReserve(); err != nil {
+		return SnapshotInfo{}, err
+	}
+	select {
+	case m.pyTurn <- struct{}{}:
+	case <-ctx.Done():
+		return SnapshotInfo{}, ctx.Err()
+	}
+	defer func() { <-m.pyTurn }()
+	cp, err := m.savePython(ctx)
+	if err != nil {
+		return SnapshotInfo{}, fmt.Errorf("save the Python variables for the snapshot (snapshot without them with include_memory false): %w", err)
+	}
+	if cp == nil {
+		// A machine stopped with its variables saved has them in its
+		// files already.
+		m.mu.Lock()
+		cp = m.info.PythonCheckpoint
+		m.mu.Unlock()
+		return m.snapshot(ctx, name, cp)
+	}
+	// The checkpoint file is the snapshot's now, not the machine's.
+	defer m.discardCheckpoint(ctx)
+	return m.snapshot(ctx, name, cp)
+}
+
+func (m *Machine) snapshot(ctx context.Context, name string, cp *Checkpoint) (SnapshotInfo, error) {
 	info := m.Info()
-	s := SnapshotInfo{ID: newID("s"), Name: name, Machine: info.ID, Flavour: info.Flavour, CreatedAt: time.Now().UTC(), VMHostIDBase: info.VMHostIDBase}
+	s := SnapshotInfo{ID: newID("s"), Name: name, Machine: info.ID, Flavour: info.Flavour, CreatedAt: time.Now().UTC(), VMHostIDBase: info.VMHostIDBase,
+		PythonCheckpoint: cp}
 	if err := m.e.checkReserve(); err != nil {
 		return SnapshotInfo{}, err
 	}

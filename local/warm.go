@@ -5,7 +5,6 @@ package local
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -304,31 +303,12 @@ func (m *Machine) warmUp(ctx context.Context, imports []string) (string, error) 
 	if err != nil {
 		return "", err
 	}
-	var final wire.Event
-	c, err := sb.start(wire.Request{Op: wire.OpPython, Warm: true, Imports: imports, TimeoutMS: warmUpTimeout.Milliseconds()}, func(ev wire.Event) bool {
-		if ev.Ev == wire.EvOutput {
-			return false // what importing prints is nobody's output
-		}
-		final = ev
-		return true
-	})
-	if err != nil {
-		return "", err
-	}
-	select {
-	case <-c.done:
-	case <-ctx.Done():
-		m.Stop()
-		<-c.done
-		return "", ctx.Err()
-	}
+	final, err := m.control(ctx, sb, wire.Request{Op: wire.OpPython, Warm: true, Imports: imports, TimeoutMS: warmUpTimeout.Milliseconds()})
 	switch {
-	case final.Ev == wire.EvError:
-		return "", errors.New(final.Error)
-	case final.Died || final.TimedOut || final.Interpreter == 0:
-		return "", fmt.Errorf("its interpreter did not start: %s", final.Error)
+	case err != nil:
+		return "", err
 	case final.Error != "":
-		return "", fmt.Errorf("its interpreter failed: %s", final.Error)
+		return "", fmt.Errorf("its interpreter failed: %s", pythonErrorLine(final.Error))
 	}
 	m.mu.Lock()
 	m.interp, m.interpPID = interpreterKey(sb, final.Interpreter), final.PID

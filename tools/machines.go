@@ -42,6 +42,8 @@ type LaunchVMOutput struct {
 type SnapshotVMInput struct {
 	Machine string `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
 	Name    string `json:"name,omitempty" jsonschema:"description=A name for the snapshot."`
+	// IncludeMemory is a pointer: absent means true where the backend can.
+	IncludeMemory *bool `json:"include_memory,omitempty" jsonschema:"description=Also save the Python variables (functions\\, classes and data defined in run_python; not open files\\, sockets or threads)\\, which a machine launched from the snapshot gets back at its first call. Default true on local machines; FastVM and ForeverVM snapshots have files only (ForeverVM machines keep their memory themselves)."`
 	CallTimeout
 	SessionArg
 }
@@ -53,6 +55,8 @@ type SnapshotVMOutput struct {
 	Machine    string `json:"machine" jsonschema:"description=The machine the snapshot was taken from."`
 	Status     string `json:"status" jsonschema:"description=Always 'created'.,enum=created"`
 	SizeBytes  int64  `json:"size_bytes" jsonschema:"description=Disk space the snapshot takes."`
+	// Memory lists the Python variables the snapshot carries.
+	Memory []string `json:"memory,omitempty" jsonschema:"description=The Python variables the snapshot carries (include_memory)."`
 }
 
 // ListMachinesInput is list_machines's arguments (none).
@@ -253,7 +257,17 @@ func (s *Service) snapshotVM(ctx context.Context, _ mcp.CallToolRequest, in Snap
 	if err != nil {
 		return nil, err
 	}
-	snap, err := snapper.Snapshot(ctx, in.Name)
+	withMemory := in.IncludeMemory == nil || *in.IncludeMemory
+	memSnapper, canMemory := snapper.(backend.MemorySnapshotter)
+	var snap backend.SnapshotInfo
+	switch {
+	case withMemory && canMemory:
+		snap, err = memSnapper.SnapshotWithMemory(ctx, in.Name)
+	case in.IncludeMemory != nil && *in.IncludeMemory:
+		return nil, fmt.Errorf("%s snapshots keep files only, not Python variables: snapshot without include_memory, or use a local machine", m.Backend())
+	default:
+		snap, err = snapper.Snapshot(ctx, in.Name)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -263,8 +277,12 @@ func (s *Service) snapshotVM(ctx context.Context, _ mcp.CallToolRequest, in Snap
 	}); err != nil {
 		return nil, fmt.Errorf("record the snapshot: %w", err)
 	}
-	out := SnapshotVMOutput{SnapshotID: snap.ID, Machine: m.ID(), Status: "created", SizeBytes: snap.SizeBytes}
-	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Snapshot %s of machine %s created (%d bytes).", snap.ID, m.ID(), snap.SizeBytes))), nil
+	out := SnapshotVMOutput{SnapshotID: snap.ID, Machine: m.ID(), Status: "created", SizeBytes: snap.SizeBytes, Memory: snap.Memory}
+	text := fmt.Sprintf("Snapshot %s of machine %s created (%d bytes).", snap.ID, m.ID(), snap.SizeBytes)
+	if len(snap.Memory) > 0 {
+		text += " It carries the Python variables " + strings.Join(snap.Memory, ", ") + ": a machine launched from it has them at its first call."
+	}
+	return structured(out, false, mcp.NewTextContent(text)), nil
 }
 
 func (s *Service) listMachines(ctx context.Context, _ mcp.CallToolRequest, _ ListMachinesInput) (*mcp.CallToolResult, error) {

@@ -45,6 +45,7 @@ type RunPythonOutput struct {
 	Images           int     `json:"images" jsonschema:"description=How many matplotlib figures are returned as image content."`
 	ImagesLeftOut    int     `json:"images_left_out,omitempty" jsonschema:"description=Figures not returned (past the most a result carries\\, or too large): saved as PNG files in full_output_path."`
 	StateReset       string  `json:"state_reset,omitempty" jsonschema:"description=Set when the code ran in a fresh interpreter that lost earlier state\\, with the reason."`
+	StateRestored    string  `json:"state_restored,omitempty" jsonschema:"description=Set when the code ran in a fresh interpreter into which the variables of the previous one (saved when the machine stopped) were restored first: which\\, and those that could not be."`
 	RuntimeMS        int64   `json:"runtime_ms" jsonschema:"description=How long the code ran\\, in milliseconds."`
 }
 
@@ -103,9 +104,10 @@ func (s *Service) runPython(ctx context.Context, req mcp.CallToolRequest, in Run
 	}
 	output.stream("error").Write([]byte(res.Error))
 	out := RunPythonOutput{
-		Machine:    m.ID(),
-		StateReset: res.StateReset,
-		RuntimeMS:  ms(res.Runtime),
+		Machine:       m.ID(),
+		StateReset:    res.StateReset,
+		StateRestored: res.StateRestored,
+		RuntimeMS:     ms(res.Runtime),
 	}
 	logErr := func(err error) {
 		s.log.Warn().Err(err).Str("machine", m.ID()).Msg("the whole output of Python code could not be kept")
@@ -183,6 +185,9 @@ func pythonText(o RunPythonOutput) string {
 	}
 	if o.StateReset != "" {
 		add("Note: the interpreter state was reset: ", o.StateReset)
+	}
+	if o.StateRestored != "" {
+		add("Note: the machine had stopped; ", o.StateRestored)
 	}
 	add("stdout:\n", strings.TrimRight(o.Stdout, "\n"))
 	add("stderr:\n", strings.TrimRight(o.Stderr, "\n"))

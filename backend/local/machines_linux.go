@@ -66,9 +66,10 @@ func (b *Backend) Snapshots(context.Context) ([]backend.SnapshotInfo, error) {
 	return out, nil
 }
 
-// Idle stops an idle machine's processes (its Python state goes; its
-// files stay); it starts again on its next use.
-func (b *Backend) Idle(_ context.Context, id string) (string, error) {
+// Idle stops an idle machine's processes, its Python variables saved to
+// its checkpoint first (see engine.Machine.SavePython); its files stay. It
+// starts again on its next use, variables restored.
+func (b *Backend) Idle(ctx context.Context, id string) (string, error) {
 	m, err := b.e.Machine(id)
 	if errors.Is(err, engine.ErrNotFound) {
 		return "", backend.ErrNotFound
@@ -76,7 +77,8 @@ func (b *Backend) Idle(_ context.Context, id string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	m.Stop()
+	// A state that cannot be saved is lost; the next call says why.
+	m.StopSaving(ctx)
 	return "", nil
 }
 
@@ -93,7 +95,11 @@ func networkOf(i engine.MachineInfo) backend.Network {
 func (m *Machine) Network() backend.Network { return networkOf(m.m.Info()) }
 
 func snapshotInfo(s engine.SnapshotInfo) backend.SnapshotInfo {
-	return backend.SnapshotInfo{ID: s.ID, Name: s.Name, Backend: Name, Machine: s.Machine, Status: "ready", CreatedAt: s.CreatedAt, SizeBytes: s.SizeBytes}
+	info := backend.SnapshotInfo{ID: s.ID, Name: s.Name, Backend: Name, Machine: s.Machine, Status: "ready", CreatedAt: s.CreatedAt, SizeBytes: s.SizeBytes}
+	if s.PythonCheckpoint != nil {
+		info.Memory = s.PythonCheckpoint.Names
+	}
+	return info
 }
 
 // Machine is an engine machine with every capability.
@@ -102,12 +108,13 @@ type Machine struct {
 }
 
 var (
-	_ backend.Idler           = (*Backend)(nil)
-	_ backend.PythonRunner    = (*Machine)(nil)
-	_ backend.NetworkReporter = (*Machine)(nil)
-	_ backend.CommandRunner   = (*Machine)(nil)
-	_ backend.FileStore       = (*Machine)(nil)
-	_ backend.Snapshotter     = (*Machine)(nil)
+	_ backend.Idler             = (*Backend)(nil)
+	_ backend.PythonRunner      = (*Machine)(nil)
+	_ backend.NetworkReporter   = (*Machine)(nil)
+	_ backend.CommandRunner     = (*Machine)(nil)
+	_ backend.FileStore         = (*Machine)(nil)
+	_ backend.Snapshotter       = (*Machine)(nil)
+	_ backend.MemorySnapshotter = (*Machine)(nil)
 )
 
 // ID is the machine's id.
@@ -125,7 +132,7 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts backend.Pytho
 	// A result comes with an error when ctx ended or a writer failed: both
 	// are the caller's to see.
 	return &backend.PythonResult{Value: r.Value, Error: r.Error, Stdout: r.Stdout, Stderr: r.Stderr, Images: r.Images,
-		Runtime: r.Runtime, TimedOut: r.TimedOut, StateReset: r.StateReset}, err
+		Runtime: r.Runtime, TimedOut: r.TimedOut, StateReset: r.StateReset, StateRestored: r.StateRestored}, err
 }
 
 // Run runs a command.
@@ -192,6 +199,12 @@ func (m *Machine) CopyOut(ctx context.Context, p string, w io.Writer) error {
 // Snapshot saves the machine's files.
 func (m *Machine) Snapshot(ctx context.Context, name string) (backend.SnapshotInfo, error) {
 	s, err := m.m.Snapshot(ctx, name)
+	return snapshotInfo(s), err
+}
+
+// SnapshotWithMemory saves the machine's files and Python variables.
+func (m *Machine) SnapshotWithMemory(ctx context.Context, name string) (backend.SnapshotInfo, error) {
+	s, err := m.m.SnapshotWithMemory(ctx, name)
 	return snapshotInfo(s), err
 }
 

@@ -743,10 +743,12 @@ func (py *interpreter) interrupt(id uint64, reason string) {
 
 // driverRequest is an instruction to the driver (driver.py).
 type driverRequest struct {
-	Code    string   `json:"code"`
-	Call    string   `json:"call"`
-	Warm    bool     `json:"warm,omitempty"`
-	Imports []string `json:"imports,omitempty"`
+	Code       string   `json:"code"`
+	Call       string   `json:"call"`
+	Warm       bool     `json:"warm,omitempty"`
+	Imports    []string `json:"imports,omitempty"`
+	Checkpoint string   `json:"checkpoint,omitempty"`
+	StateMax   int64    `json:"state_max,omitempty"`
 }
 
 type driverResult struct {
@@ -814,7 +816,8 @@ func (a *agent) runPython(req wire.Request) {
 		py.current = 0
 		py.mu.Unlock()
 	}()
-	b, _ := json.Marshal(driverRequest{Code: req.Code, Call: string(call), Warm: req.Warm, Imports: req.Imports})
+	b, _ := json.Marshal(driverRequest{Code: req.Code, Call: string(call), Warm: req.Warm, Imports: req.Imports,
+		Checkpoint: req.Checkpoint, StateMax: req.StateMax})
 	ev := wire.Event{Ev: wire.EvPython, ID: req.ID, Interpreter: py.number, PID: py.cmd.Process.Pid}
 	if _, err := py.requests.Write(append(b, '\n')); err != nil {
 		<-py.exited

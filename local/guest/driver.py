@@ -338,6 +338,154 @@ def preload(names):
     return "\n".join(failed) or None
 
 
+# A checkpoint of the user's globals lives in the machine's home, so that
+# it counts in the machine's disk quota, goes into its snapshots, and is
+# never read outside the sandbox. Only this interpreter writes and reads it.
+CHECKPOINT = os.path.join(os.path.expanduser("~"), ".vmcp", "python-state.dill")
+
+
+def unsaveable(value):
+    """Why a value cannot outlive its interpreter, or None."""
+    import socket
+    import threading
+    import types
+
+    if isinstance(value, io.IOBase):
+        return "an open file: open it again"
+    if isinstance(value, socket.socket):
+        return "a socket: connect again"
+    if isinstance(value, threading.Thread):
+        return "a thread: start it again"
+    if isinstance(value, (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)):
+        return "a generator or coroutine: its progress cannot be saved"
+    if isinstance(value, types.FrameType):
+        return "a stack frame"
+    return None
+
+
+def approx_size(value):
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    usage = getattr(value, "memory_usage", None)
+    if callable(usage):
+        try:
+            total = usage(deep=True)
+            return int(getattr(total, "sum", lambda: total)())
+        except Exception:  # noqa: BLE001 - an estimate only
+            pass
+    return sys.getsizeof(value)
+
+
+CHECKPOINT_MAGIC = b"vmcp-python-state-1\n"
+
+
+def save_checkpoint(limit):
+    """Saves the user's globals to CHECKPOINT; returns a JSON summary: the
+    names saved, those left out with the reason, the size.
+
+    Each variable is pickled on its own: with the standard pickle (fast, C)
+    where it can, else with dill, which saves functions, classes and
+    lambdas defined in the REPL by value and modules by name. Variables
+    that share an object get a copy each."""
+    import pickle
+
+    import dill
+
+    skipped = {}
+    names = []
+    sizes = {}
+    os.makedirs(os.path.dirname(CHECKPOINT), exist_ok=True)
+    tmp = CHECKPOINT + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(CHECKPOINT_MAGIC)
+        for name, value in list(user_globals.items()):
+            if name.startswith("__") and name.endswith("__"):
+                continue
+            why = unsaveable(value)
+            if why:
+                skipped[name] = why
+                continue
+            start = f.tell()
+            saved = False
+            for kind, dump in ((b"p", lambda v: pickle.dump(v, f, protocol=5)), (b"d", lambda v: dill.dump(v, f, recurse=True))):
+                f.seek(start)
+                f.truncate()
+                try:
+                    pickle.dump(name, f)
+                    f.write(kind)
+                    dump(value)
+                    saved = True
+                    break
+                except Exception as exc:  # noqa: BLE001 - the next way, or the reason
+                    why = "cannot be saved (%s: %s)" % (type(exc).__name__, str(exc)[:200])
+            if not saved:
+                f.seek(start)
+                f.truncate()
+                skipped[name] = why
+                continue
+            names.append(name)
+            sizes[name] = f.tell() - start
+            if limit and f.tell() > limit:
+                break
+        size = f.tell()
+    if limit and size > limit:
+        os.remove(tmp)
+        largest = sorted(sizes, key=sizes.get, reverse=True)[:5]
+        raise MemoryError(
+            "the variables take more than this machine may keep saved (%d MiB); the largest: %s"
+            % (limit >> 20, ", ".join("%s (about %d MiB)" % (n, max(sizes[n], approx_size(user_globals.get(n))) >> 20) for n in largest))
+        )
+    os.replace(tmp, CHECKPOINT)
+    return json.dumps({"names": sorted(names), "skipped": skipped, "bytes": size})
+
+
+def rebind(value):
+    """A function or class that dill saved by value got globals of its
+    own: it gets the user's again, so that it sees their later changes."""
+    import types
+
+    def rebound(fn):
+        if not isinstance(fn, types.FunctionType) or fn.__module__ != "__main__" or fn.__globals__ is user_globals:
+            return fn
+        new = types.FunctionType(fn.__code__, user_globals, fn.__name__, fn.__defaults__, fn.__closure__)
+        new.__kwdefaults__, new.__qualname__, new.__doc__ = fn.__kwdefaults__, fn.__qualname__, fn.__doc__
+        new.__annotations__, new.__module__ = fn.__annotations__, fn.__module__
+        new.__dict__.update(fn.__dict__)
+        return new
+
+    if isinstance(value, type) and value.__module__ == "__main__":
+        for attr, member in list(vars(value).items()):
+            if isinstance(member, types.FunctionType):
+                setattr(value, attr, rebound(member))
+        return value
+    return rebound(value)
+
+
+def restore_checkpoint():
+    """Loads CHECKPOINT into the user's globals and removes it; returns the
+    names restored, as JSON."""
+    import pickle
+
+    import dill
+
+    restored = []
+    with open(CHECKPOINT, "rb") as f:
+        if f.read(len(CHECKPOINT_MAGIC)) != CHECKPOINT_MAGIC:
+            raise ValueError("%s is not a checkpoint of this version" % CHECKPOINT)
+        while True:
+            try:
+                name = pickle.load(f)
+            except EOFError:
+                break
+            kind = f.read(1)
+            value = pickle.load(f) if kind == b"p" else dill.load(f)
+            user_globals[name] = rebind(value) if kind == b"d" else value
+            restored.append(name)
+    os.remove(CHECKPOINT)
+    return json.dumps(restored)
+
+
 # MAX_TEXT bounds a value or an error: it crosses to the host whole.
 MAX_TEXT = 16 << 20
 
@@ -383,6 +531,14 @@ for line in requests:
     try:
         if request.get("warm"):
             value = preload(request.get("imports") or [])
+        elif request.get("checkpoint") == "save":
+            value = save_checkpoint(request.get("state_max") or 0)
+        elif request.get("checkpoint") == "restore":
+            value = restore_checkpoint()
+        elif request.get("checkpoint") == "discard":
+            if os.path.exists(CHECKPOINT):
+                os.remove(CHECKPOINT)
+            value = None
         else:
             value = run(request["code"])
         running = False

@@ -48,15 +48,21 @@ type Request struct {
 	// imports Imports ahead of use (a warm machine's), into sys.modules,
 	// not the user's globals. The result's value lists the imports that
 	// failed.
-	Warm      bool              `json:"warm,omitempty"`
-	Imports   []string          `json:"imports,omitempty"`
-	Argv      []string          `json:"argv,omitempty"`
-	Env       map[string]string `json:"env,omitempty"`
-	Dir       string            `json:"dir,omitempty"`
-	Stdin     bool              `json:"stdin,omitempty"`
-	Data      []byte            `json:"-"`             // of opStdin: sent raw after the line
-	Len       int               `json:"len,omitempty"` // of opStdin: how many bytes of data follow the line
-	TimeoutMS int64             `json:"timeout_ms,omitempty"`
+	Warm    bool     `json:"warm,omitempty"`
+	Imports []string `json:"imports,omitempty"`
+	// Checkpoint, of an OpPython without code, is "save" (the user's
+	// globals to the machine's checkpoint file, at most StateMax bytes) or
+	// "restore" (them back, the file removed). The result's value is a
+	// JSON summary.
+	Checkpoint string            `json:"checkpoint,omitempty"`
+	StateMax   int64             `json:"state_max,omitempty"`
+	Argv       []string          `json:"argv,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
+	Dir        string            `json:"dir,omitempty"`
+	Stdin      bool              `json:"stdin,omitempty"`
+	Data       []byte            `json:"-"`             // of opStdin: sent raw after the line
+	Len        int               `json:"len,omitempty"` // of opStdin: how many bytes of data follow the line
+	TimeoutMS  int64             `json:"timeout_ms,omitempty"`
 	// TTY runs the command on a pseudo-terminal of Rows × Cols (also the
 	// new size in an opResize).
 	TTY  bool   `json:"tty,omitempty"`
