@@ -18,7 +18,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       bubblewrap util-linux ca-certificates \
-      python3 python3-numpy python3-pandas python3-matplotlib \
+      python3 python3-numpy python3-pandas python3-matplotlib python3-dill \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 10001 vmcp
 COPY --from=build /out/mcp-server /usr/local/bin/mcp-server
