@@ -17,7 +17,7 @@ import (
 // machine survive its idle stop and a restart of the server on SIGTERM
 // (sockets and open files are named as not restored); after a kill -9
 // the next result says the state was reset; a snapshot carries them to
-// three machines launched from it, each independent of the others and of
+// three machines launched from it at once, each independent of the others and of
 // the source.
 func TestPythonMemoryOutlivesTheProcess(t *testing.T) {
 	if withoutEngine() {
@@ -81,12 +81,13 @@ func TestPythonMemoryOutlivesTheProcess(t *testing.T) {
 	if !strings.Contains(strings.Join(snap.Memory, ","), "base") {
 		t.Fatalf("the snapshot carries %v", snap.Memory)
 	}
-	var forks []string
-	for range 3 {
-		var l tools.LaunchVMOutput
-		h.ok(t, "launch_vm", map[string]any{"snapshot_id": snap.SnapshotID}, &l)
-		forks = append(forks, l.Machine)
+	var l tools.LaunchVMOutput
+	h.ok(t, "launch_vm", map[string]any{"snapshot_id": snap.SnapshotID, "count": 3}, &l)
+	forks := l.Machines
+	if len(forks) != 3 || l.Machine != forks[2] {
+		t.Fatalf("launch_vm count 3: %+v", l)
 	}
+	h.fails(t, "launch_vm", map[string]any{"snapshot_id": snap.SnapshotID, "count": 9}, "count")
 	for i, m := range forks {
 		out = runPython(t, h, map[string]any{"code": fmt.Sprintf("base.append(%d); base", i), "machine": m})
 		if out.Value == nil || *out.Value != fmt.Sprintf("[1, 2, %d]", i) || out.StateRestored == "" {

@@ -230,7 +230,11 @@ func TestREPLInterruptRightAfterSubmissionKeepsState(t *testing.T) {
 	}
 }
 
-func TestREPLRestartOfTheEngineSaysStateWasReset(t *testing.T) {
+// TestREPLRestartOfTheEngineKeepsState: an engine closed on purpose saves
+// each machine's variables, and the next engine's first call restores
+// them (a crash, which saves nothing, is TestPythonVariablesSurviveStops'
+// last case).
+func TestREPLRestartOfTheEngineKeepsState(t *testing.T) {
 	dir := t.TempDir()
 	e := newTestEngine(t, Options{StateDir: dir})
 	m := newTestMachine(t, e, MachineSpec{})
@@ -245,8 +249,8 @@ func TestREPLRestartOfTheEngineSaysStateWasReset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := mustExec(t, m2, "open('kept.txt').read()", PythonOptions{})
-	if value(r) != "'still here'" || !strings.Contains(r.StateReset, "restarted") {
-		t.Fatalf("after restart: %s, reset %q", value(r), r.StateReset)
+	r := mustExec(t, m2, "open('kept.txt').read(), x", PythonOptions{})
+	if value(r) != "('still here', 1)" || r.StateReset != "" || !strings.Contains(r.StateRestored, "x") {
+		t.Fatalf("after restart: %s, reset %q, restored %q", value(r), r.StateReset, r.StateRestored)
 	}
 }

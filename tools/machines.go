@@ -24,9 +24,13 @@ type LaunchVMInput struct {
 	MemoryMB    int64             `json:"memory_mb,omitempty" jsonschema:"description=Local machines: memory limit in MiB (default: the server's; session_info gives the most it allows).,minimum=128"`
 	DiskMB      int64             `json:"disk_mb,omitempty" jsonschema:"description=Local machines: disk quota of its files in MiB (default: the server's; session_info gives the most it allows).,minimum=16"`
 	Network     *NetworkArg       `json:"network,omitempty" jsonschema:"description=What the machine may reach (local machines only): 'none' (the default unless session_info says otherwise); a list of domains (exact or *.suffix) within those session_info lists as allowed\\, reached over HTTP and HTTPS through vmcp's proxy (pip\\, git\\, npm and curl use it by themselves); or 'open' (the host's network) where the server enables it."`
+	Count       int               `json:"count,omitempty" jsonschema:"description=How many machines to launch alike (default 1\\, at most 8)\\, each independent: with snapshot_id\\, copies of one snapshot's files (and Python variables) for parallel work. The last becomes the conversation's machine.,minimum=1,maximum=8"`
 	CallTimeout
 	SessionArg
 }
+
+// maxLaunchCount bounds launch_vm's count.
+const maxLaunchCount = 8
 
 // LaunchVMOutput is launch_vm's result.
 type LaunchVMOutput struct {
@@ -36,6 +40,7 @@ type LaunchVMOutput struct {
 	Network  string `json:"network,omitempty" jsonschema:"description=What the machine may reach: none\\, open (the host's network)\\, or 'allowlist: ' and its domains. Absent where the service decides (FastVM's firewall\\, ForeverVM)."`
 	MemoryMB int64  `json:"memory_mb,omitempty" jsonschema:"description=Its memory limit in MiB (local machines)."`
 	DiskMB   int64  `json:"disk_mb,omitempty" jsonschema:"description=Its disk quota in MiB (local machines)."`
+	Machines []string `json:"machines,omitempty" jsonschema:"description=With count: every machine launched\\, in order (machine is the last)."`
 }
 
 // SnapshotVMInput is snapshot_vm's arguments.
@@ -178,13 +183,41 @@ func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in Launch
 	if s.maxDiskMB > 0 && in.DiskMB > s.maxDiskMB {
 		return nil, fmt.Errorf("disk_mb %d is above the %d MiB this server allows (--max-disk-mb)", in.DiskMB, s.maxDiskMB)
 	}
+	if in.Count < 0 || in.Count > maxLaunchCount {
+		return nil, fmt.Errorf("count %d: launch 1 to %d machines at once", in.Count, maxLaunchCount)
+	}
+	var launched []string
+	var out LaunchVMOutput
+	var text string
+	for range max(in.Count, 1) {
+		if out, text, err = s.launchOne(ctx, c, b, in, policy); err != nil {
+			if len(launched) > 0 {
+				err = fmt.Errorf("%w (launched before it: %s)", err, strings.Join(launched, ", "))
+			}
+			return nil, err
+		}
+		launched = append(launched, out.Machine)
+	}
+	if len(launched) > 1 {
+		out.Machines = launched
+		text = fmt.Sprintf("Launched %d %s machines: %s", len(launched), b.Name(), strings.Join(launched, ", "))
+		if in.SnapshotID != "" {
+			text += " from snapshot " + in.SnapshotID
+		}
+		text += fmt.Sprintf("; the last, %s, is now the conversation's machine: every tool call without machine acts on it.", out.Machine)
+	}
+	return structured(out, false, mcp.NewTextContent(text)), nil
+}
+
+// launchOne launches one machine for launchVM.
+func (s *Service) launchOne(ctx context.Context, c *conversations.Conversation, b backend.Backend, in LaunchVMInput, policy *backend.Network) (LaunchVMOutput, string, error) {
 	info, err := s.broker.Launch(ctx, c, b, backend.MachineSpec{Name: in.Name, Tags: in.Tags, FromSnapshot: in.SnapshotID, MachineType: in.MachineType, Network: policy,
 		MemoryMiB: in.MemoryMB, DiskMiB: in.DiskMB})
 	if err != nil {
 		if errors.Is(err, backend.ErrNotFound) && in.SnapshotID != "" {
-			return nil, fmt.Errorf("snapshot %q not found; list_machines shows the snapshots", in.SnapshotID)
+			return LaunchVMOutput{}, "", fmt.Errorf("snapshot %q not found; list_machines shows the snapshots", in.SnapshotID)
 		}
-		return nil, err
+		return LaunchVMOutput{}, "", err
 	}
 	noteMachine(ctx, b.Name(), info.ID)
 	status := info.Status
@@ -213,7 +246,7 @@ func (s *Service) launchVM(ctx context.Context, _ mcp.CallToolRequest, in Launch
 	if in.SnapshotID != "" {
 		text += " from snapshot " + in.SnapshotID
 	}
-	return structured(out, false, mcp.NewTextContent(text+"; it is now the conversation's machine: every tool call without machine acts on it.")), nil
+	return out, text + "; it is now the conversation's machine: every tool call without machine acts on it.", nil
 }
 
 // launchBackend picks where launch_vm creates the machine: the backend asked
