@@ -11,7 +11,6 @@ import (
 	"time"
 )
 
-
 // TestPythonVariablesSurviveStops: a machine stopped on purpose (idle, or
 // the engine closing) saves its variables — a million-row DataFrame, a
 // function, a class and a lambda defined in the REPL — and the next call

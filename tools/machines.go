@@ -35,11 +35,11 @@ const maxLaunchCount = 8
 // LaunchVMOutput is launch_vm's result.
 type LaunchVMOutput struct {
 	SessionResult
-	Machine  string `json:"machine" jsonschema:"description=The new machine's id; it is now the default machine."`
-	Status   string `json:"status" jsonschema:"description=The machine's status: running once launched (a local machine that could not start yet says stopped\\, and its first call tells why).,enum=running,enum=stopped,enum=provisioning"`
-	Network  string `json:"network,omitempty" jsonschema:"description=What the machine may reach: none\\, open (the host's network)\\, or 'allowlist: ' and its domains. Absent where the service decides (FastVM's firewall\\, ForeverVM)."`
-	MemoryMB int64  `json:"memory_mb,omitempty" jsonschema:"description=Its memory limit in MiB (local machines)."`
-	DiskMB   int64  `json:"disk_mb,omitempty" jsonschema:"description=Its disk quota in MiB (local machines)."`
+	Machine  string   `json:"machine" jsonschema:"description=The new machine's id; it is now the default machine."`
+	Status   string   `json:"status" jsonschema:"description=The machine's status: running once launched (a local machine that could not start yet says stopped\\, and its first call tells why).,enum=running,enum=stopped,enum=provisioning"`
+	Network  string   `json:"network,omitempty" jsonschema:"description=What the machine may reach: none\\, open (the host's network)\\, or 'allowlist: ' and its domains. Absent where the service decides (FastVM's firewall\\, ForeverVM)."`
+	MemoryMB int64    `json:"memory_mb,omitempty" jsonschema:"description=Its memory limit in MiB (local machines)."`
+	DiskMB   int64    `json:"disk_mb,omitempty" jsonschema:"description=Its disk quota in MiB (local machines)."`
 	Machines []string `json:"machines,omitempty" jsonschema:"description=With count: every machine launched\\, in order (machine is the last)."`
 }
 
