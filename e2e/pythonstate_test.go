@@ -109,3 +109,34 @@ func runPython(t *testing.T, h *harness, args map[string]any) tools.RunPythonOut
 	h.ok(t, "run_python", args, &out)
 	return out
 }
+
+// TestPeriodicCheckpointAfterAKill: with --python-checkpoint-interval,
+// what a server killed with SIGKILL had saved periodically comes back, and
+// the result says from when.
+func TestPeriodicCheckpointAfterAKill(t *testing.T) {
+	if withoutEngine() {
+		t.Skip("the server was built without the local engine")
+	}
+	t.Parallel()
+	state, root := t.TempDir(), t.TempDir()
+	opts := clientOptions{serverArgs: []string{"--python-checkpoint-interval", "1s"}}
+	h := startWith(t, state, root, opts)
+	runPython(t, h, map[string]any{"code": "saved = 'before the save'\ndef twice(x):\n    return 2 * x"})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		time.Sleep(200 * time.Millisecond)
+		if out := runPython(t, h, map[string]any{"code": "import os; os.path.exists(os.path.expanduser('~/.vmcp/python-state.dill'))"}); out.Value != nil && *out.Value == "True" {
+			time.Sleep(500 * time.Millisecond) // the machine's record follows the file
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no periodic checkpoint within 30 s")
+		}
+	}
+	kill(t, h)
+	h = startWith(t, state, root, opts)
+	out := runPython(t, h, map[string]any{"code": "saved, twice(21)"})
+	if out.Value == nil || *out.Value != "('before the save', 42)" || !strings.Contains(out.StateRestored, "periodic") || out.StateReset != "" {
+		t.Fatalf("after kill -9 with periodic checkpoints: %+v", out)
+	}
+}

@@ -77,8 +77,10 @@ func TestWarmMachines(t *testing.T) {
 	if got := metric(t, s.base, token, `vmcp_warm_machine_requests_total{result="hit"}`); got != "2" {
 		t.Errorf("hits %q after two new conversations, want 2", got)
 	}
-	if !strings.Contains(s.log.String(), "warm machines ready for new conversations") {
-		t.Errorf("no log line for the pool:\n%s", s.log)
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(s.log.String(), "warm machines ready for new conversations"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line for the pool:\n%s", s.log)
+		}
 	}
 }
 

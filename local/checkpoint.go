@@ -33,6 +33,9 @@ type Checkpoint struct {
 	// a socket…).
 	Skipped map[string]string `json:"skipped,omitempty"`
 	Bytes   int64             `json:"bytes"`
+	// Periodic: a save of Options.CheckpointInterval, restored after a
+	// crash (what came after it is lost).
+	Periodic bool `json:"periodic,omitempty"`
 }
 
 // SavePython saves the interpreter's variables to the machine's checkpoint,
@@ -51,7 +54,7 @@ func (m *Machine) SavePython(ctx context.Context) (*Checkpoint, error) {
 		return nil, err
 	}
 	m.mu.Lock()
-	m.info.PythonCheckpoint = cp
+	m.info.PythonCheckpoint, m.info.LastCheckpoint = cp, nil
 	info := m.info
 	m.mu.Unlock()
 	if err := writeJSON(filepath.Join(m.dir, "machine.json"), info); err != nil {
@@ -96,6 +99,11 @@ func (m *Machine) discardCheckpoint(ctx context.Context) {
 	if sb != nil && sb.alive() {
 		m.control(ctx, sb, wire.Request{Op: wire.OpPython, Checkpoint: "discard"})
 	}
+	m.mu.Lock()
+	if m.info.LastCheckpoint != nil {
+		m.info.LastCheckpoint, m.ranSinceSave = nil, true // its file went too
+	}
+	m.mu.Unlock()
 }
 
 // StopSaving saves the machine's Python state (see SavePython) and stops
@@ -135,12 +143,16 @@ func (m *Machine) restorePython(ctx context.Context, sb *sandbox) (restored, res
 	if final.Interpreter != 0 {
 		m.interp, m.interpPID = interpreterKey(sb, final.Interpreter), final.PID
 	}
-	m.info.PythonCheckpoint = nil
+	// The file is gone with the restore.
+	m.info.PythonCheckpoint, m.info.LastCheckpoint = nil, nil
 	info := m.info
 	switch {
 	case err == nil && final.Error == "":
 		m.resetReason = ""
 		restored = "Python variables restored from the checkpoint of " + cp.SavedAt.Format(time.RFC3339) + ": " + strings.Join(cp.Names, ", ")
+		if cp.Periodic {
+			restored = "vmcp stopped without saving (it was killed, or it crashed): " + restored + " (the last periodic save; what came after it is lost)"
+		}
 		if len(cp.Skipped) > 0 {
 			restored += "; not restored: " + skippedText(cp.Skipped)
 		}
@@ -230,4 +242,62 @@ func (e *Engine) saveAll(ms []*Machine) {
 		wg.Go(func() { m.SavePython(ctx) })
 	}
 	wg.Wait()
+}
+
+// startCheckpoints saves, every Options.CheckpointInterval, the variables
+// of the machines that ran Python since their last save and are not
+// running it now, one machine at a time.
+func (e *Engine) startCheckpoints() {
+	every := e.opts.CheckpointInterval
+	if every <= 0 {
+		return
+	}
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for range t.C {
+			e.mu.Lock()
+			closed := e.closed
+			ms := make([]*Machine, 0, len(e.machines))
+			for _, m := range e.machines {
+				ms = append(ms, m)
+			}
+			e.mu.Unlock()
+			if closed {
+				return
+			}
+			for _, m := range ms {
+				m.savePeriodically()
+			}
+		}
+	}()
+}
+
+// savePeriodically saves the variables as the machine's LastCheckpoint if
+// its interpreter ran code since the last save and is free now.
+func (m *Machine) savePeriodically() {
+	select {
+	case m.pyTurn <- struct{}{}:
+	default:
+		return // an instruction runs: next time
+	}
+	defer func() { <-m.pyTurn }()
+	m.mu.Lock()
+	changed := m.ranSinceSave
+	m.mu.Unlock()
+	if !changed {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), checkpointTimeout)
+	defer cancel()
+	cp, err := m.savePython(ctx)
+	if err != nil || cp == nil {
+		return
+	}
+	cp.Periodic = true
+	m.mu.Lock()
+	m.info.LastCheckpoint, m.ranSinceSave = cp, false
+	info := m.info
+	m.mu.Unlock()
+	writeJSON(filepath.Join(m.dir, "machine.json"), info)
 }

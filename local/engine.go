@@ -69,6 +69,10 @@ type MachineInfo struct {
 	// PythonCheckpoint, when set, is a saved Python state that the next
 	// interpreter restores before its first instruction.
 	PythonCheckpoint *Checkpoint `json:"python_checkpoint,omitempty"`
+	// LastCheckpoint is the latest periodic save of the Python variables
+	// (Options.CheckpointInterval): after a crash, the next start
+	// restores it.
+	LastCheckpoint *Checkpoint `json:"last_checkpoint,omitempty"`
 	// PythonUsed is set once the machine has run Python, so that the first
 	// call after a restart of the engine can say that the state was reset.
 	PythonUsed bool `json:"python_used,omitempty"`
@@ -177,6 +181,7 @@ func New(opts Options) (*Engine, error) {
 	e.startMonitor()
 	e.startSelfTest(missingBwrap)
 	e.startWarmPool()
+	e.startCheckpoints()
 	return e, nil
 }
 
@@ -204,7 +209,11 @@ func (e *Engine) load() error {
 		// versions that did not record ChosenLimits take them all.)
 		info.Limits = info.ChosenLimits.withDefaults(e.opts.Limits)
 		m := newMachine(e, dir, info)
-		if info.PythonUsed {
+		if info.PythonUsed && info.PythonCheckpoint == nil && info.LastCheckpoint != nil {
+			// A crash after a periodic save: that save is what is left.
+			m.info.PythonCheckpoint, m.info.LastCheckpoint = info.LastCheckpoint, nil
+		}
+		if info.PythonUsed && m.info.PythonCheckpoint == nil {
 			m.resetReason = "vmcp restarted since the last call, without saving the Python variables (it was killed, or it crashed)"
 		}
 		e.machines[info.ID] = m

@@ -37,7 +37,9 @@ type Machine struct {
 	interp      string // the agent interpreter that ran the last instruction
 	interpPID   int    // its process id in the sandbox
 	resetReason string // why the next interpreter starts without the old state
-	probe       bool   // the self-test's machine, which starts before the self-test ends
+	// ranSinceSave: Python ran since the last periodic checkpoint.
+	ranSinceSave bool
+	probe        bool // the self-test's machine, which starts before the self-test ends
 
 	pyTurn chan struct{} // FIFO lock (channel waiters are served in order)
 	// usage is the disk usage last measured (-1: never).
@@ -301,7 +303,7 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts PythonOptions
 		}
 	}
 	firstUse := !m.info.PythonUsed
-	m.info.PythonUsed = true
+	m.info.PythonUsed, m.ranSinceSave = true, true
 	info := m.info
 	m.mu.Unlock()
 	if firstUse {

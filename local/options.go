@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/vmcp-dev/vmcp/backend"
 )
@@ -105,6 +106,11 @@ type Options struct {
 	Egress EgressOptions
 	// Warm configures a pool of machines kept started for Create.
 	Warm WarmOptions
+	// CheckpointInterval, if set, saves the Python variables of every
+	// machine that ran code since its last save this often, so that a
+	// crash loses only what came after (see Machine.SavePython). 0: only
+	// when machines stop on purpose.
+	CheckpointInterval time.Duration
 }
 
 // WarmOptions configure the pool of warm machines: machines started ahead
@@ -170,4 +176,8 @@ type WarmStats struct {
 	// LastError is why the last warm machine could not be made, if it
 	// could not.
 	LastError string
+	// FilledIn is how long the pool took to fill the first time (0 until
+	// it has), and FilledPSSBytes the PSS of its machines then.
+	FilledIn       time.Duration
+	FilledPSSBytes int64
 }

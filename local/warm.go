@@ -38,6 +38,9 @@ type warmPool struct {
 	opts WarmOptions
 
 	mu        sync.Mutex
+	started   time.Time
+	filledIn  time.Duration // the first time the pool was full
+	filledPSS int64
 	ready     []*Machine
 	making    *Machine // starting now
 	importErr string
@@ -57,7 +60,7 @@ func (e *Engine) startWarmPool() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.warm = &warmPool{e: e, opts: e.opts.Warm, taken: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{}),
-		ctx: ctx, cancel: cancel}
+		ctx: ctx, cancel: cancel, started: time.Now()}
 	go e.warm.run()
 }
 
@@ -70,7 +73,7 @@ func (e *Engine) WarmStats() WarmStats {
 	p.mu.Lock()
 	ready := slices.Clone(p.ready)
 	s := WarmStats{Target: p.opts.Machines, Ready: len(ready), Hits: p.hits.Load(), Misses: p.misses.Load(),
-		ImportErrors: p.importErr, LastError: p.lastErr}
+		ImportErrors: p.importErr, LastError: p.lastErr, FilledIn: p.filledIn, FilledPSSBytes: p.filledPSS}
 	p.mu.Unlock()
 	for _, m := range ready {
 		s.PSSBytes += m.pss()
@@ -119,7 +122,18 @@ func (p *warmPool) run() {
 			p.mu.Lock()
 			p.ready = append(p.ready, m)
 			p.lastErr = ""
+			full := p.filledIn == 0 && len(p.ready) >= p.opts.Machines
+			ready := slices.Clone(p.ready)
 			p.mu.Unlock()
+			if full {
+				var pss int64
+				for _, m := range ready {
+					pss += m.pss()
+				}
+				p.mu.Lock()
+				p.filledIn, p.filledPSS = time.Since(p.started), pss
+				p.mu.Unlock()
+			}
 		}
 		select {
 		case <-p.taken:

@@ -40,7 +40,7 @@ func TestWarmMachineIsFresh(t *testing.T) {
 	if info := first.Info(); info.Status != StatusRunning || info.Name != "first" || info.Tags["conversation"] != "a" || info.Warm {
 		t.Fatalf("a machine from the pool: %+v", info)
 	}
-	if s := e.WarmStats(); s.Hits != 1 || !strings.Contains(s.ImportErrors, "no_such_module_vmcp") {
+	if s := e.WarmStats(); s.Hits != 1 || !strings.Contains(s.ImportErrors, "no_such_module_vmcp") || s.FilledIn == 0 || s.FilledPSSBytes == 0 {
 		t.Errorf("stats after one creation: %+v", s)
 	}
 	r := mustExec(t, first, "import sys; sorted(k for k in globals() if not k.startswith('__')), 'json' in sys.modules", PythonOptions{})

@@ -37,6 +37,7 @@ type Config struct {
 	// The budget of a result's text, and the most a call may ask for.
 	MaxOutputChars, MaxOutputCharsLimit int
 	IdleLocal                           time.Duration // 0: never
+	PythonCheckpointInterval            time.Duration // 0: never
 	ConversationTTL                     time.Duration // 0: never
 	SnapshotTTL                         time.Duration // 0: never
 
@@ -144,6 +145,7 @@ func (c *Config) settings() []setting {
 		{"max-snapshots", "VMCP_MAX_SNAPSHOTS", whole(&c.MaxSnapshots, 0), "most snapshots one conversation may own; 0: no limit"},
 		{"max-output-chars", "VMCP_MAX_OUTPUT_CHARS", whole(&c.MaxOutputChars, tools.DefaultMaxOutputChars), "characters of text a result carries at most; longer output keeps head and tail, the whole saved in the machine"},
 		{"max-output-chars-limit", "VMCP_MAX_OUTPUT_CHARS_LIMIT", whole(&c.MaxOutputCharsLimit, tools.DefaultMaxOutputCharsLimit), "the most a call may ask for with max_output_chars"},
+		{"python-checkpoint-interval", "VMCP_PYTHON_CHECKPOINT_INTERVAL", duration(&c.PythonCheckpointInterval, 0), "also save local machines' Python variables this often (those that ran code since), so that a crash of vmcp loses only what came after; 0: only when machines stop on purpose (idle, or vmcp stopping)"},
 		{"idle-local", "VMCP_IDLE_LOCAL", duration(&c.IdleLocal, 30*time.Minute), "stop a local machine's processes after this long unused (files stay; 0: never)"},
 		{"idle-fastvm", "VMCP_IDLE_FASTVM", duration(&c.FastVM.Idle, 15*time.Minute), "pause a FastVM machine unused this long (memory and files kept, no quota held; the next use resumes it), or with --fastvm-idle-action snapshot park it as a snapshot (0: never)"},
 		{"fastvm-idle-action", "VMCP_FASTVM_IDLE_ACTION", text(&c.FastVM.IdleAction, "auto"), "what to do with an idle FastVM machine: pause, snapshot (snapshot it, delete it, relaunch it on next use), or auto (pause where the service can, else snapshot)"},
@@ -318,6 +320,9 @@ func (c *Config) Validate() error {
 		if !pythonModule.MatchString(m) {
 			return fmt.Errorf("--warm-imports (VMCP_WARM_IMPORTS): %q is not a Python module name; give names such as numpy,pandas,matplotlib.pyplot", m)
 		}
+	}
+	if c.PythonCheckpointInterval < 0 || c.PythonCheckpointInterval > 0 && c.PythonCheckpointInterval < time.Second {
+		return errors.New("--python-checkpoint-interval (VMCP_PYTHON_CHECKPOINT_INTERVAL) takes 0 (off) or a duration of at least 1s, such as 5m")
 	}
 	if c.IdleLocal < 0 || c.FastVM.Idle < 0 || c.ConversationTTL < 0 || c.SnapshotTTL < 0 {
 		return errors.New("--idle-local, --idle-fastvm, --conversation-ttl and --snapshot-ttl take a duration such as 30m or 168h (VMCP_IDLE_LOCAL, VMCP_IDLE_FASTVM, VMCP_CONVERSATION_TTL, VMCP_SNAPSHOT_TTL), 0 for never")

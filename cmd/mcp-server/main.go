@@ -200,7 +200,8 @@ func run(args []string) error {
 	var clientIn io.Reader
 	var clientOut io.Writer
 	var httpLn net.Listener // the listener of an http server that took the state directory over
-	opts := local.Options{StateDir: cfg.StateDir, Limits: cfg.Limits.Local(), DangerouslyDisableSandbox: cfg.DangerouslyDisableSandbox, Egress: cfg.Egress()}
+	opts := local.Options{StateDir: cfg.StateDir, Limits: cfg.Limits.Local(), DangerouslyDisableSandbox: cfg.DangerouslyDisableSandbox, Egress: cfg.Egress(),
+		CheckpointInterval: cfg.PythonCheckpointInterval}
 	// Warm machines serve the first calls of new conversations, which go
 	// to the preferred backend: only a local one wants them.
 	localPreferred := cfg.Backend == "local" || cfg.Backend == "auto" && cfg.FastVM.APIKey == "" && cfg.ForeverVM.Token == ""
@@ -337,12 +338,12 @@ func reportWarmPool(engine *local.Engine, log zerolog.Logger) {
 		switch {
 		case s.Target == 0:
 			return
-		case s.Ready >= s.Target:
+		case s.FilledIn > 0:
 			ev := log.Info()
 			if s.ImportErrors != "" {
 				ev = log.Warn().Str("import_errors", s.ImportErrors)
 			}
-			ev.Int("machines", s.Ready).Dur("took", time.Since(start)).Float64("pss_mib_per_machine", float64(s.PSSBytes)/float64(s.Ready)/(1<<20)).
+			ev.Int("machines", s.Target).Dur("took", s.FilledIn).Float64("pss_mib_per_machine", float64(s.FilledPSSBytes)/float64(s.Target)/(1<<20)).
 				Msg("warm machines ready for new conversations (--warm-machines)")
 			return
 		case s.LastError != "":

@@ -389,9 +389,12 @@ def save_checkpoint(limit):
     lambdas defined in the REPL by value and modules by name. Variables
     that share an object get a copy each."""
     import pickle
+    import types
 
-    import dill
-
+    try:
+        import dill
+    except ImportError:  # only what the standard pickle takes, then
+        dill = None
     skipped = {}
     names = []
     sizes = {}
@@ -408,7 +411,13 @@ def save_checkpoint(limit):
                 continue
             start = f.tell()
             saved = False
-            for kind, dump in ((b"p", lambda v: pickle.dump(v, f, protocol=5)), (b"d", lambda v: dill.dump(v, f, recurse=True))):
+            ways = [(b"p", lambda v: pickle.dump(v, f, protocol=5))]
+            if isinstance(value, types.ModuleType):
+                ways = [(b"m", lambda v: pickle.dump(v.__name__, f))]  # imported again by name
+            elif dill is not None:
+                ways.append((b"d", lambda v: dill.dump(v, f, recurse=True)))
+            why = "cannot be saved"
+            for kind, dump in ways:
                 f.seek(start)
                 f.truncate()
                 try:
@@ -422,6 +431,8 @@ def save_checkpoint(limit):
             if not saved:
                 f.seek(start)
                 f.truncate()
+                if dill is None:
+                    why += "; functions and classes defined here need dill (pip install dill)"
                 skipped[name] = why
                 continue
             names.append(name)
@@ -465,9 +476,8 @@ def rebind(value):
 def restore_checkpoint():
     """Loads CHECKPOINT into the user's globals and removes it; returns the
     names restored, as JSON."""
+    import importlib
     import pickle
-
-    import dill
 
     restored = []
     with open(CHECKPOINT, "rb") as f:
@@ -479,8 +489,15 @@ def restore_checkpoint():
             except EOFError:
                 break
             kind = f.read(1)
-            value = pickle.load(f) if kind == b"p" else dill.load(f)
-            user_globals[name] = rebind(value) if kind == b"d" else value
+            if kind == b"p":
+                value = pickle.load(f)
+            elif kind == b"m":
+                value = importlib.import_module(pickle.load(f))
+            else:
+                import dill
+
+                value = rebind(dill.load(f))
+            user_globals[name] = value
             restored.append(name)
     os.remove(CHECKPOINT)
     return json.dumps(restored)
