@@ -102,6 +102,9 @@ type Backend struct {
 	paused map[string]bool
 	// repls are the VMs' Python REPLs (see RunPython).
 	repls map[string]*vmrepl.REPL
+	// restore are VMs launched from a snapshot, whose first Python call
+	// restores the variables the snapshot may carry (see park).
+	restore map[string]bool
 }
 
 // New returns the backend of c's VMs.
@@ -119,7 +122,7 @@ func New(c *fastvmclient.Client, opts Options) *Backend {
 		opts.IdleAction = IdleAuto
 	}
 	return &Backend{c: c, marks: opts.Marks, machineType: opts.MachineType, idleAction: opts.IdleAction, log: opts.Logger,
-		known: map[string]bool{}, paused: map[string]bool{}, repls: map[string]*vmrepl.REPL{}}
+		known: map[string]bool{}, paused: map[string]bool{}, repls: map[string]*vmrepl.REPL{}, restore: map[string]bool{}}
 }
 
 // Name is "fastvm".
@@ -164,6 +167,11 @@ func (b *Backend) Create(ctx context.Context, spec backend.MachineSpec) (backend
 		return backend.MachineInfo{}, fmt.Errorf("launch a FastVM machine: %w", err)
 	}
 	b.remember(vm.ID, true)
+	if spec.FromSnapshot != "" {
+		b.mu.Lock()
+		b.restore[vm.ID] = true
+		b.mu.Unlock()
+	}
 	return machineInfo(vm), nil
 }
 
@@ -322,8 +330,18 @@ func (b *Backend) Idle(ctx context.Context, id string) (string, error) {
 	return b.park(ctx, id)
 }
 
-// park snapshots an idle VM for Idle; the caller deletes it.
+// park snapshots an idle VM for Idle; the caller deletes it. Its Python
+// variables, if its interpreter ran code, are saved into its files first,
+// for the first call of the VM launched from the snapshot to restore.
 func (b *Backend) park(ctx context.Context, id string) (string, error) {
+	b.mu.Lock()
+	r := b.repls[id]
+	b.mu.Unlock()
+	if r != nil {
+		if _, err := r.SaveVariables(ctx, maxSavedVariables); err != nil {
+			b.log.Warn().Err(err).Str("machine", id).Msg("could not save an idle FastVM machine's Python variables before parking it: they are lost")
+		}
+	}
 	s, err := b.c.CreateSnapshot(ctx, id, "vmcp-parked-"+id)
 	if fastvmclient.IsNotFound(err) {
 		return "", backend.ErrNotFound

@@ -3,8 +3,10 @@ package fastvm
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/vmcp-dev/vmcp/backend"
@@ -47,15 +49,60 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts backend.Pytho
 	// A 409 means the exec was refused (the VM was paused behind our back)
 	// before anything ran: the call can be made again once it is resumed,
 	// unless output reached the caller's writers (it cannot be taken back).
+	var restored, reset string
 	err := m.resumed(ctx, unwritten, func() error {
 		var err error
+		if restored, reset, err = m.restoreVariables(ctx, r); err != nil {
+			return err
+		}
 		res, err = r.RunPython(ctx, code, opts)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("run Python on FastVM machine %s: %w", m.id, err)
 	}
+	res.StateRestored = restored
+	if res.StateReset == "" {
+		res.StateReset = reset
+	}
 	return res, nil
+}
+
+// maxSavedVariables bounds the variables a FastVM machine saves when it is
+// parked.
+const maxSavedVariables = 1 << 30
+
+// restoreVariables restores, before the first call of a VM launched from
+// a snapshot, the variables the snapshot carries (a parked machine's), and
+// says so; without any, it passes on what that first call would have said
+// of the state.
+func (m *Machine) restoreVariables(ctx context.Context, r *vmrepl.REPL) (restored, reset string, err error) {
+	m.b.mu.Lock()
+	pending := m.b.restore[m.id]
+	m.b.mu.Unlock()
+	if !pending {
+		return "", "", nil
+	}
+	names, res, err := r.RestoreVariables(ctx)
+	if res == nil && err != nil {
+		return "", "", err // the REPL could not be reached: the next call tries again
+	}
+	m.b.mu.Lock()
+	delete(m.b.restore, m.id)
+	m.b.mu.Unlock()
+	if err != nil {
+		// No variables in the snapshot (FileNotFoundError), or they could
+		// not be loaded: the interpreter starts empty, as it would have.
+		if !strings.Contains(err.Error(), "FileNotFoundError") {
+			reset = "the Python variables of the snapshot could not be restored (" + err.Error() + ")"
+		} else {
+			reset = res.StateReset
+		}
+		return "", reset, nil
+	}
+	var list []string
+	json.Unmarshal([]byte(names), &list)
+	return "Python variables restored (saved when the machine was parked): " + strings.Join(list, ", "), "", nil
 }
 
 // repl is the REPL of a VM, made on first use and kept for the next calls

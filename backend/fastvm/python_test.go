@@ -157,3 +157,30 @@ func TestPythonOutputOnFastVM(t *testing.T) {
 		t.Fatalf("a 900 kB line in the result: %d bytes, tail %q", len(r.Stdout), r.Stdout[max(0, len(r.Stdout)-20):])
 	}
 }
+
+// TestParkKeepsPythonVariables: a machine parked by the backend that ran
+// its Python saves its variables (a function and a class defined in the
+// REPL included) into its files; the machine relaunched from the snapshot
+// has them at its first call, which says so.
+func TestParkKeepsPythonVariables(t *testing.T) {
+	env := newTestEnv(t, fastvmemu.Options{}, Options{IdleAction: IdleSnapshot})
+	ctx := context.Background()
+	m := env.machine(t)
+	mustPython(t, m, "x = 41\ndef f(n):\n    return n * x\nclass K:\n    v = 7", 0)
+	snap, err := env.b.Idle(ctx, m.ID())
+	if err != nil || snap == "" {
+		t.Fatalf("parking: %q, %v", snap, err)
+	}
+	info, err := env.b.Create(ctx, backend.MachineSpec{FromSnapshot: snap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bm, err := env.b.Machine(ctx, info.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := mustPython(t, bm.(*Machine), "x + 1, f(2), K.v", time.Minute)
+	if value(r) != "(42, 82, 7)" || !strings.Contains(r.StateRestored, "x") || r.StateReset != "" {
+		t.Fatalf("after the park: %+v", r)
+	}
+}

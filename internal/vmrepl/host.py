@@ -473,6 +473,8 @@ class Call:
         self.marker_deadline = None
         self.reset = None
         self.whole = (False, False)  # streams sent entire, not capped
+        self.checkpoint = None  # "save" or "restore": the driver's checkpoint requests, no code
+        self.state_max = 0
         self.max_output = DEFAULT_MAX_OUTPUT
         self.sent = [0, 0]
         self.tail = [bytearray(), bytearray()]
@@ -949,6 +951,10 @@ class Host:
             c.max_output = int(req.get("max_output") or DEFAULT_MAX_OUTPUT)
             whole = req.get("whole") or []
             c.whole = (len(whole) > 0 and whole[0] is True, len(whole) > 1 and whole[1] is True)
+            c.checkpoint = req.get("checkpoint") or None
+            if c.checkpoint not in (None, "save", "restore"):
+                raise ValueError("unknown checkpoint request")
+            c.state_max = int(req.get("state_max") or 0)
         except (OSError, ValueError, KeyError, TypeError) as e:
             c.finish(self.result_lines(c, {"error": "vmcp could not read this request: %s" % e}))
             return
@@ -1003,7 +1009,10 @@ class Host:
         # this line knows that its code did not run, and may send it again.
         c.write(b"s\n")
         c.flush()
-        d.send(json.dumps({"code": c.code, "call": c.driver_call}).encode("ascii") + b"\n")
+        msg = {"code": c.code, "call": c.driver_call}
+        if c.checkpoint:
+            msg.update(checkpoint=c.checkpoint, state_max=c.state_max)
+        d.send(json.dumps(msg).encode("ascii") + b"\n")
         c.code = None
 
     def interrupt(self, c, reason):

@@ -165,6 +165,11 @@ type wireRequest struct {
 	// Whole asks for stdout and stderr entire, not capped at MaxOutput:
 	// for PythonOptions.Stdout and Stderr.
 	Whole [2]bool `json:"whole"`
+	// Checkpoint, instead of code, asks the driver to save ("save", at
+	// most StateMax bytes) or restore ("restore") the interpreter's
+	// variables (see the local engine's driver).
+	Checkpoint string `json:"checkpoint,omitempty"`
+	StateMax   int64  `json:"state_max,omitempty"`
 }
 
 // RunPython runs code in the machine's interpreter; globals persist between
@@ -179,8 +184,58 @@ func (r *REPL) RunPython(ctx context.Context, code string, opts backend.PythonOp
 	if timeout <= 0 {
 		timeout = r.opts.DefaultTimeout
 	}
-	req, err := json.Marshal(wireRequest{Code: code, TimeoutMS: timeout.Milliseconds(), MaxOutput: r.opts.MaxOutput,
-		Whole: [2]bool{opts.Stdout != nil, opts.Stderr != nil}})
+	return r.send(ctx, wireRequest{Code: code, TimeoutMS: timeout.Milliseconds(), MaxOutput: r.opts.MaxOutput,
+		Whole: [2]bool{opts.Stdout != nil, opts.Stderr != nil}}, timeout, opts)
+}
+
+// checkpointTimeout bounds saving or restoring the variables.
+const checkpointTimeout = time.Minute
+
+// SaveVariables saves the interpreter's variables in the machine, at most
+// max bytes, for RestoreVariables in a later interpreter (of this machine,
+// or of one launched from its snapshot); it returns the driver's JSON
+// summary. An interpreter that has not run code has nothing to save.
+func (r *REPL) SaveVariables(ctx context.Context, max int64) (string, error) {
+	res, err := r.send(ctx, wireRequest{TimeoutMS: checkpointTimeout.Milliseconds(), MaxOutput: r.opts.MaxOutput, Checkpoint: "save", StateMax: max},
+		checkpointTimeout, backend.PythonOptions{})
+	return checkpointValue(res, err)
+}
+
+// RestoreVariables restores the variables SaveVariables saved into the
+// interpreter (starting it if needed); the file is removed. It returns
+// the names restored as JSON; the result's StateReset is what a fresh
+// interpreter's first call would have said.
+func (r *REPL) RestoreVariables(ctx context.Context) (string, *backend.PythonResult, error) {
+	res, err := r.send(ctx, wireRequest{TimeoutMS: checkpointTimeout.Milliseconds(), MaxOutput: r.opts.MaxOutput, Checkpoint: "restore"},
+		checkpointTimeout, backend.PythonOptions{})
+	v, err := checkpointValue(res, err)
+	return v, res, err
+}
+
+func checkpointValue(res *backend.PythonResult, err error) (string, error) {
+	switch {
+	case err != nil:
+		return "", err
+	case res.Error != "":
+		return "", errors.New(lastLine(res.Error))
+	case res.Value == nil:
+		return "", errors.New("no summary")
+	}
+	return *res.Value, nil
+}
+
+// lastLine is the last line of a traceback: the exception.
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// send makes one request of the interpreter, starting its host if needed.
+func (r *REPL) send(ctx context.Context, w wireRequest, timeout time.Duration, opts backend.PythonOptions) (*backend.PythonResult, error) {
+	req, err := json.Marshal(w)
 	if err != nil {
 		return nil, err
 	}
