@@ -48,7 +48,7 @@ type SnapshotVMInput struct {
 	Machine string `json:"machine,omitempty" jsonschema:"description=Machine id; default: the default machine (created on first use)."`
 	Name    string `json:"name,omitempty" jsonschema:"description=A name for the snapshot."`
 	// IncludeMemory is a pointer: absent means true where the backend can.
-	IncludeMemory *bool `json:"include_memory,omitempty" jsonschema:"description=Also save the Python variables (functions\\, classes and data defined in run_python; not open files\\, sockets or threads)\\, which a machine launched from the snapshot gets back at its first call. Default true on local machines; FastVM and ForeverVM snapshots have files only (ForeverVM machines keep their memory themselves)."`
+	IncludeMemory *bool `json:"include_memory,omitempty" jsonschema:"description=Also save the Python variables (functions\\, classes and data defined in run_python; not open files\\, sockets or threads)\\, which a machine launched from the snapshot gets back at its first call. Default true on local machines; FastVM snapshots have files only; ForeverVM has no snapshots (its machines keep their memory themselves)."`
 	CallTimeout
 	SessionArg
 }
