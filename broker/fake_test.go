@@ -52,6 +52,16 @@ func (k *clocked) reap(t *testing.T, want ReapResult, why string) {
 	}
 }
 
+// reapsAtTimeout checks that the reaper does nothing a nanosecond before
+// the idle timeout from now, and want at it.
+func (k *clocked) reapsAtTimeout(t *testing.T, want ReapResult, what string) {
+	t.Helper()
+	k.clock.Advance(idle - time.Nanosecond)
+	k.reap(t, ReapResult{}, what+": a nanosecond before the timeout")
+	k.clock.Advance(time.Nanosecond)
+	k.reap(t, want, what+": at the timeout")
+}
+
 // load is the stored record of a conversation.
 func (k *clocked) load(t *testing.T, c *conversations.Conversation) *conversations.Conversation {
 	t.Helper()
@@ -181,10 +191,7 @@ func TestIdleMachineIsStoppedAtItsTimeout(t *testing.T) {
 	}
 	l.Release()
 
-	clock.Advance(idle - time.Nanosecond)
-	k.reap(t, ReapResult{}, "a nanosecond before the timeout counted from the last call")
-	clock.Advance(time.Nanosecond)
-	k.reap(t, ReapResult{Stopped: 1}, "the timeout counted from the last call")
+	k.reapsAtTimeout(t, ReapResult{Stopped: 1}, "the timeout counted from the last call")
 }
 
 // TestIdleMachineIsParkedAndRestored: on a backend that parks idle machines
@@ -257,10 +264,7 @@ func TestIdleMachineIsParkedAndRestored(t *testing.T) {
 	l.Release()
 
 	// The relaunched machine idles like any other.
-	clock.Advance(idle - time.Nanosecond)
-	k.reap(t, ReapResult{}, "the relaunched machine a nanosecond before its timeout")
-	clock.Advance(time.Nanosecond)
-	k.reap(t, ReapResult{Parked: 1}, "the relaunched machine at its timeout")
+	k.reapsAtTimeout(t, ReapResult{Parked: 1}, "the relaunched machine at its timeout")
 }
 
 // TestHeldMachineIsNeverIdled: however long a call holds a machine, the
@@ -291,10 +295,7 @@ func TestHeldMachineIsNeverIdled(t *testing.T) {
 			}
 			l.Release()
 			k.reap(t, ReapResult{}, "the call has just ended")
-			clock.Advance(idle - time.Nanosecond)
-			k.reap(t, ReapResult{}, "a nanosecond before the timeout counted from the call's end")
-			clock.Advance(time.Nanosecond)
-			k.reap(t, want, "the timeout counted from the call's end")
+					k.reapsAtTimeout(t, want, "the timeout counted from the call's end")
 			if !parks {
 				return
 			}

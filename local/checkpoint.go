@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vmcp-dev/vmcp/local/guest"
 	"github.com/vmcp-dev/vmcp/local/wire"
 )
 
@@ -80,7 +81,7 @@ func (m *Machine) savePython(ctx context.Context) (*Checkpoint, error) {
 		return nil, nil // the interpreter had ended: a new one has nothing
 	}
 	if final.Error != "" || final.Value == nil {
-		return nil, errors.New(pythonErrorLine(final.Error))
+		return nil, errors.New(guest.ExceptionLine(final.Error))
 	}
 	cp := Checkpoint{SavedAt: time.Now().UTC()}
 	if err := json.Unmarshal([]byte(*final.Value), &cp); err != nil {
@@ -159,7 +160,7 @@ func (m *Machine) restorePython(ctx context.Context, sb *sandbox) (restored, res
 	case err != nil:
 		reset = "the checkpoint of the Python variables could not be restored (" + err.Error() + ")"
 	default:
-		reset = "the checkpoint of the Python variables could not be restored (" + pythonErrorLine(final.Error) + ")"
+		reset = "the checkpoint of the Python variables could not be restored (" + guest.ExceptionLine(final.Error) + ")"
 	}
 	m.mu.Unlock()
 	if werr := writeJSON(filepath.Join(m.dir, "machine.json"), info); werr != nil && reset == "" {
@@ -180,18 +181,6 @@ func skippedText(skipped map[string]string) string {
 		parts[i] = n + " (" + skipped[n] + ")"
 	}
 	return strings.Join(parts, ", ")
-}
-
-// pythonErrorLine is the last line of a Python traceback: the exception.
-func pythonErrorLine(tb string) string {
-	tb = strings.TrimSpace(tb)
-	if i := strings.LastIndexByte(tb, '\n'); i >= 0 {
-		tb = tb[i+1:]
-	}
-	if tb == "" {
-		return "no result"
-	}
-	return tb
 }
 
 // control sends a request that runs no user code to the machine's

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vmcp-dev/vmcp/local/guest"
 	"github.com/vmcp-dev/vmcp/local/wire"
 )
 
@@ -322,7 +323,7 @@ func (m *Machine) warmUp(ctx context.Context, imports []string) (string, error) 
 	case err != nil:
 		return "", err
 	case final.Error != "":
-		return "", fmt.Errorf("its interpreter failed: %s", pythonErrorLine(final.Error))
+		return "", fmt.Errorf("its interpreter failed: %s", guest.ExceptionLine(final.Error))
 	}
 	m.mu.Lock()
 	m.interp, m.interpPID = interpreterKey(sb, final.Interpreter), final.PID

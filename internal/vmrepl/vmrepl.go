@@ -217,20 +217,11 @@ func checkpointValue(res *backend.PythonResult, err error) (string, error) {
 	case err != nil:
 		return "", err
 	case res.Error != "":
-		return "", errors.New(lastLine(res.Error))
+		return "", errors.New(guest.ExceptionLine(res.Error))
 	case res.Value == nil:
 		return "", errors.New("no summary")
 	}
 	return *res.Value, nil
-}
-
-// lastLine is the last line of a traceback: the exception.
-func lastLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		return s[i+1:]
-	}
-	return s
 }
 
 // send makes one request of the interpreter, starting its host if needed.
