@@ -295,7 +295,7 @@ func TestHeldMachineIsNeverIdled(t *testing.T) {
 			}
 			l.Release()
 			k.reap(t, ReapResult{}, "the call has just ended")
-					k.reapsAtTimeout(t, want, "the timeout counted from the call's end")
+			k.reapsAtTimeout(t, want, "the timeout counted from the call's end")
 			if !parks {
 				return
 			}
