@@ -149,3 +149,27 @@ func BenchmarkCheckpoint100MB(b *testing.B) {
 	b.ReportMetric(float64(restore.p50().Microseconds())/1000, "restore-p50-ms")
 	b.ReportMetric(float64(size)/(1<<20), "checkpoint-MiB")
 }
+
+// TestAttackCheckpointSwappedForAFIFO: the machine's own processes put a
+// FIFO where the checkpoint is read, and where it is written; neither
+// blocks the interpreter: the save makes its file anew, the restore
+// refuses what is not a regular file, and the call says the state was
+// reset.
+func TestAttackCheckpointSwappedForAFIFO(t *testing.T) {
+	e := newTestEngine(t, Options{})
+	m := newTestMachine(t, e, MachineSpec{})
+	ctx := context.Background()
+	mustExec(t, m, "x = 1", PythonOptions{})
+	mustRun(t, m, Command{Shell: "mkdir -p ~/.vmcp && mkfifo ~/.vmcp/python-state.dill.tmp"})
+	start := time.Now()
+	if _, err := m.SavePython(ctx); err != nil || time.Since(start) > 10*time.Second {
+		t.Fatalf("saving with a FIFO at the temporary name: %v after %v", err, time.Since(start))
+	}
+	mustRun(t, m, Command{Shell: "rm ~/.vmcp/python-state.dill && mkfifo ~/.vmcp/python-state.dill"})
+	m.Stop()
+	start = time.Now()
+	r := mustExec(t, m, "'x' in globals()", PythonOptions{})
+	if took := time.Since(start); took > 10*time.Second || value(r) != "False" || !strings.Contains(r.StateReset, "not a regular file") {
+		t.Fatalf("restoring a FIFO: %s, reset %q, after %v", value(r), r.StateReset, took)
+	}
+}

@@ -400,7 +400,14 @@ def save_checkpoint(limit):
     sizes = {}
     os.makedirs(os.path.dirname(CHECKPOINT), exist_ok=True)
     tmp = CHECKPOINT + ".tmp"
-    with open(tmp, "wb") as f:
+    # The machine's own processes may have put anything at these names (a
+    # FIFO, a link): the file is made anew, never opened through one.
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as f:
         f.write(CHECKPOINT_MAGIC)
         for name, value in list(user_globals.items()):
             if name.startswith("__") and name.endswith("__"):
@@ -480,7 +487,14 @@ def restore_checkpoint():
     import pickle
 
     restored = []
-    with open(CHECKPOINT, "rb") as f:
+    import stat
+
+    fd = os.open(CHECKPOINT, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError("%s is not a regular file" % CHECKPOINT)
+    os.set_blocking(fd, True)
+    with open(fd, "rb") as f:
         if f.read(len(CHECKPOINT_MAGIC)) != CHECKPOINT_MAGIC:
             raise ValueError("%s is not a checkpoint of this version" % CHECKPOINT)
         while True:
