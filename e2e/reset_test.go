@@ -74,15 +74,7 @@ func TestBackgroundProcessesInSessionInfo(t *testing.T) {
 	}
 	h.ok(t, "reset_machine", map[string]any{}, nil)
 	h.ok(t, "exec_command", map[string]any{"command": "sleep 1000 >/dev/null 2>&1 &"}, nil)
-	type info struct {
-		Machines []struct {
-			Processes    int `json:"processes"`
-			TopProcesses []struct {
-				Command string `json:"command"`
-			} `json:"top_processes"`
-		} `json:"machines"`
-	}
-	var before info
+	var before machineProcesses
 	// The command line may still be "bash -c …", or empty, while the child
 	// has not exec'd: look again for a while.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
@@ -97,9 +89,55 @@ func TestBackgroundProcessesInSessionInfo(t *testing.T) {
 		t.Fatalf("session_info: %+v\n%s", before, text(res))
 	}
 	h.ok(t, "reset_machine", map[string]any{"keep_python": false}, nil)
-	var after info
+	var after machineProcesses
 	h.ok(t, "session_info", map[string]any{}, &after)
 	if after.Machines[0].Processes != 0 {
 		t.Errorf("after reset_machine: %+v", after)
 	}
+}
+
+// TestResetFastVMMachine: on a FastVM machine (the emulator's), a process
+// a command left running is listed by session_info and stopped by
+// reset_machine, which keeps the Python variables.
+func TestResetFastVMMachine(t *testing.T) {
+	t.Parallel()
+	_, url, key := fastvmEmulator(t)
+	h := startFastVM(t, t.TempDir(), url, key)
+	h.ok(t, "run_python", map[string]any{"code": "x = 41"}, nil)
+	h.ok(t, "exec_command", map[string]any{"command": "sleep 1000 >/dev/null 2>&1 &"}, nil)
+	var before machineProcesses
+	res := h.ok(t, "session_info", map[string]any{}, &before)
+	if len(before.Machines) != 1 || before.Machines[0].Processes != 1 || !strings.Contains(before.Machines[0].TopProcesses[0].Command, "sleep 1000") {
+		t.Fatalf("session_info: %+v\n%s", before, text(res))
+	}
+	var reset struct {
+		Stopped    int  `json:"stopped"`
+		KeptPython bool `json:"kept_python"`
+	}
+	h.ok(t, "reset_machine", map[string]any{}, &reset)
+	if reset.Stopped != 1 || !reset.KeptPython {
+		t.Errorf("reset_machine: %+v", reset)
+	}
+	var after machineProcesses
+	h.ok(t, "session_info", map[string]any{}, &after)
+	if after.Machines[0].Processes != 0 {
+		t.Errorf("after reset_machine: %+v", after)
+	}
+	var py struct {
+		Value *string `json:"value"`
+	}
+	h.ok(t, "run_python", map[string]any{"code": "x + 1"}, &py)
+	if py.Value == nil || *py.Value != "42" {
+		t.Errorf("Python after reset_machine: %v", py.Value)
+	}
+}
+
+// machineProcesses is what session_info says of its machines' processes.
+type machineProcesses struct {
+	Machines []struct {
+		Processes    int `json:"processes"`
+		TopProcesses []struct {
+			Command string `json:"command"`
+		} `json:"top_processes"`
+	} `json:"machines"`
 }

@@ -633,6 +633,32 @@ func TestAttackCgroupsOutliveTheServer(t *testing.T) {
 	}
 }
 
+// TestCloseLeavesNoCgroups: an engine that closes removes its own cgroup
+// directories from the host's hierarchies, so that many engines (a test
+// suite's) leave nothing behind there.
+func TestCloseLeavesNoCgroups(t *testing.T) {
+	e, err := New(Options{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs := append(append([]string{}, e.cgroups.v1...), e.cgroups.v2)
+	if !e.cgroups.enabled() {
+		e.Close()
+		t.Skip("this host does not let the engine create cgroups (it needs root)")
+	}
+	m := newTestMachine(t, e, MachineSpec{})
+	mustRun(t, m, Command{Shell: "true"})
+	e.Close()
+	for _, d := range dirs {
+		if d == "" {
+			continue
+		}
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("cgroup directory %s is still there after Close", d)
+		}
+	}
+}
+
 // TestAttackMountinfoShowsHostPaths: a machine reads its mount table, its
 // processes' maps and links, looking for host paths (the state directory,
 // this binary), and tries to create a user namespace of its own.

@@ -191,6 +191,19 @@ func (m *cgroupManager) oomKills(id string) int {
 	return 0
 }
 
+// close removes the engine's own cgroup directories when no machine's is
+// left in them: a state directory used once (a test's) leaves nothing
+// behind in the host's hierarchies.
+func (m *cgroupManager) close() {
+	dirs := m.v1
+	if m.v2 != "" {
+		dirs = []string{m.v2}
+	}
+	for _, dir := range dirs {
+		os.Remove(dir) // fails while a machine's cgroup is in it, which is right
+	}
+}
+
 // remove deletes the machine's cgroups once its processes are gone.
 func (m *cgroupManager) remove(id string) {
 	for _, dir := range m.dirs(id) {

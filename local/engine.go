@@ -434,6 +434,7 @@ func (e *Engine) Close() error {
 		m.Stop()
 		e.cgroups.remove(m.ID())
 	}
+	e.cgroups.close()
 	return e.lock.Close()
 }
 

@@ -36,6 +36,10 @@ type Options struct {
 	// take to return; 0 means 5 s. Backends that poll a service may need
 	// more.
 	Grace time.Duration
+	// UncountedLeftRunning says the backend's commands do not report the
+	// processes they leave running (CommandResult.LeftRunning): counting
+	// them would cost the backend another request per command.
+	UncountedLeftRunning bool
 	// Skip names subtests that must not run, as the paths t.Run gives them
 	// below the suite (e.g. "Python/Timeout"), each with the reason: a
 	// known bug of the backend, named.

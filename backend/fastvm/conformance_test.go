@@ -15,7 +15,7 @@ import (
 func TestConformance(t *testing.T) {
 	backendtest.Run(t, func(t *testing.T) backend.Backend {
 		return newTestEnv(t, fastvmemu.Options{}, Options{}).b
-	}, backendtest.Options{RealPython: true})
+	}, backendtest.Options{RealPython: true, UncountedLeftRunning: true})
 }
 
 // TestConformanceIdleSnapshot runs the suite's idle part against a backend

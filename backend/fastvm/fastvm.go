@@ -131,7 +131,7 @@ func (b *Backend) Name() string { return Name }
 // Has reports the capabilities: all of them, Python built on exec.
 func (b *Backend) Has(c backend.Capability) bool {
 	switch c {
-	case backend.Python, backend.Shell, backend.Files, backend.Snapshots, backend.Build, backend.Firewall, backend.MachineTypes:
+	case backend.Python, backend.Shell, backend.Files, backend.Snapshots, backend.Build, backend.Firewall, backend.MachineTypes, backend.Reset:
 		return true
 	}
 	return false
@@ -449,7 +449,7 @@ func (m *Machine) Run(ctx context.Context, c backend.Command) (*backend.CommandR
 		}
 		argv = append(wrapper, argv...)
 	}
-	req := fastvmclient.ExecRequest{Command: argv}
+	req := fastvmclient.ExecRequest{Command: markedArgv(argv)}
 	if c.Timeout > 0 {
 		req.TimeoutSec = int((c.Timeout + time.Second - 1) / time.Second)
 	}
@@ -484,7 +484,7 @@ func (m *Machine) exec(ctx context.Context, req fastvmclient.ExecRequest, c back
 		// response instead of an event per chunk).
 		r, err := m.b.c.Exec(ctx, m.id, req)
 		if err != nil {
-			return nil, fmt.Errorf("run on FastVM machine %s: %w", m.id, err)
+			return nil, fmt.Errorf("run on FastVM machine %s: %w", m.id, atLimit(err))
 		}
 		res := &backend.CommandResult{ExitCode: r.ExitCode, TimedOut: r.TimedOut, Duration: r.Duration(),
 			Stdout: r.Stdout, Stderr: r.Stderr, StdoutTruncated: r.StdoutTruncated, StderrTruncated: r.StderrTruncated}
@@ -507,7 +507,7 @@ func (m *Machine) exec(ctx context.Context, req fastvmclient.ExecRequest, c back
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("run on FastVM machine %s: %w", m.id, err)
+		return nil, fmt.Errorf("run on FastVM machine %s: %w", m.id, atLimit(err))
 	}
 	out[0].flush()
 	out[1].flush()

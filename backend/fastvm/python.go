@@ -113,7 +113,7 @@ func (b *Backend) repl(id string) *vmrepl.REPL {
 	if r := b.repls[id]; r != nil {
 		return r
 	}
-	r := vmrepl.New(execer{b: b, id: id}, vmrepl.Options{})
+	r := vmrepl.New(execer{b: b, id: id}, vmrepl.Options{Env: []string{jobMarker}})
 	b.repls[id] = r
 	return r
 }
@@ -160,7 +160,7 @@ func (x execer) Exec(ctx context.Context, argv []string, stdin io.Reader, onLine
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return 0, atLimit(err)
 	}
 	out[0].flush()
 	out[1].flush()

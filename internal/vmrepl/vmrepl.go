@@ -77,6 +77,9 @@ type Options struct {
 	Dir string
 	// DefaultTimeout interrupts code run with no timeout: default 15 s.
 	DefaultTimeout time.Duration
+	// Env is added to the environment the host starts with ("NAME=value"),
+	// and so to its interpreter's and what that starts.
+	Env []string
 	// MaxOutput is how much of each of stdout and stderr a call returns and
 	// streams: the first MaxOutput bytes, then a marker and the last 64 KiB
 	// at the end. Default 1 MiB, the local engine's cap. A stream given a
@@ -384,6 +387,9 @@ func (r *REPL) ensure(ctx context.Context) error {
 	defer cancel()
 	argv := []string{"/bin/sh", "-c", ensureScript, "sh", r.opts.Python, "-I", "-c", bootstrap, hostSource,
 		"ensure", r.opts.Dir, r.version, guest.DriverSource(), newToken(), "ping"}
+	if len(r.opts.Env) > 0 {
+		argv = append(append([]string{"env"}, r.opts.Env...), argv...)
+	}
 	var status []byte
 	var stderr tail
 	code, err := r.x.Exec(ctx, argv, nil, func(stream string, line []byte) {
