@@ -13,6 +13,7 @@ package local
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,7 @@ import (
 	"time"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/local/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,9 +40,12 @@ type egress struct {
 	logMu   sync.Mutex
 }
 
-// serveEgress serves the proxy for connections the machine's agent hands
-// over on ctl, until ctl ends (the machine stopped).
-func (e *Engine) serveEgress(ctl *os.File, info MachineInfo, logPath string) {
+// serveEgress serves the connections the machine's agent hands over on ctl,
+// until ctl ends (the machine stopped): those to the proxy's port with the
+// proxy, those to a loopback service's port (Machine.ServeLoopback) with
+// the service. Each comes with the port it was made to (2 bytes, big
+// endian).
+func (e *Engine) serveEgress(ctl *os.File, m *Machine, info MachineInfo, logPath string) {
 	defer ctl.Close()
 	log, _ := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
 	if log != nil {
@@ -49,7 +54,7 @@ func (e *Engine) serveEgress(ctl *os.File, info MachineInfo, logPath string) {
 	g := &egress{machine: info.ID, allow: info.NetworkAllow, opts: e.opts.Egress, log: log}
 	fd := int(ctl.Fd())
 	oob := make([]byte, unix.CmsgSpace(4))
-	var b [1]byte
+	var b [2]byte
 	for {
 		n, oobn, _, _, err := unix.Recvmsg(fd, b[:], oob, 0)
 		if err != nil || n == 0 {
@@ -57,6 +62,14 @@ func (e *Engine) serveEgress(ctl *os.File, info MachineInfo, logPath string) {
 				continue
 			}
 			return
+		}
+		port := wire.EgressPort
+		if n == 2 {
+			port = int(binary.BigEndian.Uint16(b[:]))
+		}
+		serve := g.serve
+		if port != wire.EgressPort || len(info.NetworkAllow) == 0 {
+			serve = m.loopbackServer(port) // nil: no longer served
 		}
 		msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
 		for i := range msgs {
@@ -68,8 +81,12 @@ func (e *Engine) serveEgress(ctl *os.File, info MachineInfo, logPath string) {
 				f := os.NewFile(uintptr(cfd), "egress")
 				c, err := net.FileConn(f)
 				f.Close()
-				if err == nil {
-					go g.serve(c)
+				switch {
+				case err != nil:
+				case serve == nil:
+					c.Close()
+				default:
+					go serve(c)
 				}
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vmcp-dev/vmcp/internal/handoff"
 	"net"
 	"net/http"
 	"net/netip"
@@ -15,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	"github.com/vmcp-dev/vmcp/local/wire"
 )
 
 // loopbackNames resolves the given test names to 127.0.0.1, others not.
@@ -117,5 +119,69 @@ func TestValidateDomains(t *testing.T) {
 	}
 	if _, err := newTestEngine(t, Options{}).Create(context.Background(), MachineSpec{NetworkAllow: []string{"10.0.0.1"}}); err == nil {
 		t.Error("a machine with an address in its allow-list was created")
+	}
+}
+
+// TestServeLoopback: a machine without a network reaches a loopback service
+// the engine serves on its own loopback (also beside an allow-list's proxy),
+// and through it only that service: the same port of the host's loopback,
+// where another server listens, stays out of reach, as does every other
+// port. A service removed is refused from the next connection on.
+func TestServeLoopback(t *testing.T) {
+	hostSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "the host's own server")
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hostSrv.Serve(ln)
+	defer hostSrv.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+
+	svcLn := handoff.New("loopback-service")
+	svc := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "served by the engine's process: %s %s", r.Method, r.URL.Path)
+	})}
+	go svc.Serve(svcLn)
+	defer svc.Close()
+
+	e := newTestEngine(t, Options{})
+	if err := newTestMachine(t, e, MachineSpec{AllowNetwork: true}).ServeLoopback(port, svcLn.Serve); err == nil {
+		t.Error("a machine with the host's network took a loopback service")
+	}
+	for _, spec := range []MachineSpec{{}, {NetworkAllow: []string{"pypi.test"}}} {
+		m := newTestMachine(t, e, spec)
+		if err := m.ServeLoopback(wire.EgressPort, svcLn.Serve); err == nil {
+			t.Error("a loopback service took the proxy's port")
+		}
+		if err := m.ServeLoopback(port, svcLn.Serve); err != nil {
+			t.Fatal(err)
+		}
+		get := func(p int, host ...string) string {
+			t.Helper()
+			h := append(host, "127.0.0.1")[0]
+			res := mustRun(t, m, Command{Argv: []string{"curl", "-sS", "--noproxy", "*", "--max-time", "10", fmt.Sprintf("http://%s:%d/x", h, p)}})
+			return res.Stdout + res.Stderr
+		}
+		for _, h := range []string{"127.0.0.1", "localhost", "[::1]"} {
+			if got := get(port, h); got != "served by the engine's process: GET /x" {
+				t.Errorf("%v: the loopback service at %s: %q", spec.NetworkAllow, h, got)
+			}
+		}
+		if got := get(port + 1); !strings.Contains(got, "Failed to connect") {
+			t.Errorf("%v: another port: %q", spec.NetworkAllow, got)
+		}
+		// Only an allow-list's machine has a proxy to be told of.
+		res := mustRun(t, m, Command{Shell: "echo ${HTTP_PROXY:-none}"})
+		if proxy := strings.TrimSpace(res.Stdout); (proxy == "none") != (len(spec.NetworkAllow) == 0) {
+			t.Errorf("%v: HTTP_PROXY=%s", spec.NetworkAllow, proxy)
+		}
+		if err := m.ServeLoopback(port, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := get(port); strings.Contains(got, "served") || strings.Contains(got, "host's own") {
+			t.Errorf("%v: a removed loopback service answered: %q", spec.NetworkAllow, got)
+		}
 	}
 }

@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +52,11 @@ type Machine struct {
 
 	quotaMu    sync.Mutex
 	quotaCalls map[*quotaWatch]bool // calls in progress, stopped when the files pass a limit
+
+	// loopback are the host-side services of ports on the machine's own
+	// loopback (ServeLoopback), looked up for each connection.
+	loopbackMu sync.Mutex
+	loopback   map[int]func(net.Conn)
 }
 
 func newMachine(e *Engine, dir string, info MachineInfo) *Machine {
@@ -77,6 +84,63 @@ func (m *Machine) markDeleted() {
 	m.mu.Lock()
 	m.deleted = true
 	m.mu.Unlock()
+}
+
+// ServeLoopback makes TCP connections to 127.0.0.1:port inside the machine
+// reach serve, in the engine's process, which then owns the connection: a
+// narrow endpoint that the host serves to a machine that has no network
+// (the FastVM emulator serves its presigned object URLs to its VMs so, and
+// nothing else of the host). The machine's agent listens on the port from
+// the machine's next start; a machine already running keeps the ports it
+// started with, while a new serve for one of them takes effect at once. A
+// nil serve removes the port. The machine's own programs cannot listen on
+// such a port. Not for machines with the host's network (AllowNetwork),
+// nor on the port of an allow-list's proxy (wire.EgressPort).
+func (m *Machine) ServeLoopback(port int, serve func(net.Conn)) error {
+	switch {
+	case port < 1 || port > 65535:
+		return fmt.Errorf("loopback port %d: give a TCP port from 1 to 65535", port)
+	case port == wire.EgressPort:
+		return fmt.Errorf("loopback port %d is the machine's proxy port: choose another", port)
+	case m.e.opts.DangerouslyDisableSandbox:
+		return errors.New("loopback services need the sandbox (without it, machines have the host's network); it is disabled")
+	}
+	m.mu.Lock()
+	hostNetwork := m.info.AllowNetwork
+	m.mu.Unlock()
+	if hostNetwork {
+		return fmt.Errorf("machine %s has the host's network, whose loopback is the host's: it cannot have loopback services", m.info.ID)
+	}
+	m.loopbackMu.Lock()
+	defer m.loopbackMu.Unlock()
+	if serve == nil {
+		delete(m.loopback, port)
+		return nil
+	}
+	if m.loopback == nil {
+		m.loopback = map[int]func(net.Conn){}
+	}
+	m.loopback[port] = serve
+	return nil
+}
+
+// loopbackPorts are the ports of the machine's loopback services, sorted.
+func (m *Machine) loopbackPorts() []int {
+	m.loopbackMu.Lock()
+	defer m.loopbackMu.Unlock()
+	ports := make([]int, 0, len(m.loopback))
+	for p := range m.loopback {
+		ports = append(ports, p)
+	}
+	slices.Sort(ports)
+	return ports
+}
+
+// loopbackServer is the service of a loopback port, or nil.
+func (m *Machine) loopbackServer(port int) func(net.Conn) {
+	m.loopbackMu.Lock()
+	defer m.loopbackMu.Unlock()
+	return m.loopback[port]
 }
 
 // sandbox returns the machine's running sandbox, starting it if needed.

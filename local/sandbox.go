@@ -115,8 +115,10 @@ var vmOwnDirs = []string{"/root", "/home", "/tmp", "/srv", "/mnt"}
 
 // sandboxCommand builds the init wrapper's command line for a machine, and
 // the layout of its directories.
-// egress, if set, is the machine's end of its proxy's socket pair.
-func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, egress *os.File) (*exec.Cmd, []*os.File, layout, error) {
+// egress, if set, is the machine's end of the socket pair over which its
+// agent hands the engine each connection to ports, on the machine's
+// loopback: the proxy's (an allow-list's) and its loopback services'.
+func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, egress *os.File, ports []int) (*exec.Cmd, []*os.File, layout, error) {
 	l := info.Limits
 	var files []*os.File
 	var lay layout
@@ -157,7 +159,11 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, egress *os.File) (
 		"--fsize", strconv.FormatInt(l.DiskBytes, 10),
 	}
 	if egress != nil {
-		agentArgs = append(agentArgs, "--egress-fd", pass(egress))
+		list := make([]string, len(ports))
+		for i, p := range ports {
+			list[i] = strconv.Itoa(p)
+		}
+		agentArgs = append(agentArgs, "--egress-fd", pass(egress), "--egress-ports", strings.Join(list, ","))
 	}
 	if !e.cgroups.enabled() {
 		agentArgs = append(agentArgs,
@@ -249,7 +255,7 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, egress *os.File) (
 	b, _ := json.Marshal(lay)
 	initFlags := []string{"--layout", string(b), "--keep-fds", strings.Join(keep, ",")}
 	cmd.Args = append(append(append([]string{e.helper, initArg}, initFlags...), "--", e.bwrap), args...)
-	cmd.Env = sandboxEnv(info.Flavour, egress != nil)
+	cmd.Env = sandboxEnv(info.Flavour, len(info.NetworkAllow) > 0 && !info.AllowNetwork)
 	return cmd, files, lay, nil
 }
 
@@ -428,14 +434,21 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 	} else {
 		var err error
 		var machineEnd *os.File
-		if len(info.NetworkAllow) > 0 && !info.AllowNetwork {
+		var ports []int // where the agent listens and hands connections to the engine
+		if !info.AllowNetwork {
+			if len(info.NetworkAllow) > 0 {
+				ports = append(ports, wire.EgressPort)
+			}
+			ports = append(ports, m.loopbackPorts()...)
+		}
+		if len(ports) > 0 {
 			pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
 				return nil, err
 			}
 			egressHost, machineEnd = os.NewFile(uintptr(pair[0]), "egress"), os.NewFile(uintptr(pair[1]), "egress")
 		}
-		if cmd, files, lay, err = e.sandboxCommand(m, info, machineEnd); err != nil {
+		if cmd, files, lay, err = e.sandboxCommand(m, info, machineEnd, ports); err != nil {
 			if egressHost != nil {
 				egressHost.Close()
 				machineEnd.Close()
@@ -489,7 +502,7 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 	}
 	sb.initFD = -1
 	if egressHost != nil {
-		go e.serveEgress(egressHost, info, filepath.Join(m.dir, "network.log"))
+		go e.serveEgress(egressHost, m, info, filepath.Join(m.dir, "network.log"))
 		egressHost = nil
 	}
 	go sb.read(pipeio.Reader(stdout))

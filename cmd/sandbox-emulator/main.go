@@ -7,6 +7,11 @@
 //
 //	sandbox-emulator --forevervm-listen 127.0.0.1:8080 --forevervm-token ID.SECRET \
 //		--fastvm-listen 127.0.0.1:8081 --fastvm-api-key KEY
+//
+// FastVM VMs have no network unless --fastvm-vm-network-allow lists domains
+// they may reach (through the engine's proxy); they never reach this host's
+// loopback services, the emulators and vmcp included: only the FastVM
+// emulator's presigned object URLs are served to them, on their own loopback.
 package main
 
 import (
@@ -20,11 +25,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/emulator/fastvm"
 	"github.com/vmcp-dev/vmcp/emulator/forevervm"
 	"github.com/vmcp-dev/vmcp/local"
@@ -54,8 +61,11 @@ type config struct {
 	// and services (a service before TS SDK 0.5).
 	fastvmProxyDomain  string
 	fastvmNoExtensions bool
-	stateDir           string
-	logLevel           zerolog.Level
+	// fastvmVMNetworkAllow are the domains FastVM VMs reach (none: they
+	// have no network).
+	fastvmVMNetworkAllow []string
+	stateDir             string
+	logLevel             zerolog.Level
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -74,6 +84,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&cfg.fastvmAPIKey, "fastvm-api-key", envOr("FASTVM_API_KEY", ""), "the API key the FastVM emulator accepts (env FASTVM_API_KEY)")
 	fs.StringVar(&cfg.fastvmProxyDomain, "fastvm-proxy-domain", envOr("FASTVM_EMULATOR_PROXY_DOMAIN", fastvm.DefaultProxyDomain), "domain of FastVM services' public URLs, https://<name>--<vm>.<domain> (env FASTVM_EMULATOR_PROXY_DOMAIN)")
 	fs.BoolVar(&cfg.fastvmNoExtensions, "fastvm-no-extensions", envOr("FASTVM_EMULATOR_NO_EXTENSIONS", "") == "1", "serve FastVM without pause, resume, TTL refresh and services, which then answer 404 as on a service that predates them (env FASTVM_EMULATOR_NO_EXTENSIONS=1)")
+	vmNetwork := fs.String("fastvm-vm-network-allow", envOr("FASTVM_EMULATOR_VM_NETWORK_ALLOW", ""), "comma-separated domains (or *.suffix) that FastVM VMs reach over HTTP(S) through the engine's proxy, e.g. pypi.org,files.pythonhosted.org; default none: VMs have no network, and never reach this host's loopback services (env FASTVM_EMULATOR_VM_NETWORK_ALLOW)")
 	fs.StringVar(&cfg.stateDir, "state-dir", envOr("VMCP_EMULATOR_STATE_DIR", defaultStateDir()), "directory for the emulated machines (env VMCP_EMULATOR_STATE_DIR)")
 	level := fs.String("log-level", envOr("VMCP_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error (env VMCP_LOG_LEVEL); logs go to stderr")
 	if err := fs.Parse(args); err != nil {
@@ -81,6 +92,14 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	}
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments %q: every setting is a flag (see -h)", fs.Args())
+	}
+	for _, d := range strings.Split(*vmNetwork, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			cfg.fastvmVMNetworkAllow = append(cfg.fastvmVMNetworkAllow, d)
+		}
+	}
+	if err := backend.ValidateDomains(cfg.fastvmVMNetworkAllow); err != nil {
+		return cfg, fmt.Errorf("--fastvm-vm-network-allow: %w", err)
 	}
 	var err error
 	if cfg.logLevel, err = zerolog.ParseLevel(*level); err != nil {
@@ -137,7 +156,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	if cfg.fastvmListen != "" {
 		fast, err := fastvm.New(fastvm.Options{Engine: engine, APIKey: cfg.fastvmAPIKey, Logger: log,
-			ProxyDomain: cfg.fastvmProxyDomain, NoExtensions: cfg.fastvmNoExtensions})
+			ProxyDomain: cfg.fastvmProxyDomain, NoExtensions: cfg.fastvmNoExtensions, VMNetworkAllow: cfg.fastvmVMNetworkAllow})
 		if err != nil {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -159,8 +160,16 @@ func TestParseConfig(t *testing.T) {
 	if cfg, err = parseConfig([]string{"--fastvm-proxy-domain", "p.flag.test", "--fastvm-no-extensions=false"}, getenv, io.Discard); err != nil || cfg.fastvmProxyDomain != "p.flag.test" || cfg.fastvmNoExtensions {
 		t.Fatalf("FastVM settings from flags: %+v, %v", cfg, err)
 	}
+	env["FASTVM_EMULATOR_VM_NETWORK_ALLOW"] = "pypi.org, *.pythonhosted.org"
+	if cfg, err = parseConfig(nil, getenv, io.Discard); err != nil || !slices.Equal(cfg.fastvmVMNetworkAllow, []string{"pypi.org", "*.pythonhosted.org"}) {
+		t.Fatalf("VMs' network from the environment: %+v, %v", cfg, err)
+	}
+	if cfg, err = parseConfig([]string{"--fastvm-vm-network-allow", ""}, getenv, io.Discard); err != nil || len(cfg.fastvmVMNetworkAllow) != 0 {
+		t.Fatalf("no network for VMs from the flag: %+v, %v", cfg, err)
+	}
 	delete(env, "FASTVM_EMULATOR_PROXY_DOMAIN")
 	delete(env, "FASTVM_EMULATOR_NO_EXTENSIONS")
+	delete(env, "FASTVM_EMULATOR_VM_NETWORK_ALLOW")
 	cfg, err = parseConfig([]string{"--forevervm-listen", "127.0.0.1:2", "--forevervm-token", "flag.token", "--state-dir", "/flag/state", "--log-level", "warn"}, getenv, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -179,6 +188,7 @@ func TestParseConfig(t *testing.T) {
 		{[]string{"--forevervm-listen", "127.0.0.1:0"}, "--forevervm-token"},
 		{[]string{"--forevervm-listen", "127.0.0.1:0", "--forevervm-token", "a.b", "--log-level", "loud"}, "--log-level"},
 		{[]string{"--forevervm-listen", "127.0.0.1:0", "--forevervm-token", "a.b", "extra"}, "unexpected arguments"},
+		{[]string{"--fastvm-listen", "127.0.0.1:0", "--fastvm-api-key", "k", "--fastvm-vm-network-allow", "127.0.0.1"}, "--fastvm-vm-network-allow"},
 	} {
 		if _, err := parseConfig(tc.args, none, io.Discard); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Fatalf("%q: error %v, want one naming %s", tc.args, err, tc.want)

@@ -3,13 +3,17 @@
 package fastvm
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vmcp-dev/vmcp/local"
@@ -18,12 +22,18 @@ import (
 // Builds (§3.5) run for real, without buildah: a fresh VM machine, the build
 // context extracted into /tmp/buildctx with the Dockerfile written verbatim
 // next to it, then a subset of the Dockerfile applied to the VM itself (see
-// dockerfile.go), and finally a snapshot of it. FROM images are labels: the
-// base is always the host OS that VMs see.
+// dockerfile.go), and finally a snapshot of it. FROM images (and imageRef)
+// are not pulled, since the emulator cannot pull images: the base is always
+// the host's OS as VMs see it, and the build says so where a client and an
+// operator look: in BuildResponse's extension fields emulatorBase (that OS
+// and its Python), warnings (the FROM that was not used first, then the
+// instructions recorded but not applied) and log (each step and its
+// output), in a failed build's error, and in the emulator's log.
 
 const (
 	buildTimeout  = time.Hour
 	maxBuildError = 4 << 10 // §3.5: error truncated to ~4 KiB
+	maxBuildLog   = 64 << 10
 	buildCtxDir   = "/tmp/buildctx"
 )
 
@@ -40,11 +50,24 @@ type buildJSON struct {
 	Progress   string `json:"progress,omitempty"`
 	SnapshotID string `json:"snapshotId,omitempty"`
 	Error      string `json:"error,omitempty"`
+	// Emulator extensions (clients ignore unknown fields, §0): the base the
+	// build actually used, what it did not do as asked, and its log.
+	EmulatorBase string   `json:"emulatorBase,omitempty"`
+	Warnings     []string `json:"warnings,omitempty"`
+	Log          string   `json:"log,omitempty"`
 }
 
 func buildView(b *buildRecord) buildJSON {
-	return buildJSON{ID: b.ID, CreatedAt: timestamp(b.CreatedAt), ImageRef: b.ImageRef, Status: b.Status,
-		Name: b.Name, Progress: b.Progress, SnapshotID: b.SnapshotID, Error: b.Error}
+	out := buildJSON{ID: b.ID, CreatedAt: timestamp(b.CreatedAt), ImageRef: b.ImageRef, Status: b.Status,
+		Name: b.Name, Progress: b.Progress, SnapshotID: b.SnapshotID, Error: b.Error, Log: b.Log}
+	if b.Base != "" {
+		out.EmulatorBase = "the host's OS as the emulator's VMs see it: " + b.Base
+	}
+	if b.FromWarning != "" {
+		out.Warnings = append(out.Warnings, b.FromWarning)
+	}
+	out.Warnings = append(out.Warnings, b.Ignored...)
+	return out
 }
 
 func (s *Server) createBuild(w http.ResponseWriter, r *http.Request) {
@@ -150,26 +173,34 @@ func (s *Server) progress(b *buildRecord, phase string) {
 func (s *Server) runBuild(ctx context.Context, b *buildRecord) {
 	ctx, cancel := context.WithTimeout(ctx, buildTimeout)
 	defer cancel()
-	snap, ignored, err := s.build(ctx, b)
+	log := &buildLog{max: maxBuildLog}
+	snap, ignored, err := s.build(ctx, b, log)
 	if err != nil && s.ctx.Err() != nil {
 		err = errStopped
 	}
 	s.setBuild(b, func(b *buildRecord) {
-		b.Progress, b.Ignored = "", ignored
+		b.Progress, b.Ignored, b.Log = "", ignored, log.String()
 		if err != nil {
 			msg := err.Error()
-			if len(msg) > maxBuildError {
-				msg = msg[:maxBuildError]
+			// The base goes last, and survives the truncation: a step that
+			// fails on the host's OS may well have worked on the image's.
+			note := ""
+			if b.Base != "" && b.ImageRef != "" && !errors.Is(err, errStopped) {
+				note = fmt.Sprintf("\n(this build's base was the host's OS, %s, not %s, which the emulator cannot pull)", b.Base, b.ImageRef)
 			}
-			b.Status, b.Error = buildFailed, msg
+			if len(msg)+len(note) > maxBuildError {
+				msg = msg[:max(maxBuildError-len(note), 0)]
+			}
+			b.Status, b.Error = buildFailed, msg+note
 			return
 		}
 		b.Status, b.SnapshotID = buildCompleted, snap
 	})
 }
 
-// build runs the build's phases and returns the id of the ready snapshot.
-func (s *Server) build(ctx context.Context, b *buildRecord) (string, []string, error) {
+// build runs the build's phases and returns the id of the ready snapshot,
+// and the instructions recorded but not applied.
+func (s *Server) build(ctx context.Context, b *buildRecord, log *buildLog) (string, []string, error) {
 	s.progress(b, "creating build VM")
 	mt := machineTypes[b.MachineName]
 	m, err := s.newMachine(ctx, map[string]string{tagBuild: b.ID}, mt.memoryMiB, b.DiskGiB, "")
@@ -177,6 +208,20 @@ func (s *Server) build(ctx context.Context, b *buildRecord) (string, []string, e
 		return "", nil, fmt.Errorf("create the build VM: %w", err)
 	}
 	defer s.engine.Delete(context.Background(), m.ID())
+	// The image asked for is the Dockerfile's first FROM, else imageRef:
+	// createBuild keeps it in ImageRef (Spec §13 #11).
+	base, python := describeBase(ctx, m)
+	s.setBuild(b, func(b *buildRecord) {
+		b.Base = base
+		if b.ImageRef != "" {
+			b.FromWarning = fromWarning(b.ImageRef, base, python)
+		}
+	})
+	if img := b.ImageRef; img != "" {
+		s.log.Warn().Str("build", b.ID).Str("image", img).Str("base", base).
+			Msg("fastvm emulator: the build's image is not pulled (the emulator cannot pull images): it is built on the host's OS as VMs see it")
+	}
+	log.printf("Base: the host's OS as the emulator's VMs see it: %s\n", base)
 	if err := runChecked(ctx, m, local.Command{Argv: []string{"mkdir", "-p", buildCtxDir}}); err != nil {
 		return "", nil, err
 	}
@@ -186,9 +231,12 @@ func (s *Server) build(ctx context.Context, b *buildRecord) (string, []string, e
 		}
 	}
 	var ignored []string
+	var env map[string]string
 	if strings.TrimSpace(b.Dockerfile) == "" {
-		// Image-only build: the image is a label, there is nothing to pull.
+		// Image-only build: the image cannot be pulled; the snapshot is
+		// the base as it is.
 		s.progress(b, "buildah pull")
+		log.printf("Image %s: not pulled; the image is the base as it is\n", b.ImageRef)
 	} else {
 		s.progress(b, "buildah bud")
 		if _, err := m.WriteFile(ctx, buildCtxDir+"/Dockerfile", strings.NewReader(b.Dockerfile), 0o644); err != nil {
@@ -198,11 +246,20 @@ func (s *Server) build(ctx context.Context, b *buildRecord) (string, []string, e
 		if err != nil {
 			return "", nil, err
 		}
-		if ignored, err = applyDockerfile(ctx, m, df); err != nil {
+		if !hasFrom(df) && b.ImageRef != "" {
+			log.printf("No FROM: the base stands for imageRef %s\n", b.ImageRef)
+		}
+		baseLine := "not pulled (the emulator cannot pull images); the base is the host's OS: " + base
+		st, err := applyDockerfile(ctx, m, df, baseLine, log)
+		ignored, env = st.ignored, st.env
+		if err != nil {
 			return "", ignored, err
 		}
 	}
 	s.progress(b, "applying image")
+	if err := writeImageEnv(ctx, m, env); err != nil {
+		return "", ignored, err
+	}
 	s.progress(b, "settling VM")
 	if err := runChecked(ctx, m, local.Command{Argv: []string{"rm", "-rf", buildCtxDir, buildCtxDir + ".tar.gz"}}); err != nil {
 		return "", ignored, err
@@ -213,7 +270,8 @@ func (s *Server) build(ctx context.Context, b *buildRecord) (string, []string, e
 		return "", ignored, fmt.Errorf("snapshot the build VM: %w", err)
 	}
 	sn := &snapshotRecord{ID: newUUID(), LocalID: info.ID, Name: b.Name, VMID: newUUID(), Status: snapReady,
-		CreatedAt: time.Now().UTC(), MachineName: b.MachineName, DiskGiB: b.DiskGiB, Firewall: &firewallPolicy{Mode: "restricted"}}
+		CreatedAt: time.Now().UTC(), MachineName: b.MachineName, DiskGiB: b.DiskGiB, Firewall: &firewallPolicy{Mode: "restricted"},
+		ImageEnv: env}
 	s.mu.Lock()
 	err = s.store.saveSnap(sn)
 	if err == nil {
@@ -224,7 +282,123 @@ func (s *Server) build(ctx context.Context, b *buildRecord) (string, []string, e
 		s.engine.DeleteSnapshot(info.ID)
 		return "", ignored, fmt.Errorf("store the snapshot record: %w", err)
 	}
+	log.printf("Snapshot %s\n", sn.ID)
 	return sn.ID, ignored, nil
+}
+
+// describeBase says what a build's base really is, as the build VM sees it:
+// its OS, and its python3's version and path ("" if it has none).
+func describeBase(ctx context.Context, m *local.Machine) (base, python string) {
+	const probe = `. /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-an unknown Linux}"
+python3 -c 'import platform, sys; print(platform.python_version(), sys.executable)' 2>/dev/null`
+	res, err := m.Run(ctx, local.Command{Argv: []string{"/bin/sh", "-c", probe}, Timeout: time.Minute, MaxOutput: 4 << 10})
+	if err != nil {
+		return "an unknown Linux (it could not be probed: " + err.Error() + ")", ""
+	}
+	lines := strings.Split(strings.TrimSpace(res.Stdout), "\n")
+	base = strings.TrimSpace(lines[0])
+	if len(lines) > 1 {
+		if v, exe, ok := strings.Cut(strings.TrimSpace(lines[1]), " "); ok {
+			python = v
+			return fmt.Sprintf("%s, with Python %s (%s)", base, v, exe), python
+		}
+	}
+	return base + ", without python3", ""
+}
+
+// fromWarning says plainly that image was not used, and what was instead;
+// for an official python image whose version differs from the base's
+// python3, that too.
+func fromWarning(image, base, python string) string {
+	msg := fmt.Sprintf("%s was not used: the emulator cannot pull images, so the image was built on the host's OS as the emulator's VMs see it: %s", image, base)
+	name, tag, _ := strings.Cut(path.Base(image), ":")
+	if name == "python" && python != "" {
+		want := tag
+		if i := strings.IndexFunc(tag, func(r rune) bool { return r != '.' && (r < '0' || r > '9') }); i >= 0 {
+			want = strings.TrimRight(tag[:i], ".")
+		}
+		if want != "" && python != want && !strings.HasPrefix(python, want+".") {
+			msg += fmt.Sprintf(". Its Python is %s, not the image's %s", python, want)
+		}
+	}
+	return msg
+}
+
+func hasFrom(df []instruction) bool {
+	for _, in := range df {
+		if in.cmd == "FROM" {
+			return true
+		}
+	}
+	return false
+}
+
+// writeImageEnv writes the image's ENV into its /etc/environment (what a
+// login reads; the emulator itself applies the snapshot's record to each
+// command), replacing lines that set the same names.
+func writeImageEnv(ctx context.Context, m *local.Machine, env map[string]string) error {
+	if len(env) == 0 {
+		return nil
+	}
+	cur, err := m.Run(ctx, local.Command{Argv: []string{"/bin/sh", "-c", "cat /etc/environment 2>/dev/null; true"}, Timeout: time.Minute})
+	if err != nil {
+		return fmt.Errorf("read the image's /etc/environment: %w", err)
+	}
+	var out strings.Builder
+	for _, line := range strings.Split(cur.Stdout, "\n") {
+		name, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "export "), "=")
+		if _, set := env[strings.TrimSpace(name)]; set || line == "" {
+			continue
+		}
+		out.WriteString(line + "\n")
+	}
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		v := env[k]
+		if strings.ContainsAny(v, "\"\n") {
+			fmt.Fprintf(&out, "%s=%s\n", k, strings.ReplaceAll(v, "\n", " "))
+		} else {
+			fmt.Fprintf(&out, "%s=\"%s\"\n", k, v)
+		}
+	}
+	if _, err := m.WriteFile(ctx, "/etc/environment", strings.NewReader(out.String()), 0o644); err != nil {
+		return fmt.Errorf("write the image's ENV to /etc/environment: %w", err)
+	}
+	return nil
+}
+
+// buildLog is a build's log: its steps and their output, the last max
+// bytes of it.
+type buildLog struct {
+	max     int
+	mu      sync.Mutex
+	b       []byte
+	dropped bool
+}
+
+func (l *buildLog) printf(format string, args ...any) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = fmt.Appendf(l.b, format, args...)
+	if l.max > 0 && len(l.b) > l.max {
+		l.b = l.b[len(l.b)-l.max:]
+		if i := bytes.IndexByte(l.b, '\n'); i >= 0 {
+			l.b = l.b[i+1:]
+		}
+		l.dropped = true
+	}
+}
+
+// String is the log, with a first line saying when its start was dropped.
+func (l *buildLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dropped {
+		return "[the log's start was dropped: it keeps its last " + fmt.Sprint(l.max>>10) + " KiB]\n" + string(l.b)
+	}
+	return string(l.b)
 }
 
 // extractContext unpacks the uploaded tar.gz context into /tmp/buildctx,
@@ -243,6 +417,14 @@ func (s *Server) extractContext(ctx context.Context, m *local.Machine, oid strin
 		return fmt.Errorf("extract the build context (it must be a tar.gz): %w", err)
 	}
 	return nil
+}
+
+// runLogged is runChecked, with the command's output lines in log.
+func runLogged(ctx context.Context, m *local.Machine, cmd local.Command, log *buildLog) error {
+	if log != nil {
+		cmd.OnOutput = func(_, line string) { log.printf("%s\n", strings.TrimRight(line, "\n")) }
+	}
+	return runChecked(ctx, m, cmd)
 }
 
 // runChecked runs a build step and turns a failure into an error with the

@@ -18,9 +18,17 @@ import (
 //   - COPY and ADD from the build context (ADD also unpacks local tar
 //     archives; ADD from a URL and COPY --from fail the build);
 //   - WORKDIR (created), ENV, ARG (defaults), SHELL, with $VAR and ${VAR}
-//     (also ${VAR:-x}, ${VAR:+x}) substituted in their arguments;
-//   - FROM: its image is a label (the base is the host OS VMs see); a second
-//     FROM (multi-stage) fails the build rather than build something else.
+//     (also ${VAR:-x}, ${VAR:+x}) substituted in their arguments; $PATH and
+//     $HOME start as a VM's (Docker's default PATH);
+//   - ENV also outlives the build, as an image's ENV does: the image's
+//     variables are kept with its snapshot and every VM launched from it
+//     (and from their snapshots), in the environment of each exec and
+//     console session beneath the VM's envVars (§9), and written to the
+//     image's /etc/environment;
+//   - FROM: its image is not pulled (the emulator cannot pull images): the
+//     base is the host's OS as VMs see it, which the build's log, warnings
+//     and emulatorBase say, and its error when it fails; a second FROM
+//     (multi-stage) fails the build rather than build something else.
 // CMD, ENTRYPOINT, EXPOSE, LABEL, HEALTHCHECK, VOLUME, STOPSIGNAL, USER,
 // ONBUILD, MAINTAINER and flags like COPY --chown are accepted and recorded
 // (in the build's record) but not applied: a FastVM snapshot boots systemd,
@@ -68,21 +76,33 @@ func parseDockerfile(src string) ([]instruction, error) {
 	return out, nil
 }
 
+// vmDefaultEnv are the variables of a VM's environment that a Dockerfile
+// may build on (ENV PATH=/opt/venv/bin:$PATH): the engine's, which are
+// Docker's defaults.
+var vmDefaultEnv = map[string]string{
+	"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	"HOME": "/root",
+}
+
 // buildState is what earlier instructions set for later ones.
 type buildState struct {
 	workdir string
-	env     map[string]string
+	env     map[string]string // the image's ENV
 	args    map[string]string
 	shell   []string
 	froms   int
 	ignored []string
+	log     *buildLog // nil: none kept
 }
 
 func (st *buildState) lookup(name string) (string, bool) {
 	if v, ok := st.env[name]; ok {
 		return v, true
 	}
-	v, ok := st.args[name]
+	if v, ok := st.args[name]; ok {
+		return v, true
+	}
+	v, ok := vmDefaultEnv[name]
 	return v, ok
 }
 
@@ -98,16 +118,23 @@ func (st *buildState) runEnv() map[string]string {
 	return env
 }
 
-// applyDockerfile applies the instructions to the build VM in order and
-// returns the ones it recorded without applying.
-func applyDockerfile(ctx context.Context, m *local.Machine, df []instruction) ([]string, error) {
-	st := &buildState{workdir: "/", env: map[string]string{}, args: map[string]string{}, shell: []string{"/bin/sh", "-c"}}
-	for _, in := range df {
+// applyDockerfile applies the instructions to the build VM in order, and
+// returns what they left: the image's ENV, and the instructions recorded
+// without being applied. base says what FROM stands for here.
+func applyDockerfile(ctx context.Context, m *local.Machine, df []instruction, base string, log *buildLog) (*buildState, error) {
+	st := &buildState{workdir: "/", env: map[string]string{}, args: map[string]string{}, shell: []string{"/bin/sh", "-c"}, log: log}
+	for i, in := range df {
+		log.printf("Step %d/%d: %s %s\n", i+1, len(df), in.cmd, in.args)
+		if in.cmd == "FROM" && st.froms == 0 {
+			log.printf(" ---> %s\n", base)
+		}
 		if err := st.apply(ctx, m, in); err != nil {
-			return st.ignored, fmt.Errorf("line %d of the Dockerfile: %s: %w", in.line, in.cmd, err)
+			first, _, _ := strings.Cut(err.Error(), "\n") // a RUN's output is in the log already
+			log.printf(" ---> failed: %s\n", first)
+			return st, fmt.Errorf("line %d of the Dockerfile: %s: %w", in.line, in.cmd, err)
 		}
 	}
-	return st.ignored, nil
+	return st, nil
 }
 
 func (st *buildState) record(in instruction, why string) {
@@ -117,10 +144,10 @@ func (st *buildState) record(in instruction, why string) {
 func (st *buildState) apply(ctx context.Context, m *local.Machine, in instruction) error {
 	switch in.cmd {
 	case "FROM":
+		// Its image is not pulled: the build's FromWarning and log say so.
 		if st.froms++; st.froms > 1 {
 			return fmt.Errorf("multi-stage builds are not supported by the emulator: use a single FROM")
 		}
-		st.record(in, "the image is a label; the base is the emulator's VM filesystem")
 	case "ARG":
 		for _, a := range shellWords(in.args, st.expand) {
 			name, def, _ := strings.Cut(a, "=")
@@ -194,7 +221,7 @@ func (st *buildState) run(ctx context.Context, m *local.Machine, in instruction)
 	} else {
 		argv = append(append([]string{}, st.shell...), args)
 	}
-	return runChecked(ctx, m, local.Command{Argv: argv, Env: st.runEnv(), Workdir: st.workdir})
+	return runLogged(ctx, m, local.Command{Argv: argv, Env: st.runEnv(), Workdir: st.workdir}, st.log)
 }
 
 // copyScript copies the sources (glob patterns relative to the build

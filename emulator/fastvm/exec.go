@@ -86,7 +86,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	}
 	// argv runs as given; through `exec "$@"` a missing program is what it
 	// is on a VM, exit 127 with the shell's message, not an API error. The
-	// VM's envVars (§9) are in its environment.
+	// VM's envVars (§9), over its image's ENV, are in its environment.
 	cmd := local.Command{
 		Argv:    append([]string{"/bin/sh", "-c", `exec "$@"`, "sh"}, req.Command...),
 		Workdir: "/root",
@@ -114,11 +114,18 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, aggregate(res))
 }
 
-// envOf is a copy of the VM's envVars, for a command's environment.
+// envOf is a command's environment in a VM: its image's ENV, with its
+// envVars over it (a launch's or PATCH's envVars win, as docker run -e
+// wins over an image's ENV).
 func (s *Server) envOf(v *vmRecord) map[string]string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return maps.Clone(v.EnvVars)
+	if len(v.ImageEnv) == 0 {
+		return maps.Clone(v.EnvVars)
+	}
+	env := maps.Clone(v.ImageEnv)
+	maps.Copy(env, v.EnvVars)
+	return env
 }
 
 func aggregate(res *local.CommandResult) execResult {

@@ -29,7 +29,9 @@ import (
 // Each URL is bound to one object, one method, an expiry and a size limit by
 // an HMAC-SHA256 signature with a key of this server's; it needs no API key
 // and ignores one if sent. Objects live until the emulator closes (the cloud
-// deletes them after about a day).
+// deletes them after about a day). VMs, which have no way to the host's
+// loopback, reach these URLs (and nothing else of the emulator) on their
+// own loopback (network.go).
 const (
 	objectsPath = "/_emulator/objects/"
 	// Spec §13 #9: presigned URLs expire after 3600 s.

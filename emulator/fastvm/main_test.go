@@ -39,7 +39,14 @@ func newEnv(t *testing.T, opts Options) *env {
 
 func newEnvAt(t *testing.T, dir string, opts Options) *env {
 	t.Helper()
-	e, err := local.New(local.Options{StateDir: dir})
+	return newEnvEngine(t, local.Options{StateDir: dir}, opts)
+}
+
+// newEnvEngine is newEnvAt with an engine of the given options.
+func newEnvEngine(t *testing.T, engineOpts local.Options, opts Options) *env {
+	t.Helper()
+	dir := engineOpts.StateDir
+	e, err := local.New(engineOpts)
 	if err != nil {
 		t.Fatal(err)
 	}

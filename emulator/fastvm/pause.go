@@ -178,7 +178,7 @@ func (s *Server) pause(ctx context.Context, v *vmRecord, rearm bool) (vmJSON, er
 	if err != nil {
 		return vmJSON{}, fmt.Errorf("store the VM record: %w", err)
 	}
-	m, err := s.engine.Machine(machineID)
+	m, err := s.machine(machineID)
 	if err == nil {
 		err = m.Freeze(ctx)
 	}
@@ -292,7 +292,7 @@ func (s *Server) finishResume(ctx context.Context, v *vmRecord) error {
 	s.mu.Lock()
 	machineID := v.MachineID
 	s.mu.Unlock()
-	m, err := s.engine.Machine(machineID)
+	m, err := s.machine(machineID)
 	if err == nil {
 		err = m.Thaw(ctx)
 	}

@@ -9,6 +9,33 @@
 //
 // The server is an http.Handler: mount it on any listener (httptest.Server in
 // tests) and tell it its own base URL, which presigned URLs are minted from.
+//
+// Beyond the spec's UNVERIFIED items (§13, whose choices are commented where
+// they are implemented), the emulator makes these choices where a VM here
+// cannot be what a FastVM VM is:
+//
+//   - Network (network.go): a VM has a network namespace of its own, with
+//     loopback only, or HTTP(S) to the domains of Options.VMNetworkAllow
+//     through the engine's proxy. It never reaches the host's loopback or
+//     other addresses: not the emulator's API, not vmcp, not any other local
+//     service. The presigned object URLs alone are served to it, on its own
+//     loopback at the port of the emulator's base URL (which must name a
+//     loopback host for that); files/fetch writes into the VM from the
+//     emulator's side and needs no network at all.
+//   - Firewall: policies are validated, stored, reported and snapshotted as
+//     §3.3 says; nothing inbound reaches a VM whatever its policy (no public
+//     address, no interface), so none is enforced, and services (§9) get
+//     their URLs and firewall rules but no proxy.
+//   - Builds (builds.go, dockerfile.go): FROM images and imageRef are not
+//     pulled; the base is the host's OS as VMs see it, named in the build's
+//     emulatorBase, warnings, log and failure. ENV outlives the build as an
+//     image's does: in every command's environment (beneath envVars) of
+//     VMs launched from the image and from their snapshots, and in the
+//     image's /etc/environment.
+//   - System packages (packages.go): apt-get, apt and dpkg refuse to change
+//     packages, saying why (the host's root-only files, dpkg's locks among
+//     them, are masked read-only in VMs, and mirrors are beyond a VM's
+//     network), instead of apt's "are you root?".
 package fastvm
 
 import (
@@ -23,12 +50,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/local"
 )
 
@@ -54,6 +83,13 @@ type Options struct {
 	// without them, for tests of clients that must do without. Their
 	// request fields (envVars, ttl, ?status=) are still accepted.
 	NoExtensions bool
+	// VMNetworkAllow lists the domains (exact, or *.suffix) that VMs reach
+	// over HTTP(S) through the engine's proxy, e.g. pypi.org and
+	// files.pythonhosted.org for pip; names that resolve to loopback,
+	// link-local or private addresses stay refused unless the engine's
+	// EgressOptions allow them. Default: none, VMs have no network (see
+	// network.go). VMs never reach the host's loopback services.
+	VMNetworkAllow []string
 }
 
 // DefaultProxyDomain is the domain of services' URLs unless
@@ -111,6 +147,8 @@ type Server struct {
 	failReplay        bool // the next restore's service replay fails
 	proxyDomain       string
 	extensions        bool
+	vmNetworkAllow    []string
+	vmObjects         *vmObjects // the object URLs, as VMs reach them
 
 	mu sync.Mutex // guards the fields above from baseURL on, and the store's records
 }
@@ -128,6 +166,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.APIKey == "" {
 		return nil, errors.New("fastvm emulator: Options.APIKey is required: choose the key clients must send as X-API-Key")
+	}
+	if err := backend.ValidateDomains(opts.VMNetworkAllow); err != nil {
+		return nil, fmt.Errorf("fastvm emulator: Options.VMNetworkAllow: %w", err)
 	}
 	st, err := openStore(opts.Engine.StateDir())
 	if err != nil {
@@ -159,24 +200,43 @@ func New(opts Options) (*Server, error) {
 		baseURL: strings.TrimRight(opts.BaseURL, "/"),
 		tokens:  map[string]consoleToken{},
 
-		proxyDomain: strings.Trim(opts.ProxyDomain, "."),
-		extensions:  !opts.NoExtensions,
+		proxyDomain:    strings.Trim(opts.ProxyDomain, "."),
+		extensions:     !opts.NoExtensions,
+		vmNetworkAllow: slices.Clone(opts.VMNetworkAllow),
 	}
 	if s.proxyDomain == "" {
 		s.proxyDomain = DefaultProxyDomain
 	}
+	s.vmObjects = s.newVMObjects()
 	s.recover()
 	s.routes()
 	s.goBackground(s.runTTLs)
+	s.goBackground(func(ctx context.Context) {
+		stop := context.AfterFunc(ctx, func() { s.vmObjects.srv.Close() })
+		defer stop()
+		s.vmObjects.srv.Serve(s.vmObjects.ln)
+	})
+	s.warnBaseURL(s.baseURL)
 	return s, nil
 }
 
 // SetBaseURL sets the emulator's externally reachable base URL (e.g.
 // "http://127.0.0.1:PORT"), from which presigned URLs are minted.
 func (s *Server) SetBaseURL(u string) {
+	u = strings.TrimRight(u, "/")
 	s.mu.Lock()
-	s.baseURL = strings.TrimRight(u, "/")
+	s.baseURL = u
 	s.mu.Unlock()
+	s.warnBaseURL(u)
+}
+
+// warnBaseURL tells the operator when VMs cannot reach the presigned URLs
+// minted from base (see network.go).
+func (s *Server) warnBaseURL(base string) {
+	if base != "" && !loopbackBase(base) {
+		s.log.Warn().Str("base_url", base).Msg("fastvm emulator: VMs reach the presigned URLs only when the base URL's host is a loopback address (127.0.0.1, localhost): " +
+			"the SDKs' downloads, which upload from inside the VM, will fail; listen on a loopback or wildcard address instead")
+	}
 }
 
 // FailNextLaunch makes the next launched VM go to status "error" during

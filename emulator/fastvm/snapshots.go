@@ -73,7 +73,7 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 	}
 	sn := &snapshotRecord{ID: newUUID(), VMID: v.ID, Status: snapCreating, CreatedAt: time.Now().UTC(),
 		Firewall: v.Firewall, Metadata: v.Metadata, MachineName: v.MachineName, DiskGiB: v.DiskGiB,
-		EnvVars: v.EnvVars, Services: v.Services}
+		EnvVars: v.EnvVars, Services: v.Services, ImageEnv: v.ImageEnv}
 	if sn.Name = normalizeName(deref(req.Name)); sn.Name == "" {
 		sn.Name = "snapshot-" + v.ID[:8]
 	}
@@ -114,7 +114,7 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) takeSnapshot(ctx context.Context, machineID, name string) (string, error) {
-	m, err := s.engine.Machine(machineID)
+	m, err := s.machine(machineID)
 	if err != nil {
 		return "", err
 	}

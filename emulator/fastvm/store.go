@@ -85,6 +85,10 @@ type vmRecord struct {
 	// PauseSnapshot is the snapshot taken during the current pause, which
 	// a repeated POST /v1/snapshots answers again (§9).
 	PauseSnapshot string `json:"pauseSnapshot,omitempty"`
+	// ImageEnv is the ENV of the image the VM was launched from (a build's
+	// snapshot, or a snapshot of a VM launched from one): beneath EnvVars
+	// in every command's environment, not on the wire.
+	ImageEnv map[string]string `json:"imageEnv,omitempty"`
 }
 
 // vmTTL is a VM's auto-action timer (§9).
@@ -114,6 +118,7 @@ type snapshotRecord struct {
 	DiskGiB     int               `json:"diskGiB"`
 	EnvVars     map[string]string `json:"envVars,omitempty"`
 	Services    []service         `json:"services,omitempty"`
+	ImageEnv    map[string]string `json:"imageEnv,omitempty"` // see vmRecord
 }
 
 type buildRecord struct {
@@ -132,6 +137,11 @@ type buildRecord struct {
 	DiskGiB     int    `json:"diskGiB"`
 	// Ignored lists the instructions accepted and recorded but not applied.
 	Ignored []string `json:"ignored,omitempty"`
+	// Base is the OS (and Python) the build really started from; FromWarning
+	// says that the image it was asked for was not used; Log is its log.
+	Base        string `json:"base,omitempty"`
+	FromWarning string `json:"fromWarning,omitempty"`
+	Log         string `json:"log,omitempty"`
 }
 
 type store struct {
@@ -245,6 +255,10 @@ func (s *Server) recover() {
 			// A build VM of an interrupted build, or a machine whose VM record
 			// was never written: nothing a client was told about.
 			s.engine.Delete(context.Background(), m.ID)
+		} else if m.Tags[tagVM] != "" && m.AllowNetwork {
+			// The engine fixes a machine's network at its creation.
+			s.log.Warn().Str("vm", m.Tags[tagVM]).Msg("fastvm emulator: this VM was made by an earlier emulator with the host's network, which it keeps " +
+				"(it reaches the host's loopback services): delete it, or snapshot it and launch the snapshot, to give it a network of its own")
 		}
 	}
 	for _, v := range st.vms {

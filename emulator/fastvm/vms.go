@@ -15,10 +15,11 @@ import (
 	"github.com/vmcp-dev/vmcp/local"
 )
 
-// firewallPolicy is a VM's ingress policy (§3.3). The emulator stores and
-// validates it but does not enforce it on traffic: emulated VMs share the
-// host's network (they are created with AllowNetwork, so that guest curl
-// reaches the presigned URLs on loopback) and have no public IPv6 address.
+// firewallPolicy is a VM's ingress policy (§3.3). The emulator stores,
+// validates, reports and snapshots it as the spec says, and nothing needs
+// enforcing: an emulated VM has no public IPv6 address and no network
+// interface but its own loopback (network.go), so no inbound traffic
+// reaches it whatever the policy (stricter than `open` and any rule).
 type firewallPolicy struct {
 	Mode    string         `json:"mode"`
 	Ingress []firewallRule `json:"ingress,omitempty"`
@@ -285,6 +286,7 @@ func (s *Server) launchVM(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	minDisk, sourceName, localSnap := baseDiskGiB, "", ""
+	var imageEnv map[string]string
 	s.mu.Lock()
 	if snapshotID != "" {
 		snap, ok := s.store.snapshots[snapshotID]
@@ -301,7 +303,7 @@ func (s *Server) launchVM(w http.ResponseWriter, r *http.Request) {
 		if machineType == "" {
 			machineType = snap.MachineName // a restore inherits the type
 		}
-		minDisk, sourceName, localSnap = snap.DiskGiB, snap.Name, snap.LocalID
+		minDisk, sourceName, localSnap, imageEnv = snap.DiskGiB, snap.Name, snap.LocalID, snap.ImageEnv
 		if len(req.Firewall) == 0 && snap.Firewall != nil {
 			firewall = snap.Firewall
 		}
@@ -327,7 +329,7 @@ func (s *Server) launchVM(w http.ResponseWriter, r *http.Request) {
 	v := &vmRecord{
 		ID: newUUID(), MachineName: machineType, SourceName: sourceName, CPU: mt.cpu, MemoryMiB: mt.memoryMiB,
 		DiskGiB: disk, Status: statusProvisioning, CreatedAt: time.Now().UTC(), Firewall: firewall, Metadata: req.Metadata,
-		EnvVars: envVars, TTL: ttl, Services: services,
+		EnvVars: envVars, TTL: ttl, Services: services, ImageEnv: imageEnv,
 	}
 	v.Name = normalizeName(deref(req.Name))
 	if v.Name == "" {
@@ -405,22 +407,24 @@ func (s *Server) provision(ctx context.Context, v *vmRecord, localSnap string) e
 	return s.store.saveVM(v)
 }
 
-// newMachine creates a VM-flavoured machine and starts its sandbox.
-// AllowNetwork: the guest must reach the emulator's presigned URLs on
-// loopback (§5); the firewall policy is not enforced on this traffic.
+// newMachine creates a VM-flavoured machine and starts its sandbox. It has
+// a network of its own, not the host's: loopback only (with the object URLs
+// served on it), or the domains of Options.VMNetworkAllow (network.go). A
+// fresh one (not from a snapshot) gets the emulator's package-manager
+// guards (packages.go).
 func (s *Server) newMachine(ctx context.Context, tags map[string]string, memoryMiB, diskGiB int, fromSnapshot string) (*local.Machine, error) {
 	info, err := s.engine.Create(ctx, local.MachineSpec{
 		Name:         "fastvm",
 		Tags:         tags,
 		Flavour:      local.VM,
-		AllowNetwork: true,
+		NetworkAllow: s.vmNetworkAllow,
 		Limits:       local.Limits{MemoryBytes: int64(memoryMiB) << 20, DiskBytes: int64(diskGiB) << 30},
 		FromSnapshot: fromSnapshot,
 	})
 	if err != nil {
 		return nil, err
 	}
-	m, err := s.engine.Machine(info.ID)
+	m, err := s.machine(info.ID)
 	if err == nil {
 		// Start the sandbox now, so that "running" means it.
 		var res *local.CommandResult
@@ -428,6 +432,9 @@ func (s *Server) newMachine(ctx context.Context, tags map[string]string, memoryM
 		if err == nil && res.ExitCode != 0 {
 			err = fmt.Errorf("the VM's first command failed: %s", res.Stderr)
 		}
+	}
+	if err == nil && fromSnapshot == "" {
+		err = installPackageGuards(ctx, m)
 	}
 	if err != nil {
 		s.engine.Delete(context.Background(), info.ID)
@@ -517,7 +524,7 @@ func (s *Server) runningMachine(w http.ResponseWriter, r *http.Request) (*vmReco
 		writeError(w, http.StatusConflict, fmt.Sprintf("VM %s is %s, not running", v.ID, status))
 		return nil, nil, false
 	}
-	m, err := s.engine.Machine(machineID)
+	m, err := s.machine(machineID)
 	if err != nil {
 		writeError(w, http.StatusBadGateway, fmt.Sprintf("VM %s: its machine is unavailable: %v", v.ID, err))
 		return nil, nil, false

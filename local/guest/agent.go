@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -83,14 +84,15 @@ func Run(args []string) int {
 	procs := fs.Int64("procs", 0, "RLIMIT_NPROC")
 	files := fs.Int64("files", 0, "RLIMIT_NOFILE")
 	fsize := fs.Int64("fsize", 0, "RLIMIT_FSIZE bytes")
-	egressFD := fs.Int("egress-fd", -1, "socket on which to hand the engine each connection to the machine's proxy port")
+	egressFD := fs.Int("egress-fd", -1, "socket on which to hand the engine each connection to the ports of -egress-ports")
+	egressPorts := fs.String("egress-ports", strconv.Itoa(wire.EgressPort), "comma-separated ports on the machine's loopback whose connections go to the engine: its proxy's, its loopback services'")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if *egressFD >= 0 {
 		// Before CloseInheritedFDs: it marks the socket close-on-exec,
 		// which is what we want for the machine's programs.
-		if err := forwardEgress(*egressFD); err != nil {
+		if err := forwardEgress(*egressFD, *egressPorts); err != nil {
 			fmt.Fprintln(os.Stderr, "vmcp agent:", err)
 			return 1
 		}
@@ -1460,56 +1462,72 @@ func descendants(pid int) []int {
 	return out
 }
 
-// forwardEgress listens on the machine's loopback at wire.EgressPort and hands
-// each connection to the engine's proxy over ctl: a socket pair per
+// forwardEgress listens on the machine's loopback at each of ports (the
+// proxy's wire.EgressPort, loopback services') and hands each connection to
+// the engine over ctl with the port it was made to: a socket pair per
 // connection, one end sent with SCM_RIGHTS, the other spliced to it.
-func forwardEgress(ctl int) error {
+func forwardEgress(ctl int, ports string) error {
 	unix.CloseOnExec(ctl)
-	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(wire.EgressPort))
-	if err != nil {
-		return fmt.Errorf("the machine's proxy port: %w", err)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			err = unix.Sendmsg(ctl, []byte{0}, unix.UnixRights(pair[1]), nil, 0)
-			unix.Close(pair[1])
-			if err != nil {
-				unix.Close(pair[0])
-				c.Close()
-				continue
-			}
-			f := os.NewFile(uintptr(pair[0]), "egress")
-			up, err := net.FileConn(f)
-			f.Close()
-			if err != nil {
-				c.Close()
-				continue
-			}
-			go func() {
-				defer c.Close()
-				defer up.Close()
-				done := make(chan struct{})
-				go func() {
-					io.Copy(up, c)
-					up.(*net.UnixConn).CloseWrite()
-					close(done)
-				}()
-				io.Copy(c, up)
-				c.(*net.TCPConn).CloseWrite()
-				<-done
-			}()
+	for _, p := range strings.Split(ports, ",") {
+		port, err := strconv.ParseUint(p, 10, 16)
+		if err != nil {
+			return fmt.Errorf("egress port %q: %w", p, err)
 		}
-	}()
+		ln, err := net.Listen("tcp", "127.0.0.1:"+p)
+		if err != nil {
+			return fmt.Errorf("the machine's loopback port %s: %w", p, err)
+		}
+		go handOver(ctl, ln, uint16(port))
+		// And on IPv6's loopback where the machine has one, which is where
+		// localhost and [::] lead first.
+		if ln6, err := net.Listen("tcp6", "[::1]:"+p); err == nil {
+			go handOver(ctl, ln6, uint16(port))
+		}
+	}
 	return nil
+}
+
+// handOver hands the engine each connection ln accepts.
+func handOver(ctl int, ln net.Listener, port uint16) {
+	msg := binary.BigEndian.AppendUint16(nil, port)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		err = unix.Sendmsg(ctl, msg, unix.UnixRights(pair[1]), nil, 0)
+		unix.Close(pair[1])
+		if err != nil {
+			unix.Close(pair[0])
+			c.Close()
+			continue
+		}
+		f := os.NewFile(uintptr(pair[0]), "egress")
+		up, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			c.Close()
+			continue
+		}
+		go func() {
+			defer c.Close()
+			defer up.Close()
+			done := make(chan struct{})
+			go func() {
+				io.Copy(up, c)
+				up.(*net.UnixConn).CloseWrite()
+				close(done)
+			}()
+			io.Copy(c, up)
+			c.(*net.TCPConn).CloseWrite()
+			<-done
+		}()
+	}
 }
 
 // CloseInheritedFDs marks every descriptor above stderr close-on-exec, so
