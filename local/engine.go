@@ -155,9 +155,7 @@ func New(opts Options) (*Engine, error) {
 			bwrap = "bwrap"
 		}
 		if e.bwrap, err = exec.LookPath(bwrap); err != nil {
-			missingBwrap = errors.New("bubblewrap (bwrap) is not installed, and vmcp needs it to isolate machines: " +
-				"install it with `sudo apt-get install -y bubblewrap` (Debian/Ubuntu) or `sudo dnf install -y bubblewrap` (Fedora); " +
-				"only if that is impossible, and only for code you trust, run with the sandbox disabled (--dangerously-disable-sandbox)" + cloudHint)
+			missingBwrap = errMissingBwrap
 		}
 	}
 	for _, d := range []string{"machines", "snapshots", "etc"} {

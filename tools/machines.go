@@ -391,41 +391,22 @@ func (s *Service) deleteVM(ctx context.Context, _ mcp.CallToolRequest, in Delete
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Deleted machine %s.", m.ID()))), nil
 }
 
-// deleteSnapshot deletes one of the principal's snapshots: first on its
-// backend (a snapshot already gone counts as deleted), then from the
-// conversation that owns it, so that a failure in between leaves a record
-// that the next delete_snapshot clears, never a snapshot no one can see.
+// deleteSnapshot deletes one of the principal's snapshots, on its backend
+// and from the conversation that owns it (see broker.DeleteSnapshot).
 func (s *Service) deleteSnapshot(ctx context.Context, _ mcp.CallToolRequest, in DeleteSnapshotInput) (*mcp.CallToolResult, error) {
 	if in.SnapshotID == "" {
 		return nil, errors.New("missing snapshot_id: give the id of the snapshot to delete (list_machines lists them)")
 	}
 	c := conversationFrom(ctx)
-	owner, snap, err := s.conversations.SnapshotOwner(ctx, c.Principal, in.SnapshotID)
+	owner, _, err := s.conversations.SnapshotOwner(ctx, c.Principal, in.SnapshotID)
 	if errors.Is(err, conversations.ErrNotFound) {
 		return nil, fmt.Errorf("snapshot %q not found; list_machines shows your snapshots", in.SnapshotID)
 	}
 	if err != nil {
 		return nil, err
 	}
-	be := s.broker.Backend(c.Principal, snap.Backend)
-	d, ok := be.(backend.SnapshotDeleter)
-	if be == nil || !ok {
-		return nil, fmt.Errorf("snapshot %s is on backend %s, which this server cannot delete snapshots on", in.SnapshotID, snap.Backend)
-	}
-	if err := d.DeleteSnapshot(ctx, in.SnapshotID); err != nil && !errors.Is(err, backend.ErrNotFound) {
+	if err := s.broker.DeleteSnapshot(ctx, owner, in.SnapshotID); err != nil {
 		return nil, err
-	}
-	if _, err := s.conversations.Update(ctx, owner, func(c *conversations.Conversation) error {
-		kept := c.Snapshots[:0]
-		for _, sn := range c.Snapshots {
-			if sn.ID != in.SnapshotID {
-				kept = append(kept, sn)
-			}
-		}
-		c.Snapshots = kept
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("snapshot %s is deleted, but the conversation's record of it could not be updated (%w): run delete_snapshot again", in.SnapshotID, err)
 	}
 	out := DeleteSnapshotOutput{SnapshotID: in.SnapshotID, Status: "deleted"}
 	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Deleted snapshot %s.", in.SnapshotID))), nil

@@ -211,6 +211,7 @@ func loadConfig(args []string, getenv func(string) string, cwd string) (Config, 
 		fs.Var(s.value, s.flag, s.usage())
 	}
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
+	fs.Usage = func() { serverUsage(fs) }
 
 	// An environment variable that does not parse is an error unless its
 	// flag overrides it, so both are gathered before either is reported.

@@ -166,6 +166,13 @@ func run(args []string) error {
 	if len(args) > 0 && args[0] == "token" {
 		return tokenCommand(args[1:], os.Stdout)
 	}
+	if len(args) > 0 && isCLICommand(args[0]) {
+		env, err := processEnv()
+		if err != nil {
+			return err
+		}
+		return runCLI(args, env)
+	}
 	cwd, err := os.Getwd()
 	if err != nil {
 		return err
