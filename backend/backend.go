@@ -132,6 +132,9 @@ type SnapshotInfo struct {
 	// Memory lists the Python variables the snapshot carries (see
 	// MemorySnapshotter); none if empty.
 	Memory []string
+	// Notes are what the backend said of how an image was built: the base
+	// it really used, what it did not do as the Dockerfile asked.
+	Notes []string
 }
 
 // Machine is one machine. Its capabilities are the interfaces below that it

@@ -126,12 +126,17 @@ func TestFastVMTools(t *testing.T) {
 	os.WriteFile(filepath.Join(ctxDir, "app.py"), []byte("print('app')\n"), 0o644)
 	var img tools.BuildImageOutput
 	h.ok(t, "build_image", map[string]any{
-		"dockerfile":         "FROM python:3.13-slim\nWORKDIR /app\nCOPY app.py /app/app.py\nRUN echo built > /app/built.txt\n",
+		"dockerfile":         "FROM python:3.13-slim\nWORKDIR /app\nENV GREETING=hello\nCOPY app.py /app/app.py\nRUN echo built > /app/built.txt\n",
 		"context_local_path": ctxDir, "name": "app-image",
 	}, &img)
+	// The emulator cannot pull python:3.13-slim: the result says which base
+	// the image has instead.
+	if notes := strings.Join(img.Notes, "\n"); !strings.Contains(notes, "base: ") || !strings.Contains(notes, "python:3.13-slim was not used") {
+		t.Errorf("build_image's notes do not say which base was used: %q", img.Notes)
+	}
 	h.ok(t, "launch_vm", map[string]any{"snapshot_id": img.SnapshotID, "machine_type": "c1m2"}, &launched)
-	h.ok(t, "exec_command", map[string]any{"command": "cat /app/built.txt /app/app.py"}, &cmd)
-	if cmd.Stdout != "built\nprint('app')\n" {
+	h.ok(t, "exec_command", map[string]any{"command": "cat /app/built.txt /app/app.py; echo $GREETING"}, &cmd)
+	if cmd.Stdout != "built\nprint('app')\nhello\n" {
 		t.Errorf("a machine of the built image: %+v", cmd)
 	}
 	h.fails(t, "build_image", map[string]any{"dockerfile": "FROM x\n", "context_local_path": "/etc"}, "outside the allowed roots")

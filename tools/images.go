@@ -27,9 +27,10 @@ type BuildImageInput struct {
 // BuildImageOutput is build_image's result.
 type BuildImageOutput struct {
 	SessionResult
-	SnapshotID string `json:"snapshot_id" jsonschema:"description=The image\\, as a snapshot: pass it as snapshot_id to launch_vm."`
-	Backend    string `json:"backend" jsonschema:"description=Where the snapshot is kept.,enum=fastvm"`
-	Status     string `json:"status" jsonschema:"description=The snapshot's status.,enum=ready"`
+	SnapshotID string   `json:"snapshot_id" jsonschema:"description=The image\\, as a snapshot: pass it as snapshot_id to launch_vm."`
+	Backend    string   `json:"backend" jsonschema:"description=Where the snapshot is kept.,enum=fastvm"`
+	Status     string   `json:"status" jsonschema:"description=The snapshot's status.,enum=ready"`
+	Notes      []string `json:"notes,omitempty" jsonschema:"description=What the backend said of the build: the base image it really used\\, instructions it did not carry out."`
 }
 
 // SetFirewallInput is set_firewall's arguments.
@@ -122,8 +123,12 @@ func (s *Service) buildImage(ctx context.Context, req mcp.CallToolRequest, in Bu
 	}); err != nil {
 		return nil, fmt.Errorf("record the image: %w", err)
 	}
-	out := BuildImageOutput{SnapshotID: snap.ID, Backend: b.Name(), Status: "ready"}
-	return structured(out, false, mcp.NewTextContent(fmt.Sprintf("Built image %s on %s; launch_vm with snapshot_id %q starts machines from it.", snap.ID, b.Name(), snap.ID))), nil
+	out := BuildImageOutput{SnapshotID: snap.ID, Backend: b.Name(), Status: "ready", Notes: snap.Notes}
+	text := fmt.Sprintf("Built image %s on %s; launch_vm with snapshot_id %q starts machines from it.", snap.ID, b.Name(), snap.ID)
+	for _, n := range snap.Notes {
+		text += "\nNote: " + n
+	}
+	return structured(out, false, mcp.NewTextContent(text)), nil
 }
 
 func (s *Service) setFirewall(ctx context.Context, _ mcp.CallToolRequest, in SetFirewallInput) (*mcp.CallToolResult, error) {

@@ -380,11 +380,16 @@ func (b *Backend) BuildImage(ctx context.Context, spec backend.BuildSpec) (backe
 		}
 		defer dir.Close()
 	}
-	snap, err := b.c.BuildFrom(ctx, fastvmclient.BuildRequest{Name: spec.Name, ImageRef: spec.ImageRef, DockerfileContent: spec.Dockerfile, MachineType: spec.MachineType}, dir)
+	build, snap, err := b.c.BuildAndWait(ctx, fastvmclient.BuildRequest{Name: spec.Name, ImageRef: spec.ImageRef, DockerfileContent: spec.Dockerfile, MachineType: spec.MachineType}, dir)
 	if err != nil {
 		return backend.SnapshotInfo{}, err
 	}
-	return snapshotInfo(snap), nil
+	info := snapshotInfo(snap)
+	if build.BaseUsed != "" {
+		info.Notes = append(info.Notes, "base: "+build.BaseUsed)
+	}
+	info.Notes = append(info.Notes, build.Warnings...)
+	return info, nil
 }
 
 func machineInfo(vm *fastvmclient.VM) backend.MachineInfo {

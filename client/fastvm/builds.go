@@ -55,27 +55,34 @@ func (c *Client) Build(ctx context.Context, req BuildRequest, contextDir string)
 // (nil for none): nothing outside it is read, even if links inside it
 // change while it is sent.
 func (c *Client) BuildFrom(ctx context.Context, req BuildRequest, contextDir *os.Root) (*Snapshot, error) {
+	_, snap, err := c.BuildAndWait(ctx, req, contextDir)
+	return snap, err
+}
+
+// BuildAndWait is BuildFrom that also returns the completed build, with
+// what the service said of it (Build.Warnings).
+func (c *Client) BuildAndWait(ctx context.Context, req BuildRequest, contextDir *os.Root) (*Build, *Snapshot, error) {
 	if contextDir != nil && req.DockerfileContent == "" {
 		if df, err := contextDir.ReadFile("Dockerfile"); err == nil {
 			req.DockerfileContent = string(df)
 		}
 	}
 	if req.ImageRef == "" && req.DockerfileContent == "" {
-		return nil, fmt.Errorf("fastvm: a build needs an ImageRef or a Dockerfile (DockerfileContent, or a Dockerfile in the context directory)")
+		return nil, nil, fmt.Errorf("fastvm: a build needs an ImageRef or a Dockerfile (DockerfileContent, or a Dockerfile in the context directory)")
 	}
 	if contextDir != nil {
 		p, err := c.PresignBuildContext(ctx)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if err := c.putTarGz(ctx, p.UploadURL, contextDir, "application/gzip"); err != nil {
-			return nil, fmt.Errorf("fastvm: sending the build context: %w", err)
+			return nil, nil, fmt.Errorf("fastvm: sending the build context: %w", err)
 		}
 		req.ContextDownloadURL = p.DownloadURL
 	}
 	b, err := c.CreateBuild(ctx, req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	first := true
 	err = c.poll(ctx, c.buildTimeout, func() string { return fmt.Sprintf("build %s (status %q)", b.ID, b.Status) },
@@ -98,11 +105,12 @@ func (c *Client) BuildFrom(ctx context.Context, req BuildRequest, contextDir *os
 			return false, nil
 		})
 	if errors.Is(err, errPollTimeout) {
-		return nil, fmt.Errorf("fastvm: build %s not completed within %s (status %q, %s): follow it with GetBuild: %w",
+		return nil, nil, fmt.Errorf("fastvm: build %s not completed within %s (status %q, %s): follow it with GetBuild: %w",
 			b.ID, c.buildTimeout, b.Status, b.Progress, context.DeadlineExceeded)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return c.GetSnapshot(ctx, b.SnapshotID)
+	snap, err := c.GetSnapshot(ctx, b.SnapshotID)
+	return b, snap, err
 }

@@ -293,6 +293,11 @@ type Build struct {
 	SnapshotID string `json:"snapshotId,omitempty"` // when completed
 	Error      string `json:"error,omitempty"`      // when failed
 	CreatedAt  string `json:"createdAt"`
+	// BaseUsed and Warnings are sent by vmcp's emulator only (extension
+	// fields; the service sends neither): the base image the build really
+	// ran on, and what it did not do as the Dockerfile asked.
+	BaseUsed string   `json:"emulatorBase,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // QuotaValues are amounts of an organisation's resources.
