@@ -204,6 +204,31 @@ func (m *cgroupManager) close() {
 	}
 }
 
+// renice sets the niceness of every thread of the machine: twice, for the
+// threads that the first pass's threads were starting.
+func (m *cgroupManager) renice(id string, nice int) {
+	var file string
+	switch m.mode {
+	case "v2":
+		file = filepath.Join(m.dirs(id)[0], "cgroup.threads")
+	case "v1":
+		file = filepath.Join(m.dirs(id)[1], "tasks")
+	default:
+		return
+	}
+	for pass := 0; pass < 2; pass++ {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if tid, err := strconv.Atoi(f); err == nil {
+				syscall.Setpriority(syscall.PRIO_PROCESS, tid, nice)
+			}
+		}
+	}
+}
+
 // remove deletes the machine's cgroups once its processes are gone.
 func (m *cgroupManager) remove(id string) {
 	for _, dir := range m.dirs(id) {

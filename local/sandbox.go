@@ -254,6 +254,13 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, egress *os.File, p
 
 	b, _ := json.Marshal(lay)
 	initFlags := []string{"--layout", string(b), "--keep-fds", strings.Join(keep, ",")}
+	if info.Warm && e.cgroups.enabled() {
+		// A warm machine starts when the pool refills, which is when calls
+		// are busy: it takes only the CPU they leave. It is made ordinary
+		// when it is handed out (adopt), which needs what cgroups need:
+		// root, to raise a priority again.
+		initFlags = append(initFlags, "--nice", strconv.Itoa(warmNice))
+	}
 	cmd.Args = append(append(append([]string{e.helper, initArg}, initFlags...), "--", e.bwrap), args...)
 	cmd.Env = sandboxEnv(info.Flavour, len(info.NetworkAllow) > 0 && !info.AllowNetwork)
 	return cmd, files, lay, nil

@@ -269,6 +269,10 @@ func (p *warmPool) close() {
 	}
 }
 
+// warmNice is the CPU niceness of a warm machine's processes until it is
+// handed out.
+const warmNice = 19
+
 // adopt gives a machine from the pool to its creator: the creator's name
 // and tags, recorded before the machine is announced.
 func (e *Engine) adopt(m *Machine, spec MachineSpec) (MachineInfo, error) {
@@ -279,6 +283,7 @@ func (e *Engine) adopt(m *Machine, spec MachineSpec) (MachineInfo, error) {
 	m.info.CreatedAt = time.Now().UTC()
 	info := m.info
 	m.mu.Unlock()
+	e.cgroups.renice(m.ID(), 0)
 	if err := writeJSON(filepath.Join(m.dir, "machine.json"), info); err != nil {
 		go e.discard(m)
 		return MachineInfo{}, err

@@ -6,6 +6,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -145,5 +146,63 @@ func TestWarmMachinesLeaveNoTrace(t *testing.T) {
 	}
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
 		t.Errorf("a stale pool machine is still on disk: %v", err)
+	}
+}
+
+// TestWarmMachinesWaitAtLowPriority: a warm machine's processes run at the
+// lowest CPU priority while it waits in the pool (its start and imports
+// take only the CPU that calls leave), and at the ordinary one once it is
+// handed out, what they start after too.
+func TestWarmMachinesWaitAtLowPriority(t *testing.T) {
+	e := newTestEngine(t, Options{Warm: WarmOptions{Machines: 1}})
+	if !e.cgroups.enabled() {
+		t.Skip("warm machines are niced only where the engine has cgroups (root)")
+	}
+	waitWarm(t, e, 1, time.Minute)
+	niceness := func(id string) map[int]int {
+		tasks, err := os.ReadFile(filepath.Join(e.cgroups.dirs(id)[len(e.cgroups.dirs(id))-1], map[string]string{"v1": "tasks", "v2": "cgroup.threads"}[e.cgroups.mode]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[int]int{}
+		for _, f := range strings.Fields(string(tasks)) {
+			stat, err := os.ReadFile("/proc/" + f + "/stat")
+			if err != nil {
+				continue
+			}
+			fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+			n, _ := strconv.Atoi(fields[16]) // nice, the stat file's 19th field
+			tid, _ := strconv.Atoi(f)
+			out[tid] = n
+		}
+		return out
+	}
+	pool := e.warm.machines()
+	if len(pool) != 1 {
+		t.Fatalf("%d machines in the pool; want 1", len(pool))
+	}
+	waiting := niceness(pool[0].ID())
+	if len(waiting) < 3 {
+		t.Fatalf("the warm machine has %d threads: %v", len(waiting), waiting)
+	}
+	for tid, n := range waiting {
+		if n != warmNice {
+			t.Errorf("thread %d of a waiting warm machine has niceness %d; want %d", tid, n, warmNice)
+		}
+	}
+	m := newTestMachine(t, e, MachineSpec{})
+	if m.ID() != pool[0].ID() {
+		t.Fatal("the machine did not come from the pool")
+	}
+	mustRun(t, m, Command{Shell: "sleep 1000 > /dev/null 2>&1 &"})
+	mustExec(t, m, "1 + 1", PythonOptions{})
+	handed := niceness(m.ID())
+	if len(handed) <= len(waiting) {
+		t.Errorf("no new thread after the calls: %v", handed)
+	}
+	for tid, n := range handed {
+		if n != 0 {
+			t.Errorf("thread %d of a handed-out machine has niceness %d; want 0", tid, n)
+		}
 	}
 }
