@@ -52,6 +52,7 @@ type Service struct {
 	project                             string
 	network                             NetworkConfig
 	maxMemoryMB, maxDiskMB              int64
+	admission                           *admission
 }
 
 // Config configures a Service.
@@ -102,7 +103,10 @@ type Config struct {
 	// MaxMemoryMB and MaxDiskMB bound launch_vm's memory_mb and disk_mb;
 	// 0: no bound.
 	MaxMemoryMB, MaxDiskMB int64
-	Log                    zerolog.Logger
+	// CallSlots is how many calls start at a time; more wait their turn
+	// (see admission.go). 0: DefaultCallSlots; negative: no limit.
+	CallSlots int
+	Log       zerolog.Logger
 }
 
 // NewService makes the tools' shared state.
@@ -126,10 +130,13 @@ func NewService(cfg Config) (*Service, error) {
 		cfg.MaxOutputCharsLimit = DefaultMaxOutputCharsLimit
 	}
 	cfg.MaxOutputCharsLimit = max(cfg.MaxOutputCharsLimit, cfg.MaxOutputChars)
+	if cfg.CallSlots == 0 {
+		cfg.CallSlots = DefaultCallSlots()
+	}
 	return &Service{broker: b, conversations: cfg.Conversations, allowedRoots: roots, rootsPerPrincipal: cfg.RootsPerPrincipal,
 		localPrincipal: principal.Local(), log: cfg.Log, onCall: cfg.OnCall,
 		maxOutputChars: cfg.MaxOutputChars, maxOutputCharsLimit: cfg.MaxOutputCharsLimit, spoolDir: cfg.SpoolDir, project: cfg.Project, network: cfg.Network,
-		maxMemoryMB: cfg.MaxMemoryMB, maxDiskMB: cfg.MaxDiskMB}, nil
+		maxMemoryMB: cfg.MaxMemoryMB, maxDiskMB: cfg.MaxDiskMB, admission: newAdmission(cfg.CallSlots)}, nil
 }
 
 // Broker is the service's machine broker (for the reaper and the
@@ -287,6 +294,20 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 		if t, ok := any(in).(timedArg); ok && t.timeout() > 0 {
 			timeout = time.Duration(t.timeout()) * time.Second
 		}
+		if timeout > 0 {
+			// The wait for its turn counts: the call ends within its
+			// timeout and callGrace of its arrival.
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, start.Add(timeout+callGrace))
+			defer cancel()
+		}
+		release, err := s.admission.enter(ctx, c.CreatedAt, created)
+		if err != nil {
+			res := mcp.NewToolResultError(fmt.Sprintf("%s was cancelled while it waited for its turn to start: %v", spec.name, err))
+			withSession(res, c.Handle, created)
+			return res, nil
+		}
+		defer release()
 		res, err := s.runBounded(ctx, spec.name, timeout, notes, s.broker.OnlyLocal(c.Principal), func(ctx context.Context) (*mcp.CallToolResult, error) {
 			return handle(ctx, req, in)
 		})

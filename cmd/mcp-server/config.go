@@ -36,10 +36,12 @@ type Config struct {
 	MaxMachines, MaxSnapshots int
 	// The budget of a result's text, and the most a call may ask for.
 	MaxOutputChars, MaxOutputCharsLimit int
-	IdleLocal                           time.Duration // 0: never
-	PythonCheckpointInterval            time.Duration // 0: never
-	ConversationTTL                     time.Duration // 0: never
-	SnapshotTTL                         time.Duration // 0: never
+	// CallSlots is how many tool calls start at a time (tools.Config).
+	CallSlots                int
+	IdleLocal                time.Duration // 0: never
+	PythonCheckpointInterval time.Duration // 0: never
+	ConversationTTL          time.Duration // 0: never
+	SnapshotTTL              time.Duration // 0: never
 
 	Limits                    MachineLimits
 	Network                   NetworkSettings
@@ -145,6 +147,7 @@ func (c *Config) settings() []setting {
 		{"max-snapshots", "VMCP_MAX_SNAPSHOTS", whole(&c.MaxSnapshots, 0), "most snapshots one conversation may own; 0: no limit"},
 		{"max-output-chars", "VMCP_MAX_OUTPUT_CHARS", whole(&c.MaxOutputChars, tools.DefaultMaxOutputChars), "characters of text a result carries at most; longer output keeps head and tail, the whole saved in the machine"},
 		{"max-output-chars-limit", "VMCP_MAX_OUTPUT_CHARS_LIMIT", whole(&c.MaxOutputCharsLimit, tools.DefaultMaxOutputCharsLimit), "the most a call may ask for with max_output_chars"},
+		{"call-slots", "VMCP_CALL_SLOTS", whole(&c.CallSlots, tools.DefaultCallSlots()), "tool calls that start at a time; more wait their turn, established conversations' first (a burst of new ones leaves them their latency); -1: no limit"},
 		{"python-checkpoint-interval", "VMCP_PYTHON_CHECKPOINT_INTERVAL", duration(&c.PythonCheckpointInterval, 0), "also save local machines' Python variables this often (those that ran code since), so that a crash of vmcp loses only what came after; 0: only when machines stop on purpose (idle, or vmcp stopping)"},
 		{"idle-local", "VMCP_IDLE_LOCAL", duration(&c.IdleLocal, 30*time.Minute), "stop a local machine's processes after this long unused (files stay; 0: never)"},
 		{"idle-fastvm", "VMCP_IDLE_FASTVM", duration(&c.FastVM.Idle, 15*time.Minute), "pause a FastVM machine unused this long (memory and files kept, no quota held; the next use resumes it), or with --fastvm-idle-action snapshot park it as a snapshot (0: never)"},
@@ -313,6 +316,9 @@ func (c *Config) Validate() error {
 	}
 	if l.MaxMemoryMB < l.MemoryMB || l.MaxDiskMB < l.DiskMB {
 		return errors.New("--max-memory-mb and --max-disk-mb must be at least --memory-mb and --disk-mb")
+	}
+	if c.CallSlots == 0 || c.CallSlots < -1 {
+		return errors.New("--call-slots (VMCP_CALL_SLOTS) takes 1 or more calls at a time, or -1 for no limit")
 	}
 	if c.Warm.Machines < 0 || c.Warm.Machines > maxWarmMachines {
 		return fmt.Errorf("--warm-machines (VMCP_WARM_MACHINES) takes 0 to %d machines", maxWarmMachines)

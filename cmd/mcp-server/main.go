@@ -270,7 +270,7 @@ func run(args []string) error {
 	}
 	svc, err := tools.NewService(tools.Config{Backends: bs, BackendsFor: principalBackends, Conversations: manager, AllowedRoots: cfg.AllowedRoots, RootsPerPrincipal: cfg.HTTP.Transport == "http", Instance: instance,
 		Idle: cfg.Idle(), ConversationTTL: cfg.ConversationTTL, SnapshotTTL: cfg.SnapshotTTL, OnCall: onCall, Log: log,
-		MaxOutputChars: cfg.MaxOutputChars, MaxOutputCharsLimit: cfg.MaxOutputCharsLimit, SpoolDir: spoolDir,
+		MaxOutputChars: cfg.MaxOutputChars, MaxOutputCharsLimit: cfg.MaxOutputCharsLimit, SpoolDir: spoolDir, CallSlots: cfg.CallSlots,
 		Project: cfg.Project, Network: cfg.Network.Tools(), MaxMemoryMB: cfg.Limits.MaxMemoryMB, MaxDiskMB: cfg.Limits.MaxDiskMB})
 	if err != nil {
 		return err

@@ -27,6 +27,7 @@ type loadResult struct {
 	latencies      []time.Duration
 	first          []time.Duration // of each client's first call, which gets its conversation a machine
 	warm           int             // the server's --warm-machines
+	callSlots      int             // its --call-slots (0: its default)
 	// The calls of one conversation begun before the burst: alone, and
 	// during it.
 	quiet, during  []time.Duration
@@ -34,12 +35,24 @@ type loadResult struct {
 	rssMiB, hwmMiB int64         // the server's resident set at the end, and its peak
 	healthzMax     time.Duration // slowest /healthz answer during the load
 	healthzFailed  int64
+	errorSamples   []string // the first few errors' texts
 }
+
+// noteError keeps the text of one of the first errors.
+func (r *loadResult) noteError(msg string) {
+	if len(r.errorSamples) < 3 {
+		r.errorSamples = append(r.errorSamples, msg)
+	}
+}
+
+// establishedAfter is how long the pre-existing conversation works before
+// the burst.
+const establishedAfter = 11 * time.Second
 
 // benchLoad starts the server over streamable HTTP and runs clients
 // concurrent MCP clients (one conversation, hence one machine, each), each
 // making calls run_python calls, while /healthz is polled.
-func benchLoad(server, stateDir string, clients, calls, warm int) (*loadResult, error) {
+func benchLoad(server, stateDir string, clients, calls, warm, callSlots int) (*loadResult, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -48,6 +61,9 @@ func benchLoad(server, stateDir string, clients, calls, warm int) (*loadResult, 
 	ln.Close()
 	c := exec.Command(server, "--transport", "http", "--listen", addr, "--insecure-no-auth", "--enable-local-backend",
 		"--max-concurrent-calls", "0", "--state-dir", stateDir, "--warm-machines", strconv.Itoa(warm), "--warm-imports=")
+	if callSlots != 0 {
+		c.Args = append(c.Args, "--call-slots", strconv.Itoa(callSlots))
+	}
 	stderr := &syncBuffer{}
 	c.Stderr = stderr
 	if err := c.Start(); err != nil {
@@ -78,7 +94,7 @@ func benchLoad(server, stateDir string, clients, calls, warm int) (*loadResult, 
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	r := &loadResult{clients: clients, calls: calls, warm: warm}
+	r := &loadResult{clients: clients, calls: calls, warm: warm, callSlots: callSlots}
 	if warm > 0 {
 		if _, err := waitPoolReady(stderr, 10*time.Minute); err != nil {
 			return nil, err
@@ -102,7 +118,11 @@ func benchLoad(server, stateDir string, clients, calls, warm int) (*loadResult, 
 		}
 		return d, err
 	}
-	for i := 0; i < 60; i++ {
+	// It works for a while before the burst, as a conversation that is
+	// under way does (the server tells established conversations, 10 s
+	// old, from new ones).
+	quietUntil := time.Now().Add(establishedAfter)
+	for i := 0; i < 60 || time.Now().Before(quietUntil); i++ {
 		d, err := probeCall()
 		if err != nil {
 			return nil, err
@@ -182,6 +202,13 @@ func benchLoad(server, stateDir string, clients, calls, warm int) (*loadResult, 
 				d := time.Since(t0)
 				if err != nil || res.IsError || text(res) == "" || !strings.Contains(text(res), strconv.Itoa(i*j)) {
 					atomic.AddInt64(&r.errors, 1)
+					msg := fmt.Sprint(err)
+					if err == nil {
+						msg = text(res)
+					}
+					mu.Lock()
+					r.noteError(fmt.Sprintf("call %d after %v: %.300s", j+1, d.Round(time.Millisecond), msg))
+					mu.Unlock()
 					continue
 				}
 				if m, ok := res.StructuredContent.(map[string]any); ok {
@@ -231,11 +258,18 @@ func procMemory(pid int) (rss, hwm int64) {
 }
 
 func printLoad(w io.Writer, r *loadResult) {
-	fmt.Fprintf(w, "\nLoad over streamable HTTP: %d concurrent clients x %d run_python calls, a new conversation and a local machine each; --warm-machines %d\n", r.clients, r.calls, r.warm)
-	fmt.Fprintf(w, "first call of each client: p50 %s ms, p99 %s ms; a conversation begun before the burst: p50 %s ms alone, %s ms during it (%.2fx, %d calls)\n",
-		ms(percentile(r.first, 0.5)), ms(percentile(r.first, 0.99)), ms(percentile(r.quiet, 0.5)), ms(percentile(r.during, 0.5)),
+	slots := "default"
+	if r.callSlots != 0 {
+		slots = strconv.Itoa(r.callSlots)
+	}
+	fmt.Fprintf(w, "\nLoad over streamable HTTP: %d concurrent clients x %d run_python calls, a new conversation and a local machine each; --warm-machines %d, --call-slots %s\n", r.clients, r.calls, r.warm, slots)
+	fmt.Fprintf(w, "first call of each client: p50 %s ms, p99 %s ms; a conversation begun %v before the burst: p50 %s ms alone, %s ms during it (%.2fx, %d calls)\n",
+		ms(percentile(r.first, 0.5)), ms(percentile(r.first, 0.99)), establishedAfter, ms(percentile(r.quiet, 0.5)), ms(percentile(r.during, 0.5)),
 		float64(percentile(r.during, 0.5))/float64(max(percentile(r.quiet, 0.5), 1)), len(r.during))
 	fmt.Fprintf(w, "errors %d of %d; latency p50 %s ms, p99 %s ms; wall %.1f s; server RSS %d MiB (peak %d MiB); /healthz slowest %s ms, failed %d\n",
 		r.errors, r.clients*r.calls, ms(percentile(r.latencies, 0.5)), ms(percentile(r.latencies, 0.99)), r.wall.Seconds(),
 		r.rssMiB, r.hwmMiB, ms(r.healthzMax), r.healthzFailed)
+	for _, e := range r.errorSamples {
+		fmt.Fprintf(w, "  error: %s\n", e)
+	}
 }

@@ -65,6 +65,7 @@ type config struct {
 	loadClients int // concurrent HTTP clients of the load test; 0 skips it
 	loadCalls   int
 	loadWarm    int    // the load test server's --warm-machines
+	loadSlots   int    // and its --call-slots (0: its default)
 	only        string // run only this part: first-calls or load
 	// instantRounds are the rounds of first calls of new conversations
 	// (0: skip them).
@@ -81,6 +82,7 @@ func parseConfig(args []string) (config, error) {
 	loadClients := fs.Int("load-clients", 0, "also run the load test: this many concurrent MCP clients over streamable HTTP (0: skip)")
 	loadCalls := fs.Int("load-calls", 20, "run_python calls of each load-test client")
 	loadWarm := fs.Int("load-warm-machines", 0, "--warm-machines of the load test's server")
+	loadSlots := fs.Int("load-call-slots", 0, "--call-slots of the load test's server (0: its default; -1: no limit)")
 	only := fs.String("only", "", "run only this part: first-calls (of new conversations) or load")
 	instantRounds := fs.Int("instant-rounds", 12, "rounds of first calls of new conversations, with a warm pool and without (0: skip them)")
 	outputRounds := fs.Int("output-rounds", 5, "rounds of the benchmarks of a command printing 200 MB and of a 100 MiB download through a machine's proxy (0: skip them)")
@@ -106,7 +108,7 @@ func parseConfig(args []string) (config, error) {
 	if *loadClients < 0 || *loadCalls < 1 {
 		return config{}, fmt.Errorf("--load-clients takes 0 or more, --load-calls 1 or more")
 	}
-	return config{server: *server, n: *n, rounds: *rounds, stateDir: *stateDir, loadClients: *loadClients, loadCalls: *loadCalls, loadWarm: *loadWarm, only: *only, instantRounds: *instantRounds, outputRounds: *outputRounds}, nil
+	return config{server: *server, n: *n, rounds: *rounds, stateDir: *stateDir, loadClients: *loadClients, loadCalls: *loadCalls, loadWarm: *loadWarm, loadSlots: *loadSlots, only: *only, instantRounds: *instantRounds, outputRounds: *outputRounds}, nil
 }
 
 func run(args []string, stdout io.Writer) error {
@@ -139,7 +141,7 @@ func run(args []string, stdout io.Writer) error {
 	case "first-calls":
 		return benchInstant(stdout, spec, filepath.Join(dir, "instant"), cfg.instantRounds)
 	case "load":
-		r, err := benchLoad(server, filepath.Join(dir, "load"), cfg.loadClients, cfg.loadCalls, cfg.loadWarm)
+		r, err := benchLoad(server, filepath.Join(dir, "load"), cfg.loadClients, cfg.loadCalls, cfg.loadWarm, cfg.loadSlots)
 		if err != nil {
 			return err
 		}
@@ -213,7 +215,7 @@ func run(args []string, stdout io.Writer) error {
 	fmt.Fprintln(stdout, "\nFastVM: run_python (built on exec) and exec_command on the same VM of the emulator, through the MCP server (ms)")
 	printPair(stdout, pair[0], pair[1])
 	if cfg.loadClients > 0 {
-		r, err := benchLoad(server, filepath.Join(dir, "load"), cfg.loadClients, cfg.loadCalls, cfg.loadWarm)
+		r, err := benchLoad(server, filepath.Join(dir, "load"), cfg.loadClients, cfg.loadCalls, cfg.loadWarm, cfg.loadSlots)
 		if err != nil {
 			return fmt.Errorf("load: %w", err)
 		}
