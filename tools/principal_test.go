@@ -84,6 +84,9 @@ func TestPrincipalsAreIsolated(t *testing.T) {
 
 	missingMachine := "m-00000000000000000000"
 	missingHandle := "c-00000000000000000000000000000000"
+	// Bob's own conversation exists first: a call that starts one says so,
+	// which would tell the first of the pair below from the second.
+	call(t, srv, "bob", "session_info", map[string]any{})
 	for _, tc := range []struct {
 		tool          string
 		foreign, none map[string]any

@@ -288,7 +288,7 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 		}
 		s.conversations.Touch(c.Handle)
 		notes := &callNotes{}
-		ctx = context.WithValue(context.WithValue(ctx, conversationKey{}, c), notesKey{}, notes)
+		ctx = context.WithValue(context.WithValue(context.WithValue(ctx, conversationKey{}, c), notesKey{}, notes), firstCallKey{}, created)
 		start := time.Now()
 		timeout := spec.timeout
 		if t, ok := any(in).(timedArg); ok && t.timeout() > 0 {
@@ -436,9 +436,17 @@ func (s *Service) deadlineError(ctx context.Context, tool string, timeout time.D
 			service = strings.Join(cloud, " or ")
 		}
 	}
-	return fmt.Errorf("%s did not finish within its timeout of %v (plus %v to wind down): %s did not answer in time (stalled or too slow). "+
+	err := fmt.Errorf("%s did not finish within its timeout of %v (plus %v to wind down): %s did not answer in time (stalled or too slow). "+
 		"The call was given up; what it started may still finish. Try again, or give a larger timeout_seconds", tool, timeout, callGrace, service)
+	if first, _ := ctx.Value(firstCallKey{}).(bool); first {
+		err = fmt.Errorf("%w. This was the conversation's first call, and its time includes starting the conversation's machine, "+
+			"which waits its turn when many machines start at once: call again with the session handle of this result", err)
+	}
+	return err
 }
+
+// firstCallKey marks the context of a call that began its conversation.
+type firstCallKey struct{}
 
 // errorText explains an error to the model.
 func errorText(err error) string {

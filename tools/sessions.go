@@ -150,16 +150,20 @@ func (s *Service) resolveConversation(ctx context.Context, handle string) (*conv
 // copy: handlers return their outputs by value) and, for a conversation
 // that this call started, tells the model its handle in the text too.
 func withSession(res *mcp.CallToolResult, handle string, created bool) {
-	if res == nil || res.StructuredContent == nil {
+	if res == nil {
 		return
 	}
-	v := reflect.ValueOf(res.StructuredContent)
-	if i := sessionField(v.Type()); i != nil {
-		cp := reflect.New(v.Type()).Elem()
-		cp.Set(v)
-		cp.FieldByIndex(i).SetString(handle)
-		res.StructuredContent = cp.Interface()
+	if res.StructuredContent != nil {
+		v := reflect.ValueOf(res.StructuredContent)
+		if i := sessionField(v.Type()); i != nil {
+			cp := reflect.New(v.Type()).Elem()
+			cp.Set(v)
+			cp.FieldByIndex(i).SetString(handle)
+			res.StructuredContent = cp.Interface()
+		}
 	}
+	// A failed first call names its conversation too: it exists, and the
+	// next call can go on with it.
 	if created {
 		res.Content = append(res.Content, mcp.NewTextContent(fmt.Sprintf(
 			"Conversation %s started; pass session=%q to continue it later (it survives restarts).", handle, handle)))
