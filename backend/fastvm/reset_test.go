@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmcp-dev/vmcp/backend"
+	fastvmclient "github.com/vmcp-dev/vmcp/client/fastvm"
 	fastvmemu "github.com/vmcp-dev/vmcp/emulator/fastvm"
 )
 
@@ -62,5 +63,34 @@ func TestResetAfterAForkBomb(t *testing.T) {
 	}
 	if r, err := m.RunPython(ctx, "'x' in globals()", backend.PythonOptions{}); err != nil || r.Value == nil || *r.Value != "False" || r.StateReset == "" {
 		t.Errorf("after Reset(all): %+v, %v; want a fresh interpreter that says so", r, err)
+	}
+}
+
+// TestResetSparesTheVMsOwnProcesses: a process the VM runs of its own
+// (started by an exec that is not vmcp's, so without the marker) outlives
+// a reset of everything, Python included; the marked one does not.
+func TestResetSparesTheVMsOwnProcesses(t *testing.T) {
+	env := newTestEnv(t, fastvmemu.Options{}, Options{})
+	m := env.machine(t)
+	ctx := context.Background()
+	service, err := env.c.Exec(ctx, m.id, fastvmclient.ExecRequest{Command: []string{"sh", "-c", "setsid sleep 1000 > /dev/null 2>&1 < /dev/null & echo $!"}})
+	if err != nil || service.ExitCode != 0 {
+		t.Fatalf("starting the VM's own process: %+v, %v", service, err)
+	}
+	ours := mustRun(t, m, "setsid sleep 1001 > /dev/null 2>&1 < /dev/null & echo $!")
+	if n, err := m.Reset(ctx, false); err != nil || n != 1 {
+		t.Errorf("Reset(all) = %d, %v; want vmcp's one sleep stopped", n, err)
+	}
+	for _, c := range []struct {
+		pid   string
+		alive bool
+	}{{strings.TrimSpace(service.Stdout), true}, {strings.TrimSpace(ours), false}} {
+		r, err := env.c.Exec(ctx, m.id, fastvmclient.ExecRequest{Command: []string{"sh", "-c", "kill -0 " + c.pid + " 2>/dev/null && echo alive || echo gone"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(r.Stdout) == "alive"; got != c.alive {
+			t.Errorf("pid %s after Reset: %s; want alive=%v", c.pid, r.Stdout, c.alive)
+		}
 	}
 }
