@@ -40,6 +40,10 @@ type egress struct {
 	logMu   sync.Mutex
 }
 
+// proxied reports whether the machine reaches its allow-list through the
+// engine's proxy.
+func (i MachineInfo) proxied() bool { return len(i.NetworkAllow) > 0 && !i.AllowNetwork }
+
 // serveEgress serves the connections the machine's agent hands over on ctl,
 // until ctl ends (the machine stopped): those to the proxy's port with the
 // proxy, those to a loopback service's port (Machine.ServeLoopback) with
@@ -68,7 +72,7 @@ func (e *Engine) serveEgress(ctl *os.File, m *Machine, info MachineInfo, logPath
 			port = int(binary.BigEndian.Uint16(b[:]))
 		}
 		serve := g.serve
-		if port != wire.EgressPort || len(info.NetworkAllow) == 0 {
+		if port != wire.EgressPort || !info.proxied() {
 			serve = m.loopbackServer(port) // nil: no longer served
 		}
 		msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])

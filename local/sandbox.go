@@ -262,7 +262,7 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, egress *os.File, p
 		initFlags = append(initFlags, "--nice", strconv.Itoa(warmNice))
 	}
 	cmd.Args = append(append(append([]string{e.helper, initArg}, initFlags...), "--", e.bwrap), args...)
-	cmd.Env = sandboxEnv(info.Flavour, len(info.NetworkAllow) > 0 && !info.AllowNetwork)
+	cmd.Env = sandboxEnv(info.Flavour, info.proxied())
 	return cmd, files, lay, nil
 }
 
@@ -442,10 +442,10 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 		var err error
 		var machineEnd *os.File
 		var ports []int // where the agent listens and hands connections to the engine
+		if info.proxied() {
+			ports = append(ports, wire.EgressPort)
+		}
 		if !info.AllowNetwork {
-			if len(info.NetworkAllow) > 0 {
-				ports = append(ports, wire.EgressPort)
-			}
 			ports = append(ports, m.loopbackPorts()...)
 		}
 		if len(ports) > 0 {

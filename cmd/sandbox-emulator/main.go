@@ -191,6 +191,11 @@ func serve(ctx context.Context, services []service, log zerolog.Logger, stderr i
 		// (up to 20 minutes).
 		srv := &http.Server{Handler: svc.handler, ReadHeaderTimeout: 10 * time.Second}
 		servers[i] = srv
+		// The emulator knows its address before it serves: a VM launched
+		// by the first request gets the port of its presigned URLs.
+		if svc.listening != nil {
+			svc.listening("http://" + ln.Addr().String())
+		}
 		go func() {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				failed <- fmt.Errorf("%s emulator: %w", svc.name, err)
@@ -198,9 +203,6 @@ func serve(ctx context.Context, services []service, log zerolog.Logger, stderr i
 		}()
 		if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
 			log.Warn().Str("address", ln.Addr().String()).Msgf("the %s emulator listens beyond this host: anyone who can reach it with the token runs code here", svc.name)
-		}
-		if svc.listening != nil {
-			svc.listening("http://" + ln.Addr().String())
 		}
 		fmt.Fprintf(stderr, "%s emulator listening on http://%s\n", svc.name, ln.Addr())
 	}

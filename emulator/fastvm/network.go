@@ -49,7 +49,7 @@ func (s *Server) newVMObjects() *vmObjects {
 		writeError(w, http.StatusForbidden, fmt.Sprintf("%s %s: a VM reaches only the emulator's presigned object URLs (uploadUrl, downloadUrl); "+
 			"the FastVM API and the host's other services are out of its reach: call the API from outside the VM", r.Method, r.URL.Path))
 	})
-	return &vmObjects{ln: handoff.New("fastvm-emulator-vm-objects"), srv: &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second}}
+	return &vmObjects{ln: handoff.New("fastvm-emulator-vm-objects"), srv: &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: time.Minute}}
 }
 
 // machine is the engine machine of a VM or build VM, with the emulator's

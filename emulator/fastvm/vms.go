@@ -425,16 +425,19 @@ func (s *Server) newMachine(ctx context.Context, tags map[string]string, memoryM
 		return nil, err
 	}
 	m, err := s.machine(info.ID)
-	if err == nil {
-		// Start the sandbox now, so that "running" means it.
+	switch {
+	case err != nil:
+	case fromSnapshot == "":
+		// Installing a fresh VM's package guards starts its sandbox, so
+		// that "running" means it.
+		err = installPackageGuards(ctx, m)
+	default:
+		// A snapshot's VM starts its sandbox with a first command.
 		var res *local.CommandResult
 		res, err = m.Run(ctx, local.Command{Argv: []string{"true"}, Timeout: time.Minute})
 		if err == nil && res.ExitCode != 0 {
 			err = fmt.Errorf("the VM's first command failed: %s", res.Stderr)
 		}
-	}
-	if err == nil && fromSnapshot == "" {
-		err = installPackageGuards(ctx, m)
 	}
 	if err != nil {
 		s.engine.Delete(context.Background(), info.ID)
