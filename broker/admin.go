@@ -103,10 +103,8 @@ func (b *Broker) RemoveMachine(ctx context.Context, be backend.Backend, id strin
 	_, err = be.Machine(ctx, id)
 	switch {
 	case err == nil && owner != nil:
-		if _, err := b.Delete(ctx, owner, id); err != nil {
-			return Removal{Owner: owner}, err
-		}
-		return Removal{Owner: owner}, nil
+		_, err := b.Delete(ctx, owner, id)
+		return Removal{Owner: owner}, err
 	case err == nil:
 		if err := be.Delete(ctx, id); err != nil && !errors.Is(err, backend.ErrNotFound) {
 			return Removal{}, err
@@ -278,7 +276,7 @@ func (b *Broker) Prune(ctx context.Context, be backend.Backend, opts PruneOption
 		case p.Forgotten:
 			p.Err = b.forget(ctx, p.Owner, be.Name(), p.Machine.ID)
 		case p.Owner != nil:
-			_, p.Err = b.RemoveMachine(ctx, be, p.Machine.ID, false)
+			_, p.Err = b.Delete(ctx, p.Owner, p.Machine.ID) // the owner is known: no second look through the store
 		default:
 			if p.Err = be.Delete(ctx, p.Machine.ID); errors.Is(p.Err, backend.ErrNotFound) {
 				p.Err = nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/vmcp-dev/vmcp/backend"
 	"github.com/vmcp-dev/vmcp/conversations"
@@ -99,13 +100,7 @@ func (b *Broker) expireSnapshots(ctx context.Context, c *conversations.Conversat
 		return 0, errors.Join(errs...)
 	}
 	if _, err := b.conversations.Update(ctx, c, func(c *conversations.Conversation) error {
-		kept := c.Snapshots[:0]
-		for _, sn := range c.Snapshots {
-			if !gone[sn.ID] {
-				kept = append(kept, sn)
-			}
-		}
-		c.Snapshots = kept
+		c.Snapshots = slices.DeleteFunc(c.Snapshots, func(sn conversations.Snapshot) bool { return gone[sn.ID] })
 		return nil
 	}); err != nil {
 		errs = append(errs, fmt.Errorf("snapshots of closed conversation %s are deleted, but its record could not say so: %w", c.Handle, err))

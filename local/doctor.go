@@ -146,16 +146,7 @@ func ProbeSandbox(ctx context.Context, opts Options) (SandboxCheck, error) {
 	if err != nil {
 		return SandboxCheck{}, err
 	}
-	defer func() {
-		e.Close()
-		// The engine's cgroups of this state directory, which no engine
-		// will open again.
-		for _, d := range append([]string{e.cgroups.v2}, e.cgroups.v1...) {
-			if d != "" {
-				removeCgroup(d)
-			}
-		}
-	}()
+	defer e.Close() // which removes its cgroups too
 	check := SandboxCheck{Cgroups: e.cgroups.mode}
 	// New's own self-test (a probe, unless one passed this boot) ends
 	// first: it may fail, and it must not share the machine below.

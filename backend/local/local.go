@@ -4,8 +4,6 @@
 package local
 
 import (
-	"regexp"
-
 	"github.com/vmcp-dev/vmcp/backend"
 	engine "github.com/vmcp-dev/vmcp/local"
 )
@@ -38,7 +36,5 @@ func (b *Backend) Has(c backend.Capability) bool {
 	return false
 }
 
-var idShape = regexp.MustCompile(`^m-[0-9a-f]{20}$`)
-
 // Recognizes reports whether id looks like an engine machine id.
-func (b *Backend) Recognizes(id string) bool { return idShape.MatchString(id) }
+func (b *Backend) Recognizes(id string) bool { return engine.ValidMachineID(id) }

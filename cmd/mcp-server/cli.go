@@ -362,7 +362,8 @@ func (r *cliRun) openState() (*state, error) {
 		s.missing = true
 		return s, nil
 	}
-	opts := local.Options{StateDir: dir, Limits: r.cfg.Limits.Local(), DangerouslyDisableSandbox: r.cfg.DangerouslyDisableSandbox, Egress: r.cfg.Egress()}
+	opts := r.cfg.localOptions()
+	opts.StateDir = dir
 	e, err := local.New(opts)
 	if errors.Is(err, local.ErrStateDirInUse) {
 		_, pid := stateOwner(dir)

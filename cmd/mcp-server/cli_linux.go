@@ -52,7 +52,7 @@ func localChecks(ctx context.Context, cfg Config, inUse bool) []check {
 	if !inUse {
 		broken = verdictWarn
 	}
-	opts := local.Options{Limits: cfg.Limits.Local(), DangerouslyDisableSandbox: cfg.DangerouslyDisableSandbox, Egress: cfg.Egress()}
+	opts := cfg.localOptions()
 	var out []check
 	add := func(name, verdict, detail string) {
 		out = append(out, check{Name: name, Verdict: verdict, Detail: detail})

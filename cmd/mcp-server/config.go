@@ -615,3 +615,20 @@ func setFromEnv(v flag.Value, s string) error {
 	}
 	return v.Set(s)
 }
+
+// localInUse reports whether the local backend is where machines go by
+// default (the preferred backend, served): only then does the server keep
+// warm machines, and does doctor count a host that cannot run sandboxes as
+// a failure rather than a warning.
+func localInUse(cfg Config) bool {
+	if cfg.HTTP.Transport == "http" && !cfg.HTTP.EnableLocalBackend {
+		return false
+	}
+	return cfg.Backend == "local" || cfg.Backend == "auto" && cfg.FastVM.APIKey == "" && cfg.ForeverVM.Token == ""
+}
+
+// localOptions are the local engine's options as every opener of the state
+// directory gives them (the server adds its warm pool and checkpoints).
+func (c *Config) localOptions() local.Options {
+	return local.Options{StateDir: c.StateDir, Limits: c.Limits.Local(), DangerouslyDisableSandbox: c.DangerouslyDisableSandbox, Egress: c.Egress()}
+}

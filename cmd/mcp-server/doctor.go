@@ -89,17 +89,6 @@ func doctor(ctx context.Context, r *cliRun) error {
 	return nil
 }
 
-// localInUse reports whether the local backend is where machines go by
-// default: where it is not (a cloud backend is preferred, or an http
-// server without --enable-local-backend), a host that cannot run sandboxes
-// is a warning, not a failure.
-func localInUse(cfg Config) bool {
-	if cfg.HTTP.Transport == "http" && !cfg.HTTP.EnableLocalBackend {
-		return false
-	}
-	return cfg.Backend == "local" || cfg.Backend == "auto" && cfg.FastVM.APIKey == "" && cfg.ForeverVM.Token == ""
-}
-
 // existingAncestor is dir, or its nearest ancestor that exists.
 func existingAncestor(dir string) string {
 	for {

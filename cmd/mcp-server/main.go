@@ -207,12 +207,11 @@ func run(args []string) error {
 	var clientIn io.Reader
 	var clientOut io.Writer
 	var httpLn net.Listener // the listener of an http server that took the state directory over
-	opts := local.Options{StateDir: cfg.StateDir, Limits: cfg.Limits.Local(), DangerouslyDisableSandbox: cfg.DangerouslyDisableSandbox, Egress: cfg.Egress(),
-		CheckpointInterval: cfg.PythonCheckpointInterval}
+	opts := cfg.localOptions()
+	opts.CheckpointInterval = cfg.PythonCheckpointInterval
 	// Warm machines serve the first calls of new conversations, which go
 	// to the preferred backend: only a local one wants them.
-	localPreferred := cfg.Backend == "local" || cfg.Backend == "auto" && cfg.FastVM.APIKey == "" && cfg.ForeverVM.Token == ""
-	if localPreferred && (cfg.HTTP.Transport != "http" || cfg.HTTP.EnableLocalBackend) {
+	if localInUse(cfg) {
 		def := cfg.Network.Tools().Default
 		opts.Warm = local.WarmOptions{Machines: cfg.Warm.Machines, Imports: cfg.Warm.Imports, AllowNetwork: def.Open, NetworkAllow: def.Allow}
 	}
