@@ -100,37 +100,31 @@ func benchLoad(server, stateDir string, clients, calls, warm, callSlots int) (*l
 			return nil, err
 		}
 	}
-	// One conversation that exists before the burst: its calls alone, then
-	// during the burst.
-	pctx, pcancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer pcancel()
-	probe, err := mcp.NewClient(&mcp.Implementation{Name: "vmcp-load-probe", Version: "1"}, nil).Connect(pctx, &mcp.StreamableClientTransport{Endpoint: base + "/mcp"}, nil)
+	// One conversation that exists before the burst, driven by a process
+	// of its own: its calls alone, then during the burst. It works for a
+	// while before the burst, as a conversation that is under way does (the
+	// server tells established conversations, 10 s old, from new ones).
+	probe, err := startProbe(base + "/mcp")
 	if err != nil {
 		return nil, err
 	}
-	defer probe.Close()
-	probeCall := func() (time.Duration, error) {
-		t0 := time.Now()
-		res, err := probe.CallTool(pctx, &mcp.CallToolParams{Name: "run_python", Arguments: map[string]any{"code": "1+1"}})
-		d := time.Since(t0)
-		if err == nil && (res.IsError || !strings.Contains(text(res), "2")) {
-			err = fmt.Errorf("probe call: %s", text(res))
+	defer probe.kill()
+	for {
+		calls := probe.snapshot()
+		if n := len(calls); n >= 60 && calls[n-1].start.Sub(calls[0].start) >= establishedAfter {
+			break
 		}
-		return d, err
-	}
-	// It works for a while before the burst, as a conversation that is
-	// under way does (the server tells established conversations, 10 s
-	// old, from new ones).
-	quietUntil := time.Now().Add(establishedAfter)
-	for i := 0; i < 60 || time.Now().Before(quietUntil); i++ {
-		d, err := probeCall()
-		if err != nil {
-			return nil, err
+		for _, c := range calls {
+			if c.err != "" {
+				_, err := probe.stop()
+				return nil, fmt.Errorf("probe call: %s (%v)", c.err, err)
+			}
 		}
-		if i >= 10 {
-			r.quiet = append(r.quiet, d)
+		select {
+		case err := <-probe.done:
+			return nil, fmt.Errorf("the probe ended early: %v\n%s", err, probe.stderr)
+		case <-time.After(50 * time.Millisecond):
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	var mu sync.Mutex
 	stopProbe := make(chan struct{})
@@ -160,26 +154,6 @@ func benchLoad(server, stateDir string, clients, calls, warm, callSlots int) (*l
 		}
 	}()
 
-	burstDone := make(chan struct{})
-	probing := make(chan struct{})
-	go func() {
-		defer close(probing)
-		for {
-			select {
-			case <-burstDone:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-			d, err := probeCall()
-			if err != nil {
-				atomic.AddInt64(&r.errors, 1)
-				continue
-			}
-			mu.Lock()
-			r.during = append(r.during, d)
-			mu.Unlock()
-		}
-	}()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for i := 0; i < clients; i++ {
@@ -227,8 +201,24 @@ func benchLoad(server, stateDir string, clients, calls, warm, callSlots int) (*l
 	}
 	wg.Wait()
 	r.wall = time.Since(start)
-	close(burstDone)
-	<-probing
+	end := time.Now()
+	probeCalls, err := probe.stop()
+	if err != nil {
+		return nil, err
+	}
+	for i, c := range probeCalls {
+		switch {
+		case c.err != "":
+			r.errors++
+			r.noteError("pre-existing conversation: " + c.err)
+		case c.start.Before(start):
+			if i >= 10 {
+				r.quiet = append(r.quiet, c.d)
+			}
+		case c.start.Add(c.d).Before(end):
+			r.during = append(r.during, c.d)
+		}
+	}
 	close(stopProbe)
 	<-probeDone
 	r.rssMiB, r.hwmMiB = procMemory(c.Process.Pid)

@@ -49,6 +49,7 @@ const callTimeout = 60 * time.Second
 
 func main() {
 	local.RunHelperIfRequested()
+	runProbeIfRequested()
 	runEmulatorIfRequested()
 	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "vmcp-bench:", err)
