@@ -10,15 +10,17 @@ import (
 // Admission: when more calls arrive at once than the host has cores for
 // (a burst of new conversations), running them all at once makes every
 // call slow, those of the conversations that were already working too.
-// So at most a few calls start at a time, and the waiting ones go in
-// order of tiers: calls of established conversations (older than
-// establishedAge) first, then the first calls of new conversations (each
-// newcomer gets its machine soon), then the other calls of new ones;
-// first come, first served within a tier. A call gives its slot back when
-// it ends, or once it has run for slotHold: a long call (a sleep, a build)
-// does not hold up the others. No call waits more than maxAdmissionWait:
-// past it, it starts without a slot, so that a call ends within its
-// timeout and callGrace however busy the server is.
+// So the calls of new conversations start a few at a time, and the calls
+// of established conversations (older than establishedAge) do not wait:
+// they start at once, taking a slot even when none is free, so that
+// newcomers wait while they run. The waiting calls go in order of tiers:
+// the first calls of new conversations (each newcomer gets its machine
+// soon), then their other calls; first come, first served within a tier.
+// A call gives its slot back when it ends, or once it has run for
+// slotHold: a long call (a sleep, a build) does not hold up the others.
+// No call waits more than maxAdmissionWait: past it, it starts without a
+// slot, so that a call ends within its timeout and callGrace however busy
+// the server is.
 
 const (
 	establishedAge   = 10 * time.Second
@@ -33,7 +35,7 @@ func DefaultCallSlots() int { return max(2, 2*runtime.NumCPU()) }
 // admission is the gate of calls; nil lets every call start at once.
 type admission struct {
 	mu      sync.Mutex
-	free    int
+	free    int // below 0 while established calls run past the slots
 	seq     uint64
 	waiting []*admissionTicket
 	now     func() time.Time
@@ -62,15 +64,13 @@ func (a *admission) enter(ctx context.Context, created time.Time, first bool) (f
 	if a == nil {
 		return func() {}, nil
 	}
+	established := a.now().Sub(created) >= establishedAge
 	tier := 2
-	switch {
-	case a.now().Sub(created) >= establishedAge:
-		tier = 0
-	case first:
+	if first {
 		tier = 1
 	}
 	a.mu.Lock()
-	if a.free > 0 && len(a.waiting) == 0 {
+	if established || a.free > 0 && len(a.waiting) == 0 {
 		a.free--
 		a.mu.Unlock()
 		return a.holding(), nil
@@ -120,15 +120,16 @@ func (a *admission) holding() func() {
 	}
 }
 
-// release hands a slot to the first waiting call of the best tier, or
-// frees it.
+// release gives a slot back: to the first waiting call of the best tier,
+// unless established calls still run past the slots.
 func (a *admission) release() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if len(a.waiting) == 0 {
-		a.free++
+	a.free++
+	if a.free <= 0 || len(a.waiting) == 0 {
 		return
 	}
+	a.free--
 	best := 0
 	for i, w := range a.waiting {
 		if w.tier < a.waiting[best].tier || w.tier == a.waiting[best].tier && w.seq < a.waiting[best].seq {

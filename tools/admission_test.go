@@ -46,10 +46,28 @@ func TestAdmissionOrder(t *testing.T) {
 	start("young follow-up 1", now, false)
 	start("first call 1", now, true)
 	start("young follow-up 2", now, false)
-	start("established", now.Add(-time.Minute), false)
+	// A call of an established conversation does not wait, though the
+	// slot is taken; while it runs, it holds a slot of its own.
+	entered := make(chan func(), 1)
+	go func() {
+		release, _ := a.enter(context.Background(), now.Add(-time.Minute), false)
+		entered <- release
+	}()
+	var established func()
+	select {
+	case established = <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a call of an established conversation waits for a slot")
+	}
 	start("first call 2", now, true)
 	hold()
-	want := []string{"established", "first call 1", "first call 2", "young follow-up 1", "young follow-up 2"}
+	select {
+	case name := <-order:
+		t.Fatalf("%s started while an established call ran past the slots", name)
+	case <-time.After(50 * time.Millisecond):
+	}
+	established()
+	want := []string{"first call 1", "first call 2", "young follow-up 1", "young follow-up 2"}
 	for _, w := range want {
 		select {
 		case got := <-order:
