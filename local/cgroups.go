@@ -204,9 +204,10 @@ func (m *cgroupManager) close() {
 	}
 }
 
-// renice sets the niceness of every thread of the machine: twice, for the
-// threads that the first pass's threads were starting.
-func (m *cgroupManager) renice(id string, nice int) {
+// renice sets the niceness of the machine's threads that have niceness
+// from to to (what a process of the machine chose for itself stays):
+// twice, for the threads that the first pass's threads were starting.
+func (m *cgroupManager) renice(id string, from, to int) {
 	var file string
 	switch m.mode {
 	case "v2":
@@ -222,8 +223,13 @@ func (m *cgroupManager) renice(id string, nice int) {
 			return
 		}
 		for _, f := range strings.Fields(string(b)) {
-			if tid, err := strconv.Atoi(f); err == nil {
-				syscall.Setpriority(syscall.PRIO_PROCESS, tid, nice)
+			tid, err := strconv.Atoi(f)
+			if err != nil {
+				continue
+			}
+			// The system call answers 20 - niceness.
+			if prio, err := syscall.Getpriority(syscall.PRIO_PROCESS, tid); err == nil && 20-prio == from {
+				syscall.Setpriority(syscall.PRIO_PROCESS, tid, to)
 			}
 		}
 	}

@@ -254,12 +254,18 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, egress *os.File, p
 
 	b, _ := json.Marshal(lay)
 	initFlags := []string{"--layout", string(b), "--keep-fds", strings.Join(keep, ",")}
-	if info.Warm && e.cgroups.enabled() {
+	// Niceness needs what cgroups need: root, to raise a priority again
+	// (adopt, ageOut).
+	switch {
+	case !e.cgroups.enabled():
+	case info.Warm:
 		// A warm machine starts when the pool refills, which is when calls
-		// are busy: it takes only the CPU they leave. It is made ordinary
-		// when it is handed out (adopt), which needs what cgroups need:
-		// root, to raise a priority again.
+		// are busy: it takes only the CPU they leave until it is handed
+		// out (adopt).
 		initFlags = append(initFlags, "--nice", strconv.Itoa(warmNice))
+	case time.Since(info.CreatedAt) < e.youngFor:
+		initFlags = append(initFlags, "--nice", strconv.Itoa(youngNice))
+		e.ageOut(info.ID, info.CreatedAt)
 	}
 	cmd.Args = append(append(append([]string{e.helper, initArg}, initFlags...), "--", e.bwrap), args...)
 	cmd.Env = sandboxEnv(info.Flavour, info.proxied())

@@ -151,37 +151,22 @@ func TestWarmMachinesLeaveNoTrace(t *testing.T) {
 
 // TestWarmMachinesWaitAtLowPriority: a warm machine's processes run at the
 // lowest CPU priority while it waits in the pool (its start and imports
-// take only the CPU that calls leave), and at the ordinary one once it is
-// handed out, what they start after too.
+// take only the CPU that calls leave); once handed out, the machine is
+// young, below the machines at work, until it is youngFor old, and then
+// ordinary, what its processes started meanwhile too, but for a process
+// that chose its own niceness.
 func TestWarmMachinesWaitAtLowPriority(t *testing.T) {
+	setYoungFor(t, 3*time.Second)
 	e := newTestEngine(t, Options{Warm: WarmOptions{Machines: 1}})
 	if !e.cgroups.enabled() {
 		t.Skip("warm machines are niced only where the engine has cgroups (root)")
 	}
 	waitWarm(t, e, 1, time.Minute)
-	niceness := func(id string) map[int]int {
-		tasks, err := os.ReadFile(filepath.Join(e.cgroups.dirs(id)[len(e.cgroups.dirs(id))-1], map[string]string{"v1": "tasks", "v2": "cgroup.threads"}[e.cgroups.mode]))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := map[int]int{}
-		for _, f := range strings.Fields(string(tasks)) {
-			stat, err := os.ReadFile("/proc/" + f + "/stat")
-			if err != nil {
-				continue
-			}
-			fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
-			n, _ := strconv.Atoi(fields[16]) // nice, the stat file's 19th field
-			tid, _ := strconv.Atoi(f)
-			out[tid] = n
-		}
-		return out
-	}
 	pool := e.warm.machines()
 	if len(pool) != 1 {
 		t.Fatalf("%d machines in the pool; want 1", len(pool))
 	}
-	waiting := niceness(pool[0].ID())
+	waiting := threadNiceness(t, e, pool[0].ID())
 	if len(waiting) < 3 {
 		t.Fatalf("the warm machine has %d threads: %v", len(waiting), waiting)
 	}
@@ -194,15 +179,88 @@ func TestWarmMachinesWaitAtLowPriority(t *testing.T) {
 	if m.ID() != pool[0].ID() {
 		t.Fatal("the machine did not come from the pool")
 	}
-	mustRun(t, m, Command{Shell: "sleep 1000 > /dev/null 2>&1 &"})
-	mustExec(t, m, "1 + 1", PythonOptions{})
-	handed := niceness(m.ID())
-	if len(handed) <= len(waiting) {
-		t.Errorf("no new thread after the calls: %v", handed)
+	checkYoungThenOrdinary(t, e, m, len(waiting))
+}
+
+// TestNewMachinesYieldToThoseAtWork: a machine started cold is young too,
+// then ordinary.
+func TestNewMachinesYieldToThoseAtWork(t *testing.T) {
+	setYoungFor(t, 3*time.Second)
+	e := newTestEngine(t, Options{})
+	if !e.cgroups.enabled() {
+		t.Skip("machines are niced only where the engine has cgroups (root)")
 	}
-	for tid, n := range handed {
-		if n != 0 {
-			t.Errorf("thread %d of a handed-out machine has niceness %d; want 0", tid, n)
+	m := newTestMachine(t, e, MachineSpec{})
+	checkYoungThenOrdinary(t, e, m, 0)
+}
+
+// checkYoungThenOrdinary checks that m's threads (more than it had before
+// its calls) are at youngNice until m is youngFor old, and at 0 after,
+// but for a process that niced itself.
+func checkYoungThenOrdinary(t *testing.T, e *Engine, m *Machine, before int) {
+	t.Helper()
+	mustRun(t, m, Command{Shell: "sleep 1000 > /dev/null 2>&1 & nice -n 3 sleep 1001 > /dev/null 2>&1 &"})
+	mustExec(t, m, "1 + 1", PythonOptions{})
+	if time.Since(m.Info().CreatedAt) >= e.youngFor {
+		t.Skip("the host took longer than youngFor to start the machine")
+	}
+	// The background processes may still be starting.
+	var young map[int]int
+	self := 0
+	for deadline := time.Now().Add(2 * time.Second); self == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		young = threadNiceness(t, e, m.ID())
+		for tid, n := range young {
+			if n == youngNice+3 {
+				self = tid
+			}
 		}
 	}
+	if self == 0 {
+		t.Fatalf("no thread of `nice -n 3 sleep` at %d: %v", youngNice+3, young)
+	}
+	if len(young) <= before {
+		t.Errorf("no new thread after the calls: %v", young)
+	}
+	for tid, n := range young {
+		if tid != self && n != youngNice {
+			t.Errorf("thread %d of a young machine has niceness %d; want %d", tid, n, youngNice)
+		}
+	}
+	time.Sleep(time.Until(m.Info().CreatedAt.Add(e.youngFor + 500*time.Millisecond)))
+	for tid, n := range threadNiceness(t, e, m.ID()) {
+		switch {
+		case tid == self && n != youngNice+3:
+			t.Errorf("the process that niced itself was reniced to %d", n)
+		case tid != self && n != 0:
+			t.Errorf("thread %d of a machine past youngFor has niceness %d; want 0", tid, n)
+		}
+	}
+}
+
+// setYoungFor sets youngFor for engines the test makes.
+func setYoungFor(t *testing.T, d time.Duration) {
+	was := youngFor
+	youngFor = d
+	t.Cleanup(func() { youngFor = was })
+}
+
+// threadNiceness maps each thread of the machine to its niceness.
+func threadNiceness(t *testing.T, e *Engine, id string) map[int]int {
+	t.Helper()
+	tasks, err := os.ReadFile(filepath.Join(e.cgroups.dirs(id)[len(e.cgroups.dirs(id))-1], map[string]string{"v1": "tasks", "v2": "cgroup.threads"}[e.cgroups.mode]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int]int{}
+	for _, f := range strings.Fields(string(tasks)) {
+		stat, err := os.ReadFile("/proc/" + f + "/stat")
+		if err != nil {
+			continue
+		}
+		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+		n, _ := strconv.Atoi(fields[16]) // nice, the stat file's 19th field
+		tid, _ := strconv.Atoi(f)
+		out[tid] = n
+	}
+	return out
 }
