@@ -583,12 +583,15 @@ func (e *Engine) checkReserve() error {
 	return s.error()
 }
 
-// allMachines lists the engine's machines, the warm pool's included: their
-// limits hold too, and a machine leaves the pool already measured.
+// allMachines lists the engine's machines but the warm pool's: nothing
+// but the engine's own code has run in those (the interpreter and the
+// configured imports), and measuring them would double the monitor's
+// work when the pool is as large as the machines in use. A machine is
+// measured from the first look after it leaves the pool.
 func (e *Engine) allMachines() []*Machine {
-	out := e.warm.machines()
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	out := make([]*Machine, 0, len(e.machines))
 	for _, m := range e.machines {
 		out = append(out, m)
 	}
