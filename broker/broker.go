@@ -306,7 +306,7 @@ func (b *Broker) IdleTimeouts(principal string) map[string]time.Duration {
 // none yet, migrating the record of an older version first (see
 // conversations.Conversation.MigrateDefault).
 func (b *Broker) Default(ctx context.Context, c *conversations.Conversation) (*conversations.MachineRef, *conversations.Conversation, error) {
-	latest, err := b.conversations.Store().Load(ctx, c.Principal, c.Handle)
+	latest, err := b.conversations.Load(ctx, c.Principal, c.Handle)
 	if err != nil {
 		return nil, c, err
 	}
@@ -380,7 +380,7 @@ func (b *Broker) open(ctx context.Context, c *conversations.Conversation, be bac
 		if err := b.hold(ctx, c.Handle+"/"+be.Name()+"/"+id, l); err != nil {
 			return nil, err
 		}
-		if latest, err := b.conversations.Store().Load(ctx, c.Principal, c.Handle); err == nil {
+		if latest, err := b.conversations.Load(ctx, c.Principal, c.Handle); err == nil {
 			c = latest // the reaper may have parked it before we held it
 		}
 		if rec := c.Machine(be.Name(), id); rec != nil && rec.Parked != nil {
@@ -454,7 +454,7 @@ func (b *Broker) hold(ctx context.Context, key string, l *Lease) error {
 func (b *Broker) unpark(ctx context.Context, c *conversations.Conversation, be backend.Backend, id string, l *Lease) (string, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	c, err := b.conversations.Store().Load(ctx, c.Principal, c.Handle) // the latest record
+	c, err := b.conversations.Load(ctx, c.Principal, c.Handle) // the latest record
 	if err != nil {
 		return "", err
 	}

@@ -108,6 +108,9 @@ func conversation(t *testing.T, m *conversations.Manager, principal string) *con
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := m.Save(context.Background(), c); err != nil { // as the call that began it does
+		t.Fatal(err)
+	}
 	return c
 }
 

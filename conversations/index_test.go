@@ -508,6 +508,9 @@ func testConcurrentIndex(t *testing.T, open func() Store) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if err := managers[0].Save(ctx, c); err != nil { // as the call that began it does
+			t.Fatal(err)
+		}
 		convs = append(convs, c)
 	}
 

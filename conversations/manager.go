@@ -29,11 +29,22 @@ type Manager struct {
 
 	mu       sync.Mutex
 	lastUsed map[string]time.Time // handle, or handle/backend/machine → last use not yet written
+
+	unsavedMu sync.Mutex
+	unsaved   map[string]*unsaved // handle → a new conversation not yet written (see Resolve)
+}
+
+// unsaved is a conversation that its first call began and nothing has
+// written yet.
+type unsaved struct {
+	principal string
+	mu        sync.Mutex    // held while it is being written
+	c         *Conversation // nil once written
 }
 
 // NewManager returns a manager over store.
 func NewManager(store Store, limits Limits) *Manager {
-	return &Manager{store: store, limits: limits, now: func() time.Time { return time.Now().UTC() }, lastUsed: map[string]time.Time{}}
+	return &Manager{store: store, limits: limits, now: func() time.Time { return time.Now().UTC() }, lastUsed: map[string]time.Time{}, unsaved: map[string]*unsaved{}}
 }
 
 // SetClock makes the manager read the time from now (default time.Now in
@@ -54,16 +65,25 @@ func (m *Manager) Limits() Limits { return m.limits }
 // conversation), created on first use. created reports a new conversation.
 // A handle that is malformed, unknown or another principal's is
 // ErrNotFound: a handle never silently starts a new conversation.
+//
+// A conversation begun by NewSession is not written yet: its first write
+// (the machine it gets, most often) writes it whole, in one transaction
+// instead of two, and the call that began it must Save it before its
+// result names the handle.
 func (m *Manager) Resolve(ctx context.Context, principal, handle, scope string) (c *Conversation, created bool, err error) {
 	switch {
 	case handle == NewSession:
-		c, err = m.create(ctx, principal)
-		return c, err == nil, err
+		now := m.now()
+		c = &Conversation{Handle: NewHandle(), Principal: principal, CreatedAt: now, LastUsed: now}
+		m.unsavedMu.Lock()
+		m.unsaved[c.Handle] = &unsaved{principal: principal, c: c}
+		m.unsavedMu.Unlock()
+		return c, true, nil
 	case handle != "":
 		if !ValidHandle(handle) {
 			return nil, false, fmt.Errorf("session %q: %w (handles look like c- followed by 32 hex digits)", handle, ErrNotFound)
 		}
-		c, err = m.store.Load(ctx, principal, handle)
+		c, err = m.Load(ctx, principal, handle)
 		if err != nil {
 			return nil, false, fmt.Errorf("session %s: %w", handle, err)
 		}
@@ -122,9 +142,88 @@ func (m *Manager) create(ctx context.Context, principal string) (*Conversation, 
 	return c, nil
 }
 
-// Update changes a conversation durably (see Store.Update).
+// Load returns the latest record of a conversation of the principal, one
+// not yet written included (read-only: see BoltStore).
+func (m *Manager) Load(ctx context.Context, principal, handle string) (*Conversation, error) {
+	if u := m.unsavedOf(principal, handle); u != nil {
+		u.mu.Lock()
+		c := u.c
+		u.mu.Unlock()
+		if c != nil {
+			return c, nil
+		}
+	}
+	return m.store.Load(ctx, principal, handle)
+}
+
+// Update changes a conversation durably (see Store.Update). A conversation
+// not yet written is written with the change, in one transaction.
 func (m *Manager) Update(ctx context.Context, c *Conversation, fn func(*Conversation) error) (*Conversation, error) {
+	if u := m.unsavedOf(c.Principal, c.Handle); u != nil {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		if u.c != nil {
+			next, err := clone(u.c)
+			if err != nil {
+				return nil, err
+			}
+			if err := fn(next); err != nil {
+				return nil, err
+			}
+			if err := m.store.Create(ctx, next); err != nil {
+				return nil, err
+			}
+			m.saved(c.Handle, u)
+			return next, nil
+		}
+	}
 	return m.store.Update(ctx, c.Principal, c.Handle, fn)
+}
+
+// Save writes a conversation that Resolve began, if nothing has written
+// it yet: the call that began it saves it before its result names it.
+func (m *Manager) Save(ctx context.Context, c *Conversation) error {
+	u := m.unsavedOf(c.Principal, c.Handle)
+	if u == nil {
+		return nil
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.c == nil {
+		return nil
+	}
+	if err := m.store.Create(ctx, u.c); err != nil {
+		return err
+	}
+	m.saved(c.Handle, u)
+	return nil
+}
+
+// Forget drops a conversation that Resolve began and that is not to be
+// kept (its first call failed to save it); it does nothing to a saved one.
+func (m *Manager) Forget(c *Conversation) {
+	m.unsavedMu.Lock()
+	delete(m.unsaved, c.Handle)
+	m.unsavedMu.Unlock()
+}
+
+// unsavedOf returns the principal's unsaved conversation of that handle,
+// or nil.
+func (m *Manager) unsavedOf(principal, handle string) *unsaved {
+	m.unsavedMu.Lock()
+	defer m.unsavedMu.Unlock()
+	if u := m.unsaved[handle]; u != nil && u.principal == principal {
+		return u
+	}
+	return nil
+}
+
+// saved notes that u is written: the store has it now. u.mu is held.
+func (m *Manager) saved(handle string, u *unsaved) {
+	u.c = nil
+	m.unsavedMu.Lock()
+	delete(m.unsaved, handle)
+	m.unsavedMu.Unlock()
 }
 
 // AddMachine records a machine the conversation created, as its default

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -298,5 +299,111 @@ func TestMigrateDefault(t *testing.T) {
 	c := Conversation{Defaults: map[string]string{"local": "m-gone"}}
 	if !c.MigrateDefault([]string{"local"}) || c.Default != nil {
 		t.Errorf("a default of a forgotten machine: %+v", c.Default)
+	}
+}
+
+// countingStore counts a store's writes, and fails its Creates on demand.
+type countingStore struct {
+	Store
+	creates, updates atomic.Int64
+	failCreate       atomic.Bool
+}
+
+func (s *countingStore) Create(ctx context.Context, c *Conversation) error {
+	if s.failCreate.Load() {
+		return errors.New("the disk is full")
+	}
+	s.creates.Add(1)
+	return s.Store.Create(ctx, c)
+}
+
+func (s *countingStore) Update(ctx context.Context, principal, handle string, fn func(*Conversation) error) (*Conversation, error) {
+	s.updates.Add(1)
+	return s.Store.Update(ctx, principal, handle, fn)
+}
+
+// TestNewConversationIsWrittenWithItsFirstChange: a conversation begun by
+// "new" is written by its first change (the machine its first call gets),
+// one write instead of two, or by Save; until then only its principal sees
+// it, and the store has nothing of it.
+func TestNewConversationIsWrittenWithItsFirstChange(t *testing.T) {
+	eachStore(t, testNewConversationIsWrittenWithItsFirstChange)
+}
+
+func testNewConversationIsWrittenWithItsFirstChange(t *testing.T, open func() Store) {
+	ctx := context.Background()
+	s := &countingStore{Store: open()}
+	m := NewManager(s, Limits{})
+	writes := func() int64 { return s.creates.Load() + s.updates.Load() }
+
+	c, created, err := m.Resolve(ctx, "alice", NewSession, "")
+	if err != nil || !created {
+		t.Fatalf("new: %v, %v", created, err)
+	}
+	if _, err := s.Load(ctx, "alice", c.Handle); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the store has the new conversation before its first change: %v", err)
+	}
+	if got, err := m.Load(ctx, "alice", c.Handle); err != nil || got.Handle != c.Handle {
+		t.Fatalf("its principal does not see it: %v", err)
+	}
+	if _, _, err := m.Resolve(ctx, "bob", c.Handle, ""); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("another principal resolves it: %v", err)
+	}
+	if _, err := m.Load(ctx, "bob", c.Handle); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("another principal loads it: %v", err)
+	}
+
+	// A change that fails to write leaves it unwritten, and it can still be
+	// written.
+	s.failCreate.Store(true)
+	if _, err := m.AddMachine(ctx, c, "local", "m-1", true); err == nil {
+		t.Fatal("a failed write succeeded")
+	}
+	s.failCreate.Store(false)
+	if _, err := s.Load(ctx, "alice", c.Handle); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a failed write wrote: %v", err)
+	}
+
+	before := writes()
+	if _, err := m.AddMachine(ctx, c, "local", "m-1", true); err != nil {
+		t.Fatal(err)
+	}
+	if got := writes() - before; got != 1 || s.updates.Load() != 0 {
+		t.Errorf("the first change took %d writes (%d updates); want 1 create", got, s.updates.Load())
+	}
+	stored, err := s.Load(ctx, "alice", c.Handle)
+	if err != nil || stored.Default == nil || stored.Default.ID != "m-1" || !stored.CreatedAt.Equal(c.CreatedAt) {
+		t.Fatalf("stored: %+v, %v", stored, err)
+	}
+	if owner, err := m.OwnerOf(ctx, "alice", "local", "m-1"); err != nil || owner.Handle != c.Handle {
+		t.Fatalf("the index does not find its machine: %v", err)
+	}
+	if err := m.Save(ctx, c); err != nil || writes()-before != 1 {
+		t.Fatalf("Save of a written conversation: %v, %d writes", err, writes()-before)
+	}
+	if _, err := m.AddMachine(ctx, c, "local", "m-2", false); err != nil || s.updates.Load() != 1 {
+		t.Fatalf("a later change: %v, %d updates", err, s.updates.Load())
+	}
+
+	// Saved with no change.
+	c2, _, _ := m.Resolve(ctx, "alice", NewSession, "")
+	if err := m.Save(ctx, c2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Load(ctx, "alice", c2.Handle); err != nil {
+		t.Fatalf("saved, not stored: %v", err)
+	}
+
+	// Forgotten: gone, and Save writes nothing.
+	c3, _, _ := m.Resolve(ctx, "alice", NewSession, "")
+	m.Forget(c3)
+	if _, err := m.Load(ctx, "alice", c3.Handle); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a forgotten conversation loads: %v", err)
+	}
+	if err := m.Save(ctx, c3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Load(ctx, "alice", c3.Handle); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a forgotten conversation was written: %v", err)
 	}
 }

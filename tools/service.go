@@ -304,8 +304,7 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 		release, err := s.admission.enter(ctx, c.CreatedAt, created)
 		if err != nil {
 			res := mcp.NewToolResultError(fmt.Sprintf("%s was cancelled while it waited for its turn to start: %v", spec.name, err))
-			withSession(res, c.Handle, created)
-			return res, nil
+			return s.announce(ctx, res, c, created), nil
 		}
 		defer release()
 		res, err := s.runBounded(ctx, spec.name, timeout, notes, s.broker.OnlyLocal(c.Principal), func(ctx context.Context) (*mcp.CallToolResult, error) {
@@ -322,13 +321,37 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 			s.onCall(spec.name, notes.backend, outcome, time.Since(start))
 		}
 		s.logCall(spec.name, c.Handle, notes, outcome, err, time.Since(start))
-		if res.ResultType != mcp.ResultTypeInputRequired {
-			withSession(res, c.Handle, created)
+		if res.ResultType == mcp.ResultTypeInputRequired {
+			s.conversations.Forget(c) // named nowhere: the client asks again
+			return res, nil
 		}
-		return res, nil
+		return s.announce(ctx, res, c, created), nil
 	}
 	return server.ServerTool{Tool: tool, Handler: handler}
 }
+
+// announce names the call's conversation in its result; one that this call
+// began is saved first (see conversations.Manager.Resolve), and if it
+// cannot be, the result says so and names none.
+func (s *Service) announce(ctx context.Context, res *mcp.CallToolResult, c *conversations.Conversation, created bool) *mcp.CallToolResult {
+	if created {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
+		err := s.conversations.Save(ctx, c)
+		cancel()
+		if err != nil {
+			s.conversations.Forget(c)
+			s.log.Error().Err(err).Msg("a new conversation could not be saved")
+			return mcp.NewToolResultError(fmt.Sprintf("the session store failed to record the new conversation (%v); nothing of this call was kept: "+
+				"call again with session \"new\" once the store works", err))
+		}
+	}
+	withSession(res, c.Handle, created)
+	return res
+}
+
+// saveTimeout bounds the write of a new conversation at the end of its
+// first call, which may have used up the call's own time.
+const saveTimeout = 5 * time.Second
 
 // logCall logs a call: at debug, one line per call; a call that failed
 // (not a tool error, which is the model's to read) at warn with its
