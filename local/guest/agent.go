@@ -89,6 +89,12 @@ func Run(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	// The agent moves bytes between the engine and the machine's
+	// programs; it needs no second processor. With more Ps, every
+	// goroutine made ready woke another thread to look for work: in a
+	// burst of calls, the hundred machines' agents took twice the CPU of
+	// their interpreters, and the calls of the machines at work waited.
+	runtime.GOMAXPROCS(1)
 	if *egressFD >= 0 {
 		// Before CloseInheritedFDs: it marks the socket close-on-exec,
 		// which is what we want for the machine's programs.
