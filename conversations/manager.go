@@ -203,8 +203,16 @@ func (m *Manager) Save(ctx context.Context, c *Conversation) error {
 // kept (its first call failed to save it); it does nothing to a saved one.
 func (m *Manager) Forget(c *Conversation) {
 	m.unsavedMu.Lock()
+	u := m.unsaved[c.Handle]
 	delete(m.unsaved, c.Handle)
 	m.unsavedMu.Unlock()
+	if u != nil {
+		// A handler still running (given up at its deadline) may hold u:
+		// its change must find the conversation gone, not write it.
+		u.mu.Lock()
+		u.c = nil
+		u.mu.Unlock()
+	}
 }
 
 // unsavedOf returns the principal's unsaved conversation of that handle,

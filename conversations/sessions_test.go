@@ -406,4 +406,12 @@ func testNewConversationIsWrittenWithItsFirstChange(t *testing.T, open func() St
 	if _, err := s.Load(ctx, "alice", c3.Handle); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("a forgotten conversation was written: %v", err)
 	}
+	// A handler given up at its deadline still holds the conversation: its
+	// change after Forget writes nothing.
+	if _, err := m.AddMachine(ctx, c3, "local", "m-late", true); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a change to a forgotten conversation: %v", err)
+	}
+	if _, err := s.Load(ctx, "alice", c3.Handle); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a forgotten conversation was written by a late change: %v", err)
+	}
 }

@@ -286,6 +286,16 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 		if err != nil {
 			return mcp.NewToolResultError(err.Error()), nil
 		}
+		if created {
+			// Saved or dropped when the call ends (announce), even if its
+			// handler panics.
+			defer func() {
+				if p := recover(); p != nil {
+					s.conversations.Forget(c)
+					panic(p)
+				}
+			}()
+		}
 		s.conversations.Touch(c.Handle)
 		notes := &callNotes{}
 		ctx = context.WithValue(context.WithValue(context.WithValue(ctx, conversationKey{}, c), notesKey{}, notes), firstCallKey{}, created)
@@ -304,6 +314,10 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 		release, err := s.admission.enter(ctx, c.CreatedAt, created)
 		if err != nil {
 			res := mcp.NewToolResultError(fmt.Sprintf("%s was cancelled while it waited for its turn to start: %v", spec.name, err))
+			if created {
+				s.conversations.Forget(c) // it did nothing: no conversation to name
+				return res, nil
+			}
 			return s.announce(ctx, res, c, created), nil
 		}
 		defer release()
@@ -331,8 +345,8 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 }
 
 // announce names the call's conversation in its result; one that this call
-// began is saved first (see conversations.Manager.Resolve), and if it
-// cannot be, the result says so and names none.
+// began is saved first (see conversations.Manager.Resolve). If it cannot
+// be, the result (whatever the call did elsewhere) says so and names none.
 func (s *Service) announce(ctx context.Context, res *mcp.CallToolResult, c *conversations.Conversation, created bool) *mcp.CallToolResult {
 	if created {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
@@ -341,8 +355,10 @@ func (s *Service) announce(ctx context.Context, res *mcp.CallToolResult, c *conv
 		if err != nil {
 			s.conversations.Forget(c)
 			s.log.Error().Err(err).Msg("a new conversation could not be saved")
-			return mcp.NewToolResultError(fmt.Sprintf("the session store failed to record the new conversation (%v); nothing of this call was kept: "+
-				"call again with session \"new\" once the store works", err))
+			res.Content = append(res.Content, mcp.NewTextContent(fmt.Sprintf(
+				"This call's new conversation could not be recorded: the session store failed (%v). Nothing refers to it: "+
+					"call again with session \"new\" once the store works.", err)))
+			return res
 		}
 	}
 	withSession(res, c.Handle, created)
