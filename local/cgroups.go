@@ -205,8 +205,9 @@ func (m *cgroupManager) close() {
 }
 
 // renice sets the niceness of the machine's threads that have niceness
-// from to to (what a process of the machine chose for itself stays):
-// twice, for the threads that the first pass's threads were starting.
+// from to to (what a process of the machine chose for itself stays). It
+// reads the thread list again until a pass finds none left at from (a
+// thread at from may have been starting others), ten passes at most.
 func (m *cgroupManager) renice(id string, from, to int) {
 	var file string
 	switch m.mode {
@@ -217,11 +218,12 @@ func (m *cgroupManager) renice(id string, from, to int) {
 	default:
 		return
 	}
-	for pass := 0; pass < 2; pass++ {
+	for pass := 0; pass < 10; pass++ {
 		b, err := os.ReadFile(file)
 		if err != nil {
 			return
 		}
+		changed := 0
 		for _, f := range strings.Fields(string(b)) {
 			tid, err := strconv.Atoi(f)
 			if err != nil {
@@ -229,8 +231,13 @@ func (m *cgroupManager) renice(id string, from, to int) {
 			}
 			// The system call answers 20 - niceness.
 			if prio, err := syscall.Getpriority(syscall.PRIO_PROCESS, tid); err == nil && 20-prio == from {
-				syscall.Setpriority(syscall.PRIO_PROCESS, tid, to)
+				if syscall.Setpriority(syscall.PRIO_PROCESS, tid, to) == nil {
+					changed++
+				}
 			}
+		}
+		if changed == 0 {
+			return
 		}
 	}
 }

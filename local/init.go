@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -68,13 +69,16 @@ func runInit(args []string) int {
 	fs := flag.NewFlagSet("init", flag.ContinueOnError)
 	mounts := fs.String("layout", "", "JSON layout of the machine's directories")
 	keep := fs.String("keep-fds", "", "descriptors to pass on to bwrap, comma-separated")
-	nice := fs.Int("nice", 0, "CPU niceness of the sandbox's processes (a warm machine's, until it is handed out)")
+	nice := fs.Int("nice", 0, "CPU niceness of the sandbox's processes (a warm machine's until it is handed out, a new machine's for its first seconds)")
 	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "vmcp init: usage: __vmcp_init --layout JSON [--keep-fds N,…] -- bwrap args")
 		return 2
 	}
 	if *nice != 0 {
-		unix.Setpriority(unix.PRIO_PROCESS, 0, *nice) // inherited by all that follows
+		// Niceness is a thread's: this goroutine stays on the thread that
+		// execs bwrap, which passes it on to all that follows.
+		runtime.LockOSThread()
+		unix.Setpriority(unix.PRIO_PROCESS, 0, *nice)
 	}
 	fds, ok := passGate()
 	if !ok {

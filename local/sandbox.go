@@ -118,7 +118,7 @@ var vmOwnDirs = []string{"/root", "/home", "/tmp", "/srv", "/mnt"}
 // egress, if set, is the machine's end of the socket pair over which its
 // agent hands the engine each connection to ports, on the machine's
 // loopback: the proxy's (an allow-list's) and its loopback services'.
-func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, egress *os.File, ports []int) (*exec.Cmd, []*os.File, layout, error) {
+func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, nice int, egress *os.File, ports []int) (*exec.Cmd, []*os.File, layout, error) {
 	l := info.Limits
 	var files []*os.File
 	var lay layout
@@ -254,22 +254,29 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, egress *os.File, p
 
 	b, _ := json.Marshal(lay)
 	initFlags := []string{"--layout", string(b), "--keep-fds", strings.Join(keep, ",")}
-	// Niceness needs what cgroups need: root, to raise a priority again
-	// (adopt, ageOut).
-	switch {
-	case !e.cgroups.enabled():
-	case info.Warm:
-		// A warm machine starts when the pool refills, which is when calls
-		// are busy: it takes only the CPU they leave until it is handed
-		// out (adopt).
-		initFlags = append(initFlags, "--nice", strconv.Itoa(warmNice))
-	case time.Since(info.CreatedAt) < e.youngFor:
-		initFlags = append(initFlags, "--nice", strconv.Itoa(youngNice))
-		e.ageOut(info.ID, info.CreatedAt)
+	if nice != 0 {
+		initFlags = append(initFlags, "--nice", strconv.Itoa(nice))
 	}
 	cmd.Args = append(append(append([]string{e.helper, initArg}, initFlags...), "--", e.bwrap), args...)
 	cmd.Env = sandboxEnv(info.Flavour, info.proxied())
 	return cmd, files, lay, nil
+}
+
+// niceness is the CPU niceness a machine's sandbox starts at: a warm
+// machine's until it is handed out (adopt), a new machine's for its first
+// youngFor (ageOut), and none where the engine could not raise it again
+// (without cgroups, not root). A machine restored from a snapshot (a
+// parked machine coming back) is not new.
+func (e *Engine) niceness(info MachineInfo) int {
+	switch {
+	case !e.cgroups.enabled():
+		return 0
+	case info.Warm:
+		return warmNice
+	case info.FromSnapshot == "" && time.Since(info.CreatedAt) < e.youngFor:
+		return youngNice
+	}
+	return 0
 }
 
 // sandboxHostIDs are the host ids a workspace machine's user is: the
@@ -437,6 +444,7 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 	var lay layout
 	var gate *os.File       // the engine's end of the init wrapper's gate
 	var egressHost *os.File // the engine's end of the machine's proxy socket pair
+	nice := e.niceness(info)
 	defer func() {
 		if egressHost != nil {
 			egressHost.Close()
@@ -461,7 +469,7 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 			}
 			egressHost, machineEnd = os.NewFile(uintptr(pair[0]), "egress"), os.NewFile(uintptr(pair[1]), "egress")
 		}
-		if cmd, files, lay, err = e.sandboxCommand(m, info, machineEnd, ports); err != nil {
+		if cmd, files, lay, err = e.sandboxCommand(m, info, nice, machineEnd, ports); err != nil {
 			if egressHost != nil {
 				egressHost.Close()
 				machineEnd.Close()
@@ -511,6 +519,11 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 			cmd.Process.Kill()
 			cmd.Wait()
 			return nil, fmt.Errorf("start the sandbox: %w", err)
+		}
+		if nice == youngNice {
+			// Now that its processes are in its cgroup, where ageOut
+			// finds them (at once if the start took that long).
+			e.ageOut(info.ID, info.CreatedAt)
 		}
 	}
 	sb.initFD = -1
