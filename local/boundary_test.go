@@ -391,6 +391,31 @@ func waitStill(t *testing.T, limit time.Duration, f func() int64) int64 {
 	return 0
 }
 
+// TestAttackDiskQuotaOnPooledMachine: the monitor does not measure the
+// warm pool's machines (only the engine's code runs there), so a machine
+// handed out from the pool must be measured from then on: a writer left
+// by its first command is stopped at the quota.
+func TestAttackDiskQuotaOnPooledMachine(t *testing.T) {
+	const quota = 64 << 20
+	const slack = 96 << 20 // as in TestAttackDiskQuotaOutsideCalls
+	e := newTestEngine(t, Options{Limits: Limits{DiskBytes: quota}, Warm: WarmOptions{Machines: 1}})
+	waitWarm(t, e, 1, time.Minute)
+	pooled := e.warm.machines()[0].ID()
+	m := newTestMachine(t, e, MachineSpec{})
+	if m.ID() != pooled {
+		t.Fatal("the machine did not come from the pool")
+	}
+	mustRun(t, m, Command{Shell: `nohup sh -c 'i=0; while :; do head -c 1M /dev/zero > bg$i 2>/dev/null; i=$((i+1)); done' >/dev/null 2>&1 &`})
+	used := waitStill(t, 20*time.Second, func() int64 { u, _ := m.measure(); return u.Bytes })
+	t.Logf("the writer stopped at %d MiB of %d", used>>20, quota>>20)
+	if used > quota+slack {
+		t.Fatalf("a writer on a pooled machine reached %d MiB under a %d MiB quota", used>>20, quota>>20)
+	}
+	if ps := strings.Join(machineProcesses(m), "\n"); strings.Contains(ps, "head -c") || strings.Contains(ps, "while") {
+		t.Fatalf("the writer still runs:\n%s", ps)
+	}
+}
+
 // TestAttackDiskQuotaOutsideCalls: a background process left by a finished
 // command, and a thread left running in the REPL, keep writing after their
 // call ended; another floods the machine with links (entries cost almost no

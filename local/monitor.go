@@ -24,7 +24,9 @@ import (
 
 // The monitor holds every running machine to its limits at all times, not
 // only while a call runs: a background writer left by a command, or a
-// thread left in the REPL, is stopped too.
+// thread left in the REPL, is stopped too. (The warm pool's machines,
+// where only the engine's code has run, from the moment they are handed
+// out.)
 //
 //   - Disk: the machine's files (blocks and entries) against its quota, and
 //     the state filesystem's free space against the engine's reserve, so
@@ -137,7 +139,7 @@ func decrease(was, now uint64) uint64 {
 func (mon *monitor) tick() {
 	mon.ticks++
 	var running []*Machine
-	for _, m := range mon.e.allMachines() {
+	for _, m := range mon.e.machinesInUse() {
 		if m.running() {
 			running = append(running, m)
 		}
@@ -583,12 +585,12 @@ func (e *Engine) checkReserve() error {
 	return s.error()
 }
 
-// allMachines lists the engine's machines but the warm pool's: nothing
+// machinesInUse lists the engine's machines but the warm pool's: nothing
 // but the engine's own code has run in those (the interpreter and the
 // configured imports), and measuring them would double the monitor's
 // work when the pool is as large as the machines in use. A machine is
 // measured from the first look after it leaves the pool.
-func (e *Engine) allMachines() []*Machine {
+func (e *Engine) machinesInUse() []*Machine {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := make([]*Machine, 0, len(e.machines))
