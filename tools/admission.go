@@ -12,8 +12,8 @@ import (
 // call slow, those of the conversations that were already working too.
 // So the calls of new conversations start a few at a time, and the calls
 // of established conversations (older than establishedAge) do not wait:
-// they start at once, taking a slot even when none is free, so that
-// newcomers wait while they run. The waiting calls go in order of tiers:
+// they start at once, taking a slot even when none is free (and holding it
+// as any call does), so that newcomers wait for them. The waiting calls go in order of tiers:
 // the first calls of new conversations (each newcomer gets its machine
 // soon), then their other calls; first come, first served within a tier.
 // A call gives its slot back when it ends, or once it has run for
@@ -57,9 +57,10 @@ func newAdmission(slots int) *admission {
 }
 
 // enter waits for a slot for a call of a conversation created at created
-// (first: the call made it), maxAdmissionWait at most, and returns the
-// function that gives the slot back, safe to call more than once. It
-// returns ctx's error if ctx ends first.
+// (first: the call made it), maxAdmissionWait at most (a call of an
+// established conversation takes one at once, even past the slots), and
+// returns the function that gives the slot back, safe to call more than
+// once. It returns ctx's error if ctx ends first.
 func (a *admission) enter(ctx context.Context, created time.Time, first bool) (func(), error) {
 	if a == nil {
 		return func() {}, nil

@@ -109,6 +109,7 @@ func benchLoad(server, stateDir string, clients, calls, warm, callSlots int) (*l
 		return nil, err
 	}
 	defer probe.kill()
+	warmUntil := time.Now().Add(2 * time.Minute)
 	for {
 		calls := probe.snapshot()
 		if n := len(calls); n >= 60 && calls[n-1].start.Sub(calls[0].start) >= establishedAfter {
@@ -120,9 +121,12 @@ func benchLoad(server, stateDir string, clients, calls, warm, callSlots int) (*l
 				return nil, fmt.Errorf("probe call: %s (%v)", c.err, err)
 			}
 		}
+		if time.Now().After(warmUntil) {
+			return nil, fmt.Errorf("the probe made %d calls in 2 minutes; want 60 over %v\n%s", len(calls), establishedAfter, probe.stderr)
+		}
 		select {
-		case err := <-probe.done:
-			return nil, fmt.Errorf("the probe ended early: %v\n%s", err, probe.stderr)
+		case <-probe.done:
+			return nil, fmt.Errorf("the probe ended early: %v\n%s", probe.readErr, probe.stderr)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -211,11 +215,11 @@ func benchLoad(server, stateDir string, clients, calls, warm, callSlots int) (*l
 		case c.err != "":
 			r.errors++
 			r.noteError("pre-existing conversation: " + c.err)
-		case c.start.Before(start):
+		case c.start.Add(c.d).Before(start):
 			if i >= 10 {
 				r.quiet = append(r.quiet, c.d)
 			}
-		case c.start.Add(c.d).Before(end):
+		case !c.start.Before(start) && c.start.Add(c.d).Before(end):
 			r.during = append(r.during, c.d)
 		}
 	}

@@ -65,7 +65,7 @@ func runProbe(endpoint string, stop io.Reader, out io.Writer) error {
 			err = fmt.Errorf("%s", text(res))
 		}
 		if err != nil {
-			fmt.Fprintf(w, "error %q\n", err.Error())
+			fmt.Fprintf(w, "error %.300q\n", err.Error())
 		} else {
 			fmt.Fprintf(w, "%d %d\n", t0.UnixNano(), d.Nanoseconds())
 		}
@@ -91,7 +91,9 @@ type probeProcess struct {
 	stdin io.WriteCloser
 	mu    sync.Mutex
 	calls []probeCall
-	done  chan error // the reader's end: nil at EOF
+	done  chan struct{} // closed when the reader has read all
+	// readErr is the reader's error, set before done closes.
+	readErr error
 	// stderr of the probe, for errors.
 	stderr *syncBuffer
 }
@@ -102,7 +104,7 @@ func startProbe(endpoint string) (*probeProcess, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &probeProcess{cmd: exec.Command(self), done: make(chan error, 1), stderr: &syncBuffer{}}
+	p := &probeProcess{cmd: exec.Command(self), done: make(chan struct{}), stderr: &syncBuffer{}}
 	p.cmd.Env = append(os.Environ(), probeEnv+"="+endpoint)
 	p.cmd.Stderr = p.stderr
 	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
@@ -116,7 +118,9 @@ func startProbe(endpoint string) (*probeProcess, error) {
 		return nil, err
 	}
 	go func() {
+		defer close(p.done)
 		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
 			line := sc.Text()
 			var c probeCall
@@ -135,7 +139,7 @@ func startProbe(endpoint string) (*probeProcess, error) {
 			p.calls = append(p.calls, c)
 			p.mu.Unlock()
 		}
-		p.done <- sc.Err()
+		p.readErr = sc.Err()
 	}()
 	return p, nil
 }
@@ -150,10 +154,10 @@ func (p *probeProcess) snapshot() []probeCall {
 // stop ends the probe and returns all its calls.
 func (p *probeProcess) stop() ([]probeCall, error) {
 	p.stdin.Close()
-	readErr := <-p.done
+	<-p.done
 	err := p.cmd.Wait()
 	if err == nil {
-		err = readErr
+		err = p.readErr
 	}
 	if err != nil {
 		err = fmt.Errorf("probe: %w\n%s", err, p.stderr)
