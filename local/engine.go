@@ -107,8 +107,6 @@ type Engine struct {
 	selfTestDone chan struct{}
 	selfTestErr  error // set before selfTestDone closes
 
-	youngFor time.Duration // youngFor when the engine was made
-
 	warm   *warmPool // nil without one
 	starts *startQueue
 	calls  atomic.Int64 // Python instructions and commands running
@@ -145,7 +143,6 @@ func New(opts Options) (*Engine, error) {
 		machines:  map[string]*Machine{},
 		snapshots: map[string]SnapshotInfo{},
 		startedAt: time.Now(),
-		youngFor:  youngFor,
 		starts:    &startQueue{limit: max(2, runtime.NumCPU())},
 	}
 	var err, missingBwrap error

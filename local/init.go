@@ -69,7 +69,7 @@ func runInit(args []string) int {
 	fs := flag.NewFlagSet("init", flag.ContinueOnError)
 	mounts := fs.String("layout", "", "JSON layout of the machine's directories")
 	keep := fs.String("keep-fds", "", "descriptors to pass on to bwrap, comma-separated")
-	nice := fs.Int("nice", 0, "CPU niceness of the sandbox's processes (a warm machine's until it is handed out, a new machine's for its first seconds)")
+	nice := fs.Int("nice", 0, "CPU niceness of the sandbox's processes (a warm machine's until it is handed out)")
 	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "vmcp init: usage: __vmcp_init --layout JSON [--keep-fds N,…] -- bwrap args")
 		return 2

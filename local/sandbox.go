@@ -263,18 +263,11 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, nice int, egress *
 }
 
 // niceness is the CPU niceness a machine's sandbox starts at: a warm
-// machine's until it is handed out (adopt), a new machine's for its first
-// youngFor (ageOut), and none where the engine could not raise it again
-// (without cgroups, not root). A machine restored from a snapshot (a
-// parked machine coming back) is not new.
+// machine's until it is handed out (adopt), and none where the engine could
+// not raise it again then (without cgroups, not root).
 func (e *Engine) niceness(info MachineInfo) int {
-	switch {
-	case !e.cgroups.enabled():
-		return 0
-	case info.Warm:
+	if info.Warm && e.cgroups.enabled() {
 		return warmNice
-	case info.FromSnapshot == "" && time.Since(info.CreatedAt) < e.youngFor:
-		return youngNice
 	}
 	return 0
 }
@@ -519,11 +512,6 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 			cmd.Process.Kill()
 			cmd.Wait()
 			return nil, fmt.Errorf("start the sandbox: %w", err)
-		}
-		if nice == youngNice {
-			// Now that its processes are in its cgroup, where ageOut
-			// finds them (at once if the start took that long).
-			e.ageOut(info.ID, info.CreatedAt)
 		}
 	}
 	sb.initFD = -1

@@ -273,20 +273,6 @@ func (p *warmPool) close() {
 // handed out.
 const warmNice = 19
 
-// youngNice is the CPU niceness of a new machine's processes for its first
-// youngFor (as long as the server takes to call a conversation
-// established): when a burst of new conversations starts machines, the
-// machines already at work keep the processors they need.
-const youngNice = 10
-
-// youngFor is a variable for tests, which set it before New.
-var youngFor = 10 * time.Second
-
-// ageOut makes the machine's processes ordinary once it is youngFor old.
-func (e *Engine) ageOut(id string, created time.Time) {
-	time.AfterFunc(time.Until(created.Add(e.youngFor)), func() { e.cgroups.renice(id, youngNice, 0) })
-}
-
 // adopt gives a machine from the pool to its creator: the creator's name
 // and tags, recorded before the machine is announced.
 func (e *Engine) adopt(m *Machine, spec MachineSpec) (MachineInfo, error) {
@@ -297,8 +283,7 @@ func (e *Engine) adopt(m *Machine, spec MachineSpec) (MachineInfo, error) {
 	m.info.CreatedAt = time.Now().UTC()
 	info := m.info
 	m.mu.Unlock()
-	e.cgroups.renice(m.ID(), warmNice, youngNice)
-	e.ageOut(info.ID, info.CreatedAt)
+	e.cgroups.renice(m.ID(), warmNice, 0)
 	if err := writeJSON(filepath.Join(m.dir, "machine.json"), info); err != nil {
 		go e.discard(m)
 		return MachineInfo{}, err

@@ -151,12 +151,10 @@ func TestWarmMachinesLeaveNoTrace(t *testing.T) {
 
 // TestWarmMachinesWaitAtLowPriority: a warm machine's processes run at the
 // lowest CPU priority while it waits in the pool (its start and imports
-// take only the CPU that calls leave); once handed out, the machine is
-// young, below the machines at work, until it is youngFor old, and then
-// ordinary, what its processes started meanwhile too, but for a process
-// that chose its own niceness.
+// take only the CPU that calls leave), and at the ordinary one once it is
+// handed out, what they start after too; a process that chooses its own
+// niceness keeps it.
 func TestWarmMachinesWaitAtLowPriority(t *testing.T) {
-	setYoungFor(t, 3*time.Second)
 	e := newTestEngine(t, Options{Warm: WarmOptions{Machines: 1}})
 	if !e.cgroups.enabled() {
 		t.Skip("warm machines are niced only where the engine has cgroups (root)")
@@ -179,69 +177,30 @@ func TestWarmMachinesWaitAtLowPriority(t *testing.T) {
 	if m.ID() != pool[0].ID() {
 		t.Fatal("the machine did not come from the pool")
 	}
-	checkYoungThenOrdinary(t, e, m, len(waiting))
-}
-
-// TestNewMachinesYieldToThoseAtWork: a machine started cold is young too,
-// then ordinary.
-func TestNewMachinesYieldToThoseAtWork(t *testing.T) {
-	setYoungFor(t, 3*time.Second)
-	e := newTestEngine(t, Options{})
-	if !e.cgroups.enabled() {
-		t.Skip("machines are niced only where the engine has cgroups (root)")
-	}
-	m := newTestMachine(t, e, MachineSpec{})
-	checkYoungThenOrdinary(t, e, m, 0)
-}
-
-// checkYoungThenOrdinary checks that m's threads (more than it had before
-// its calls) are at youngNice until m is youngFor old, and at 0 after,
-// but for a process that niced itself.
-func checkYoungThenOrdinary(t *testing.T, e *Engine, m *Machine, before int) {
-	t.Helper()
 	mustRun(t, m, Command{Shell: "sleep 1000 > /dev/null 2>&1 & nice -n 3 sleep 1001 > /dev/null 2>&1 &"})
 	mustExec(t, m, "1 + 1", PythonOptions{})
-	if time.Since(m.Info().CreatedAt) >= e.youngFor {
-		t.Skip("the host took longer than youngFor to start the machine")
-	}
 	// The background processes may still be starting.
-	var young map[int]int
+	var handed map[int]int
 	self := 0
 	for deadline := time.Now().Add(2 * time.Second); self == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		young = threadNiceness(t, e, m.ID())
-		for tid, n := range young {
-			if n == youngNice+3 {
+		handed = threadNiceness(t, e, m.ID())
+		for tid, n := range handed {
+			if n == 3 {
 				self = tid
 			}
 		}
 	}
 	if self == 0 {
-		t.Fatalf("no thread of `nice -n 3 sleep` at %d: %v", youngNice+3, young)
+		t.Fatalf("no thread of `nice -n 3 sleep` at 3: %v", handed)
 	}
-	if len(young) <= before {
-		t.Errorf("no new thread after the calls: %v", young)
+	if len(handed) <= len(waiting) {
+		t.Errorf("no new thread after the calls: %v", handed)
 	}
-	for tid, n := range young {
-		if tid != self && n != youngNice {
-			t.Errorf("thread %d of a young machine has niceness %d; want %d", tid, n, youngNice)
+	for tid, n := range handed {
+		if tid != self && n != 0 {
+			t.Errorf("thread %d of a handed-out machine has niceness %d; want 0", tid, n)
 		}
 	}
-	time.Sleep(time.Until(m.Info().CreatedAt.Add(e.youngFor + 500*time.Millisecond)))
-	for tid, n := range threadNiceness(t, e, m.ID()) {
-		switch {
-		case tid == self && n != youngNice+3:
-			t.Errorf("the process that niced itself was reniced to %d", n)
-		case tid != self && n != 0:
-			t.Errorf("thread %d of a machine past youngFor has niceness %d; want 0", tid, n)
-		}
-	}
-}
-
-// setYoungFor sets youngFor for engines the test makes.
-func setYoungFor(t *testing.T, d time.Duration) {
-	was := youngFor
-	youngFor = d
-	t.Cleanup(func() { youngFor = was })
 }
 
 // threadNiceness maps each thread of the machine to its niceness.
