@@ -118,7 +118,7 @@ var vmOwnDirs = []string{"/root", "/home", "/tmp", "/srv", "/mnt"}
 // egress, if set, is the machine's end of the socket pair over which its
 // agent hands the engine each connection to ports, on the machine's
 // loopback: the proxy's (an allow-list's) and its loopback services'.
-func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, nice int, egress *os.File, ports []int) (*exec.Cmd, []*os.File, layout, error) {
+func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, egress *os.File, ports []int) (*exec.Cmd, []*os.File, layout, error) {
 	l := info.Limits
 	var files []*os.File
 	var lay layout
@@ -254,7 +254,7 @@ func (e *Engine) sandboxCommand(m *Machine, info MachineInfo, nice int, egress *
 
 	b, _ := json.Marshal(lay)
 	initFlags := []string{"--layout", string(b), "--keep-fds", strings.Join(keep, ",")}
-	if nice != 0 {
+	if nice := e.niceness(info); nice != 0 {
 		initFlags = append(initFlags, "--nice", strconv.Itoa(nice))
 	}
 	cmd.Args = append(append(append([]string{e.helper, initArg}, initFlags...), "--", e.bwrap), args...)
@@ -437,7 +437,6 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 	var lay layout
 	var gate *os.File       // the engine's end of the init wrapper's gate
 	var egressHost *os.File // the engine's end of the machine's proxy socket pair
-	nice := e.niceness(info)
 	defer func() {
 		if egressHost != nil {
 			egressHost.Close()
@@ -462,7 +461,7 @@ func (e *Engine) startSandbox(m *Machine, info MachineInfo) (*sandbox, error) {
 			}
 			egressHost, machineEnd = os.NewFile(uintptr(pair[0]), "egress"), os.NewFile(uintptr(pair[1]), "egress")
 		}
-		if cmd, files, lay, err = e.sandboxCommand(m, info, nice, machineEnd, ports); err != nil {
+		if cmd, files, lay, err = e.sandboxCommand(m, info, machineEnd, ports); err != nil {
 			if egressHost != nil {
 				egressHost.Close()
 				machineEnd.Close()

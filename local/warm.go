@@ -43,7 +43,6 @@ type warmPool struct {
 	filledIn  time.Duration // the first time the pool was full
 	filledPSS int64
 	ready     []*Machine
-	making    *Machine // starting now
 	importErr string
 	lastErr   string
 
@@ -166,20 +165,6 @@ func (p *warmPool) yield() bool {
 	return true
 }
 
-// machines lists the pool's machines, the one being made included.
-func (p *warmPool) machines() []*Machine {
-	if p == nil {
-		return nil
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := slices.Clone(p.ready)
-	if p.making != nil {
-		out = append(out, p.making)
-	}
-	return out
-}
-
 func (p *warmPool) count() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -196,14 +181,6 @@ func (p *warmPool) make() (*Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.mu.Lock()
-	p.making = m
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		p.making = nil
-		p.mu.Unlock()
-	}()
 	ctx, cancel := context.WithTimeout(p.ctx, warmUpTimeout)
 	defer cancel()
 	failed, err := m.warmUp(ctx, p.opts.Imports)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -222,4 +223,11 @@ func threadNiceness(t *testing.T, e *Engine, id string) map[int]int {
 		out[tid] = n
 	}
 	return out
+}
+
+// machines lists the pool's ready machines.
+func (p *warmPool) machines() []*Machine {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.ready)
 }

@@ -316,9 +316,10 @@ func newTool[In sessionArg, Out any](s *Service, spec toolSpec, handle func(ctx 
 			res := mcp.NewToolResultError(fmt.Sprintf("%s was cancelled while it waited for its turn to start: %v", spec.name, err))
 			if created {
 				s.conversations.Forget(c) // it did nothing: no conversation to name
-				return res, nil
+			} else {
+				withSession(res, c.Handle, false)
 			}
-			return s.announce(ctx, res, c, created), nil
+			return res, nil
 		}
 		defer release()
 		res, err := s.runBounded(ctx, spec.name, timeout, notes, s.broker.OnlyLocal(c.Principal), func(ctx context.Context) (*mcp.CallToolResult, error) {
