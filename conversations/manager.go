@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -350,6 +351,12 @@ func (m *Manager) MachineLastUsed(c *Conversation, mc *Machine) time.Time {
 
 // Flush writes the pending last-use times.
 func (m *Manager) Flush(ctx context.Context) error {
+	m.unsavedMu.Lock()
+	unwritten := make(map[string]bool, len(m.unsaved))
+	for h := range m.unsaved {
+		unwritten[h] = true
+	}
+	m.unsavedMu.Unlock()
 	m.mu.Lock()
 	pending := m.lastUsed
 	m.lastUsed = map[string]time.Time{}
@@ -359,7 +366,9 @@ func (m *Manager) Flush(ctx context.Context) error {
 		return err
 	}
 	var errs []error
+	written := make(map[string]bool, len(all))
 	for _, c := range all {
+		written[c.Handle] = true
 		t, used := pending[c.Handle]
 		if !used {
 			continue
@@ -380,5 +389,26 @@ func (m *Manager) Flush(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	m.keepUnwritten(pending, written, unwritten)
 	return errors.Join(errs...)
+}
+
+// keepUnwritten puts back, for the next Flush, the pending uses of
+// conversations that were not written when Flush read the store (their
+// first call still ran); the uses of conversations that are gone are
+// dropped.
+func (m *Manager) keepUnwritten(pending map[string]time.Time, written, unwritten map[string]bool) {
+	m.unsavedMu.Lock()
+	defer m.unsavedMu.Unlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for key, t := range pending {
+		handle, _, _ := strings.Cut(key, "/")
+		if written[handle] || !unwritten[handle] && m.unsaved[handle] == nil {
+			continue
+		}
+		if later, ok := m.lastUsed[key]; !ok || t.After(later) {
+			m.lastUsed[key] = t
+		}
+	}
 }

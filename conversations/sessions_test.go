@@ -415,3 +415,60 @@ func testNewConversationIsWrittenWithItsFirstChange(t *testing.T, open func() St
 		t.Fatalf("a forgotten conversation was written by a late change: %v", err)
 	}
 }
+
+// TestUsesOfUnwrittenConversationsWaitForTheNextFlush: a Flush while a new
+// conversation's first call runs keeps that call's uses for the next
+// Flush, which writes them once the conversation is written; the uses of a
+// conversation that was never kept are dropped.
+func TestUsesOfUnwrittenConversationsWaitForTheNextFlush(t *testing.T) {
+	eachStore(t, testUsesOfUnwrittenConversationsWaitForTheNextFlush)
+}
+
+func testUsesOfUnwrittenConversationsWaitForTheNextFlush(t *testing.T, open func() Store) {
+	ctx := context.Background()
+	s := open()
+	m := NewManager(s, Limits{})
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	m.SetClock(func() time.Time { return clock })
+
+	c, _, err := m.Resolve(ctx, "alice", NewSession, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, _, _ := m.Resolve(ctx, "alice", NewSession, "")
+	clock = clock.Add(time.Minute)
+	used := clock
+	m.Touch(c.Handle)
+	m.Touch(gone.Handle)
+	if err := m.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.LastUsed(c); !got.Equal(used) {
+		t.Fatalf("after a Flush before the conversation was written, its last use is %v; want %v", got, used)
+	}
+	m.Forget(gone)
+
+	clock = clock.Add(time.Minute)
+	if err := m.Save(ctx, c); err != nil { // its call ends: announce
+		t.Fatal(err)
+	}
+	if err := m.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := s.Load(ctx, "alice", c.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !stored.LastUsed.Equal(used) {
+		t.Errorf("stored last use %v; want %v", stored.LastUsed, used)
+	}
+	if got := m.LastUsed(gone); !got.Equal(gone.LastUsed) {
+		t.Errorf("a forgotten conversation's use is kept after a Flush: %v", got)
+	}
+	m.mu.Lock()
+	left := len(m.lastUsed)
+	m.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d uses still pending after the second Flush", left)
+	}
+}
