@@ -150,7 +150,7 @@ func Run(args []string) int {
 		pyQueue:   make(chan struct{}, 1),
 		pyWaiting: map[uint64]string{},
 	}
-	in := bufio.NewReaderSize(pollable(os.Stdin), 256<<10)
+	in := bufio.NewReaderSize(os.Stdin, 256<<10)
 	for {
 		var req wire.Request
 		if err := wire.ReadRequest(in, &req); err != nil {
@@ -181,18 +181,6 @@ type spawnRequest struct {
 // inheritable sets (keeping them effective, to create a command's
 // namespace), so no child of the agent has any. It reports whether the
 // spawner can create namespaces.
-// pollable returns f read through the runtime's poller: a read waiting in
-// a system call holds the agent's only P until the runtime's monitor takes
-// it back, and until then nothing else of the agent runs (a result of the
-// interpreter, arrived meanwhile, waits). f is the engine's pipe, only
-// the agent's; it stays as it is if it cannot be made nonblocking.
-func pollable(f *os.File) *os.File {
-	if err := syscall.SetNonblock(int(f.Fd()), true); err != nil {
-		return f
-	}
-	return os.NewFile(f.Fd(), f.Name())
-}
-
 func startSpawner() (chan spawnRequest, bool) {
 	reqs := make(chan spawnRequest)
 	ready := make(chan bool)
