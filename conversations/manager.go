@@ -349,7 +349,8 @@ func (m *Manager) MachineLastUsed(c *Conversation, mc *Machine) time.Time {
 	return mc.LastUsed
 }
 
-// Flush writes the pending last-use times.
+// Flush writes the pending last-use times; those of conversations not yet
+// written (their first call still runs) wait for the next Flush.
 func (m *Manager) Flush(ctx context.Context) error {
 	m.unsavedMu.Lock()
 	unwritten := make(map[string]bool, len(m.unsaved))
