@@ -13,9 +13,10 @@ import (
 // So the calls of new conversations start a few at a time, and the calls
 // of established conversations (older than establishedAge) do not wait:
 // they start at once, taking a slot even when none is free (and holding it
-// as any call does), so that newcomers wait for them. The waiting calls go in order of tiers:
-// the first calls of new conversations (each newcomer gets its machine
-// soon), then their other calls; first come, first served within a tier.
+// as any call does), so that newcomers wait for them. The waiting calls go
+// in order of tiers: the first calls of new conversations (each newcomer
+// gets its machine soon), then their other calls; first come, first
+// served within a tier.
 // A call gives its slot back when it ends, or once it has run for
 // slotHold: a long call (a sleep, a build) does not hold up the others.
 // No call waits more than maxAdmissionWait: past it, it starts without a
