@@ -258,6 +258,9 @@ func (e *Engine) adopt(m *Machine, spec MachineSpec) (MachineInfo, error) {
 	// wait for the record's write, and its interpreter is running.
 	m.info.Name, m.info.Tags, m.info.Warm, m.info.PythonUsed = spec.Name, spec.Tags, false, true
 	m.info.CreatedAt = time.Now().UTC()
+	// The creator has no Python state yet: if the warm interpreter ended
+	// while it waited, the first call's new one has lost nothing to report.
+	m.interp, m.resetReason = "", ""
 	info := m.info
 	m.mu.Unlock()
 	// One takes the CPU and the other the disk: side by side.

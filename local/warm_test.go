@@ -73,6 +73,44 @@ func TestWarmMachineIsFresh(t *testing.T) {
 	}
 }
 
+// TestWarmMachineWhoseInterpreterDiedSaysNothingOfIt: a warm machine
+// whose interpreter ended while it waited (killed from outside, as the
+// host's OOM killer would) is handed out without a word of lost state: its
+// new owner had none. The first call runs in a new interpreter.
+func TestWarmMachineWhoseInterpreterDiedSaysNothingOfIt(t *testing.T) {
+	e := newTestEngine(t, Options{Warm: WarmOptions{Machines: 1}})
+	waitWarm(t, e, 1, time.Minute)
+	pool := e.warm.machines()
+	if len(pool) != 1 {
+		t.Fatalf("%d machines in the pool; want 1", len(pool))
+	}
+	w := pool[0]
+	w.mu.Lock()
+	interp := w.interpPID
+	w.mu.Unlock()
+	root, pids := w.userProcesses(readProcesses())
+	killed := false
+	for _, pid := range pids {
+		if innerPID(pid) == interp {
+			killed = killIn(root, pid)
+		}
+	}
+	if !killed {
+		t.Fatalf("the warm machine's interpreter (pid %d in it) was not found among %v", interp, pids)
+	}
+	m := newTestMachine(t, e, MachineSpec{})
+	if m.ID() != w.ID() {
+		t.Fatal("the machine did not come from the pool")
+	}
+	r := mustExec(t, m, "x = 41; x + 1", PythonOptions{})
+	if value(r) != "42" || r.StateReset != "" {
+		t.Errorf("the first call: value %s, reset %q; want 42 and no reset", value(r), r.StateReset)
+	}
+	if r := mustExec(t, m, "x", PythonOptions{}); value(r) != "41" || r.StateReset != "" {
+		t.Errorf("the second call: value %s, reset %q", value(r), r.StateReset)
+	}
+}
+
 // TestWarmPoolRefillsWithinASecond: a machine leaving the pool is replaced
 // within a second (a pool without imports: they add their own import
 // time).
