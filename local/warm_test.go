@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmcp-dev/vmcp/local/guest"
 )
 
 // waitWarm waits until the pool has ready machines and returns how long
@@ -97,6 +99,20 @@ func TestWarmMachineWhoseInterpreterDiedSaysNothingOfIt(t *testing.T) {
 	}
 	if !killed {
 		t.Fatalf("the warm machine's interpreter (pid %d in it) was not found among %v", interp, pids)
+	}
+	// Ended before the machine is handed out, as while it waited.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		_, pids := w.userProcesses(readProcesses())
+		alive := false
+		for _, pid := range pids {
+			alive = alive || innerPID(pid) == interp && !guest.Zombie(pid)
+		}
+		if !alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the killed interpreter still runs")
+		}
 	}
 	m := newTestMachine(t, e, MachineSpec{})
 	if m.ID() != w.ID() {
