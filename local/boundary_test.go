@@ -391,6 +391,38 @@ func waitStill(t *testing.T, limit time.Duration, f func() int64) int64 {
 	return 0
 }
 
+// TestAttackDiskQuotaAfterIdling: a writer that waits until its machine
+// has been idle long enough that the monitor walks its files seldom (see
+// idleMeasureEvery), then writes at a pace below the monitor's burst
+// detection, is stopped at the quota all the same: its writing is CPU
+// time of the machine.
+func TestAttackDiskQuotaAfterIdling(t *testing.T) {
+	engineModes(t, func(t *testing.T) {
+		const quota = 32 << 20
+		// 1 MiB every 20 ms or more (30-50 MiB/s here), far below burstBytes
+		// per tick: a look every measureEvery stops it within about 13 MiB,
+		// one every idleMeasureEvery would let it write 100 MiB or more.
+		const slack = 32 << 20
+		e := newTestEngine(t, Options{})
+		m := newTestMachine(t, e, MachineSpec{Limits: Limits{DiskBytes: quota}})
+		usage := func() int64 { u, _ := m.measure(); return u.Bytes }
+		mustRun(t, m, Command{Shell: `nohup sh -c 'sleep 1; i=0; while [ $i -lt 500 ]; do head -c 1M /dev/zero > late$i 2>/dev/null; sleep 0.02; i=$((i+1)); done' >/dev/null 2>&1 &`})
+		for deadline := time.Now().Add(20 * time.Second); usage() < 8<<20; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the writer did not start: %d bytes", usage())
+			}
+		}
+		used := waitStill(t, 30*time.Second, usage)
+		t.Logf("the late writer stopped at %d MiB of %d", used>>20, quota>>20)
+		if used > quota+slack {
+			t.Fatalf("a writer that began after its machine idled reached %d MiB under a %d MiB quota", used>>20, quota>>20)
+		}
+		if ps := strings.Join(machineProcesses(m), "\n"); strings.Contains(ps, "head -c") || strings.Contains(ps, "late") {
+			t.Fatalf("the writer still runs:\n%s", ps)
+		}
+	})
+}
+
 // TestAttackDiskQuotaOnPooledMachine: the monitor does not measure the
 // warm pool's machines (only the engine's code runs there), so a machine
 // handed out from the pool must be measured from then on: a writer left

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,8 +25,10 @@ import (
 // It is a few file writes, so it is written here rather than taken from a
 // container runtime's cgroup library.
 type cgroupManager struct {
-	v2   string   // the vmcp directory in the unified hierarchy, or ""
-	v1   []string // the vmcp directories in the v1 memory and pids hierarchies
+	v2 string // the vmcp directory in the unified hierarchy, or ""
+	// v1: the vmcp directories in the v1 memory and pids hierarchies, and
+	// in the cpuacct one where the host has it.
+	v1   []string
 	mode string
 }
 
@@ -72,6 +75,17 @@ func newCgroupManager(asRoot bool, stateDir string) *cgroupManager {
 			return m
 		}
 		dirs = append(dirs, dir)
+	}
+	// CPU accounting is optional (without it, the monitor measures idle
+	// machines' files as often as busy ones'), and taken only from a
+	// cpuacct hierarchy of its own: where the cpu controller shares it, a
+	// cgroup per machine would change how the host shares its processors.
+	acct := filepath.Join(cgroupRoot, "cpuacct")
+	_, usage := os.Stat(filepath.Join(acct, "cpuacct.usage"))
+	if _, shares := os.Stat(filepath.Join(acct, "cpu.shares")); usage == nil && errors.Is(shares, os.ErrNotExist) {
+		if dir := filepath.Join(acct, "vmcp", own); os.MkdirAll(dir, 0o755) == nil {
+			dirs = append(dirs, dir)
+		}
 	}
 	m.v1, m.mode = dirs, "v1"
 	return m
@@ -126,7 +140,11 @@ func (m *cgroupManager) dirs(id string) []string {
 	case "v2":
 		return []string{filepath.Join(m.v2, id)}
 	case "v1":
-		return []string{filepath.Join(m.v1[0], id), filepath.Join(m.v1[1], id)}
+		dirs := make([]string, len(m.v1))
+		for i, d := range m.v1 {
+			dirs[i] = filepath.Join(d, id)
+		}
+		return dirs
 	}
 	return nil
 }
@@ -189,6 +207,42 @@ func (m *cgroupManager) oomKills(id string) int {
 		}
 	}
 	return 0
+}
+
+// openCPUUsage opens the file that accounts the CPU time of the machine's
+// processes, for readCPUUsage; nil where the engine has no CPU accounting.
+func (m *cgroupManager) openCPUUsage(id string) *os.File {
+	var path string
+	switch {
+	case m.mode == "v2":
+		path = filepath.Join(m.v2, id, "cpu.stat")
+	case m.mode == "v1" && len(m.v1) > 2:
+		path = filepath.Join(m.v1[2], id, "cpuacct.usage")
+	default:
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// readCPUUsage reads a file of openCPUUsage: the CPU time used, in
+// nanoseconds (to the microsecond on cgroup v2).
+func readCPUUsage(f *os.File) (ns uint64, ok bool) {
+	var buf [512]byte
+	n, err := f.ReadAt(buf[:], 0)
+	if n == 0 || err != nil && !errors.Is(err, io.EOF) {
+		return 0, false
+	}
+	line, _, _ := strings.Cut(string(buf[:n]), "\n")
+	us, isV2 := strings.CutPrefix(line, "usage_usec ")
+	v, err := strconv.ParseUint(strings.TrimSpace(us), 10, 64)
+	if isV2 {
+		v *= 1000
+	}
+	return v, err == nil
 }
 
 // close removes the engine's own cgroup directories when no machine's is

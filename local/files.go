@@ -269,7 +269,9 @@ func openDirs(ctx context.Context, root *os.Root, dir string) (*os.Root, error) 
 // own mount, as the machine's host user: they are the user's own, and the
 // overlay there refuses owners its user namespace cannot map. A root
 // engine runs f on a thread of its own whose filesystem ids are switched.
+// The monitor is told (see writingFromHost).
 func (m *Machine) asUser(f func() error) error {
+	defer m.writingFromHost()()
 	if !m.e.asRoot || m.e.opts.DangerouslyDisableSandbox {
 		return f()
 	}
@@ -284,6 +286,17 @@ func (m *Machine) asUser(f func() error) error {
 		runtime.UnlockOSThread()
 	} // else the thread ends with this goroutine, never to be reused
 	return err
+}
+
+// writingFromHost marks a write into the machine's files from the host's
+// side, which the machine's CPU time does not show; the returned function
+// ends it.
+func (m *Machine) writingFromHost() func() {
+	m.hostWriting.Add(1)
+	return func() {
+		m.hostWrites.Add(1) // before the end: a monitor that sees none in progress sees this one's count
+		m.hostWriting.Add(-1)
+	}
 }
 
 // fsid is the thread's filesystem uid or gid (setfs*id(-1) changes nothing

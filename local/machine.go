@@ -44,8 +44,11 @@ type Machine struct {
 	probe        bool // the self-test's machine, which starts before the self-test ends
 
 	pyTurn chan struct{} // FIFO lock (channel waiters are served in order)
-	// usage is the disk usage last measured (-1: never).
-	usage atomic.Int64
+	// walks counts the walks of its files (measure).
+	walks atomic.Int64
+	// hostWriting counts the writes into the machine's files made from the
+	// host's side (uploads) in progress; hostWrites those ended.
+	hostWriting, hostWrites atomic.Int64
 	// oomKills counts processes the monitor killed for the machine's
 	// memory (without a memory cgroup).
 	oomKills atomic.Int64
@@ -60,9 +63,7 @@ type Machine struct {
 }
 
 func newMachine(e *Engine, dir string, info MachineInfo) *Machine {
-	m := &Machine{e: e, dir: dir, info: info, pyTurn: make(chan struct{}, 1)}
-	m.usage.Store(-1)
-	return m
+	return &Machine{e: e, dir: dir, info: info, pyTurn: make(chan struct{}, 1)}
 }
 
 // ID is the machine's id.

@@ -40,9 +40,14 @@ import (
 //
 // The files are measured with descriptor-relative walks, every quarter
 // second or less often if a walk takes long, and at once when the state
-// filesystem's free space drops suddenly. Within the engine's reserve, the
-// machines are frozen while they are measured (see brake): a walk cannot
-// keep up with a flood of entries, a frozen machine makes none.
+// filesystem's free space drops suddenly. A machine whose processes used
+// no CPU since its last walk began (where the engine has CPU accounting),
+// and whose files the host did not write to meanwhile, has the files that
+// walk found: it is walked again only every idleMeasureEvery, which also
+// bounds what the accounting's granularity could hide. Within the
+// engine's reserve, the machines are frozen while they are measured (see
+// brake): a walk cannot keep up with a flood of entries, a frozen machine
+// makes none.
 
 // monitorTick is how often the monitor reads the state filesystem's free
 // space (a statfs): a drop of burstBytes or burstInodes since the last
@@ -60,6 +65,9 @@ const (
 	// measureEvery is how often a machine's files are measured without a
 	// burst; a walk may take at most a fifth of the time between two.
 	measureEvery = 250 * time.Millisecond
+	// idleMeasureEvery is how often the files of a machine that did not
+	// run are measured all the same.
+	idleMeasureEvery = 5 * time.Second
 )
 
 type monitor struct {
@@ -80,6 +88,12 @@ type watch struct {
 	took         time.Duration // how long that took
 	last         safefs.Usage  // what they took then
 	callsStopped time.Time     // when calls in progress were last stopped for its files
+	// cpu and hostWrites, read as the last walk began: while neither
+	// changes, nothing has changed the files.
+	cpu        uint64
+	cpuKnown   bool
+	hostWrites int64
+	cpuFile    *os.File // the machine's CPU accounting, held open
 }
 
 // callGrace is how long calls stopped for a machine's files have to end
@@ -104,6 +118,11 @@ func (mon *monitor) close() {
 // ahead of other processes.
 func (mon *monitor) run() {
 	defer close(mon.stopped)
+	defer func() {
+		for _, w := range mon.machines {
+			w.close()
+		}
+	}()
 	runtime.LockOSThread()
 	tid := unix.Gettid()
 	raised := unix.Setpriority(unix.PRIO_PROCESS, tid, -10) == nil
@@ -144,8 +163,9 @@ func (mon *monitor) tick() {
 			running = append(running, m)
 		}
 	}
-	for m := range mon.machines {
+	for m, w := range mon.machines {
 		if !m.running() {
+			w.close()
 			delete(mon.machines, m)
 		}
 	}
@@ -243,11 +263,20 @@ func (mon *monitor) brake(running []*Machine, watches []*watch, space spaceInfo)
 
 func (mon *monitor) checkDisk(m *Machine, w *watch, burst bool) {
 	now := time.Now()
-	if now.Before(w.next) && !(burst && now.Sub(w.measured) > 4*w.took) {
+	forced := burst && now.Sub(w.measured) > 4*w.took
+	if now.Before(w.next) && !forced {
+		return
+	}
+	// Read before the walk: what runs during it changes them.
+	writing, writes := m.hostWriting.Load(), m.hostWrites.Load()
+	cpu, cpuKnown := w.cpuUsage(mon.e.cgroups, m.ID())
+	if !forced && cpuKnown && w.cpuKnown && cpu == w.cpu && writing == 0 && writes == w.hostWrites && now.Sub(w.measured) < idleMeasureEvery {
+		w.next = now.Add(measureEvery)
 		return
 	}
 	u, err := m.measure()
 	w.measured, w.took = now, time.Since(now)
+	w.cpu, w.cpuKnown, w.hostWrites = cpu, cpuKnown && writing == 0 && err == nil, writes
 	w.next = now.Add(max(measureEvery, 5*w.took))
 	limits := m.Info().Limits
 	var reason string
@@ -284,8 +313,31 @@ func (mon *monitor) checkDisk(m *Machine, w *watch, burst bool) {
 	}
 }
 
+// cpuUsage reads the CPU time the machine's processes have used; ok is
+// false where it cannot be known (the file is opened again next time: the
+// machine may have a new cgroup).
+func (w *watch) cpuUsage(cg *cgroupManager, id string) (ns uint64, ok bool) {
+	if w.cpuFile == nil {
+		if w.cpuFile = cg.openCPUUsage(id); w.cpuFile == nil {
+			return 0, false
+		}
+	}
+	if ns, ok = readCPUUsage(w.cpuFile); !ok {
+		w.close()
+	}
+	return ns, ok
+}
+
+func (w *watch) close() {
+	if w.cpuFile != nil {
+		w.cpuFile.Close()
+		w.cpuFile = nil
+	}
+}
+
 // measure is what the machine's files take: its data and its scratch space.
 func (m *Machine) measure() (safefs.Usage, error) {
+	m.walks.Add(1)
 	var total safefs.Usage
 	for _, d := range []string{dataDirName(m.Info().Flavour), "scratch"} {
 		u, err := safefs.Measure(context.Background(), filepath.Join(m.dir, d))
@@ -298,7 +350,6 @@ func (m *Machine) measure() (safefs.Usage, error) {
 		total.Bytes += u.Bytes
 		total.Entries += u.Entries
 	}
-	m.usage.Store(total.Bytes)
 	return total, nil
 }
 
