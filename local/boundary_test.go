@@ -131,18 +131,22 @@ func TestAttackSnapshotFollowsSwappedInLink(t *testing.T) {
 }
 
 // osThreads is how many OS threads this process has.
-func osThreads(t *testing.T) int {
-	b, err := os.ReadFile("/proc/self/status")
+func osThreads(t *testing.T) int { return procStatus(t, "self", "Threads") }
+
+// procStatus reads a number of /proc/<pid>/status.
+func procStatus(t *testing.T, pid, field string) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + pid + "/status")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			n, _ := strconv.Atoi(strings.TrimSpace(v))
 			return n
 		}
 	}
-	t.Fatal("no Threads line")
+	t.Fatalf("no %s line in /proc/%s/status", field, pid)
 	return 0
 }
 

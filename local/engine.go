@@ -110,6 +110,8 @@ type Engine struct {
 	warm   *warmPool // nil without one
 	starts *startQueue
 	calls  atomic.Int64 // Python instructions and commands running
+	// lastCall is when the last of them began (Unix nanoseconds).
+	lastCall atomic.Int64
 }
 
 // New opens (or creates) the state directory and loads its machines and

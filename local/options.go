@@ -126,6 +126,12 @@ type WarmOptions struct {
 	// own.
 	AllowNetwork bool
 	NetworkAllow []string
+	// HotFor is how long after the engine's last call (or the pool's
+	// start) the pool wakes its interpreters every warmHotEvery: an
+	// interpreter left idle answers its next instruction slowly (the host
+	// has to bring its memory back into use), and a new conversation's
+	// first call is that instruction. 0: never.
+	HotFor time.Duration
 }
 
 // DefaultStateDir is the state directory used when Options.StateDir is empty.

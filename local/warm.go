@@ -30,6 +30,15 @@ const warmYieldMax = 500 * time.Millisecond
 // warmUpTimeout bounds the start of one warm machine, imports included.
 const warmUpTimeout = 2 * time.Minute
 
+// warmHotEvery is how often keepHot wakes the pool's interpreters: within
+// the half second after which an idle one was measured slow to wake.
+// warmHotMachines is how many it wakes, the next to be handed out: the
+// cost stays that of a few machines however large the pool.
+const (
+	warmHotEvery    = 400 * time.Millisecond
+	warmHotMachines = 4
+)
+
 // warmPool keeps machines started, interpreter and imports included, for
 // Create to hand out: a new conversation's first call then finds a running
 // machine. A machine leaves the pool once, to one creator; none of the
@@ -51,6 +60,7 @@ type warmPool struct {
 	stop         chan struct{}
 	stopped      chan struct{}
 	cancel       context.CancelFunc // of the machine being made
+	hot          sync.WaitGroup     // keepHot
 	ctx          context.Context
 }
 
@@ -62,6 +72,9 @@ func (e *Engine) startWarmPool() {
 	e.warm = &warmPool{e: e, opts: e.opts.Warm, taken: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{}),
 		ctx: ctx, cancel: cancel, started: time.Now()}
 	go e.warm.run()
+	if e.opts.Warm.HotFor > 0 {
+		e.warm.hot.Go(e.warm.keepHot)
+	}
 }
 
 // WarmStats describes the pool of warm machines (all zero without one).
@@ -148,6 +161,64 @@ func (p *warmPool) run() {
 			return
 		}
 	}
+}
+
+// keepHot wakes the interpreters of the next warmHotMachines ready
+// machines every warmHotEvery while the engine had a call within HotFor
+// (or the pool started within it), but none in the last warmHotEvery: a
+// busy engine (a burst of calls) keeps the processors warm itself, and
+// its calls go first. A wake runs no code (a warm request without
+// imports: nothing reaches the globals), at the waiting machine's
+// niceness.
+func (p *warmPool) keepHot() {
+	t := time.NewTicker(warmHotEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		lastCall := p.e.lastCall.Load()
+		recent := time.Since(time.Unix(0, max(lastCall, p.started.UnixNano()))) <= p.opts.HotFor
+		quiet := time.Since(time.Unix(0, lastCall)) >= warmHotEvery && p.e.calls.Load() == 0
+		if !recent || !quiet {
+			continue
+		}
+		p.mu.Lock()
+		next := slices.Clone(p.ready[:min(len(p.ready), warmHotMachines)])
+		p.mu.Unlock()
+		for _, m := range next {
+			if p.e.calls.Load() > 0 {
+				break
+			}
+			m.wake(p.ctx)
+		}
+	}
+}
+
+// wake sends a warm machine's interpreter an empty warm request, unless
+// the machine is busy or stopped, or was handed out: its creator's
+// interpreter is the creator's alone (a wake that began before the
+// hand-out ends before the first call, which waits for the turn).
+func (m *Machine) wake(ctx context.Context) {
+	select {
+	case m.pyTurn <- struct{}{}:
+	default:
+		return
+	}
+	defer func() { <-m.pyTurn }()
+	m.mu.Lock()
+	sb, warm := m.sb, m.info.Warm
+	m.mu.Unlock()
+	if !warm || sb == nil || !sb.alive() {
+		return
+	}
+	// An interpreter that cannot answer an empty request in this long is
+	// stopped (control), and the pool replaces its machine.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	m.control(ctx, sb, wire.Request{Op: wire.OpPython, Warm: true})
 }
 
 // yield waits until no machine is starting or waiting to, and no call is
@@ -237,6 +308,7 @@ func (p *warmPool) close() {
 	close(p.stop)
 	p.cancel()
 	<-p.stopped
+	p.hot.Wait()
 	p.mu.Lock()
 	ready := p.ready
 	p.ready = nil

@@ -37,8 +37,9 @@ func waitWarm(t *testing.T, e *Engine, ready int, within time.Duration) time.Dur
 // process but its interpreter; what one creator did in its machine is not
 // in the next one's; and its first call says nothing of a reset.
 func TestWarmMachineIsFresh(t *testing.T) {
-	e := newTestEngine(t, Options{Warm: WarmOptions{Machines: 1, Imports: []string{"json", "matplotlib.pyplot", "no_such_module_vmcp"}}})
+	e := newTestEngine(t, Options{Warm: WarmOptions{Machines: 1, Imports: []string{"json", "matplotlib.pyplot", "no_such_module_vmcp"}, HotFor: time.Minute}})
 	waitWarm(t, e, 1, time.Minute)
+	time.Sleep(3 * warmHotEvery) // woken while it waits (keepHot): that leaves nothing either
 
 	first := newTestMachine(t, e, MachineSpec{Name: "first", Tags: map[string]string{"conversation": "a"}})
 	if info := first.Info(); info.Status != StatusRunning || info.Name != "first" || info.Tags["conversation"] != "a" || info.Warm {
@@ -73,6 +74,53 @@ func TestWarmMachineIsFresh(t *testing.T) {
 	if _, err := e.Machine(first.ID()); err != nil {
 		t.Errorf("the first machine: %v", err)
 	}
+}
+
+// TestWarmInterpretersAreWokenAfterUse: for HotFor after a call, the
+// pool's interpreters are woken every warmHotEvery (once the engine is
+// quiet); after that, left alone.
+func TestWarmInterpretersAreWokenAfterUse(t *testing.T) {
+	const hotFor = 2 * time.Second
+	e := newTestEngine(t, Options{Warm: WarmOptions{Machines: 1, HotFor: hotFor}})
+	waitWarm(t, e, 1, time.Minute)
+	w := e.warm.machines()[0]
+	switches := interpreterSwitches(t, w)
+	// A call in a machine of its own kind (not from the pool).
+	other := newTestMachine(t, e, MachineSpec{Limits: Limits{MemoryBytes: 300 << 20}})
+	mustExec(t, other, "1 + 1", PythonOptions{})
+	called := time.Now()
+	before := switches()
+	time.Sleep(7 * warmHotEvery / 2) // the first wake waits for warmHotEvery of quiet
+	if woken := switches() - before; woken < 2 {
+		t.Errorf("the warm interpreter woke %d times in %v after a call; want one per %v", woken, 7*warmHotEvery/2, warmHotEvery)
+	}
+	time.Sleep(time.Until(called.Add(hotFor + warmHotEvery)))
+	before = switches()
+	time.Sleep(3 * warmHotEvery)
+	if woken := switches() - before; woken != 0 {
+		t.Errorf("the warm interpreter woke %d times %v after the last call; want none past HotFor (%v)", woken, time.Since(called).Round(time.Millisecond), hotFor)
+	}
+}
+
+// interpreterSwitches returns a function that reads how many times the
+// machine's interpreter has slept (its voluntary context switches: one
+// per instruction at least).
+func interpreterSwitches(t *testing.T, m *Machine) func() int {
+	t.Helper()
+	m.mu.Lock()
+	interp := m.interpPID
+	m.mu.Unlock()
+	_, pids := m.userProcesses(readProcesses())
+	host := 0
+	for _, pid := range pids {
+		if innerPID(pid) == interp {
+			host = pid
+		}
+	}
+	if host == 0 {
+		t.Fatalf("the interpreter (pid %d in the machine) was not found among %v", interp, pids)
+	}
+	return func() int { return procStatus(t, strconv.Itoa(host), "voluntary_ctxt_switches") }
 }
 
 // TestWarmMachineWhoseInterpreterDiedSaysNothingOfIt: a warm machine

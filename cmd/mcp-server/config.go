@@ -75,6 +75,7 @@ type MachineLimits struct {
 type WarmSettings struct {
 	Machines int
 	Imports  []string
+	HotFor   time.Duration // 0: never
 }
 
 // NetworkSettings say what local machines may reach.
@@ -166,6 +167,7 @@ func (c *Config) settings() []setting {
 		{"max-disk-mb", "VMCP_MAX_DISK_MB", whole(&c.Limits.MaxDiskMB, 16384), "the most disk_mb launch_vm may give a machine, in MiB"},
 		{"warm-machines", "VMCP_WARM_MACHINES", whole(&c.Warm.Machines, 2), "local machines kept started, Python and --warm-imports loaded, for new conversations' first calls (each is used once, then replaced); 0: none"},
 		{"warm-imports", "VMCP_WARM_IMPORTS", listOr(&c.Warm.Imports, []string{"numpy", "pandas", "matplotlib.pyplot"}), "comma-separated Python modules that warm machines import ahead of use (into sys.modules, not the user's variables); empty: none"},
+		{"warm-hot-for", "VMCP_WARM_HOT_FOR", duration(&c.Warm.HotFor, 2*time.Minute), "after a call (or the start), keep warm machines' interpreters awake this long with an empty request every 400 ms, so that a new conversation's first call does not wake a slow, idle one (0: never)"},
 		{"network-allow", "VMCP_NETWORK_ALLOW", list(&c.Network.Allow), "comma-separated domains (exact, or *.suffix) that local machines may be given with launch_vm's network; they reach them over HTTP(S) through vmcp's proxy"},
 		{"network-default", "VMCP_NETWORK_DEFAULT", text(&c.Network.Default, "none"), "network of local machines launched without one (every conversation's first machine too): none, allowlist (all of --network-allow), or open (needs --network-open)"},
 		{"network-open", "VMCP_NETWORK_OPEN", boolean(&c.Network.Open), "let launch_vm give local machines the host's network (network: open): for local use only"},
@@ -330,6 +332,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PythonCheckpointInterval < 0 || c.PythonCheckpointInterval > 0 && c.PythonCheckpointInterval < time.Second {
 		return errors.New("--python-checkpoint-interval (VMCP_PYTHON_CHECKPOINT_INTERVAL) takes 0 (off) or a duration of at least 1s, such as 5m")
+	}
+	if c.Warm.HotFor < 0 {
+		return errors.New("--warm-hot-for (VMCP_WARM_HOT_FOR) takes a duration such as 2m, or 0 for never")
 	}
 	if c.IdleLocal < 0 || c.FastVM.Idle < 0 || c.ConversationTTL < 0 || c.SnapshotTTL < 0 {
 		return errors.New("--idle-local, --idle-fastvm, --conversation-ttl and --snapshot-ttl take a duration such as 30m or 168h (VMCP_IDLE_LOCAL, VMCP_IDLE_FASTVM, VMCP_CONVERSATION_TTL, VMCP_SNAPSHOT_TTL), 0 for never")

@@ -213,7 +213,7 @@ func run(args []string) error {
 	// to the preferred backend: only a local one wants them.
 	if localInUse(cfg) {
 		def := cfg.Network.Tools().Default
-		opts.Warm = local.WarmOptions{Machines: cfg.Warm.Machines, Imports: cfg.Warm.Imports, AllowNetwork: def.Open, NetworkAllow: def.Allow}
+		opts.Warm = local.WarmOptions{Machines: cfg.Warm.Machines, Imports: cfg.Warm.Imports, HotFor: cfg.Warm.HotFor, AllowNetwork: def.Open, NetworkAllow: def.Allow}
 	}
 	engine, err := local.New(opts)
 	if errors.Is(err, local.ErrStateDirInUse) {
