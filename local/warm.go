@@ -214,8 +214,9 @@ func (m *Machine) wake(ctx context.Context) {
 	if !warm || sb == nil || !sb.alive() {
 		return
 	}
-	// An interpreter that cannot answer an empty request in this long is
-	// stopped (control), and the pool replaces its machine.
+	// An interpreter that cannot answer an empty request in this long has
+	// its machine stopped (control); take discards it, and the pool makes
+	// another.
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	m.control(ctx, sb, wire.Request{Op: wire.OpPython, Warm: true})
