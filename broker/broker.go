@@ -12,6 +12,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -465,8 +466,8 @@ func (b *Broker) unpark(ctx context.Context, c *conversations.Conversation, be b
 	if rec.Parked == nil { // relaunched meanwhile
 		return rec.ID, nil
 	}
-	snap := rec.Parked.Snapshot
-	info, err := be.Create(ctx, backend.MachineSpec{Name: "restored", FromSnapshot: snap, Tags: b.MachineTags(c, nil)})
+	snap, name := rec.Parked.Snapshot, cmp.Or(rec.Parked.Name, "restored")
+	info, err := be.Create(ctx, backend.MachineSpec{Name: name, FromSnapshot: snap, Tags: b.MachineTags(c, nil)})
 	if err != nil {
 		return "", fmt.Errorf("machine %s was idle and parked as snapshot %s; relaunching it failed: %w", id, snap, err)
 	}

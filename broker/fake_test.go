@@ -118,6 +118,20 @@ func status(t *testing.T, be backend.Backend, id string) string {
 }
 
 // machineIDs are the ids of the backend's machines.
+// machineNames maps the backend's machines' ids to their names.
+func machineNames(t *testing.T, be backend.Backend) map[string]string {
+	t.Helper()
+	infos, err := be.Machines(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]string{}
+	for _, info := range infos {
+		names[info.ID] = info.Name
+	}
+	return names
+}
+
 func machineIDs(t *testing.T, be backend.Backend) []string {
 	t.Helper()
 	infos, err := be.Machines(context.Background())
@@ -208,6 +222,10 @@ func TestIdleMachineIsParkedAndRestored(t *testing.T) {
 
 	l := held(t, k.b, c, "")
 	first := l.Machine.ID()
+	name := machineNames(t, be)[first]
+	if name == "" {
+		t.Fatalf("the default machine has no name: %v", machineNames(t, be))
+	}
 	shell(t, l.Machine, "echo kept > f")
 	python(t, l.Machine, "x = 41")
 	l.Release()
@@ -252,6 +270,9 @@ func TestIdleMachineIsParkedAndRestored(t *testing.T) {
 	}
 	if ids := machineIDs(t, be); !slices.Equal(ids, []string{now}) {
 		t.Errorf("machines after the restore %v, want only %s", ids, now)
+	}
+	if got := machineNames(t, be)[now]; got != name {
+		t.Errorf("the restored machine is named %q, want %q as before it was parked", got, name)
 	}
 	if s := snapshotIDs(t, be); len(s) != 0 {
 		t.Errorf("the parking snapshot outlived the restore: %v", s)

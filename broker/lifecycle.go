@@ -155,12 +155,13 @@ func (b *Broker) idleMachine(ctx context.Context, c *conversations.Conversation,
 		b.log.Info().Str("backend", m.Backend).Str("machine", m.ID).Msg("stopped an idle machine")
 		return idleStopped, nil
 	}
+	parked := &conversations.Parked{Snapshot: snap, At: b.now().UTC(), Name: machineName(ctx, be, m.ID)}
 	// Record the snapshot before the machine goes: a crash in between
 	// leaves a machine that the next start's reconciler deletes, never a
 	// conversation without its files.
 	if _, err := b.conversations.Update(ctx, c, func(c *conversations.Conversation) error {
 		if rec := c.Machine(m.Backend, m.ID); rec != nil {
-			rec.Parked = &conversations.Parked{Snapshot: snap, At: b.now().UTC()}
+			rec.Parked = parked
 		}
 		return nil
 	}); err != nil {
@@ -299,4 +300,19 @@ func (b *Broker) adopt(ctx context.Context, be backend.Backend, id string) error
 		return nil
 	})
 	return err
+}
+
+// machineName is a machine's name, or "" if it has none or the backend
+// cannot list it (the relaunched machine is then named "restored").
+func machineName(ctx context.Context, be backend.Backend, id string) string {
+	infos, err := be.Machines(ctx)
+	if err != nil {
+		return ""
+	}
+	for _, info := range infos {
+		if info.ID == id {
+			return info.Name
+		}
+	}
+	return ""
 }

@@ -66,6 +66,9 @@ type Machine struct {
 type Parked struct {
 	Snapshot string    `json:"snapshot"`
 	At       time.Time `json:"at"`
+	// Name is the machine's name, which the machine relaunched from the
+	// snapshot takes again.
+	Name string `json:"name,omitempty"`
 }
 
 // Snapshot is a snapshot a conversation owns.
