@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/vmcp-dev/vmcp/tools"
 )
 
 // loadResult is what benchLoad measured.
@@ -36,6 +37,7 @@ type loadResult struct {
 	healthzMax     time.Duration // slowest /healthz answer during the load
 	healthzFailed  int64
 	errorSamples   []string // the first few errors' texts
+	floor          *floorResult
 }
 
 // noteError keeps the text of one of the first errors.
@@ -53,6 +55,18 @@ const establishedAfter = 11 * time.Second
 // concurrent MCP clients (one conversation, hence one machine, each), each
 // making calls run_python calls, while /healthz is polled.
 func benchLoad(server, stateDir string, clients, calls, warm, callSlots int) (*loadResult, error) {
+	// As many busy chains as calls run at once in the burst.
+	busy := callSlots
+	switch {
+	case busy == 0:
+		busy = tools.DefaultCallSlots()
+	case busy < 0:
+		busy = clients
+	}
+	floor, err := schedFloor(busy, floorRounds)
+	if err != nil {
+		return nil, fmt.Errorf("the host's floor: %w", err)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -94,7 +108,7 @@ func benchLoad(server, stateDir string, clients, calls, warm, callSlots int) (*l
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	r := &loadResult{clients: clients, calls: calls, warm: warm, callSlots: callSlots}
+	r := &loadResult{clients: clients, calls: calls, warm: warm, callSlots: callSlots, floor: floor}
 	if warm > 0 {
 		if _, err := waitPoolReady(stderr, 10*time.Minute); err != nil {
 			return nil, err
@@ -266,4 +280,5 @@ func printLoad(w io.Writer, r *loadResult) {
 	for _, e := range r.errorSamples {
 		fmt.Fprintf(w, "  error: %s\n", e)
 	}
+	printFloor(w, r.floor)
 }

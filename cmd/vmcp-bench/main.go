@@ -39,6 +39,7 @@ import (
 
 	"github.com/vmcp-dev/vmcp/internal/pipeio"
 	"github.com/vmcp-dev/vmcp/local"
+	"github.com/vmcp-dev/vmcp/tools"
 )
 
 // warmup is how many untimed calls of each operation precede the timed ones.
@@ -50,6 +51,7 @@ const callTimeout = 60 * time.Second
 func main() {
 	local.RunHelperIfRequested()
 	runProbeIfRequested()
+	runHopIfRequested()
 	runEmulatorIfRequested()
 	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "vmcp-bench:", err)
@@ -67,7 +69,7 @@ type config struct {
 	loadCalls   int
 	loadWarm    int    // the load test server's --warm-machines
 	loadSlots   int    // and its --call-slots (0: its default)
-	only        string // run only this part: first-calls or load
+	only        string // run only this part: first-calls, load or floor
 	// instantRounds are the rounds of first calls of new conversations
 	// (0: skip them).
 	instantRounds int
@@ -84,7 +86,7 @@ func parseConfig(args []string) (config, error) {
 	loadCalls := fs.Int("load-calls", 20, "run_python calls of each load-test client")
 	loadWarm := fs.Int("load-warm-machines", 0, "--warm-machines of the load test's server")
 	loadSlots := fs.Int("load-call-slots", 0, "--call-slots of the load test's server (0: its default; -1: no limit)")
-	only := fs.String("only", "", "run only this part: first-calls (of new conversations) or load")
+	only := fs.String("only", "", "run only this part: first-calls (of new conversations), load, or floor (the host's scheduling floor for the load's ratio)")
 	instantRounds := fs.Int("instant-rounds", 12, "rounds of first calls of new conversations, with a warm pool and without (0: skip them)")
 	outputRounds := fs.Int("output-rounds", 5, "rounds of the benchmarks of a command printing 200 MB and of a 100 MiB download through a machine's proxy (0: skip them)")
 	stateDir := fs.String("state-dir", "", "directory for the servers' (<dir>/sdk, <dir>/lean) and the engine's (<dir>/engine) state; default a fresh temporary directory, removed at the end")
@@ -148,8 +150,19 @@ func run(args []string, stdout io.Writer) error {
 		}
 		printLoad(stdout, r)
 		return nil
+	case "floor":
+		busy := cfg.loadSlots
+		if busy <= 0 {
+			busy = tools.DefaultCallSlots()
+		}
+		r, err := schedFloor(busy, floorRounds)
+		if err != nil {
+			return err
+		}
+		printFloor(stdout, r)
+		return nil
 	default:
-		return fmt.Errorf("--only takes first-calls or load, not %q", cfg.only)
+		return fmt.Errorf("--only takes first-calls, load or floor, not %q", cfg.only)
 	}
 
 	ops := []*operation{

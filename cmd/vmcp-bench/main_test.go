@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 func TestMain(m *testing.M) {
 	local.RunHelperIfRequested() // the engine starts this test binary as its agent
 	runEmulatorIfRequested()     // and the bench as its emulators
+	runHopIfRequested()          // and the floor's chains
 	os.Exit(m.Run())
 }
 
@@ -67,6 +69,45 @@ func TestRun(t *testing.T) {
 			t.Errorf("state dir: %v", err)
 		}
 	}
+}
+
+// TestSchedFloor: the floor's chains pass their tokens, and none of their
+// processes outlives the measurement.
+func TestSchedFloor(t *testing.T) {
+	r, err := schedFloor(2, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each round spins 200 µs in each of the six processes at least.
+	if min := floorHops * floorWork; r.alone < min || r.beside < min {
+		t.Errorf("rounds of %v alone and %v beside busy chains; each takes %v of work at least", r.alone, r.beside, min)
+	}
+	var out bytes.Buffer
+	printFloor(&out, r)
+	if !strings.Contains(out.String(), "beside 2 busy chains") {
+		t.Errorf("printed %q", out.String())
+	}
+	var children []byte
+	for _, tid := range taskIDs(t) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", os.Getpid(), tid))
+		children = append(children, b...)
+	}
+	if s := strings.TrimSpace(string(children)); s != "" {
+		t.Errorf("processes left running: %s", s)
+	}
+}
+
+// taskIDs lists the test process's threads.
+func taskIDs(t *testing.T) []string {
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, e := range entries {
+		ids = append(ids, e.Name())
+	}
+	return ids
 }
 
 func TestParseConfig(t *testing.T) {
