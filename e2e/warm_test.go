@@ -48,6 +48,9 @@ func TestWarmMachines(t *testing.T) {
 	if got := metric(t, s.base, token, `vmcp_warm_machines{state="target"}`); got != "1" {
 		t.Errorf("target %q, want 1", got)
 	}
+	if got := metric(t, s.base, token, `vmcp_warm_machines_evicted_total`); got != "0" {
+		t.Errorf("evicted %q, want 0", got)
+	}
 
 	a := s.connect(t, false, token)
 	var first tools.RunPythonOutput

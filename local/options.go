@@ -173,6 +173,9 @@ type WarmStats struct {
 	// Hits are creations the pool served; Misses are those that fit it
 	// but found it empty, and started a machine of their own.
 	Hits, Misses int64
+	// Evicted are ready machines deleted because their interpreter ended
+	// while they waited (seen by a wake, see WarmOptions.HotFor).
+	Evicted int64
 	// PSSBytes is the proportional set size (resident memory, shared
 	// pages divided among their users) of the ready machines' processes.
 	PSSBytes int64

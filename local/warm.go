@@ -56,6 +56,7 @@ type warmPool struct {
 	lastErr   string
 
 	hits, misses atomic.Int64
+	evicted      atomic.Int64  // machines whose interpreter ended while they waited
 	taken        chan struct{} // a machine left the pool: make another
 	stop         chan struct{}
 	stopped      chan struct{}
@@ -85,7 +86,7 @@ func (e *Engine) WarmStats() WarmStats {
 	}
 	p.mu.Lock()
 	ready := slices.Clone(p.ready)
-	s := WarmStats{Target: p.opts.Machines, Ready: len(ready), Hits: p.hits.Load(), Misses: p.misses.Load(),
+	s := WarmStats{Target: p.opts.Machines, Ready: len(ready), Hits: p.hits.Load(), Misses: p.misses.Load(), Evicted: p.evicted.Load(),
 		ImportErrors: p.importErr, LastError: p.lastErr, FilledIn: p.filledIn, FilledPSSBytes: p.filledPSS}
 	p.mu.Unlock()
 	for _, m := range ready {
@@ -192,34 +193,67 @@ func (p *warmPool) keepHot() {
 			if p.e.calls.Load() > 0 {
 				break
 			}
-			m.wake(p.ctx)
+			if !m.wake(p.ctx) {
+				p.evict(m)
+			}
 		}
+	}
+}
+
+// evict takes a machine that can no longer be handed out as warm out of
+// the pool, deletes it, and has the pool make another.
+func (p *warmPool) evict(m *Machine) {
+	select {
+	case <-p.stop:
+		return // close deletes the pool's machines
+	default:
+	}
+	p.mu.Lock()
+	i := slices.Index(p.ready, m)
+	if i >= 0 {
+		p.ready = slices.Delete(p.ready, i, i+1)
+	}
+	p.mu.Unlock()
+	if i < 0 {
+		return // handed out meanwhile: its creator's now
+	}
+	p.evicted.Add(1)
+	p.e.discard(m)
+	select {
+	case p.taken <- struct{}{}:
+	default:
 	}
 }
 
 // wake sends a warm machine's interpreter an empty warm request, unless
 // the machine is busy or stopped, or was handed out: its creator's
 // interpreter is the creator's alone (a wake that began before the
-// hand-out ends before the first call, which waits for the turn).
-func (m *Machine) wake(ctx context.Context) {
+// hand-out ends before the first call, which waits for the turn). It
+// reports false if the machine is no longer warm as made: stopped, or its
+// interpreter is not the one that imported the modules (that one ended,
+// and the agent started another for the wake).
+func (m *Machine) wake(ctx context.Context) bool {
 	select {
 	case m.pyTurn <- struct{}{}:
 	default:
-		return
+		return true // busy: being handed out, or warmed up
 	}
 	defer func() { <-m.pyTurn }()
 	m.mu.Lock()
-	sb, warm := m.sb, m.info.Warm
+	sb, warm, interp := m.sb, m.info.Warm, m.interp
 	m.mu.Unlock()
-	if !warm || sb == nil || !sb.alive() {
-		return
+	if !warm {
+		return true // its creator's
+	}
+	if sb == nil || !sb.alive() {
+		return false
 	}
 	// An interpreter that cannot answer an empty request in this long has
-	// its machine stopped (control); take discards it, and the pool makes
-	// another.
+	// its machine stopped (control).
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	m.control(ctx, sb, wire.Request{Op: wire.OpPython, Warm: true})
+	final, err := m.control(ctx, sb, wire.Request{Op: wire.OpPython, Warm: true})
+	return err == nil && interpreterKey(sb, final.Interpreter) == interp
 }
 
 // yield waits until no machine is starting or waiting to, and no call is

@@ -4,6 +4,8 @@ package local
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -135,33 +137,7 @@ func TestWarmMachineWhoseInterpreterDiedSaysNothingOfIt(t *testing.T) {
 		t.Fatalf("%d machines in the pool; want 1", len(pool))
 	}
 	w := pool[0]
-	w.mu.Lock()
-	interp := w.interpPID
-	w.mu.Unlock()
-	root, pids := w.userProcesses(readProcesses())
-	killed := false
-	for _, pid := range pids {
-		if innerPID(pid) == interp {
-			killed = killIn(root, pid)
-		}
-	}
-	if !killed {
-		t.Fatalf("the warm machine's interpreter (pid %d in it) was not found among %v", interp, pids)
-	}
-	// Ended before the machine is handed out, as while it waited.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		_, pids := w.userProcesses(readProcesses())
-		alive := false
-		for _, pid := range pids {
-			alive = alive || innerPID(pid) == interp && !guest.Zombie(pid)
-		}
-		if !alive {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the killed interpreter still runs")
-		}
-	}
+	killInterpreter(t, w)
 	m := newTestMachine(t, e, MachineSpec{})
 	if m.ID() != w.ID() {
 		t.Fatal("the machine did not come from the pool")
@@ -172,6 +148,68 @@ func TestWarmMachineWhoseInterpreterDiedSaysNothingOfIt(t *testing.T) {
 	}
 	if r := mustExec(t, m, "x", PythonOptions{}); value(r) != "41" || r.StateReset != "" {
 		t.Errorf("the second call: value %s, reset %q", value(r), r.StateReset)
+	}
+}
+
+// killInterpreter kills a machine's interpreter from outside, as the
+// host's OOM killer would, and waits until it has ended.
+func killInterpreter(t *testing.T, m *Machine) {
+	t.Helper()
+	m.mu.Lock()
+	interp := m.interpPID
+	m.mu.Unlock()
+	root, pids := m.userProcesses(readProcesses())
+	killed := false
+	for _, pid := range pids {
+		if innerPID(pid) == interp {
+			killed = killIn(root, pid)
+		}
+	}
+	if !killed {
+		t.Fatalf("the machine's interpreter (pid %d in it) was not found among %v", interp, pids)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		_, pids := m.userProcesses(readProcesses())
+		alive := false
+		for _, pid := range pids {
+			alive = alive || innerPID(pid) == interp && !guest.Zombie(pid)
+		}
+		if !alive {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the killed interpreter still runs")
+		}
+	}
+}
+
+// TestWarmMachineWhoseInterpreterDiedIsReplaced: a wake that finds a new
+// interpreter in a warm machine (the one that imported the modules ended
+// while it waited) deletes the machine and the pool makes another, so a
+// new conversation still finds the modules imported.
+func TestWarmMachineWhoseInterpreterDiedIsReplaced(t *testing.T) {
+	e := newTestEngine(t, Options{Warm: WarmOptions{Machines: 1, HotFor: time.Minute, Imports: []string{"fractions"}}})
+	waitWarm(t, e, 1, time.Minute)
+	w := e.warm.machines()[0]
+	killInterpreter(t, w)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		s := e.WarmStats()
+		if pool := e.warm.machines(); s.Evicted == 1 && len(pool) == 1 && pool[0] != w {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("20 s after its interpreter was killed: %+v, the pool still holds the machine: %v", s, slices.Contains(e.warm.machines(), w))
+		}
+	}
+	if _, err := os.Stat(w.dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the evicted machine's directory: %v; want it deleted", err)
+	}
+	m := newTestMachine(t, e, MachineSpec{})
+	if m.ID() == w.ID() {
+		t.Fatal("the evicted machine was handed out")
+	}
+	if r := mustExec(t, m, "import sys; 'fractions' in sys.modules", PythonOptions{}); value(r) != "True" || r.StateReset != "" {
+		t.Errorf("the replacement's first call: value %s, reset %q; want the module imported already", value(r), r.StateReset)
 	}
 }
 

@@ -100,13 +100,15 @@ func newMetrics(m *conversations.Manager, engine *local.Engine) *metrics {
 	warmReady := prometheus.NewDesc("vmcp_warm_machines", "Warm local machines ready for new conversations (--warm-machines), and the pool's target.", []string{"state"}, nil)
 	warmTaken := prometheus.NewDesc("vmcp_warm_machine_requests_total", "New machines that fit the warm pool: served from it (hit) or started cold because it was empty (miss).", []string{"result"}, nil)
 	warmPSS := prometheus.NewDesc("vmcp_warm_machines_pss_bytes", "Proportional set size of the ready warm machines' processes.", nil, nil)
-	reg.MustRegister(collectorFunc{descs: []*prometheus.Desc{warmReady, warmTaken, warmPSS}, collect: func(ch chan<- prometheus.Metric) {
+	warmEvicted := prometheus.NewDesc("vmcp_warm_machines_evicted_total", "Warm machines deleted before use because their interpreter ended while they waited.", nil, nil)
+	reg.MustRegister(collectorFunc{descs: []*prometheus.Desc{warmReady, warmTaken, warmPSS, warmEvicted}, collect: func(ch chan<- prometheus.Metric) {
 		s := engine.WarmStats()
 		ch <- prometheus.MustNewConstMetric(warmReady, prometheus.GaugeValue, float64(s.Ready), "ready")
 		ch <- prometheus.MustNewConstMetric(warmReady, prometheus.GaugeValue, float64(s.Target), "target")
 		ch <- prometheus.MustNewConstMetric(warmTaken, prometheus.CounterValue, float64(s.Hits), "hit")
 		ch <- prometheus.MustNewConstMetric(warmTaken, prometheus.CounterValue, float64(s.Misses), "miss")
 		ch <- prometheus.MustNewConstMetric(warmPSS, prometheus.GaugeValue, float64(s.PSSBytes))
+		ch <- prometheus.MustNewConstMetric(warmEvicted, prometheus.CounterValue, float64(s.Evicted))
 	}})
 	machines := prometheus.NewDesc("vmcp_machines", "Machines owned by conversations, by backend and state (live or parked).", []string{"backend", "state"}, nil)
 	reg.MustRegister(x.calls, x.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
