@@ -178,6 +178,7 @@ func (m *Machine) sandbox() (*sandbox, error) {
 		return nil, fmt.Errorf("machine %s: %w", m.info.ID, err)
 	}
 	m.sb = sb
+	m.e.monitor.wake()
 	return sb, nil
 }
 

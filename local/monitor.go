@@ -38,6 +38,10 @@ import (
 //     together; above the limit the largest process is killed, as the
 //     kernel's OOM killer would in a cgroup.
 //
+// While no machine runs, the monitor does not look (every start, and
+// every hand-out from the pool, wakes it), so an idle server leaves the
+// host's processors asleep.
+//
 // The files are measured with descriptor-relative walks, every quarter
 // second or less often if a walk takes long, and at once when the state
 // filesystem's free space drops suddenly. A machine whose processes used
@@ -68,6 +72,9 @@ const (
 	// idleMeasureEvery is how often the files of a machine that did not
 	// run are measured all the same.
 	idleMeasureEvery = 5 * time.Second
+	// monitorIdleLook is how often the monitor looks while no machine
+	// runs, in case a start was not told (every start is).
+	monitorIdleLook = time.Second
 )
 
 type monitor struct {
@@ -75,10 +82,13 @@ type monitor struct {
 	stop     chan struct{}
 	stopped  chan struct{}
 	stopOnce sync.Once
+	// kick wakes a monitor that found no running machine: one may run now.
+	kick chan struct{}
+	idle bool // the last look found no running machine
 
 	space    spaceInfo
 	machines map[*Machine]*watch
-	ticks    int
+	ticks    atomic.Int64
 }
 
 // watch is what the monitor remembers of one running machine.
@@ -102,7 +112,7 @@ type watch struct {
 const callGrace = 500 * time.Millisecond
 
 func (e *Engine) startMonitor() {
-	mon := &monitor{e: e, stop: make(chan struct{}), stopped: make(chan struct{}), machines: map[*Machine]*watch{}}
+	mon := &monitor{e: e, stop: make(chan struct{}), stopped: make(chan struct{}), kick: make(chan struct{}, 1), machines: map[*Machine]*watch{}}
 	e.monitor = mon
 	go mon.run()
 }
@@ -134,15 +144,42 @@ func (mon *monitor) run() {
 			runtime.UnlockOSThread()
 		}
 	}()
+	idleWait := time.NewTimer(monitorIdleLook)
+	defer idleWait.Stop()
 	for {
-		ts := unix.NsecToTimespec(int64(monitorTick))
-		_ = unix.Nanosleep(&ts, nil)
-		select {
-		case <-mon.stop:
-			return
-		default:
-			mon.tick()
+		if mon.idle {
+			// Nothing to hold to its limits until a machine starts (or is
+			// handed out running), which kicks: no tick meanwhile, so an idle
+			// server leaves the host's processors asleep.
+			idleWait.Reset(monitorIdleLook)
+			select {
+			case <-mon.stop:
+				return
+			case <-mon.kick:
+			case <-idleWait.C:
+			}
+		} else {
+			ts := unix.NsecToTimespec(int64(monitorTick))
+			_ = unix.Nanosleep(&ts, nil)
+			select {
+			case <-mon.stop:
+				return
+			default:
+			}
 		}
+		mon.tick()
+	}
+}
+
+// wake has the monitor look at once if it found no running machine: m's
+// sandbox is up, or a running machine was handed out.
+func (mon *monitor) wake() {
+	if mon == nil {
+		return
+	}
+	select {
+	case mon.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -156,7 +193,7 @@ func decrease(was, now uint64) uint64 {
 
 // tick looks at every running machine.
 func (mon *monitor) tick() {
-	mon.ticks++
+	ticks := mon.ticks.Add(1)
 	var running []*Machine
 	for _, m := range mon.e.machinesInUse() {
 		if m.running() {
@@ -169,7 +206,9 @@ func (mon *monitor) tick() {
 			delete(mon.machines, m)
 		}
 	}
-	if len(running) == 0 {
+	wasIdle := mon.idle
+	mon.idle = len(running) == 0
+	if mon.idle {
 		return
 	}
 	watches := make([]*watch, len(running))
@@ -182,6 +221,9 @@ func (mon *monitor) tick() {
 	space, err := mon.e.stateSpace()
 	burst, filling := false, false
 	if err == nil {
+		if wasIdle {
+			mon.space = space // the last reading is too old to tell a rate
+		}
 		dropBytes, dropInodes := decrease(mon.space.freeBytes, space.freeBytes), decrease(mon.space.freeInodes, space.freeInodes)
 		burst = dropBytes > burstBytes || dropInodes > burstInodes
 		// Within two reserves, or filling so fast that it would be there
@@ -203,7 +245,7 @@ func (mon *monitor) tick() {
 			mon.checkDisk(m, watches[i], burst)
 		}
 	}
-	if !mon.e.cgroups.enabled() && mon.ticks%memoryEvery == 0 {
+	if !mon.e.cgroups.enabled() && ticks%memoryEvery == 0 {
 		procs := readProcesses()
 		for _, m := range running {
 			mon.checkMemory(m, procs)
@@ -640,7 +682,8 @@ func (e *Engine) checkReserve() error {
 // but the engine's own code has run in those (the interpreter and the
 // configured imports), and measuring them would double the monitor's
 // work when the pool is as large as the machines in use. A machine is
-// measured from the first look after it leaves the pool.
+// measured from the first look after it leaves the pool, which adopt
+// asks for at once.
 func (e *Engine) machinesInUse() []*Machine {
 	e.mu.Lock()
 	defer e.mu.Unlock()

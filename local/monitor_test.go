@@ -63,3 +63,42 @@ func TestHostWritesToAnIdleMachineAreMeasured(t *testing.T) {
 		t.Errorf("the files were walked %d times since the upload (its own check included); want the monitor's walk after it", n)
 	}
 }
+
+// TestMonitorSleepsWhileNoMachineRuns: with no machine running (the warm
+// pool's are not the monitor's), the monitor does not look every
+// monitorTick; a machine handed out from the pool (its sandbox runs
+// already), or one that starts, has it look every tick again at once.
+func TestMonitorSleepsWhileNoMachineRuns(t *testing.T) {
+	e := newTestEngine(t, Options{Warm: WarmOptions{Machines: 1}})
+	waitWarm(t, e, 1, time.Minute)
+	ticks := func(d time.Duration) int64 {
+		before := e.monitor.ticks.Load()
+		time.Sleep(d)
+		return e.monitor.ticks.Load() - before
+	}
+	idle := func(when string) {
+		t.Helper()
+		if n := ticks(2 * time.Second); n > 3 {
+			t.Errorf("%s, the monitor looked %d times in 2 s; want one per %v at most", when, n, monitorIdleLook)
+		}
+	}
+	idle("with only warm machines")
+
+	// Within the refill's delay, which starts a machine for the pool.
+	const window = warmRefillDelay * 8 / 10
+	pooled := newTestMachine(t, e, MachineSpec{})
+	if n := ticks(window); n < 3 {
+		t.Errorf("in the %v after a machine was handed out from the pool, the monitor looked %d times; want one per %v", window, n, monitorTick)
+	}
+	waitWarm(t, e, 1, time.Minute)
+	pooled.Stop()
+	idle("after the pooled machine stopped")
+
+	started := newTestMachine(t, e, MachineSpec{Limits: Limits{MemoryBytes: 300 << 20}})
+	mustRun(t, started, Command{Shell: "true"})
+	if n := ticks(window); n < 3 {
+		t.Errorf("in the %v after a machine started, the monitor looked %d times; want one per %v", window, n, monitorTick)
+	}
+	started.Stop()
+	idle("after the started machine stopped")
+}

@@ -390,6 +390,7 @@ func (e *Engine) adopt(m *Machine, spec MachineSpec) (MachineInfo, error) {
 	}
 	e.machines[info.ID] = m
 	e.mu.Unlock()
+	e.monitor.wake()
 	info.Status = StatusRunning
 	return info, nil
 }
