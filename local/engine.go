@@ -112,6 +112,17 @@ type Engine struct {
 	calls  atomic.Int64 // Python instructions and commands running
 	// lastCall is when the last of them began (Unix nanoseconds).
 	lastCall atomic.Int64
+	// callBegan is told of each call's beginning (it holds one).
+	callBegan chan struct{}
+}
+
+// noteCall notes that a call begins.
+func (e *Engine) noteCall() {
+	e.lastCall.Store(time.Now().UnixNano())
+	select {
+	case e.callBegan <- struct{}{}:
+	default:
+	}
 }
 
 // New opens (or creates) the state directory and loads its machines and
@@ -146,6 +157,7 @@ func New(opts Options) (*Engine, error) {
 		snapshots: map[string]SnapshotInfo{},
 		startedAt: time.Now(),
 		starts:    &startQueue{limit: max(2, runtime.NumCPU())},
+		callBegan: make(chan struct{}, 1),
 	}
 	var err, missingBwrap error
 	if e.helper, err = os.Executable(); err != nil {

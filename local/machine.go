@@ -263,7 +263,7 @@ func (m *Machine) RunPython(ctx context.Context, code string, opts PythonOptions
 	}
 	m.e.calls.Add(1)
 	defer m.e.calls.Add(-1)
-	m.e.lastCall.Store(time.Now().UnixNano())
+	m.e.noteCall()
 	select {
 	case m.pyTurn <- struct{}{}:
 	case <-ctx.Done():
@@ -493,7 +493,7 @@ type CommandResult struct {
 func (m *Machine) Run(ctx context.Context, cmd Command) (*CommandResult, error) {
 	m.e.calls.Add(1)
 	defer m.e.calls.Add(-1)
-	m.e.lastCall.Store(time.Now().UnixNano())
+	m.e.noteCall()
 	argv := cmd.Argv
 	switch {
 	case len(argv) > 0 && cmd.Shell != "":

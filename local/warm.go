@@ -57,6 +57,7 @@ type warmPool struct {
 
 	hits, misses atomic.Int64
 	evicted      atomic.Int64  // machines whose interpreter ended while they waited
+	hotLooks     atomic.Int64  // keepHot's looks, for the tests
 	taken        chan struct{} // a machine left the pool: make another
 	stop         chan struct{}
 	stopped      chan struct{}
@@ -170,7 +171,7 @@ func (p *warmPool) run() {
 // busy engine (a burst of calls) keeps the processors warm itself, and
 // its calls go first. A wake runs no code (a warm request without
 // imports: nothing reaches the globals), at the waiting machine's
-// niceness.
+// niceness. Past HotFor it sleeps until the next call.
 func (p *warmPool) keepHot() {
 	t := time.NewTicker(warmHotEvery)
 	defer t.Stop()
@@ -180,10 +181,20 @@ func (p *warmPool) keepHot() {
 			return
 		case <-t.C:
 		}
+		p.hotLooks.Add(1)
 		lastCall := p.e.lastCall.Load()
 		recent := time.Since(time.Unix(0, max(lastCall, p.started.UnixNano()))) <= p.opts.HotFor
+		if !recent {
+			select {
+			case <-p.stop:
+				return
+			case <-p.e.callBegan:
+			}
+			t.Reset(warmHotEvery)
+			continue
+		}
 		quiet := time.Since(time.Unix(0, lastCall)) >= warmHotEvery && p.e.calls.Load() == 0
-		if !recent || !quiet {
+		if !quiet {
 			continue
 		}
 		p.mu.Lock()

@@ -98,9 +98,22 @@ func TestWarmInterpretersAreWokenAfterUse(t *testing.T) {
 	}
 	time.Sleep(time.Until(called.Add(hotFor + warmHotEvery)))
 	before = switches()
+	looks := e.warm.hotLooks.Load()
 	time.Sleep(3 * warmHotEvery)
 	if woken := switches() - before; woken != 0 {
 		t.Errorf("the warm interpreter woke %d times %v after the last call; want none past HotFor (%v)", woken, time.Since(called).Round(time.Millisecond), hotFor)
+	}
+	// Nor does the pool look every warmHotEvery: it sleeps until a call.
+	if n := e.warm.hotLooks.Load() - looks; n > 1 {
+		t.Errorf("the pool looked %d times in %v past HotFor; want it asleep until the next call", n, 3*warmHotEvery)
+	}
+
+	// The next call wakes it: the interpreters are kept awake again.
+	mustExec(t, other, "2 + 2", PythonOptions{})
+	before = switches()
+	time.Sleep(7 * warmHotEvery / 2)
+	if woken := switches() - before; woken < 2 {
+		t.Errorf("the warm interpreter woke %d times in %v after a call past HotFor; want one per %v again", woken, 7*warmHotEvery/2, warmHotEvery)
 	}
 }
 
