@@ -24,8 +24,9 @@
 # process per call: starting one costs more than the whole call):
 #   1. the client copies its stdout to fd 3, opens the host's life pipe for
 #      reading and its request pipe for writing, through /proc/HOSTPID/fd/N
-#      (a dead host, or a pid now used by another process, has no such pipe:
-#      it checks first, so no open blocks), writes "TOKEN PID d 3" (a line
+#      (it checks first that the pid's start time is the host's, as its
+#      record gives it, and that both are pipes: a dead host's pid may be
+#      another process's now), writes "TOKEN PID d 3" (a line
 #      shorter than PIPE_BUF: atomic) and blocks reading the life pipe;
 #   2. the host reads the request from the client's argv
 #      (/proc/PID/cmdline, where the token must appear), or from DIR/q.TOKEN
@@ -712,11 +713,17 @@ class Host:
     def __init__(self, directory, version, reason):
         self.dir, self.version = directory, version
         self.lock = os.open(os.path.join(directory, "host.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            sys.stderr.write("vmrepl host: another host serves %s\n" % directory)
-            sys.exit(3)
+        # ensure tests the lock by taking it for a moment: that is no host.
+        deadline = now() + 2
+        while True:
+            try:
+                fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if now() > deadline:
+                    sys.stderr.write("vmrepl host: another host serves %s\n" % directory)
+                    sys.exit(3)
+                time.sleep(0.01)
         self.id = secrets.token_hex(8)
         self.boot = boot_id()
         self.python = sys.executable or "/usr/bin/python3"
@@ -758,7 +765,8 @@ class Host:
         life_r, self.life = os.pipe()  # clients wait on it: its end is the host's
         os.close(life_r)
         self.driver = self.start_driver()
-        info = {"pid": os.getpid(), "id": self.id, "version": version, "life": self.life, "req": self.req_r, "boot": self.boot}
+        info = {"pid": os.getpid(), "start": process_start(os.getpid()), "id": self.id, "version": version, "life": self.life,
+                "req": self.req_r, "boot": self.boot}
         write_atomic(os.path.join(directory, "host.json"), json.dumps(info).encode())
 
     def earlier_state(self):
@@ -1200,8 +1208,23 @@ def host_info(directory):
         time.sleep(0.02)
 
 
+def process_start(pid):
+    """When the process started, in clock ticks since boot; None if gone."""
+    try:
+        data = read_small("/proc/%d/stat" % pid, 4096)
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 1:].split()
+    return fields[19].decode() if len(fields) > 19 else None
+
+
 def reachable(info):
     pid = int(info["pid"])
+    # A record left by the host of an earlier start of the machine names a
+    # pid that this start may have given to another process (the driver of
+    # the host starting now, which holds copies of its pipes for a moment).
+    if info.get("start") and process_start(pid) != info["start"]:
+        return False
     return stat.S_ISFIFO(os.stat("/proc/%d/fd/%d" % (pid, int(info["life"])) ).st_mode) and \
         stat.S_ISFIFO(os.stat("/proc/%d/fd/%d" % (pid, int(info["req"]))).st_mode)
 
@@ -1282,10 +1305,10 @@ def ping(directory, info, token):
     except OSError:
         return None
     got = signal.sigtimedwait({signal.SIGUSR1, signal.SIGUSR2}, 5)
-    if got is not None and got.si_signo == signal.SIGUSR1:
+    if got is None or got.si_pid != pid:
+        return None  # no answer, or not from the host the record names
+    if got.si_signo == signal.SIGUSR1:
         return "direct"
-    if got is None:
-        return None
     # Our stdout is no pipe: ask for the answer through a FIFO.
     tok = secrets.token_hex(16)
     fifo = os.path.join(directory, "o." + tok)
@@ -1337,7 +1360,8 @@ def ensure(source, args):
             mode = ping(directory, info, token)
             if mode is not None:
                 out = {"ok": True, "dir": directory, "pid": int(info["pid"]), "life": int(info["life"]),
-                       "req": int(info["req"]), "mode": mode, "version": info.get("version"), "started": started}
+                       "req": int(info["req"]), "mode": mode, "version": info.get("version"), "started": started,
+                       "start": info.get("start") or ""}
                 sys.stdout.write("E" + json.dumps(out) + "\n")
                 return 0
             stop_host(directory, info)

@@ -137,6 +137,7 @@ type REPL struct {
 // hostInfo is how calls reach the host, from its ensure.
 type hostInfo struct {
 	dir, life, req string
+	stat, start    string // the host's /proc/PID/stat and its start time there
 	relay          bool
 }
 
@@ -256,17 +257,26 @@ func (r *REPL) send(ctx context.Context, w wireRequest, timeout time.Duration, o
 	}
 }
 
+// hostCheck exits 112 unless the host runs and is the one ensure found: a
+// machine started again numbers its processes again, and its host's pid
+// may now be another process's. $6 is the host's /proc/PID/stat, $7 its
+// start time there ("" from a host that does not say it).
+const hostCheck = `started() { [ $# -ge 20 ] && shift 19 && [ "$1" = "$want" ]; }
+want=$7
+if [ -n "$want" ]; then { read -r s <"$6"; } 2>/dev/null && started ${s##*) } || exit 112; fi
+[ -p "$2" ] && [ -p "$3" ] || exit 112
+`
+
 // The client of one call: shell builtins only (cat only for a large request).
 // $1 dir, $2 the host's life pipe, $3 its request pipe, $4 the call's token,
-// $5 the request, or "-" for stdin. The host writes the events to this
-// shell's stdout, through fd 3 (during printf's redirection fd 1 is the
-// request pipe), and sends SIGUSR1 when it is done; if it dies, the life
-// pipe ends and read returns.
+// $5 the request, or "-" for stdin; $6 and $7 for hostCheck. The host writes
+// the events to this shell's stdout, through fd 3 (during printf's
+// redirection fd 1 is the request pipe), and sends SIGUSR1 when it is done;
+// if it dies, the life pipe ends and read returns.
 const directScript = `umask 077
 trap 'exit 0' USR1
 trap 'exit 115' USR2
-[ -p "$2" ] && [ -p "$3" ] || exit 112
-if [ "$5" = - ]; then cat >"$1/q.$4" || exit 114; fi
+` + hostCheck + `if [ "$5" = - ]; then cat >"$1/q.$4" || exit 114; fi
 exec 3>&1 4<"$2" 5>>"$3"
 printf '%s %s d 3\n' "$4" "$$" >&5
 exec 5>&-
@@ -276,8 +286,7 @@ exit 113`
 // relayScript is the client when the exec's stdout is not a pipe the host
 // can open: the host writes the events into a FIFO, which cat copies.
 const relayScript = `umask 077
-[ -p "$2" ] && [ -p "$3" ] || exit 112
-if [ "$5" = - ]; then cat >"$1/q.$4" || exit 114; else printf '%s' "$5" >"$1/q.$4" || exit 114; fi
+` + hostCheck + `if [ "$5" = - ]; then cat >"$1/q.$4" || exit 114; else printf '%s' "$5" >"$1/q.$4" || exit 114; fi
 mkfifo "$1/o.$4" || exit 114
 exec 5>>"$3"
 printf '%s %s r 0\n' "$4" "$$" >&5
@@ -307,7 +316,7 @@ func (r *REPL) call(ctx context.Context, req []byte, timeout time.Duration, opts
 	if h.relay {
 		script = relayScript
 	}
-	argv := []string{"/bin/sh", "-c", script, "sh", h.dir, h.life, h.req, tok, arg}
+	argv := []string{"/bin/sh", "-c", script, "sh", h.dir, h.life, h.req, tok, arg, h.stat, h.start}
 	// The exec outlives a cancelled ctx: the host interrupts the code and
 	// answers, and the state survives. The call's timeout bounds it.
 	execCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout+callSlack)
@@ -378,6 +387,7 @@ type ensureStatus struct {
 	Req     int    `json:"req"`
 	Mode    string `json:"mode"`
 	Version string `json:"version"`
+	Start   string `json:"start"` // in clock ticks since boot; "" from an older host
 }
 
 // ensure makes sure that the host runs in the machine and answers (starting
@@ -414,13 +424,15 @@ func (r *REPL) ensure(ctx context.Context) error {
 		return fmt.Errorf("could not start the Python REPL in the machine: %s", clipText(st.Error, 2000))
 	}
 	if st.Version != r.version || st.PID <= 1 || st.PID >= 1<<30 || st.Life < 0 || st.Life >= 1<<20 || st.Req < 0 || st.Req >= 1<<20 ||
-		(st.Mode != "direct" && st.Mode != "relay") || !path.IsAbs(st.Dir) || len(st.Dir) > 4096 || strings.ContainsAny(st.Dir, "\x00\n") {
+		(st.Mode != "direct" && st.Mode != "relay") || len(st.Start) > 20 || strings.Trim(st.Start, "0123456789") != "" || !path.IsAbs(st.Dir) || len(st.Dir) > 4096 || strings.ContainsAny(st.Dir, "\x00\n") {
 		return fmt.Errorf("the Python REPL in the machine answered with an invalid status %.200q; remove %s in the machine to reset it", status, clipText(st.Dir, 200))
 	}
 	r.host = &hostInfo{
 		dir:   st.Dir,
 		life:  fmt.Sprintf("/proc/%d/fd/%d", st.PID, st.Life),
 		req:   fmt.Sprintf("/proc/%d/fd/%d", st.PID, st.Req),
+		stat:  fmt.Sprintf("/proc/%d/stat", st.PID),
+		start: st.Start,
 		relay: st.Mode == "relay" || r.opts.relay,
 	}
 	return nil

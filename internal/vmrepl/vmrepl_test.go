@@ -286,6 +286,64 @@ func TestMachineStopAndSnapshotReportReset(t *testing.T) {
 	}
 }
 
+// impostor, run by python3 in a machine, becomes the process with pid
+// argv[1] and pipes at fds argv[2] (a write end, as the host's life pipe)
+// and argv[3] (a read end, as its request pipe), and stays: pids are given
+// in order, so it forks until a child gets that pid.
+const impostor = `import os, sys, time
+want, life, req = map(int, sys.argv[1:4])
+while True:
+    pid = os.fork()
+    if pid == 0:
+        if os.getpid() != want:
+            os._exit(0)
+        os.setsid()
+        r, w = os.pipe()
+        os.dup2(w, life)
+        r2, w2 = os.pipe()
+        os.dup2(r2, req)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        time.sleep(3600)
+        os._exit(0)
+    if pid == want:
+        break
+    os.waitpid(pid, 0)
+    if pid > want:
+        sys.exit("pid %d is taken" % want)
+`
+
+// TestCallAfterRestartNeverReachesAProcessThatTookTheHostsPid: a machine
+// started again numbers its processes from 1 again. A process of the new
+// start that got the old host's pid, with pipes at the same fds, must not
+// be taken for the host: the call starts a new host and runs.
+func TestCallAfterRestartNeverReachesAProcessThatTookTheHostsPid(t *testing.T) {
+	_, m := newMachine(t)
+	r := New(machineExecer{m}, Options{})
+	// Pids used first, so that the host's is one the next start reaches only
+	// when the impostor takes it.
+	sh(t, m, "i=0; while [ $i -lt 100 ]; do /bin/true; i=$((i+1)); done")
+	run(t, r, "x = 41", backend.PythonOptions{})
+	var pid, life, req int
+	if _, err := fmt.Sscanf(r.host.life+" "+r.host.req, "/proc/%d/fd/%d /proc/%d/fd/%d", &pid, &life, &pid, &req); err != nil {
+		t.Fatal(err)
+	}
+	m.Stop()
+	if out := sh(t, m, fmt.Sprintf("python3 -c '%s' %d %d %d & wait; [ -p /proc/%d/fd/%d ] && [ -p /proc/%d/fd/%d ] && echo ready",
+		impostor, pid, life, req, pid, life, pid, req)); !strings.Contains(out, "ready") {
+		t.Fatalf("the impostor did not get pid %d: %s", pid, out)
+	}
+	start := time.Now()
+	res, err := r.RunPython(context.Background(), "x", backend.PythonOptions{Timeout: 10 * time.Second})
+	if err != nil || res.StateReset == "" || !strings.Contains(res.Error, "NameError") || time.Since(start) > 8*time.Second {
+		t.Fatalf("after the restart: %+v, %v, in %v", res, err, time.Since(start))
+	}
+	if res := run(t, r, "x = 1; x", backend.PythonOptions{}); value(res) != "1" {
+		t.Fatalf("the next call: %+v", res)
+	}
+}
+
 func TestLargeCodeAndOutput(t *testing.T) {
 	r, _ := newREPL(t, Options{})
 	code := "s = '" + strings.Repeat("a", 1<<20) + "'\nlen(s)"
