@@ -99,10 +99,17 @@ func (m *Machine) Reset(ctx context.Context, keepPython bool) (int, error) {
 	return len(killed), fmt.Errorf("the machine's processes kept coming back after 200 passes; delete the machine")
 }
 
-// cmdline is a process's command line, its arguments joined by spaces.
+// cmdline is a process's command line, its arguments joined by spaces; for
+// a process without one (in the middle of an exec, or that blanked it),
+// its name in brackets, as ps shows it.
 func cmdline(pid int) string {
 	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	s := strings.TrimRight(strings.ReplaceAll(string(b), "\x00", " "), " ")
+	if s == "" {
+		if comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm"); err == nil {
+			s = "[" + strings.TrimSuffix(string(comm), "\n") + "]"
+		}
+	}
 	if len(s) > 200 {
 		s = s[:200] + "…"
 	}

@@ -58,14 +58,21 @@ func TestResetStopsAForkBomb(t *testing.T) {
 func TestResetListsAndStopsBackgroundProcesses(t *testing.T) {
 	m := newTestMachine(t, newTestEngine(t, Options{}), MachineSpec{})
 	mustExec(t, m, "y = 1", PythonOptions{})
-	mustRun(t, m, Command{Shell: "sleep 1000 >/dev/null 2>&1 &"})
-	var sleeping, interp bool
-	for _, p := range m.Processes() {
-		sleeping = sleeping || strings.Contains(p.Command, "sleep 1000") // "bash -c …" until it has exec'd
-		interp = interp || p.Interpreter
+	mustRun(t, m, Command{Shell: "sleep 1000 >/dev/null 2>&1 & sleep 1001 2>/dev/null | (exec -a '' cat >/dev/null) &"})
+	// The shell returns before its children are done with their exec.
+	var sleeping, blank, interp bool
+	var listed []ProcessInfo
+	for deadline := time.Now().Add(10 * time.Second); !(sleeping && blank && interp) && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		sleeping, blank, interp = false, false, false
+		listed = m.Processes()
+		for _, p := range listed {
+			sleeping = sleeping || p.Command == "sleep 1000"
+			blank = blank || p.Command == "[cat]" // no command line: its name
+			interp = interp || p.Interpreter
+		}
 	}
-	if !sleeping || !interp {
-		t.Fatalf("processes: %+v", m.Processes())
+	if !sleeping || !blank || !interp {
+		t.Fatalf("processes: %+v", listed)
 	}
 	if _, err := m.Reset(context.Background(), false); err != nil {
 		t.Fatal(err)
