@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func itoa(i int) string { return strconv.Itoa(i) }
@@ -133,6 +135,44 @@ func limitModes(t *testing.T, test func(t *testing.T, e *Engine)) {
 			t.Skip("this host does not let the engine create cgroups (it needs root)")
 		}
 		test(t, e)
+	})
+}
+
+// TestIsolationStopEndsEveryProcess: when Stop returns, no process of the machine
+// runs any more, not even one in a session of its own that holds a lock on
+// the machine's files: the next sandbox must not meet it.
+func TestIsolationStopEndsEveryProcess(t *testing.T) {
+	engineModes(t, func(t *testing.T) {
+		e := newTestEngine(t, Options{})
+		flavours := []Flavour{Workspace}
+		if os.Geteuid() == 0 {
+			flavours = append(flavours, VM)
+		}
+		for _, f := range flavours {
+			m := newTestMachine(t, e, MachineSpec{Flavour: f})
+			for round := 0; round < 3; round++ {
+				mustRun(t, m, Command{Shell: "setsid flock lock sleep 1000 >/dev/null 2>&1 < /dev/null & sleep 0.05; setsid sh -c 'sleep 1000 & sleep 1000' >/dev/null 2>&1 &"})
+				// flock and its sleep, sh and its two sleeps.
+				var pids []int
+				for deadline := time.Now().Add(5 * time.Second); len(pids) < 5 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+					_, pids = m.userProcesses(readProcesses())
+				}
+				var fds []unix.PollFd
+				for _, pid := range pids {
+					if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+						defer unix.Close(fd)
+						fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
+					}
+				}
+				if len(fds) < 5 {
+					t.Fatalf("%s machine, round %d: found %d processes: %v", f, round, len(fds), pids)
+				}
+				m.Stop()
+				if n, err := unix.Poll(fds, 0); err != nil || n != len(fds) {
+					t.Fatalf("%s machine, round %d: %d of the machine's %d processes ended when Stop returned (%v)", f, round, n, len(fds), err)
+				}
+			}
+		}
 	})
 }
 
