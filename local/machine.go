@@ -44,8 +44,9 @@ type Machine struct {
 	probe        bool // the self-test's machine, which starts before the self-test ends
 
 	pyTurn chan struct{} // FIFO lock (channel waiters are served in order)
-	// walks counts the walks of its files (measure).
-	walks atomic.Int64
+	// walks counts the walks of its files (measure); burstWalks those the
+	// monitor made because the state filesystem filled fast.
+	walks, burstWalks atomic.Int64
 	// hostWriting counts the writes into the machine's files made from the
 	// host's side (uploads) in progress; hostWrites those ended.
 	hostWriting, hostWrites atomic.Int64

@@ -316,6 +316,9 @@ func (mon *monitor) checkDisk(m *Machine, w *watch, burst bool) {
 		w.next = now.Add(measureEvery)
 		return
 	}
+	if forced {
+		m.burstWalks.Add(1)
+	}
 	u, err := m.measure()
 	w.measured, w.took = now, time.Since(now)
 	w.cpu, w.cpuKnown, w.hostWrites = cpu, cpuKnown && writing == 0 && err == nil, writes

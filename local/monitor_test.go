@@ -30,10 +30,13 @@ func TestIdleMachinesFilesAreWalkedSeldom(t *testing.T) {
 	mustExec(t, m, "1 + 1", PythonOptions{})
 	requireCPUAccounting(t, e, m)
 	time.Sleep(2 * measureEvery) // the walk after the call
-	before := m.walks.Load()
+	// Another program filling the state filesystem fast makes the monitor
+	// walk every machine's files, idle or not: those walks are not counted.
+	before, bursts := m.walks.Load(), m.burstWalks.Load()
 	time.Sleep(2 * time.Second)
-	if idle := m.walks.Load() - before; idle > 1 {
-		t.Errorf("an idle machine's files were walked %d times in 2 s; want at most 1 (once per %v)", idle, idleMeasureEvery)
+	if idle := m.walks.Load() - before - (m.burstWalks.Load() - bursts); idle > 1 {
+		t.Errorf("an idle machine's files were walked %d times in 2 s (and %d times for bursts); want at most 1 (once per %v)",
+			idle, m.burstWalks.Load()-bursts, idleMeasureEvery)
 	}
 
 	mustRun(t, m, Command{Shell: "nohup sh -c 'while :; do :; done' >/dev/null 2>&1 &"})
