@@ -80,7 +80,8 @@ func TestKillNineLosesNoBinding(t *testing.T) {
 	announced := map[string]bool{}
 	for i := range 20 {
 		var mu sync.Mutex
-		done := make(chan struct{})
+		var once sync.Once
+		done, launched := make(chan struct{}), make(chan struct{})
 		go func() {
 			defer close(done)
 			for {
@@ -97,8 +98,19 @@ func TestKillNineLosesNoBinding(t *testing.T) {
 				mu.Lock()
 				announced[out.Machine] = true
 				mu.Unlock()
+				once.Do(func() { close(launched) })
 			}
 		}()
+		// Every other kill comes after a launch has completed, so that some
+		// machines are announced on a loaded host too, in the next launch.
+		if i%2 == 1 {
+			select {
+			case <-launched:
+			case <-done:
+			case <-time.After(time.Minute):
+				t.Fatalf("kill %d: no launch completed within a minute", i)
+			}
+		}
 		time.Sleep(time.Duration(rand.IntN(400)) * time.Millisecond)
 		kill(t, h)
 		<-done
